@@ -1,0 +1,3 @@
+//! CPU backend.
+/// CPU backend.
+pub struct CpuBackend;

@@ -1,0 +1,1 @@
+//! CUDA backend (feature `cuda`): kernels from `kernels/*.cu`, wrappers on cudarc.

@@ -1,0 +1,30 @@
+//! # redreg
+//!
+//! Kernels for RedReg (balanced multimodal training by adaptive redundancy regulation):
+//! the batched projection of a gradient or parameter drift onto the orthogonal complement
+//! of the joint-gradient subspace, for every parameter tensor of a model at once, and the
+//! fused per-step redundancy statistics — on CUDA (feature `cuda`) and on the CPU.
+//!
+//! Start with [`Segments`] (the model's tensor layout), then [`CpuBackend`] (or
+//! `CudaBackend`) and [`reference`] (the oracle every backend is tested against).
+#![deny(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod controller;
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod dtype;
+pub mod error;
+pub mod projection;
+pub mod reference;
+pub mod segments;
+pub mod solve;
+pub mod stats;
+
+pub use cpu::CpuBackend;
+pub use dtype::{cast_bytes, cast_bytes_mut, DType, Element};
+pub use error::{Error, Result};
+pub use half::{bf16, f16};
+pub use projection::{Beta, Output, Partials, ProjectOptions};
+pub use segments::{chunk_tasks, ChunkTask, Segments};

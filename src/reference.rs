@@ -1,0 +1,222 @@
+//! The oracle: plain, single-threaded, f64 arithmetic, written to be obviously correct.
+//! Every backend (CPU and CUDA) is tested against these functions; nothing here is tuned.
+//!
+//! - [`partials`] / [`apply`]: the split form of the projection (pass 1 and pass 2).
+//! - [`project_out`]: both passes, `out = alpha·base + beta·(v - P v)` per segment.
+//! - [`orthonormalize`]: classical Gram-Schmidt with one re-orthogonalisation (CGS2).
+//! - [`residual_cgs2`]: `v - QQᵀv` through explicit CGS2 in f64 — an independent check of
+//!   the Gram-matrix method that [`project_out`] uses.
+
+use crate::dtype::Element;
+use crate::error::{invalid, Result};
+use crate::projection::{
+    check_inputs, check_project, Beta, Output, Partials, ProjectOptions,
+};
+use crate::segments::Segments;
+use crate::solve::{orth_segment, partial_stride, rhs_index, solve_segment, tri_index, MAX_K};
+use crate::projection::BaseMode;
+
+/// Pass 1: per segment, the Gram matrix of the basis and the projections of `v`, summed
+/// sequentially in f64.
+pub fn partials<T: Element>(segs: &Segments, v: &[T], basis: &[&[T]]) -> Result<Partials> {
+    check_inputs(segs, v, basis)?;
+    let k = basis.len();
+    let mut p = Partials::zeros(k, segs.len())?;
+    let st = partial_stride(k);
+    for (s, r) in segs.iter().enumerate() {
+        let seg = &mut p.as_mut_slice()[s * st..(s + 1) * st];
+        for e in r {
+            let x = v[e].to_f64();
+            for i in 0..k {
+                let bi = basis[i][e].to_f64();
+                for j in i..k {
+                    seg[tri_index(k, i, j)] += bi * basis[j][e].to_f64();
+                }
+                seg[rhs_index(k, i)] += bi * x;
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// Pass 2: solves each segment from `partials` (possibly summed over shards) and writes
+/// `alpha·base + beta·(v - P v)`. Returns the rank of each segment's basis.
+#[allow(clippy::too_many_arguments)]
+pub fn apply<T: Element>(
+    segs: &Segments,
+    v: &[T],
+    basis: &[&[T]],
+    partials: &Partials,
+    out: Output<'_, T>,
+    alpha: f64,
+    beta: Beta<'_>,
+    opts: &ProjectOptions,
+) -> Result<Vec<u32>> {
+    check_project(segs, v, basis, &out, alpha, &beta, opts)?;
+    let k = basis.len();
+    partials.check_shape(segs, k)?;
+    let mut ranks = vec![0u32; segs.len()];
+    let mut w = [0.0f64; MAX_K];
+    let (mode, out) = out.split();
+    for (s, r) in segs.iter().enumerate() {
+        ranks[s] = solve_segment(k, partials.segment(s), opts.tol, opts.ridge, &mut w);
+        let b = beta.get(s);
+        for e in r {
+            let mut y = v[e].to_f64();
+            for i in 0..k {
+                y -= w[i] * basis[i][e].to_f64();
+            }
+            let z = match mode {
+                BaseMode::None => b * y,
+                BaseMode::Slice(base) => alpha * base[e].to_f64() + b * y,
+                BaseMode::InPlace => alpha * out[e].to_f64() + b * y,
+            };
+            out[e] = T::from_f64(z);
+        }
+    }
+    Ok(ranks)
+}
+
+/// Both passes: `out = alpha·base + beta·(v - P v)` per segment, where `P` projects onto
+/// the span of the segment's basis vectors. Returns the rank of each segment's basis.
+pub fn project_out<T: Element>(
+    segs: &Segments,
+    v: &[T],
+    basis: &[&[T]],
+    out: Output<'_, T>,
+    alpha: f64,
+    beta: Beta<'_>,
+    opts: &ProjectOptions,
+) -> Result<Vec<u32>> {
+    check_project(segs, v, basis, &out, alpha, &beta, opts)?;
+    let p = partials(segs, v, basis)?;
+    apply(segs, v, basis, &p, out, alpha, beta, opts)
+}
+
+/// CGS2 on f64 vectors of one segment, in place: for j = 1..k, subtract the projections
+/// on the earlier kept q's twice (classical GS: all coefficients from the same vector),
+/// then normalise, or zero the vector if its residual norm is ≤ `tol` × its original norm
+/// (or it is zero). Returns the rank. Non-finite input gives NaN vectors and rank 0.
+fn cgs2_f64(vs: &mut [Vec<f64>], tol: f64) -> u32 {
+    if vs.iter().flatten().any(|x| !x.is_finite()) {
+        vs.iter_mut().flatten().for_each(|x| *x = f64::NAN);
+        return 0;
+    }
+    let k = vs.len();
+    let mut kept = vec![false; k];
+    for j in 0..k {
+        let norm0 = norm(&vs[j]);
+        for _pass in 0..2 {
+            let coefs: Vec<f64> = (0..j)
+                .map(|i| if kept[i] { dot(&vs[i], &vs[j]) } else { 0.0 })
+                .collect();
+            let (done, rest) = vs.split_at_mut(j);
+            for (i, c) in coefs.iter().enumerate() {
+                if kept[i] {
+                    rest[0].iter_mut().zip(&done[i]).for_each(|(x, q)| *x -= c * q);
+                }
+            }
+        }
+        let nrm = norm(&vs[j]);
+        if norm0 > 0.0 && nrm > tol * norm0 {
+            kept[j] = true;
+            vs[j].iter_mut().for_each(|x| *x /= nrm);
+        } else {
+            vs[j].iter_mut().for_each(|x| *x = 0.0);
+        }
+    }
+    kept.iter().filter(|&&x| x).count() as u32
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn norm(a: &[f64]) -> f64 {
+    dot(a, a).sqrt()
+}
+
+fn check_tol(tol: f64) -> Result<()> {
+    if (0.0..1.0).contains(&tol) {
+        Ok(())
+    } else {
+        Err(invalid("tol", format!("must be in [0, 1), got {tol}")))
+    }
+}
+
+/// Orthonormalises the k basis vectors of every segment in place by CGS2 (f64
+/// arithmetic, one rounding to `T` at the end). Dropped vectors are written as zeros.
+/// Returns the rank of each segment.
+pub fn orthonormalize<T: Element>(
+    segs: &Segments,
+    basis: &mut [&mut [T]],
+    tol: f64,
+) -> Result<Vec<u32>> {
+    check_tol(tol)?;
+    crate::projection::check_k(basis.len())?;
+    for b in basis.iter() {
+        segs.check_buffer("basis", b.len())?;
+    }
+    let mut ranks = Vec::with_capacity(segs.len());
+    for r in segs.iter() {
+        let mut vs: Vec<Vec<f64>> = basis
+            .iter()
+            .map(|b| b[r.clone()].iter().map(|x| x.to_f64()).collect())
+            .collect();
+        ranks.push(cgs2_f64(&mut vs, tol));
+        for (b, q) in basis.iter_mut().zip(&vs) {
+            b[r.clone()]
+                .iter_mut()
+                .zip(q)
+                .for_each(|(x, &y)| *x = T::from_f64(y));
+        }
+    }
+    Ok(ranks)
+}
+
+/// `v - Q Qᵀ v` per segment, with Q from explicit CGS2 of the basis, all in f64 — the
+/// independent check of the Gram-matrix method (no ridge: the exact projector).
+pub fn residual_cgs2<T: Element>(
+    segs: &Segments,
+    v: &[T],
+    basis: &[&[T]],
+    tol: f64,
+) -> Result<Vec<f64>> {
+    check_tol(tol)?;
+    check_inputs(segs, v, basis)?;
+    let mut out: Vec<f64> = v.iter().map(|x| x.to_f64()).collect();
+    for r in segs.iter() {
+        let mut qs: Vec<Vec<f64>> = basis
+            .iter()
+            .map(|b| b[r.clone()].iter().map(|x| x.to_f64()).collect())
+            .collect();
+        cgs2_f64(&mut qs, tol);
+        let y = &mut out[r.clone()];
+        // Two rounds, as for the basis itself, so the residual is orthogonal to f64 accuracy.
+        for _ in 0..2 {
+            for q in &qs {
+                let c = dot(q, y);
+                y.iter_mut().zip(q).for_each(|(x, qq)| *x -= c * qq);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Orthonormalisation coefficients through the shared solve (Cholesky QR) — used by the
+/// backends; exposed here so tests can compare it with [`orthonormalize`].
+pub fn orth_coefficients<T: Element>(
+    segs: &Segments,
+    basis: &[&[T]],
+    tol: f64,
+) -> Result<(Vec<f64>, Vec<u32>)> {
+    check_tol(tol)?;
+    let k = basis.len();
+    let zeros = vec![T::default(); segs.total()];
+    let p = partials(segs, &zeros, basis)?;
+    let mut m = vec![0.0; k * k * segs.len()];
+    let ranks = (0..segs.len())
+        .map(|s| orth_segment(k, p.segment(s), tol, &mut m[s * k * k..(s + 1) * k * k]))
+        .collect();
+    Ok((m, ranks))
+}

@@ -1,0 +1,1 @@
+//! Fused redundancy statistics (issue 4): declared once as a plan, executed per step.
