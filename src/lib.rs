@@ -21,6 +21,7 @@ pub mod reference;
 pub mod segments;
 pub mod solve;
 pub mod stats;
+pub mod sum;
 
 pub use cpu::CpuBackend;
 pub use dtype::{cast_bytes, cast_bytes_mut, DType, Element};

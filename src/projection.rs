@@ -41,7 +41,10 @@ impl ProjectOptions {
     /// `Err` unless `0 <= tol < 1` and `ridge` is finite and `>= 0`.
     pub fn validate(&self) -> Result<()> {
         if !(0.0..1.0).contains(&self.tol) {
-            return Err(invalid("tol", format!("must be in [0, 1), got {}", self.tol)));
+            return Err(invalid(
+                "tol",
+                format!("must be in [0, 1), got {}", self.tol),
+            ));
         }
         if !(self.ridge.is_finite() && self.ridge >= 0.0) {
             return Err(invalid(
@@ -141,10 +144,7 @@ impl<'a, T> Output<'a, T> {
     pub fn split(self) -> (BaseMode<'a, T>, &'a mut [T]) {
         match self {
             Output::Write { base: None, out } => (BaseMode::None, out),
-            Output::Write {
-                base: Some(b),
-                out,
-            } => (BaseMode::Slice(b), out),
+            Output::Write { base: Some(b), out } => (BaseMode::Slice(b), out),
             Output::Accumulate(out) => (BaseMode::InPlace, out),
         }
     }

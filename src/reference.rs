@@ -9,32 +9,33 @@
 
 use crate::dtype::Element;
 use crate::error::{invalid, Result};
-use crate::projection::{
-    check_inputs, check_project, Beta, Output, Partials, ProjectOptions,
-};
+use crate::projection::BaseMode;
+use crate::projection::{check_inputs, check_project, Beta, Output, Partials, ProjectOptions};
 use crate::segments::Segments;
 use crate::solve::{orth_segment, partial_stride, rhs_index, solve_segment, tri_index, MAX_K};
-use crate::projection::BaseMode;
+use crate::sum::Acc;
 
 /// Pass 1: per segment, the Gram matrix of the basis and the projections of `v`, summed
-/// sequentially in f64.
+/// sequentially with compensated f64 sums ([`crate::sum::Acc`]).
 pub fn partials<T: Element>(segs: &Segments, v: &[T], basis: &[&[T]]) -> Result<Partials> {
     check_inputs(segs, v, basis)?;
     let k = basis.len();
     let mut p = Partials::zeros(k, segs.len())?;
     let st = partial_stride(k);
     for (s, r) in segs.iter().enumerate() {
-        let seg = &mut p.as_mut_slice()[s * st..(s + 1) * st];
+        let mut acc = vec![Acc::default(); st];
         for e in r {
             let x = v[e].to_f64();
             for i in 0..k {
                 let bi = basis[i][e].to_f64();
                 for j in i..k {
-                    seg[tri_index(k, i, j)] += bi * basis[j][e].to_f64();
+                    acc[tri_index(k, i, j)].add(bi * basis[j][e].to_f64());
                 }
-                seg[rhs_index(k, i)] += bi * x;
+                acc[rhs_index(k, i)].add(bi * x);
             }
         }
+        let seg = &mut p.as_mut_slice()[s * st..(s + 1) * st];
+        seg.iter_mut().zip(&acc).for_each(|(o, a)| *o = a.value());
     }
     Ok(p)
 }
@@ -113,7 +114,10 @@ fn cgs2_f64(vs: &mut [Vec<f64>], tol: f64) -> u32 {
             let (done, rest) = vs.split_at_mut(j);
             for (i, c) in coefs.iter().enumerate() {
                 if kept[i] {
-                    rest[0].iter_mut().zip(&done[i]).for_each(|(x, q)| *x -= c * q);
+                    rest[0]
+                        .iter_mut()
+                        .zip(&done[i])
+                        .for_each(|(x, q)| *x -= c * q);
                 }
             }
         }

@@ -1,3 +1,293 @@
-//! CPU backend.
-/// CPU backend.
-pub struct CpuBackend;
+//! The CPU backend: the same operations as the CUDA backend, multi-threaded with rayon.
+//!
+//! # Parallel layout and determinism
+//! Every buffer is cut into the fixed chunk table of [`crate::segments::chunk_tasks`]
+//! (default [`DEFAULT_CHUNK`] elements). Pass 1 computes one f64 partial per chunk with a
+//! fixed summation pattern (4 interleaved lanes, combined pairwise), then sums the chunk
+//! partials of each segment in chunk order. Which thread computes which chunk does not
+//! change a single bit, so results are identical run to run and for any thread count.
+//!
+//! # Methods
+//! - `project_out` = [`CpuBackend::partials`] + [`CpuBackend::apply`]: the Gram-matrix method
+//!   of [`crate::solve`] (same shared solve as the reference).
+//! - `orthonormalize`: Cholesky QR applied twice (CholQR2) through
+//!   [`crate::solve::orth_segment`]. In exact arithmetic it yields the same Q as CGS2 (QR
+//!   with a positive diagonal is unique), and it makes the same rank decisions; the second
+//!   round restores orthogonality lost to conditioning and to rounding of the stored
+//!   intermediate (f16/bf16). Four passes over the basis for any k.
+
+mod kernels;
+
+use crate::dtype::Element;
+use crate::error::{invalid, Result};
+use crate::projection::{
+    check_inputs, check_k, check_project, BaseMode, Beta, Output, Partials, ProjectOptions,
+};
+use crate::segments::{chunk_tasks, ChunkTask, Segments};
+use crate::solve::{orth_segment, partial_stride, solve_segment, MAX_K};
+use crate::sum::Acc;
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// Default chunk size in elements (128 KiB of f32 per buffer: fits L2 with k = 8).
+pub const DEFAULT_CHUNK: usize = 1 << 15;
+
+/// Multi-threaded CPU implementation of the projection.
+#[derive(Clone, Debug)]
+pub struct CpuBackend {
+    pool: Option<Arc<rayon::ThreadPool>>,
+    chunk: usize,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CpuBackend {
+    /// A backend on rayon's global thread pool with the default chunk size.
+    pub fn new() -> Self {
+        Self {
+            pool: None,
+            chunk: DEFAULT_CHUNK,
+        }
+    }
+
+    /// A backend with its own pool of `threads` threads (`threads >= 1`).
+    pub fn with_threads(threads: usize) -> Result<Self> {
+        if threads == 0 {
+            return Err(invalid("threads", "must be >= 1"));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| invalid("threads", format!("cannot build thread pool: {e}")))?;
+        Ok(Self {
+            pool: Some(Arc::new(pool)),
+            chunk: DEFAULT_CHUNK,
+        })
+    }
+
+    /// Changes the chunk size (elements, `>= 1`). Results depend on it at the last bit
+    /// (summation order), never on the thread count.
+    pub fn with_chunk(mut self, chunk: usize) -> Result<Self> {
+        if chunk == 0 {
+            return Err(invalid("chunk", "must be >= 1"));
+        }
+        self.chunk = chunk;
+        Ok(self)
+    }
+
+    /// The chunk size in elements.
+    pub fn chunk(&self) -> usize {
+        self.chunk
+    }
+
+    /// Number of worker threads this backend runs on.
+    pub fn threads(&self) -> usize {
+        match &self.pool {
+            Some(p) => p.current_num_threads(),
+            None => rayon::current_num_threads(),
+        }
+    }
+
+    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(p) => p.install(f),
+            None => f(),
+        }
+    }
+
+    /// Pass 1 of the split form: per-segment Gram matrix of the basis and `Bᵀv`.
+    pub fn partials<T: Element>(
+        &self,
+        segs: &Segments,
+        v: &[T],
+        basis: &[&[T]],
+    ) -> Result<Partials> {
+        check_inputs(segs, v, basis)?;
+        let tasks = chunk_tasks(segs, self.chunk)?;
+        let mut p = Partials::zeros(basis.len(), segs.len())?;
+        self.partials_into(&tasks, Some(v), basis, &mut p);
+        Ok(p)
+    }
+
+    /// Chunk partials in parallel, then per-segment sums in chunk order.
+    fn partials_into<T: Element>(
+        &self,
+        tasks: &[ChunkTask],
+        v: Option<&[T]>,
+        basis: &[&[T]],
+        p: &mut Partials,
+    ) {
+        let k = basis.len();
+        let st = partial_stride(k);
+        let chunk_sums: Vec<[Acc; kernels::MAX_STRIDE]> = self.run(|| {
+            tasks
+                .par_iter()
+                .map(|t| {
+                    let r = t.start..t.end;
+                    let bs: Vec<&[T]> = basis.iter().map(|b| &b[r.clone()]).collect();
+                    kernels::chunk_partial(v.map(|v| &v[r.clone()]), &bs)
+                })
+                .collect()
+        });
+        // Per segment, merge the chunk sums in chunk order, then round once to f64.
+        let out = p.as_mut_slice();
+        out.iter_mut().for_each(|x| *x = 0.0);
+        let mut seg_acc = [Acc::default(); kernels::MAX_STRIDE];
+        let mut i = 0;
+        while i < tasks.len() {
+            let seg = tasks[i].seg;
+            seg_acc.iter_mut().for_each(|a| *a = Acc::default());
+            while i < tasks.len() && tasks[i].seg == seg {
+                seg_acc
+                    .iter_mut()
+                    .zip(&chunk_sums[i])
+                    .for_each(|(a, c)| a.merge(*c));
+                i += 1;
+            }
+            out[seg * st..(seg + 1) * st]
+                .iter_mut()
+                .zip(&seg_acc)
+                .for_each(|(o, a)| *o = a.value());
+        }
+    }
+
+    /// Pass 2 of the split form: solves each segment from `partials` (possibly summed over
+    /// shards) and writes `alpha·base + beta·(v - P v)`. Returns each segment's rank.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply<T: Element>(
+        &self,
+        segs: &Segments,
+        v: &[T],
+        basis: &[&[T]],
+        partials: &Partials,
+        out: Output<'_, T>,
+        alpha: f64,
+        beta: Beta<'_>,
+        opts: &ProjectOptions,
+    ) -> Result<Vec<u32>> {
+        check_project(segs, v, basis, &out, alpha, &beta, opts)?;
+        let k = basis.len();
+        partials.check_shape(segs, k)?;
+        let mut coef = vec![0.0f64; segs.len() * k];
+        let ranks: Vec<u32> = (0..segs.len())
+            .map(|s| {
+                solve_segment(
+                    k,
+                    partials.segment(s),
+                    opts.tol,
+                    opts.ridge,
+                    &mut coef[s * k..(s + 1) * k],
+                )
+            })
+            .collect();
+        let tasks = chunk_tasks(segs, self.chunk)?;
+        let (mode, out) = out.split();
+        let outs = split_by_tasks(out, &tasks);
+        self.run(|| {
+            tasks.par_iter().zip(outs).for_each(|(t, o)| {
+                let r = t.start..t.end;
+                let bs: Vec<&[T]> = basis.iter().map(|b| &b[r.clone()]).collect();
+                let mode = match mode {
+                    BaseMode::Slice(b) => BaseMode::Slice(&b[r.clone()]),
+                    BaseMode::None => BaseMode::None,
+                    BaseMode::InPlace => BaseMode::InPlace,
+                };
+                kernels::chunk_apply(
+                    &v[r.clone()],
+                    &bs,
+                    &coef[t.seg * k..(t.seg + 1) * k],
+                    alpha,
+                    beta.get(t.seg),
+                    mode,
+                    o,
+                );
+            })
+        });
+        Ok(ranks)
+    }
+
+    /// Both passes: `out = alpha·base + beta·(v - P v)` per segment. Returns each
+    /// segment's rank.
+    #[allow(clippy::too_many_arguments)]
+    pub fn project_out<T: Element>(
+        &self,
+        segs: &Segments,
+        v: &[T],
+        basis: &[&[T]],
+        out: Output<'_, T>,
+        alpha: f64,
+        beta: Beta<'_>,
+        opts: &ProjectOptions,
+    ) -> Result<Vec<u32>> {
+        check_project(segs, v, basis, &out, alpha, &beta, opts)?;
+        let p = self.partials(segs, v, basis)?;
+        self.apply(segs, v, basis, &p, out, alpha, beta, opts)
+    }
+
+    /// Orthonormalises the k basis vectors of every segment in place (CholQR2, see the
+    /// module docs); dropped vectors become zeros. Returns each segment's rank.
+    pub fn orthonormalize<T: Element>(
+        &self,
+        segs: &Segments,
+        basis: &mut [&mut [T]],
+        tol: f64,
+    ) -> Result<Vec<u32>> {
+        if !(0.0..1.0).contains(&tol) {
+            return Err(invalid("tol", format!("must be in [0, 1), got {tol}")));
+        }
+        let k = basis.len();
+        check_k(k)?;
+        for b in basis.iter() {
+            segs.check_buffer("basis", b.len())?;
+        }
+        let tasks = chunk_tasks(segs, self.chunk)?;
+        let mut p = Partials::zeros(k, segs.len())?;
+        let mut m = vec![0.0f64; segs.len() * k * k];
+        let mut ranks = vec![0u32; segs.len()];
+        for _round in 0..2 {
+            {
+                let views: Vec<&[T]> = basis.iter().map(|b| &**b).collect();
+                self.partials_into(&tasks, None, &views, &mut p);
+            }
+            for (s, rank) in ranks.iter_mut().enumerate() {
+                *rank = orth_segment(k, p.segment(s), tol, &mut m[s * k * k..(s + 1) * k * k]);
+            }
+            // Per task, the k sub-slices of the basis buffers for that chunk.
+            let mut per_task: Vec<Vec<&mut [T]>> = (0..tasks.len()).map(|_| Vec::new()).collect();
+            for b in basis.iter_mut() {
+                for (slot, piece) in per_task.iter_mut().zip(split_by_tasks(b, &tasks)) {
+                    slot.push(piece);
+                }
+            }
+            let m = &m;
+            self.run(|| {
+                tasks.par_iter().zip(per_task).for_each(|(t, mut bs)| {
+                    kernels::chunk_orth(&mut bs, &m[t.seg * k * k..(t.seg + 1) * k * k]);
+                })
+            });
+        }
+        Ok(ranks)
+    }
+}
+
+/// Splits `buf` into the disjoint pieces covered by `tasks` (which are in order and cover
+/// every non-empty segment, see [`chunk_tasks`]).
+fn split_by_tasks<'a, T>(buf: &'a mut [T], tasks: &[ChunkTask]) -> Vec<&'a mut [T]> {
+    let mut pieces = Vec::with_capacity(tasks.len());
+    let mut rest = buf;
+    let mut pos = 0;
+    for t in tasks {
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(t.start - pos);
+        let (piece, tail) = tail.split_at_mut(t.end - t.start);
+        pieces.push(piece);
+        rest = tail;
+        pos = t.end;
+    }
+    pieces
+}
+
+const _: () = assert!(kernels::MAX_STRIDE == partial_stride(MAX_K));
