@@ -703,6 +703,18 @@ fn end_to_end_step_reference_backend_matches_closed_form() {
 }
 
 #[test]
+fn end_to_end_step_cpu_backend_matches_closed_form() {
+    run_step(&redreg::CpuBackend::new());
+    // Small chunks: several chunks per tensor.
+    run_step(
+        &redreg::CpuBackend::with_threads(2)
+            .unwrap()
+            .with_chunk(2)
+            .unwrap(),
+    );
+}
+
+#[test]
 fn rank_k_basis() {
     // One tensor of 4: g = (1, 0, 0, 0), extra = (0, 2, 0, 0), d = (1, 1, 1, 1).
     // span{g, extra} = first two axes; with ridge 1e-12 on the diagonal of the (diagonal)

@@ -47,6 +47,22 @@ impl ProjectBackend for Reference {
     }
 }
 
+/// The multi-threaded [`crate::CpuBackend`].
+impl ProjectBackend for crate::CpuBackend {
+    fn project_out<T: Element>(
+        &self,
+        segs: &Segments,
+        v: &[T],
+        basis: &[&[T]],
+        out: Output<'_, T>,
+        alpha: f64,
+        beta: Beta<'_>,
+        opts: &ProjectOptions,
+    ) -> Result<Vec<u32>> {
+        crate::CpuBackend::project_out(self, segs, v, basis, out, alpha, beta, opts)
+    }
+}
+
 /// The joint-gradient subspace the drift is projected off, per tensor.
 #[derive(Clone, Copy, Debug)]
 pub enum JointBasis<'a, T> {
