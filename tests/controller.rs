@@ -557,6 +557,10 @@ fn resume_rejects_mismatched_state() {
     let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
     v["monitors"][0]["history"]["count"] = serde_json::json!(1);
     assert!(serde_json::from_value::<ControllerState>(v).is_err());
+    // An absurd window is an Err, not a panic or a huge allocation.
+    let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v["monitors"][0]["history"] = serde_json::json!({"window": u64::MAX, "count": 0, "last": []});
+    assert!(serde_json::from_value::<ControllerState>(v).is_err());
     // The untouched state resumes.
     let back: ControllerState = serde_json::from_str(&json).unwrap();
     assert_eq!(back, state);

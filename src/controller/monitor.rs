@@ -100,7 +100,7 @@ impl ScoreHistory {
                 "the growth-rate window W must be >= 1, got 0",
             ));
         }
-        let keep = count.min(window as u64 + 1);
+        let keep = count.min((window as u64).saturating_add(1));
         if last.len() as u64 != keep {
             return Err(crate::error::invalid(
                 "score history",

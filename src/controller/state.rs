@@ -7,7 +7,9 @@ use crate::error::{check_count, invalid, Result};
 
 /// The resumable part of a [`Controller`]: the epoch, the step within it and every
 /// modality's [`Monitor`]. Serialise it into a checkpoint and pass it to
-/// [`Controller::resume`] to continue with identical decisions.
+/// [`Controller::resume`] to continue with identical decisions. Floating-point values
+/// are stored as their IEEE bit patterns (`u64`), so any serde format restores them
+/// exactly (a decimal round trip through serde_json's default parser can be off by an ulp).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ControllerState {
     /// The current epoch (0-based), `None` before the first [`Controller::begin_epoch`].
