@@ -16,6 +16,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod dtype;
 pub mod error;
+pub mod layouts;
 pub mod projection;
 pub mod reference;
 pub mod segments;

@@ -194,11 +194,18 @@ mod tests {
 
     #[test]
     fn bad_offsets_are_errors_with_numbers() {
-        let e = Segments::from_offsets(vec![0, 5, 4]).unwrap_err().to_string();
-        assert!(e.contains("offsets[1] = 5") && e.contains("offsets[2] = 4"), "{e}");
+        let e = Segments::from_offsets(vec![0, 5, 4])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("offsets[1] = 5") && e.contains("offsets[2] = 4"),
+            "{e}"
+        );
         assert!(Segments::from_offsets(vec![1, 2]).is_err());
         assert!(Segments::from_offsets(vec![]).is_err());
-        let e = Segments::from_lengths(&[usize::MAX, 1]).unwrap_err().to_string();
+        let e = Segments::from_lengths(&[usize::MAX, 1])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("overflow"), "{e}");
         assert!(Segments::from_shapes(&[vec![usize::MAX, 2]]).is_err());
     }

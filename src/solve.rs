@@ -37,6 +37,9 @@
 //! Any NaN or ±Inf in `G` or `c` gives NaN coefficients and rank 0: the whole segment's
 //! output becomes NaN rather than a silently wrong number (`docs/numerics.md`).
 
+// Index loops on purpose: this code mirrors the CUDA C kernels line for line.
+#![allow(clippy::needless_range_loop)]
+
 /// Largest supported number of basis vectors per segment (GPU kernels keep the k×k Gram
 /// accumulators in registers).
 pub const MAX_K: usize = 8;

@@ -19,9 +19,12 @@ enum Mode {
     InPlace,
 }
 
-/// Runs `project_out` through `f` (reference or backend) in the given output mode.
+/// A `project_out` with everything but the buffers bound (reference or backend).
+type ProjectFn<'f, T> = &'f dyn Fn(&[T], &[&[T]], Output<'_, T>) -> redreg::Result<Vec<u32>>;
+
+/// Runs `project_out` through `f` in the given output mode.
 fn run<T: Element>(
-    f: &dyn Fn(&[T], &[&[T]], Output<'_, T>) -> redreg::Result<Vec<u32>>,
+    f: ProjectFn<'_, T>,
     v: &[T],
     basis: &[&[T]],
     base: &[T],

@@ -1,6 +1,9 @@
 //! Per-chunk loops of the CPU backend, monomorphised over k (0..=8) so the inner loops
 //! unroll and vectorise. Each function handles one chunk of one segment.
 
+// Index loops on purpose: this code mirrors the CUDA C kernels line for line.
+#![allow(clippy::needless_range_loop)]
+
 use crate::dtype::Element;
 use crate::projection::BaseMode;
 use crate::solve::{partial_stride, MAX_K};
