@@ -30,3 +30,8 @@ pub use error::{Error, Result};
 pub use half::{bf16, f16};
 pub use projection::{Beta, Output, Partials, ProjectOptions};
 pub use segments::{chunk_tasks, ChunkTask, Segments};
+
+/// The README's code blocks are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
