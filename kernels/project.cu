@@ -1,0 +1,608 @@
+// redreg: batched projection and orthonormalisation kernels (module "project").
+//
+// Operations (see src/solve.rs for the per-segment method, src/reference.rs for the oracle):
+//   project_out:    out = alpha*base + beta_s * (v - sum_i w_i b_i)   per segment s
+//   orthonormalize: Cholesky-QR twice (CholQR2) of the k basis vectors of every segment
+//
+// Work decomposition (all kernels except project_finish): ONE launch per pass covers all
+// segments. The host builds a chunk-task table once per layout (crate::segments::chunk_tasks
+// with RR_CHUNK = 16384 elements): task t = (seg, start, end) as three u64. Grid = number of
+// tasks (one block per chunk), RR_THREADS = 256 threads per block. Inside a chunk, thread i
+// takes 16-byte vectors i, i+256, ... and the scalar head/tail elements i, i+256, ...
+// (vectors only when every buffer of the call has the same misalignment; else all scalar).
+// All indices are 64-bit. Element types: f32, f16, bf16 (raw bits), arithmetic in f64.
+//
+// Determinism: every sum has a fixed order given the layout and the buffers' alignment
+// (thread-sequential, then a fixed warp-shuffle tree, then warps 0..7 in order, then chunks
+// combined by a fixed strided+tree order in project_finish). No floating-point atomics.
+// Repeated runs on the same buffers are bitwise identical.
+//
+// Kernels and entry points (<dt> in f32, f16, bf16):
+// (every <dt> kernel exists once per k, suffix _k<k>: project_partials_f32_k1, ...)
+//   project_partials_<dt>  pass 1: per-chunk f64 partials (packed Gram upper triangle + B^T v)
+//   orth_partials_<dt>     pass 1 of orthonormalize: per-chunk Gram of B, or of B*M1 (transform=1)
+//   project_finish         per segment: combine chunk partials, then solve / orth coefficients
+//   project_apply_<dt>     pass 2: fused apply (modes: no base / base buffer / in place)
+//   orth_apply_<dt>        final pass of orthonormalize: b_j <- sum_i (M1 M2)[i][j] b_i in place
+#include "common.cuh"
+
+// Finish modes (bit flags, must match src/cuda/project.rs).
+#define RR_FIN_REDUCE 1  // sum chunk partials -> seg_partials (else read seg_partials)
+#define RR_FIN_SOLVE 2   // solve_segment -> coef (k per segment)
+#define RR_FIN_ORTH1 4   // orth_segment -> coef (k*k per segment, M1)
+#define RR_FIN_ORTH2 8   // orth_segment -> coef2 (k*k per segment, M2)
+
+// Apply modes (must match src/cuda/project.rs).
+#define RR_MODE_NONE 0   // out = beta*(v - Pv)
+#define RR_MODE_BASE 1   // out = alpha*base + beta*(v - Pv)
+#define RR_MODE_INPLACE 2  // out = alpha*out + beta*(v - Pv)
+
+// Index of G[i][j] (i <= j) in the packed upper triangle (src/solve.rs tri_index).
+__device__ __forceinline__ constexpr int rr_tri(int k, int i, int j) {
+    return i * k - (i * i - i) / 2 + (j - i);
+}
+
+// ---------------------------------------------------------------------------------------
+// Pass 1: per-chunk partial sums.
+// ---------------------------------------------------------------------------------------
+
+// Accumulates one element: q = b (or q_j = sum_i M[i][j] b_i with XFORM, M in shared),
+// acc[tri(i,j)] += q_i q_j, acc[NT + i] += q_i x. Products of f32/f16/bf16 values are exact
+// in f64, so without XFORM only the summation rounds.
+template <int K, int NS, bool HAS_V, bool XFORM>
+__device__ __forceinline__ void rr_gram_elem(double (&acc)[NS], double x, const double (&bx)[K],
+                                             const double* sm) {
+    constexpr int NT = K * (K + 1) / 2;
+    double q[K];
+    if (XFORM) {
+#pragma unroll
+        for (int j = 0; j < K; ++j) {
+            double s = 0.0;
+#pragma unroll
+            for (int i = 0; i < K; ++i) s += sm[i * K + j] * bx[i];
+            q[j] = s;
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < K; ++j) q[j] = bx[j];
+    }
+#pragma unroll
+    for (int i = 0; i < K; ++i) {
+#pragma unroll
+        for (int j = i; j < K; ++j) acc[rr_tri(K, i, j)] += q[i] * q[j];
+        if (HAS_V) acc[NT + i] += q[i] * x;
+    }
+}
+
+// One block = one chunk task. Writes RR_STRIDE(K) f64 values to chunk_partials[t*NS ..].
+// Without HAS_V the B^T v entries are written as 0. `red` is shared [RR_WARPS][RR_MAX_STRIDE],
+// `sm` shared [K*K] (only with XFORM: M1 of the task's segment, from xform[seg*K*K ..]).
+template <class E, int K, bool HAS_V, bool XFORM>
+__device__ __forceinline__ void rr_partials(const rr_u64* __restrict__ tasks,
+                                            const typename E::S* __restrict__ v,
+                                            const typename E::S* const (&b)[RR_MAX_K],
+                                            const double* __restrict__ xform,
+                                            double* __restrict__ chunk_partials, double* red,
+                                            double* sm) {
+    constexpr int NS = RR_STRIDE(K);
+    const rr_u64 t = blockIdx.x;
+    const rr_task task = rr_load_task(tasks, t);
+    if (XFORM) {
+        for (int i = threadIdx.x; i < K * K; i += RR_THREADS) sm[i] = xform[task.seg * (K * K) + i];
+        __syncthreads();
+    }
+    double acc[NS];
+#pragma unroll
+    for (int s = 0; s < NS; ++s) acc[s] = 0.0;
+
+    const rr_u32 mis0 = HAS_V ? rr_mis<E>(v, task.start) : rr_mis<E>(b[0], task.start);
+    // With XFORM (orthonormalize's second Gram only) the chunk is read element by element:
+    // the k*k transform plus k vectors in flight would exceed the register file at k = 8.
+    bool same = !XFORM;
+#pragma unroll
+    for (int i = 0; i < K; ++i) same = same && rr_mis<E>(b[i], task.start) == mis0;
+    const rr_window w = rr_make_window<E>(task.start, task.end, mis0, same);
+    const rr_u64 vend = w.vbeg + w.nvec * (rr_u64)E::VEC;
+
+    // Vector body.
+    for (rr_u64 qv = threadIdx.x; qv < w.nvec; qv += RR_THREADS) {
+        const rr_u64 e = w.vbeg + qv * (rr_u64)E::VEC;
+        rr_v16 vv;
+        if (HAS_V) vv = rr_ld16<E>(v, e);
+        rr_v16 bv[K];
+#pragma unroll
+        for (int i = 0; i < K; ++i) bv[i] = rr_ld16<E>(b[i], e);
+#pragma unroll
+        for (int j = 0; j < E::VEC; ++j) {
+            double bx[K];
+#pragma unroll
+            for (int i = 0; i < K; ++i) bx[i] = E::lane(bv[i], j);
+            const double x = HAS_V ? E::lane(vv, j) : 0.0;
+            rr_gram_elem<K, NS, HAS_V, XFORM>(acc, x, bx, sm);
+        }
+    }
+    // Scalar head [start, vbeg) and tail [vend, end).
+    for (rr_u64 e = task.start + threadIdx.x; e < w.vbeg; e += RR_THREADS) {
+        double bx[K];
+#pragma unroll
+        for (int i = 0; i < K; ++i) bx[i] = E::load(b[i][e]);
+        const double x = HAS_V ? E::load(v[e]) : 0.0;
+        rr_gram_elem<K, NS, HAS_V, XFORM>(acc, x, bx, sm);
+    }
+    for (rr_u64 e = vend + threadIdx.x; e < task.end; e += RR_THREADS) {
+        double bx[K];
+#pragma unroll
+        for (int i = 0; i < K; ++i) bx[i] = E::load(b[i][e]);
+        const double x = HAS_V ? E::load(v[e]) : 0.0;
+        rr_gram_elem<K, NS, HAS_V, XFORM>(acc, x, bx, sm);
+    }
+
+    // Fixed-order block reduction: warp tree, then warps in order.
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int s = 0; s < NS; ++s) {
+        const double r = rr_warp_sum(acc[s]);
+        if (lane == 0) red[warp * RR_MAX_STRIDE + s] = r;
+    }
+    __syncthreads();
+    for (int s = threadIdx.x; s < NS; s += RR_THREADS) {
+        double sum = 0.0;
+#pragma unroll
+        for (int wi = 0; wi < RR_WARPS; ++wi) sum += red[wi * RR_MAX_STRIDE + s];
+        chunk_partials[t * (rr_u64)NS + s] = sum;
+    }
+}
+
+#define RR_BASIS_PARAMS(S)                                                                   \
+    S *b0, S *b1, S *b2, S *b3, S *b4, S *b5, S *b6, S *b7
+
+// Entry points are specialised per k (suffix _k<k>) rather than switching on a runtime k:
+// a kernel's register count is the maximum over all paths it contains, and the k = 8 Gram
+// accumulators (44 f64) would otherwise cap the occupancy of the k = 1 kernels.
+#define RR_FOR_K1_8(M, NAME, E) \
+    M(NAME, E, 1) M(NAME, E, 2) M(NAME, E, 3) M(NAME, E, 4) M(NAME, E, 5) M(NAME, E, 6) M(NAME, E, 7) M(NAME, E, 8)
+#define RR_FOR_K0_8(M, NAME, E) M(NAME, E, 0) RR_FOR_K1_8(M, NAME, E)
+
+// project_partials_<dt>_k<k>: pass 1 of project_out / partials, 1 <= k <= 8 (k = 0 needs no
+// pass 1). Launch: grid = (n_tasks), block = (RR_THREADS), no dynamic shared memory.
+// b0..b(k-1) are the basis buffers (the rest unused, pass 0). Output:
+// chunk_partials[n_tasks * RR_STRIDE(k)], f64.
+#define RR_PROJECT_PARTIALS(NAME, E, KK)                                                      \
+    extern "C" __global__ void __launch_bounds__(RR_THREADS) project_partials_##NAME##_k##KK( \
+        const rr_u64* __restrict__ tasks, const E::S* __restrict__ v,                        \
+        RR_BASIS_PARAMS(const E::S), double* __restrict__ chunk_partials) {                  \
+        __shared__ double red[RR_WARPS * RR_MAX_STRIDE];                                     \
+        const E::S* const b[RR_MAX_K] = {b0, b1, b2, b3, b4, b5, b6, b7};                    \
+        rr_partials<E, KK, true, false>(tasks, v, b, 0, chunk_partials, red, 0);             \
+    }
+
+// orth_partials_<dt>_k<k>: Gram pass of orthonormalize, 1 <= k <= 8. transform = 0: Gram of
+// B; transform = 1: Gram of Q1 = B*M1 computed on the fly in f64 (M1 = xform[seg*k*k ..],
+// row-major, q_j = sum_i M1[i][j] b_i) — CholQR2's second Gram without storing Q1.
+// Launch: grid = (n_tasks), block = (RR_THREADS). Output as project_partials (the B^T v
+// entries are 0).
+#define RR_ORTH_PARTIALS(NAME, E, KK)                                                         \
+    extern "C" __global__ void __launch_bounds__(RR_THREADS) orth_partials_##NAME##_k##KK(    \
+        const rr_u64* __restrict__ tasks, RR_BASIS_PARAMS(const E::S),                       \
+        const double* __restrict__ xform, int transform, double* __restrict__ chunk_partials) { \
+        __shared__ double red[RR_WARPS * RR_MAX_STRIDE];                                     \
+        __shared__ double sm[RR_MAX_K * RR_MAX_K];                                           \
+        const E::S* const b[RR_MAX_K] = {b0, b1, b2, b3, b4, b5, b6, b7};                    \
+        if (transform)                                                                       \
+            rr_partials<E, KK, false, true>(tasks, 0, b, xform, chunk_partials, red, sm);    \
+        else                                                                                 \
+            rr_partials<E, KK, false, false>(tasks, 0, b, xform, chunk_partials, red, sm);   \
+    }
+
+RR_FOR_K1_8(RR_PROJECT_PARTIALS, f32, rr_f32)
+RR_FOR_K1_8(RR_PROJECT_PARTIALS, f16, rr_f16)
+RR_FOR_K1_8(RR_PROJECT_PARTIALS, bf16, rr_bf16)
+RR_FOR_K1_8(RR_ORTH_PARTIALS, f32, rr_f32)
+RR_FOR_K1_8(RR_ORTH_PARTIALS, f16, rr_f16)
+RR_FOR_K1_8(RR_ORTH_PARTIALS, bf16, rr_bf16)
+
+// ---------------------------------------------------------------------------------------
+// Per-segment solve: CUDA port of src/solve.rs (factor, solve_segment, orth_segment), line
+// for line, in f64. `p` points at one segment's packed partials in global memory. Compiled
+// with FMA contraction on (nvcc/NVRTC default), so last-bit differences from the Rust code
+// are possible; the method and the rank decision are the same.
+// ---------------------------------------------------------------------------------------
+
+template <int K>
+__device__ __forceinline__ void rr_factor(const double* p, double tol, double (&l)[K][K],
+                                          bool (&kept)[K]) {
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+        kept[j] = false;
+#pragma unroll
+        for (int i = 0; i < K; ++i) l[j][i] = 0.0;
+    }
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+        const double gjj = p[rr_tri(K, j, j)];
+        if (gjj <= 0.0) continue;  // a zero vector
+        double d = gjj;
+#pragma unroll
+        for (int i = 0; i < j; ++i) {
+            if (!kept[i]) continue;
+            double s = p[rr_tri(K, i, j)];
+#pragma unroll
+            for (int m = 0; m < i; ++m) s -= l[j][m] * l[i][m];
+            const double lji = s / l[i][i];
+            l[j][i] = lji;
+            d -= lji * lji;
+        }
+        if (d > tol * tol * gjj) {
+            kept[j] = true;
+            l[j][j] = sqrt(d);
+        } else {
+#pragma unroll
+            for (int m = 0; m < K; ++m) l[j][m] = 0.0;
+        }
+    }
+}
+
+// solve_segment: writes k coefficients to coef, returns the rank.
+template <int K>
+__device__ __forceinline__ rr_u32 rr_solve_segment(const double* p, double tol, double ridge,
+                                                   double* coef) {
+    constexpr int NS = RR_STRIDE(K);
+    constexpr int NT = K * (K + 1) / 2;
+    bool finite = true;
+#pragma unroll
+    for (int s = 0; s < NS; ++s) finite = finite && rr_isfinite(p[s]);
+    if (!finite) {
+#pragma unroll
+        for (int i = 0; i < K; ++i) coef[i] = rr_nan();
+        return 0;
+    }
+    double l[K][K];
+    bool kept[K];
+    rr_factor<K>(p, tol, l, kept);
+    rr_u32 rank = 0;
+#pragma unroll
+    for (int j = 0; j < K; ++j) rank += kept[j] ? 1u : 0u;
+
+    if (ridge != 0.0) {
+#pragma unroll
+        for (int j = 0; j < K; ++j) {
+#pragma unroll
+            for (int i = 0; i < K; ++i) l[j][i] = 0.0;
+        }
+#pragma unroll
+        for (int j = 0; j < K; ++j) {
+            if (!kept[j]) continue;
+#pragma unroll
+            for (int i = 0; i <= j; ++i) {
+                if (!kept[i]) continue;
+                double s = p[rr_tri(K, i, j)] + (i == j ? ridge : 0.0);
+#pragma unroll
+                for (int m = 0; m < i; ++m) s -= l[j][m] * l[i][m];
+                if (i == j)
+                    l[j][j] = sqrt(s);
+                else
+                    l[j][i] = s / l[i][i];
+            }
+        }
+    }
+
+    double y[K];
+    double w[K];
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+        y[j] = 0.0;
+        w[j] = 0.0;
+    }
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+        if (!kept[j]) continue;
+        double s = p[NT + j];
+#pragma unroll
+        for (int i = 0; i < j; ++i) s -= l[j][i] * y[i];
+        y[j] = s / l[j][j];
+    }
+#pragma unroll
+    for (int j = K - 1; j >= 0; --j) {
+        if (!kept[j]) {
+            w[j] = 0.0;
+            continue;
+        }
+        double s = y[j];
+#pragma unroll
+        for (int i = j + 1; i < K; ++i) s -= l[i][j] * w[i];
+        w[j] = s / l[j][j];
+    }
+#pragma unroll
+    for (int j = 0; j < K; ++j) coef[j] = w[j];
+    return rank;
+}
+
+// orth_segment: writes the k*k row-major m (q_j = sum_i m[i*k+j] b_i) to global memory
+// (read back by the same thread), returns the rank.
+template <int K>
+__device__ __forceinline__ rr_u32 rr_orth_segment(const double* p, double tol, double* m) {
+    constexpr int NT = K * (K + 1) / 2;
+    bool finite = true;
+#pragma unroll
+    for (int s = 0; s < NT; ++s) finite = finite && rr_isfinite(p[s]);
+    if (!finite) {
+        for (int i = 0; i < K * K; ++i) m[i] = rr_nan();
+        return 0;
+    }
+    double l[K][K];
+    bool kept[K];
+    rr_factor<K>(p, tol, l, kept);
+    for (int i = 0; i < K * K; ++i) m[i] = 0.0;
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+        if (!kept[j]) continue;
+        m[j * K + j] = 1.0 / l[j][j];
+#pragma unroll
+        for (int i = j - 1; i >= 0; --i) {
+            if (!kept[i]) continue;
+            double s = 0.0;
+#pragma unroll
+            for (int r = i + 1; r <= j; ++r) s -= l[r][i] * m[r * K + j];
+            m[i * K + j] = s / l[i][i];
+        }
+    }
+    rr_u32 rank = 0;
+#pragma unroll
+    for (int j = 0; j < K; ++j) rank += kept[j] ? 1u : 0u;
+    return rank;
+}
+
+// One warp per segment. REDUCE: lane l sums chunks first+l, first+l+32, ... (in order), then
+// a fixed warp tree; lane 0 writes seg_partials. Then lane 0 runs the selected solve.
+template <int K>
+__device__ __forceinline__ void rr_finish(const double* __restrict__ chunk_partials,
+                                          const rr_u64* __restrict__ seg_first, rr_u64 n_seg,
+                                          int mode, double tol, double ridge,
+                                          double* seg_partials, double* coef, double* coef2,
+                                          rr_u32* __restrict__ ranks) {
+    constexpr int NS = RR_STRIDE(K);
+    const rr_u64 seg = (rr_u64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (seg >= n_seg) return;  // warp-uniform
+    double* ps = seg_partials + seg * (rr_u64)NS;
+    if (mode & RR_FIN_REDUCE) {
+        double acc[NS];
+#pragma unroll
+        for (int s = 0; s < NS; ++s) acc[s] = 0.0;
+        const rr_u64 t1 = seg_first[seg + 1];
+        for (rr_u64 t = seg_first[seg] + lane; t < t1; t += 32) {
+#pragma unroll
+            for (int s = 0; s < NS; ++s) acc[s] += chunk_partials[t * (rr_u64)NS + s];
+        }
+#pragma unroll
+        for (int s = 0; s < NS; ++s) {
+            const double r = rr_warp_sum(acc[s]);
+            if (lane == 0) ps[s] = r;
+        }
+    }
+    if (lane != 0) return;
+    if (mode & RR_FIN_SOLVE) {
+        ranks[seg] = rr_solve_segment<K>(ps, tol, ridge, coef + seg * K);
+    } else if (mode & RR_FIN_ORTH1) {
+        ranks[seg] = rr_orth_segment<K>(ps, tol, coef + seg * (K * K));
+    } else if (mode & RR_FIN_ORTH2) {
+        ranks[seg] = rr_orth_segment<K>(ps, tol, coef2 + seg * (K * K));
+    }
+}
+
+// project_finish: per-segment reduction of chunk partials and/or per-segment solve.
+// Launch: grid = (ceil(n_seg / 4)), block = (128) — one warp per segment; 1 <= k <= 8.
+// seg_first[n_seg + 1]: first task index of each segment (empty segments: no tasks, so
+// their partials are 0 and their rank 0). seg_partials[n_seg * RR_STRIDE(k)] (written with
+// REDUCE, else read), coef[n_seg * k] (SOLVE) or [n_seg * k * k] (ORTH1), coef2 (ORTH2),
+// ranks[n_seg] (u32). Numerics: f64, see the solve port above.
+extern "C" __global__ void __launch_bounds__(128)
+    project_finish(const double* __restrict__ chunk_partials, const rr_u64* __restrict__ seg_first,
+                   rr_u64 n_seg, int k, int mode, double tol, double ridge, double* seg_partials,
+                   double* coef, double* coef2, rr_u32* __restrict__ ranks) {
+#define RR_FIN_CASE(KK)                                                                      \
+    case KK:                                                                                 \
+        rr_finish<KK>(chunk_partials, seg_first, n_seg, mode, tol, ridge, seg_partials, coef, \
+                      coef2, ranks);                                                         \
+        break;
+    switch (k) {
+        RR_FIN_CASE(1)
+        RR_FIN_CASE(2)
+        RR_FIN_CASE(3)
+        RR_FIN_CASE(4)
+        RR_FIN_CASE(5)
+        RR_FIN_CASE(6)
+        RR_FIN_CASE(7)
+        RR_FIN_CASE(8)
+        default: break;
+    }
+#undef RR_FIN_CASE
+}
+
+// ---------------------------------------------------------------------------------------
+// Pass 2: the fused apply.
+// ---------------------------------------------------------------------------------------
+
+template <class E, int K>
+__device__ __forceinline__ double rr_apply_elem(double x, const double (&bx)[K > 0 ? K : 1],
+                                                const double (&w)[K > 0 ? K : 1], double beta,
+                                                double alpha, int mode, double base) {
+    double y = x;
+#pragma unroll
+    for (int i = 0; i < K; ++i) y -= w[i] * bx[i];
+    double z = beta * y;
+    if (mode != RR_MODE_NONE) z = alpha * base + z;
+    return z;
+}
+
+template <class E, int K>
+__device__ __forceinline__ void rr_apply(const rr_u64* __restrict__ tasks,
+                                         const typename E::S* __restrict__ v,
+                                         const typename E::S* const (&b)[RR_MAX_K],
+                                         const double* __restrict__ coef,
+                                         const double* __restrict__ beta_seg, double beta_scalar,
+                                         double alpha, int mode,
+                                         const typename E::S* __restrict__ base,
+                                         typename E::S* out) {
+    constexpr int KA = K > 0 ? K : 1;
+    const rr_task task = rr_load_task(tasks, blockIdx.x);
+    double w[KA];
+    w[0] = 0.0;
+#pragma unroll
+    for (int i = 0; i < K; ++i) w[i] = coef[task.seg * K + i];
+    const double beta = beta_seg ? beta_seg[task.seg] : beta_scalar;
+    // In place, the base term is read from `out` itself.
+    const typename E::S* src = mode == RR_MODE_BASE ? base : out;
+
+    const rr_u32 mis0 = rr_mis<E>(v, task.start);
+    bool same = rr_mis<E>(out, task.start) == mis0;
+    if (mode == RR_MODE_BASE) same = same && rr_mis<E>(base, task.start) == mis0;
+#pragma unroll
+    for (int i = 0; i < K; ++i) same = same && rr_mis<E>(b[i], task.start) == mis0;
+    const rr_window win = rr_make_window<E>(task.start, task.end, mis0, same);
+    const rr_u64 vend = win.vbeg + win.nvec * (rr_u64)E::VEC;
+
+#pragma unroll 1
+    for (rr_u64 qv = threadIdx.x; qv < win.nvec; qv += RR_THREADS) {
+        const rr_u64 e = win.vbeg + qv * (rr_u64)E::VEC;
+        const rr_v16 vv = rr_ld16<E>(v, e);
+        rr_v16 bv[KA];
+#pragma unroll
+        for (int i = 0; i < K; ++i) bv[i] = rr_ld16<E>(b[i], e);
+        rr_v16 ov;
+        ov.x = ov.y = ov.z = ov.w = 0u;
+        if (mode != RR_MODE_NONE) ov = rr_ld16<E>(src, e);
+        double y[E::VEC];
+#pragma unroll
+        for (int j = 0; j < E::VEC; ++j) {
+            double bx[KA];
+            bx[0] = 0.0;
+#pragma unroll
+            for (int i = 0; i < K; ++i) bx[i] = E::lane(bv[i], j);
+            y[j] = rr_apply_elem<E, K>(E::lane(vv, j), bx, w, beta, alpha, mode, E::lane(ov, j));
+        }
+        rr_st16<E>(out, e, rr_pack<E>(y));
+    }
+    // Scalar head and tail.
+#pragma unroll 1
+    for (int part = 0; part < 2; ++part) {
+        const rr_u64 lo = part == 0 ? task.start : vend;
+        const rr_u64 hi = part == 0 ? win.vbeg : task.end;
+        for (rr_u64 e = lo + threadIdx.x; e < hi; e += RR_THREADS) {
+            double bx[KA];
+            bx[0] = 0.0;
+#pragma unroll
+            for (int i = 0; i < K; ++i) bx[i] = E::load(b[i][e]);
+            const double bs = mode != RR_MODE_NONE ? E::load(src[e]) : 0.0;
+            out[e] = E::store(rr_apply_elem<E, K>(E::load(v[e]), bx, w, beta, alpha, mode, bs));
+        }
+    }
+}
+
+// project_apply_<dt>_k<k>: pass 2 of project_out / apply.
+// Launch: grid = (n_tasks), block = (RR_THREADS); 0 <= k <= 8; coef[n_seg * k] from
+// project_finish (SOLVE). beta = beta_seg[seg] when beta_seg != 0, else beta_scalar.
+// mode: 0 out = beta*y; 1 out = alpha*base + beta*y; 2 out = alpha*out + beta*y, where
+// y = v - sum_i w_i b_i. All arithmetic in f64, ONE rounding to the element type per
+// output (FMA contraction allowed). `out` must not alias v, base or the basis (in place
+// reads `out` element-wise before writing it: each element is owned by one thread).
+// Minimum resident blocks per SM hint: keeps the common small-k kernels at <= 32/64
+// registers (occupancy for bandwidth) and lets large k use what it needs (no spills).
+#define RR_APPLY_MINB(KK) ((KK) <= 1 ? 8 : ((KK) <= 4 ? 4 : 1))
+#define RR_PROJECT_APPLY(NAME, E, KK)                                                         \
+    extern "C" __global__ void __launch_bounds__(RR_THREADS, RR_APPLY_MINB(KK)) project_apply_##NAME##_k##KK( \
+        const rr_u64* __restrict__ tasks, const E::S* __restrict__ v,                        \
+        RR_BASIS_PARAMS(const E::S), const double* __restrict__ coef,                        \
+        const double* __restrict__ beta_seg, double beta_scalar, double alpha, int mode,     \
+        const E::S* __restrict__ base, E::S* out) {                                          \
+        const E::S* const b[RR_MAX_K] = {b0, b1, b2, b3, b4, b5, b6, b7};                    \
+        rr_apply<E, KK>(tasks, v, b, coef, beta_seg, beta_scalar, alpha, mode, base, out);   \
+    }
+
+RR_FOR_K0_8(RR_PROJECT_APPLY, f32, rr_f32)
+RR_FOR_K0_8(RR_PROJECT_APPLY, f16, rr_f16)
+RR_FOR_K0_8(RR_PROJECT_APPLY, bf16, rr_bf16)
+
+// ---------------------------------------------------------------------------------------
+// orth_apply_<dt>_k<k>: last pass of orthonormalize (CholQR2): b_j <- sum_i M[i][j] b_i in place
+// with M = M1 * M2 (both row-major k*k per segment, from project_finish ORTH1 / ORTH2),
+// computed per block in shared memory. Each element e is owned by one thread, which loads
+// all k values before writing any: in place is race-free.
+// Launch: grid = (n_tasks), block = (RR_THREADS); 1 <= k <= 8. f64 arithmetic, one
+// rounding per output.
+// ---------------------------------------------------------------------------------------
+template <class E, int K>
+__device__ __forceinline__ void rr_orth_apply(const rr_u64* __restrict__ tasks,
+                                              typename E::S* const (&b)[RR_MAX_K],
+                                              const double* __restrict__ m1,
+                                              const double* __restrict__ m2, double* sm) {
+    const rr_task task = rr_load_task(tasks, blockIdx.x);
+    for (int idx = threadIdx.x; idx < K * K; idx += RR_THREADS) {
+        const int i = idx / K;
+        const int j = idx % K;
+        const double* a = m1 + task.seg * (K * K);
+        const double* c = m2 + task.seg * (K * K);
+        double s = 0.0;
+#pragma unroll
+        for (int r = 0; r < K; ++r) s += a[i * K + r] * c[r * K + j];
+        sm[idx] = s;
+    }
+    __syncthreads();
+
+    const rr_u32 mis0 = rr_mis<E>(b[0], task.start);
+    bool same = true;
+#pragma unroll
+    for (int i = 1; i < K; ++i) same = same && rr_mis<E>(b[i], task.start) == mis0;
+    const rr_window win = rr_make_window<E>(task.start, task.end, mis0, same);
+    const rr_u64 vend = win.vbeg + win.nvec * (rr_u64)E::VEC;
+
+    for (rr_u64 qv = threadIdx.x; qv < win.nvec; qv += RR_THREADS) {
+        const rr_u64 e = win.vbeg + qv * (rr_u64)E::VEC;
+        rr_v16 bv[K];
+#pragma unroll
+        for (int i = 0; i < K; ++i) bv[i] = rr_ld16<E>(b[i], e);
+#pragma unroll
+        for (int c = 0; c < K; ++c) {
+            double y[E::VEC];
+#pragma unroll
+            for (int j = 0; j < E::VEC; ++j) {
+                double s = 0.0;
+#pragma unroll
+                for (int i = 0; i < K; ++i) s += sm[i * K + c] * E::lane(bv[i], j);
+                y[j] = s;
+            }
+            rr_st16<E>(b[c], e, rr_pack<E>(y));
+        }
+    }
+#pragma unroll 1
+    for (int part = 0; part < 2; ++part) {
+        const rr_u64 lo = part == 0 ? task.start : vend;
+        const rr_u64 hi = part == 0 ? win.vbeg : task.end;
+        for (rr_u64 e = lo + threadIdx.x; e < hi; e += RR_THREADS) {
+            double bx[K];
+#pragma unroll
+            for (int i = 0; i < K; ++i) bx[i] = E::load(b[i][e]);
+#pragma unroll
+            for (int c = 0; c < K; ++c) {
+                double s = 0.0;
+#pragma unroll
+                for (int i = 0; i < K; ++i) s += sm[i * K + c] * bx[i];
+                b[c][e] = E::store(s);
+            }
+        }
+    }
+}
+
+#define RR_ORTH_APPLY(NAME, E, KK)                                                            \
+    extern "C" __global__ void __launch_bounds__(RR_THREADS) orth_apply_##NAME##_k##KK(       \
+        const rr_u64* __restrict__ tasks, RR_BASIS_PARAMS(E::S),                             \
+        const double* __restrict__ m1, const double* __restrict__ m2) {                      \
+        __shared__ double sm[RR_MAX_K * RR_MAX_K];                                           \
+        E::S* const b[RR_MAX_K] = {b0, b1, b2, b3, b4, b5, b6, b7};                          \
+        rr_orth_apply<E, KK>(tasks, b, m1, m2, sm);                                          \
+    }
+
+RR_FOR_K1_8(RR_ORTH_APPLY, f32, rr_f32)
+RR_FOR_K1_8(RR_ORTH_APPLY, f16, rr_f16)
+RR_FOR_K1_8(RR_ORTH_APPLY, bf16, rr_bf16)
