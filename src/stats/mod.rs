@@ -1,1 +1,117 @@
-//! Fused redundancy statistics (issue 4): declared once as a plan, executed per step.
+//! Fused redundancy statistics (issue 4): every per-step reduction of RedReg declared once
+//! as a plan and executed per step in one pass.
+//!
+//! # Use
+//! ```
+//! use redreg::stats::{CpuStats, StatsPlan, REDUNDANCY_EPS};
+//! use redreg::{DType, Segments};
+//! # fn main() -> redreg::Result<()> {
+//! let segs = Segments::from_lengths(&[3, 2])?;
+//! let mut plan = StatsPlan::new();
+//! let num = plan.sq_diff_mean("z_a", DType::F32, 4)?;
+//! let den = plan.sq_diff_mean("x_a", DType::F32, 2)?;
+//! let sim = plan.row_cos_mean("pos_sim", DType::F32, 2, 2)?;
+//! let p_a = plan.true_prob_mean("p_a", DType::F32, 2, 3)?;
+//! let fisher = plan.seg_sums("grad_a", DType::F32, &segs, true)?;
+//! let drift = plan.seg_dots("drift.grad", DType::F32, &segs)?;
+//! let mut exec = CpuStats::new(&plan)?; // all storage allocated here, once
+//!
+//! // Every step: bind the step's buffers through the handles and run.
+//! let (z1, z2) = ([1.0f32, 2.0, 3.0, 4.0], [1.0f32, 2.0, 3.0, 5.0]);
+//! let (x1, x2) = ([0.5f32, 0.5], [0.5f32, 0.0]);
+//! let (fa, fv) = ([1.0f32, 0.0, 0.0, 1.0], [1.0f32, 0.0, 0.0, -1.0]);
+//! let (logits, labels) = ([0.0f32, 0.0, 0.0, 1e4, 0.0, 0.0], [2i64, 0]);
+//! let (g, d) = ([1.0f32, -2.0, 3.0, 4.0, 0.0], [1.0f32; 5]);
+//! let mut acc = vec![0.0f32; 5];
+//! let r = exec.run(&mut [
+//!     num.bind(&z1, &z2),
+//!     den.bind(&x1, &x2),
+//!     sim.bind(&fa, &fv),
+//!     p_a.bind(&logits, &labels),
+//!     fisher.bind_acc(&g, &mut acc),
+//!     drift.bind(&d, &g),
+//! ])?;
+//! assert_eq!(r.get(num)?, 0.25);
+//! assert_eq!(r.redundancy(num, den, REDUNDANCY_EPS)?, 0.25 / (0.125 + 1e-12));
+//! assert_eq!(r.get(sim)?, 0.0); // (1 + -1) / 2
+//! assert!((r.get(p_a)? - (1.0 / 3.0 + 1.0) / 2.0).abs() < 1e-12);
+//! assert_eq!(r.get(fisher)?.sum_sq, &[14.0, 16.0]);
+//! assert_eq!(r.get(drift)?, &[2.0, 4.0]);
+//! # drop(r);
+//! assert_eq!(acc, [1.0, 4.0, 9.0, 16.0, 0.0]);
+//! # Ok(()) }
+//! ```
+//!
+//! # Statistics
+//! All arithmetic is in f64 (inputs f32, f16 or bf16 are widened exactly).
+//! - **squared-difference mean** `mean((x - y)^2)` over two buffers of equal length
+//!   ([`StatsPlan::sq_diff_mean`]); [`StatsResults::redundancy`] / [`redundancy_ratio`]
+//!   give the redundancy `mean((z1-z2)^2) / (mean((x1-x2)^2) + eps)`.
+//! - **row cosine mean** `mean_i cos(a_i, b_i)` over two row-major B×D matrices. A row that
+//!   is entirely zero (in either matrix) gives cosine **0** (PyTorch's `cosine_similarity`
+//!   also gives 0 there; unlike it, no `eps` clamps tiny non-zero norms).
+//! - **true-label probability mean** `mean_i softmax(logits_i)[label_i]`, B×C logits and B
+//!   labels of type **`i64`** (PyTorch's class-index dtype, so a trainer passes its target
+//!   tensor as is). Max-subtracted, stable for logits of any finite magnitude (1e4 and
+//!   beyond); a row whose logits are all -Inf gives NaN. A label outside `0..C` (negative
+//!   included) is never used as an index: the run finishes, the statistic reads NaN and
+//!   `run` returns `Err(LabelOutOfRange)` naming the statistic, the first offending row and
+//!   its label.
+//! - **per-segment sums** Σx, Σx², Σ|x| over a buffer laid out by [`crate::Segments`]
+//!   (empty segments give 0), optionally with `acc[e] = f32(f64(acc[e]) + x[e]^2)` on an
+//!   f32 accumulator in the same pass ([`reference::acc_update`]; one rounding of the f64
+//!   sum, identical on every backend).
+//! - **per-segment dot products** ⟨x, y⟩.
+//!
+//! The mean over zero elements or zero rows is NaN (as `torch.mean` of an empty tensor).
+//!
+//! # Non-finite input
+//! A NaN or ±Inf in an input makes NaN (or ±Inf) only the statistics that read that
+//! element: the statistic's mean, the row's cosine (hence the mean), the row's
+//! probability, or the one segment's sums/dot. Every other statistic of the same run —
+//! including other segments of the same buffer — is unaffected. A non-finite accumulator
+//! element follows IEEE arithmetic in place.
+//!
+//! # Determinism
+//! Results are bitwise identical run to run and for any number of rayon threads: the work
+//! is split by a fixed table of [`STATS_CHUNK`]-element tasks, each task reduces in a fixed
+//! order into its own slot, and the slots are combined sequentially in task order (see
+//! [`cpu`]). The CPU result equals the sequential oracle ([`reference`]) up to f64
+//! summation order (relative differences ~1e-15 of Σ|terms|).
+//!
+//! # Validation
+//! An input count, dtype, length, handle or accumulator mismatch is an `Err` that names the
+//! statistic and the numbers, returned before anything is read or written; results are
+//! read through typed handles (`Err` for a handle of another plan), never by panicking.
+
+pub mod cpu;
+mod plan;
+pub mod reference;
+
+pub use cpu::CpuStats;
+pub use plan::{
+    redundancy_ratio, Buf, Input, RowCosMean, SegDots, SegSums, SegSumsRef, SqDiffMean, StatHandle,
+    StatKind, StatsPlan, StatsResults, TrueProbMean, REDUNDANCY_EPS, STATS_CHUNK,
+};
+
+macro_rules! with_buf {
+    ($b:expr, |$x:ident| $body:expr) => {
+        match $b {
+            $crate::stats::Buf::F32($x) => $body,
+            $crate::stats::Buf::F16($x) => $body,
+            $crate::stats::Buf::BF16($x) => $body,
+        }
+    };
+}
+
+macro_rules! with_pair {
+    ($a:expr, $b:expr, |$x:ident, $y:ident| $body:expr) => {
+        match ($a, $b) {
+            ($crate::stats::Buf::F32($x), $crate::stats::Buf::F32($y)) => $body,
+            ($crate::stats::Buf::F16($x), $crate::stats::Buf::F16($y)) => $body,
+            ($crate::stats::Buf::BF16($x), $crate::stats::Buf::BF16($y)) => $body,
+            _ => unreachable!("dtypes are validated before execution"),
+        }
+    };
+}
+pub(crate) use {with_buf, with_pair};

@@ -1,0 +1,449 @@
+//! CPU executor of a statistics plan: rayon over a fixed task table, f64 accumulation,
+//! deterministic for any thread count.
+//!
+//! # Method
+//! [`CpuStats::new`] splits every declared statistic into tasks of about
+//! [`STATS_CHUNK`] elements (chunks of a buffer or of a segment; groups of whole rows, or
+//! pieces of one row when a row is longer than a chunk). A run computes every task's partial
+//! sums in parallel into its own preallocated slot (4 f64), then a sequential finishing pass
+//! combines the slots of each statistic in task order. Each task sums its elements in a
+//! fixed order (four interleaved lanes, combined as `(l0 + l1) + (l2 + l3)`, then the tail),
+//! so results depend only on the plan, never on scheduling.
+//!
+//! # Allocation
+//! The task table, partial slots, binding table and [`StatsResults`] are allocated once in
+//! `new`; `run` allocates nothing in this crate (rayon's scheduler aside).
+
+use super::plan::{label_ok, write_prob, Bound, Decl, Input, StatsPlan, StatsResults, STATS_CHUNK};
+use super::reference::{acc_update, cos_from_sums, max_nan, row_prob};
+use super::{with_buf, with_pair};
+use crate::dtype::Element;
+use crate::error::{invalid, Result};
+use crate::segments::chunk_tasks;
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// f64 values per task slot.
+const P: usize = 4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// `start..end` are element offsets (`a` = segment for segmented statistics).
+    Elems,
+    /// `start..end` are whole rows.
+    Rows,
+    /// Row `a`, elements `start..end` (absolute offsets) of it.
+    RowPiece,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Task {
+    entry: usize,
+    mode: Mode,
+    a: usize,
+    start: usize,
+    end: usize,
+}
+
+/// Deterministic CPU executor of one [`StatsPlan`] (see the module docs).
+#[derive(Debug)]
+pub struct CpuStats {
+    plan: StatsPlan,
+    tasks: Vec<Task>,
+    entry_tasks: Vec<Range<usize>>,
+    partials: Vec<f64>,
+    order: Vec<usize>,
+    results: StatsResults,
+}
+
+fn row_tasks(entry: usize, rows: usize, dim: usize, tasks: &mut Vec<Task>) {
+    if dim <= STATS_CHUNK {
+        let per = (STATS_CHUNK / dim.max(1)).max(1);
+        let mut r = 0;
+        while r < rows {
+            let e = (r + per).min(rows);
+            tasks.push(Task {
+                entry,
+                mode: Mode::Rows,
+                a: 0,
+                start: r,
+                end: e,
+            });
+            r = e;
+        }
+    } else {
+        for row in 0..rows {
+            let mut s = row * dim;
+            let end = s + dim;
+            while s < end {
+                let e = (s + STATS_CHUNK).min(end);
+                tasks.push(Task {
+                    entry,
+                    mode: Mode::RowPiece,
+                    a: row,
+                    start: s,
+                    end: e,
+                });
+                s = e;
+            }
+        }
+    }
+}
+
+impl CpuStats {
+    /// Builds the task table and preallocates all storage for `plan` (a copy of the plan
+    /// is kept: statistics declared on `plan` afterwards are not part of this executor).
+    pub fn new(plan: &StatsPlan) -> Result<Self> {
+        let mut tasks = Vec::new();
+        let mut entry_tasks = Vec::with_capacity(plan.len());
+        for (i, e) in plan.entries.iter().enumerate() {
+            let first = tasks.len();
+            match &e.decl {
+                Decl::SqDiff { len } => {
+                    let mut s = 0;
+                    while s < *len {
+                        let end = (s + STATS_CHUNK).min(*len);
+                        tasks.push(Task {
+                            entry: i,
+                            mode: Mode::Elems,
+                            a: 0,
+                            start: s,
+                            end,
+                        });
+                        s = end;
+                    }
+                }
+                Decl::RowCos { rows, dim } => row_tasks(i, *rows, *dim, &mut tasks),
+                Decl::TrueProb { rows, classes } => row_tasks(i, *rows, *classes, &mut tasks),
+                Decl::SegSums { segs, .. } | Decl::SegDots { segs } => {
+                    tasks.extend(chunk_tasks(segs, STATS_CHUNK)?.into_iter().map(|c| Task {
+                        entry: i,
+                        mode: Mode::Elems,
+                        a: c.seg,
+                        start: c.start,
+                        end: c.end,
+                    }));
+                }
+            }
+            entry_tasks.push(first..tasks.len());
+        }
+        let n = tasks
+            .len()
+            .checked_mul(P)
+            .ok_or_else(|| invalid("plan", "too many tasks"))?;
+        Ok(Self {
+            plan: plan.clone(),
+            partials: vec![0.0; n],
+            order: vec![usize::MAX; plan.len()],
+            results: plan.new_results(),
+            tasks,
+            entry_tasks,
+        })
+    }
+
+    /// The plan this executor runs.
+    pub fn plan(&self) -> &StatsPlan {
+        &self.plan
+    }
+
+    /// The results of the last run (NaN before the first).
+    pub fn results(&self) -> &StatsResults {
+        &self.results
+    }
+
+    /// Executes every statistic of the plan on `inputs` (one per declared statistic, any
+    /// order, each made by its handle's `bind`).
+    ///
+    /// Validation comes first: on a count, plan, dtype, shape or accumulator mismatch
+    /// nothing is read or written. Then everything runs (accumulators included); if a
+    /// label was out of range the call returns `Err(LabelOutOfRange)` for the first such
+    /// statistic (first offending row), whose mean reads NaN, while all other results in
+    /// [`CpuStats::results`] are valid.
+    pub fn run(&mut self, inputs: &mut [Input<'_>]) -> Result<&StatsResults> {
+        self.plan.resolve(inputs, &mut self.order)?;
+        let inputs = &*inputs;
+        let (plan, order) = (&self.plan, &self.order);
+        self.tasks
+            .par_iter()
+            .zip(self.partials.par_chunks_mut(P))
+            .for_each(|(t, slot)| {
+                let e = &plan.entries[t.entry];
+                run_task(t, &e.decl, &inputs[order[t.entry]].data, slot);
+            });
+        for (i, e) in self.plan.entries.iter().enumerate() {
+            let r = self.entry_tasks[i].clone();
+            let v = &mut self.results.values[e.out..e.out + e.n_values()];
+            finish(
+                &e.decl,
+                &inputs[self.order[i]].data,
+                &self.tasks[r.clone()],
+                &self.partials[r.start * P..r.end * P],
+                v,
+            );
+        }
+        self.plan.label_error(&self.results)?;
+        Ok(&self.results)
+    }
+}
+
+#[inline(always)]
+fn lanes(l: [f64; 4]) -> f64 {
+    (l[0] + l[1]) + (l[2] + l[3])
+}
+
+fn sum_sq_diff<T: Element>(x: &[T], y: &[T]) -> f64 {
+    let mut l = [0.0f64; 4];
+    let (xc, yc) = (x.chunks_exact(4), y.chunks_exact(4));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (a, b) in xc.zip(yc) {
+        for k in 0..4 {
+            let d = a[k].to_f64() - b[k].to_f64();
+            l[k] += d * d;
+        }
+    }
+    let mut s = lanes(l);
+    for (a, b) in xr.iter().zip(yr) {
+        let d = a.to_f64() - b.to_f64();
+        s += d * d;
+    }
+    s
+}
+
+fn dot3<T: Element>(x: &[T], y: &[T]) -> [f64; 3] {
+    let (mut d, mut na, mut nb) = ([0.0f64; 4], [0.0f64; 4], [0.0f64; 4]);
+    let (xc, yc) = (x.chunks_exact(4), y.chunks_exact(4));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (a, b) in xc.zip(yc) {
+        for k in 0..4 {
+            let (u, v) = (a[k].to_f64(), b[k].to_f64());
+            d[k] += u * v;
+            na[k] += u * u;
+            nb[k] += v * v;
+        }
+    }
+    let mut s = [lanes(d), lanes(na), lanes(nb)];
+    for (a, b) in xr.iter().zip(yr) {
+        let (u, v) = (a.to_f64(), b.to_f64());
+        s[0] += u * v;
+        s[1] += u * u;
+        s[2] += v * v;
+    }
+    s
+}
+
+fn dot<T: Element>(x: &[T], y: &[T]) -> f64 {
+    let mut l = [0.0f64; 4];
+    let (xc, yc) = (x.chunks_exact(4), y.chunks_exact(4));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (a, b) in xc.zip(yc) {
+        for k in 0..4 {
+            l[k] += a[k].to_f64() * b[k].to_f64();
+        }
+    }
+    let mut s = lanes(l);
+    for (a, b) in xr.iter().zip(yr) {
+        s += a.to_f64() * b.to_f64();
+    }
+    s
+}
+
+fn sums3<T: Element>(x: &[T], acc: Option<&mut [f32]>) -> [f64; 3] {
+    let (mut s, mut q, mut a) = ([0.0f64; 4], [0.0f64; 4], [0.0f64; 4]);
+    let xc = x.chunks_exact(4);
+    let xr = xc.remainder();
+    for c in xc {
+        for k in 0..4 {
+            let v = c[k].to_f64();
+            s[k] += v;
+            q[k] += v * v;
+            a[k] += v.abs();
+        }
+    }
+    let mut out = [lanes(s), lanes(q), lanes(a)];
+    for v in xr {
+        let v = v.to_f64();
+        out[0] += v;
+        out[1] += v * v;
+        out[2] += v.abs();
+    }
+    if let Some(acc) = acc {
+        for (a, v) in acc.iter_mut().zip(x) {
+            *a = acc_update(*a, v.to_f64());
+        }
+    }
+    out
+}
+
+/// Max (NaN-propagating) and `Σ exp(x - max)` of a piece of a row; the sum is 0 when every
+/// element is -Inf.
+fn piece_softmax<T: Element>(x: &[T]) -> [f64; 2] {
+    let m = x
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, v| max_nan(m, v.to_f64()));
+    let s = if m == f64::NEG_INFINITY {
+        0.0
+    } else {
+        x.iter().map(|v| (v.to_f64() - m).exp()).sum()
+    };
+    [m, s]
+}
+
+fn run_task(t: &Task, decl: &Decl, data: &Bound<'_>, slot: &mut [f64]) {
+    slot.iter_mut().for_each(|v| *v = 0.0);
+    let r = t.start..t.end;
+    match (decl, data, t.mode) {
+        (Decl::SqDiff { .. }, Bound::Pair(x, y), _) => {
+            slot[0] = with_pair!(x, y, |x, y| sum_sq_diff(&x[r.clone()], &y[r]));
+        }
+        (Decl::SegDots { .. }, Bound::Pair(x, y), _) => {
+            slot[0] = with_pair!(x, y, |x, y| dot(&x[r.clone()], &y[r]));
+        }
+        (Decl::SegSums { .. }, Bound::Sums(x, acc), _) => {
+            // SAFETY: task ranges of one statistic are disjoint and within the buffer
+            // (chunk table over the validated layout); the accumulator is exclusively
+            // borrowed by its input and `run` holds the inputs mutably.
+            let acc = acc.as_ref().map(|a| unsafe { a.range_mut(r.clone()) });
+            let s = with_buf!(x, |x| sums3(&x[r], acc));
+            slot[..3].copy_from_slice(&s);
+        }
+        (Decl::RowCos { dim, .. }, Bound::Pair(a, b), Mode::Rows) => {
+            let dim = *dim;
+            slot[0] = with_pair!(a, b, |a, b| {
+                let mut s = 0.0;
+                for row in r {
+                    let e = row * dim..(row + 1) * dim;
+                    let [d, na, nb] = dot3(&a[e.clone()], &b[e]);
+                    s += cos_from_sums(d, na, nb);
+                }
+                s
+            });
+        }
+        (Decl::RowCos { .. }, Bound::Pair(a, b), _) => {
+            let s = with_pair!(a, b, |a, b| dot3(&a[r.clone()], &b[r]));
+            slot[..3].copy_from_slice(&s);
+        }
+        (Decl::TrueProb { classes, .. }, Bound::Prob(l, labels), Mode::Rows) => {
+            let c = *classes;
+            let mut first_bad = -1.0;
+            let mut s = 0.0;
+            with_buf!(l, |l| {
+                for row in r {
+                    let lab = labels[row];
+                    if !label_ok(lab, c) {
+                        if first_bad < 0.0 {
+                            first_bad = row as f64;
+                        }
+                        continue;
+                    }
+                    s += row_prob(&l[row * c..(row + 1) * c], lab as usize);
+                }
+            });
+            slot[0] = s;
+            slot[1] = first_bad;
+        }
+        (Decl::TrueProb { .. }, Bound::Prob(l, _), _) => {
+            let s = with_buf!(l, |l| piece_softmax(&l[r]));
+            slot[..2].copy_from_slice(&s);
+        }
+        _ => unreachable!("input kinds are validated before execution"),
+    }
+}
+
+fn finish(decl: &Decl, data: &Bound<'_>, tasks: &[Task], parts: &[f64], v: &mut [f64]) {
+    let slots = || tasks.iter().zip(parts.chunks_exact(P));
+    match decl {
+        Decl::SqDiff { len } => {
+            let s: f64 = slots().map(|(_, p)| p[0]).fold(0.0, |a, b| a + b);
+            v[0] = s / *len as f64;
+        }
+        Decl::SegDots { .. } => {
+            v.iter_mut().for_each(|x| *x = 0.0);
+            for (t, p) in slots() {
+                v[t.a] += p[0];
+            }
+        }
+        Decl::SegSums { segs, .. } => {
+            let l = segs.len();
+            v.iter_mut().for_each(|x| *x = 0.0);
+            for (t, p) in slots() {
+                v[t.a] += p[0];
+                v[l + t.a] += p[1];
+                v[2 * l + t.a] += p[2];
+            }
+        }
+        Decl::RowCos { rows, .. } => {
+            let mut s = 0.0;
+            let mut cur: Option<(usize, [f64; 3])> = None;
+            for (t, p) in slots() {
+                match t.mode {
+                    Mode::RowPiece => match &mut cur {
+                        Some((row, acc)) if *row == t.a => {
+                            acc.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+                        }
+                        _ => {
+                            if let Some((_, [d, na, nb])) = cur {
+                                s += cos_from_sums(d, na, nb);
+                            }
+                            cur = Some((t.a, [p[0], p[1], p[2]]));
+                        }
+                    },
+                    _ => s += p[0],
+                }
+            }
+            if let Some((_, [d, na, nb])) = cur {
+                s += cos_from_sums(d, na, nb);
+            }
+            v[0] = s / *rows as f64;
+        }
+        Decl::TrueProb { rows, classes } => {
+            let Bound::Prob(logits, labels) = data else {
+                unreachable!("input kinds are validated before execution")
+            };
+            let mut s = 0.0;
+            let mut fault = None;
+            let mut cur: Option<(usize, f64, f64)> = None; // row, max, sum
+            let close = |cur: Option<(usize, f64, f64)>, s: &mut f64, fault: &mut Option<_>| {
+                if let Some((row, m, sum)) = cur {
+                    let lab = labels[row];
+                    if !label_ok(lab, *classes) {
+                        fault.get_or_insert((row, lab));
+                    } else {
+                        let x = with_buf!(logits, |l| l[row * classes + lab as usize].to_f64());
+                        *s += (x - m).exp() / sum;
+                    }
+                }
+            };
+            for (t, p) in slots() {
+                match t.mode {
+                    Mode::RowPiece => match &mut cur {
+                        Some((row, m, sum)) if *row == t.a => {
+                            let nm = max_nan(*m, p[0]);
+                            let rescale = |mm: f64, ss: f64| {
+                                if mm == f64::NEG_INFINITY {
+                                    0.0
+                                } else {
+                                    ss * (mm - nm).exp()
+                                }
+                            };
+                            *sum = rescale(*m, *sum) + rescale(p[0], p[1]);
+                            *m = nm;
+                        }
+                        _ => {
+                            close(cur, &mut s, &mut fault);
+                            cur = Some((t.a, p[0], p[1]));
+                        }
+                    },
+                    _ => {
+                        s += p[0];
+                        if p[1] >= 0.0 && fault.is_none() {
+                            let row = p[1] as usize;
+                            fault = Some((row, labels[row]));
+                        }
+                    }
+                }
+            }
+            close(cur, &mut s, &mut fault);
+            write_prob(v, s / *rows as f64, fault);
+        }
+    }
+}

@@ -1,0 +1,735 @@
+//! Declarations, handles, bound inputs and results of a statistics plan (shared by every
+//! backend).
+
+use crate::dtype::{DType, Element};
+use crate::error::{check_count, invalid, Error, Result};
+use crate::segments::Segments;
+use half::{bf16, f16};
+use std::marker::PhantomData;
+use std::ops::Range;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Elements per unit of parallel work (a chunk of a buffer, of a segment or of a long row;
+/// short rows are grouped into units of about this many elements). The reduction order —
+/// and therefore every result, bit for bit — depends only on the plan and this constant,
+/// never on the number of threads.
+pub const STATS_CHUNK: usize = 1 << 16;
+
+/// The `eps` of the authors' redundancy ratio `mean((z1-z2)^2) / (mean((x1-x2)^2) + eps)`.
+pub const REDUNDANCY_EPS: f64 = 1e-12;
+
+/// The redundancy ratio `num / (den + eps)` (section 2 of the algorithm notes), from two
+/// squared-difference means: `num = mean((z1 - z2)^2)` over features, `den =
+/// mean((x1 - x2)^2)` over the noisy inputs.
+pub fn redundancy_ratio(num: f64, den: f64, eps: f64) -> f64 {
+    num / (den + eps)
+}
+
+/// A host buffer of one of the crate's element types, as the plan's inputs take them.
+#[derive(Clone, Copy, Debug)]
+pub enum Buf<'a> {
+    /// f32 elements.
+    F32(&'a [f32]),
+    /// f16 elements.
+    F16(&'a [f16]),
+    /// bf16 elements.
+    BF16(&'a [bf16]),
+}
+
+impl<'a> Buf<'a> {
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Buf::F32(_) => DType::F32,
+            Buf::F16(_) => DType::F16,
+            Buf::BF16(_) => DType::BF16,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Buf::F32(s) => s.len(),
+            Buf::F16(s) => s.len(),
+            Buf::BF16(s) => s.len(),
+        }
+    }
+
+    /// True when there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A buffer of any [`Element`] (for generic code). `Err` only for an `Element`
+    /// implementation whose size or alignment does not match its `DTYPE`.
+    pub fn of<T: Element>(s: &'a [T]) -> Result<Self> {
+        let bytes: &'a [u8] = bytemuck::cast_slice(s);
+        Ok(match T::DTYPE {
+            DType::F32 => Buf::F32(crate::dtype::cast_bytes("buffer", bytes)?),
+            DType::F16 => Buf::F16(crate::dtype::cast_bytes("buffer", bytes)?),
+            DType::BF16 => Buf::BF16(crate::dtype::cast_bytes("buffer", bytes)?),
+        })
+    }
+}
+
+macro_rules! buf_from {
+    ($t:ty, $v:ident) => {
+        impl<'a> From<&'a [$t]> for Buf<'a> {
+            fn from(s: &'a [$t]) -> Self {
+                Buf::$v(s)
+            }
+        }
+        impl<'a> From<&'a Vec<$t>> for Buf<'a> {
+            fn from(s: &'a Vec<$t>) -> Self {
+                Buf::$v(s)
+            }
+        }
+        impl<'a, const N: usize> From<&'a [$t; N]> for Buf<'a> {
+            fn from(s: &'a [$t; N]) -> Self {
+                Buf::$v(s)
+            }
+        }
+    };
+}
+buf_from!(f32, F32);
+buf_from!(f16, F16);
+buf_from!(bf16, BF16);
+
+/// The kind of a declared statistic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StatKind {
+    /// `mean((x - y)^2)`.
+    SqDiffMean,
+    /// `mean_i cos(a_i, b_i)`.
+    RowCosMean,
+    /// `mean_i softmax(logits_i)[label_i]`.
+    TrueProbMean,
+    /// Per-segment Σx, Σx², Σ|x| (optionally `acc += x^2`).
+    SegSums,
+    /// Per-segment ⟨x, y⟩.
+    SegDots,
+}
+
+impl StatKind {
+    fn describe(self) -> &'static str {
+        match self {
+            StatKind::SqDiffMean => "squared-difference mean",
+            StatKind::RowCosMean => "row cosine mean",
+            StatKind::TrueProbMean => "true-label probability mean",
+            StatKind::SegSums => "per-segment sums",
+            StatKind::SegDots => "per-segment dot products",
+        }
+    }
+}
+
+/// Shape of one declared statistic.
+#[derive(Clone, Debug)]
+pub(crate) enum Decl {
+    SqDiff { len: usize },
+    RowCos { rows: usize, dim: usize },
+    TrueProb { rows: usize, classes: usize },
+    SegSums { segs: Arc<Segments>, acc: bool },
+    SegDots { segs: Arc<Segments> },
+}
+
+/// One declared statistic.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    pub name: String,
+    pub dtype: DType,
+    pub decl: Decl,
+    /// Offset of its values in [`StatsResults`].
+    pub out: usize,
+}
+
+impl Entry {
+    pub(crate) fn kind(&self) -> StatKind {
+        match self.decl {
+            Decl::SqDiff { .. } => StatKind::SqDiffMean,
+            Decl::RowCos { .. } => StatKind::RowCosMean,
+            Decl::TrueProb { .. } => StatKind::TrueProbMean,
+            Decl::SegSums { .. } => StatKind::SegSums,
+            Decl::SegDots { .. } => StatKind::SegDots,
+        }
+    }
+
+    /// Number of f64 result values: 1 for a mean, 3 for a probability mean (mean, first
+    /// offending row, its label), 3·L for segment sums, L for segment dots.
+    pub(crate) fn n_values(&self) -> usize {
+        match &self.decl {
+            Decl::SqDiff { .. } | Decl::RowCos { .. } => 1,
+            Decl::TrueProb { .. } => 3,
+            Decl::SegSums { segs, .. } => 3 * segs.len(),
+            Decl::SegDots { segs } => segs.len(),
+        }
+    }
+
+    fn header(&self, idx: usize) -> String {
+        let shape = match &self.decl {
+            Decl::SqDiff { len } => format!("{len} elements"),
+            Decl::RowCos { rows, dim } => format!("{rows}x{dim}"),
+            Decl::TrueProb { rows, classes } => format!("{rows}x{classes}"),
+            Decl::SegSums { segs, acc } => format!(
+                "{} segments, {} elements{}",
+                segs.len(),
+                segs.total(),
+                if *acc { ", with accumulator" } else { "" }
+            ),
+            Decl::SegDots { segs } => {
+                format!("{} segments, {} elements", segs.len(), segs.total())
+            }
+        };
+        format!(
+            "statistic {idx} `{}` ({}, {}, {shape})",
+            self.name,
+            self.kind().describe(),
+            self.dtype
+        )
+    }
+}
+
+/// A set of reductions declared once and executed every step (see the module docs).
+///
+/// Declaring returns a typed handle; bind the step's buffers through the handle
+/// (`handle.bind(..)`) and execute all bindings at once with a backend executor
+/// ([`crate::stats::CpuStats`]); read the results by handle from [`StatsResults`].
+#[derive(Clone, Debug)]
+pub struct StatsPlan {
+    pub(crate) id: u64,
+    pub(crate) entries: Vec<Entry>,
+    pub(crate) values_len: usize,
+}
+
+impl Default for StatsPlan {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+static NEXT_PLAN_ID: AtomicU64 = AtomicU64::new(1);
+
+fn mul(name: &'static str, a: usize, b: usize) -> Result<usize> {
+    a.checked_mul(b)
+        .ok_or_else(|| invalid(name, format!("{a} x {b} overflows usize")))
+}
+
+impl StatsPlan {
+    /// An empty plan.
+    pub fn new() -> Self {
+        Self {
+            id: NEXT_PLAN_ID.fetch_add(1, Ordering::Relaxed),
+            entries: Vec::new(),
+            values_len: 0,
+        }
+    }
+
+    /// Number of declared statistics.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when nothing is declared.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn push(&mut self, name: &str, dtype: DType, decl: Decl) -> Result<u32> {
+        let idx = u32::try_from(self.entries.len())
+            .map_err(|_| invalid("plan", "more than u32::MAX statistics"))?;
+        let mut e = Entry {
+            name: name.to_string(),
+            dtype,
+            decl,
+            out: self.values_len,
+        };
+        e.out = self.values_len;
+        self.values_len = self
+            .values_len
+            .checked_add(e.n_values())
+            .ok_or_else(|| invalid("plan", "result size overflows usize"))?;
+        self.entries.push(e);
+        Ok(idx)
+    }
+
+    /// Declares `mean((x - y)^2)` over two buffers of `len` elements of `dtype`.
+    pub fn sq_diff_mean(&mut self, name: &str, dtype: DType, len: usize) -> Result<SqDiffMean> {
+        let idx = self.push(name, dtype, Decl::SqDiff { len })?;
+        Ok(SqDiffMean(HandleId { plan: self.id, idx }))
+    }
+
+    /// Declares `mean_i cos(a_i, b_i)` over two row-major `rows x dim` matrices.
+    pub fn row_cos_mean(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        rows: usize,
+        dim: usize,
+    ) -> Result<RowCosMean> {
+        mul("rows x dim", rows, dim)?;
+        let idx = self.push(name, dtype, Decl::RowCos { rows, dim })?;
+        Ok(RowCosMean(HandleId { plan: self.id, idx }))
+    }
+
+    /// Declares `mean_i softmax(logits_i)[label_i]` over row-major `rows x classes` logits
+    /// and `rows` labels (`i64`).
+    pub fn true_prob_mean(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        rows: usize,
+        classes: usize,
+    ) -> Result<TrueProbMean> {
+        mul("rows x classes", rows, classes)?;
+        let idx = self.push(name, dtype, Decl::TrueProb { rows, classes })?;
+        Ok(TrueProbMean(HandleId { plan: self.id, idx }))
+    }
+
+    /// Declares per-segment Σx, Σx², Σ|x| over a buffer laid out by `segs`. With
+    /// `accumulate`, every execution also performs `acc[e] += x[e]^2` on an f32 buffer of
+    /// the same length, in the same pass (bind with [`SegSums::bind_acc`]).
+    pub fn seg_sums(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        segs: &Segments,
+        accumulate: bool,
+    ) -> Result<SegSums> {
+        let decl = Decl::SegSums {
+            segs: Arc::new(segs.clone()),
+            acc: accumulate,
+        };
+        let idx = self.push(name, dtype, decl)?;
+        Ok(SegSums(HandleId { plan: self.id, idx }))
+    }
+
+    /// Declares per-segment dot products ⟨x, y⟩ over two buffers laid out by `segs`.
+    pub fn seg_dots(&mut self, name: &str, dtype: DType, segs: &Segments) -> Result<SegDots> {
+        let decl = Decl::SegDots {
+            segs: Arc::new(segs.clone()),
+        };
+        let idx = self.push(name, dtype, decl)?;
+        Ok(SegDots(HandleId { plan: self.id, idx }))
+    }
+
+    /// Fresh result storage laid out for this plan (all values NaN until a run).
+    pub fn new_results(&self) -> StatsResults {
+        StatsResults {
+            plan: self.id,
+            values: vec![f64::NAN; self.values_len],
+            slots: self
+                .entries
+                .iter()
+                .map(|e| Slot {
+                    kind: e.kind(),
+                    off: e.out,
+                    n: e.n_values(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Validates `inputs` against the declarations and writes, for every statistic, the
+    /// position of its input into `order` (`order.len() == self.len()`). Checks: the
+    /// number of inputs, that every input belongs to this plan, that every statistic is
+    /// bound exactly once, dtypes, lengths and the presence of the accumulator.
+    pub(crate) fn resolve(&self, inputs: &[Input<'_>], order: &mut [usize]) -> Result<()> {
+        check_count(
+            "stats inputs (one per declared statistic)",
+            self.len(),
+            inputs.len(),
+        )?;
+        order.iter_mut().for_each(|o| *o = usize::MAX);
+        for (pos, inp) in inputs.iter().enumerate() {
+            if inp.id.plan != self.id {
+                return Err(invalid(
+                    "stats inputs",
+                    format!("input {pos} was bound through a handle of another plan"),
+                ));
+            }
+            let idx = inp.id.idx as usize;
+            let Some(e) = self.entries.get(idx) else {
+                return Err(invalid(
+                    "stats inputs",
+                    format!(
+                        "input {pos} refers to statistic {idx}, but the executor knows {} \
+                         (declared after the executor was built?)",
+                        self.len()
+                    ),
+                ));
+            };
+            if order[idx] != usize::MAX {
+                return Err(invalid(
+                    "stats inputs",
+                    format!(
+                        "{} is bound twice (inputs {} and {pos})",
+                        e.header(idx),
+                        order[idx]
+                    ),
+                ));
+            }
+            order[idx] = pos;
+            self.check_input(idx, e, inp)?;
+        }
+        Ok(())
+    }
+
+    fn check_input(&self, idx: usize, e: &Entry, inp: &Input<'_>) -> Result<()> {
+        let bad = |what: String| invalid("stats inputs", format!("{}: {what}", e.header(idx)));
+        let check_buf = |name: &str, b: &Buf<'_>, len: usize| -> Result<()> {
+            if b.dtype() != e.dtype {
+                return Err(bad(format!(
+                    "`{name}` is {}, declared {}",
+                    b.dtype(),
+                    e.dtype
+                )));
+            }
+            if b.len() != len {
+                return Err(bad(format!(
+                    "`{name}` has {} elements, expected {len}",
+                    b.len()
+                )));
+            }
+            Ok(())
+        };
+        match (&e.decl, &inp.data) {
+            (Decl::SqDiff { len }, Bound::Pair(x, y)) => {
+                check_buf("x", x, *len)?;
+                check_buf("y", y, *len)
+            }
+            (Decl::RowCos { rows, dim }, Bound::Pair(a, b)) => {
+                check_buf("a", a, rows * dim)?;
+                check_buf("b", b, rows * dim)
+            }
+            (Decl::TrueProb { rows, classes }, Bound::Prob(l, labels)) => {
+                check_buf("logits", l, rows * classes)?;
+                if labels.len() != *rows {
+                    return Err(bad(format!(
+                        "`labels` has {} elements, expected {rows}",
+                        labels.len()
+                    )));
+                }
+                Ok(())
+            }
+            (Decl::SegSums { segs, acc }, Bound::Sums(x, a)) => {
+                check_buf("x", x, segs.total())?;
+                match (acc, a) {
+                    (true, None) => Err(bad(
+                        "declared with an accumulator, bound without one (use bind_acc)".into(),
+                    )),
+                    (false, Some(_)) => Err(bad(
+                        "declared without an accumulator, bound with one (use bind)".into(),
+                    )),
+                    (true, Some(a)) if a.len != segs.total() => Err(bad(format!(
+                        "`acc` has {} elements, expected {}",
+                        a.len,
+                        segs.total()
+                    ))),
+                    _ => Ok(()),
+                }
+            }
+            (Decl::SegDots { segs }, Bound::Pair(x, y)) => {
+                check_buf("x", x, segs.total())?;
+                check_buf("y", y, segs.total())
+            }
+            _ => Err(bad("input of the wrong kind".into())),
+        }
+    }
+
+    /// After a run: the first statistic (in declaration order) that saw a label out of
+    /// range, as `Err(LabelOutOfRange)`.
+    pub(crate) fn label_error(&self, r: &StatsResults) -> Result<()> {
+        for e in &self.entries {
+            if let Decl::TrueProb { classes, .. } = e.decl {
+                let row = r.values[e.out + 1].to_bits();
+                if row != u64::MAX {
+                    return Err(Error::LabelOutOfRange {
+                        name: e.name.clone(),
+                        row: row as usize,
+                        label: r.values[e.out + 2].to_bits() as i64,
+                        classes,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Plan and position of a declared statistic (inside every handle).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct HandleId {
+    pub plan: u64,
+    pub idx: u32,
+}
+
+/// Handle of a squared-difference mean; its result is an `f64`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SqDiffMean(pub(crate) HandleId);
+/// Handle of a row cosine mean; its result is an `f64`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RowCosMean(pub(crate) HandleId);
+/// Handle of a true-label probability mean; its result is an `f64`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TrueProbMean(pub(crate) HandleId);
+/// Handle of per-segment sums; its result is a [`SegSumsRef`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SegSums(pub(crate) HandleId);
+/// Handle of per-segment dot products; its result is a `&[f64]` (one per segment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SegDots(pub(crate) HandleId);
+
+/// An f32 accumulator borrowed mutably for `'a`, written by disjoint ranges from several
+/// threads during a run.
+#[derive(Debug)]
+pub(crate) struct AccPtr<'a> {
+    ptr: NonNull<f32>,
+    pub len: usize,
+    _m: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: an `AccPtr` is created from a `&'a mut [f32]` and keeps that exclusive borrow for
+// `'a`; it is only dereferenced through `range_mut`, whose callers guarantee disjoint ranges.
+unsafe impl Send for AccPtr<'_> {}
+// SAFETY: as above — shared access only hands out disjoint ranges (caller's contract).
+unsafe impl Sync for AccPtr<'_> {}
+
+impl<'a> AccPtr<'a> {
+    fn new(s: &'a mut [f32]) -> Self {
+        Self {
+            len: s.len(),
+            ptr: NonNull::from(s).cast(),
+            _m: PhantomData,
+        }
+    }
+
+    /// The elements `r` of the accumulator.
+    ///
+    /// # Safety
+    /// `r` must lie within `0..len`, and no two live results of this function (on any
+    /// thread) may overlap.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn range_mut(&self, r: Range<usize>) -> &mut [f32] {
+        debug_assert!(r.start <= r.end && r.end <= self.len);
+        // SAFETY: in bounds of the original slice (caller), exclusive (caller: disjoint).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(r.start), r.len()) }
+    }
+}
+
+/// The buffers bound to one statistic.
+#[derive(Debug)]
+pub(crate) enum Bound<'a> {
+    Pair(Buf<'a>, Buf<'a>),
+    Prob(Buf<'a>, &'a [i64]),
+    Sums(Buf<'a>, Option<AccPtr<'a>>),
+}
+
+/// One statistic's buffers for one execution, made by a handle's `bind`. Holds the
+/// accumulator of [`SegSums::bind_acc`] mutably borrowed until it is dropped.
+#[derive(Debug)]
+pub struct Input<'a> {
+    pub(crate) id: HandleId,
+    pub(crate) data: Bound<'a>,
+}
+
+impl SqDiffMean {
+    /// Binds `x` and `y`.
+    pub fn bind<'a>(self, x: impl Into<Buf<'a>>, y: impl Into<Buf<'a>>) -> Input<'a> {
+        Input {
+            id: self.0,
+            data: Bound::Pair(x.into(), y.into()),
+        }
+    }
+}
+
+impl RowCosMean {
+    /// Binds the two row-major matrices.
+    pub fn bind<'a>(self, a: impl Into<Buf<'a>>, b: impl Into<Buf<'a>>) -> Input<'a> {
+        Input {
+            id: self.0,
+            data: Bound::Pair(a.into(), b.into()),
+        }
+    }
+}
+
+impl TrueProbMean {
+    /// Binds the logits and the labels.
+    pub fn bind<'a>(self, logits: impl Into<Buf<'a>>, labels: &'a [i64]) -> Input<'a> {
+        Input {
+            id: self.0,
+            data: Bound::Prob(logits.into(), labels),
+        }
+    }
+}
+
+impl SegSums {
+    /// Binds the buffer (for a statistic declared without accumulator).
+    pub fn bind<'a>(self, x: impl Into<Buf<'a>>) -> Input<'a> {
+        Input {
+            id: self.0,
+            data: Bound::Sums(x.into(), None),
+        }
+    }
+
+    /// Binds the buffer and the f32 accumulator that receives `acc += x^2` (for a
+    /// statistic declared with `accumulate = true`).
+    pub fn bind_acc<'a>(self, x: impl Into<Buf<'a>>, acc: &'a mut [f32]) -> Input<'a> {
+        Input {
+            id: self.0,
+            data: Bound::Sums(x.into(), Some(AccPtr::new(acc))),
+        }
+    }
+}
+
+impl SegDots {
+    /// Binds `x` and `y`.
+    pub fn bind<'a>(self, x: impl Into<Buf<'a>>, y: impl Into<Buf<'a>>) -> Input<'a> {
+        Input {
+            id: self.0,
+            data: Bound::Pair(x.into(), y.into()),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Slot {
+    pub kind: StatKind,
+    pub off: usize,
+    pub n: usize,
+}
+
+/// The values of one execution of a plan, read by handle. Preallocated once per executor
+/// and overwritten by every run.
+#[derive(Clone, Debug)]
+pub struct StatsResults {
+    pub(crate) plan: u64,
+    pub(crate) values: Vec<f64>,
+    pub(crate) slots: Vec<Slot>,
+}
+
+/// Per-segment sums of one [`SegSums`] statistic (one value per segment each).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SegSumsRef<'r> {
+    /// Σx per segment.
+    pub sum: &'r [f64],
+    /// Σx² per segment.
+    pub sum_sq: &'r [f64],
+    /// Σ|x| per segment.
+    pub sum_abs: &'r [f64],
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A handle whose result can be read from [`StatsResults`] with [`StatsResults::get`].
+pub trait StatHandle: Copy + sealed::Sealed {
+    /// What reading gives.
+    type Output<'r>;
+    #[doc(hidden)]
+    fn read(self, r: &StatsResults) -> Result<Self::Output<'_>>;
+}
+
+impl StatsResults {
+    fn slot(&self, id: HandleId, kind: StatKind) -> Result<Slot> {
+        if id.plan != self.plan {
+            return Err(invalid("handle", "the handle belongs to another plan"));
+        }
+        match self.slots.get(id.idx as usize) {
+            Some(s) if s.kind == kind => Ok(*s),
+            _ => Err(invalid(
+                "handle",
+                format!(
+                    "statistic {} is not part of these results ({} statistics)",
+                    id.idx,
+                    self.slots.len()
+                ),
+            )),
+        }
+    }
+
+    /// The result of `h`: an `f64` for the means, [`SegSumsRef`] for [`SegSums`], one
+    /// `f64` per segment for [`SegDots`]. `Err` for a handle of another plan.
+    pub fn get<H: StatHandle>(&self, h: H) -> Result<H::Output<'_>> {
+        h.read(self)
+    }
+
+    /// `mean((z1-z2)^2) / (mean((x1-x2)^2) + eps)` from two squared-difference results
+    /// (use [`REDUNDANCY_EPS`] for the authors' `eps`).
+    pub fn redundancy(&self, num: SqDiffMean, den: SqDiffMean, eps: f64) -> Result<f64> {
+        Ok(redundancy_ratio(self.get(num)?, self.get(den)?, eps))
+    }
+
+    /// All values in the plan's layout (for logging or an all-reduce).
+    pub fn as_slice(&self) -> &[f64] {
+        &self.values
+    }
+}
+
+macro_rules! scalar_handle {
+    ($h:ty, $k:expr) => {
+        impl sealed::Sealed for $h {}
+        impl StatHandle for $h {
+            type Output<'r> = f64;
+            fn read(self, r: &StatsResults) -> Result<f64> {
+                Ok(r.values[r.slot(self.0, $k)?.off])
+            }
+        }
+    };
+}
+scalar_handle!(SqDiffMean, StatKind::SqDiffMean);
+scalar_handle!(RowCosMean, StatKind::RowCosMean);
+scalar_handle!(TrueProbMean, StatKind::TrueProbMean);
+
+impl sealed::Sealed for SegSums {}
+impl StatHandle for SegSums {
+    type Output<'r> = SegSumsRef<'r>;
+    fn read(self, r: &StatsResults) -> Result<SegSumsRef<'_>> {
+        let s = r.slot(self.0, StatKind::SegSums)?;
+        let l = s.n / 3;
+        let v = &r.values[s.off..s.off + s.n];
+        Ok(SegSumsRef {
+            sum: &v[..l],
+            sum_sq: &v[l..2 * l],
+            sum_abs: &v[2 * l..],
+        })
+    }
+}
+
+impl sealed::Sealed for SegDots {}
+impl StatHandle for SegDots {
+    type Output<'r> = &'r [f64];
+    fn read(self, r: &StatsResults) -> Result<&[f64]> {
+        let s = r.slot(self.0, StatKind::SegDots)?;
+        Ok(&r.values[s.off..s.off + s.n])
+    }
+}
+
+/// Marks "no label fault" in a probability statistic's fault slots (all bits set).
+pub(crate) fn no_fault() -> f64 {
+    f64::from_bits(u64::MAX)
+}
+
+/// Writes a probability statistic's three values: mean, then first faulting row and its
+/// label (bit patterns), or [`no_fault`] twice.
+pub(crate) fn write_prob(v: &mut [f64], mean: f64, fault: Option<(usize, i64)>) {
+    match fault {
+        None => {
+            v[0] = mean;
+            v[1] = no_fault();
+            v[2] = no_fault();
+        }
+        Some((row, label)) => {
+            v[0] = f64::NAN;
+            v[1] = f64::from_bits(row as u64);
+            v[2] = f64::from_bits(label as u64);
+        }
+    }
+}
+
+/// True when `label` indexes one of `classes` classes.
+#[inline(always)]
+pub(crate) fn label_ok(label: i64, classes: usize) -> bool {
+    label >= 0 && (label as u64) < classes as u64
+}
