@@ -2,7 +2,7 @@
 //
 // HEADER-FREE on purpose: no <cuda_fp16.h>, no <cuda_runtime.h>, no standard headers, so the
 // same text compiles under nvcc (`-I kernels`) and under NVRTC, which has no file system
-// (the crate inlines this file in place of `#include "common.cuh"` before calling NVRTC).
+// (the crate inlines this file in place of the include line before calling NVRTC).
 // Only compiler built-ins are used: __shfl_down_sync, __syncthreads, __syncwarp,
 // __float_as_uint & co., sqrt, and inline PTX `cvt` for f16.
 //

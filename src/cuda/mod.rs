@@ -86,29 +86,40 @@ pub fn module_names() -> Vec<&'static str> {
     MODULES.iter().map(|m| m.name).collect()
 }
 
-/// The source of module `name` with every `#include "<header>.cuh"` of `kernels/` replaced
-/// by the header's text (NVRTC has no file system).
+/// The source of module `name` with every `#include "<header>.cuh"` line of `kernels/`
+/// replaced by the header's text (NVRTC has no file system).
 pub fn inlined_source(name: &str) -> Result<String> {
     let m = MODULES
         .iter()
         .find(|m| m.name == name)
         .ok_or_else(|| Error::CudaUnavailable(format!("no kernel module named {name:?}")))?;
-    let mut src = m.source.to_string();
-    // Headers may include each other: repeat until no include of a known header is left.
-    for _ in 0..8 {
-        let mut changed = false;
-        for (h, text) in HEADERS {
-            let inc = format!("#include \"{h}\"");
-            if src.contains(&inc) {
-                src = src.replace(&inc, text);
-                changed = true;
-            }
-        }
-        if !changed {
-            break;
-        }
-    }
+    let mut done = Vec::new();
+    let mut src = String::new();
+    inline_into(&mut src, m.source, &mut done, 0);
     Ok(src)
+}
+
+/// Appends `text` to `dst`, replacing each line that is exactly `#include "<h>"` for a
+/// header `h` of `kernels/` by the header's text (recursively, each header once, like
+/// `#pragma once`). Other lines, comments included, are copied unchanged.
+fn inline_into(dst: &mut String, text: &str, done: &mut Vec<&'static str>, depth: usize) {
+    for line in text.lines() {
+        let t = line.trim();
+        let inc = t
+            .strip_prefix("#include")
+            .map(str::trim)
+            .and_then(|r| r.strip_prefix('"'))
+            .and_then(|r| r.strip_suffix('"'));
+        if let Some(h) = inc.and_then(|n| HEADERS.iter().find(|(name, _)| *name == n)) {
+            if !done.contains(&h.0) && depth < 16 {
+                done.push(h.0);
+                inline_into(dst, h.1, done, depth + 1);
+            }
+            continue;
+        }
+        dst.push_str(line);
+        dst.push('\n');
+    }
 }
 
 /// Compiles module `name`'s embedded source with NVRTC for `arch` (e.g. `"compute_90"`)
