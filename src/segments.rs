@@ -230,6 +230,21 @@ mod tests {
         assert!(chunk_tasks(&s, 0).is_err());
     }
 
+    /// Totals above 2^31 (and 2^32) elements: offsets and the chunk table are plain usize
+    /// arithmetic, checked here without allocating any buffer.
+    #[test]
+    fn huge_layouts_index_in_64_bits() {
+        let big = (1usize << 32) + 5;
+        let s = Segments::from_lengths(&[3, big, 1 << 31]).unwrap();
+        assert_eq!(s.total(), 3 + big + (1 << 31));
+        let t = chunk_tasks(&s, 1 << 30).unwrap();
+        assert_eq!(t.len(), 1 + 5 + 2);
+        assert_eq!(t[1].start, 3);
+        assert_eq!(t[5].end, 3 + big);
+        assert_eq!(t.last().unwrap().end, s.total());
+        assert!(t.windows(2).all(|w| w[0].end == w[1].start));
+    }
+
     #[test]
     fn serde_round_trip_validates() {
         let s = Segments::from_lengths(&[1, 2]).unwrap();

@@ -27,6 +27,11 @@
 //! the projection within ~1e-9 of explicit CGS2 at κ = 1e6 with f32 data (the test asks
 //! for 1e-5; `tests/reference_props.rs`). Plain f64 sums would give ~1e-4 there.
 //!
+//! The CUDA kernels sum plainly in f64 per thread (≤ 64 products) and combine the
+//! thread, warp and chunk partials in fixed trees; a simulation of exactly that order
+//! (numpy, κ = 1e6, k = 4) stays within 1e-6 of CGS2, against up to 1e-4 for one
+//! sequential plain sum. The GPU tests check the agreement with the oracle.
+//!
 //! The rank decision resolves relative residuals down to about `1e-8·κ_prev`, where
 //! `κ_prev` is the condition number of the earlier kept vectors, so `tol` should stay
 //! ≥ 1e-7 (the default). An exactly dependent vector that follows ill-conditioned ones can
