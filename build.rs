@@ -77,7 +77,10 @@ fn main() {
                     Ok(()) => fatbins[i] = Some(dst),
                     Err(e) => {
                         if require {
-                            panic!("REDREG_REQUIRE_NVCC=1 and nvcc failed on {}:\n{e}", src.display());
+                            panic!(
+                                "REDREG_REQUIRE_NVCC=1 and nvcc failed on {}:\n{e}",
+                                src.display()
+                            );
                         }
                         println!(
                             "cargo:warning=nvcc failed on {} (falling back to NVRTC at run time): {}",
@@ -130,7 +133,10 @@ fn find_nvcc() -> Option<PathBuf> {
         if p.is_file() {
             return Some(p);
         }
-        println!("cargo:warning=NVCC={} is not a file; searching elsewhere", p.display());
+        println!(
+            "cargo:warning=NVCC={} is not a file; searching elsewhere",
+            p.display()
+        );
     }
     for var in ["CUDA_HOME", "CUDA_PATH"] {
         if let Some(root) = env::var_os(var) {
@@ -161,7 +167,9 @@ fn compute_caps() -> Vec<u32> {
                 .trim_start_matches("sm_")
                 .replace('.', "")
                 .parse()
-                .unwrap_or_else(|_| panic!("CUDA_COMPUTE_CAP: cannot parse {s:?} (want e.g. 80,90)"))
+                .unwrap_or_else(|_| {
+                    panic!("CUDA_COMPUTE_CAP: cannot parse {s:?} (want e.g. 80,90)")
+                })
         })
         .collect();
     caps.sort_unstable();

@@ -25,7 +25,9 @@ pub use project::DeviceOutput;
 use crate::dtype::Element;
 use crate::error::{Error, Result};
 use crate::segments::Segments;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, ValidAsZeroBits,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -233,7 +235,10 @@ impl CudaBackend {
         let force_nvrtc = std::env::var_os("REDREG_FORCE_NVRTC").is_some();
         let mut fatbin_err = None;
         if let (Some(fb), false) = (km.fatbin, force_nvrtc) {
-            match self.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(fb.to_vec())) {
+            match self
+                .ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(fb.to_vec()))
+            {
                 Ok(m) => {
                     mods.insert(km.name, m.clone());
                     return Ok(m);

@@ -127,7 +127,7 @@ impl CudaBackend {
         })
     }
 
-    fn check_basis<T>(segs: &Segments, v_len: Option<usize>, basis: &[usize]) -> Result<()> {
+    fn check_basis(segs: &Segments, v_len: Option<usize>, basis: &[usize]) -> Result<()> {
         check_k(basis.len())?;
         if let Some(n) = v_len {
             segs.check_buffer("v", n)?;
@@ -169,7 +169,14 @@ impl CudaBackend {
         Ok(())
     }
 
-    fn launch_finish(&self, ws: &mut Workspace, k: usize, mode: i32, tol: f64, ridge: f64) -> Result<()> {
+    fn launch_finish(
+        &self,
+        ws: &mut Workspace,
+        k: usize,
+        mode: i32,
+        tol: f64,
+        ridge: f64,
+    ) -> Result<()> {
         if ws.segs == 0 || k == 0 {
             return Ok(());
         }
@@ -270,7 +277,7 @@ impl CudaBackend {
         opts: &ProjectOptions,
     ) -> Result<()> {
         let lens: Vec<usize> = basis.iter().map(|b| b.len()).collect();
-        Self::check_basis::<T>(segs, Some(v.len()), &lens)?;
+        Self::check_basis(segs, Some(v.len()), &lens)?;
         match out {
             DeviceOutput::Write { base, out } => {
                 segs.check_buffer("out", out.len())?;
@@ -325,7 +332,7 @@ impl CudaBackend {
         basis: &[CudaView<'_, T>],
     ) -> Result<Partials> {
         let lens: Vec<usize> = basis.iter().map(|b| b.len()).collect();
-        Self::check_basis::<T>(segs, Some(v.len()), &lens)?;
+        Self::check_basis(segs, Some(v.len()), &lens)?;
         let k = basis.len();
         if k == 0 || segs.is_empty() {
             return Partials::zeros(k, segs.len());
@@ -455,7 +462,7 @@ impl CudaBackend {
             return Err(invalid("tol", format!("must be in [0, 1), got {tol}")));
         }
         let lens: Vec<usize> = basis.iter().map(|b| b.len()).collect();
-        Self::check_basis::<T>(segs, None, &lens)?;
+        Self::check_basis(segs, None, &lens)?;
         let k = basis.len();
         self.with_workspace(segs, |ws| {
             if k == 0 {
@@ -509,4 +516,3 @@ impl CudaBackend {
         Ok(())
     }
 }
-

@@ -1,0 +1,498 @@
+//! GPU tests of the projection kernels (feature `cuda`). See tests/common/gpu.rs for the
+//! SKIP convention (`REDREG_REQUIRE_GPU=1` makes a skip fail).
+#![cfg(feature = "cuda")]
+
+#[path = "common/gpu.rs"]
+mod gpu;
+
+#[test]
+fn nvrtc_compiles_embedded_sources() {
+    if let Err(reason) = redreg::cuda::nvrtc_available() {
+        gpu::skip(
+            "nvrtc_compiles_embedded_sources",
+            "REDREG_REQUIRE_NVRTC",
+            &reason,
+        );
+        return;
+    }
+    for m in redreg::cuda::module_names() {
+        let ptx = redreg::cuda::nvrtc_compile(m, "compute_75")
+            .unwrap_or_else(|e| panic!("module {m}: {e}"));
+        if m == "project" {
+            for k in redreg::cuda::CudaBackend::project_kernel_names() {
+                assert!(
+                    ptx.contains(&format!(".entry {k}(")),
+                    "PTX of {m} lacks {k}"
+                );
+            }
+        }
+        println!("NVRTC: module {m}: {} bytes of PTX", ptx.len());
+    }
+}
+
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+use redreg::cuda::{CudaBackend, CudaElement, DeviceOutput};
+use redreg::{bf16, f16, reference, Beta, DType, Output, ProjectOptions, Segments};
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn to_t<T: CudaElement>(x: &[f64]) -> Vec<T> {
+    x.iter().map(|&v| T::from_f64(v)).collect()
+}
+
+/// (atol, rtol) per element type: a few units in the last place of the output type.
+fn tol_of(dt: DType) -> (f64, f64) {
+    match dt {
+        DType::F32 => (2e-5, 1e-5),
+        DType::F16 => (4e-3, 2e-3),
+        DType::BF16 => (3e-2, 1.6e-2),
+    }
+}
+
+/// |gpu - ref| <= atol + rtol*|ref| everywhere, else panics printing the first mismatches.
+fn assert_close(what: &str, gpu: &[f64], refv: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(gpu.len(), refv.len(), "{what}: length");
+    let bad: Vec<usize> = (0..gpu.len())
+        .filter(|&i| {
+            let (g, r) = (gpu[i], refv[i]);
+            !((g - r).abs() <= atol + rtol * r.abs() || (g.is_nan() && r.is_nan()))
+        })
+        .collect();
+    if !bad.is_empty() {
+        let first: Vec<String> = bad
+            .iter()
+            .take(8)
+            .map(|&i| format!("[{i}] gpu={} ref={}", gpu[i], refv[i]))
+            .collect();
+        panic!(
+            "{what}: {} of {} elements differ (atol {atol}, rtol {rtol}); first: {}",
+            bad.len(),
+            gpu.len(),
+            first.join(", ")
+        );
+    }
+}
+
+fn layouts() -> Vec<(&'static str, Segments)> {
+    let mut v = vec![];
+    for n in [
+        0usize, 1, 31, 32, 33, 255, 256, 257, 16383, 16384, 16385, 50_000,
+    ] {
+        let name: &'static str = Box::leak(format!("len{n}").into_boxed_str());
+        v.push((name, Segments::from_lengths(&[n]).unwrap()));
+    }
+    v.push((
+        "mixed",
+        Segments::from_lengths(&[0, 5, 0, 7, 16385, 1, 0]).unwrap(),
+    ));
+    let tiny: Vec<usize> = (0..3000).map(|i| i % 9).collect();
+    v.push(("many_tiny", Segments::from_lengths(&tiny).unwrap()));
+    v.push((
+        "resnet18",
+        Segments::from_shapes(&redreg::layouts::resnet18(3)).unwrap(),
+    ));
+    v
+}
+
+fn upload<T: CudaElement>(b: &CudaBackend, x: &[T]) -> CudaSlice<T> {
+    b.stream().clone_htod(x).unwrap()
+}
+
+fn download<T: CudaElement>(b: &CudaBackend, x: &CudaSlice<T>) -> Vec<f64> {
+    let h: Vec<T> = b.stream().clone_dtoh(x).unwrap();
+    h.iter().map(|x| x.to_f64()).collect()
+}
+
+/// One project_out case against reference::project_out; returns the GPU output bits.
+#[allow(clippy::too_many_arguments)]
+fn project_case<T: CudaElement>(
+    b: &CudaBackend,
+    name: &str,
+    segs: &Segments,
+    k: usize,
+    mode: usize,
+    per_seg_beta: bool,
+    seed: u64,
+) -> Vec<f64> {
+    let n = segs.total();
+    let v: Vec<T> = to_t(&rand_vec(n, seed));
+    let basis: Vec<Vec<T>> = (0..k)
+        .map(|i| to_t(&rand_vec(n, seed + 1 + i as u64)))
+        .collect();
+    let base: Vec<T> = to_t(&rand_vec(n, seed + 100));
+    let betas: Vec<f64> = (0..segs.len())
+        .map(|s| 1.0 + (s % 7) as f64 * 0.1)
+        .collect();
+    let beta = if per_seg_beta {
+        Beta::PerSegment(&betas)
+    } else {
+        Beta::Scalar(1.3)
+    };
+    let alpha = 0.75;
+    let opts = ProjectOptions::default();
+
+    // Reference.
+    let brefs: Vec<&[T]> = basis.iter().map(|x| x.as_slice()).collect();
+    let mut out_ref = base.clone();
+    let out_spec = match mode {
+        0 => Output::Write {
+            base: None,
+            out: &mut out_ref,
+        },
+        1 => Output::Write {
+            base: Some(&base),
+            out: &mut out_ref,
+        },
+        _ => Output::Accumulate(&mut out_ref),
+    };
+    let ranks_ref = reference::project_out(segs, &v, &brefs, out_spec, alpha, beta, &opts).unwrap();
+
+    // GPU.
+    let dv = upload(b, &v);
+    let dbasis: Vec<CudaSlice<T>> = basis.iter().map(|x| upload(b, x)).collect();
+    let dbase = upload(b, &base);
+    let mut dout = upload(b, &base);
+    let bviews: Vec<CudaView<'_, T>> = dbasis.iter().map(|x| x.as_view()).collect();
+    let vview = dv.as_view();
+    let base_view = dbase.as_view();
+    {
+        let mut oview = dout.as_view_mut();
+        let out = match mode {
+            0 => DeviceOutput::Write {
+                base: None,
+                out: &mut oview,
+            },
+            1 => DeviceOutput::Write {
+                base: Some(&base_view),
+                out: &mut oview,
+            },
+            _ => DeviceOutput::Accumulate(&mut oview),
+        };
+        b.project_out(segs, &vview, &bviews, out, alpha, beta, &opts)
+            .unwrap();
+    }
+    let got = download(b, &dout);
+    let want: Vec<f64> = out_ref.iter().map(|x| x.to_f64()).collect();
+    let (atol, rtol) = tol_of(T::DTYPE);
+    let what = format!(
+        "project_out {} {name} k={k} mode={mode} per_seg={per_seg_beta}",
+        T::DTYPE
+    );
+    assert_close(&what, &got, &want, atol, rtol);
+    assert_eq!(b.ranks(segs).unwrap(), ranks_ref, "{what}: ranks");
+    got
+}
+
+fn all_project<T: CudaElement>(b: &CudaBackend) {
+    for (name, segs) in layouts() {
+        for k in [0usize, 1, 2, 3, 5, 8] {
+            for mode in 0..3 {
+                project_case::<T>(b, name, &segs, k, mode, mode == 1, 7 + k as u64);
+            }
+        }
+    }
+}
+
+#[test]
+fn project_out_matches_reference_f32() {
+    if let Some(b) = gpu::backend("project_out_matches_reference_f32") {
+        all_project::<f32>(b);
+    }
+}
+
+#[test]
+fn project_out_matches_reference_f16() {
+    if let Some(b) = gpu::backend("project_out_matches_reference_f16") {
+        all_project::<f16>(b);
+    }
+}
+
+#[test]
+fn project_out_matches_reference_bf16() {
+    if let Some(b) = gpu::backend("project_out_matches_reference_bf16") {
+        all_project::<bf16>(b);
+    }
+}
+
+#[test]
+fn huge_segment_beyond_l2() {
+    // One 16M-element segment: 3 f32 buffers of 64 MB (> the 50-60 MB L2 of H100/H200).
+    if let Some(b) = gpu::backend("huge_segment_beyond_l2") {
+        let segs = Segments::from_lengths(&[16 << 20]).unwrap();
+        project_case::<f32>(b, "huge", &segs, 1, 2, false, 3);
+        project_case::<bf16>(b, "huge", &segs, 2, 1, false, 4);
+    }
+}
+
+#[test]
+fn bitwise_reproducible() {
+    if let Some(b) = gpu::backend("bitwise_reproducible") {
+        for (name, segs) in [
+            (
+                "resnet18",
+                Segments::from_shapes(&redreg::layouts::resnet18(3)).unwrap(),
+            ),
+            (
+                "big",
+                Segments::from_lengths(&[3_000_001, 17, 65536]).unwrap(),
+            ),
+        ] {
+            let a = project_case::<f32>(b, name, &segs, 3, 1, true, 11);
+            for _ in 0..3 {
+                let c = project_case::<f32>(b, name, &segs, 3, 1, true, 11);
+                assert!(
+                    a.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{name}: results differ between runs"
+                );
+            }
+        }
+    }
+}
+
+fn split_form<T: CudaElement>(b: &CudaBackend) {
+    for (name, segs) in layouts() {
+        for k in [0usize, 1, 4, 8] {
+            let n = segs.total();
+            let v: Vec<T> = to_t(&rand_vec(n, 5));
+            let basis: Vec<Vec<T>> = (0..k).map(|i| to_t(&rand_vec(n, 50 + i as u64))).collect();
+            let brefs: Vec<&[T]> = basis.iter().map(|x| x.as_slice()).collect();
+            let pref = reference::partials(&segs, &v, &brefs).unwrap();
+            let dv = upload(b, &v);
+            let dbasis: Vec<CudaSlice<T>> = basis.iter().map(|x| upload(b, x)).collect();
+            let bviews: Vec<CudaView<'_, T>> = dbasis.iter().map(|x| x.as_view()).collect();
+            let p = b.partials(&segs, &dv.as_view(), &bviews).unwrap();
+            // f64 sums of exact products: only the summation order differs.
+            assert_close(
+                &format!("partials {} {name} k={k}", T::DTYPE),
+                p.as_slice(),
+                pref.as_slice(),
+                1e-12 + 1e-13 * n as f64,
+                1e-11,
+            );
+            // Apply with the reference partials (as after an all-reduce).
+            let mut out_ref: Vec<T> = vec![T::default(); n];
+            let opts = ProjectOptions::exact();
+            let rr = reference::apply(
+                &segs,
+                &v,
+                &brefs,
+                &pref,
+                Output::Write {
+                    base: None,
+                    out: &mut out_ref,
+                },
+                1.0,
+                Beta::Scalar(1.0),
+                &opts,
+            )
+            .unwrap();
+            let mut dout = upload(b, &vec![T::default(); n]);
+            {
+                let mut o: CudaViewMut<'_, T> = dout.as_view_mut();
+                b.apply(
+                    &segs,
+                    &dv.as_view(),
+                    &bviews,
+                    &pref,
+                    DeviceOutput::Write {
+                        base: None,
+                        out: &mut o,
+                    },
+                    1.0,
+                    Beta::Scalar(1.0),
+                    &opts,
+                )
+                .unwrap();
+            }
+            let (atol, rtol) = tol_of(T::DTYPE);
+            let want: Vec<f64> = out_ref.iter().map(|x| x.to_f64()).collect();
+            assert_close(
+                &format!("apply {} {name} k={k}", T::DTYPE),
+                &download(b, &dout),
+                &want,
+                atol,
+                rtol,
+            );
+            assert_eq!(b.ranks(&segs).unwrap(), rr);
+        }
+    }
+}
+
+#[test]
+fn split_form_matches_reference() {
+    if let Some(b) = gpu::backend("split_form_matches_reference") {
+        split_form::<f32>(b);
+        split_form::<f16>(b);
+        split_form::<bf16>(b);
+    }
+}
+
+fn orth<T: CudaElement>(b: &CudaBackend) {
+    for (name, segs) in layouts() {
+        for k in [1usize, 2, 3, 8] {
+            let n = segs.total();
+            let mut basis: Vec<Vec<T>> =
+                (0..k).map(|i| to_t(&rand_vec(n, 90 + i as u64))).collect();
+            if k >= 3 {
+                // An exactly dependent vector: b2 = b0 (dropped by both methods).
+                basis[2] = basis[0].clone();
+            }
+            let mut dbasis: Vec<CudaSlice<T>> = basis.iter().map(|x| upload(b, x)).collect();
+            {
+                let mut views: Vec<CudaViewMut<'_, T>> =
+                    dbasis.iter_mut().map(|x| x.as_view_mut()).collect();
+                b.orthonormalize(&segs, &mut views, 1e-7).unwrap();
+            }
+            let mut refs: Vec<&mut [T]> = basis.iter_mut().map(|x| x.as_mut_slice()).collect();
+            let rr = reference::orthonormalize(&segs, &mut refs, 1e-7).unwrap();
+            let (atol, rtol) = tol_of(T::DTYPE);
+            for i in 0..k {
+                let want: Vec<f64> = basis[i].iter().map(|x| x.to_f64()).collect();
+                // Orthonormal vectors of a long segment have tiny entries: scale atol.
+                assert_close(
+                    &format!("orthonormalize {} {name} k={k} vector {i}", T::DTYPE),
+                    &download(b, &dbasis[i]),
+                    &want,
+                    atol * 0.05,
+                    rtol * 4.0,
+                );
+            }
+            assert_eq!(
+                b.ranks(&segs).unwrap(),
+                rr,
+                "orthonormalize {name} k={k}: ranks"
+            );
+        }
+    }
+}
+
+#[test]
+fn orthonormalize_matches_reference() {
+    if let Some(b) = gpu::backend("orthonormalize_matches_reference") {
+        orth::<f32>(b);
+        orth::<f16>(b);
+        orth::<bf16>(b);
+    }
+}
+
+#[test]
+fn misaligned_views_take_the_scalar_path() {
+    if let Some(b) = gpu::backend("misaligned_views_take_the_scalar_path") {
+        let segs = Segments::from_lengths(&[40_000, 3, 1000]).unwrap();
+        let n = segs.total();
+        let v: Vec<f32> = to_t(&rand_vec(n + 1, 1));
+        let g: Vec<f32> = to_t(&rand_vec(n, 2));
+        let dv = upload(b, &v);
+        let dg = upload(b, &g);
+        let vview = dv.slice(1..n + 1); // v shifted by one element: misaligned vs g
+        let mut dout = upload(b, &vec![0f32; n]);
+        {
+            let mut o = dout.as_view_mut();
+            b.project_out(
+                &segs,
+                &vview,
+                &[dg.as_view()],
+                DeviceOutput::Write {
+                    base: None,
+                    out: &mut o,
+                },
+                1.0,
+                Beta::Scalar(1.0),
+                &ProjectOptions::default(),
+            )
+            .unwrap();
+        }
+        let mut out_ref = vec![0f32; n];
+        reference::project_out(
+            &segs,
+            &v[1..],
+            &[&g[..]],
+            Output::Write {
+                base: None,
+                out: &mut out_ref,
+            },
+            1.0,
+            Beta::Scalar(1.0),
+            &ProjectOptions::default(),
+        )
+        .unwrap();
+        let want: Vec<f64> = out_ref.iter().map(|&x| x as f64).collect();
+        assert_close("misaligned", &download(b, &dout), &want, 2e-5, 1e-5);
+    }
+}
+
+#[test]
+fn every_kernel_symbol_loads() {
+    if let Some(b) = gpu::backend("every_kernel_symbol_loads") {
+        b.preload_project().unwrap();
+        println!(
+            "loaded {} kernels (prebuilt fatbin: {})",
+            CudaBackend::project_kernel_names().len(),
+            redreg::cuda::PREBUILT_KERNELS
+        );
+    }
+}
+
+#[test]
+fn invalid_arguments_are_errors() {
+    if let Some(b) = gpu::backend("invalid_arguments_are_errors") {
+        let segs = Segments::from_lengths(&[10]).unwrap();
+        let dv = upload(b, &[0f32; 10]);
+        let short = upload(b, &[0f32; 9]);
+        let mut dout = upload(b, &[0f32; 10]);
+        let opts = ProjectOptions::default();
+        let mut o = dout.as_view_mut();
+        let e = b.project_out(
+            &segs,
+            &dv.as_view(),
+            &[short.as_view()],
+            DeviceOutput::Accumulate(&mut o),
+            1.0,
+            Beta::Scalar(1.0),
+            &opts,
+        );
+        assert!(e.is_err());
+        let nine: Vec<CudaView<'_, f32>> = (0..9).map(|_| dv.as_view()).collect();
+        let e = b.project_out(
+            &segs,
+            &dv.as_view(),
+            &nine,
+            DeviceOutput::Accumulate(&mut o),
+            1.0,
+            Beta::Scalar(1.0),
+            &opts,
+        );
+        assert!(e.is_err());
+        let e = b.project_out(
+            &segs,
+            &dv.as_view(),
+            &[],
+            DeviceOutput::Accumulate(&mut o),
+            f64::NAN,
+            Beta::Scalar(1.0),
+            &opts,
+        );
+        assert!(e.is_err());
+        let e = b.project_out(
+            &segs,
+            &dv.as_view(),
+            &[],
+            DeviceOutput::Accumulate(&mut o),
+            1.0,
+            Beta::PerSegment(&[1.0, 2.0]),
+            &opts,
+        );
+        assert!(e.is_err());
+    }
+}
