@@ -10,6 +10,8 @@
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod controller;
 pub mod cpu;
 #[cfg(feature = "cuda")]

@@ -1,0 +1,629 @@
+//! Balanced multimodal training with RedReg, on candle (CPU), on a synthetic imbalanced
+//! two-modality dataset generated in code.
+//!
+//! ```text
+//! cargo run --release --features candle --example balance [-- --epochs 12 --seed 7 --k 1 --out out/balance.svg]
+//! ```
+//!
+//! Data (8 classes, label `y`): modality A is an 8-dim, low-noise code of `y / 2` only
+//! (half of the class information: it tells the class pair, never which class of the
+//! pair), fast to learn; modality B is a 64-dim, noisy code of all of `y`, slower to learn.
+//! Model: two MLP encoders (A: 8→32→32, B: 64→64→32), a fused linear head on the
+//! concatenated features and one linear head per modality; loss `L_mm + L_a + L_b`;
+//! SGD with momentum 0.9 and weight decay 1e-4; the script's modality-dropout schedule;
+//! `theta_0` snapshot at each epoch start. RedReg per step: statistics (true-label
+//! probabilities of the unimodal heads, redundancy from two noisy copies with sigma 0.03,
+//! cosine agreement of the pooled features) → `Controller::observe` → projection of the
+//! dominant encoder's drift into its gradients (`redreg::candle`, `CpuBackend`) → step.
+//!
+//! Three runs with the same seed and data order: baseline (no RedReg), RedReg, and B
+//! alone (only `L_b`: what modality B reaches without A, the reference for the imbalance).
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var, D};
+use redreg::controller::{Config, Controller, DropoutSchedule, Dropped, Redundancy, StepInputs};
+use redreg::CpuBackend;
+use std::io::Write;
+use std::time::Instant;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+const CLASSES: usize = 8;
+const DIM_A: usize = 8;
+const DIM_B: usize = 64;
+const FEAT: usize = 32;
+const N_TRAIN: usize = 6144;
+const N_TEST: usize = 2048;
+const BATCH: usize = 96;
+const LR: f64 = 0.03;
+const MOMENTUM: f64 = 0.9;
+const WEIGHT_DECAY: f64 = 1e-4;
+const NOISE_SIGMA: f32 = 0.03;
+
+// ---------------------------------------------------------------- deterministic RNG
+struct Rng(u64);
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        // SplitMix64
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn normal(&mut self) -> f32 {
+        let u1 = self.uniform().max(1e-300);
+        let u2 = self.uniform();
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    }
+    fn normals(&mut self, n: usize, sigma: f32) -> Vec<f32> {
+        (0..n).map(|_| self.normal() * sigma).collect()
+    }
+}
+
+// ---------------------------------------------------------------- data
+struct Data {
+    xa: Vec<f32>,
+    xb: Vec<f32>,
+    y: Vec<u32>,
+}
+
+fn make_data(seed: u64) -> (Data, Data) {
+    let mut rng = Rng(seed ^ 0xDA7A);
+    // A: prototypes of the 4 class pairs, well separated; B: prototypes of the 8 classes.
+    let proto_a: Vec<f32> = rng.normals((CLASSES / 2) * DIM_A, 1.0);
+    let proto_b: Vec<f32> = rng.normals(CLASSES * DIM_B, 1.0);
+    let mut gen = |n: usize| {
+        let mut d = Data {
+            xa: Vec::with_capacity(n * DIM_A),
+            xb: Vec::with_capacity(n * DIM_B),
+            y: Vec::with_capacity(n),
+        };
+        for _ in 0..n {
+            let y = (rng.next_u64() % CLASSES as u64) as usize;
+            let g = y / 2;
+            for j in 0..DIM_A {
+                d.xa.push(1.5 * proto_a[g * DIM_A + j] + 0.5 * rng.normal());
+            }
+            for j in 0..DIM_B {
+                d.xb.push(0.35 * proto_b[y * DIM_B + j] + 1.0 * rng.normal());
+            }
+            d.y.push(y as u32);
+        }
+        d
+    };
+    let train = gen(N_TRAIN);
+    let test = gen(N_TEST);
+    (train, test)
+}
+
+// ---------------------------------------------------------------- model
+struct Linear {
+    w: Var,
+    b: Var,
+}
+
+impl Linear {
+    fn new(rng: &mut Rng, fan_in: usize, fan_out: usize) -> Res<Self> {
+        let bound = (1.0 / fan_in as f64).sqrt();
+        let w: Vec<f32> = (0..fan_in * fan_out)
+            .map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32)
+            .collect();
+        let b: Vec<f32> = (0..fan_out)
+            .map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32)
+            .collect();
+        Ok(Self {
+            w: Var::from_tensor(&Tensor::from_vec(w, (fan_out, fan_in), &Device::Cpu)?)?,
+            b: Var::from_tensor(&Tensor::from_vec(b, fan_out, &Device::Cpu)?)?,
+        })
+    }
+    fn forward(&self, x: &Tensor) -> Res<Tensor> {
+        Ok(x.matmul(&self.w.as_tensor().t()?)?
+            .broadcast_add(self.b.as_tensor())?)
+    }
+    fn vars(&self) -> [Var; 2] {
+        [self.w.clone(), self.b.clone()]
+    }
+}
+
+struct Encoder {
+    l1: Linear,
+    l2: Linear,
+}
+
+impl Encoder {
+    fn new(rng: &mut Rng, d_in: usize, hidden: usize) -> Res<Self> {
+        Ok(Self {
+            l1: Linear::new(rng, d_in, hidden)?,
+            l2: Linear::new(rng, hidden, FEAT)?,
+        })
+    }
+    fn forward(&self, x: &Tensor) -> Res<Tensor> {
+        Ok(self.l2.forward(&self.l1.forward(x)?.relu()?)?.relu()?)
+    }
+    fn vars(&self) -> Vec<Var> {
+        let mut v = self.l1.vars().to_vec();
+        v.extend(self.l2.vars());
+        v
+    }
+}
+
+struct Model {
+    enc: [Encoder; 2],
+    head: Linear,
+    uni: [Linear; 2],
+}
+
+impl Model {
+    fn new(seed: u64) -> Res<Self> {
+        let mut rng = Rng(seed ^ 0x5EED);
+        Ok(Self {
+            enc: [
+                Encoder::new(&mut rng, DIM_A, 32)?,
+                Encoder::new(&mut rng, DIM_B, 64)?,
+            ],
+            head: Linear::new(&mut rng, 2 * FEAT, CLASSES)?,
+            uni: [
+                Linear::new(&mut rng, FEAT, CLASSES)?,
+                Linear::new(&mut rng, FEAT, CLASSES)?,
+            ],
+        })
+    }
+    /// (fused logits, [A logits, B logits], [A features, B features]).
+    fn forward(&self, xa: &Tensor, xb: &Tensor) -> Res<(Tensor, [Tensor; 2], [Tensor; 2])> {
+        let za = self.enc[0].forward(xa)?;
+        let zb = self.enc[1].forward(xb)?;
+        let out = self.head.forward(&Tensor::cat(&[&za, &zb], 1)?)?;
+        let oa = self.uni[0].forward(&za)?;
+        let ob = self.uni[1].forward(&zb)?;
+        Ok((out, [oa, ob], [za, zb]))
+    }
+    fn all_vars(&self) -> Vec<Var> {
+        let mut v = self.enc[0].vars();
+        v.extend(self.enc[1].vars());
+        v.extend(self.head.vars());
+        v.extend(self.uni[0].vars());
+        v.extend(self.uni[1].vars());
+        v
+    }
+}
+
+// ---------------------------------------------------------------- training
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Baseline,
+    RedReg,
+    BAlone,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Baseline => "baseline",
+            Mode::RedReg => "redreg",
+            Mode::BAlone => "B alone",
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+struct EpochLog {
+    fused: f64,
+    acc: [f64; 2],
+    beta_mean: f64,
+    gate_open: f64,
+    suppressed: [usize; 2],
+    steps: usize,
+}
+
+struct RunLog {
+    epochs: Vec<EpochLog>,
+    overhead_ms: f64,
+    step_ms: f64,
+}
+
+struct Args {
+    epochs: usize,
+    seed: u64,
+    k: usize,
+    out: String,
+}
+
+fn batch(d: &Data, idx: &[usize]) -> Res<(Tensor, Tensor, Tensor)> {
+    let mut xa = Vec::with_capacity(idx.len() * DIM_A);
+    let mut xb = Vec::with_capacity(idx.len() * DIM_B);
+    let mut y = Vec::with_capacity(idx.len());
+    for &i in idx {
+        xa.extend_from_slice(&d.xa[i * DIM_A..(i + 1) * DIM_A]);
+        xb.extend_from_slice(&d.xb[i * DIM_B..(i + 1) * DIM_B]);
+        y.push(d.y[i]);
+    }
+    let n = idx.len();
+    Ok((
+        Tensor::from_vec(xa, (n, DIM_A), &Device::Cpu)?,
+        Tensor::from_vec(xb, (n, DIM_B), &Device::Cpu)?,
+        Tensor::from_vec(y, n, &Device::Cpu)?,
+    ))
+}
+
+/// Batch mean of softmax(logits)[y].
+fn true_label_prob(logits: &Tensor, y: &Tensor) -> Res<f64> {
+    let p = candle_nn::ops::softmax_last_dim(logits)?;
+    let g = p.gather(&y.unsqueeze(1)?, 1)?;
+    Ok(g.mean_all()?.to_scalar::<f32>()? as f64)
+}
+
+/// (mean((z1 - z2)^2), mean((x1 - x2)^2)) for one encoder and two noisy copies.
+fn redundancy(enc: &Encoder, x: &Tensor, rng: &mut Rng) -> Res<(Redundancy, Tensor)> {
+    let n = x.elem_count();
+    let n1 = Tensor::from_vec(rng.normals(n, NOISE_SIGMA), x.dims(), &Device::Cpu)?;
+    let n2 = Tensor::from_vec(rng.normals(n, NOISE_SIGMA), x.dims(), &Device::Cpu)?;
+    let (x1, x2) = ((x + n1)?, (x + n2)?);
+    let z1 = enc.forward(&x1)?.detach();
+    let z2 = enc.forward(&x2)?.detach();
+    let num = (&z1 - &z2)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64;
+    let den = (&x1 - &x2)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64;
+    Ok((Redundancy::from_parts(num, den), z1))
+}
+
+/// Batch mean of the cosine between the two modalities' features of the same sample.
+fn agreement(za: &Tensor, zb: &Tensor) -> Res<f64> {
+    let dot = (za * zb)?.sum(D::Minus1)?;
+    let na = za.sqr()?.sum(D::Minus1)?.sqrt()?;
+    let nb = zb.sqr()?.sum(D::Minus1)?.sqrt()?;
+    let cos = dot.div(&((na * nb)? + 1e-8)?)?;
+    Ok(cos.mean_all()?.to_scalar::<f32>()? as f64)
+}
+
+fn accuracy(logits: &Tensor, y: &[u32]) -> Res<f64> {
+    let am = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    Ok(am.iter().zip(y).filter(|(a, b)| a == b).count() as f64 / y.len() as f64)
+}
+
+fn evaluate(m: &Model, test: &Data) -> Res<(f64, [f64; 2])> {
+    let idx: Vec<usize> = (0..N_TEST).collect();
+    let (xa, xb, _) = batch(test, &idx)?;
+    let (out, [oa, ob], _) = m.forward(&xa, &xb)?;
+    Ok((
+        accuracy(&out, &test.y)?,
+        [accuracy(&oa, &test.y)?, accuracy(&ob, &test.y)?],
+    ))
+}
+
+fn sgd_step(vars: &[Var], grads: &GradStore, mom: &mut [Option<Tensor>]) -> Res<()> {
+    for (v, buf) in vars.iter().zip(mom.iter_mut()) {
+        let Some(g) = grads.get(v.as_tensor()) else {
+            continue;
+        };
+        let g = (g + (v.as_tensor() * WEIGHT_DECAY)?)?;
+        let b = match buf.take() {
+            Some(b) => ((b * MOMENTUM)? + g)?,
+            None => g,
+        };
+        v.set(&(v.as_tensor() - (&b * LR)?)?)?;
+        *buf = Some(b);
+    }
+    Ok(())
+}
+
+fn train(mode: Mode, args: &Args, train_d: &Data, test_d: &Data) -> Res<RunLog> {
+    let model = Model::new(args.seed)?;
+    let vars = model.all_vars();
+    let enc_vars = [model.enc[0].vars(), model.enc[1].vars()];
+    let mut mom: Vec<Option<Tensor>> = vec![None; vars.len()];
+    let cfg = Config::new(args.epochs);
+    let dropout: DropoutSchedule = cfg.dropout;
+    let mut ctl = Controller::new(cfg.clone(), 2)?;
+    let backend = CpuBackend::new();
+    // Same data order and dropout draws in every run; RedReg's noise has its own stream.
+    let mut order_rng = Rng(args.seed ^ 0x0D0E);
+    let mut noise_rng = Rng(args.seed ^ 0x4015E);
+    let mut history: [Vec<Vec<Tensor>>; 2] = [Vec::new(), Vec::new()];
+    let steps_per_epoch = N_TRAIN / BATCH;
+    let (mut overhead, mut total, mut nsteps) = (0.0f64, 0.0f64, 0usize);
+    let mut log = Vec::new();
+    for epoch in 0..args.epochs {
+        let theta0 = [
+            redreg::candle::snapshot(&enc_vars[0])?,
+            redreg::candle::snapshot(&enc_vars[1])?,
+        ];
+        ctl.begin_epoch(epoch)?;
+        let p_drop = dropout.probability(epoch, args.epochs)?;
+        let mut perm: Vec<usize> = (0..N_TRAIN).collect();
+        for i in (1..N_TRAIN).rev() {
+            perm.swap(i, (order_rng.next_u64() % (i as u64 + 1)) as usize);
+        }
+        let mut el = EpochLog::default();
+        for s in 0..steps_per_epoch {
+            let t0 = Instant::now();
+            let idx = &perm[s * BATCH..(s + 1) * BATCH];
+            let (xa, xb, y) = batch(train_d, idx)?;
+            let u = order_rng.uniform();
+            let (fa, fb) = match DropoutSchedule::decide(p_drop, u) {
+                Dropped::First => (xa.zeros_like()?, xb.clone()),
+                Dropped::Second => (xa.clone(), xb.zeros_like()?),
+                Dropped::None => (xa.clone(), xb.clone()),
+            };
+            let (out, [oa, ob], _) = model.forward(&fa, &fb)?;
+            let l_b = candle_nn::loss::cross_entropy(&ob, &y)?;
+            let loss = match mode {
+                Mode::BAlone => l_b,
+                _ => {
+                    ((candle_nn::loss::cross_entropy(&out, &y)?
+                        + candle_nn::loss::cross_entropy(&oa, &y)?)?
+                        + l_b)?
+                }
+            };
+            let mut grads = loss.backward()?;
+            if mode == Mode::RedReg {
+                let t1 = Instant::now();
+                let p = [true_label_prob(&oa, &y)?, true_label_prob(&ob, &y)?];
+                let (red_a, za) = redundancy(&model.enc[0], &xa, &mut noise_rng)?;
+                let (red_b, zb) = redundancy(&model.enc[1], &xb, &mut noise_rng)?;
+                let pos = agreement(&za, &zb)?;
+                let d = ctl.observe(&StepInputs::pair(p[0], p[1], red_a, red_b, pos))?;
+                let mut cur: Option<(usize, Vec<Tensor>)> = None;
+                if let Some(m) = d.suppressed {
+                    if args.k > 1 {
+                        cur = Some((
+                            m,
+                            enc_vars[m]
+                                .iter()
+                                .map(|v| grads.get(v.as_tensor()).cloned())
+                                .collect::<Option<Vec<_>>>()
+                                .ok_or("missing encoder gradient")?,
+                        ));
+                    }
+                    let extra: Vec<&[Tensor]> = history[m].iter().map(|h| h.as_slice()).collect();
+                    redreg::candle::project_drift_into_grads(
+                        &backend,
+                        &enc_vars[m],
+                        &theta0[m],
+                        &mut grads,
+                        &extra,
+                        d.beta,
+                        &ctl.config().project,
+                    )?;
+                    el.suppressed[m] += 1;
+                }
+                if let Some((m, g)) = cur {
+                    // Rank-k joint subspace: the own gradient plus the k-1 latest ones.
+                    history[m].push(g);
+                    if history[m].len() > args.k - 1 {
+                        history[m].remove(0);
+                    }
+                }
+                el.beta_mean += d.beta;
+                el.gate_open += d.gate;
+                overhead += t1.elapsed().as_secs_f64();
+            }
+            sgd_step(&vars, &grads, &mut mom)?;
+            total += t0.elapsed().as_secs_f64();
+            nsteps += 1;
+            el.steps += 1;
+            if s % 8 == 0 || s + 1 == steps_per_epoch {
+                let done = (s + 1) * 20 / steps_per_epoch;
+                eprint!(
+                    "\r  {:<8} epoch {:>2}/{} [{}{}]",
+                    mode.name(),
+                    epoch + 1,
+                    args.epochs,
+                    "#".repeat(done),
+                    ".".repeat(20 - done)
+                );
+                std::io::stderr().flush().ok();
+            }
+        }
+        let (fused, acc) = evaluate(&model, test_d)?;
+        el.fused = fused;
+        el.acc = acc;
+        el.beta_mean /= el.steps as f64;
+        el.gate_open /= el.steps as f64;
+        log.push(el);
+    }
+    eprint!("\r{:60}\r", "");
+    Ok(RunLog {
+        epochs: log,
+        overhead_ms: 1e3 * overhead / nsteps.max(1) as f64,
+        step_ms: 1e3 * total / nsteps.max(1) as f64,
+    })
+}
+
+// ---------------------------------------------------------------- output
+fn print_table(title: &str, r: &RunLog, show_redreg: bool) {
+    println!("\n{title}");
+    if show_redreg {
+        println!(
+            "epoch | fused acc | A-only acc | B-only acc | mean beta | gate open | suppressed (steps A/B)"
+        );
+    } else {
+        println!("epoch | fused acc | A-only acc | B-only acc");
+    }
+    for (e, l) in r.epochs.iter().enumerate() {
+        if show_redreg {
+            let sup = match (l.suppressed[0], l.suppressed[1]) {
+                (0, 0) => "none".to_string(),
+                (a, b) if a >= b => format!("A ({a}/{b})"),
+                (a, b) => format!("B ({a}/{b})"),
+            };
+            println!(
+                "{:>5} | {:>9.3} | {:>10.3} | {:>10.3} | {:>9.3} | {:>8.0}% | {}",
+                e + 1,
+                l.fused,
+                l.acc[0],
+                l.acc[1],
+                l.beta_mean,
+                100.0 * l.gate_open,
+                sup
+            );
+        } else {
+            println!(
+                "{:>5} | {:>9.3} | {:>10.3} | {:>10.3}",
+                e + 1,
+                l.fused,
+                l.acc[0],
+                l.acc[1]
+            );
+        }
+    }
+}
+
+fn write_svg(path: &str, runs: &[(&str, &RunLog)]) -> Res<()> {
+    let (w, h, ml, mr, mt, mb) = (720.0, 420.0, 60.0, 170.0, 30.0, 50.0);
+    let epochs = runs[0].1.epochs.len().max(2);
+    let x = |e: usize| ml + (w - ml - mr) * e as f64 / (epochs - 1) as f64;
+    let y = |a: f64| mt + (h - mt - mb) * (1.0 - a);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"18\" text-anchor=\"middle\">Test accuracy per modality (unimodal heads)</text>\n",
+        (ml + w - mr) / 2.0
+    );
+    for i in 0..=10 {
+        let a = i as f64 / 10.0;
+        s += &format!(
+            "<line x1=\"{ml}\" x2=\"{}\" y1=\"{y0:.1}\" y2=\"{y0:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{a:.1}</text>\n",
+            w - mr,
+            ml - 6.0,
+            y(a) + 4.0,
+            y0 = y(a)
+        );
+    }
+    for e in 0..epochs {
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
+            x(e),
+            h - mb + 18.0,
+            e + 1
+        );
+    }
+    s += &format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">epoch</text>\n",
+        (ml + w - mr) / 2.0,
+        h - 10.0
+    );
+    let colors = ["#1f77b4", "#d62728"];
+    let dashes = ["", " stroke-dasharray=\"6 4\"", " stroke-dasharray=\"2 3\""];
+    let mut ly = mt + 10.0;
+    for (ri, (name, r)) in runs.iter().enumerate() {
+        for (m, mname) in ["A", "B"].iter().enumerate() {
+            if *name == "B alone" && m == 0 {
+                continue;
+            }
+            let pts: Vec<String> = r
+                .epochs
+                .iter()
+                .enumerate()
+                .map(|(e, l)| format!("{:.1},{:.1}", x(e), y(l.acc[m])))
+                .collect();
+            s += &format!(
+                "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\"{} points=\"{}\"/>\n",
+                colors[m],
+                dashes[ri % 3],
+                pts.join(" ")
+            );
+            s += &format!(
+                "<line x1=\"{}\" x2=\"{}\" y1=\"{ly:.1}\" y2=\"{ly:.1}\" stroke=\"{}\" stroke-width=\"2\"{}/><text x=\"{}\" y=\"{:.1}\">{mname}-only, {name}</text>\n",
+                w - mr + 10.0,
+                w - mr + 40.0,
+                colors[m],
+                dashes[ri % 3],
+                w - mr + 46.0,
+                ly + 4.0
+            );
+            ly += 18.0;
+        }
+    }
+    s += "</svg>\n";
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    std::fs::write(path, s)?;
+    Ok(())
+}
+
+fn parse_args() -> Res<Args> {
+    let mut a = Args {
+        epochs: 12,
+        seed: 7,
+        k: 1,
+        out: "out/balance.svg".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--epochs" => a.epochs = val()?.parse()?,
+            "--seed" => a.seed = val()?.parse()?,
+            "--k" => a.k = val()?.parse()?,
+            "--out" => a.out = val()?,
+            "-h" | "--help" => {
+                println!("balance [--epochs N (12)] [--seed S (7)] [--k K (1)] [--out PATH (out/balance.svg)]");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown flag {other} (see --help)").into()),
+        }
+    }
+    if a.epochs == 0 || a.k == 0 || a.k > 8 {
+        return Err("need --epochs >= 1 and 1 <= --k <= 8".into());
+    }
+    Ok(a)
+}
+
+fn main() -> Res<()> {
+    let args = parse_args()?;
+    let start = Instant::now();
+    let (train_d, test_d) = make_data(args.seed);
+    println!(
+        "balance: {} train / {} test samples, {CLASSES} classes; A = {DIM_A}-dim code of the class pair, \
+         B = {DIM_B}-dim noisy code of the class; {} epochs, seed {}, k = {}, batch {BATCH}, \
+         SGD lr {LR} momentum {MOMENTUM}",
+        N_TRAIN, N_TEST, args.epochs, args.seed, args.k
+    );
+    let _ = DType::F32;
+    let base = train(Mode::Baseline, &args, &train_d, &test_d)?;
+    let rr = train(Mode::RedReg, &args, &train_d, &test_d)?;
+    let alone = train(Mode::BAlone, &args, &train_d, &test_d)?;
+    print_table("baseline (joint training, no RedReg)", &base, false);
+    print_table("RedReg", &rr, true);
+    println!("\nB alone (only L_b): B-only acc per epoch:");
+    let b: Vec<String> = alone
+        .epochs
+        .iter()
+        .map(|l| format!("{:.3}", l.acc[1]))
+        .collect();
+    println!("  {}", b.join(" "));
+    let last = |r: &RunLog| r.epochs.last().cloned().unwrap_or_default();
+    let best_b = |r: &RunLog| r.epochs.iter().map(|l| l.acc[1]).fold(0.0, f64::max);
+    println!(
+        "\nfinal: baseline fused {:.3} A {:.3} B {:.3} | RedReg fused {:.3} A {:.3} B {:.3} | B alone {:.3} (best B: baseline {:.3}, RedReg {:.3}, alone {:.3})",
+        last(&base).fused,
+        last(&base).acc[0],
+        last(&base).acc[1],
+        last(&rr).fused,
+        last(&rr).acc[0],
+        last(&rr).acc[1],
+        last(&alone).acc[1],
+        best_b(&base),
+        best_b(&rr),
+        best_b(&alone)
+    );
+    println!(
+        "time per training step: baseline {:.2} ms, RedReg {:.2} ms, of which RedReg overhead {:.2} ms \
+         (statistics: 4 extra encoder forwards + controller + projection)",
+        base.step_ms, rr.step_ms, rr.overhead_ms
+    );
+    write_svg(
+        &args.out,
+        &[("baseline", &base), ("RedReg", &rr), ("B alone", &alone)],
+    )?;
+    println!(
+        "plot: {}  (total {:.1} s)",
+        args.out,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
