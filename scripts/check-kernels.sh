@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# CI check of the CUDA kernels, no GPU needed:
+#  1. cargo build with REDREG_REQUIRE_NVCC=1 (a kernel that does not compile fails the build);
+#  2. ptxas -v resource usage of every kernel for every target arch; fails on any spill;
+#  3. the embedded sources compiled through NVRTC by the crate's own NVRTC path
+#     (test nvrtc_compiles_embedded_sources with REDREG_REQUIRE_NVRTC=1).
+# Needs nvcc + NVRTC: run scripts/install-cuda-compiler.sh first (this script sources its
+# env file when NVCC is unset).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${REDREG_CUDA_VENV:-$HOME/.cache/redreg-cuda-venv}"
+if [ -z "${NVCC:-}" ] && [ -f "$VENV/redreg-cuda-env.sh" ]; then
+    # shellcheck disable=SC1091
+    . "$VENV/redreg-cuda-env.sh"
+fi
+: "${NVCC:?NVCC not set: run scripts/install-cuda-compiler.sh}"
+export NVCC
+CAPS="${CUDA_COMPUTE_CAP:-75,80,86,89,90}"
+
+echo "== 1. cargo build with REDREG_REQUIRE_NVCC=1 (CUDA_COMPUTE_CAP=$CAPS)"
+REDREG_REQUIRE_NVCC=1 CUDA_COMPUTE_CAP="$CAPS" cargo build --features cuda
+
+echo "== 2. ptxas resource usage"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+for cu in kernels/*.cu; do
+    for cap in ${CAPS//,/ }; do
+        log="$tmp/$(basename "$cu" .cu)_sm$cap.txt"
+        "$NVCC" --cubin -O3 -std=c++17 -I kernels -arch="sm_$cap" -Xptxas -v \
+            -o "$tmp/out.cubin" "$cu" >"$log" 2>&1 || { cat "$log"; exit 1; }
+        # One line per kernel: name, registers, spills.
+        awk -v cap="$cap" '
+            /Compiling entry function/ { match($0, /'"'"'[^'"'"']+'"'"'/); fn = substr($0, RSTART+1, RLENGTH-2) }
+            /spill stores/ { st = $0; sub(/.*stack frame, /, "", st); spill = st }
+            /Used [0-9]+ registers/ { match($0, /Used [0-9]+ registers/); printf "sm_%s %-32s %-18s %s\n", cap, fn, substr($0, RSTART, RLENGTH), spill }
+        ' "$log" | tee -a "$tmp/summary.txt"
+    done
+done
+if grep -Ev " 0 bytes spill stores, 0 bytes spill loads" "$tmp/summary.txt" >/dev/null; then
+    echo "ERROR: register spills:" >&2
+    grep -Ev " 0 bytes spill stores, 0 bytes spill loads" "$tmp/summary.txt" >&2
+    fail=1
+fi
+[ "$fail" = 0 ] || exit 1
+echo "no spills in $(wc -l <"$tmp/summary.txt") kernel compilations"
+
+echo "== 3. NVRTC compile of the embedded sources"
+REDREG_REQUIRE_NVRTC=1 REDREG_REQUIRE_NVCC=1 CUDA_COMPUTE_CAP="$CAPS" \
+    cargo test --features cuda --test gpu_project nvrtc_compiles_embedded_sources -- --nocapture
+echo "check-kernels: OK"

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# The one script for a GPU machine.
+#
+#   scripts/gpu-check.sh bundle   HERE (no GPU): builds the GPU test binaries with kernels
+#                                 for sm_90 (CUDA_COMPUTE_CAP, default 90) and
+#                                 REDREG_REQUIRE_NVCC=1, strips them into ./gpu-bundle/
+#                                 (gitignored; must stay < 64 MiB).
+#   scripts/gpu-check.sh [run]    THERE (GPU, $OUT set): nvidia-smi, every bundled test binary
+#                                 with REDREG_REQUIRE_GPU=1, compute-sanitizer (memcheck,
+#                                 racecheck, initcheck, synccheck) over the projection test
+#                                 binary; logs and summary.txt under $OUT.
+#
+# Bench hook: set REDREG_BUNDLE_BENCHES="bench_name ..." to bundle `cargo bench --no-run`
+# executables as well; `run` executes every gpu-bundle/bench-* with --bench.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MODE="${1:-run}"
+BUNDLE="gpu-bundle"
+
+bundle() {
+    set -e
+    local venv="${REDREG_CUDA_VENV:-$HOME/.cache/redreg-cuda-venv}"
+    if [ -z "${NVCC:-}" ] && [ -f "$venv/redreg-cuda-env.sh" ]; then . "$venv/redreg-cuda-env.sh"; fi
+    export NVCC REDREG_REQUIRE_NVCC=1 CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+    rm -rf "$BUNDLE" && mkdir -p "$BUNDLE"
+    local tests="${REDREG_BUNDLE_TESTS:-gpu_project}"
+    local args=()
+    for t in $tests; do args+=(--test "$t"); done
+    cargo test --features cuda --no-run --message-format=json "${args[@]}" >"$BUNDLE/.cargo.json"
+    python3 - "$BUNDLE" <<'PY'
+import json, shutil, sys, os
+bundle = sys.argv[1]
+for line in open(os.path.join(bundle, ".cargo.json")):
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        name = m["target"]["name"]
+        kind = "bench" if "bench" in m["target"]["kind"] else "test"
+        dst = os.path.join(bundle, f"{kind}-{name}")
+        shutil.copy(m["executable"], dst)
+        print("bundled", dst)
+PY
+    if [ -n "${REDREG_BUNDLE_BENCHES:-}" ]; then
+        local bargs=()
+        for b in $REDREG_BUNDLE_BENCHES; do bargs+=(--bench "$b"); done
+        cargo bench --features cuda --no-run --message-format=json "${bargs[@]}" >"$BUNDLE/.cargo-bench.json"
+        python3 - "$BUNDLE" <<'PY'
+import json, shutil, sys, os
+bundle = sys.argv[1]
+for line in open(os.path.join(bundle, ".cargo-bench.json")):
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
+        dst = os.path.join(bundle, "bench-" + m["target"]["name"])
+        shutil.copy(m["executable"], dst); print("bundled", dst)
+PY
+    fi
+    rm -f "$BUNDLE"/.cargo*.json
+    strip "$BUNDLE"/test-* "$BUNDLE"/bench-* 2>/dev/null || true
+    git rev-parse HEAD >"$BUNDLE/COMMIT" 2>/dev/null || true
+    local size
+    size=$(du -sm "$BUNDLE" | cut -f1)
+    ls -la "$BUNDLE"
+    echo "bundle: ${size} MiB"
+    if [ "$size" -ge 64 ]; then echo "ERROR: bundle >= 64 MiB" >&2; exit 1; fi
+}
+
+run() {
+    : "${OUT:?OUT must be set (output folder)}"
+    mkdir -p "$OUT"
+    local summary="$OUT/summary.txt"
+    : >"$summary"
+    local status=0
+    echo "commit: $(cat "$BUNDLE/COMMIT" 2>/dev/null || echo unknown)" | tee -a "$summary"
+    echo "date: $(date -u +%FT%TZ)" | tee -a "$summary"
+    nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$summary"
+    for t in "$BUNDLE"/test-*; do
+        [ -x "$t" ] || continue
+        local n; n=$(basename "$t")
+        if REDREG_REQUIRE_GPU=1 "$t" --test-threads=1 --nocapture >"$OUT/$n.log" 2>&1; then
+            echo "PASS $n" | tee -a "$summary"
+        else
+            echo "FAIL $n (see $n.log)" | tee -a "$summary"; status=1
+        fi
+        grep -E "^test result|SKIP|panicked" "$OUT/$n.log" | head -20 >>"$summary"
+    done
+    local cs
+    cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+    local target="$BUNDLE/test-gpu_project"
+    if [ -n "$cs" ] && [ -x "$target" ]; then
+        for tool in memcheck racecheck initcheck synccheck; do
+            # Skip the huge / repeated cases under the (slow) sanitizer.
+            if REDREG_REQUIRE_GPU=1 timeout "${REDREG_SANITIZER_TIMEOUT:-300}" "$cs" --tool "$tool" \
+                --error-exitcode 9 "$target" --test-threads=1 --skip huge --skip bitwise \
+                >"$OUT/sanitizer-$tool.log" 2>&1; then
+                echo "PASS compute-sanitizer $tool" | tee -a "$summary"
+            else
+                echo "FAIL compute-sanitizer $tool (rc $?, see sanitizer-$tool.log)" | tee -a "$summary"; status=1
+            fi
+            tail -n 3 "$OUT/sanitizer-$tool.log" >>"$summary"
+        done
+    else
+        echo "SKIP compute-sanitizer (not found or no test-gpu_project)" | tee -a "$summary"
+    fi
+    for bnch in "$BUNDLE"/bench-*; do
+        [ -x "$bnch" ] || continue
+        local n; n=$(basename "$bnch")
+        REDREG_REQUIRE_GPU=1 "$bnch" --bench >"$OUT/$n.log" 2>&1 && echo "RAN $n" | tee -a "$summary" \
+            || { echo "FAIL $n" | tee -a "$summary"; status=1; }
+    done
+    echo "overall: $([ $status = 0 ] && echo PASS || echo FAIL)" | tee -a "$summary"
+    return $status
+}
+
+case "$MODE" in
+    bundle) bundle ;;
+    run) run ;;
+    *) echo "usage: $0 [bundle|run]" >&2; exit 2 ;;
+esac
