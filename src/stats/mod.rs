@@ -69,8 +69,10 @@
 //! A NaN or ±Inf in an input makes NaN (or ±Inf) only the statistics that read that
 //! element: the statistic's mean, the row's cosine (hence the mean), the row's
 //! probability, or the one segment's sums/dot. Every other statistic of the same run —
-//! including other segments of the same buffer — is unaffected. A non-finite accumulator
-//! element follows IEEE arithmetic in place.
+//! including other segments of the same buffer — is unaffected. One exception by design:
+//! a -Inf logit is a masked class (probability 0, as in PyTorch's softmax), not poison;
+//! NaN and +Inf logits poison their row. A non-finite accumulator element follows IEEE
+//! arithmetic in place.
 //!
 //! # Determinism
 //! Results are bitwise identical run to run and for any number of rayon threads: the work
