@@ -509,7 +509,7 @@ __device__ __forceinline__ void rr_apply(const rr_u64* __restrict__ tasks,
 // reads `out` element-wise before writing it: each element is owned by one thread).
 // Minimum resident blocks per SM hint: keeps the common small-k kernels at <= 32/64
 // registers (occupancy for bandwidth) and lets large k use what it needs (no spills).
-#define RR_APPLY_MINB(KK) ((KK) <= 1 ? 8 : ((KK) <= 4 ? 4 : 1))
+#define RR_APPLY_MINB(KK) ((KK) <= 1 ? 8 : ((KK) <= 3 ? 4 : 1))
 #define RR_PROJECT_APPLY(NAME, E, KK)                                                         \
     extern "C" __global__ void __launch_bounds__(RR_THREADS, RR_APPLY_MINB(KK)) project_apply_##NAME##_k##KK( \
         const rr_u64* __restrict__ tasks, const E::S* __restrict__ v,                        \
@@ -551,7 +551,9 @@ __device__ __forceinline__ void rr_orth_apply(const rr_u64* __restrict__ tasks,
     __syncthreads();
 
     const rr_u32 mis0 = rr_mis<E>(b[0], task.start);
-    bool same = true;
+    // 16-bit types with k >= 7: k*8 lanes in flight exceed the register file (spills on
+    // sm_80-89), so those read element by element; orthonormalize is not on the hot path.
+    bool same = K * E::VEC <= 48;
 #pragma unroll
     for (int i = 1; i < K; ++i) same = same && rr_mis<E>(b[i], task.start) == mis0;
     const rr_window win = rr_make_window<E>(task.start, task.end, mis0, same);
