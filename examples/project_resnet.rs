@@ -25,9 +25,13 @@ fn arg(name: &str, default: usize) -> Result<usize, String> {
 
 /// Deterministic pseudo-random values in [-1, 1) (an LCG is plenty for test data).
 fn fill(buf: &mut [f32], seed: u64, scale: f32) {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     for x in buf {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         *x = ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale;
     }
 }
@@ -67,7 +71,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &segs,
         &d,
         &bref,
-        Output::Write { base: None, out: &mut d_perp },
+        Output::Write {
+            base: None,
+            out: &mut d_perp,
+        },
         1.0,
         Beta::Scalar(1.0),
         &opts,
@@ -79,7 +86,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for b in &bref {
             let b = &b[r.clone()];
             let bn = b.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
-            let dp = p.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>();
+            let dp = p
+                .iter()
+                .zip(b)
+                .map(|(&x, &y)| x as f64 * y as f64)
+                .sum::<f64>();
             if pn > 0.0 && bn > 0.0 {
                 worst = worst.max(dp.abs() / (pn * bn));
             }
@@ -95,7 +106,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut best = f64::INFINITY;
     for _ in 0..iters {
         let t = Instant::now();
-        be.project_out(&segs, &d, &bref, Output::Accumulate(&mut grad), 1.0, Beta::Scalar(1.5), &opts)?;
+        be.project_out(
+            &segs,
+            &d,
+            &bref,
+            Output::Accumulate(&mut grad),
+            1.0,
+            Beta::Scalar(1.5),
+            &opts,
+        )?;
         best = best.min(t.elapsed().as_secs_f64());
     }
     // Bytes of the two-pass algorithm: pass 1 reads v and k basis vectors; pass 2 reads
@@ -107,7 +126,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let src = vec![1f32; bytes as usize / 8];
     let mut dst = vec![0f32; src.len()];
     let mut copy_best = f64::INFINITY;
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
     for _ in 0..iters {
         let t = Instant::now();
         pool.install(|| {

@@ -37,7 +37,12 @@ pub fn resnet18_av_pair() -> (Vec<Vec<usize>>, Vec<Vec<usize>>) {
 /// `in_ch` input channels: 85.8 M parameters for `in_ch = 3`.
 pub fn vit_b16(in_ch: usize) -> Vec<Vec<usize>> {
     let d = 768;
-    let mut shapes = vec![vec![d, in_ch, 16, 16], vec![d], vec![1, 1, d], vec![1, 197, d]];
+    let mut shapes = vec![
+        vec![d, in_ch, 16, 16],
+        vec![d],
+        vec![1, 1, d],
+        vec![1, 197, d],
+    ];
     for _ in 0..12 {
         shapes.extend([
             vec![d],

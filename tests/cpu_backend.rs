@@ -5,7 +5,9 @@
 mod util;
 
 use proptest::prelude::*;
-use redreg::{bf16, f16, reference, Beta, CpuBackend, Element, Output, Partials, ProjectOptions, Segments};
+use redreg::{
+    bf16, f16, reference, Beta, CpuBackend, Element, Output, Partials, ProjectOptions, Segments,
+};
 use util::*;
 
 fn refs<T>(b: &[Vec<T>]) -> Vec<&[T]> {
@@ -33,12 +35,28 @@ fn run<T: Element>(
     match mode {
         Mode::NoBase => {
             let mut out = vec![T::default(); v.len()];
-            let r = f(v, basis, Output::Write { base: None, out: &mut out }).unwrap();
+            let r = f(
+                v,
+                basis,
+                Output::Write {
+                    base: None,
+                    out: &mut out,
+                },
+            )
+            .unwrap();
             (out, r)
         }
         Mode::Base => {
             let mut out = vec![T::default(); v.len()];
-            let r = f(v, basis, Output::Write { base: Some(base), out: &mut out }).unwrap();
+            let r = f(
+                v,
+                basis,
+                Output::Write {
+                    base: Some(base),
+                    out: &mut out,
+                },
+            )
+            .unwrap();
             (out, r)
         }
         Mode::InPlace => {
@@ -59,16 +77,41 @@ fn backend_matches_reference<T: Element>(seed: u64, k: usize, mode: Mode, per_se
     let basis: Vec<Vec<T>> = (0..k).map(|_| to_t(&rng.normals(n))).collect();
     let base = to_t::<T>(&rng.normals(n));
     let betas: Vec<f64> = (0..segs.len()).map(|s| 0.25 * s as f64 - 1.0).collect();
-    let beta = if per_seg_beta { Beta::PerSegment(&betas) } else { Beta::Scalar(1.7) };
+    let beta = if per_seg_beta {
+        Beta::PerSegment(&betas)
+    } else {
+        Beta::Scalar(1.7)
+    };
     let opts = ProjectOptions::default();
     let b = refs(&basis);
     // A small chunk so that segments span many chunks.
-    let be = CpuBackend::with_threads(2).unwrap().with_chunk(257).unwrap();
-    let (want, wr) = run(&|v, b, o| reference::project_out(&segs, v, b, o, 0.5, beta, &opts), &v, &b, &base, mode);
-    let (got, gr) = run(&|v, b, o| be.project_out(&segs, v, b, o, 0.5, beta, &opts), &v, &b, &base, mode);
+    let be = CpuBackend::with_threads(2)
+        .unwrap()
+        .with_chunk(257)
+        .unwrap();
+    let (want, wr) = run(
+        &|v, b, o| reference::project_out(&segs, v, b, o, 0.5, beta, &opts),
+        &v,
+        &b,
+        &base,
+        mode,
+    );
+    let (got, gr) = run(
+        &|v, b, o| be.project_out(&segs, v, b, o, 0.5, beta, &opts),
+        &v,
+        &b,
+        &base,
+        mode,
+    );
     assert_eq!(gr, wr, "ranks");
     let scale = 4.0 * (k as f64 + 2.0);
-    assert_close(&format!("{:?} k={k} {mode:?}", T::DTYPE), &to_f64(&got), &to_f64(&want), 1e-12 * scale, eps::<T>());
+    assert_close(
+        &format!("{:?} k={k} {mode:?}", T::DTYPE),
+        &to_f64(&got),
+        &to_f64(&want),
+        1e-12 * scale,
+        eps::<T>(),
+    );
 }
 
 proptest! {
@@ -125,12 +168,25 @@ fn deterministic_across_thread_counts() {
         let be = CpuBackend::with_threads(threads).unwrap();
         let p = be.partials(&segs, &v, &refs(&basis)).unwrap();
         let mut out = grad.clone();
-        be.project_out(&segs, &v, &refs(&basis), Output::Accumulate(&mut out), 1.0, Beta::Scalar(0.9), &ProjectOptions::default()).unwrap();
+        be.project_out(
+            &segs,
+            &v,
+            &refs(&basis),
+            Output::Accumulate(&mut out),
+            1.0,
+            Beta::Scalar(0.9),
+            &ProjectOptions::default(),
+        )
+        .unwrap();
         let mut q = basis.clone();
         let mut views: Vec<&mut [f32]> = q.iter_mut().map(|b| b.as_mut_slice()).collect();
         be.orthonormalize(&segs, &mut views, 1e-7).unwrap();
         let bits: Vec<u64> = p.as_slice().iter().map(|x| x.to_bits()).collect();
-        let obits: Vec<u32> = out.iter().chain(q.iter().flatten()).map(|x| x.to_bits()).collect();
+        let obits: Vec<u32> = out
+            .iter()
+            .chain(q.iter().flatten())
+            .map(|x| x.to_bits())
+            .collect();
         results.push((bits, obits));
     }
     for r in &results[1..] {
@@ -150,9 +206,40 @@ fn large_segment_matches_reference() {
     let opts = ProjectOptions::default();
     let mut want = vec![0f32; n];
     let mut got = vec![0f32; n];
-    reference::project_out(&segs, &v, &refs(&basis), Output::Write { base: None, out: &mut want }, 1.0, Beta::Scalar(1.0), &opts).unwrap();
-    CpuBackend::new().project_out(&segs, &v, &refs(&basis), Output::Write { base: None, out: &mut got }, 1.0, Beta::Scalar(1.0), &opts).unwrap();
-    assert_close("1e6 segment", &to_f64(&got), &to_f64(&want), 1e-12, f32::EPSILON as f64);
+    reference::project_out(
+        &segs,
+        &v,
+        &refs(&basis),
+        Output::Write {
+            base: None,
+            out: &mut want,
+        },
+        1.0,
+        Beta::Scalar(1.0),
+        &opts,
+    )
+    .unwrap();
+    CpuBackend::new()
+        .project_out(
+            &segs,
+            &v,
+            &refs(&basis),
+            Output::Write {
+                base: None,
+                out: &mut got,
+            },
+            1.0,
+            Beta::Scalar(1.0),
+            &opts,
+        )
+        .unwrap();
+    assert_close(
+        "1e6 segment",
+        &to_f64(&got),
+        &to_f64(&want),
+        1e-12,
+        f32::EPSILON as f64,
+    );
 }
 
 /// CholQR2 (backend) vs CGS2 (reference): same ranks, same Q up to the stored precision.
@@ -167,14 +254,24 @@ fn orth_matches<T: Element>(seed: u64) {
     let wr = reference::orthonormalize(&segs, &mut wv, 1e-7).unwrap();
     let mut got = basis.clone();
     let mut gv: Vec<&mut [T]> = got.iter_mut().map(|b| b.as_mut_slice()).collect();
-    let gr = CpuBackend::new().with_chunk(97).unwrap().orthonormalize(&segs, &mut gv, 1e-7).unwrap();
+    let gr = CpuBackend::new()
+        .with_chunk(97)
+        .unwrap()
+        .orthonormalize(&segs, &mut gv, 1e-7)
+        .unwrap();
     // Short segments (length <= k) are spanned exactly; rank may differ there only by
     // spurious directions inside the span (see src/solve.rs), so compare longer ones.
     for (s, r) in segs.iter().enumerate() {
         if r.len() > 5 {
             assert_eq!(gr[s], wr[s], "segment {s} rank");
             for (g, w) in got.iter().zip(&want) {
-                assert_close(&format!("{:?} q, segment {s}", T::DTYPE), &to_f64(&g[r.clone()]), &to_f64(&w[r.clone()]), 8.0 * eps::<T>() / (r.len() as f64).sqrt(), 8.0 * eps::<T>());
+                assert_close(
+                    &format!("{:?} q, segment {s}", T::DTYPE),
+                    &to_f64(&g[r.clone()]),
+                    &to_f64(&w[r.clone()]),
+                    8.0 * eps::<T>() / (r.len() as f64).sqrt(),
+                    8.0 * eps::<T>(),
+                );
             }
         }
     }
@@ -200,12 +297,26 @@ fn errors_match_the_reference_policy() {
     let short = vec![1f32; 4];
     let mut out = vec![0f32; 5];
     let be = CpuBackend::new();
-    let e = be.project_out(&segs, &v, &[&short], Output::Accumulate(&mut out), 1.0, Beta::Scalar(1.0), &ProjectOptions::default()).unwrap_err();
+    let e = be
+        .project_out(
+            &segs,
+            &v,
+            &[&short],
+            Output::Accumulate(&mut out),
+            1.0,
+            Beta::Scalar(1.0),
+            &ProjectOptions::default(),
+        )
+        .unwrap_err();
     assert!(e.to_string().contains("expected 5"), "{e}");
     assert!(CpuBackend::with_threads(0).is_err());
     assert!(CpuBackend::new().with_chunk(0).is_err());
     let mut b1 = vec![0f32; 4];
-    assert!(be.orthonormalize(&segs, &mut [b1.as_mut_slice()], 1e-7).is_err());
+    assert!(be
+        .orthonormalize(&segs, &mut [b1.as_mut_slice()], 1e-7)
+        .is_err());
     let mut b2 = vec![0f32; 5];
-    assert!(be.orthonormalize(&segs, &mut [b2.as_mut_slice()], -1.0).is_err());
+    assert!(be
+        .orthonormalize(&segs, &mut [b2.as_mut_slice()], -1.0)
+        .is_err());
 }

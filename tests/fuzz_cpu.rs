@@ -61,37 +61,82 @@ fn fuzz_one<T: Element>(seed: u64) -> Result<(), TestCaseError> {
     let basis: Vec<Vec<T>> = (0..k).map(|_| gen(&mut rng)).collect();
     let base = gen(&mut rng);
     let b: Vec<&[T]> = basis.iter().map(|x| x.as_slice()).collect();
-    let opts = if rng.below(2) == 0 { ProjectOptions::default() } else { ProjectOptions::exact() };
+    let opts = if rng.below(2) == 0 {
+        ProjectOptions::default()
+    } else {
+        ProjectOptions::exact()
+    };
     let beta = rng.normal();
     let chunk = 1 + rng.below(200);
     let be = CpuBackend::new().with_chunk(chunk).unwrap();
 
     let mut want = base.clone();
     let mut got = base.clone();
-    let wr = reference::project_out(&segs, &v, &b, Output::Accumulate(&mut want), 0.5, Beta::Scalar(beta), &opts);
-    let gr = be.project_out(&segs, &v, &b, Output::Accumulate(&mut got), 0.5, Beta::Scalar(beta), &opts);
+    let wr = reference::project_out(
+        &segs,
+        &v,
+        &b,
+        Output::Accumulate(&mut want),
+        0.5,
+        Beta::Scalar(beta),
+        &opts,
+    );
+    let gr = be.project_out(
+        &segs,
+        &v,
+        &b,
+        Output::Accumulate(&mut got),
+        0.5,
+        Beta::Scalar(beta),
+        &opts,
+    );
     let (wr, gr) = (wr.unwrap(), gr.unwrap());
     for (s, r) in segs.iter().enumerate() {
         let w = to_f64(&want[r.clone()]);
         let g = to_f64(&got[r.clone()]);
-        let finite_in = v[r.clone()].iter().chain(b.iter().flat_map(|x| x[r.clone()].iter())).all(|x| x.to_f64().is_finite());
+        let finite_in = v[r.clone()]
+            .iter()
+            .chain(b.iter().flat_map(|x| x[r.clone()].iter()))
+            .all(|x| x.to_f64().is_finite());
         if k > 0 && !finite_in {
             // Policy: a non-finite v or basis value poisons the whole segment (rank 0).
-            prop_assert!(g.iter().all(|x| x.is_nan()) && w.iter().all(|x| x.is_nan()), "segment {} not poisoned", s);
+            prop_assert!(
+                g.iter().all(|x| x.is_nan()) && w.iter().all(|x| x.is_nan()),
+                "segment {} not poisoned",
+                s
+            );
             prop_assert_eq!(gr[s], 0);
             continue;
         }
         prop_assert_eq!(gr[s], wr[s], "segment {} rank", s);
         // Same f64 value up to summation order, then one rounding: compare with a tolerance
         // scaled by the segment's magnitudes (huge/tiny mixes cancel).
-        let scale = w.iter().chain(to_f64(&v[r.clone()]).iter()).chain(to_f64(&base[r.clone()]).iter())
-            .filter(|x| x.is_finite()).fold(0.0f64, |a, x| a.max(x.abs()));
+        let scale = w
+            .iter()
+            .chain(to_f64(&v[r.clone()]).iter())
+            .chain(to_f64(&base[r.clone()]).iter())
+            .filter(|x| x.is_finite())
+            .fold(0.0f64, |a, x| a.max(x.abs()));
         for (i, (x, y)) in g.iter().zip(&w).enumerate() {
             if y.is_nan() || y.is_infinite() {
-                prop_assert!(x.is_nan() || x == y, "segment {} element {}: {} vs {}", s, i, x, y);
+                prop_assert!(
+                    x.is_nan() || x == y,
+                    "segment {} element {}: {} vs {}",
+                    s,
+                    i,
+                    x,
+                    y
+                );
             } else {
-                prop_assert!((x - y).abs() <= 1e-9 * scale * (1.0 + beta.abs()) + 2.0 * eps::<T>() * y.abs(),
-                    "segment {} element {}: got {} want {} (scale {})", s, i, x, y, scale);
+                prop_assert!(
+                    (x - y).abs() <= 1e-9 * scale * (1.0 + beta.abs()) + 2.0 * eps::<T>() * y.abs(),
+                    "segment {} element {}: got {} want {} (scale {})",
+                    s,
+                    i,
+                    x,
+                    y,
+                    scale
+                );
             }
         }
     }
