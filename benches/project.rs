@@ -1,0 +1,335 @@
+//! Criterion benches of the projection on the CPU backend (and on CUDA once a usable
+//! `CudaBackend` exists), with throughput as the minimal bytes the algorithm moves and a
+//! multi-threaded memcpy measured in the same run, with the same thread count.
+//!
+//! Bytes per op (n elements of s bytes, k basis vectors):
+//! - `partials` (pass 1): reads v and the k basis vectors: `(k + 1)·n·s`.
+//! - `apply` (pass 2, in place `grad = grad + beta·(v - P v)`): reads v, the k basis
+//!   vectors and the base (= grad), writes out (= grad): `(k + 3)·n·s`.
+//! - `project_out` (both passes, in place): `(2k + 4)·n·s`.
+//! - `orthonormalize` (CholQR2, two rounds; each round's Gram pass reads the k vectors and
+//!   its apply pass reads and writes them): `2·3k·n·s`.
+//! - memcpy: reads and writes the same buffer size: `2·bytes`.
+//!
+//! Environment:
+//! - `REDREG_BENCH_QUICK=1`: CI-speed run (fewer combinations on the large sizes, short
+//!   measurement times).
+//! - `REDREG_BENCH_THREADS=T`: thread count (default: all cores).
+//! - `REDREG_BENCH_MEM_GIB=G`: memory cap for the buffers of one size/dtype (default 3.5).
+//!
+//! Besides criterion's own report, every bench prints one line
+//! `op size dtype k: min .. ms, median .. ms, GB/s (min), ratio = x` where the ratio is to
+//! the group's memcpy bandwidth.
+
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
+use rayon::prelude::*;
+use redreg::{
+    bf16, f16, layouts, Beta, CpuBackend, Element, Output, Partials, ProjectOptions, Segments,
+};
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+fn quick() -> bool {
+    std::env::var("REDREG_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty())
+}
+
+fn threads() -> usize {
+    std::env::var("REDREG_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+fn mem_cap() -> usize {
+    let gib: f64 = std::env::var("REDREG_BENCH_MEM_GIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3.5);
+    (gib * (1u64 << 30) as f64) as usize
+}
+
+/// Deterministic pseudo-random values in `[-scale, scale)`, filled in parallel.
+fn fill<T: Element>(buf: &mut [T], seed: u64, scale: f64) {
+    buf.par_chunks_mut(1 << 16)
+        .enumerate()
+        .for_each(|(c, part)| {
+            let mut s = (seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            for x in part {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                *x = T::from_f64(((s >> 40) as f64 / (1u64 << 24) as f64 * 2.0 - 1.0) * scale);
+            }
+        });
+}
+
+/// Multi-threaded memcpy bandwidth (read + write counted) on `threads` threads, over a
+/// source of `bytes` bytes; best of a few runs.
+fn memcpy_gbs(pool: &rayon::ThreadPool, bytes: usize) -> f64 {
+    let n = (bytes / 4).max(1 << 12);
+    let src = vec![1.0f32; n];
+    let mut dst = vec![0.0f32; n];
+    let reps = if n < (1 << 22) { 200 } else { 8 };
+    let mut best = f64::INFINITY;
+    for _ in 0..reps {
+        let t = Instant::now();
+        pool.install(|| {
+            dst.par_chunks_mut(1 << 16)
+                .zip(src.par_chunks(1 << 16))
+                .for_each(|(d, s)| d.copy_from_slice(s))
+        });
+        best = best.min(t.elapsed().as_secs_f64());
+        std::hint::black_box(&mut dst);
+    }
+    2.0 * 4.0 * n as f64 / best / 1e9
+}
+
+struct Size {
+    name: &'static str,
+    segs: Segments,
+    large: bool,
+}
+
+fn sizes() -> Vec<Size> {
+    let pair = |(a, v): (Vec<Vec<usize>>, Vec<Vec<usize>>)| -> Segments {
+        let shapes: Vec<Vec<usize>> = a.into_iter().chain(v).collect();
+        Segments::from_shapes(&shapes).expect("layout")
+    };
+    let mut out = vec![
+        Size {
+            name: "l2_256k",
+            segs: Segments::from_lengths(&[1 << 18]).expect("segs"),
+            large: false,
+        },
+        Size {
+            name: "resnet18_av",
+            segs: pair(layouts::resnet18_av_pair()),
+            large: true,
+        },
+        Size {
+            name: "flat_64m",
+            segs: Segments::from_lengths(&[1 << 26]).expect("segs"),
+            large: true,
+        },
+        Size {
+            name: "vit_b16_av",
+            segs: pair(layouts::vit_b16_av_pair()),
+            large: true,
+        },
+    ];
+    if let Ok(only) = std::env::var("REDREG_BENCH_SIZES") {
+        out.retain(|s| only.split(',').any(|o| o == s.name));
+    }
+    out
+}
+
+/// Times `f` through criterion and records the per-call times for the GB/s line.
+struct Runner<'a> {
+    memcpy: f64,
+    label: String,
+    times: &'a RefCell<Vec<f64>>,
+}
+
+impl Runner<'_> {
+    fn report(&self, bytes: f64) {
+        let mut t = self.times.borrow_mut();
+        if t.is_empty() {
+            return;
+        }
+        t.sort_by(f64::total_cmp);
+        let min = t[0];
+        let med = t[t.len() / 2];
+        let gbs = bytes / min / 1e9;
+        println!(
+            "  {:<40} min {:>9.3} ms  median {:>9.3} ms  {:>7.2} GB/s  ratio = {:.2}",
+            self.label,
+            min * 1e3,
+            med * 1e3,
+            gbs,
+            gbs / self.memcpy
+        );
+        t.clear();
+    }
+}
+
+fn bench_dtype<T: Element>(
+    c: &mut Criterion,
+    size: &Size,
+    be: &CpuBackend,
+    pool: &rayon::ThreadPool,
+) {
+    let q = quick();
+    let segs = &size.segs;
+    let n = segs.total();
+    let s = std::mem::size_of::<T>();
+    let dt = T::DTYPE.name();
+    let is_f32 = T::DTYPE == redreg::DType::F32;
+    // Which k the project_out bench covers here (memory cap and, in quick mode, time).
+    let mut ks: Vec<usize> = if size.large && q {
+        if is_f32 {
+            vec![1, 8]
+        } else {
+            vec![1]
+        }
+    } else {
+        vec![1, 2, 4, 8]
+    };
+    ks.retain(|&k| (k + 2) * n * s <= mem_cap());
+    let Some(&kmax) = ks.iter().max() else {
+        println!("SKIP {} {dt}: over the memory cap", size.name);
+        return;
+    };
+    let k_orth = 4.min(kmax);
+    let run_orth = !size.large || !q || is_f32;
+    let kbuf = kmax.max(if run_orth { k_orth } else { 0 });
+
+    let mut v = vec![T::default(); n];
+    let mut grad = vec![T::default(); n];
+    fill(&mut v, 1, 1e-3);
+    fill(&mut grad, 2, 1e-2);
+    let basis: Vec<Vec<T>> = (0..kbuf)
+        .map(|j| {
+            let mut b = vec![T::default(); n];
+            fill(&mut b, 10 + j as u64, 1e-2);
+            b
+        })
+        .collect();
+    let opts = ProjectOptions::default();
+    let beta = Beta::Scalar(1e-3);
+
+    // memcpy over the op's working set (source = half of it), at least 4 × L2 when large.
+    let ws = (kmax + 2) * n * s;
+    let memcpy = memcpy_gbs(pool, (ws / 2).min(1 << 30));
+    println!(
+        "== {} ({} segments, {:.2} M elements) {dt}, {} threads: memcpy {:.2} GB/s",
+        size.name,
+        segs.len(),
+        n as f64 / 1e6,
+        be.threads(),
+        memcpy
+    );
+
+    let mut g = c.benchmark_group(format!("cpu/{}/{dt}", size.name));
+    if size.large {
+        g.sampling_mode(SamplingMode::Flat);
+        g.sample_size(10);
+        g.warm_up_time(Duration::from_millis(if q { 100 } else { 500 }));
+        g.measurement_time(Duration::from_millis(if q { 500 } else { 3000 }));
+    } else {
+        g.sample_size(if q { 10 } else { 30 });
+        g.warm_up_time(Duration::from_millis(if q { 100 } else { 500 }));
+        g.measurement_time(Duration::from_millis(if q { 300 } else { 1500 }));
+    }
+    let times = RefCell::new(Vec::new());
+    let timed = |g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+                 name: &str,
+                 k: usize,
+                 bytes: usize,
+                 f: &mut dyn FnMut()| {
+        g.throughput(Throughput::Bytes(bytes as u64));
+        g.bench_function(BenchmarkId::new(name, k), |bch| {
+            bch.iter_custom(|iters| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    f();
+                }
+                let d = t.elapsed();
+                times.borrow_mut().push(d.as_secs_f64() / iters as f64);
+                d
+            })
+        });
+        Runner {
+            memcpy,
+            label: format!("{name}/{k} {dt}"),
+            times: &times,
+        }
+        .report(bytes as f64);
+    };
+
+    for &k in &ks {
+        let b: Vec<&[T]> = basis[..k].iter().map(|b| b.as_slice()).collect();
+        // project_out, in place: (2k + 4)·n·s bytes.
+        timed(&mut g, "project_out", k, (2 * k + 4) * n * s, &mut || {
+            be.project_out(
+                segs,
+                &v,
+                &b,
+                Output::Accumulate(&mut grad),
+                1.0,
+                beta,
+                &opts,
+            )
+            .expect("project_out");
+        });
+        // Split form, k = 1 and the largest k: partials (k + 1)·n·s, apply (k + 3)·n·s.
+        if k == 1 || k == kmax {
+            let mut p: Option<Partials> = None;
+            timed(&mut g, "partials", k, (k + 1) * n * s, &mut || {
+                p = Some(be.partials(segs, &v, &b).expect("partials"));
+            });
+            let p = p.unwrap_or_else(|| be.partials(segs, &v, &b).expect("partials"));
+            timed(&mut g, "apply", k, (k + 3) * n * s, &mut || {
+                be.apply(
+                    segs,
+                    &v,
+                    &b,
+                    &p,
+                    Output::Accumulate(&mut grad),
+                    1.0,
+                    beta,
+                    &opts,
+                )
+                .expect("apply");
+            });
+        }
+    }
+    if run_orth {
+        // CholQR2 in place; re-orthonormalising an orthonormal basis costs the same.
+        let k = k_orth;
+        let mut ob: Vec<Vec<T>> = basis.into_iter().take(k).collect();
+        let mut views: Vec<&mut [T]> = ob.iter_mut().map(|b| b.as_mut_slice()).collect();
+        timed(&mut g, "orthonormalize", k, 6 * k * n * s, &mut || {
+            be.orthonormalize(segs, &mut views, 1e-7)
+                .expect("orthonormalize");
+        });
+    }
+    g.finish();
+    std::hint::black_box((&v, &grad));
+}
+
+fn cpu(c: &mut Criterion) {
+    let t = threads();
+    let be = CpuBackend::with_threads(t).expect("backend");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(t)
+        .build()
+        .expect("pool");
+    println!(
+        "redreg CPU benches: {t} threads, chunk {} elements, quick = {}",
+        be.chunk(),
+        quick()
+    );
+    for size in sizes() {
+        bench_dtype::<f32>(c, &size, &be, &pool);
+        bench_dtype::<bf16>(c, &size, &be, &pool);
+        bench_dtype::<f16>(c, &size, &be, &pool);
+    }
+}
+
+/// GPU group: times with CUDA events against a device-to-device memcpy once the CUDA
+/// backend exists; until then it says why it does not run.
+fn gpu(_c: &mut Criterion) {
+    #[cfg(not(feature = "cuda"))]
+    println!("SKIP gpu: built without the `cuda` feature");
+    #[cfg(feature = "cuda")]
+    println!(
+        "SKIP gpu: src/cuda has no CudaBackend yet at this commit (issue 6 GPU group pending)"
+    );
+}
+
+criterion_group!(benches, cpu, gpu);
+criterion_main!(benches);
