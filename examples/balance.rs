@@ -20,7 +20,7 @@
 //! alone (only `L_b`: what modality B reaches without A, the reference for the imbalance).
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{Device, Tensor, Var, D};
 use redreg::controller::{Config, Controller, DropoutSchedule, Dropped, Redundancy, StepInputs};
 use redreg::CpuBackend;
 use std::io::Write;
@@ -75,7 +75,10 @@ fn make_data(seed: u64) -> (Data, Data) {
     let mut rng = Rng(seed ^ 0xDA7A);
     // A: prototypes of the 4 class pairs, well separated; B: prototypes of the 8 classes.
     let proto_a: Vec<f32> = rng.normals((CLASSES / 2) * DIM_A, 1.0);
-    let proto_b: Vec<f32> = rng.normals(CLASSES * DIM_B, 1.0);
+    // B: the sum of a class-pair code (the information A also has: redundant) and a
+    // within-pair code (the information only B has), both faint in strong noise.
+    let pair_b: Vec<f32> = rng.normals((CLASSES / 2) * DIM_B, 1.0);
+    let bit_b: Vec<f32> = rng.normals(2 * DIM_B, 1.0);
     let mut gen = |n: usize| {
         let mut d = Data {
             xa: Vec::with_capacity(n * DIM_A),
@@ -89,7 +92,8 @@ fn make_data(seed: u64) -> (Data, Data) {
                 d.xa.push(1.5 * proto_a[g * DIM_A + j] + 0.5 * rng.normal());
             }
             for j in 0..DIM_B {
-                d.xb.push(0.35 * proto_b[y * DIM_B + j] + 1.0 * rng.normal());
+                let c = 0.3 * pair_b[g * DIM_B + j] + 0.3 * bit_b[(y % 2) * DIM_B + j];
+                d.xb.push(c + rng.normal());
             }
             d.y.push(y as u32);
         }
@@ -173,12 +177,23 @@ impl Model {
         })
     }
     /// (fused logits, [A logits, B logits], [A features, B features]).
-    fn forward(&self, xa: &Tensor, xb: &Tensor) -> Res<(Tensor, [Tensor; 2], [Tensor; 2])> {
+    /// `probe`: the unimodal heads read detached features (linear probes).
+    fn forward(
+        &self,
+        xa: &Tensor,
+        xb: &Tensor,
+        probe: bool,
+    ) -> Res<(Tensor, [Tensor; 2], [Tensor; 2])> {
         let za = self.enc[0].forward(xa)?;
         let zb = self.enc[1].forward(xb)?;
         let out = self.head.forward(&Tensor::cat(&[&za, &zb], 1)?)?;
-        let oa = self.uni[0].forward(&za)?;
-        let ob = self.uni[1].forward(&zb)?;
+        let (ua, ub) = if probe {
+            (za.detach(), zb.detach())
+        } else {
+            (za.clone(), zb.clone())
+        };
+        let oa = self.uni[0].forward(&ua)?;
+        let ob = self.uni[1].forward(&ub)?;
         Ok((out, [oa, ob], [za, zb]))
     }
     fn all_vars(&self) -> Vec<Var> {
@@ -230,6 +245,7 @@ struct Args {
     seed: u64,
     k: usize,
     out: String,
+    script_loss: bool,
 }
 
 fn batch(d: &Data, idx: &[usize]) -> Res<(Tensor, Tensor, Tensor)> {
@@ -286,7 +302,7 @@ fn accuracy(logits: &Tensor, y: &[u32]) -> Res<f64> {
 fn evaluate(m: &Model, test: &Data) -> Res<(f64, [f64; 2])> {
     let idx: Vec<usize> = (0..N_TEST).collect();
     let (xa, xb, _) = batch(test, &idx)?;
-    let (out, [oa, ob], _) = m.forward(&xa, &xb)?;
+    let (out, [oa, ob], _) = m.forward(&xa, &xb, true)?;
     Ok((
         accuracy(&out, &test.y)?,
         [accuracy(&oa, &test.y)?, accuracy(&ob, &test.y)?],
@@ -347,7 +363,8 @@ fn train(mode: Mode, args: &Args, train_d: &Data, test_d: &Data) -> Res<RunLog> 
                 Dropped::Second => (xa.clone(), xb.zeros_like()?),
                 Dropped::None => (xa.clone(), xb.clone()),
             };
-            let (out, [oa, ob], _) = model.forward(&fa, &fb)?;
+            let probe = !args.script_loss && mode != Mode::BAlone;
+            let (out, [oa, ob], _) = model.forward(&fa, &fb, probe)?;
             let l_b = candle_nn::loss::cross_entropy(&ob, &y)?;
             let loss = match mode {
                 Mode::BAlone => l_b,
@@ -551,6 +568,7 @@ fn parse_args() -> Res<Args> {
         seed: 7,
         k: 1,
         out: "out/balance.svg".into(),
+        script_loss: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -560,8 +578,9 @@ fn parse_args() -> Res<Args> {
             "--seed" => a.seed = val()?.parse()?,
             "--k" => a.k = val()?.parse()?,
             "--out" => a.out = val()?,
+            "--script-loss" => a.script_loss = true,
             "-h" | "--help" => {
-                println!("balance [--epochs N (12)] [--seed S (7)] [--k K (1)] [--out PATH (out/balance.svg)]");
+                println!("balance [--epochs N (12)] [--seed S (7)] [--k K (1)] [--out PATH (out/balance.svg)] [--script-loss]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown flag {other} (see --help)").into()),
@@ -583,7 +602,14 @@ fn main() -> Res<()> {
          SGD lr {LR} momentum {MOMENTUM}",
         N_TRAIN, N_TEST, args.epochs, args.seed, args.k
     );
-    let _ = DType::F32;
+    println!(
+        "unimodal heads: {}",
+        if args.script_loss {
+            "trained on the encoders' features, L_a + L_b reach the encoders (the script's loss)"
+        } else {
+            "linear probes on detached features (L_a + L_b train the heads only; the encoders learn from L_mm)"
+        }
+    );
     let base = train(Mode::Baseline, &args, &train_d, &test_d)?;
     let rr = train(Mode::RedReg, &args, &train_d, &test_d)?;
     let alone = train(Mode::BAlone, &args, &train_d, &test_d)?;
