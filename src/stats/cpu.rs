@@ -27,7 +27,7 @@ use std::ops::Range;
 const P: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     /// `start..end` are element offsets (`a` = segment for segmented statistics).
     Elems,
     /// `start..end` are whole rows.
@@ -36,13 +36,14 @@ enum Mode {
     RowPiece,
 }
 
+/// One unit of work (shared with the CUDA executor, which runs one block per task).
 #[derive(Clone, Copy, Debug)]
-struct Task {
-    entry: usize,
-    mode: Mode,
-    a: usize,
-    start: usize,
-    end: usize,
+pub(crate) struct Task {
+    pub entry: usize,
+    pub mode: Mode,
+    pub a: usize,
+    pub start: usize,
+    pub end: usize,
 }
 
 /// Deterministic CPU executor of one [`StatsPlan`] (see the module docs).
@@ -90,43 +91,50 @@ fn row_tasks(entry: usize, rows: usize, dim: usize, tasks: &mut Vec<Task>) {
     }
 }
 
+/// The task table of a plan and the task range of each statistic (depends only on the
+/// plan and [`STATS_CHUNK`]).
+pub(crate) fn build_tasks(plan: &StatsPlan) -> Result<(Vec<Task>, Vec<Range<usize>>)> {
+    let mut tasks = Vec::new();
+    let mut entry_tasks = Vec::with_capacity(plan.len());
+    for (i, e) in plan.entries.iter().enumerate() {
+        let first = tasks.len();
+        match &e.decl {
+            Decl::SqDiff { len } => {
+                let mut s = 0;
+                while s < *len {
+                    let end = (s + STATS_CHUNK).min(*len);
+                    tasks.push(Task {
+                        entry: i,
+                        mode: Mode::Elems,
+                        a: 0,
+                        start: s,
+                        end,
+                    });
+                    s = end;
+                }
+            }
+            Decl::RowCos { rows, dim } => row_tasks(i, *rows, *dim, &mut tasks),
+            Decl::TrueProb { rows, classes } => row_tasks(i, *rows, *classes, &mut tasks),
+            Decl::SegSums { segs, .. } | Decl::SegDots { segs } => {
+                tasks.extend(chunk_tasks(segs, STATS_CHUNK)?.into_iter().map(|c| Task {
+                    entry: i,
+                    mode: Mode::Elems,
+                    a: c.seg,
+                    start: c.start,
+                    end: c.end,
+                }));
+            }
+        }
+        entry_tasks.push(first..tasks.len());
+    }
+    Ok((tasks, entry_tasks))
+}
+
 impl CpuStats {
     /// Builds the task table and preallocates all storage for `plan` (a copy of the plan
     /// is kept: statistics declared on `plan` afterwards are not part of this executor).
     pub fn new(plan: &StatsPlan) -> Result<Self> {
-        let mut tasks = Vec::new();
-        let mut entry_tasks = Vec::with_capacity(plan.len());
-        for (i, e) in plan.entries.iter().enumerate() {
-            let first = tasks.len();
-            match &e.decl {
-                Decl::SqDiff { len } => {
-                    let mut s = 0;
-                    while s < *len {
-                        let end = (s + STATS_CHUNK).min(*len);
-                        tasks.push(Task {
-                            entry: i,
-                            mode: Mode::Elems,
-                            a: 0,
-                            start: s,
-                            end,
-                        });
-                        s = end;
-                    }
-                }
-                Decl::RowCos { rows, dim } => row_tasks(i, *rows, *dim, &mut tasks),
-                Decl::TrueProb { rows, classes } => row_tasks(i, *rows, *classes, &mut tasks),
-                Decl::SegSums { segs, .. } | Decl::SegDots { segs } => {
-                    tasks.extend(chunk_tasks(segs, STATS_CHUNK)?.into_iter().map(|c| Task {
-                        entry: i,
-                        mode: Mode::Elems,
-                        a: c.seg,
-                        start: c.start,
-                        end: c.end,
-                    }));
-                }
-            }
-            entry_tasks.push(first..tasks.len());
-        }
+        let (tasks, entry_tasks) = build_tasks(plan)?;
         let n = tasks
             .len()
             .checked_mul(P)

@@ -335,20 +335,35 @@ impl StatsPlan {
     /// number of inputs, that every input belongs to this plan, that every statistic is
     /// bound exactly once, dtypes, lengths and the presence of the accumulator.
     pub(crate) fn resolve(&self, inputs: &[Input<'_>], order: &mut [usize]) -> Result<()> {
+        self.resolve_shapes(
+            inputs.len(),
+            |i| (inputs[i].id, inputs[i].data.shape()),
+            order,
+        )
+    }
+
+    /// [`StatsPlan::resolve`] on shapes only (shared with device inputs).
+    pub(crate) fn resolve_shapes(
+        &self,
+        n_inputs: usize,
+        input: impl Fn(usize) -> (HandleId, Shape),
+        order: &mut [usize],
+    ) -> Result<()> {
         check_count(
             "stats inputs (one per declared statistic)",
             self.len(),
-            inputs.len(),
+            n_inputs,
         )?;
         order.iter_mut().for_each(|o| *o = usize::MAX);
-        for (pos, inp) in inputs.iter().enumerate() {
-            if inp.id.plan != self.id {
+        for pos in 0..n_inputs {
+            let (id, shape) = input(pos);
+            if id.plan != self.id {
                 return Err(invalid(
                     "stats inputs",
                     format!("input {pos} was bound through a handle of another plan"),
                 ));
             }
-            let idx = inp.id.idx as usize;
+            let idx = id.idx as usize;
             let Some(e) = self.entries.get(idx) else {
                 return Err(invalid(
                     "stats inputs",
@@ -370,49 +385,41 @@ impl StatsPlan {
                 ));
             }
             order[idx] = pos;
-            self.check_input(idx, e, inp)?;
+            Self::check_input(idx, e, &shape)?;
         }
         Ok(())
     }
 
-    fn check_input(&self, idx: usize, e: &Entry, inp: &Input<'_>) -> Result<()> {
+    fn check_input(idx: usize, e: &Entry, shape: &Shape) -> Result<()> {
         let bad = |what: String| invalid("stats inputs", format!("{}: {what}", e.header(idx)));
-        let check_buf = |name: &str, b: &Buf<'_>, len: usize| -> Result<()> {
-            if b.dtype() != e.dtype {
-                return Err(bad(format!(
-                    "`{name}` is {}, declared {}",
-                    b.dtype(),
-                    e.dtype
-                )));
+        let check_buf = |name: &str, (dt, n): (DType, usize), len: usize| -> Result<()> {
+            if dt != e.dtype {
+                return Err(bad(format!("`{name}` is {dt}, declared {}", e.dtype)));
             }
-            if b.len() != len {
-                return Err(bad(format!(
-                    "`{name}` has {} elements, expected {len}",
-                    b.len()
-                )));
+            if n != len {
+                return Err(bad(format!("`{name}` has {n} elements, expected {len}")));
             }
             Ok(())
         };
-        match (&e.decl, &inp.data) {
-            (Decl::SqDiff { len }, Bound::Pair(x, y)) => {
+        match (&e.decl, *shape) {
+            (Decl::SqDiff { len }, Shape::Pair(x, y)) => {
                 check_buf("x", x, *len)?;
                 check_buf("y", y, *len)
             }
-            (Decl::RowCos { rows, dim }, Bound::Pair(a, b)) => {
+            (Decl::RowCos { rows, dim }, Shape::Pair(a, b)) => {
                 check_buf("a", a, rows * dim)?;
                 check_buf("b", b, rows * dim)
             }
-            (Decl::TrueProb { rows, classes }, Bound::Prob(l, labels)) => {
+            (Decl::TrueProb { rows, classes }, Shape::Prob(l, labels)) => {
                 check_buf("logits", l, rows * classes)?;
-                if labels.len() != *rows {
+                if labels != *rows {
                     return Err(bad(format!(
-                        "`labels` has {} elements, expected {rows}",
-                        labels.len()
+                        "`labels` has {labels} elements, expected {rows}"
                     )));
                 }
                 Ok(())
             }
-            (Decl::SegSums { segs, acc }, Bound::Sums(x, a)) => {
+            (Decl::SegSums { segs, acc }, Shape::Sums(x, a)) => {
                 check_buf("x", x, segs.total())?;
                 match (acc, a) {
                     (true, None) => Err(bad(
@@ -421,15 +428,14 @@ impl StatsPlan {
                     (false, Some(_)) => Err(bad(
                         "declared without an accumulator, bound with one (use bind)".into(),
                     )),
-                    (true, Some(a)) if a.len != segs.total() => Err(bad(format!(
-                        "`acc` has {} elements, expected {}",
-                        a.len,
+                    (true, Some(a)) if a != segs.total() => Err(bad(format!(
+                        "`acc` has {a} elements, expected {}",
                         segs.total()
                     ))),
                     _ => Ok(()),
                 }
             }
-            (Decl::SegDots { segs }, Bound::Pair(x, y)) => {
+            (Decl::SegDots { segs }, Shape::Pair(x, y)) => {
                 check_buf("x", x, segs.total())?;
                 check_buf("y", y, segs.total())
             }
@@ -514,6 +520,25 @@ impl<'a> AccPtr<'a> {
         debug_assert!(r.start <= r.end && r.end <= self.len);
         // SAFETY: in bounds of the original slice (caller), exclusive (caller: disjoint).
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(r.start), r.len()) }
+    }
+}
+
+/// Dtypes and lengths of one binding (what validation looks at).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Shape {
+    Pair((DType, usize), (DType, usize)),
+    Prob((DType, usize), usize),
+    Sums((DType, usize), Option<usize>),
+}
+
+impl Bound<'_> {
+    fn shape(&self) -> Shape {
+        let d = |b: &Buf<'_>| (b.dtype(), b.len());
+        match self {
+            Bound::Pair(x, y) => Shape::Pair(d(x), d(y)),
+            Bound::Prob(l, labels) => Shape::Prob(d(l), labels.len()),
+            Bound::Sums(x, a) => Shape::Sums(d(x), a.as_ref().map(|a| a.len)),
+        }
     }
 }
 
