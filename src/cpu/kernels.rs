@@ -1,83 +1,219 @@
 //! Per-chunk loops of the CPU backend, monomorphised over k (0..=8) so the inner loops
 //! unroll and vectorise. Each function handles one chunk of one segment.
+//!
+//! # Layout of the loops
+//! Elements are processed in blocks of [`LANES`] = 8: every block is widened to f64 lanes
+//! (f32 by a cast, bf16 by a shift, f16 by a branch-free bit conversion — all exact), and
+//! every product keeps 8 independent compensated accumulators, one per lane, stored as
+//! separate `hi`/`lo` arrays so that one TwoSum is a handful of vector instructions. The
+//! lanes are merged 0, 1, …, 7 at the end, always in that order.
+//!
+//! # Instruction sets
+//! The same generic body is compiled twice: baseline x86-64 and AVX2, chosen at run time
+//! (AVX-512 target features need Rust 1.89, above the crate's MSRV 1.80). Only IEEE add/sub/mul/convert are used (no FMA, no reassociation), on the
+//! same lanes in the same order, so every version gives the same bits.
 
 // Index loops on purpose: this code mirrors the CUDA C kernels line for line.
 #![allow(clippy::needless_range_loop)]
 
-use crate::dtype::Element;
+use crate::dtype::{DType, Element};
 use crate::projection::BaseMode;
 use crate::solve::{partial_stride, MAX_K};
 use crate::sum::Acc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Partials of the largest supported k.
 pub(crate) const MAX_STRIDE: usize = partial_stride(MAX_K);
 
-/// Interleaved compensated accumulators per product: independent chains for ILP and SIMD,
-/// merged lane 0, 1, 2, 3 at the end, always in that order.
-const LANES: usize = 4;
+/// Interleaved compensated accumulators per product (one per f64 lane of a block).
+const LANES: usize = 8;
+
+/// Exact widening of one element to f64, vectorisable (no runtime feature checks, no
+/// branches): f32 by a cast, bf16 by a shift, f16 through f32 bits.
+#[inline(always)]
+fn widen<T: Element>(x: T) -> f64 {
+    match T::DTYPE {
+        DType::F32 => bytemuck::cast::<T, f32>(x) as f64,
+        DType::BF16 => f32::from_bits((bytemuck::cast::<T, u16>(x) as u32) << 16) as f64,
+        DType::F16 => {
+            let h = bytemuck::cast::<T, u16>(x) as u32;
+            let sign = (h & 0x8000) << 16;
+            let em = h & 0x7fff;
+            // Exponent and mantissa shifted into f32 position, rebiased by 2^112 (exact for
+            // normals and subnormals); Inf/NaN keep an all-ones exponent.
+            let scaled = (f32::from_bits(em << 13) * f32::from_bits(0x7780_0000)).to_bits();
+            let bits = if em >= 0x7c00 {
+                (em << 13) | 0x7f80_0000
+            } else {
+                scaled
+            };
+            f32::from_bits(bits | sign) as f64
+        }
+    }
+}
+
+/// Widened block of `LANES` elements starting at `e`.
+#[inline(always)]
+fn block<T: Element>(s: &[T], e: usize) -> [f64; LANES] {
+    let b: &[T; LANES] = s[e..e + LANES].try_into().expect("block in range");
+    std::array::from_fn(|l| widen(b[l]))
+}
+
+/// TwoSum of `x` into `(hi, lo)`, the same arithmetic as [`Acc::add`].
+#[inline(always)]
+fn two_sum(hi: &mut f64, lo: &mut f64, x: f64) {
+    let s = *hi + x;
+    let bp = s - *hi;
+    let err = (*hi - (s - bp)) + (x - bp);
+    *hi = s;
+    *lo += err;
+}
+
+const LEVEL_UNKNOWN: u8 = 0;
+const LEVEL_BASE: u8 = 1;
+const LEVEL_AVX2: u8 = 2;
+static LEVEL: AtomicU8 = AtomicU8::new(LEVEL_UNKNOWN);
+
+/// The instruction-set level of this machine, detected once.
+#[inline]
+fn level() -> u8 {
+    let l = LEVEL.load(Ordering::Relaxed);
+    if l != LEVEL_UNKNOWN {
+        return l;
+    }
+    #[cfg(target_arch = "x86_64")]
+    let l = if std::arch::is_x86_feature_detected!("avx2") {
+        LEVEL_AVX2
+    } else {
+        LEVEL_BASE
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let l = LEVEL_BASE;
+    LEVEL.store(l, Ordering::Relaxed);
+    l
+}
+
+/// Defines `$name` dispatching to AVX2 or baseline copies of the inline body
+/// `$body` (same signature, generic over `T` and `K`).
+macro_rules! multiversion {
+    ($name:ident, $body:ident, ($($arg:ident : $ty:ty),*) -> $ret:ty) => {
+        #[inline]
+        fn $name<T: Element, const K: usize>($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,avx")]
+                unsafe fn avx2<T: Element, const K: usize>($($arg: $ty),*) -> $ret {
+                    $body::<T, K>($($arg),*)
+                }
+                match level() {
+                    // SAFETY: the CPU supports AVX2 (checked by `level`).
+                    LEVEL_AVX2 => return unsafe { avx2::<T, K>($($arg),*) },
+                    _ => {}
+                }
+            }
+            $body::<T, K>($($arg),*)
+        }
+    };
+}
 
 /// Compensated partial sums of one chunk: packed Gram upper triangle then `Bᵀv` (zeros
 /// without `v`).
 pub(crate) fn chunk_partial<T: Element>(v: Option<&[T]>, basis: &[&[T]]) -> [Acc; MAX_STRIDE] {
     match basis.len() {
         0 => [Acc::default(); MAX_STRIDE],
-        1 => partial_k::<T, 1>(v, basis),
-        2 => partial_k::<T, 2>(v, basis),
-        3 => partial_k::<T, 3>(v, basis),
-        4 => partial_k::<T, 4>(v, basis),
-        5 => partial_k::<T, 5>(v, basis),
-        6 => partial_k::<T, 6>(v, basis),
-        7 => partial_k::<T, 7>(v, basis),
-        _ => partial_k::<T, 8>(v, basis),
+        1 => partial_mv::<T, 1>(v, basis),
+        2 => partial_mv::<T, 2>(v, basis),
+        3 => partial_mv::<T, 3>(v, basis),
+        4 => partial_mv::<T, 4>(v, basis),
+        5 => partial_mv::<T, 5>(v, basis),
+        6 => partial_mv::<T, 6>(v, basis),
+        7 => partial_mv::<T, 7>(v, basis),
+        _ => partial_mv::<T, 8>(v, basis),
     }
 }
 
+multiversion!(partial_mv, partial_k, (v: Option<&[T]>, basis: &[&[T]]) -> [Acc; MAX_STRIDE]);
+
+/// Adds the products of one block to the lanes (a zero-padded tail adds exact zeros).
 #[inline(always)]
-fn accumulate<const K: usize>(
-    acc: &mut [[Acc; LANES]; MAX_STRIDE],
-    l: usize,
-    b: &[f64; K],
-    x: f64,
+fn accumulate<const K: usize, const V: bool>(
+    hi: &mut [[f64; LANES]; MAX_STRIDE],
+    lo: &mut [[f64; LANES]; MAX_STRIDE],
+    b: &[[f64; LANES]; K],
+    x: &[f64; LANES],
 ) {
     let mut idx = 0;
     for i in 0..K {
         for j in i..K {
-            acc[idx][l].add(b[i] * b[j]);
+            for l in 0..LANES {
+                two_sum(&mut hi[idx][l], &mut lo[idx][l], b[i][l] * b[j][l]);
+            }
             idx += 1;
         }
     }
-    for i in 0..K {
-        acc[idx][l].add(b[i] * x);
-        idx += 1;
+    if V {
+        for i in 0..K {
+            for l in 0..LANES {
+                two_sum(&mut hi[idx][l], &mut lo[idx][l], b[i][l] * x[l]);
+            }
+            idx += 1;
+        }
     }
 }
 
+#[inline(always)]
 fn partial_k<T: Element, const K: usize>(v: Option<&[T]>, basis: &[&[T]]) -> [Acc; MAX_STRIDE] {
+    match v {
+        Some(v) => partial_kv::<T, K, true>(v, basis),
+        None => partial_kv::<T, K, false>(&[], basis),
+    }
+}
+
+#[inline(always)]
+fn partial_kv<T: Element, const K: usize, const V: bool>(
+    v: &[T],
+    basis: &[&[T]],
+) -> [Acc; MAX_STRIDE] {
     let n = basis[0].len();
     let bs: [&[T]; K] = std::array::from_fn(|i| &basis[i][..n]);
-    let v = v.map(|v| &v[..n]);
-    let mut acc = [[Acc::default(); LANES]; MAX_STRIDE];
-    let load = |e: usize| -> ([f64; K], f64) {
-        let b: [f64; K] = std::array::from_fn(|i| bs[i][e].to_f64());
-        (b, v.map_or(0.0, |v| v[e].to_f64()))
-    };
+    let v = if V { &v[..n] } else { v };
+    let mut hi = [[0.0f64; LANES]; MAX_STRIDE];
+    let mut lo = [[0.0f64; LANES]; MAX_STRIDE];
     let full = n - n % LANES;
     let mut e = 0;
     while e < full {
-        for l in 0..LANES {
-            let (b, x) = load(e + l);
-            accumulate::<K>(&mut acc, l, &b, x);
-        }
+        let b: [[f64; LANES]; K] = std::array::from_fn(|i| block(bs[i], e));
+        let x = if V { block(v, e) } else { [0.0; LANES] };
+        accumulate::<K, V>(&mut hi, &mut lo, &b, &x);
         e += LANES;
     }
-    for (l, e) in (full..n).enumerate() {
-        let (b, x) = load(e);
-        accumulate::<K>(&mut acc, l, &b, x);
+    if full < n {
+        let tail = n - full;
+        let b: [[f64; LANES]; K] = std::array::from_fn(|i| {
+            std::array::from_fn(|l| {
+                if l < tail {
+                    widen(bs[i][full + l])
+                } else {
+                    0.0
+                }
+            })
+        });
+        let x: [f64; LANES] = std::array::from_fn(|l| {
+            if V && l < tail {
+                widen(v[full + l])
+            } else {
+                0.0
+            }
+        });
+        accumulate::<K, V>(&mut hi, &mut lo, &b, &x);
     }
     let mut out = [Acc::default(); MAX_STRIDE];
-    for (o, a) in out.iter_mut().zip(&acc).take(partial_stride(K)) {
-        for lane in a {
-            o.merge(*lane);
+    for p in 0..partial_stride(K) {
+        for l in 0..LANES {
+            out[p].merge(Acc {
+                hi: hi[p][l],
+                lo: lo[p][l],
+            });
         }
     }
     out
@@ -94,18 +230,21 @@ pub(crate) fn chunk_apply<T: Element>(
     out: &mut [T],
 ) {
     match basis.len() {
-        0 => apply_k::<T, 0>(v, basis, w, alpha, beta, mode, out),
-        1 => apply_k::<T, 1>(v, basis, w, alpha, beta, mode, out),
-        2 => apply_k::<T, 2>(v, basis, w, alpha, beta, mode, out),
-        3 => apply_k::<T, 3>(v, basis, w, alpha, beta, mode, out),
-        4 => apply_k::<T, 4>(v, basis, w, alpha, beta, mode, out),
-        5 => apply_k::<T, 5>(v, basis, w, alpha, beta, mode, out),
-        6 => apply_k::<T, 6>(v, basis, w, alpha, beta, mode, out),
-        7 => apply_k::<T, 7>(v, basis, w, alpha, beta, mode, out),
-        _ => apply_k::<T, 8>(v, basis, w, alpha, beta, mode, out),
+        0 => apply_mv::<T, 0>(v, basis, w, alpha, beta, mode, out),
+        1 => apply_mv::<T, 1>(v, basis, w, alpha, beta, mode, out),
+        2 => apply_mv::<T, 2>(v, basis, w, alpha, beta, mode, out),
+        3 => apply_mv::<T, 3>(v, basis, w, alpha, beta, mode, out),
+        4 => apply_mv::<T, 4>(v, basis, w, alpha, beta, mode, out),
+        5 => apply_mv::<T, 5>(v, basis, w, alpha, beta, mode, out),
+        6 => apply_mv::<T, 6>(v, basis, w, alpha, beta, mode, out),
+        7 => apply_mv::<T, 7>(v, basis, w, alpha, beta, mode, out),
+        _ => apply_mv::<T, 8>(v, basis, w, alpha, beta, mode, out),
     }
 }
 
+multiversion!(apply_mv, apply_k, (v: &[T], basis: &[&[T]], w: &[f64], alpha: f64, beta: f64, mode: BaseMode<'_, T>, out: &mut [T]) -> ());
+
+#[inline(always)]
 fn apply_k<T: Element, const K: usize>(
     v: &[T],
     basis: &[&[T]],
@@ -120,27 +259,60 @@ fn apply_k<T: Element, const K: usize>(
     let bs: [&[T]; K] = std::array::from_fn(|i| &basis[i][..n]);
     let w: [f64; K] = std::array::from_fn(|i| w[i]);
     let perp = |e: usize| {
-        let mut y = v[e].to_f64();
+        let mut y = widen(v[e]);
         for i in 0..K {
-            y -= w[i] * bs[i][e].to_f64();
+            y -= w[i] * widen(bs[i][e]);
         }
         y
     };
+    let perp_block = |e: usize| {
+        let mut y = block(v, e);
+        for i in 0..K {
+            let b = block(bs[i], e);
+            for l in 0..LANES {
+                y[l] -= w[i] * b[l];
+            }
+        }
+        y
+    };
+    let full = n - n % LANES;
     match mode {
         BaseMode::None => {
-            for (e, o) in out.iter_mut().enumerate() {
-                *o = T::from_f64(beta * perp(e));
+            for e in (0..full).step_by(LANES) {
+                let y = perp_block(e);
+                let o: &mut [T; LANES] = (&mut out[e..e + LANES]).try_into().expect("block");
+                for l in 0..LANES {
+                    o[l] = T::from_f64(beta * y[l]);
+                }
+            }
+            for e in full..n {
+                out[e] = T::from_f64(beta * perp(e));
             }
         }
         BaseMode::Slice(base) => {
             let base = &base[..n];
-            for (e, o) in out.iter_mut().enumerate() {
-                *o = T::from_f64(alpha * base[e].to_f64() + beta * perp(e));
+            for e in (0..full).step_by(LANES) {
+                let y = perp_block(e);
+                let bb = block(base, e);
+                let o: &mut [T; LANES] = (&mut out[e..e + LANES]).try_into().expect("block");
+                for l in 0..LANES {
+                    o[l] = T::from_f64(alpha * bb[l] + beta * y[l]);
+                }
+            }
+            for e in full..n {
+                out[e] = T::from_f64(alpha * widen(base[e]) + beta * perp(e));
             }
         }
         BaseMode::InPlace => {
-            for (e, o) in out.iter_mut().enumerate() {
-                *o = T::from_f64(alpha * o.to_f64() + beta * perp(e));
+            for e in (0..full).step_by(LANES) {
+                let y = perp_block(e);
+                let o: &mut [T; LANES] = (&mut out[e..e + LANES]).try_into().expect("block");
+                for l in 0..LANES {
+                    o[l] = T::from_f64(alpha * widen(o[l]) + beta * y[l]);
+                }
+            }
+            for e in full..n {
+                out[e] = T::from_f64(alpha * widen(out[e]) + beta * perp(e));
             }
         }
     }
@@ -148,22 +320,52 @@ fn apply_k<T: Element, const K: usize>(
 
 /// In place over one chunk: `q_j = Σ_{i<=j} m[i*k + j] · b_i` for every element.
 pub(crate) fn chunk_orth<T: Element>(basis: &mut [&mut [T]], m: &[f64]) {
-    let k = basis.len();
-    if k == 0 {
-        return;
+    match basis.len() {
+        0 => {}
+        1 => orth_mv::<T, 1>(basis, m),
+        2 => orth_mv::<T, 2>(basis, m),
+        3 => orth_mv::<T, 3>(basis, m),
+        4 => orth_mv::<T, 4>(basis, m),
+        5 => orth_mv::<T, 5>(basis, m),
+        6 => orth_mv::<T, 6>(basis, m),
+        7 => orth_mv::<T, 7>(basis, m),
+        _ => orth_mv::<T, 8>(basis, m),
     }
+}
+
+multiversion!(orth_mv, orth_k, (basis: &mut [&mut [T]], m: &[f64]) -> ());
+
+#[inline(always)]
+fn orth_k<T: Element, const K: usize>(basis: &mut [&mut [T]], m: &[f64]) {
     let n = basis[0].len();
-    let mut b = [0.0f64; MAX_K];
-    for e in 0..n {
-        for i in 0..k {
-            b[i] = basis[i][e].to_f64();
+    let mut mm = [[0.0f64; K]; K];
+    for i in 0..K {
+        for j in i..K {
+            mm[i][j] = m[i * K + j];
         }
-        for j in 0..k {
-            let mut q = 0.0;
-            for i in 0..=j {
-                q += m[i * k + j] * b[i];
+    }
+    let mut e = 0;
+    while e < n {
+        let lanes = LANES.min(n - e);
+        let mut b = [[0.0f64; LANES]; K];
+        for i in 0..K {
+            let s = &basis[i][e..e + lanes];
+            for l in 0..lanes {
+                b[i][l] = widen(s[l]);
             }
-            basis[j][e] = T::from_f64(q);
         }
+        for j in 0..K {
+            let mut q = [0.0f64; LANES];
+            for i in 0..=j {
+                for l in 0..LANES {
+                    q[l] += mm[i][j] * b[i][l];
+                }
+            }
+            let d = &mut basis[j][e..e + lanes];
+            for l in 0..lanes {
+                d[l] = T::from_f64(q[l]);
+            }
+        }
+        e += lanes;
     }
 }
