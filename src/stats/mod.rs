@@ -87,10 +87,14 @@
 //! read through typed handles (`Err` for a handle of another plan), never by panicking.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod plan;
 pub mod reference;
 
 pub use cpu::CpuStats;
+#[cfg(feature = "cuda")]
+pub use cuda::{CudaStats, DevBuf, DevInput};
 pub use plan::{
     redundancy_ratio, Buf, Input, RowCosMean, SegDots, SegSums, SegSumsRef, SqDiffMean, StatHandle,
     StatKind, StatsPlan, StatsResults, TrueProbMean, REDUNDANCY_EPS, STATS_CHUNK,

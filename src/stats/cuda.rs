@@ -1,0 +1,375 @@
+//! CUDA executor of a statistics plan (feature `cuda`, module `stats`, `kernels/stats.cu`).
+//!
+//! A run is: one small host-to-device copy of the step's buffer addresses (8 u64 per
+//! statistic, from preallocated host storage into a preallocated device table), one launch
+//! of `stats_tasks` (one block per task of the same task table as the CPU executor), one
+//! launch of `stats_finish` (one thread per statistic, the CPU's finishing pass), and one
+//! device-to-host copy of all results, then one stream synchronisation. No device memory
+//! is allocated after [`CudaStats::new`].
+//!
+//! Results are bitwise identical run to run (fixed block and finishing orders, no atomics).
+//! They equal the CPU executor's up to f64 summation order inside a task (relative
+//! differences ~1e-15 of Σ|terms|); the accumulator update is bitwise the CPU's.
+
+use super::cpu::{build_tasks, Mode};
+use super::plan::{Decl, HandleId, Shape, StatsPlan, StatsResults};
+use super::{RowCosMean, SegDots, SegSums, SqDiffMean, TrueProbMean};
+use crate::cuda::{drv, CudaBackend, THREADS};
+use crate::dtype::DType;
+use crate::error::{invalid, Result};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut,
+    LaunchConfig, PushKernelArg, SyncOnDrop,
+};
+use half::{bf16, f16};
+use std::sync::Arc;
+
+const MODULE: &str = "stats";
+const DESC: usize = 8;
+
+/// A device buffer of one of the crate's element types.
+#[derive(Debug)]
+pub enum DevBuf<'a> {
+    /// f32 elements.
+    F32(CudaView<'a, f32>),
+    /// f16 elements.
+    F16(CudaView<'a, f16>),
+    /// bf16 elements.
+    BF16(CudaView<'a, bf16>),
+}
+
+impl DevBuf<'_> {
+    fn shape(&self) -> (DType, usize) {
+        match self {
+            DevBuf::F32(v) => (DType::F32, v.len()),
+            DevBuf::F16(v) => (DType::F16, v.len()),
+            DevBuf::BF16(v) => (DType::BF16, v.len()),
+        }
+    }
+
+    fn ptr<'s>(&'s self, s: &'s CudaStream, guards: &mut Vec<SyncOnDrop<'s>>) -> u64 {
+        let (p, g) = match self {
+            DevBuf::F32(v) => v.device_ptr(s),
+            DevBuf::F16(v) => v.device_ptr(s),
+            DevBuf::BF16(v) => v.device_ptr(s),
+        };
+        guards.push(g);
+        p
+    }
+}
+
+macro_rules! devbuf_from {
+    ($t:ty, $v:ident) => {
+        impl<'a> From<CudaView<'a, $t>> for DevBuf<'a> {
+            fn from(s: CudaView<'a, $t>) -> Self {
+                DevBuf::$v(s)
+            }
+        }
+        impl<'a> From<&'a CudaSlice<$t>> for DevBuf<'a> {
+            fn from(s: &'a CudaSlice<$t>) -> Self {
+                DevBuf::$v(s.as_view())
+            }
+        }
+    };
+}
+devbuf_from!(f32, F32);
+devbuf_from!(f16, F16);
+devbuf_from!(bf16, BF16);
+
+#[derive(Debug)]
+enum DevBound<'a> {
+    Pair(DevBuf<'a>, DevBuf<'a>),
+    Prob(DevBuf<'a>, CudaView<'a, i64>),
+    Sums(DevBuf<'a>, Option<CudaViewMut<'a, f32>>),
+}
+
+/// One statistic's device buffers for one execution (made by a handle's `bind_device`).
+#[derive(Debug)]
+pub struct DevInput<'a> {
+    id: HandleId,
+    data: DevBound<'a>,
+}
+
+impl DevInput<'_> {
+    fn shape(&self) -> Shape {
+        match &self.data {
+            DevBound::Pair(x, y) => Shape::Pair(x.shape(), y.shape()),
+            DevBound::Prob(l, lab) => Shape::Prob(l.shape(), lab.len()),
+            DevBound::Sums(x, a) => Shape::Sums(x.shape(), a.as_ref().map(|a| a.len())),
+        }
+    }
+}
+
+impl SqDiffMean {
+    /// Binds device buffers `x` and `y`.
+    pub fn bind_device<'a>(
+        self,
+        x: impl Into<DevBuf<'a>>,
+        y: impl Into<DevBuf<'a>>,
+    ) -> DevInput<'a> {
+        DevInput {
+            id: self.0,
+            data: DevBound::Pair(x.into(), y.into()),
+        }
+    }
+}
+
+impl RowCosMean {
+    /// Binds the two row-major device matrices.
+    pub fn bind_device<'a>(
+        self,
+        a: impl Into<DevBuf<'a>>,
+        b: impl Into<DevBuf<'a>>,
+    ) -> DevInput<'a> {
+        DevInput {
+            id: self.0,
+            data: DevBound::Pair(a.into(), b.into()),
+        }
+    }
+}
+
+impl TrueProbMean {
+    /// Binds device logits and labels.
+    pub fn bind_device<'a>(
+        self,
+        logits: impl Into<DevBuf<'a>>,
+        labels: CudaView<'a, i64>,
+    ) -> DevInput<'a> {
+        DevInput {
+            id: self.0,
+            data: DevBound::Prob(logits.into(), labels),
+        }
+    }
+}
+
+impl SegSums {
+    /// Binds a device buffer (statistic declared without accumulator).
+    pub fn bind_device<'a>(self, x: impl Into<DevBuf<'a>>) -> DevInput<'a> {
+        DevInput {
+            id: self.0,
+            data: DevBound::Sums(x.into(), None),
+        }
+    }
+
+    /// Binds a device buffer and its f32 accumulator (`acc += x^2`).
+    pub fn bind_device_acc<'a>(
+        self,
+        x: impl Into<DevBuf<'a>>,
+        acc: CudaViewMut<'a, f32>,
+    ) -> DevInput<'a> {
+        DevInput {
+            id: self.0,
+            data: DevBound::Sums(x.into(), Some(acc)),
+        }
+    }
+}
+
+impl SegDots {
+    /// Binds device buffers `x` and `y`.
+    pub fn bind_device<'a>(
+        self,
+        x: impl Into<DevBuf<'a>>,
+        y: impl Into<DevBuf<'a>>,
+    ) -> DevInput<'a> {
+        DevInput {
+            id: self.0,
+            data: DevBound::Pair(x.into(), y.into()),
+        }
+    }
+}
+
+/// CUDA executor of one [`StatsPlan`] (see the module docs).
+pub struct CudaStats {
+    plan: StatsPlan,
+    stream: Arc<CudaStream>,
+    f_tasks: CudaFunction,
+    f_finish: CudaFunction,
+    n_tasks: usize,
+    tasks: CudaSlice<u64>,
+    entry_tasks: CudaSlice<u64>,
+    desc: CudaSlice<u64>,
+    partials: CudaSlice<f64>,
+    values: CudaSlice<f64>,
+    desc_host: Vec<u64>,
+    order: Vec<usize>,
+    results: StatsResults,
+}
+
+impl std::fmt::Debug for CudaStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaStats")
+            .field("statistics", &self.plan.len())
+            .field("tasks", &self.n_tasks)
+            .finish()
+    }
+}
+
+fn dtype_code(d: DType) -> u64 {
+    match d {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::BF16 => 2,
+    }
+}
+
+impl CudaStats {
+    /// Loads the kernels, uploads the task table and allocates every device buffer for
+    /// `plan` (a copy of the plan is kept).
+    pub fn new(backend: &CudaBackend, plan: &StatsPlan) -> Result<Self> {
+        let (tasks, entry_tasks) = build_tasks(plan)?;
+        let n_tasks = tasks.len();
+        u32::try_from(n_tasks)
+            .ok()
+            .filter(|&g| g <= i32::MAX as u32)
+            .ok_or_else(|| invalid("plan", format!("{n_tasks} tasks exceed the grid limit")))?;
+        let mut tt = Vec::with_capacity(5 * n_tasks + 5);
+        for t in &tasks {
+            let mode = match t.mode {
+                Mode::Elems => 0,
+                Mode::Rows => 1,
+                Mode::RowPiece => 2,
+            };
+            tt.extend_from_slice(&[
+                t.entry as u64,
+                mode,
+                t.a as u64,
+                t.start as u64,
+                t.end as u64,
+            ]);
+        }
+        tt.extend_from_slice(&[0; 5]);
+        let mut et: Vec<u64> = entry_tasks
+            .iter()
+            .flat_map(|r| [r.start as u64, r.end as u64])
+            .collect();
+        et.extend_from_slice(&[0, 0]);
+        let s = backend.stream().clone();
+        let n = |x: usize| x.max(1);
+        Ok(Self {
+            f_tasks: backend.function(MODULE, "stats_tasks")?,
+            f_finish: backend.function(MODULE, "stats_finish")?,
+            tasks: s.clone_htod(&tt).map_err(drv)?,
+            entry_tasks: s.clone_htod(&et).map_err(drv)?,
+            desc: s.alloc_zeros(n(DESC * plan.len())).map_err(drv)?,
+            partials: s.alloc_zeros(n(4 * n_tasks)).map_err(drv)?,
+            values: s.alloc_zeros(n(plan.values_len)).map_err(drv)?,
+            desc_host: vec![0; n(DESC * plan.len())],
+            order: vec![usize::MAX; plan.len()],
+            results: plan.new_results(),
+            plan: plan.clone(),
+            stream: s,
+            n_tasks,
+        })
+    }
+
+    /// The plan this executor runs.
+    pub fn plan(&self) -> &StatsPlan {
+        &self.plan
+    }
+
+    /// The results of the last run (NaN before the first).
+    pub fn results(&self) -> &StatsResults {
+        &self.results
+    }
+
+    /// Executes every statistic on the step's device buffers (one per declared statistic,
+    /// any order) and copies the results back; returns after one stream synchronisation.
+    /// Same validation and label-fault semantics as [`crate::stats::CpuStats::run`].
+    pub fn run(&mut self, inputs: &mut [DevInput<'_>]) -> Result<&StatsResults> {
+        self.plan.resolve_shapes(
+            inputs.len(),
+            |i| (inputs[i].id, inputs[i].shape()),
+            &mut self.order,
+        )?;
+        if self.plan.is_empty() {
+            return Ok(&self.results);
+        }
+        let s = self.stream.clone();
+        let mut guards: Vec<SyncOnDrop<'_>> = Vec::with_capacity(2 * inputs.len());
+        for inp in inputs.iter_mut() {
+            let i = inp.id.idx as usize;
+            let e = &self.plan.entries[i];
+            let (kind, n1, n2) = match &e.decl {
+                Decl::SqDiff { len } => (0u64, *len, 0),
+                Decl::RowCos { rows, dim } => (1, *rows, *dim),
+                Decl::TrueProb { rows, classes } => (2, *rows, *classes),
+                Decl::SegSums { segs, .. } => (3, segs.len(), 0),
+                Decl::SegDots { segs } => (4, segs.len(), 0),
+            };
+            let (p0, p1, p2) = match &mut inp.data {
+                DevBound::Pair(x, y) => (x.ptr(&s, &mut guards), y.ptr(&s, &mut guards), 0),
+                DevBound::Prob(l, lab) => {
+                    let (p, g) = lab.device_ptr(&s);
+                    guards.push(g);
+                    (l.ptr(&s, &mut guards), p, 0)
+                }
+                DevBound::Sums(x, acc) => {
+                    let p2 = match acc {
+                        Some(a) => {
+                            let (p, g) = a.device_ptr_mut(&s);
+                            guards.push(g);
+                            p
+                        }
+                        None => 0,
+                    };
+                    (x.ptr(&s, &mut guards), 0, p2)
+                }
+            };
+            self.desc_host[DESC * i..DESC * (i + 1)].copy_from_slice(&[
+                kind,
+                dtype_code(e.dtype),
+                p0,
+                p1,
+                p2,
+                n1 as u64,
+                n2 as u64,
+                e.out as u64,
+            ]);
+        }
+        s.memcpy_htod(&self.desc_host, &mut self.desc)
+            .map_err(drv)?;
+        if self.n_tasks > 0 {
+            let mut b = s.launch_builder(&self.f_tasks);
+            b.arg(&self.tasks).arg(&self.desc).arg(&mut self.partials);
+            // SAFETY: argument types match `stats_tasks`; the grid has one block per task
+            // of the uploaded table; every address in `desc` was validated to cover the
+            // declared shape and stays borrowed (with its stream guard) until after the
+            // launch.
+            unsafe {
+                b.launch(LaunchConfig {
+                    grid_dim: (self.n_tasks as u32, 1, 1),
+                    block_dim: (THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+            }
+            .map_err(drv)?;
+        }
+        let ne = self.plan.len() as u64;
+        let mut b = s.launch_builder(&self.f_finish);
+        b.arg(&self.entry_tasks)
+            .arg(&self.tasks)
+            .arg(&self.desc)
+            .arg(&self.partials)
+            .arg(&mut self.values)
+            .arg(&ne);
+        // SAFETY: argument types match `stats_finish`; one thread per statistic, each
+        // writing only its own result range of `values`.
+        unsafe {
+            b.launch(LaunchConfig {
+                grid_dim: (self.plan.len().div_ceil(64) as u32, 1, 1),
+                block_dim: (64, 1, 1),
+                shared_mem_bytes: 0,
+            })
+        }
+        .map_err(drv)?;
+        drop(guards);
+        let nv = self.plan.values_len;
+        if nv > 0 {
+            s.memcpy_dtoh(&self.values.slice(0..nv), &mut self.results.values)
+                .map_err(drv)?;
+        }
+        s.synchronize().map_err(drv)?;
+        self.plan.label_error(&self.results)?;
+        Ok(&self.results)
+    }
+}
