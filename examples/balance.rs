@@ -7,9 +7,13 @@
 //!
 //! Data (8 classes, label `y`): modality A is an 8-dim, low-noise code of `y / 2` only
 //! (half of the class information: it tells the class pair, never which class of the
-//! pair), fast to learn; modality B is a 64-dim, noisy code of all of `y`, slower to learn.
+//! pair), fast to learn; modality B is a 64-dim, noisy sum of a class-pair code
+//! (redundant with A) and a within-pair code (only B has it), slower to learn.
 //! Model: two MLP encoders (A: 8→32→32, B: 64→64→32), a fused linear head on the
-//! concatenated features and one linear head per modality; loss `L_mm + L_a + L_b`;
+//! concatenated features and one linear head per modality; loss `L_mm + L_a + L_b`
+//! (by default the unimodal heads are linear probes on detached features, so the B-only
+//! accuracy measures what B's encoder learned from the joint objective; `--script-loss`
+//! lets `L_a + L_b` reach the encoders as in the authors' script);
 //! SGD with momentum 0.9 and weight decay 1e-4; the script's modality-dropout schedule;
 //! `theta_0` snapshot at each epoch start. RedReg per step: statistics (true-label
 //! probabilities of the unimodal heads, redundancy from two noisy copies with sigma 0.03,

@@ -373,7 +373,7 @@ fn f16_params_work_end_to_end() {
         .zip(flat::<half::f16>(&theta0[0]))
         .map(|(a, b)| half::f16::from_f32(a.to_f32() - b.to_f32()))
         .collect();
-    let want = reference_one::<half::f16>(&d, &[g0.clone()], Some(&g0), 1.0, 1.2);
+    let want = reference_one::<half::f16>(&d, std::slice::from_ref(&g0), Some(&g0), 1.0, 1.2);
     let got: Vec<half::f16> = flat(grads.get(p.as_tensor()).unwrap());
     assert_close(&got, &want, 2e-3);
 }
