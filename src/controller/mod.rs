@@ -49,12 +49,16 @@
 //! [`GateRule`] (default: the minimum, so all must agree). See [`Decision`].
 
 mod config;
+#[cfg(feature = "cuda")]
+mod cuda_step;
 mod decision;
 mod monitor;
 mod state;
 mod step;
 
 pub use config::{Config, DropoutSchedule, Dropped, GateRule};
+#[cfg(feature = "cuda")]
+pub use cuda_step::{snapshot_cuda, step_cuda, CudaEncoder, CudaWorkspace};
 pub use decision::{Decision, ModalityStats, Redundancy, StepInputs};
 pub use monitor::{Monitor, MonitorOutput, ScoreHistory};
 pub use state::{Controller, ControllerState};

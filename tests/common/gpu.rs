@@ -15,7 +15,10 @@ pub fn skip(test: &str, require_var: &str, reason: &str) {
     if env_is_1(require_var) {
         panic!("{test}: {require_var}=1 but the test would be skipped: {reason}");
     }
-    println!("SKIP: {test}: {reason}");
+    // Written to the stderr handle directly, not through `println!`, so that the line shows
+    // in a plain `cargo test` run (the harness captures only the print macros).
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP: {test}: {reason}");
 }
 
 /// A backend on device 0, shared by the tests of one binary, or `None` after printing

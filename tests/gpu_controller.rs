@@ -1,0 +1,230 @@
+//! The CUDA path of the controller's step against the host step on the f64 oracle:
+//! same decision, same gradient update within the element type's tolerance. Without a
+//! usable GPU each test prints `SKIP: <reason>`; `REDREG_REQUIRE_GPU=1` makes that a failure.
+#![cfg(feature = "cuda")]
+
+#[path = "common/gpu.rs"]
+mod gpu;
+
+use cudarc::driver::CudaSlice;
+use redreg::controller::{
+    step, Config, Controller, CudaEncoder, CudaWorkspace, Encoder, JointBasis, Redundancy,
+    Reference, StepInputs, Workspace,
+};
+use redreg::cuda::{CudaBackend, CudaElement};
+use redreg::{bf16, layouts, Segments};
+
+fn data(n: usize, seed: u64, scale: f64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+fn up<T: CudaElement>(b: &CudaBackend, x: &[T]) -> CudaSlice<T> {
+    b.stream().clone_htod(x).unwrap()
+}
+
+fn down<T: CudaElement>(b: &CudaBackend, x: &CudaSlice<T>) -> Vec<T> {
+    b.stream().clone_dtoh(x).unwrap()
+}
+
+fn step_matches_host<T: CudaElement>(b: &CudaBackend, k_extra: usize, rtol: f64) {
+    let (audio, visual) = layouts::resnet18_av_pair();
+    let segs = [
+        Segments::from_shapes(&audio).unwrap(),
+        Segments::from_shapes(&visual).unwrap(),
+    ];
+    let mk = |n: usize, seed: u64, sc: f64| -> Vec<T> {
+        data(n, seed, sc).iter().map(|&x| T::from_f64(x)).collect()
+    };
+    let host: Vec<_> = segs
+        .iter()
+        .enumerate()
+        .map(|(m, s)| {
+            let n = s.total();
+            let theta = mk(n, 10 + m as u64, 1.0);
+            let theta0 = mk(n, 20 + m as u64, 1.0);
+            let grad = mk(n, 30 + m as u64, 1e-2);
+            let extra: Vec<Vec<T>> = (0..k_extra).map(|j| mk(n, 40 + j as u64, 1e-2)).collect();
+            (theta, theta0, grad, extra)
+        })
+        .collect();
+    // Visual dominates (0.3 < 0.7, r_v = 10 > R at the epoch's first step), gate open.
+    let inputs = StepInputs::pair(
+        0.3,
+        0.7,
+        Redundancy::ratio(0.5),
+        Redundancy::ratio(0.5),
+        0.9,
+    );
+    let mut ctl_host = Controller::new(Config::new(3), 2).unwrap();
+    let mut ctl_gpu = ctl_host.clone();
+    ctl_host.begin_epoch(0).unwrap();
+    ctl_gpu.begin_epoch(0).unwrap();
+
+    // Host step on the oracle.
+    let mut grads: Vec<Vec<T>> = host.iter().map(|h| h.2.clone()).collect();
+    let extras: Vec<Vec<&[T]>> = host
+        .iter()
+        .map(|h| h.3.iter().map(|x| x.as_slice()).collect())
+        .collect();
+    let (g0, g1) = grads.split_at_mut(1);
+    let mut encs = [
+        Encoder {
+            segs: &segs[0],
+            theta: &host[0].0,
+            theta0: &host[0].1,
+            grad: &mut g0[0],
+            basis: JointBasis::GradientAnd(&extras[0]),
+        },
+        Encoder {
+            segs: &segs[1],
+            theta: &host[1].0,
+            theta0: &host[1].1,
+            grad: &mut g1[0],
+            basis: JointBasis::GradientAnd(&extras[1]),
+        },
+    ];
+    let (dh, _) = ctl_host
+        .step(&inputs, &Reference, &mut encs, &mut Workspace::new())
+        .unwrap();
+    assert_eq!(dh.suppressed, Some(1));
+
+    // Device step.
+    let dev: Vec<_> = host
+        .iter()
+        .map(|h| {
+            (
+                up(b, &h.0),
+                up(b, &h.1),
+                up(b, &h.2),
+                h.3.iter().map(|x| up(b, x)).collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    let mut dgrads: Vec<CudaSlice<T>> = dev.iter().map(|d| d.2.clone()).collect();
+    let dextras: Vec<Vec<_>> = dev
+        .iter()
+        .map(|d| d.3.iter().map(|x| x.slice(..)).collect())
+        .collect();
+    let (a, v) = dgrads.split_at_mut(1);
+    let mut cencs = [
+        CudaEncoder {
+            segs: &segs[0],
+            theta: dev[0].0.slice(..),
+            theta0: dev[0].1.slice(..),
+            grad: a[0].slice_mut(..),
+            extra: &dextras[0],
+        },
+        CudaEncoder {
+            segs: &segs[1],
+            theta: dev[1].0.slice(..),
+            theta0: dev[1].1.slice(..),
+            grad: v[0].slice_mut(..),
+            extra: &dextras[1],
+        },
+    ];
+    let mut ws = CudaWorkspace::new();
+    let (dg, queued) = ctl_gpu.step_cuda(&inputs, b, &mut cencs, &mut ws).unwrap();
+    assert!(queued);
+    assert_eq!(dg.suppressed, dh.suppressed);
+    assert_eq!(dg.beta.to_bits(), dh.beta.to_bits());
+    for m in 0..2 {
+        let got = down(b, &dgrads[m]);
+        let want = &grads[m];
+        let mut bad = 0;
+        let mut first = Vec::new();
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let (g, w) = (g.to_f64(), w.to_f64());
+            if (g - w).abs() > 1e-7 + rtol * w.abs() {
+                bad += 1;
+                if first.len() < 5 {
+                    first.push(format!("[{i}] gpu {g:e} host {w:e}"));
+                }
+            }
+        }
+        assert_eq!(bad, 0, "encoder {m}: {bad} mismatches, first: {first:?}");
+        if m == 0 {
+            assert!(got == *want, "the audio encoder must be untouched");
+        }
+    }
+    // The scratch was sized for the visual encoder (the larger one) and is kept.
+    assert_eq!(ws.drift().map(|d| d.len()), Some(segs[1].total()));
+}
+
+#[test]
+fn cuda_step_matches_host_step_f32() {
+    let Some(b) = gpu::backend("cuda_step_matches_host_step_f32") else {
+        return;
+    };
+    step_matches_host::<f32>(b, 0, 2.0 * f32::EPSILON as f64);
+    step_matches_host::<f32>(b, 2, 2.0 * f32::EPSILON as f64);
+}
+
+#[test]
+fn cuda_step_matches_host_step_bf16() {
+    let Some(b) = gpu::backend("cuda_step_matches_host_step_bf16") else {
+        return;
+    };
+    // Host drift rounds through f32 then bf16, the device once from f64: ≤ 1 bf16 ulp apart
+    // before the projection.
+    step_matches_host::<bf16>(b, 1, 2.0 * 7.8125e-3);
+}
+
+#[test]
+fn cuda_step_rejects_bad_buffers() {
+    let Some(b) = gpu::backend("cuda_step_rejects_bad_buffers") else {
+        return;
+    };
+    let segs = Segments::from_lengths(&[4, 4]).unwrap();
+    let theta = up(b, &[1f32; 8]);
+    let short = up(b, &[1f32; 7]);
+    let mut grad = up(b, &[0f32; 8]);
+    let mut ctl = Controller::new(Config::new(2), 2).unwrap();
+    ctl.begin_epoch(0).unwrap();
+    let inputs = StepInputs::pair(
+        0.3,
+        0.7,
+        Redundancy::ratio(0.5),
+        Redundancy::ratio(0.5),
+        0.9,
+    );
+    let mut g2 = grad.clone();
+    let mut encs = [
+        CudaEncoder {
+            segs: &segs,
+            theta: theta.slice(..),
+            theta0: short.slice(..),
+            grad: grad.slice_mut(..),
+            extra: &[],
+        },
+        CudaEncoder {
+            segs: &segs,
+            theta: theta.slice(..),
+            theta0: theta.slice(..),
+            grad: g2.slice_mut(..),
+            extra: &[],
+        },
+    ];
+    let before = format!("{:?}", ctl.state());
+    let e = ctl
+        .step_cuda(&inputs, b, &mut encs, &mut CudaWorkspace::new())
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("expected 8") && e.to_string().contains("got 7"),
+        "{e}"
+    );
+    assert_eq!(
+        format!("{:?}", ctl.state()),
+        before,
+        "state must be unchanged"
+    );
+    // The host step agrees that the decision itself is fine.
+    let _ = step::<f32, Reference>;
+}
