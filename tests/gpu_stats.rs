@@ -1,0 +1,230 @@
+//! GPU tests of the fused statistics (feature `cuda`): the CUDA executor against the CPU
+//! executor and the f64 oracle. SKIP convention: tests/common/gpu.rs.
+#![cfg(feature = "cuda")]
+
+#[path = "common/gpu.rs"]
+mod gpu;
+
+use cudarc::driver::CudaSlice;
+use redreg::dtype::from_f64_vec;
+use redreg::stats::{reference, CpuStats, CudaStats, StatsPlan, REDUNDANCY_EPS, STATS_CHUNK};
+use redreg::{bf16, f16, DType, Error, Segments};
+
+#[test]
+fn nvrtc_compiles_stats_module() {
+    if let Err(reason) = redreg::cuda::nvrtc_available() {
+        gpu::skip(
+            "nvrtc_compiles_stats_module",
+            "REDREG_REQUIRE_NVRTC",
+            &reason,
+        );
+        return;
+    }
+    let ptx = redreg::cuda::nvrtc_compile("stats", "compute_75").unwrap();
+    for k in ["stats_tasks", "stats_finish"] {
+        assert!(ptx.contains(&format!(".entry {k}(")), "PTX lacks {k}");
+    }
+}
+
+fn rand(n: usize, seed: u64, scale: f64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            scale * ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0)
+        })
+        .collect()
+}
+
+#[track_caller]
+fn same(what: &str, g: f64, c: f64) {
+    if c.is_nan() {
+        assert!(g.is_nan(), "{what}: gpu {g}, cpu NaN");
+    } else {
+        assert!(
+            (g - c).abs() <= 1e-11 * c.abs().max(1e-3),
+            "{what}: gpu {g} vs cpu {c}"
+        );
+    }
+}
+
+#[test]
+fn gpu_plan_matches_cpu_and_is_deterministic() {
+    let Some(be) = gpu::backend("gpu_plan_matches_cpu_and_is_deterministic") else {
+        return;
+    };
+    let s = be.stream();
+    let segs = Segments::from_lengths(&[9408, 0, 64, 1, 36864, 2 * STATS_CHUNK + 3, 5]).unwrap();
+    let n = segs.total();
+    let wide = STATS_CHUNK + 17;
+    let (b, d, c) = (37usize, 512usize, 10usize);
+
+    let z1: Vec<f16> = from_f64_vec(&rand(4 * b * d, 1, 1.0));
+    let z2: Vec<f16> = from_f64_vec(&rand(4 * b * d, 2, 1.0));
+    let x1: Vec<f32> = from_f64_vec(&rand(3001, 3, 1.0));
+    let x2: Vec<f32> = from_f64_vec(&rand(3001, 4, 1.0));
+    let mut fa: Vec<bf16> = from_f64_vec(&rand(b * d, 5, 1.0));
+    fa[..d].iter_mut().for_each(|v| *v = bf16::ZERO); // a zero row
+    let fv: Vec<bf16> = from_f64_vec(&rand(b * d, 6, 1.0));
+    let mut logits: Vec<f32> = from_f64_vec(&rand(b * c, 7, 1e4)); // extreme logits
+    logits[3] = f32::NEG_INFINITY; // a masked class
+    let labels: Vec<i64> = (0..b as i64).map(|i| i % c as i64).collect();
+    let wl: Vec<bf16> = from_f64_vec(&rand(3 * wide, 8, 20.0));
+    let wlab = vec![0i64, wide as i64 - 1, 17];
+    let wa: Vec<f32> = from_f64_vec(&rand(2 * wide, 9, 1.0));
+    let wb: Vec<f32> = from_f64_vec(&rand(2 * wide, 10, 1.0));
+    let mut g: Vec<f32> = from_f64_vec(&rand(n, 11, 1e-2));
+    g[9408 + 70] = f32::NAN; // poisons segment 4 only
+    let dr: Vec<bf16> = from_f64_vec(&rand(n, 12, 1e-3));
+    let gh: Vec<f16> = from_f64_vec(&rand(n, 13, 1.0));
+    let acc0: Vec<f32> = from_f64_vec(&rand(n, 14, 1.0))
+        .iter()
+        .map(|v: &f32| v.abs())
+        .collect();
+
+    let mut plan = StatsPlan::new();
+    let num = plan.sq_diff_mean("z", DType::F16, 4 * b * d).unwrap();
+    let den = plan.sq_diff_mean("x", DType::F32, 3001).unwrap();
+    let sim = plan.row_cos_mean("sim", DType::BF16, b, d).unwrap();
+    let simw = plan.row_cos_mean("simw", DType::F32, 2, wide).unwrap();
+    let p = plan.true_prob_mean("p", DType::F32, b, c).unwrap();
+    let pw = plan.true_prob_mean("pw", DType::BF16, 3, wide).unwrap();
+    let sums = plan.seg_sums("g", DType::F32, &segs, true).unwrap();
+    let sums16 = plan.seg_sums("gh", DType::F16, &segs, false).unwrap();
+    let dots = plan.seg_dots("dg", DType::BF16, &segs).unwrap();
+
+    // CPU
+    let mut acc_cpu = acc0.clone();
+    let mut cpu = CpuStats::new(&plan).unwrap();
+    cpu.run(&mut [
+        num.bind(&z1, &z2),
+        den.bind(&x1, &x2),
+        sim.bind(&fa, &fv),
+        simw.bind(&wa, &wb),
+        p.bind(&logits, &labels),
+        pw.bind(&wl, &wlab),
+        sums.bind_acc(&g, &mut acc_cpu),
+        sums16.bind(&gh),
+        dots.bind(&dr, &dr),
+    ])
+    .unwrap();
+    let cpu_vals = cpu.results().as_slice().to_vec();
+
+    // GPU
+    let up = |v: &[f32]| -> CudaSlice<f32> { s.clone_htod(v).unwrap() };
+    let (dz1, dz2) = (s.clone_htod(&z1).unwrap(), s.clone_htod(&z2).unwrap());
+    let (dx1, dx2) = (up(&x1), up(&x2));
+    let (dfa, dfv) = (s.clone_htod(&fa).unwrap(), s.clone_htod(&fv).unwrap());
+    let (dwa, dwb) = (up(&wa), up(&wb));
+    let dl = up(&logits);
+    let dlab = s.clone_htod(&labels).unwrap();
+    let dwl = s.clone_htod(&wl).unwrap();
+    let dwlab = s.clone_htod(&wlab).unwrap();
+    let dg = up(&g);
+    let dgh = s.clone_htod(&gh).unwrap();
+    let ddr = s.clone_htod(&dr).unwrap();
+    let mut dacc = up(&acc0);
+    let mut gpu = CudaStats::new(be, &plan).unwrap();
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let r = gpu
+            .run(&mut [
+                dots.bind_device(&ddr, &ddr),
+                num.bind_device(&dz1, &dz2),
+                den.bind_device(&dx1, &dx2),
+                sim.bind_device(&dfa, &dfv),
+                simw.bind_device(&dwa, &dwb),
+                p.bind_device(&dl, dlab.as_view()),
+                pw.bind_device(&dwl, dwlab.as_view()),
+                sums.bind_device_acc(&dg, dacc.as_view_mut()),
+                sums16.bind_device(&dgh),
+            ])
+            .unwrap();
+        runs.push(r.as_slice().to_vec());
+        // reset the accumulator so every run sees the same input
+        if runs.len() == 1 {
+            let acc_gpu = s.clone_dtoh(&dacc).unwrap();
+            let a: Vec<u32> = acc_gpu.iter().map(|v| v.to_bits()).collect();
+            let b: Vec<u32> = acc_cpu.iter().map(|v| v.to_bits()).collect();
+            assert!(a == b, "accumulator: GPU and CPU differ bitwise");
+        }
+        s.memcpy_htod(&acc0, &mut dacc).unwrap();
+    }
+    for r in &runs[1..] {
+        let a: Vec<u64> = r.iter().map(|v| v.to_bits()).collect();
+        let b: Vec<u64> = runs[0].iter().map(|v| v.to_bits()).collect();
+        assert!(a == b, "GPU results differ between runs");
+    }
+    for (i, (gv, cv)) in runs[0].iter().zip(&cpu_vals).enumerate() {
+        if gv.to_bits() == cv.to_bits() {
+            continue;
+        }
+        same(&format!("value {i}"), *gv, *cv);
+    }
+    let r = gpu.results();
+    let sg = r.get(sums).unwrap();
+    assert!(sg.sum[4].is_nan() && sg.sum[0].is_finite() && sg.sum[5].is_finite());
+    assert!(
+        r.get(p).unwrap().is_finite(),
+        "masked class and 1e4 logits stay finite"
+    );
+    let red = r.redundancy(num, den, REDUNDANCY_EPS).unwrap();
+    assert!(red.is_finite() && red > 0.0);
+    println!(
+        "GPU stats: {} values match the CPU, 3 runs bitwise identical",
+        cpu_vals.len()
+    );
+
+    // label out of range: Err after the run, flagged in the result buffer
+    let bad = vec![0i64, wide as i64, -1];
+    let dbad = s.clone_htod(&bad).unwrap();
+    let e = gpu
+        .run(&mut [
+            dots.bind_device(&ddr, &ddr),
+            num.bind_device(&dz1, &dz2),
+            den.bind_device(&dx1, &dx2),
+            sim.bind_device(&dfa, &dfv),
+            simw.bind_device(&dwa, &dwb),
+            p.bind_device(&dl, dlab.as_view()),
+            pw.bind_device(&dwl, dbad.as_view()),
+            sums.bind_device_acc(&dg, dacc.as_view_mut()),
+            sums16.bind_device(&dgh),
+        ])
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::LabelOutOfRange { row: 1, label, classes, .. } if *label == wide as i64 && *classes == wide),
+        "{e}"
+    );
+    assert!(gpu.results().get(pw).unwrap().is_nan());
+    same(
+        "after fault",
+        gpu.results().get(num).unwrap(),
+        cpu.results().get(num).unwrap(),
+    );
+
+    // validation before launch
+    let e = gpu.run(&mut [num.bind_device(&dz1, &dz2)]).unwrap_err();
+    assert!(e.to_string().contains("expected 9"), "{e}");
+
+    // the oracle agrees with the CPU on this plan (sanity of the comparison itself)
+    let mut out = plan.new_results();
+    let mut acc_ref = acc0.clone();
+    let _ = reference::run(
+        &plan,
+        &mut [
+            num.bind(&z1, &z2),
+            den.bind(&x1, &x2),
+            sim.bind(&fa, &fv),
+            simw.bind(&wa, &wb),
+            p.bind(&logits, &labels),
+            pw.bind(&wl, &wlab),
+            sums.bind_acc(&g, &mut acc_ref),
+            sums16.bind(&gh),
+            dots.bind(&dr, &dr),
+        ],
+        &mut out,
+    );
+    assert_eq!(acc_ref, acc_cpu);
+}
