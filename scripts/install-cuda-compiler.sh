@@ -20,7 +20,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 need=0
 for p in "${PKGS[@]}"; do
-    v=$("$VENV/bin/python" -m pip show "$p" 2>/dev/null | sed -n 's/^Version: //p')
+    v=$("$VENV/bin/python" -m pip show "$p" 2>/dev/null | sed -n 's/^Version: //p' || true)
     case "$v" in 13.0.*) ;; *) need=1 ;; esac
 done
 if [ "$need" = 1 ]; then

@@ -202,6 +202,28 @@ impl CudaBackend {
         })
     }
 
+    /// `Err` unless `buf` was allocated in this backend's context: a buffer of another
+    /// context (another device) would make the kernel read an invalid address.
+    pub fn check_context<T, B: cudarc::driver::DeviceSlice<T>>(
+        &self,
+        name: &'static str,
+        buf: &B,
+    ) -> Result<()> {
+        let other = buf.stream().context();
+        if other.cu_ctx() == self.ctx.cu_ctx() {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument {
+                name,
+                reason: format!(
+                    "buffer belongs to the CUDA context of device {}, the backend runs on device {}",
+                    other.ordinal(),
+                    self.ctx.ordinal()
+                ),
+            })
+        }
+    }
+
     /// The stream every operation is queued on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream

@@ -267,7 +267,9 @@ impl CudaBackend {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn validate_project<T>(
+        &self,
         segs: &Segments,
         v: &CudaView<'_, T>,
         basis: &[CudaView<'_, T>],
@@ -278,14 +280,23 @@ impl CudaBackend {
     ) -> Result<()> {
         let lens: Vec<usize> = basis.iter().map(|b| b.len()).collect();
         Self::check_basis(segs, Some(v.len()), &lens)?;
+        self.check_context("v", v)?;
+        for b in basis {
+            self.check_context("basis", b)?;
+        }
         match out {
             DeviceOutput::Write { base, out } => {
                 segs.check_buffer("out", out.len())?;
+                self.check_context("out", *out)?;
                 if let Some(b) = base {
                     segs.check_buffer("base", b.len())?;
+                    self.check_context("base", *b)?;
                 }
             }
-            DeviceOutput::Accumulate(out) => segs.check_buffer("out", out.len())?,
+            DeviceOutput::Accumulate(out) => {
+                segs.check_buffer("out", out.len())?;
+                self.check_context("out", *out)?;
+            }
         }
         check_finite("alpha", alpha)?;
         beta.validate(segs.len())?;
@@ -308,7 +319,7 @@ impl CudaBackend {
         beta: Beta<'_>,
         opts: &ProjectOptions,
     ) -> Result<()> {
-        Self::validate_project(segs, v, basis, &out, alpha, &beta, opts)?;
+        self.validate_project(segs, v, basis, &out, alpha, &beta, opts)?;
         let k = basis.len();
         self.with_workspace(segs, |ws| {
             if k == 0 {
@@ -333,6 +344,10 @@ impl CudaBackend {
     ) -> Result<Partials> {
         let lens: Vec<usize> = basis.iter().map(|b| b.len()).collect();
         Self::check_basis(segs, Some(v.len()), &lens)?;
+        self.check_context("v", v)?;
+        for b in basis {
+            self.check_context("basis", b)?;
+        }
         let k = basis.len();
         if k == 0 || segs.is_empty() {
             return Partials::zeros(k, segs.len());
@@ -365,7 +380,7 @@ impl CudaBackend {
         beta: Beta<'_>,
         opts: &ProjectOptions,
     ) -> Result<()> {
-        Self::validate_project(segs, v, basis, &out, alpha, &beta, opts)?;
+        self.validate_project(segs, v, basis, &out, alpha, &beta, opts)?;
         let k = basis.len();
         partials.check_shape(segs, k)?;
         check_len(
@@ -463,6 +478,9 @@ impl CudaBackend {
         }
         let lens: Vec<usize> = basis.iter().map(|b| b.len()).collect();
         Self::check_basis(segs, None, &lens)?;
+        for b in basis.iter() {
+            self.check_context("basis", b)?;
+        }
         let k = basis.len();
         self.with_workspace(segs, |ws| {
             if k == 0 {
