@@ -18,8 +18,10 @@
 //! See [`CudaBackend::project_out`], [`CudaBackend::partials`], [`CudaBackend::apply`],
 //! [`CudaBackend::orthonormalize`] (module `project`, `kernels/project.cu`).
 
+mod foreign;
 mod project;
 
+pub use foreign::ForeignSlice;
 pub use project::DeviceOutput;
 
 use crate::dtype::Element;

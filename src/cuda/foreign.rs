@@ -1,0 +1,125 @@
+//! Buffers and streams owned by another framework (tch-rs `data_ptr()`, burn, a C++
+//! trainer), used without copies and without taking ownership.
+//!
+//! ```no_run
+//! use redreg::cuda::{CudaBackend, DeviceOutput, ForeignSlice};
+//! use redreg::{Beta, ProjectOptions, Segments};
+//!
+//! let backend = CudaBackend::new(0)?;
+//! let segs = Segments::from_lengths(&[1000, 24])?;
+//! // Stand-ins for another framework's tensors: plain cudarc allocations whose raw
+//! // addresses are all that would cross the boundary (e.g. tch's `t.data_ptr() as u64`).
+//! let drift = backend.stream().alloc_zeros::<f32>(segs.total()).unwrap();
+//! let mut grad = backend.stream().alloc_zeros::<f32>(segs.total()).unwrap();
+//! let g = backend.stream().alloc_zeros::<f32>(segs.total()).unwrap();
+//! use cudarc::driver::DevicePtr;
+//! let addr = |s: &cudarc::driver::CudaSlice<f32>| s.device_ptr(backend.stream()).0;
+//! let (p_drift, p_grad, p_g) = (addr(&drift), addr(&grad), addr(&g));
+//!
+//! // SAFETY: the three allocations hold segs.total() f32 each, live until the end of this
+//! // scope, and are only used on the backend's stream meanwhile.
+//! let (d, gb, mut out) = unsafe {
+//!     (
+//!         ForeignSlice::<f32>::new(&backend, p_drift, segs.total())?,
+//!         ForeignSlice::<f32>::new(&backend, p_g, segs.total())?,
+//!         ForeignSlice::<f32>::new(&backend, p_grad, segs.total())?,
+//!     )
+//! };
+//! backend.project_out(&segs, &d.view(), &[gb.view()], DeviceOutput::Accumulate(&mut out.view_mut()),
+//!     1.0, Beta::Scalar(1.5), &ProjectOptions::default())?;
+//! backend.synchronize()?;
+//! drop((d, gb, out)); // never frees the foreign memory
+//! # drop((drift, grad, g));
+//! # Ok::<(), redreg::Error>(())
+//! ```
+
+use super::{cuda_available, CudaBackend, CudaElement};
+use crate::error::{invalid, Error, Result};
+use cudarc::driver::{sys, CudaContext, CudaSlice, CudaView, CudaViewMut};
+use std::mem::ManuallyDrop;
+
+/// A device buffer owned elsewhere, viewed as `len` elements of `T` on the backend's
+/// stream. Dropping it never frees the memory.
+#[derive(Debug)]
+pub struct ForeignSlice<T> {
+    inner: ManuallyDrop<CudaSlice<T>>,
+}
+
+impl<T: CudaElement> ForeignSlice<T> {
+    /// Wraps the device address `ptr` of `len` elements.
+    ///
+    /// `Err` for a null pointer with `len > 0` or an address not aligned to `T`.
+    ///
+    /// # Safety
+    /// `ptr` must point to an allocation of the backend's context holding at least `len`
+    /// initialised elements of `T`, which stays allocated while the returned value lives;
+    /// other code must not access it concurrently except in order on the backend's stream
+    /// (for example the framework's own stream, see [`CudaBackend::from_raw_stream`]).
+    pub unsafe fn new(backend: &CudaBackend, ptr: u64, len: usize) -> Result<Self> {
+        let size = std::mem::size_of::<T>() as u64;
+        if ptr == 0 && len > 0 {
+            return Err(invalid("ptr", "null device pointer"));
+        }
+        if ptr % size != 0 {
+            return Err(invalid(
+                "ptr",
+                format!("device address {ptr:#x} is not aligned to {size} bytes"),
+            ));
+        }
+        // SAFETY: validity, size and lifetime of the allocation are the caller's contract;
+        // the slice is never dropped as a CudaSlice (see Drop), so it never frees `ptr`.
+        let s = unsafe { backend.stream().upgrade_device_ptr::<T>(ptr, len) };
+        Ok(Self {
+            inner: ManuallyDrop::new(s),
+        })
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.inner.len() == 0
+    }
+
+    /// A read view for the backend's operations.
+    pub fn view(&self) -> CudaView<'_, T> {
+        self.inner.slice(..)
+    }
+
+    /// A write view for the backend's operations.
+    pub fn view_mut(&mut self) -> CudaViewMut<'_, T> {
+        self.inner.slice_mut(..)
+    }
+}
+
+impl<T> Drop for ForeignSlice<T> {
+    fn drop(&mut self) {
+        // SAFETY: `inner` is taken exactly once, here; `leak` waits for the recorded work
+        // and returns the address without freeing it.
+        let s = unsafe { ManuallyDrop::take(&mut self.inner) };
+        let _ = s.leak();
+    }
+}
+
+impl CudaBackend {
+    /// A backend on another library's stream (`cudaStream_t` / `CUstream`) of device
+    /// `ordinal`, without owning it: redreg's work is queued in order with the trainer's.
+    ///
+    /// # Safety
+    /// `stream` must be a valid stream of the primary context of device `ordinal` (what
+    /// PyTorch, tch-rs and most frameworks use) and outlive the backend; `stream = null`
+    /// means the legacy default stream.
+    pub unsafe fn from_raw_stream(ordinal: usize, stream: *mut std::ffi::c_void) -> Result<Self> {
+        cuda_available().map_err(Error::CudaUnavailable)?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| {
+            Error::CudaUnavailable(format!("cannot open device {ordinal}: {e}"))
+        })?;
+        // SAFETY: the stream's validity and lifetime are the caller's contract; cudarc does
+        // not destroy a borrowed stream.
+        let s = unsafe { ctx.wrap_borrowed_stream(stream as sys::CUstream) };
+        Self::from_stream(s)
+    }
+}
