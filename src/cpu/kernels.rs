@@ -134,11 +134,11 @@ pub(crate) fn chunk_partial<T: Element>(v: Option<&[T]>, basis: &[&[T]]) -> [Acc
 
 multiversion!(partial_mv, partial_k, (v: Option<&[T]>, basis: &[&[T]]) -> [Acc; MAX_STRIDE]);
 
-/// Adds the products of one block to the lanes (a zero-padded tail adds exact zeros).
+/// Adds the products of one block to the plain per-lane sums (a zero-padded tail adds
+/// exact zeros).
 #[inline(always)]
 fn accumulate<const K: usize, const V: bool>(
-    hi: &mut [[f64; LANES]; MAX_STRIDE],
-    lo: &mut [[f64; LANES]; MAX_STRIDE],
+    acc: &mut [[f64; LANES]; MAX_STRIDE],
     b: &[[f64; LANES]; K],
     x: &[f64; LANES],
 ) {
@@ -146,7 +146,7 @@ fn accumulate<const K: usize, const V: bool>(
     for i in 0..K {
         for j in i..K {
             for l in 0..LANES {
-                two_sum(&mut hi[idx][l], &mut lo[idx][l], b[i][l] * b[j][l]);
+                acc[idx][l] += b[i][l] * b[j][l];
             }
             idx += 1;
         }
@@ -154,12 +154,33 @@ fn accumulate<const K: usize, const V: bool>(
     if V {
         for i in 0..K {
             for l in 0..LANES {
-                two_sum(&mut hi[idx][l], &mut lo[idx][l], b[i][l] * x[l]);
+                acc[idx][l] += b[i][l] * x[l];
             }
             idx += 1;
         }
     }
 }
+
+/// Moves the plain per-lane sums of a run into the compensated lanes (TwoSum) and clears
+/// them.
+#[inline(always)]
+fn flush(
+    acc: &mut [[f64; LANES]; MAX_STRIDE],
+    hi: &mut [[f64; LANES]; MAX_STRIDE],
+    lo: &mut [[f64; LANES]; MAX_STRIDE],
+    ns: usize,
+) {
+    for p in 0..ns {
+        for l in 0..LANES {
+            two_sum(&mut hi[p][l], &mut lo[p][l], acc[p][l]);
+            acc[p][l] = 0.0;
+        }
+    }
+}
+
+/// Blocks of [`LANES`] elements summed plainly per lane before one compensated add: each
+/// lane's plain run is 16 products long (the CUDA kernels run 64 per thread).
+const RUN: usize = 16;
 
 #[inline(always)]
 fn partial_k<T: Element, const K: usize>(v: Option<&[T]>, basis: &[&[T]]) -> [Acc; MAX_STRIDE] {
@@ -179,12 +200,19 @@ fn partial_kv<T: Element, const K: usize, const V: bool>(
     let v = if V { &v[..n] } else { v };
     let mut hi = [[0.0f64; LANES]; MAX_STRIDE];
     let mut lo = [[0.0f64; LANES]; MAX_STRIDE];
+    let mut acc = [[0.0f64; LANES]; MAX_STRIDE];
     let full = n - n % LANES;
     let mut e = 0;
+    let mut in_run = 0;
     while e < full {
         let b: [[f64; LANES]; K] = std::array::from_fn(|i| block(bs[i], e));
         let x = if V { block(v, e) } else { [0.0; LANES] };
-        accumulate::<K, V>(&mut hi, &mut lo, &b, &x);
+        accumulate::<K, V>(&mut acc, &b, &x);
+        in_run += 1;
+        if in_run == RUN {
+            flush(&mut acc, &mut hi, &mut lo, partial_stride(K));
+            in_run = 0;
+        }
         e += LANES;
     }
     if full < n {
@@ -205,8 +233,9 @@ fn partial_kv<T: Element, const K: usize, const V: bool>(
                 0.0
             }
         });
-        accumulate::<K, V>(&mut hi, &mut lo, &b, &x);
+        accumulate::<K, V>(&mut acc, &b, &x);
     }
+    flush(&mut acc, &mut hi, &mut lo, partial_stride(K));
     let mut out = [Acc::default(); MAX_STRIDE];
     for p in 0..partial_stride(K) {
         for l in 0..LANES {
