@@ -52,6 +52,7 @@ mod config;
 #[cfg(feature = "cuda")]
 mod cuda_step;
 mod decision;
+mod from_stats;
 mod monitor;
 mod state;
 mod step;
@@ -60,6 +61,7 @@ pub use config::{Config, DropoutSchedule, Dropped, GateRule};
 #[cfg(feature = "cuda")]
 pub use cuda_step::{snapshot_cuda, step_cuda, CudaEncoder, CudaWorkspace};
 pub use decision::{Decision, ModalityStats, Redundancy, StepInputs};
+pub use from_stats::{ModalityShapes, RedRegStats};
 pub use monitor::{Monitor, MonitorOutput, ScoreHistory};
 pub use state::{Controller, ControllerState};
 pub use step::{snapshot, step, Encoder, JointBasis, ProjectBackend, Reference, Workspace};

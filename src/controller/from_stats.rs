@@ -1,0 +1,124 @@
+//! From the fused statistics plan (`crate::stats`) to the controller's [`StepInputs`]: the
+//! handles of the per-step statistics RedReg needs, declared once, read every step.
+
+use crate::dtype::DType;
+use crate::error::{check_count, Result};
+use crate::stats::{RowCosMean, SqDiffMean, StatsPlan, StatsResults, TrueProbMean};
+
+use super::decision::{Redundancy, StepInputs};
+
+/// Shapes of one modality's per-step statistics inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModalityShapes {
+    /// Element type of every buffer of this modality.
+    pub dtype: DType,
+    /// Batch size B.
+    pub batch: usize,
+    /// Classes C of the unimodal head's logits (B×C).
+    pub classes: usize,
+    /// Elements of the unpooled encoder features `z1`, `z2` of the two noisy copies.
+    pub features: usize,
+    /// Elements of the noisy inputs `x1`, `x2`.
+    pub inputs: usize,
+    /// Dimension D of the pooled features (B×D) used for the agreement `pos_sim`.
+    pub pooled: usize,
+}
+
+/// The handles of RedReg's per-step statistics in a [`StatsPlan`]: per modality the
+/// true-label probability mean `p_m` and the two squared-difference means of the redundancy
+/// `red_m = mean((z1-z2)^2) / (mean((x1-x2)^2) + eps)`, and per pair of modalities the
+/// agreement `pos_sim` (order (0,1), (0,2), …, as [`StepInputs::agreement`]).
+#[derive(Clone, Debug)]
+pub struct RedRegStats {
+    /// `p_m` per modality (bind: unimodal logits, labels).
+    pub score: Vec<TrueProbMean>,
+    /// `mean((z1 - z2)^2)` per modality (bind: features of the two noisy copies).
+    pub feature_diff: Vec<SqDiffMean>,
+    /// `mean((x1 - x2)^2)` per modality (bind: the two noisy inputs).
+    pub input_diff: Vec<SqDiffMean>,
+    /// `pos_sim` per pair (bind: pooled features of modality i and j).
+    pub agreement: Vec<RowCosMean>,
+}
+
+impl RedRegStats {
+    /// Declares every statistic of one RedReg step in `plan` (M ≥ 2 modalities; the pooled
+    /// features of a pair must have the same B and D).
+    pub fn declare(plan: &mut StatsPlan, modalities: &[ModalityShapes]) -> Result<Self> {
+        let m = modalities.len();
+        if m < 2 {
+            return Err(crate::error::invalid(
+                "modalities",
+                format!("RedReg needs at least 2 modalities, got {m}"),
+            ));
+        }
+        let mut s = Self {
+            score: Vec::with_capacity(m),
+            feature_diff: Vec::with_capacity(m),
+            input_diff: Vec::with_capacity(m),
+            agreement: Vec::new(),
+        };
+        for (i, sh) in modalities.iter().enumerate() {
+            s.score.push(plan.true_prob_mean(
+                &format!("p[{i}]"),
+                sh.dtype,
+                sh.batch,
+                sh.classes,
+            )?);
+            s.feature_diff.push(plan.sq_diff_mean(
+                &format!("z1-z2[{i}]"),
+                sh.dtype,
+                sh.features,
+            )?);
+            s.input_diff
+                .push(plan.sq_diff_mean(&format!("x1-x2[{i}]"), sh.dtype, sh.inputs)?);
+        }
+        for i in 0..m {
+            for j in i + 1..m {
+                let (a, b) = (modalities[i], modalities[j]);
+                check_count("pooled batch of a modality pair", a.batch, b.batch)?;
+                check_count("pooled dimension of a modality pair", a.pooled, b.pooled)?;
+                if a.dtype != b.dtype {
+                    return Err(crate::error::invalid(
+                        "modalities",
+                        format!(
+                            "pair ({i},{j}): pooled features of {} and {}",
+                            a.dtype, b.dtype
+                        ),
+                    ));
+                }
+                s.agreement.push(plan.row_cos_mean(
+                    &format!("pos_sim[{i},{j}]"),
+                    a.dtype,
+                    a.batch,
+                    a.pooled,
+                )?);
+            }
+        }
+        Ok(s)
+    }
+
+    /// The controller's inputs from one run of the plan.
+    pub fn inputs(&self, r: &StatsResults) -> Result<StepInputs> {
+        let scores = self
+            .score
+            .iter()
+            .map(|&h| r.get(h))
+            .collect::<Result<_>>()?;
+        let redundancy = self
+            .feature_diff
+            .iter()
+            .zip(&self.input_diff)
+            .map(|(&n, &d)| Ok(Redundancy::from_parts(r.get(n)?, r.get(d)?)))
+            .collect::<Result<_>>()?;
+        let agreement = self
+            .agreement
+            .iter()
+            .map(|&h| r.get(h))
+            .collect::<Result<_>>()?;
+        Ok(StepInputs {
+            scores,
+            redundancy,
+            agreement,
+        })
+    }
+}
