@@ -45,7 +45,7 @@ fn plan_results_drive_the_decision() {
             h.agreement[0].bind(&fa[..], &fv[..]),
         ])
         .unwrap();
-    let inputs = h.inputs(&r).unwrap();
+    let inputs = h.inputs(r).unwrap();
     assert!((inputs.scores[0] - 0.5).abs() < 1e-7);
     assert!((inputs.scores[1] - 0.75).abs() < 1e-7);
     assert!((inputs.redundancy[0].value(1e-12).unwrap() - 0.5 / (0.25 + 1e-12)).abs() < 1e-12);
