@@ -327,12 +327,7 @@ fn cpu(c: &mut Criterion) {
 /// GPU group: times with CUDA events against a device-to-device memcpy once the CUDA
 /// backend exists; until then it says why it does not run.
 fn gpu(_c: &mut Criterion) {
-    #[cfg(not(feature = "cuda"))]
-    println!("SKIP gpu: built without the `cuda` feature");
-    #[cfg(feature = "cuda")]
-    println!(
-        "SKIP gpu: src/cuda has no CudaBackend yet at this commit (issue 6 GPU group pending)"
-    );
+    println!("GPU benches: `cargo bench --bench gpu` (benches/gpu.rs)");
 }
 
 criterion_group!(benches, cpu, gpu);

@@ -10,8 +10,9 @@
 #                                 racecheck, initcheck, synccheck) over the projection test
 #                                 binary; logs and summary.txt under $OUT.
 #
-# Bench hook: set REDREG_BUNDLE_BENCHES="bench_name ..." to bundle `cargo bench --no-run`
-# executables as well; `run` executes every gpu-bundle/bench-* with --bench.
+# Benches: REDREG_BUNDLE_BENCHES (default "gpu") names the `cargo bench` targets bundled;
+# `run` executes every gpu-bundle/bench-* (table in $OUT/gpu-bench.md) and then the PyTorch
+# anchor benches/anchors/redreg_torch.py on the same GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE="${1:-run}"
@@ -23,7 +24,7 @@ bundle() {
     if [ -z "${NVCC:-}" ] && [ -f "$venv/redreg-cuda-env.sh" ]; then . "$venv/redreg-cuda-env.sh"; fi
     export NVCC REDREG_REQUIRE_NVCC=1 CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
     rm -rf "$BUNDLE" && mkdir -p "$BUNDLE"
-    local tests="${REDREG_BUNDLE_TESTS:-gpu_project}"
+    local tests="${REDREG_BUNDLE_TESTS:-gpu_project gpu_stats gpu_controller gpu_reliability}"
     local args=()
     for t in $tests; do args+=(--test "$t"); done
     cargo test --features cuda --no-run --message-format=json "${args[@]}" >"$BUNDLE/.cargo.json"
@@ -40,9 +41,10 @@ for line in open(os.path.join(bundle, ".cargo.json")):
         shutil.copy(m["executable"], dst)
         print("bundled", dst)
 PY
-    if [ -n "${REDREG_BUNDLE_BENCHES:-}" ]; then
+    local benches="${REDREG_BUNDLE_BENCHES-gpu}"
+    if [ -n "$benches" ]; then
         local bargs=()
-        for b in $REDREG_BUNDLE_BENCHES; do bargs+=(--bench "$b"); done
+        for b in $benches; do bargs+=(--bench "$b"); done
         cargo bench --features cuda --no-run --message-format=json "${bargs[@]}" >"$BUNDLE/.cargo-bench.json"
         python3 - "$BUNDLE" <<'PY'
 import json, shutil, sys, os
@@ -108,9 +110,23 @@ run() {
     for bnch in "$BUNDLE"/bench-*; do
         [ -x "$bnch" ] || continue
         local n; n=$(basename "$bnch")
-        REDREG_REQUIRE_GPU=1 "$bnch" --bench >"$OUT/$n.log" 2>&1 && echo "RAN $n" | tee -a "$summary" \
+        REDREG_REQUIRE_GPU=1 REDREG_BENCH_OUT="$OUT" timeout "${REDREG_BENCH_TIMEOUT:-240}" "$bnch" --bench \
+            >"$OUT/$n.log" 2>&1 && echo "RAN $n" | tee -a "$summary" \
             || { echo "FAIL $n" | tee -a "$summary"; status=1; }
     done
+    [ -f "$OUT/gpu-bench.md" ] && cat "$OUT/gpu-bench.md" >>"$summary"
+    # The anchor: what users would otherwise run (PyTorch, same GPU, same layout).
+    if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+        if timeout "${REDREG_ANCHOR_TIMEOUT:-120}" python3 benches/anchors/redreg_torch.py --device cuda \
+            >"$OUT/anchor-torch.log" 2>&1; then
+            echo "RAN anchor (PyTorch)" | tee -a "$summary"
+        else
+            echo "FAIL anchor (PyTorch), see anchor-torch.log" | tee -a "$summary"
+        fi
+        tail -n 12 "$OUT/anchor-torch.log" >>"$summary"
+    else
+        echo "SKIP anchor: no PyTorch with CUDA" | tee -a "$summary"
+    fi
     echo "overall: $([ $status = 0 ] && echo PASS || echo FAIL)" | tee -a "$summary"
     return $status
 }

@@ -1,0 +1,402 @@
+//! GPU benches (criterion, `iter_custom` timed with CUDA events — timing-enabled events,
+//! not the host clock): the projection (k = 1, 2, 4, 8; f32, bf16, f16; a working set
+//! ≥ 4 × L2 and the ResNet-18 / ViT-B/16 audio-visual pair layouts), its split form,
+//! orthonormalize, the statistics plan of one ResNet-18 AV step, and the controller's full
+//! CUDA step. Throughput is the minimal bytes each op moves (see `benches/project.rs` for
+//! the per-op formulas) against a device-to-device copy measured in the same run.
+//!
+//! Without a usable GPU it prints `SKIP gpu: <reason>` and exits successfully
+//! (`REDREG_REQUIRE_GPU=1` makes that a failure). `REDREG_BENCH_OUT=<dir>` also writes the
+//! table to `<dir>/gpu-bench.md`.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+
+#[cfg(feature = "cuda")]
+mod imp {
+    use criterion::Criterion;
+    use cudarc::driver::{sys::CUevent_flags, CudaSlice};
+    use redreg::controller::{
+        step_cuda, Config, Controller, CudaEncoder, CudaWorkspace, Redundancy, StepInputs,
+    };
+    use redreg::cuda::{CudaBackend, CudaElement, DeviceOutput};
+    use redreg::stats::{CudaStats, StatsPlan};
+    use redreg::{bf16, f16, layouts, Beta, DType, ProjectOptions, Segments};
+    use std::fmt::Write as _;
+    use std::time::Duration;
+
+    /// One row of the report.
+    struct Row {
+        name: String,
+        ms: f64,
+        bytes: f64,
+    }
+
+    /// Mean milliseconds of one call of `f`, over `iters` calls between two events.
+    fn time_ms(b: &CudaBackend, iters: usize, f: &mut dyn FnMut()) -> f64 {
+        let ctx = b.context();
+        let flags = Some(CUevent_flags::CU_EVENT_DEFAULT); // timing enabled
+        let start = ctx.new_event(flags).expect("event");
+        let end = ctx.new_event(flags).expect("event");
+        start.record(b.stream()).expect("record");
+        for _ in 0..iters {
+            f();
+        }
+        end.record(b.stream()).expect("record");
+        end.synchronize().expect("sync");
+        start.elapsed_ms(&end).expect("elapsed") as f64 / iters as f64
+    }
+
+    /// Warm-up, then the best of 5 timed batches (ms per call).
+    fn best_ms(b: &CudaBackend, f: &mut dyn FnMut()) -> f64 {
+        time_ms(b, 3, f);
+        (0..5)
+            .map(|_| time_ms(b, 10, f))
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    fn rand_dev<T: CudaElement>(b: &CudaBackend, n: usize, seed: u64, scale: f64) -> CudaSlice<T> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let host: Vec<T> = (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                T::from_f64(((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale)
+            })
+            .collect();
+        b.stream().clone_htod(&host).expect("upload")
+    }
+
+    struct Bench<'a> {
+        b: &'a CudaBackend,
+        c: &'a mut Criterion,
+        rows: Vec<Row>,
+    }
+
+    impl Bench<'_> {
+        /// Times `f` (criterion report + one row of ours).
+        fn case(&mut self, name: &str, bytes: f64, f: &mut dyn FnMut()) {
+            let b = self.b;
+            let ms = best_ms(b, f);
+            self.c.bench_function(name, |bch| {
+                bch.iter_custom(|iters| {
+                    Duration::from_secs_f64(time_ms(b, iters as usize, f) * iters as f64 / 1e3)
+                })
+            });
+            self.rows.push(Row {
+                name: name.to_string(),
+                ms,
+                bytes,
+            });
+        }
+    }
+
+    /// `project_out` in place (`grad += beta·(v - P v)`): `(2k + 4)·n·s` bytes.
+    fn project<T: CudaElement>(bn: &mut Bench<'_>, label: &str, segs: &Segments, k: usize) {
+        let b = bn.b;
+        let n = segs.total();
+        let v = rand_dev::<T>(b, n, 1, 1e-3);
+        let basis: Vec<CudaSlice<T>> = (0..k)
+            .map(|i| rand_dev::<T>(b, n, 10 + i as u64, 1e-2))
+            .collect();
+        let mut grad = rand_dev::<T>(b, n, 2, 1e-2);
+        let opts = ProjectOptions::default();
+        let s = std::mem::size_of::<T>() as f64;
+        let name = format!("project_out/{label}/{}/k{k}", T::DTYPE);
+        bn.case(&name, (2 * k + 4) as f64 * n as f64 * s, &mut || {
+            let views: Vec<_> = basis.iter().map(|x| x.slice(..)).collect();
+            b.project_out(
+                segs,
+                &v.slice(..),
+                &views,
+                DeviceOutput::Accumulate(&mut grad.slice_mut(..)),
+                1.0,
+                Beta::Scalar(1.5),
+                &opts,
+            )
+            .expect("project_out");
+        });
+    }
+
+    fn split<T: CudaElement>(bn: &mut Bench<'_>, label: &str, segs: &Segments) {
+        let b = bn.b;
+        let n = segs.total();
+        let v = rand_dev::<T>(b, n, 1, 1e-3);
+        let g = rand_dev::<T>(b, n, 3, 1e-2);
+        let mut grad = rand_dev::<T>(b, n, 2, 1e-2);
+        let s = std::mem::size_of::<T>() as f64;
+        let opts = ProjectOptions::default();
+        // pass 1 + copy of the partials to the host (the all-reduce point): 2·n·s bytes.
+        bn.case(
+            &format!("partials/{label}/{}/k1", T::DTYPE),
+            2.0 * n as f64 * s,
+            &mut || {
+                b.partials(segs, &v.slice(..), &[g.slice(..)])
+                    .expect("partials");
+            },
+        );
+        let p = b
+            .partials(segs, &v.slice(..), &[g.slice(..)])
+            .expect("partials");
+        bn.case(
+            &format!("apply/{label}/{}/k1", T::DTYPE),
+            4.0 * n as f64 * s,
+            &mut || {
+                b.apply(
+                    segs,
+                    &v.slice(..),
+                    &[g.slice(..)],
+                    &p,
+                    DeviceOutput::Accumulate(&mut grad.slice_mut(..)),
+                    1.0,
+                    Beta::Scalar(1.5),
+                    &opts,
+                )
+                .expect("apply");
+            },
+        );
+    }
+
+    fn orth<T: CudaElement>(bn: &mut Bench<'_>, label: &str, segs: &Segments, k: usize) {
+        let b = bn.b;
+        let n = segs.total();
+        let mut basis: Vec<CudaSlice<T>> = (0..k)
+            .map(|i| rand_dev::<T>(b, n, 20 + i as u64, 1.0))
+            .collect();
+        let s = std::mem::size_of::<T>() as f64;
+        // Gram of B, Gram of B·M1 (both read k vectors), one in-place write pass: 4k·n·s.
+        bn.case(
+            &format!("orthonormalize/{label}/{}/k{k}", T::DTYPE),
+            4.0 * k as f64 * n as f64 * s,
+            &mut || {
+                let mut views: Vec<_> = basis.iter_mut().map(|x| x.slice_mut(..)).collect();
+                b.orthonormalize(segs, &mut views, 1e-7)
+                    .expect("orthonormalize");
+            },
+        );
+    }
+
+    /// The statistics plan of one ResNet-18 AV step (batch 64): features of two noisy
+    /// copies, noisy inputs, unimodal logits, pooled features, both encoders' gradients
+    /// (sums with the Fisher accumulator). Bytes: every input once, the accumulator twice.
+    fn stats(bn: &mut Bench<'_>) {
+        let b = bn.b;
+        let (audio, visual) = layouts::resnet18_av_pair();
+        let (sa, sv) = (
+            Segments::from_shapes(&audio).unwrap(),
+            Segments::from_shapes(&visual).unwrap(),
+        );
+        let bsz = 64;
+        let classes = 31;
+        let (za, zv) = (bsz * 512 * 9 * 6, bsz * 512 * 7 * 7);
+        let (xa, xv) = (bsz * 257 * 188, bsz * 3 * 224 * 224);
+        let mut plan = StatsPlan::new();
+        let h_za = plan.sq_diff_mean("z_a", DType::F32, za).unwrap();
+        let h_zv = plan.sq_diff_mean("z_v", DType::F32, zv).unwrap();
+        let h_xa = plan.sq_diff_mean("x_a", DType::F32, xa).unwrap();
+        let h_xv = plan.sq_diff_mean("x_v", DType::F32, xv).unwrap();
+        let h_pa = plan
+            .true_prob_mean("p_a", DType::F32, bsz, classes)
+            .unwrap();
+        let h_pv = plan
+            .true_prob_mean("p_v", DType::F32, bsz, classes)
+            .unwrap();
+        let h_sim = plan.row_cos_mean("pos_sim", DType::F32, bsz, 512).unwrap();
+        let h_ga = plan.seg_sums("grad_a", DType::F32, &sa, true).unwrap();
+        let h_gv = plan.seg_sums("grad_v", DType::F32, &sv, true).unwrap();
+        let mut exec = CudaStats::new(b, &plan).expect("stats plan");
+        let d = |n, seed| rand_dev::<f32>(b, n, seed, 1.0);
+        let (za1, za2, zv1, zv2) = (d(za, 1), d(za, 2), d(zv, 3), d(zv, 4));
+        let (xa1, xa2, xv1, xv2) = (d(xa, 5), d(xa, 6), d(xv, 7), d(xv, 8));
+        let (la, lv, fa, fv) = (
+            d(bsz * classes, 9),
+            d(bsz * classes, 10),
+            d(bsz * 512, 11),
+            d(bsz * 512, 12),
+        );
+        let labels: CudaSlice<i64> = b
+            .stream()
+            .clone_htod(
+                &(0..bsz as i64)
+                    .map(|i| i % classes as i64)
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+        let (ga, gv) = (d(sa.total(), 13), d(sv.total(), 14));
+        let mut acc_a = b.stream().alloc_zeros::<f32>(sa.total()).unwrap();
+        let mut acc_v = b.stream().alloc_zeros::<f32>(sv.total()).unwrap();
+        let elems = 2 * (za + zv + xa + xv)
+            + 2 * bsz * classes
+            + 2 * bsz * 512
+            + 3 * (sa.total() + sv.total());
+        bn.case(
+            "stats_plan/resnet18_av_step/f32",
+            4.0 * elems as f64 + 8.0 * bsz as f64,
+            &mut || {
+                exec.run(&mut [
+                    h_za.bind_device(&za1, &za2),
+                    h_zv.bind_device(&zv1, &zv2),
+                    h_xa.bind_device(&xa1, &xa2),
+                    h_xv.bind_device(&xv1, &xv2),
+                    h_pa.bind_device(&la, labels.slice(..)),
+                    h_pv.bind_device(&lv, labels.slice(..)),
+                    h_sim.bind_device(&fa, &fv),
+                    h_ga.bind_device_acc(&ga, acc_a.slice_mut(..)),
+                    h_gv.bind_device_acc(&gv, acc_v.slice_mut(..)),
+                ])
+                .expect("stats run");
+            },
+        );
+    }
+
+    /// The controller's full CUDA step on the ResNet-18 AV pair (decision on the host from
+    /// given statistics, drift, gradient copy, projection into the visual gradient).
+    /// Bytes: drift (3n), copy (2n), project_out k = 1 (6n) of the visual encoder.
+    fn full_step(bn: &mut Bench<'_>) {
+        let b = bn.b;
+        let (audio, visual) = layouts::resnet18_av_pair();
+        let segs = [
+            Segments::from_shapes(&audio).unwrap(),
+            Segments::from_shapes(&visual).unwrap(),
+        ];
+        let bufs: Vec<_> = segs
+            .iter()
+            .enumerate()
+            .map(|(m, s)| {
+                (
+                    rand_dev::<f32>(b, s.total(), 1 + m as u64, 1.0),
+                    rand_dev::<f32>(b, s.total(), 3 + m as u64, 1.0),
+                    rand_dev::<f32>(b, s.total(), 5 + m as u64, 1e-2),
+                )
+            })
+            .collect();
+        let mut grads: Vec<CudaSlice<f32>> = bufs.iter().map(|x| x.2.clone()).collect();
+        let mut ctl = Controller::new(Config::new(10), 2).unwrap();
+        ctl.begin_epoch(0).unwrap();
+        let inputs = StepInputs::pair(
+            0.3,
+            0.7,
+            Redundancy::ratio(0.5),
+            Redundancy::ratio(0.5),
+            0.9,
+        );
+        let mut ws = CudaWorkspace::new();
+        let n = segs[1].total() as f64;
+        bn.case(
+            "controller_step/resnet18_av/f32",
+            11.0 * n * 4.0,
+            &mut || {
+                let (a, v) = grads.split_at_mut(1);
+                let mut encs = [
+                    CudaEncoder {
+                        segs: &segs[0],
+                        theta: bufs[0].0.slice(..),
+                        theta0: bufs[0].1.slice(..),
+                        grad: a[0].slice_mut(..),
+                        extra: &[],
+                    },
+                    CudaEncoder {
+                        segs: &segs[1],
+                        theta: bufs[1].0.slice(..),
+                        theta0: bufs[1].1.slice(..),
+                        grad: v[0].slice_mut(..),
+                        extra: &[],
+                    },
+                ];
+                let d = ctl.observe(&inputs).expect("observe");
+                step_cuda(b, &d, &mut encs, &mut ws, &ProjectOptions::default()).expect("step");
+            },
+        );
+    }
+
+    fn copy_gbs(b: &CudaBackend) -> f64 {
+        let n = 256 << 20; // 1 GiB of f32
+        let src = b.stream().alloc_zeros::<f32>(n).unwrap();
+        let mut dst = b.stream().alloc_zeros::<f32>(n).unwrap();
+        let ms = best_ms(b, &mut || {
+            b.stream().memcpy_dtod(&src, &mut dst).expect("copy")
+        });
+        2.0 * 4.0 * n as f64 / (ms / 1e3) / 1e9
+    }
+
+    pub fn run(c: &mut Criterion) {
+        let backend = match redreg::cuda::cuda_available()
+            .and_then(|_| CudaBackend::new(0).map_err(|e| e.to_string()))
+        {
+            Ok(b) => b,
+            Err(reason) => {
+                if std::env::var("REDREG_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                    panic!("REDREG_REQUIRE_GPU=1 but no GPU: {reason}");
+                }
+                println!("SKIP gpu: {reason}");
+                return;
+            }
+        };
+        let b = &backend;
+        let copy = copy_gbs(b);
+        let mut bn = Bench {
+            b,
+            c,
+            rows: Vec::new(),
+        };
+        // 64M elements: f32 k = 1 moves 3 × 256 MB buffers, ≥ 4 × the 50–60 MB L2.
+        let big = Segments::from_lengths(&[64 << 20]).unwrap();
+        let l2 = Segments::from_lengths(&[1 << 20]).unwrap();
+        let (ra, rv) = layouts::resnet18_av_pair();
+        let resnet = Segments::from_shapes(&ra.into_iter().chain(rv).collect::<Vec<_>>()).unwrap();
+        let (va, vv) = layouts::vit_b16_av_pair();
+        let vit = Segments::from_shapes(&va.into_iter().chain(vv).collect::<Vec<_>>()).unwrap();
+        for k in [1, 2, 4, 8] {
+            project::<f32>(&mut bn, "64M", &big, k);
+        }
+        project::<bf16>(&mut bn, "64M", &big, 1);
+        project::<f16>(&mut bn, "64M", &big, 1);
+        project::<f32>(&mut bn, "1M_in_L2", &l2, 1);
+        project::<f32>(&mut bn, "resnet18_av", &resnet, 1);
+        project::<bf16>(&mut bn, "resnet18_av", &resnet, 1);
+        project::<f32>(&mut bn, "vit_b16_av", &vit, 1);
+        split::<f32>(&mut bn, "64M", &big);
+        orth::<f32>(&mut bn, "64M", &big, 4);
+        stats(&mut bn);
+        full_step(&mut bn);
+
+        let mut md = format!(
+            "device-to-device copy (same run): {copy:.0} GB/s\n\n| op | ms | GB/s | ratio to copy |\n|---|---|---|---|\n"
+        );
+        for r in &bn.rows {
+            let gbs = r.bytes / (r.ms / 1e3) / 1e9;
+            let _ = writeln!(
+                md,
+                "| {} | {:.4} | {:.0} | {:.2} |",
+                r.name,
+                r.ms,
+                gbs,
+                gbs / copy
+            );
+        }
+        println!("\n{md}");
+        if let Ok(dir) = std::env::var("REDREG_BENCH_OUT") {
+            let _ = std::fs::write(std::path::Path::new(&dir).join("gpu-bench.md"), &md);
+        }
+    }
+}
+
+fn gpu(c: &mut Criterion) {
+    #[cfg(feature = "cuda")]
+    imp::run(c);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = c;
+        println!("SKIP gpu: built without the `cuda` feature");
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(std::time::Duration::from_millis(200))
+        .measurement_time(std::time::Duration::from_millis(600));
+    targets = gpu
+}
+criterion_main!(benches);
