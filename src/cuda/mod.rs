@@ -21,6 +21,8 @@
 mod foreign;
 mod project;
 
+/// The cudarc this crate is built against (0.19.10), so users name the same types.
+pub use cudarc;
 pub use foreign::ForeignSlice;
 pub use project::DeviceOutput;
 
