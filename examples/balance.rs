@@ -2,14 +2,16 @@
 //! two-modality dataset generated in code.
 //!
 //! ```text
-//! cargo run --release --features candle --example balance [-- --epochs 12 --seed 7 --k 1 --out out/balance.svg]
+//! cargo run --release --features candle --example balance [-- --epochs 16 --seed 7 --seeds 3 --lr 0.02 --k 1 --out out/balance.svg]
 //! ```
 //!
-//! Data (8 classes, label `y`): modality A is an 8-dim, low-noise code of `y / 2` only
-//! (half of the class information: it tells the class pair, never which class of the
-//! pair), fast to learn; modality B is a 64-dim, noisy sum of a class-pair code
-//! (redundant with A) and a within-pair code (only B has it), slower to learn.
-//! Model: two MLP encoders (A: 8→32→32, B: 64→64→32), a fused linear head on the
+//! Data (8 classes, label `y`): modality A is a 16-dim, low-noise code of `y` in 92 % of
+//! the samples and pure noise in the other 8 % (a strong, fast shortcut for most of the
+//! label information); modality B is a 64-dim code of `y` with a random sign per sample,
+//! amplitude 0.35 in unit-variance noise: its class-conditional mean is zero, so nothing
+//! linear in the raw input reads it, the encoder has to learn it (slow, needs capacity), and
+//! it is the only source for the samples where A is noise.
+//! Model: two MLP encoders (A: 16→32→32, B: 64→128→32), a fused linear head on the
 //! concatenated features and one linear head per modality; loss `L_mm + L_a + L_b`
 //! (by default the unimodal heads are linear probes on detached features, so the B-only
 //! accuracy measures what B's encoder learned from the joint objective; `--script-loss`
@@ -20,8 +22,10 @@
 //! cosine agreement of the pooled features) → `Controller::observe` → projection of the
 //! dominant encoder's drift into its gradients (`redreg::candle`, `CpuBackend`) → step.
 //!
-//! Three runs with the same seed and data order: baseline (no RedReg), RedReg, and B
-//! alone (only `L_b`: what modality B reaches without A, the reference for the imbalance).
+//! Three runs per seed with the same data, initialisation and data order: baseline (no
+//! RedReg), RedReg, and B alone (only `L_b`: what modality B reaches without A, the
+//! reference for the imbalance). `--seeds N` repeats this for seeds `seed..seed+N` and
+//! prints the mean ± sample std of the final-epoch accuracies.
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var, D};
@@ -33,16 +37,21 @@ use std::time::Instant;
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 const CLASSES: usize = 8;
-const DIM_A: usize = 8;
+const DIM_A: usize = 16;
 const DIM_B: usize = 64;
+const HID_A: usize = 32;
+const HID_B: usize = 128;
 const FEAT: usize = 32;
 const N_TRAIN: usize = 6144;
 const N_TEST: usize = 2048;
-const BATCH: usize = 96;
-const LR: f64 = 0.03;
+const BATCH: usize = 64;
 const MOMENTUM: f64 = 0.9;
 const WEIGHT_DECAY: f64 = 1e-4;
 const NOISE_SIGMA: f32 = 0.03;
+/// Fraction of samples whose A carries the class code (the rest: A is pure noise).
+const P_A: f64 = 0.92;
+/// Amplitude of B's class code (times a random sign per sample) in unit-variance noise.
+const AMP_B: f32 = 0.35;
 
 // ---------------------------------------------------------------- deterministic RNG
 struct Rng(u64);
@@ -77,12 +86,8 @@ struct Data {
 
 fn make_data(seed: u64) -> (Data, Data) {
     let mut rng = Rng(seed ^ 0xDA7A);
-    // A: prototypes of the 4 class pairs, well separated; B: prototypes of the 8 classes.
-    let proto_a: Vec<f32> = rng.normals((CLASSES / 2) * DIM_A, 1.0);
-    // B: the sum of a class-pair code (the information A also has: redundant) and a
-    // within-pair code (the information only B has), both faint in strong noise.
-    let pair_b: Vec<f32> = rng.normals((CLASSES / 2) * DIM_B, 1.0);
-    let bit_b: Vec<f32> = rng.normals(2 * DIM_B, 1.0);
+    let proto_a: Vec<f32> = rng.normals(CLASSES * DIM_A, 1.0);
+    let proto_b: Vec<f32> = rng.normals(CLASSES * DIM_B, 1.0);
     let mut gen = |n: usize| {
         let mut d = Data {
             xa: Vec::with_capacity(n * DIM_A),
@@ -91,13 +96,24 @@ fn make_data(seed: u64) -> (Data, Data) {
         };
         for _ in 0..n {
             let y = (rng.next_u64() % CLASSES as u64) as usize;
-            let g = y / 2;
+            let a_has = rng.uniform() < P_A;
             for j in 0..DIM_A {
-                d.xa.push(1.5 * proto_a[g * DIM_A + j] + 0.5 * rng.normal());
+                let c = if a_has {
+                    1.5 * proto_a[y * DIM_A + j]
+                } else {
+                    0.0
+                };
+                d.xa.push(c + 0.5 * rng.normal());
             }
+            // Random sign: the class-conditional mean of B is zero, so no linear read-out of
+            // the raw input works; the encoder has to learn |proto_y · x|-like features.
+            let amp = if rng.next_u64() & 1 == 0 {
+                AMP_B
+            } else {
+                -AMP_B
+            };
             for j in 0..DIM_B {
-                let c = 0.3 * pair_b[g * DIM_B + j] + 0.3 * bit_b[(y % 2) * DIM_B + j];
-                d.xb.push(c + rng.normal());
+                d.xb.push(amp * proto_b[y * DIM_B + j] + rng.normal());
             }
             d.y.push(y as u32);
         }
@@ -170,8 +186,8 @@ impl Model {
         let mut rng = Rng(seed ^ 0x5EED);
         Ok(Self {
             enc: [
-                Encoder::new(&mut rng, DIM_A, 32)?,
-                Encoder::new(&mut rng, DIM_B, 64)?,
+                Encoder::new(&mut rng, DIM_A, HID_A)?,
+                Encoder::new(&mut rng, DIM_B, HID_B)?,
             ],
             head: Linear::new(&mut rng, 2 * FEAT, CLASSES)?,
             uni: [
@@ -247,6 +263,8 @@ struct RunLog {
 struct Args {
     epochs: usize,
     seed: u64,
+    seeds: usize,
+    lr: f64,
     k: usize,
     out: String,
     script_loss: bool,
@@ -313,7 +331,7 @@ fn evaluate(m: &Model, test: &Data) -> Res<(f64, [f64; 2])> {
     ))
 }
 
-fn sgd_step(vars: &[Var], grads: &GradStore, mom: &mut [Option<Tensor>]) -> Res<()> {
+fn sgd_step(vars: &[Var], grads: &GradStore, mom: &mut [Option<Tensor>], lr: f64) -> Res<()> {
     for (v, buf) in vars.iter().zip(mom.iter_mut()) {
         let Some(g) = grads.get(v.as_tensor()) else {
             continue;
@@ -323,14 +341,14 @@ fn sgd_step(vars: &[Var], grads: &GradStore, mom: &mut [Option<Tensor>]) -> Res<
             Some(b) => ((b * MOMENTUM)? + g)?,
             None => g,
         };
-        v.set(&(v.as_tensor() - (&b * LR)?)?)?;
+        v.set(&(v.as_tensor() - (&b * lr)?)?)?;
         *buf = Some(b);
     }
     Ok(())
 }
 
-fn train(mode: Mode, args: &Args, train_d: &Data, test_d: &Data) -> Res<RunLog> {
-    let model = Model::new(args.seed)?;
+fn train(mode: Mode, args: &Args, seed: u64, train_d: &Data, test_d: &Data) -> Res<RunLog> {
+    let model = Model::new(seed)?;
     let vars = model.all_vars();
     let enc_vars = [model.enc[0].vars(), model.enc[1].vars()];
     let mut mom: Vec<Option<Tensor>> = vec![None; vars.len()];
@@ -339,8 +357,8 @@ fn train(mode: Mode, args: &Args, train_d: &Data, test_d: &Data) -> Res<RunLog> 
     let mut ctl = Controller::new(cfg.clone(), 2)?;
     let backend = CpuBackend::new();
     // Same data order and dropout draws in every run; RedReg's noise has its own stream.
-    let mut order_rng = Rng(args.seed ^ 0x0D0E);
-    let mut noise_rng = Rng(args.seed ^ 0x4015E);
+    let mut order_rng = Rng(seed ^ 0x0D0E);
+    let mut noise_rng = Rng(seed ^ 0x4015E);
     let mut history: [Vec<Vec<Tensor>>; 2] = [Vec::new(), Vec::new()];
     let steps_per_epoch = N_TRAIN / BATCH;
     let (mut overhead, mut total, mut nsteps) = (0.0f64, 0.0f64, 0usize);
@@ -421,7 +439,7 @@ fn train(mode: Mode, args: &Args, train_d: &Data, test_d: &Data) -> Res<RunLog> 
                 el.gate_open += d.gate;
                 overhead += t1.elapsed().as_secs_f64();
             }
-            sgd_step(&vars, &grads, &mut mom)?;
+            sgd_step(&vars, &grads, &mut mom, args.lr)?;
             total += t0.elapsed().as_secs_f64();
             nsteps += 1;
             el.steps += 1;
@@ -568,8 +586,10 @@ fn write_svg(path: &str, runs: &[(&str, &RunLog)]) -> Res<()> {
 
 fn parse_args() -> Res<Args> {
     let mut a = Args {
-        epochs: 12,
+        epochs: 16,
         seed: 7,
+        seeds: 3,
+        lr: 0.02,
         k: 1,
         out: "out/balance.svg".into(),
         script_loss: false,
@@ -580,31 +600,53 @@ fn parse_args() -> Res<Args> {
         match flag.as_str() {
             "--epochs" => a.epochs = val()?.parse()?,
             "--seed" => a.seed = val()?.parse()?,
+            "--seeds" => a.seeds = val()?.parse()?,
+            "--lr" => a.lr = val()?.parse()?,
             "--k" => a.k = val()?.parse()?,
             "--out" => a.out = val()?,
             "--script-loss" => a.script_loss = true,
             "-h" | "--help" => {
-                println!("balance [--epochs N (12)] [--seed S (7)] [--k K (1)] [--out PATH (out/balance.svg)] [--script-loss]");
+                println!(
+                    "balance [--epochs N (16)] [--seed S (7)] [--seeds N (3)] [--lr LR (0.02)] [--k K (1)] \
+                     [--out PATH (out/balance.svg)] [--script-loss]"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown flag {other} (see --help)").into()),
         }
     }
-    if a.epochs == 0 || a.k == 0 || a.k > 8 {
-        return Err("need --epochs >= 1 and 1 <= --k <= 8".into());
+    if a.epochs == 0 || a.seeds == 0 || a.k == 0 || a.k > 8 || a.lr.is_nan() || a.lr <= 0.0 {
+        return Err("need --epochs >= 1, --seeds >= 1, --lr > 0 and 1 <= --k <= 8".into());
     }
     Ok(a)
+}
+
+/// Mean and sample standard deviation.
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
 }
 
 fn main() -> Res<()> {
     let args = parse_args()?;
     let start = Instant::now();
-    let (train_d, test_d) = make_data(args.seed);
     println!(
-        "balance: {} train / {} test samples, {CLASSES} classes; A = {DIM_A}-dim code of the class pair, \
-         B = {DIM_B}-dim noisy code of the class; {} epochs, seed {}, k = {}, batch {BATCH}, \
-         SGD lr {LR} momentum {MOMENTUM}",
-        N_TRAIN, N_TEST, args.epochs, args.seed, args.k
+        "balance: {N_TRAIN} train / {N_TEST} test samples, {CLASSES} classes; A = {DIM_A}-dim low-noise code of \
+         the class, present in {:.0}% of samples (pure noise otherwise); B = {DIM_B}-dim noisy code of the class \
+         with a random sign (not linearly separable); {} epochs, seeds {}..{}, k = {}, batch {BATCH}, \
+         SGD lr {} momentum {MOMENTUM}",
+        100.0 * P_A,
+        args.epochs,
+        args.seed,
+        args.seed + args.seeds as u64 - 1,
+        args.k,
+        args.lr
     );
     println!(
         "unimodal heads: {}",
@@ -614,44 +656,77 @@ fn main() -> Res<()> {
             "linear probes on detached features (L_a + L_b train the heads only; the encoders learn from L_mm)"
         }
     );
-    let base = train(Mode::Baseline, &args, &train_d, &test_d)?;
-    let rr = train(Mode::RedReg, &args, &train_d, &test_d)?;
-    let alone = train(Mode::BAlone, &args, &train_d, &test_d)?;
-    print_table("baseline (joint training, no RedReg)", &base, false);
-    print_table("RedReg", &rr, true);
-    println!("\nB alone (only L_b): B-only acc per epoch:");
-    let b: Vec<String> = alone
-        .epochs
-        .iter()
-        .map(|l| format!("{:.3}", l.acc[1]))
-        .collect();
-    println!("  {}", b.join(" "));
     let last = |r: &RunLog| r.epochs.last().cloned().unwrap_or_default();
-    let best_b = |r: &RunLog| r.epochs.iter().map(|l| l.acc[1]).fold(0.0, f64::max);
+    // finals[run][metric][seed]: run 0 baseline, 1 RedReg, 2 B alone; metric fused, A, B.
+    let mut finals = vec![vec![Vec::new(); 3]; 3];
+    let (mut step_base, mut step_rr, mut over_rr) = (0.0, 0.0, 0.0);
+    for si in 0..args.seeds {
+        let seed = args.seed + si as u64;
+        let (train_d, test_d) = make_data(seed);
+        let base = train(Mode::Baseline, &args, seed, &train_d, &test_d)?;
+        let rr = train(Mode::RedReg, &args, seed, &train_d, &test_d)?;
+        let alone = train(Mode::BAlone, &args, seed, &train_d, &test_d)?;
+        for (ri, r) in [&base, &rr, &alone].iter().enumerate() {
+            let l = last(r);
+            finals[ri][0].push(l.fused);
+            finals[ri][1].push(l.acc[0]);
+            finals[ri][2].push(l.acc[1]);
+        }
+        step_base += base.step_ms / args.seeds as f64;
+        step_rr += rr.step_ms / args.seeds as f64;
+        over_rr += rr.overhead_ms / args.seeds as f64;
+        if si == 0 {
+            print_table(
+                &format!("seed {seed}: baseline (joint training, no RedReg)"),
+                &base,
+                false,
+            );
+            print_table(&format!("seed {seed}: RedReg"), &rr, true);
+            println!("\nseed {seed}: B alone (only L_b): B-only acc per epoch:");
+            let b: Vec<String> = alone
+                .epochs
+                .iter()
+                .map(|l| format!("{:.3}", l.acc[1]))
+                .collect();
+            println!("  {}", b.join(" "));
+            write_svg(
+                &args.out,
+                &[("baseline", &base), ("RedReg", &rr), ("B alone", &alone)],
+            )?;
+        }
+        println!(
+            "seed {seed} final: baseline fused {:.3} A {:.3} B {:.3} | RedReg fused {:.3} A {:.3} B {:.3} | B alone {:.3}",
+            finals[0][0][si],
+            finals[0][1][si],
+            finals[0][2][si],
+            finals[1][0][si],
+            finals[1][1][si],
+            finals[1][2][si],
+            finals[2][2][si]
+        );
+    }
+    let ms = |v: &[f64]| {
+        let (m, s) = mean_std(v);
+        format!("{m:.3} ± {s:.3}")
+    };
     println!(
-        "\nfinal: baseline fused {:.3} A {:.3} B {:.3} | RedReg fused {:.3} A {:.3} B {:.3} | B alone {:.3} (best B: baseline {:.3}, RedReg {:.3}, alone {:.3})",
-        last(&base).fused,
-        last(&base).acc[0],
-        last(&base).acc[1],
-        last(&rr).fused,
-        last(&rr).acc[0],
-        last(&rr).acc[1],
-        last(&alone).acc[1],
-        best_b(&base),
-        best_b(&rr),
-        best_b(&alone)
+        "\nsummary over {} seed(s), final epoch, mean ± std: baseline fused {} A {} B {} | RedReg fused {} A {} B {} | B alone {}",
+        args.seeds,
+        ms(&finals[0][0]),
+        ms(&finals[0][1]),
+        ms(&finals[0][2]),
+        ms(&finals[1][0]),
+        ms(&finals[1][1]),
+        ms(&finals[1][2]),
+        ms(&finals[2][2])
     );
     println!(
-        "time per training step: baseline {:.2} ms, RedReg {:.2} ms, of which RedReg overhead {:.2} ms \
-         (statistics: 4 extra encoder forwards + controller + projection)",
-        base.step_ms, rr.step_ms, rr.overhead_ms
+        "time per training step: baseline {step_base:.2} ms, RedReg {step_rr:.2} ms, of which RedReg overhead {over_rr:.2} ms \
+         (statistics: 4 extra encoder forwards + controller + projection)"
     );
-    write_svg(
-        &args.out,
-        &[("baseline", &base), ("RedReg", &rr), ("B alone", &alone)],
-    )?;
     println!(
-        "plot: {}  (total {:.1} s)",
+        "plot (seed {}): {}  (total {:.1} s)",
+        args.seed,
         args.out,
         start.elapsed().as_secs_f64()
     );
