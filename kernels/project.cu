@@ -264,6 +264,12 @@ __device__ __forceinline__ rr_u32 rr_solve_segment(const double* p, double tol, 
 #pragma unroll
     for (int j = 0; j < K; ++j) rank += kept[j] ? 1u : 0u;
 
+    // k = 1: the script's closed form (d.g) / (g.g + ridge), one division (src/solve.rs).
+    if (K == 1) {
+        coef[0] = kept[0] ? p[NT] / (p[0] + ridge) : 0.0;
+        return rank;
+    }
+
     if (ridge != 0.0) {
 #pragma unroll
         for (int j = 0; j < K; ++j) {

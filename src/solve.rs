@@ -91,6 +91,17 @@ pub fn solve_segment(k: usize, partial: &[f64], tol: f64, ridge: f64, coef: &mut
     let (mut l, kept) = factor(k, partial, tol);
     let rank = kept[..k].iter().filter(|&&x| x).count() as u32;
 
+    // k = 1 is the script's closed form, computed exactly as the script does:
+    // `(d·g) / (g·g + 1e-12)`, one division (the Cholesky route would round twice).
+    if k == 1 {
+        coef[0] = if kept[0] {
+            partial[rhs_index(1, 0)] / (partial[tri_index(1, 0, 0)] + ridge)
+        } else {
+            0.0
+        };
+        return rank;
+    }
+
     // 2. With a ridge, refactor G_K + ridge·I on the kept set (positive definite there).
     if ridge != 0.0 {
         l = [[0.0; MAX_K]; MAX_K];
@@ -245,7 +256,7 @@ mod tests {
         let p = packed(1, &[&[4.0]], &[3.0]);
         let mut w = [0.0];
         assert_eq!(solve_segment(1, &p, 1e-7, 1e-12, &mut w), 1);
-        assert_eq!(w[0], 3.0 / (4.0 + 1e-12));
+        assert_eq!(w[0], 3.0 / (4.0 + 1e-12)); // exactly the script's one division
         let p = packed(1, &[&[0.0]], &[0.0]);
         assert_eq!(solve_segment(1, &p, 1e-7, 1e-12, &mut w), 0);
         assert_eq!(w[0], 0.0);
