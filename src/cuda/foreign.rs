@@ -114,9 +114,8 @@ impl CudaBackend {
     /// means the legacy default stream.
     pub unsafe fn from_raw_stream(ordinal: usize, stream: *mut std::ffi::c_void) -> Result<Self> {
         cuda_available().map_err(Error::CudaUnavailable)?;
-        let ctx = CudaContext::new(ordinal).map_err(|e| {
-            Error::CudaUnavailable(format!("cannot open device {ordinal}: {e}"))
-        })?;
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| Error::CudaUnavailable(format!("cannot open device {ordinal}: {e}")))?;
         // SAFETY: the stream's validity and lifetime are the caller's contract; cudarc does
         // not destroy a borrowed stream.
         let s = unsafe { ctx.wrap_borrowed_stream(stream as sys::CUstream) };
