@@ -83,6 +83,57 @@ impl Element for f32 {
     }
 }
 
+/// f64 → f32 rounded to odd: the f32 toward zero with its last bit set when inexact. A
+/// second rounding of that to a format with ≥ 2 fewer significand bits (f16: 11, bf16: 8)
+/// is the correctly rounded f64 result (the same trick as the CUDA kernels).
+#[inline(always)]
+pub(crate) fn f64_to_f32_odd(x: f64) -> f32 {
+    // Branch-free (selects only), so that loops over it vectorise.
+    let f = x as f32;
+    let back = f as f64;
+    let inexact = (back != x) & !x.is_nan();
+    let toward_zero = (back.abs() > x.abs()) & inexact;
+    f32::from_bits((f.to_bits() - toward_zero as u32) | inexact as u32)
+}
+
+/// f32 → bf16 bits, round to nearest even (NaN stays a quiet NaN, overflow gives ±Inf).
+#[inline(always)]
+pub(crate) fn f32_to_bf16_bits(f: f32) -> u16 {
+    let u = f.to_bits();
+    let rounded = (u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16;
+    let quiet_nan = ((u >> 16) | 0x0040) as u16;
+    if (u & 0x7fff_ffff) > 0x7f80_0000 {
+        quiet_nan
+    } else {
+        rounded
+    }
+}
+
+/// f32 → f16 bits, round to nearest even (NaN → quiet NaN, ≥ 65520 → ±Inf, subnormals
+/// rounded exactly). Every candidate is computed, then one is selected (vectorisable).
+#[inline(always)]
+pub(crate) fn f32_to_f16_bits(f: f32) -> u16 {
+    let x = f.to_bits();
+    let sign = (x >> 16) & 0x8000;
+    let ax = x & 0x7fff_ffff;
+    // Below 2^-14: the subnormal mantissa is |f|·2^24 rounded to nearest even (adding and
+    // removing 2^23 rounds an f32 below 2^23 to an integer, ties to even).
+    let v = f32::from_bits(ax.min(0x3880_0000)) * 16_777_216.0;
+    let sub = ((v + 8_388_608.0) - 8_388_608.0) as u32;
+    let m = ax.wrapping_sub(112 << 23);
+    let normal = m.wrapping_add(0x0fff + ((m >> 13) & 1)) >> 13;
+    let mag = if ax > 0x7f80_0000 {
+        0x7e00
+    } else if ax >= 0x477f_f000 {
+        0x7c00
+    } else if ax < 0x3880_0000 {
+        sub
+    } else {
+        normal
+    };
+    (sign | mag) as u16
+}
+
 impl Element for f16 {
     const DTYPE: DType = DType::F16;
     #[inline(always)]
@@ -95,8 +146,9 @@ impl Element for f16 {
     }
     #[inline(always)]
     fn from_f64(x: f64) -> Self {
-        // `half` rounds f64 -> f16 directly (one rounding), not through f32.
-        f16::from_f64(x)
+        // One rounding (round to odd through f32, then to nearest even); branch-light so
+        // the CPU loops vectorise. Bitwise equal to `half`'s direct f64 -> f16.
+        f16::from_bits(f32_to_f16_bits(f64_to_f32_odd(x)))
     }
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
@@ -116,7 +168,9 @@ impl Element for bf16 {
     }
     #[inline(always)]
     fn from_f64(x: f64) -> Self {
-        bf16::from_f64(x)
+        // One rounding. (`half`'s bf16::from_f64 rounds twice, f64 -> f32 -> bf16, and is
+        // off by one ulp when the f32 rounding lands on a bf16 tie.)
+        bf16::from_bits(f32_to_bf16_bits(f64_to_f32_odd(x)))
     }
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
@@ -163,6 +217,93 @@ pub fn to_f64_vec<T: Element>(xs: &[T]) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Correct rounding of a finite f64 in the normal range of bf16 (= f32's exponent range)
+    /// to bf16, straight on the f64 bits: round to nearest even at bit 45.
+    fn bf16_oracle(x: f64) -> u16 {
+        let b = x.to_bits();
+        let r = (b + (1u64 << 44) - 1 + ((b >> 45) & 1)) >> 45 << 45;
+        bf16::from_f64(f64::from_bits(r)).to_bits() // exact: r is a bf16 value (or Inf)
+    }
+
+    /// Correct rounding to f16 by brute force: the nearest of the f16 values around
+    /// `half`'s answer (which can be one ulp off near the subnormal boundary), ties to even.
+    fn f16_oracle(x: f64) -> u16 {
+        let sign = if x.is_sign_negative() { 0x8000 } else { 0 };
+        let ax = x.abs();
+        if ax >= 65520.0 {
+            return sign | 0x7c00;
+        }
+        let g = f16::from_f64(ax).to_bits().min(0x7bff);
+        let mut best = (f64::INFINITY, 0u16);
+        for c in g.saturating_sub(1)..=(g + 1).min(0x7bff) {
+            let d = (f16::from_bits(c).to_f64() - ax).abs();
+            if d < best.0 || (d == best.0 && c % 2 == 0) {
+                best = (d, c);
+            }
+        }
+        sign | best.1
+    }
+
+    fn check(x: f64) {
+        let a = <f16 as Element>::from_f64(x);
+        if x.is_nan() {
+            assert!(a.is_nan());
+        } else {
+            assert_eq!(a.to_bits(), f16_oracle(x), "f16 {x:e}");
+        }
+        let a = <bf16 as Element>::from_f64(x);
+        if x.is_nan() {
+            assert!(a.is_nan());
+        } else if x.abs() >= 1.1754943508222875e-38 && x.abs() < 3.3e38 {
+            assert_eq!(a.to_bits(), bf16_oracle(x), "bf16 {x:e}");
+        }
+    }
+
+    /// Edge cases (ties, subnormals, overflow thresholds, NaN, Inf), every f16 / bf16 value,
+    /// its next f64 up and the midpoints (ties) between neighbours.
+    #[test]
+    fn one_rounding_from_f64() {
+        for x in [
+            0.0,
+            1.0,
+            65504.0,
+            65519.99,
+            65520.0,
+            65536.0,
+            1e300,
+            5.960464477539063e-8,
+            2.98e-8,
+            2.9802322387695312e-8,
+            6.1035156e-5,
+            1e-45,
+            1e-320,
+            f64::INFINITY,
+            f64::NAN,
+            3.3895313892515355e38,
+            1.0 + 1.0 / 512.0,
+            1.0 + 1.0 / 256.0 + 1.0 / 512.0,
+            1.5318393707275394e-5,
+        ] {
+            check(x);
+            check(-x);
+        }
+        for h in 0..u16::MAX {
+            for (v, up) in [
+                (f16::from_bits(h).to_f64(), f16::from_bits(h + 1).to_f64()),
+                (bf16::from_bits(h).to_f64(), bf16::from_bits(h + 1).to_f64()),
+            ] {
+                check(v);
+                check(f64::from_bits(v.to_bits() + 1));
+                if v.is_finite() && up.is_finite() {
+                    let mid = (v + up) / 2.0;
+                    check(mid);
+                    check(f64::from_bits(mid.to_bits() + 1));
+                    check(f64::from_bits(mid.to_bits().wrapping_sub(1)));
+                }
+            }
+        }
+    }
 
     #[test]
     fn casts_check_length_and_alignment() {

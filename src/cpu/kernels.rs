@@ -35,21 +35,35 @@ fn widen<T: Element>(x: T) -> f64 {
     match T::DTYPE {
         DType::F32 => bytemuck::cast::<T, f32>(x) as f64,
         DType::BF16 => f32::from_bits((bytemuck::cast::<T, u16>(x) as u32) << 16) as f64,
-        DType::F16 => {
-            let h = bytemuck::cast::<T, u16>(x) as u32;
-            let sign = (h & 0x8000) << 16;
-            let em = h & 0x7fff;
-            // Exponent and mantissa shifted into f32 position, rebiased by 2^112 (exact for
-            // normals and subnormals); Inf/NaN keep an all-ones exponent.
-            let scaled = (f32::from_bits(em << 13) * f32::from_bits(0x7780_0000)).to_bits();
-            let bits = if em >= 0x7c00 {
-                (em << 13) | 0x7f80_0000
-            } else {
-                scaled
-            };
-            f32::from_bits(bits | sign) as f64
-        }
+        DType::F16 => f32::from_bits(f16_bits_to_f32_bits(bytemuck::cast::<T, u16>(x))) as f64,
     }
+}
+
+/// Exact f16 → f32 in integer arithmetic (branch-free selects): normals by rebiasing the
+/// exponent, subnormals as `mantissa · 2^-24` (a normal f32: no denormal operand ever, whose
+/// microcode assists made the float-multiply version 8× slower), Inf/NaN kept.
+#[inline(always)]
+fn f16_bits_to_f32_bits(h: u16) -> u32 {
+    let h = h as u32;
+    let sign = (h & 0x8000) << 16;
+    let em = h & 0x7fff;
+    let normal = (em << 13) + (112 << 23);
+    let sub = (em as f32 * f32::from_bits(0x3380_0000)).to_bits(); // em · 2^-24, em < 1024
+    let special = (em << 13) | 0x7f80_0000;
+    let bits = if em >= 0x7c00 {
+        special
+    } else if em >= 0x0400 {
+        normal
+    } else {
+        sub
+    };
+    bits | sign
+}
+
+/// One rounding from f64 to `T`: `Element::from_f64`, inlined so the loops vectorise.
+#[inline(always)]
+fn narrow<T: Element>(x: f64) -> T {
+    T::from_f64(x)
 }
 
 /// Widened block of `LANES` elements starting at `e`.
@@ -311,11 +325,11 @@ fn apply_k<T: Element, const K: usize>(
                 let y = perp_block(e);
                 let o: &mut [T; LANES] = (&mut out[e..e + LANES]).try_into().expect("block");
                 for l in 0..LANES {
-                    o[l] = T::from_f64(beta * y[l]);
+                    o[l] = narrow::<T>(beta * y[l]);
                 }
             }
             for e in full..n {
-                out[e] = T::from_f64(beta * perp(e));
+                out[e] = narrow::<T>(beta * perp(e));
             }
         }
         BaseMode::Slice(base) => {
@@ -325,11 +339,11 @@ fn apply_k<T: Element, const K: usize>(
                 let bb = block(base, e);
                 let o: &mut [T; LANES] = (&mut out[e..e + LANES]).try_into().expect("block");
                 for l in 0..LANES {
-                    o[l] = T::from_f64(alpha * bb[l] + beta * y[l]);
+                    o[l] = narrow::<T>(alpha * bb[l] + beta * y[l]);
                 }
             }
             for e in full..n {
-                out[e] = T::from_f64(alpha * widen(base[e]) + beta * perp(e));
+                out[e] = narrow::<T>(alpha * widen(base[e]) + beta * perp(e));
             }
         }
         BaseMode::InPlace => {
@@ -337,11 +351,11 @@ fn apply_k<T: Element, const K: usize>(
                 let y = perp_block(e);
                 let o: &mut [T; LANES] = (&mut out[e..e + LANES]).try_into().expect("block");
                 for l in 0..LANES {
-                    o[l] = T::from_f64(alpha * widen(o[l]) + beta * y[l]);
+                    o[l] = narrow::<T>(alpha * widen(o[l]) + beta * y[l]);
                 }
             }
             for e in full..n {
-                out[e] = T::from_f64(alpha * widen(out[e]) + beta * perp(e));
+                out[e] = narrow::<T>(alpha * widen(out[e]) + beta * perp(e));
             }
         }
     }
@@ -392,9 +406,27 @@ fn orth_k<T: Element, const K: usize>(basis: &mut [&mut [T]], m: &[f64]) {
             }
             let d = &mut basis[j][e..e + lanes];
             for l in 0..lanes {
-                d[l] = T::from_f64(q[l]);
+                d[l] = narrow::<T>(q[l]);
             }
         }
         e += lanes;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::f16;
+
+    #[test]
+    fn f16_widening_is_exact() {
+        for h in 0..=u16::MAX {
+            let a = f32::from_bits(f16_bits_to_f32_bits(h));
+            let b = f16::from_bits(h).to_f32();
+            assert!(
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                "{h:#x}"
+            );
+        }
     }
 }
