@@ -33,7 +33,8 @@ pub use half::{bf16, f16};
 pub use projection::{Beta, Output, Partials, ProjectOptions};
 pub use segments::{chunk_tasks, ChunkTask, Segments};
 
-/// The README's code blocks are compiled and run as doc tests.
-#[cfg(doctest)]
+/// The README's code blocks are compiled and run as doc tests (they use the CUDA API too,
+/// hence only with the default feature `cuda`).
+#[cfg(all(doctest, feature = "cuda"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
