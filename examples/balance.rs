@@ -1,8 +1,9 @@
-//! Balanced multimodal training with RedReg, on candle (CPU), on a synthetic imbalanced
+//! Balanced multimodal training with RedReg, on candle (CPU or CUDA), on a synthetic imbalanced
 //! two-modality dataset generated in code.
 //!
 //! ```text
 //! cargo run --release --features candle --example balance [-- --epochs 16 --seed 7 --seeds 3 --lr 0.02 --k 1 --out out/balance.svg]
+//! cargo run --release --features candle-cuda --example balance   # on the GPU when one is present (--cpu: not)
 //! ```
 //!
 //! Data (8 classes, label `y`): modality A is a 16-dim, low-noise code of `y` in 92 % of
@@ -20,7 +21,8 @@
 //! `theta_0` snapshot at each epoch start. RedReg per step: statistics (true-label
 //! probabilities of the unimodal heads, redundancy from two noisy copies with sigma 0.03,
 //! cosine agreement of the pooled features) → `Controller::observe` → projection of the
-//! dominant encoder's drift into its gradients (`redreg::candle`, `CpuBackend`) → step.
+//! dominant encoder's drift into its gradients (`redreg::candle`, `CpuBackend` or, on a GPU,
+//! `CudaBackend` on candle's stream) → step.
 //!
 //! Three runs per seed with the same data, initialisation and data order: baseline (no
 //! RedReg), RedReg, and B alone (only `L_b`: what modality B reaches without A, the
@@ -32,6 +34,7 @@ use candle_core::{Device, Tensor, Var, D};
 use redreg::controller::{Config, Controller, DropoutSchedule, Dropped, Redundancy, StepInputs};
 use redreg::CpuBackend;
 use std::io::Write;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -52,6 +55,78 @@ const NOISE_SIGMA: f32 = 0.03;
 const P_A: f64 = 0.92;
 /// Amplitude of B's class code (times a random sign per sample) in unit-variance noise.
 const AMP_B: f32 = 0.35;
+
+// ---------------------------------------------------------------- device
+/// Where the model trains: the first CUDA GPU when the example is built with feature
+/// `candle-cuda`, a GPU is present and `--cpu` is not given; the CPU otherwise.
+static DEVICE: OnceLock<Device> = OnceLock::new();
+
+fn dev() -> &'static Device {
+    DEVICE.get_or_init(|| Device::Cpu)
+}
+
+/// Picks the device (once, before training) and says which and why.
+fn choose_device(force_cpu: bool) -> String {
+    let (d, why) = if force_cpu {
+        (Device::Cpu, "CPU (--cpu)".to_string())
+    } else {
+        gpu_device()
+    };
+    let _ = DEVICE.set(d);
+    why
+}
+
+#[cfg(feature = "candle-cuda")]
+fn gpu_device() -> (Device, String) {
+    let probe = redreg::cuda::cuda_available()
+        .and_then(|()| Device::new_cuda(0).map_err(|e| format!("candle: {e}")));
+    match probe {
+        Ok(d) => (d, "CUDA device 0 (feature candle-cuda)".into()),
+        Err(why) => (Device::Cpu, format!("CPU (no usable GPU: {why})")),
+    }
+}
+
+#[cfg(not(feature = "candle-cuda"))]
+fn gpu_device() -> (Device, String) {
+    (
+        Device::Cpu,
+        "CPU (built without feature candle-cuda)".into(),
+    )
+}
+
+/// The RedReg projection backend for the training device.
+enum Backend {
+    Cpu(CpuBackend),
+    #[cfg(feature = "candle-cuda")]
+    Cuda(redreg::cuda::CudaBackend),
+}
+
+impl Backend {
+    fn for_device(d: &Device) -> Res<Self> {
+        match d {
+            #[cfg(feature = "candle-cuda")]
+            Device::Cuda(_) => Ok(Self::Cuda(redreg::candle::cuda_backend(d)?)),
+            _ => Ok(Self::Cpu(CpuBackend::new())),
+        }
+    }
+
+    fn project_drift_into_grads(
+        &self,
+        params: &[Var],
+        theta0: &[Tensor],
+        grads: &mut GradStore,
+        extra: &[&[Tensor]],
+        beta: f64,
+        opts: &redreg::ProjectOptions,
+    ) -> Res<Vec<u32>> {
+        use redreg::candle::project_drift_into_grads as f;
+        Ok(match self {
+            Self::Cpu(b) => f(b, params, theta0, grads, extra, beta, opts)?,
+            #[cfg(feature = "candle-cuda")]
+            Self::Cuda(b) => f(b, params, theta0, grads, extra, beta, opts)?,
+        })
+    }
+}
 
 // ---------------------------------------------------------------- deterministic RNG
 struct Rng(u64);
@@ -140,8 +215,8 @@ impl Linear {
             .map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32)
             .collect();
         Ok(Self {
-            w: Var::from_tensor(&Tensor::from_vec(w, (fan_out, fan_in), &Device::Cpu)?)?,
-            b: Var::from_tensor(&Tensor::from_vec(b, fan_out, &Device::Cpu)?)?,
+            w: Var::from_tensor(&Tensor::from_vec(w, (fan_out, fan_in), dev())?)?,
+            b: Var::from_tensor(&Tensor::from_vec(b, fan_out, dev())?)?,
         })
     }
     fn forward(&self, x: &Tensor) -> Res<Tensor> {
@@ -268,6 +343,7 @@ struct Args {
     k: usize,
     out: String,
     script_loss: bool,
+    cpu: bool,
 }
 
 fn batch(d: &Data, idx: &[usize]) -> Res<(Tensor, Tensor, Tensor)> {
@@ -281,9 +357,9 @@ fn batch(d: &Data, idx: &[usize]) -> Res<(Tensor, Tensor, Tensor)> {
     }
     let n = idx.len();
     Ok((
-        Tensor::from_vec(xa, (n, DIM_A), &Device::Cpu)?,
-        Tensor::from_vec(xb, (n, DIM_B), &Device::Cpu)?,
-        Tensor::from_vec(y, n, &Device::Cpu)?,
+        Tensor::from_vec(xa, (n, DIM_A), dev())?,
+        Tensor::from_vec(xb, (n, DIM_B), dev())?,
+        Tensor::from_vec(y, n, dev())?,
     ))
 }
 
@@ -297,8 +373,8 @@ fn true_label_prob(logits: &Tensor, y: &Tensor) -> Res<f64> {
 /// (mean((z1 - z2)^2), mean((x1 - x2)^2)) for one encoder and two noisy copies.
 fn redundancy(enc: &Encoder, x: &Tensor, rng: &mut Rng) -> Res<(Redundancy, Tensor)> {
     let n = x.elem_count();
-    let n1 = Tensor::from_vec(rng.normals(n, NOISE_SIGMA), x.dims(), &Device::Cpu)?;
-    let n2 = Tensor::from_vec(rng.normals(n, NOISE_SIGMA), x.dims(), &Device::Cpu)?;
+    let n1 = Tensor::from_vec(rng.normals(n, NOISE_SIGMA), x.dims(), dev())?;
+    let n2 = Tensor::from_vec(rng.normals(n, NOISE_SIGMA), x.dims(), dev())?;
     let (x1, x2) = ((x + n1)?, (x + n2)?);
     let z1 = enc.forward(&x1)?.detach();
     let z2 = enc.forward(&x2)?.detach();
@@ -355,7 +431,7 @@ fn train(mode: Mode, args: &Args, seed: u64, train_d: &Data, test_d: &Data) -> R
     let cfg = Config::new(args.epochs);
     let dropout: DropoutSchedule = cfg.dropout;
     let mut ctl = Controller::new(cfg.clone(), 2)?;
-    let backend = CpuBackend::new();
+    let backend = Backend::for_device(dev())?;
     // Same data order and dropout draws in every run; RedReg's noise has its own stream.
     let mut order_rng = Rng(seed ^ 0x0D0E);
     let mut noise_rng = Rng(seed ^ 0x4015E);
@@ -417,8 +493,7 @@ fn train(mode: Mode, args: &Args, seed: u64, train_d: &Data, test_d: &Data) -> R
                         ));
                     }
                     let extra: Vec<&[Tensor]> = history[m].iter().map(|h| h.as_slice()).collect();
-                    redreg::candle::project_drift_into_grads(
-                        &backend,
+                    backend.project_drift_into_grads(
                         &enc_vars[m],
                         &theta0[m],
                         &mut grads,
@@ -593,6 +668,7 @@ fn parse_args() -> Res<Args> {
         k: 1,
         out: "out/balance.svg".into(),
         script_loss: false,
+        cpu: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -605,10 +681,11 @@ fn parse_args() -> Res<Args> {
             "--k" => a.k = val()?.parse()?,
             "--out" => a.out = val()?,
             "--script-loss" => a.script_loss = true,
+            "--cpu" => a.cpu = true,
             "-h" | "--help" => {
                 println!(
                     "balance [--epochs N (16)] [--seed S (7)] [--seeds N (3)] [--lr LR (0.02)] [--k K (1)] \
-                     [--out PATH (out/balance.svg)] [--script-loss]"
+                     [--out PATH (out/balance.svg)] [--script-loss] [--cpu]"
                 );
                 std::process::exit(0);
             }
@@ -636,6 +713,7 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 fn main() -> Res<()> {
     let args = parse_args()?;
     let start = Instant::now();
+    let device = choose_device(args.cpu);
     println!(
         "balance: {N_TRAIN} train / {N_TEST} test samples, {CLASSES} classes; A = {DIM_A}-dim low-noise code of \
          the class, present in {:.0}% of samples (pure noise otherwise); B = {DIM_B}-dim noisy code of the class \
@@ -656,6 +734,7 @@ fn main() -> Res<()> {
             "linear probes on detached features (L_a + L_b train the heads only; the encoders learn from L_mm)"
         }
     );
+    println!("device: {device}");
     let last = |r: &RunLog| r.epochs.last().cloned().unwrap_or_default();
     // finals[run][metric][seed]: run 0 baseline, 1 RedReg, 2 B alone; metric fused, A, B.
     let mut finals = vec![vec![Vec::new(); 3]; 3];

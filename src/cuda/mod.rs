@@ -11,7 +11,7 @@
 //!
 //! # Probing
 //! cudarc panics when libcuda is missing; every entry point here first calls
-//! [`cuda_available`] (which uses the non-panicking `is_culib_present` probe) and returns
+//! [`cuda_available`] (which probes for the driver library before any driver call) and returns
 //! [`Error::CudaUnavailable`] instead.
 //!
 //! # Operations
@@ -62,11 +62,36 @@ impl CudaElement for f32 {}
 impl CudaElement for half::f16 {}
 impl CudaElement for half::bf16 {}
 
+/// File names under which cudarc's loader looks for the driver library (a subset of its
+/// candidates: the ones that exist on Linux and Windows installs).
+const DRIVER_LIBS: &[&str] = &["libcuda.so", "libcuda.so.1", "nvcuda.dll"];
+/// The same for NVRTC. Only names cudarc (built for CUDA 12.8) also tries: it does not
+/// look for `libnvrtc.so.13`, so a 13.x NVRTC needs a `libnvrtc.so` link (the installer
+/// script makes one); a probe that accepted `.so.13` would let cudarc panic later.
+const NVRTC_LIBS: &[&str] = &[
+    "libnvrtc.so",
+    "libnvrtc.so.12",
+    "libnvrtc.so.11",
+    "nvrtc64_120_0.dll",
+    "nvrtc64_12.dll",
+];
+
+/// Whether one of `names` can be opened by the dynamic loader. Our own probe rather than
+/// cudarc's `is_culib_present`, which exists only with cudarc's `dynamic-loading`: when
+/// candle's `cuda` feature is on, cudarc is built with `dynamic-linking` instead (then the
+/// library was loaded with the program and the probe finds it at once).
+fn lib_present(names: &[&str]) -> bool {
+    names.iter().any(|name| {
+        // SAFETY: opening a CUDA library runs only its initialisers, which make no driver
+        // call; the handle is closed again at once.
+        unsafe { libloading::Library::new(*name) }.is_ok()
+    })
+}
+
 /// `Ok(())` when the CUDA driver library loads and reports at least one device; otherwise
 /// the reason, as text. Never panics (cudarc's own panics are caught as well).
 pub fn cuda_available() -> std::result::Result<(), String> {
-    // SAFETY: only tries to dlopen the driver library; no driver call is made.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+    if !lib_present(DRIVER_LIBS) {
         return Err("the CUDA driver library (libcuda.so.1) was not found".into());
     }
     match std::panic::catch_unwind(CudaContext::device_count) {
@@ -79,8 +104,7 @@ pub fn cuda_available() -> std::result::Result<(), String> {
 
 /// `Ok(())` when the NVRTC library can be loaded (no GPU needed).
 pub fn nvrtc_available() -> std::result::Result<(), String> {
-    // SAFETY: only tries to dlopen libnvrtc; no NVRTC call is made.
-    if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+    if lib_present(NVRTC_LIBS) {
         Ok(())
     } else {
         Err("the NVRTC library (libnvrtc.so) was not found; put it on LD_LIBRARY_PATH".into())

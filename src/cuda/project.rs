@@ -510,6 +510,26 @@ impl CudaBackend {
         })
     }
 
+    /// Copies the ranks of the last operation with layout `segs` into `dst` (device to
+    /// device, asynchronous): lets a caller that runs many layouts collect every rank and
+    /// read them back with one copy. `Err` unless `dst` has `segs.len()` elements.
+    #[cfg_attr(not(feature = "candle-cuda"), allow(dead_code))]
+    pub(crate) fn copy_ranks_into(
+        &self,
+        segs: &Segments,
+        dst: &mut CudaViewMut<'_, u32>,
+    ) -> Result<()> {
+        check_len("rank destination", segs.len(), dst.len())?;
+        self.with_workspace(segs, |ws| {
+            if ws.segs == 0 {
+                return Ok(());
+            }
+            self.stream
+                .memcpy_dtod(&ws.ranks.slice(0..ws.segs), dst)
+                .map_err(drv)
+        })
+    }
+
     /// Names of every kernel of module `project` (for symbol tests).
     pub fn project_kernel_names() -> Vec<String> {
         let mut names = vec!["project_finish".to_string()];

@@ -35,6 +35,11 @@ use crate::CpuBackend;
 use candle_core::backprop::GradStore;
 use candle_core::{DType as CDType, Storage, StorageRef, Tensor, Var, WithDType};
 
+#[cfg(feature = "candle-cuda")]
+mod cuda;
+#[cfg(feature = "candle-cuda")]
+pub use cuda::{cuda_backend, cuda_view, CandleCudaElement, CudaTensorView};
+
 /// Something that is, or holds, a candle [`Tensor`] (`Tensor`, `&Tensor`, [`Var`], `&Var`).
 pub trait AsTensor {
     /// The tensor.
@@ -174,8 +179,14 @@ pub fn cpu_view(t: &Tensor) -> Result<CpuView<'_>> {
         Storage::Cuda(_) => {
             return Err(invalid(
                 "tensor storage",
-                "CUDA tensors are not accepted by the candle CPU adapter; pass their device \
-                 memory (Storage::Cuda → as_cuda_slice) to the CUDA backend's raw-pointer path",
+                if cfg!(feature = "candle-cuda") {
+                    "a CUDA tensor was given to the CPU backend; use the CUDA backend \
+                     (redreg::candle::cuda_backend(&device))"
+                } else {
+                    "a CUDA tensor was given to the CPU backend; CUDA tensors need redreg's \
+                     feature `candle-cuda` (or pass their device memory to the CUDA \
+                     backend's raw-pointer path)"
+                },
             ))
         }
         #[allow(unreachable_patterns)]
@@ -186,16 +197,7 @@ pub fn cpu_view(t: &Tensor) -> Result<CpuView<'_>> {
             ))
         }
     }
-    if !layout.is_contiguous() {
-        return Err(invalid(
-            "tensor layout",
-            format!(
-                "tensor of shape {:?} with strides {:?} is not contiguous (call .contiguous())",
-                layout.dims(),
-                layout.stride()
-            ),
-        ));
-    }
+    check_contiguous(layout)?;
     Ok(CpuView {
         start: layout.start_offset(),
         len: layout.shape().elem_count(),
@@ -204,7 +206,32 @@ pub fn cpu_view(t: &Tensor) -> Result<CpuView<'_>> {
     })
 }
 
+/// `Err` unless the layout is contiguous (any start offset).
+fn check_contiguous(layout: &candle_core::Layout) -> Result<()> {
+    if layout.is_contiguous() {
+        return Ok(());
+    }
+    Err(invalid(
+        "tensor layout",
+        format!(
+            "tensor of shape {:?} with strides {:?} is not contiguous (call .contiguous())",
+            layout.dims(),
+            layout.stride()
+        ),
+    ))
+}
+
 fn check_same(name: &'static str, i: usize, first: &Tensor, t: &Tensor) -> Result<()> {
+    if !t.device().same_device(first.device()) {
+        return Err(invalid(
+            name,
+            format!(
+                "tensor {i} is on {:?}, expected {:?}",
+                t.device().location(),
+                first.device().location()
+            ),
+        ));
+    }
     if t.dtype() != first.dtype() {
         return Err(invalid(
             name,
@@ -228,71 +255,61 @@ fn check_same(name: &'static str, i: usize, first: &Tensor, t: &Tensor) -> Resul
     Ok(())
 }
 
-/// `out_i = alpha·base_i + beta_i·(v_i - P_i v_i)` for every tensor `i` of `v`, with `P_i`
-/// the projector onto `span{basis[0][i], basis[1][i], …}` (`k = basis.len() <= 8` lists,
-/// each with one tensor per tensor of `v`) and `beta_i = beta.get(i)` (per tensor or one
-/// scalar). `base = None` drops the base term. Returns the new tensors (same shape, dtype
-/// and device as `v_i`) and the rank of each tensor's basis.
-///
-/// Each tensor is one segment, projected in place from candle's storage by
-/// [`CpuBackend::project_out`]; the outputs are new tensors (one host buffer each).
-#[allow(clippy::too_many_arguments)]
-pub fn project_out_tensors<V: AsTensor, B: AsTensor>(
-    backend: &CpuBackend,
-    v: &[V],
-    basis: &[&[B]],
-    base: Option<&[B]>,
-    alpha: f64,
-    beta: Beta<'_>,
-    opts: &ProjectOptions,
-) -> Result<(Vec<Tensor>, Vec<u32>)> {
-    crate::projection::check_k(basis.len())?;
-    beta.validate(v.len())?;
-    for b in basis {
-        check_count("basis tensors (one per tensor of v)", v.len(), b.len())?;
-    }
-    if let Some(b) = base {
-        check_count("base tensors (one per tensor of v)", v.len(), b.len())?;
-    }
-    let mut outs = Vec::with_capacity(v.len());
-    let mut ranks = Vec::with_capacity(v.len());
-    for (i, vi) in v.iter().enumerate() {
-        let vi = vi.tensor();
-        for b in basis {
-            check_same("basis", i, vi, b[i].tensor())?;
-        }
-        if let Some(b) = base {
-            check_same("base", i, vi, b[i].tensor())?;
-        }
-        let bi: Vec<&Tensor> = basis.iter().map(|b| b[i].tensor()).collect();
-        let base_i = base.map(|b| b[i].tensor());
-        let (t, r) = match dtype_of(vi.dtype())? {
-            crate::DType::F32 => one::<f32>(backend, vi, &bi, base_i, alpha, beta.get(i), opts)?,
-            crate::DType::F16 => {
-                one::<half::f16>(backend, vi, &bi, base_i, alpha, beta.get(i), opts)?
-            }
-            crate::DType::BF16 => {
-                one::<half::bf16>(backend, vi, &bi, base_i, alpha, beta.get(i), opts)?
-            }
-        };
-        outs.push(t);
-        ranks.push(r);
-    }
-    Ok((outs, ranks))
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::CpuBackend {}
+    #[cfg(feature = "candle-cuda")]
+    impl Sealed for crate::cuda::CudaBackend {}
 }
 
-fn one<T: CandleElement>(
-    backend: &CpuBackend,
-    v: &Tensor,
-    basis: &[&Tensor],
-    base: Option<&Tensor>,
+/// One tensor's work for a [`TensorBackend`]: `alpha·base + beta·(v - P v)`, `P` the
+/// projector onto the span of `basis`. Built and checked (counts, shapes, dtypes,
+/// devices) by the adapter's functions; not constructible outside the crate.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Job {
+    v: Tensor,
+    basis: Vec<Tensor>,
+    base: Option<Tensor>,
     alpha: f64,
     beta: f64,
+}
+
+/// The backends the adapter runs on: [`CpuBackend`] for tensors with CPU storage and, with
+/// feature `candle-cuda`, [`crate::cuda::CudaBackend`] for tensors with CUDA storage (make
+/// it with [`cuda_backend`], so that it runs on the device's own stream). Sealed: the
+/// adapter's functions are the interface.
+pub trait TensorBackend: sealed::Sealed {
+    /// Runs every job; the new tensors and each job's basis rank, in job order.
+    #[doc(hidden)]
+    fn project_jobs(&self, jobs: &[Job], opts: &ProjectOptions) -> Result<(Vec<Tensor>, Vec<u32>)>;
+}
+
+impl TensorBackend for CpuBackend {
+    fn project_jobs(&self, jobs: &[Job], opts: &ProjectOptions) -> Result<(Vec<Tensor>, Vec<u32>)> {
+        let mut outs = Vec::with_capacity(jobs.len());
+        let mut ranks = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let (t, r) = match dtype_of(job.v.dtype())? {
+                crate::DType::F32 => cpu_one::<f32>(self, job, opts)?,
+                crate::DType::F16 => cpu_one::<half::f16>(self, job, opts)?,
+                crate::DType::BF16 => cpu_one::<half::bf16>(self, job, opts)?,
+            };
+            outs.push(t);
+            ranks.push(r);
+        }
+        Ok((outs, ranks))
+    }
+}
+
+fn cpu_one<T: CandleElement>(
+    backend: &CpuBackend,
+    job: &Job,
     opts: &ProjectOptions,
 ) -> Result<(Tensor, u32)> {
-    let vv = cpu_view(v)?;
-    let bv: Vec<CpuView<'_>> = basis.iter().map(|b| cpu_view(b)).collect::<Result<_>>()?;
-    let basev = base.map(cpu_view).transpose()?;
+    let vv = cpu_view(&job.v)?;
+    let bv: Vec<CpuView<'_>> = job.basis.iter().map(cpu_view).collect::<Result<_>>()?;
+    let basev = job.base.as_ref().map(cpu_view).transpose()?;
     let vs = vv.as_slice::<T>()?;
     let bs: Vec<&[T]> = bv
         .iter()
@@ -309,27 +326,80 @@ fn one<T: CandleElement>(
             base: base_s,
             out: &mut out,
         },
-        alpha,
-        Beta::Scalar(beta),
+        job.alpha,
+        Beta::Scalar(job.beta),
         opts,
     )?;
-    let t = Tensor::from_vec(out, v.dims(), v.device()).map_err(candle_err("output tensor"))?;
+    let t = Tensor::from_vec(out, job.v.dims(), job.v.device())
+        .map_err(candle_err("output tensor"))?;
     Ok((t, r[0]))
 }
 
+/// `out_i = alpha·base_i + beta_i·(v_i - P_i v_i)` for every tensor `i` of `v`, with `P_i`
+/// the projector onto `span{basis[0][i], basis[1][i], …}` (`k = basis.len() <= 8` lists,
+/// each with one tensor per tensor of `v`) and `beta_i = beta.get(i)` (per tensor or one
+/// scalar). `base = None` drops the base term. Returns the new tensors (same shape, dtype
+/// and device as `v_i`) and the rank of each tensor's basis.
+///
+/// Each tensor is one segment, projected in place from candle's storage: by
+/// [`CpuBackend::project_out`] into one new host buffer per tensor, or (feature
+/// `candle-cuda`) by [`crate::cuda::CudaBackend::project_out`] into one new device buffer per
+/// tensor on the backend's stream, with a single device-to-host copy of the ranks at the end.
+/// All tensors must be on the backend's device (`Err` otherwise).
+#[allow(clippy::too_many_arguments)]
+pub fn project_out_tensors<Bk: TensorBackend, V: AsTensor, B: AsTensor>(
+    backend: &Bk,
+    v: &[V],
+    basis: &[&[B]],
+    base: Option<&[B]>,
+    alpha: f64,
+    beta: Beta<'_>,
+    opts: &ProjectOptions,
+) -> Result<(Vec<Tensor>, Vec<u32>)> {
+    crate::projection::check_k(basis.len())?;
+    crate::projection::check_finite("alpha", alpha)?;
+    beta.validate(v.len())?;
+    opts.validate()?;
+    for b in basis {
+        check_count("basis tensors (one per tensor of v)", v.len(), b.len())?;
+    }
+    if let Some(b) = base {
+        check_count("base tensors (one per tensor of v)", v.len(), b.len())?;
+    }
+    let mut jobs = Vec::with_capacity(v.len());
+    for (i, vi) in v.iter().enumerate() {
+        let vi = vi.tensor();
+        dtype_of(vi.dtype())?;
+        for b in basis {
+            check_same("basis", i, vi, b[i].tensor())?;
+        }
+        if let Some(b) = base {
+            check_same("base", i, vi, b[i].tensor())?;
+        }
+        jobs.push(Job {
+            v: vi.clone(),
+            basis: basis.iter().map(|b| b[i].tensor().clone()).collect(),
+            base: base.map(|b| b[i].tensor().clone()),
+            alpha,
+            beta: beta.get(i),
+        });
+    }
+    backend.project_jobs(&jobs, opts)
+}
+
 /// The RedReg update of one encoder from candle: for every parameter tensor `i`,
-/// `grad_i ← grad_i + beta·(d_i - P_i d_i)` with `d_i = params_i - theta0_i` (rounded to
-/// the dtype, like candle's own subtraction) and `P_i` the projector onto
+/// `grad_i ← grad_i + beta·(d_i - P_i d_i)` with `d_i = params_i - theta0_i` (candle's own
+/// subtraction, rounded to the dtype, on the tensors' device) and `P_i` the projector onto
 /// `span{grad_i, extra[0][i], extra[1][i], …}` (k = 1 + `extra.len()`; k = 1 is the
 /// authors' script with `opts.ridge = 1e-12`). A parameter without a gradient in `grads`
 /// is treated as having a zero gradient, so it receives `beta·d_i` (the script's
 /// "`g` absent: `d_perp = d`").
 ///
-/// The new gradients are new tensors (one host buffer each; candle tensors are
-/// immutable) that replace the old ones in `grads`, inserted only after all of them were
-/// computed, so an `Err` leaves `grads` unchanged. Returns each tensor's rank.
-pub fn project_drift_into_grads<P: AsTensor, Q: AsTensor>(
-    backend: &CpuBackend,
+/// The new gradients are new tensors (one buffer each on the parameters' device; candle
+/// tensors are immutable) that replace the old ones in `grads`, inserted only after all of
+/// them were computed, so an `Err` leaves `grads` unchanged. Returns each tensor's rank.
+pub fn project_drift_into_grads<Bk: TensorBackend, P: AsTensor, Q: AsTensor>(
+    backend: &Bk,
     params: &[P],
     theta0: &[Q],
     grads: &mut GradStore,
@@ -343,79 +413,42 @@ pub fn project_drift_into_grads<P: AsTensor, Q: AsTensor>(
         theta0.len(),
     )?;
     crate::projection::check_k(1 + extra.len())?;
-    let mut new = Vec::with_capacity(params.len());
-    let mut ranks = Vec::with_capacity(params.len());
+    crate::projection::check_finite("beta", beta)?;
+    opts.validate()?;
+    for e in extra {
+        check_count(
+            "extra basis tensors (one per parameter)",
+            params.len(),
+            e.len(),
+        )?;
+    }
+    let mut jobs = Vec::with_capacity(params.len());
     for (i, (p, p0)) in params.iter().zip(theta0).enumerate() {
         let (p, p0) = (p.tensor(), p0.tensor());
+        dtype_of(p.dtype())?;
         check_same("theta0", i, p, p0)?;
-        let zero;
         let g = match grads.get(p) {
-            Some(g) => g,
-            None => {
-                zero = p.zeros_like().map_err(candle_err("zero gradient"))?;
-                &zero
-            }
+            Some(g) => g.clone(),
+            None => p.zeros_like().map_err(candle_err("zero gradient"))?,
         };
-        check_same("gradient", i, p, g)?;
-        let mut basis: Vec<&Tensor> = vec![g];
+        check_same("gradient", i, p, &g)?;
+        let mut basis = vec![g.clone()];
         for e in extra {
-            check_count(
-                "extra basis tensors (one per parameter)",
-                params.len(),
-                e.len(),
-            )?;
             check_same("extra basis", i, p, &e[i])?;
-            basis.push(&e[i]);
+            basis.push(e[i].clone());
         }
-        let (t, r) = match dtype_of(p.dtype())? {
-            crate::DType::F32 => drift_one::<f32>(backend, p, p0, &basis, beta, opts)?,
-            crate::DType::F16 => drift_one::<half::f16>(backend, p, p0, &basis, beta, opts)?,
-            crate::DType::BF16 => drift_one::<half::bf16>(backend, p, p0, &basis, beta, opts)?,
-        };
-        new.push(t);
-        ranks.push(r);
+        let d = p.sub(p0).map_err(candle_err("drift theta - theta0"))?;
+        jobs.push(Job {
+            v: d,
+            basis,
+            base: Some(g),
+            alpha: 1.0,
+            beta,
+        });
     }
+    let (new, ranks) = backend.project_jobs(&jobs, opts)?;
     for (p, g) in params.iter().zip(new) {
         grads.insert(p.tensor(), g);
     }
     Ok(ranks)
-}
-
-fn drift_one<T: CandleElement>(
-    backend: &CpuBackend,
-    p: &Tensor,
-    p0: &Tensor,
-    basis: &[&Tensor],
-    beta: f64,
-    opts: &ProjectOptions,
-) -> Result<(Tensor, u32)> {
-    let drift: Vec<T> = {
-        let (pv, p0v) = (cpu_view(p)?, cpu_view(p0)?);
-        let (a, b) = (pv.as_slice::<T>()?, p0v.as_slice::<T>()?);
-        a.iter()
-            .zip(b)
-            .map(|(&x, &y)| T::from_f32(x.to_f32() - y.to_f32()))
-            .collect()
-    };
-    let bv: Vec<CpuView<'_>> = basis.iter().map(|b| cpu_view(b)).collect::<Result<_>>()?;
-    let bs: Vec<&[T]> = bv
-        .iter()
-        .map(|b| b.as_slice::<T>())
-        .collect::<Result<_>>()?;
-    let mut out = vec![T::default(); drift.len()];
-    let segs = Segments::from_lengths(&[drift.len()])?;
-    let r = backend.project_out(
-        &segs,
-        &drift,
-        &bs,
-        Output::Write {
-            base: Some(bs[0]),
-            out: &mut out,
-        },
-        1.0,
-        Beta::Scalar(beta),
-        opts,
-    )?;
-    let t = Tensor::from_vec(out, p.dims(), p.device()).map_err(candle_err("output tensor"))?;
-    Ok((t, r[0]))
 }

@@ -1,0 +1,229 @@
+//! candle tensors with CUDA storage (feature `candle-cuda`): read in place as cudarc views
+//! of candle's own `CudaSlice`s, projected by [`CudaBackend`] on the device's stream, the
+//! results wrapped as new CUDA tensors without a copy.
+//!
+//! # Streams
+//! [`cuda_backend`] makes a backend on candle's stream for the device, so the kernels are
+//! ordered after the candle ops that produced the inputs and before the ones that consume
+//! the outputs, with no synchronisation. A backend on any other stream is refused with an
+//! `Err` (candle may run with cudarc's cross-stream event tracking turned off, and then the
+//! two streams would race).
+
+use super::{candle_err, dtype_of, CandleElement, Job, TensorBackend};
+use crate::cuda::{drv, CudaBackend, CudaElement, DeviceOutput};
+use crate::error::{invalid, Result};
+use crate::projection::{Beta, ProjectOptions};
+use crate::segments::Segments;
+use candle_core::op::BackpropOp;
+use candle_core::cuda::CudaDType;
+use candle_core::{CudaDevice, CudaStorage, Device, Storage, StorageRef, Tensor};
+use cudarc::driver::{CudaSlice, CudaView};
+
+/// A [`CudaBackend`] on candle's stream for `device` (`Err` for a non-CUDA device). Make it
+/// once per device and keep it: it caches the loaded kernels and a workspace per layout.
+pub fn cuda_backend(device: &Device) -> Result<CudaBackend> {
+    let dev = device.as_cuda_device().map_err(candle_err("device"))?;
+    CudaBackend::from_stream(dev.cuda_stream())
+}
+
+/// The element types shared by redreg's CUDA kernels and candle's CUDA storage.
+pub trait CandleCudaElement: CandleElement + CudaElement + CudaDType {}
+impl CandleCudaElement for f32 {}
+impl CandleCudaElement for half::f16 {}
+impl CandleCudaElement for half::bf16 {}
+
+/// A read lock on a contiguous CUDA tensor's storage with its element range: see
+/// [`cuda_view`].
+pub struct CudaTensorView<'a> {
+    guard: StorageRef<'a>,
+    start: usize,
+    len: usize,
+    dtype: crate::DType,
+}
+
+impl std::fmt::Debug for CudaTensorView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaTensorView")
+            .field("start", &self.start)
+            .field("len", &self.len)
+            .field("dtype", &self.dtype)
+            .finish()
+    }
+}
+
+impl CudaTensorView<'_> {
+    /// The tensor's dtype.
+    pub fn dtype(&self) -> crate::DType {
+        self.dtype
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for a tensor with no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn storage(&self) -> Result<&CudaStorage> {
+        match &*self.guard {
+            Storage::Cuda(cs) => Ok(cs),
+            _ => Err(invalid("tensor storage", "not CUDA storage")),
+        }
+    }
+
+    /// candle's device of the storage.
+    pub fn device(&self) -> Result<&CudaDevice> {
+        Ok(&self.storage()?.device)
+    }
+
+    /// The elements, in place, as a cudarc view. `Err` if `T` is not the tensor's dtype.
+    pub fn view<T: CandleCudaElement>(&self) -> Result<CudaView<'_, T>> {
+        if <T as crate::Element>::DTYPE != self.dtype {
+            return Err(invalid(
+                "tensor dtype",
+                format!(
+                    "tensor is {:?}, requested {:?}",
+                    self.dtype,
+                    <T as crate::Element>::DTYPE
+                ),
+            ));
+        }
+        let all: &CudaSlice<T> = self
+            .storage()?
+            .as_cuda_slice::<T>()
+            .map_err(candle_err("tensor storage"))?;
+        let end = self.start + self.len;
+        if end > all.len() {
+            return Err(invalid(
+                "tensor layout",
+                format!(
+                    "elements {}..{end} outside a storage of {}",
+                    self.start,
+                    all.len()
+                ),
+            ));
+        }
+        Ok(all.slice(self.start..end))
+    }
+}
+
+/// In-place access to the device memory of `t`. `Err` unless `t` has CUDA storage, is
+/// contiguous and is f32, f16 or bf16. Holds candle's read lock on the storage while the
+/// view lives (do not update the same variable before dropping it).
+pub fn cuda_view(t: &Tensor) -> Result<CudaTensorView<'_>> {
+    let dtype = dtype_of(t.dtype())?;
+    let (guard, layout) = t.storage_and_layout();
+    if !matches!(&*guard, Storage::Cuda(_)) {
+        return Err(invalid(
+            "tensor storage",
+            format!(
+                "a tensor on {:?} was given to the CUDA backend (use CpuBackend for CPU tensors)",
+                t.device().location()
+            ),
+        ));
+    }
+    super::check_contiguous(layout)?;
+    Ok(CudaTensorView {
+        start: layout.start_offset(),
+        len: layout.shape().elem_count(),
+        dtype,
+        guard,
+    })
+}
+
+impl TensorBackend for CudaBackend {
+    /// One `project_out` per tensor (3 launches each) on this backend's stream, each rank
+    /// copied device-to-device into one buffer, read back with one copy at the end (the
+    /// only synchronisation).
+    fn project_jobs(&self, jobs: &[Job], opts: &ProjectOptions) -> Result<(Vec<Tensor>, Vec<u32>)> {
+        let stream = self.stream();
+        let mut ranks_dev = stream.alloc_zeros::<u32>(jobs.len().max(1)).map_err(drv)?;
+        let mut outs = Vec::with_capacity(jobs.len());
+        for (i, job) in jobs.iter().enumerate() {
+            let mut rank = ranks_dev.slice_mut(i..i + 1);
+            let t = match dtype_of(job.v.dtype())? {
+                crate::DType::F32 => cuda_one::<f32>(self, job, opts, &mut rank)?,
+                crate::DType::F16 => cuda_one::<half::f16>(self, job, opts, &mut rank)?,
+                crate::DType::BF16 => cuda_one::<half::bf16>(self, job, opts, &mut rank)?,
+            };
+            outs.push(t);
+        }
+        let ranks = if jobs.is_empty() {
+            Vec::new()
+        } else {
+            stream.clone_dtoh(&ranks_dev.slice(0..jobs.len())).map_err(drv)?
+        };
+        Ok((outs, ranks))
+    }
+}
+
+/// `Err` unless the tensor's storage is on `backend`'s stream.
+fn check_stream(backend: &CudaBackend, what: &'static str, view: &CudaTensorView<'_>) -> Result<()> {
+    let theirs = view.device()?.cuda_stream();
+    if theirs.cu_stream() != backend.stream().cu_stream() {
+        return Err(invalid(
+            what,
+            "the tensor's device runs on another CUDA stream than this backend; make the \
+             backend with redreg::candle::cuda_backend(&device)",
+        ));
+    }
+    Ok(())
+}
+
+fn cuda_one<T: CandleCudaElement>(
+    backend: &CudaBackend,
+    job: &Job,
+    opts: &ProjectOptions,
+    rank: &mut cudarc::driver::CudaViewMut<'_, u32>,
+) -> Result<Tensor> {
+    let vv = cuda_view(&job.v)?;
+    check_stream(backend, "v", &vv)?;
+    let bv: Vec<CudaTensorView<'_>> = job.basis.iter().map(cuda_view).collect::<Result<_>>()?;
+    for b in &bv {
+        check_stream(backend, "basis", b)?;
+    }
+    let basev = job.base.as_ref().map(cuda_view).transpose()?;
+    if let Some(b) = &basev {
+        check_stream(backend, "base", b)?;
+    }
+    let n = vv.len();
+    if n == 0 {
+        // Nothing to launch (and a zero-byte device allocation is an error); the rank
+        // stays 0 in the zero-initialised buffer.
+        return job.v.zeros_like().map_err(candle_err("output tensor"));
+    }
+    let v = vv.view::<T>()?;
+    let basis: Vec<CudaView<'_, T>> = bv.iter().map(|b| b.view::<T>()).collect::<Result<_>>()?;
+    let base = basev.as_ref().map(|b| b.view::<T>()).transpose()?;
+    let segs = Segments::from_lengths(&[n])?;
+    // SAFETY: `project_out` with `DeviceOutput::Write` writes every element of `out`
+    // before anything reads it (on this stream), so the uninitialised memory is never read.
+    let mut out = unsafe { backend.stream().alloc::<T>(n) }.map_err(drv)?;
+    {
+        let mut ov = out.slice_mut(0..n);
+        backend.project_out(
+            &segs,
+            &v,
+            &basis,
+            DeviceOutput::Write {
+                base: base.as_ref(),
+                out: &mut ov,
+            },
+            job.alpha,
+            Beta::Scalar(job.beta),
+            opts,
+        )?;
+    }
+    backend.copy_ranks_into(&segs, rank)?;
+    let device = vv.device()?.clone();
+    let storage = CudaStorage::wrap_cuda_slice(out, device);
+    Ok(Tensor::from_storage(
+        Storage::Cuda(storage),
+        job.v.dims(),
+        BackpropOp::none(),
+        false,
+    ))
+}

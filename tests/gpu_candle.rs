@@ -1,0 +1,296 @@
+//! The candle adapter on CUDA tensors (feature `candle-cuda`) against the f64 reference,
+//! and the CPU-vs-CUDA agreement of the RedReg gradient update. SKIP convention of
+//! tests/common/gpu.rs: without a GPU each test prints `SKIP: …` and passes;
+//! `REDREG_REQUIRE_GPU=1` turns a skip into a failure.
+#![cfg(feature = "candle-cuda")]
+
+#[path = "common/gpu.rs"]
+mod gpu;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
+use redreg::candle::{
+    cuda_backend, cuda_view, project_drift_into_grads, project_out_tensors, snapshot,
+};
+use redreg::cuda::CudaBackend;
+use redreg::{reference, Beta, CpuBackend, Element, Output, ProjectOptions, Segments};
+use std::sync::OnceLock;
+
+/// candle's CUDA device 0 and a redreg backend on its stream, or `None` after a SKIP.
+fn device(test: &str) -> Option<&'static (Device, CudaBackend)> {
+    static D: OnceLock<Result<(Device, CudaBackend), String>> = OnceLock::new();
+    let d = D.get_or_init(|| {
+        redreg::cuda::cuda_available()?;
+        let dev = Device::new_cuda(0).map_err(|e| format!("candle Device::new_cuda(0): {e}"))?;
+        let be = cuda_backend(&dev).map_err(|e| e.to_string())?;
+        Ok((dev, be))
+    });
+    match d {
+        Ok(d) => Some(d),
+        Err(reason) => {
+            gpu::skip(test, "REDREG_REQUIRE_GPU", reason);
+            None
+        }
+    }
+}
+
+fn data(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn t(seed: u64, shape: &[usize], dev: &Device) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec(data(seed, n), shape, dev).unwrap()
+}
+
+/// The elements on the host (a copy, for checking only).
+fn flat<T: Element + candle_core::WithDType>(x: &Tensor) -> Vec<T> {
+    x.flatten_all().unwrap().to_vec1::<T>().unwrap()
+}
+
+fn reference_one<T: Element>(
+    v: &[T],
+    basis: &[Vec<T>],
+    base: Option<&[T]>,
+    alpha: f64,
+    beta: f64,
+) -> Vec<T> {
+    let segs = Segments::from_lengths(&[v.len()]).unwrap();
+    let b: Vec<&[T]> = basis.iter().map(|x| x.as_slice()).collect();
+    let mut out = vec![T::default(); v.len()];
+    reference::project_out(
+        &segs,
+        v,
+        &b,
+        Output::Write {
+            base,
+            out: &mut out,
+        },
+        alpha,
+        Beta::Scalar(beta),
+        &ProjectOptions::default(),
+    )
+    .unwrap();
+    out
+}
+
+/// `|got - want| <= atol + rtol·|want|`, reporting the first mismatches.
+fn assert_close<T: Element>(what: &str, got: &[T], want: &[T], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let bad: Vec<String> = got
+        .iter()
+        .zip(want)
+        .enumerate()
+        .filter(|(_, (g, w))| (g.to_f64() - w.to_f64()).abs() > atol + rtol * w.to_f64().abs())
+        .take(5)
+        .map(|(i, (g, w))| format!("[{i}] got {} want {}", g.to_f64(), w.to_f64()))
+        .collect();
+    assert!(bad.is_empty(), "{what}: mismatches: {}", bad.join(", "));
+}
+
+fn check_project_dtype(dt: DType, atol: f64, rtol: f64) {
+    let Some((dev, be)) = device(&format!("project_out_tensors_{dt:?}")) else {
+        return;
+    };
+    let shapes: [&[usize]; 4] = [&[7, 9], &[33], &[2, 3, 4], &[70_001]];
+    let mk = |seed: u64| -> Vec<Tensor> {
+        shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| t(seed + i as u64, s, dev).to_dtype(dt).unwrap())
+            .collect()
+    };
+    // The second tensor of v is a row range of a bigger tensor: contiguous, start offset > 0.
+    let mut v = mk(10);
+    v[1] = t(15, &[3, 33], dev)
+        .to_dtype(dt)
+        .unwrap()
+        .narrow(0, 1, 1)
+        .unwrap()
+        .reshape(33)
+        .unwrap();
+    let (b0, base) = (mk(20), mk(40));
+    // Tensor 2's second basis vector is 2·b0: rank 1 there, rank 2 elsewhere.
+    let mut b1 = mk(30);
+    b1[2] = (&b0[2] * 2.0).unwrap();
+    let betas = [0.5, 1.7, -0.25, 1.0];
+    let (outs, ranks) = project_out_tensors(
+        be,
+        &v,
+        &[&b0[..], &b1[..]],
+        Some(&base[..]),
+        0.75,
+        Beta::PerSegment(&betas),
+        &ProjectOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(ranks, vec![2, 2, 1, 2]);
+    for i in 0..v.len() {
+        assert_eq!(outs[i].dims(), v[i].dims());
+        assert_eq!(outs[i].dtype(), dt);
+        assert!(outs[i].device().same_device(dev), "output left the GPU");
+        macro_rules! cmp {
+            ($ty:ty) => {{
+                let want = reference_one::<$ty>(
+                    &flat(&v[i]),
+                    &[flat(&b0[i]), flat(&b1[i])],
+                    Some(&flat::<$ty>(&base[i])),
+                    0.75,
+                    betas[i],
+                );
+                assert_close(
+                    &format!("{dt:?} tensor {i}"),
+                    &flat::<$ty>(&outs[i]),
+                    &want,
+                    atol,
+                    rtol,
+                );
+            }};
+        }
+        match dt {
+            DType::F32 => cmp!(f32),
+            DType::F16 => cmp!(half::f16),
+            DType::BF16 => cmp!(half::bf16),
+            _ => unreachable!(),
+        }
+    }
+}
+
+#[test]
+fn project_out_tensors_matches_reference_f32() {
+    check_project_dtype(DType::F32, 1e-6, 1e-5);
+}
+
+#[test]
+fn project_out_tensors_matches_reference_f16() {
+    // One rounding of the f32/f64 result to f16 (2^-11 relative), plus inputs' rounding.
+    check_project_dtype(DType::F16, 1e-3, 2e-3);
+}
+
+#[test]
+fn project_out_tensors_matches_reference_bf16() {
+    check_project_dtype(DType::BF16, 1e-2, 1.6e-2);
+}
+
+/// A tiny "encoder": y = sum(tanh(x W^T + b)), so backward fills a GradStore.
+fn grads_of(w: &Var, b: &Var, dev: &Device) -> GradStore {
+    let x = t(99, &[5, 6], dev);
+    x.matmul(&w.as_tensor().t().unwrap())
+        .unwrap()
+        .broadcast_add(b.as_tensor())
+        .unwrap()
+        .tanh()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap()
+}
+
+/// The RedReg update on CUDA parameters equals the script's formula in f64 and the CPU
+/// backend's result on the same values.
+#[test]
+fn drift_into_grads_matches_script_and_cpu() {
+    let Some((dev, be)) = device("drift_into_grads_matches_script_and_cpu") else {
+        return;
+    };
+    // (gradients before, drifts, gradients after), each per parameter tensor.
+    type PerTensor = Vec<Vec<f32>>;
+    let run = |dev: &Device, on_gpu: bool| -> (PerTensor, PerTensor, PerTensor) {
+        let w = Var::from_tensor(&t(50, &[4, 6], dev)).unwrap();
+        let b = Var::from_tensor(&t(51, &[4], dev)).unwrap();
+        let params = [w.clone(), b.clone()];
+        let theta0 = snapshot(&params).unwrap();
+        w.set(&(w.as_tensor() + t(52, &[4, 6], dev)).unwrap()).unwrap();
+        b.set(&(b.as_tensor() + t(53, &[4], dev)).unwrap()).unwrap();
+        let mut grads = grads_of(&w, &b, dev);
+        let g0: Vec<Vec<f32>> = params
+            .iter()
+            .map(|p| flat(grads.get(p.as_tensor()).unwrap()))
+            .collect();
+        let d: Vec<Vec<f32>> = params
+            .iter()
+            .zip(&theta0)
+            .map(|(p, p0)| {
+                flat::<f32>(p.as_tensor())
+                    .iter()
+                    .zip(flat::<f32>(p0))
+                    .map(|(a, b)| a - b)
+                    .collect()
+            })
+            .collect();
+        let opts = ProjectOptions::default();
+        let ranks = if on_gpu {
+            project_drift_into_grads(be, &params, &theta0, &mut grads, &[], 1.4, &opts)
+        } else {
+            let cpu = CpuBackend::new();
+            project_drift_into_grads(&cpu, &params, &theta0, &mut grads, &[], 1.4, &opts)
+        }
+        .unwrap();
+        assert_eq!(ranks, vec![1, 1]);
+        let new = params
+            .iter()
+            .map(|p| {
+                let g = grads.get(p.as_tensor()).unwrap();
+                assert!(g.device().same_device(dev));
+                flat(g)
+            })
+            .collect();
+        (g0, d, new)
+    };
+    let (g0, d, gpu) = run(dev, true);
+    let (_, _, cpu) = run(&Device::Cpu, false);
+    for i in 0..2 {
+        // The script: d_perp = d - (d·g / (g·g + 1e-12)) g; grad += 1.4 · d_perp.
+        let g: Vec<f64> = g0[i].iter().map(|&x| x as f64).collect();
+        let dd: Vec<f64> = d[i].iter().map(|&x| x as f64).collect();
+        let dg: f64 = dd.iter().zip(&g).map(|(a, b)| a * b).sum();
+        let gg: f64 = g.iter().map(|x| x * x).sum();
+        let c = dg / (gg + 1e-12);
+        let want: Vec<f32> = dd
+            .iter()
+            .zip(&g)
+            .map(|(d, g)| (g + 1.4 * (d - c * g)) as f32)
+            .collect();
+        assert_close(&format!("gpu tensor {i}"), &gpu[i], &want, 1e-6, 1e-5);
+        // Same inputs on both devices up to the matmul's rounding in backward.
+        assert_close(&format!("gpu vs cpu tensor {i}"), &gpu[i], &cpu[i], 1e-5, 1e-4);
+    }
+}
+
+#[test]
+fn wrong_device_or_stream_is_an_error() {
+    let Some((dev, be)) = device("wrong_device_or_stream_is_an_error") else {
+        return;
+    };
+    let gpu_t = [t(1, &[8], dev)];
+    let cpu_t = [t(1, &[8], &Device::Cpu)];
+    let o = ProjectOptions::default();
+    let s = Beta::Scalar(1.0);
+    // CPU tensors to the CUDA backend, CUDA tensors to the CPU backend.
+    assert!(project_out_tensors(be, &cpu_t, &[&cpu_t[..]], None, 1.0, s, &o).is_err());
+    let cpu = CpuBackend::new();
+    assert!(project_out_tensors(&cpu, &gpu_t, &[&gpu_t[..]], None, 1.0, s, &o).is_err());
+    // Mixed devices inside one call.
+    assert!(project_out_tensors(be, &gpu_t, &[&cpu_t[..]], None, 1.0, s, &o).is_err());
+    // A backend on another stream of the same device.
+    let other = CudaBackend::from_stream(be.context().new_stream().unwrap()).unwrap();
+    let err = project_out_tensors(&other, &gpu_t, &[&gpu_t[..]], None, 1.0, s, &o).unwrap_err();
+    assert!(err.to_string().contains("stream"), "{err}");
+    // Strided and integer CUDA tensors.
+    let m = t(2, &[4, 6], dev).t().unwrap();
+    assert!(cuda_view(&m).is_err());
+    assert!(cuda_view(&gpu_t[0].to_dtype(DType::U32).unwrap()).is_err());
+    // Empty tensors: rank 0, empty output, no launch.
+    let e = [Tensor::zeros(0, DType::F32, dev).unwrap()];
+    let (outs, ranks) = project_out_tensors(be, &e, &[&e[..]], None, 1.0, s, &o).unwrap();
+    assert_eq!((outs[0].elem_count(), ranks), (0, vec![0]));
+}
