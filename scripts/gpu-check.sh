@@ -10,6 +10,8 @@
 #                                 racecheck, initcheck, synccheck) over the projection test
 #                                 binary; logs and summary.txt under $OUT.
 #
+# REDREG_BUNDLE_CANDLE=1 also bundles tests/gpu_candle.rs and the balance example built with
+# feature candle-cuda (slow: candle's own kernels; linked against scripts/cuda-link-stubs.sh).
 # Benches: REDREG_BUNDLE_BENCHES (default "gpu") names the `cargo bench` targets bundled;
 # `run` executes every gpu-bundle/bench-* (table in $OUT/gpu-bench.md) and then the PyTorch
 # anchor benches/anchors/redreg_torch.py on the same GPU.
@@ -57,8 +59,27 @@ for line in open(os.path.join(bundle, ".cargo-bench.json")):
         shutil.copy(m["executable"], dst); print("bundled", dst)
 PY
     fi
+    if [ "${REDREG_BUNDLE_CANDLE:-0}" = 1 ]; then
+        # candle CUDA tensors (feature candle-cuda): candle-kernels takes ~12 min to build on
+        # 2 cores; libcuda/cuBLAS/cuRAND are linked against stubs (real ones load there).
+        eval "$(scripts/cuda-link-stubs.sh)"
+        export PATH="$(dirname "$NVCC"):$PATH"
+        cargo test --features candle-cuda --no-run --message-format=json --test gpu_candle >"$BUNDLE/.cargo-candle.json"
+        cargo build --release --features candle-cuda --example balance --message-format=json >>"$BUNDLE/.cargo-candle.json"
+        python3 - "$BUNDLE" <<'PY'
+import json, shutil, sys, os
+bundle = sys.argv[1]
+for line in open(os.path.join(bundle, ".cargo-candle.json")):
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        kind = "example" if "example" in m["target"]["kind"] else "test"
+        dst = os.path.join(bundle, f"{kind}-{m['target']['name']}")
+        shutil.copy(m["executable"], dst); print("bundled", dst)
+PY
+    fi
     rm -f "$BUNDLE"/.cargo*.json
-    strip "$BUNDLE"/test-* "$BUNDLE"/bench-* 2>/dev/null || true
+    strip "$BUNDLE"/test-* "$BUNDLE"/bench-* "$BUNDLE"/example-* 2>/dev/null || true
     git rev-parse HEAD >"$BUNDLE/COMMIT" 2>/dev/null || true
     local size
     size=$(du -sm "$BUNDLE" | cut -f1)
@@ -77,6 +98,14 @@ run() {
     echo "date: $(date -u +%FT%TZ)" | tee -a "$summary"
     nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$summary"
+    # Binaries built with candle-cuda link libcublas.so.13, libcublasLt.so.13, libcurand.so.10
+    # and libcudart.so.13 dynamically: find them in the toolkit or in pip's nvidia wheels.
+    local d
+    for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+        $(python3 -c "import nvidia, os; p = nvidia.__path__[0]; print(' '.join(os.path.join(p, x, 'lib') for x in os.listdir(p)))" 2>/dev/null); do
+        [ -d "$d" ] && LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    done
+    export LD_LIBRARY_PATH
     for t in "$BUNDLE"/test-*; do
         [ -x "$t" ] || continue
         local n; n=$(basename "$t")
@@ -115,6 +144,16 @@ run() {
             || { echo "FAIL $n" | tee -a "$summary"; status=1; }
     done
     [ -f "$OUT/gpu-bench.md" ] && cat "$OUT/gpu-bench.md" >>"$summary"
+    if [ -x "$BUNDLE/example-balance" ]; then
+        # The main job on the GPU (candle CUDA tensors, CudaBackend on candle's stream).
+        if timeout "${REDREG_EXAMPLE_TIMEOUT:-180}" "$BUNDLE/example-balance" --seeds 1 \
+            --out "$OUT/balance-gpu.svg" >"$OUT/example-balance.log" 2>&1; then
+            echo "RAN example-balance" | tee -a "$summary"
+        else
+            echo "FAIL example-balance (see example-balance.log)" | tee -a "$summary"; status=1
+        fi
+        grep -E "^device|time per training step|final" "$OUT/example-balance.log" >>"$summary"
+    fi
     # The anchor: what users would otherwise run (PyTorch, same GPU, same layout).
     if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
         if timeout "${REDREG_ANCHOR_TIMEOUT:-120}" python3 benches/anchors/redreg_torch.py --device cuda \

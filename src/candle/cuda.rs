@@ -191,9 +191,10 @@ fn cuda_one<T: CandleCudaElement>(
     }
     let n = vv.len();
     if n == 0 {
-        // Nothing to launch (and a zero-byte device allocation is an error); the rank
-        // stays 0 in the zero-initialised buffer.
-        return job.v.zeros_like().map_err(candle_err("output tensor"));
+        // Nothing to launch and nothing to allocate (a zero-byte device allocation is an
+        // error): an empty tensor of the same shape is the result; the rank stays 0 in
+        // the zero-initialised buffer.
+        return Ok(job.v.clone());
     }
     let v = vv.view::<T>()?;
     let basis: Vec<CudaView<'_, T>> = bv.iter().map(|b| b.view::<T>()).collect::<Result<_>>()?;
