@@ -77,9 +77,13 @@ for line in open(os.path.join(bundle, ".cargo-candle.json")):
         dst = os.path.join(bundle, f"{kind}-{m['target']['name']}")
         shutil.copy(m["executable"], dst); print("bundled", dst)
 PY
+        # ~55 MB each stripped (candle's PTX and kernels): xz brings them to ~7 MB.
+        for f in "$BUNDLE"/test-gpu_candle "$BUNDLE"/example-balance; do
+            [ -f "$f" ] && strip "$f" && xz -T2 -6 -f "$f"
+        done
     fi
     rm -f "$BUNDLE"/.cargo*.json
-    strip "$BUNDLE"/test-* "$BUNDLE"/bench-* "$BUNDLE"/example-* 2>/dev/null || true
+    strip "$BUNDLE"/test-* "$BUNDLE"/bench-* 2>/dev/null || true
     git rev-parse HEAD >"$BUNDLE/COMMIT" 2>/dev/null || true
     local size
     size=$(du -sm "$BUNDLE" | cut -f1)
@@ -106,6 +110,12 @@ run() {
         [ -d "$d" ] && LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     done
     export LD_LIBRARY_PATH
+    local x
+    for x in "$BUNDLE"/*.xz; do
+        [ -f "$x" ] || continue
+        python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
+            "$x" "${x%.xz}" && chmod +x "${x%.xz}" && rm -f "$x"
+    done
     for t in "$BUNDLE"/test-*; do
         [ -x "$t" ] || continue
         local n; n=$(basename "$t")

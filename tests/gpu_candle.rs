@@ -209,7 +209,8 @@ fn drift_into_grads_matches_script_and_cpu() {
         let b = Var::from_tensor(&t(51, &[4], dev)).unwrap();
         let params = [w.clone(), b.clone()];
         let theta0 = snapshot(&params).unwrap();
-        w.set(&(w.as_tensor() + t(52, &[4, 6], dev)).unwrap()).unwrap();
+        w.set(&(w.as_tensor() + t(52, &[4, 6], dev)).unwrap())
+            .unwrap();
         b.set(&(b.as_tensor() + t(53, &[4], dev)).unwrap()).unwrap();
         let mut grads = grads_of(&w, &b, dev);
         let g0: Vec<Vec<f32>> = params
@@ -262,7 +263,13 @@ fn drift_into_grads_matches_script_and_cpu() {
             .collect();
         assert_close(&format!("gpu tensor {i}"), &gpu[i], &want, 1e-6, 1e-5);
         // Same inputs on both devices up to the matmul's rounding in backward.
-        assert_close(&format!("gpu vs cpu tensor {i}"), &gpu[i], &cpu[i], 1e-5, 1e-4);
+        assert_close(
+            &format!("gpu vs cpu tensor {i}"),
+            &gpu[i],
+            &cpu[i],
+            1e-5,
+            1e-4,
+        );
     }
 }
 
@@ -301,6 +308,8 @@ fn wrong_device_or_stream_is_an_error() {
             let rest = flat::<f32>(&outs[1]);
             assert!(rest.iter().all(|x| x.abs() < 1e-6), "{rest:?}");
         }
-        Err(e) => eprintln!("note: candle cannot make an empty CUDA tensor here ({e}); case not run"),
+        Err(e) => {
+            eprintln!("note: candle cannot make an empty CUDA tensor here ({e}); case not run")
+        }
     }
 }

@@ -14,8 +14,8 @@ use crate::cuda::{drv, CudaBackend, CudaElement, DeviceOutput};
 use crate::error::{invalid, Result};
 use crate::projection::{Beta, ProjectOptions};
 use crate::segments::Segments;
-use candle_core::op::BackpropOp;
 use candle_core::cuda::CudaDType;
+use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, Device, Storage, StorageRef, Tensor};
 use cudarc::driver::{CudaSlice, CudaView};
 
@@ -154,14 +154,20 @@ impl TensorBackend for CudaBackend {
         let ranks = if jobs.is_empty() {
             Vec::new()
         } else {
-            stream.clone_dtoh(&ranks_dev.slice(0..jobs.len())).map_err(drv)?
+            stream
+                .clone_dtoh(&ranks_dev.slice(0..jobs.len()))
+                .map_err(drv)?
         };
         Ok((outs, ranks))
     }
 }
 
 /// `Err` unless the tensor's storage is on `backend`'s stream.
-fn check_stream(backend: &CudaBackend, what: &'static str, view: &CudaTensorView<'_>) -> Result<()> {
+fn check_stream(
+    backend: &CudaBackend,
+    what: &'static str,
+    view: &CudaTensorView<'_>,
+) -> Result<()> {
     let theirs = view.device()?.cuda_stream();
     if theirs.cu_stream() != backend.stream().cu_stream() {
         return Err(invalid(

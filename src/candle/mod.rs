@@ -330,8 +330,8 @@ fn cpu_one<T: CandleElement>(
         Beta::Scalar(job.beta),
         opts,
     )?;
-    let t = Tensor::from_vec(out, job.v.dims(), job.v.device())
-        .map_err(candle_err("output tensor"))?;
+    let t =
+        Tensor::from_vec(out, job.v.dims(), job.v.device()).map_err(candle_err("output tensor"))?;
     Ok((t, r[0]))
 }
 
