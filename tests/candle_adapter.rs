@@ -3,68 +3,22 @@
 //! contiguity, counts).
 #![cfg(feature = "candle")]
 
+#[path = "common/candle.rs"]
+mod helpers;
+
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
+use helpers::{flat, reference_one};
 use redreg::candle::{cpu_view, project_drift_into_grads, project_out_tensors, segments, snapshot};
-use redreg::{reference, Beta, CpuBackend, Element, Output, ProjectOptions, Segments};
-
-fn data(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use redreg::{Beta, CpuBackend, Element, ProjectOptions};
 
 fn t(seed: u64, shape: &[usize]) -> Tensor {
-    let n = shape.iter().product();
-    Tensor::from_vec(data(seed, n), shape, &Device::Cpu).unwrap()
+    helpers::tensor(seed, shape, &Device::Cpu)
 }
 
-fn flat<T: Element + candle_core::WithDType>(x: &Tensor) -> Vec<T> {
-    x.flatten_all().unwrap().to_vec1::<T>().unwrap()
-}
-
-/// Reference `alpha·base + beta·(v - P v)` of one tensor, f32 data, through `T`.
-fn reference_one<T: Element>(
-    v: &[T],
-    basis: &[Vec<T>],
-    base: Option<&[T]>,
-    alpha: f64,
-    beta: f64,
-) -> Vec<T> {
-    let segs = Segments::from_lengths(&[v.len()]).unwrap();
-    let b: Vec<&[T]> = basis.iter().map(|x| x.as_slice()).collect();
-    let mut out = vec![T::default(); v.len()];
-    reference::project_out(
-        &segs,
-        v,
-        &b,
-        Output::Write {
-            base,
-            out: &mut out,
-        },
-        alpha,
-        Beta::Scalar(beta),
-        &ProjectOptions::default(),
-    )
-    .unwrap();
-    out
-}
-
+/// `|got - want| <= tol·(1 + |want|)`.
 fn assert_close<T: Element>(got: &[T], want: &[T], tol: f64) {
-    assert_eq!(got.len(), want.len());
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let (g, w) = (g.to_f64(), w.to_f64());
-        assert!(
-            (g - w).abs() <= tol * (1.0 + w.abs()),
-            "element {i}: got {g}, want {w}"
-        );
-    }
+    helpers::assert_close("tensor", got, want, tol, tol);
 }
 
 #[test]

@@ -9,14 +9,14 @@
 //! `Err` (candle may run with cudarc's cross-stream event tracking turned off, and then the
 //! two streams would race).
 
-use super::{candle_err, dtype_of, CandleElement, Job, TensorBackend};
+use super::{candle_err, dtype_of, CandleElement, Job, TensorBackend, TensorView};
 use crate::cuda::{drv, CudaBackend, CudaElement, DeviceOutput};
 use crate::error::{invalid, Result};
 use crate::projection::{Beta, ProjectOptions};
 use crate::segments::Segments;
 use candle_core::cuda::CudaDType;
 use candle_core::op::BackpropOp;
-use candle_core::{CudaDevice, CudaStorage, Device, Storage, StorageRef, Tensor};
+use candle_core::{CudaDevice, CudaStorage, Device, Storage, Tensor};
 use cudarc::driver::{CudaSlice, CudaView};
 
 /// A [`CudaBackend`] on candle's stream for `device` (`Err` for a non-CUDA device). Make it
@@ -32,81 +32,31 @@ impl CandleCudaElement for f32 {}
 impl CandleCudaElement for half::f16 {}
 impl CandleCudaElement for half::bf16 {}
 
-/// A read lock on a contiguous CUDA tensor's storage with its element range: see
-/// [`cuda_view`].
-pub struct CudaTensorView<'a> {
-    guard: StorageRef<'a>,
-    start: usize,
-    len: usize,
-    dtype: crate::DType,
-}
+/// The view [`cuda_view`] returns.
+pub type CudaTensorView<'a> = TensorView<'a>;
 
-impl std::fmt::Debug for CudaTensorView<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CudaTensorView")
-            .field("start", &self.start)
-            .field("len", &self.len)
-            .field("dtype", &self.dtype)
-            .finish()
-    }
-}
-
-impl CudaTensorView<'_> {
-    /// The tensor's dtype.
-    pub fn dtype(&self) -> crate::DType {
-        self.dtype
-    }
-
-    /// Number of elements.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True for a tensor with no elements.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn storage(&self) -> Result<&CudaStorage> {
+impl TensorView<'_> {
+    fn cuda_storage(&self) -> Result<&CudaStorage> {
         match &*self.guard {
             Storage::Cuda(cs) => Ok(cs),
             _ => Err(invalid("tensor storage", "not CUDA storage")),
         }
     }
 
-    /// candle's device of the storage.
-    pub fn device(&self) -> Result<&CudaDevice> {
-        Ok(&self.storage()?.device)
+    /// candle's device of a CUDA tensor's storage (`Err` for other storage).
+    pub fn cuda_device(&self) -> Result<&CudaDevice> {
+        Ok(&self.cuda_storage()?.device)
     }
 
-    /// The elements, in place, as a cudarc view. `Err` if `T` is not the tensor's dtype.
+    /// The elements of a CUDA tensor, in place, as a cudarc view of candle's `CudaSlice`.
+    /// `Err` if `T` is not the tensor's dtype or the storage is not CUDA storage.
     pub fn view<T: CandleCudaElement>(&self) -> Result<CudaView<'_, T>> {
-        if <T as crate::Element>::DTYPE != self.dtype {
-            return Err(invalid(
-                "tensor dtype",
-                format!(
-                    "tensor is {:?}, requested {:?}",
-                    self.dtype,
-                    <T as crate::Element>::DTYPE
-                ),
-            ));
-        }
+        self.check_dtype::<T>()?;
         let all: &CudaSlice<T> = self
-            .storage()?
+            .cuda_storage()?
             .as_cuda_slice::<T>()
             .map_err(candle_err("tensor storage"))?;
-        let end = self.start + self.len;
-        if end > all.len() {
-            return Err(invalid(
-                "tensor layout",
-                format!(
-                    "elements {}..{end} outside a storage of {}",
-                    self.start,
-                    all.len()
-                ),
-            ));
-        }
-        Ok(all.slice(self.start..end))
+        Ok(all.slice(self.range(all.len())?))
     }
 }
 
@@ -126,7 +76,7 @@ pub fn cuda_view(t: &Tensor) -> Result<CudaTensorView<'_>> {
         ));
     }
     super::check_contiguous(layout)?;
-    Ok(CudaTensorView {
+    Ok(TensorView {
         start: layout.start_offset(),
         len: layout.shape().elem_count(),
         dtype,
@@ -168,7 +118,7 @@ fn check_stream(
     what: &'static str,
     view: &CudaTensorView<'_>,
 ) -> Result<()> {
-    let theirs = view.device()?.cuda_stream();
+    let theirs = view.cuda_device()?.cuda_stream();
     if theirs.cu_stream() != backend.stream().cu_stream() {
         return Err(invalid(
             what,
@@ -225,7 +175,7 @@ fn cuda_one<T: CandleCudaElement>(
         )?;
     }
     backend.copy_ranks_into(&segs, rank)?;
-    let device = vv.device()?.clone();
+    let device = vv.cuda_device()?.clone();
     let storage = CudaStorage::wrap_cuda_slice(out, device);
     Ok(Tensor::from_storage(
         Storage::Cuda(storage),

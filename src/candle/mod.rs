@@ -102,18 +102,21 @@ fn candle_err(what: &'static str) -> impl Fn(candle_core::Error) -> Error {
     move |e| invalid(what, format!("candle: {e}"))
 }
 
-/// A read lock on a contiguous CPU tensor's storage with its element range: see
-/// [`cpu_view`].
-pub struct CpuView<'a> {
+/// A read lock on a contiguous tensor's storage with its element range: see [`cpu_view`]
+/// and (feature `candle-cuda`) [`cuda_view`].
+pub struct TensorView<'a> {
     guard: StorageRef<'a>,
     start: usize,
     len: usize,
     dtype: crate::DType,
 }
 
-impl std::fmt::Debug for CpuView<'_> {
+/// The view [`cpu_view`] returns.
+pub type CpuView<'a> = TensorView<'a>;
+
+impl std::fmt::Debug for TensorView<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CpuView")
+        f.debug_struct("TensorView")
             .field("start", &self.start)
             .field("len", &self.len)
             .field("dtype", &self.dtype)
@@ -121,7 +124,7 @@ impl std::fmt::Debug for CpuView<'_> {
     }
 }
 
-impl CpuView<'_> {
+impl TensorView<'_> {
     /// The tensor's dtype.
     pub fn dtype(&self) -> crate::DType {
         self.dtype
@@ -137,33 +140,41 @@ impl CpuView<'_> {
         self.len == 0
     }
 
-    /// The elements, in place. `Err` if `T` is not the tensor's dtype.
-    pub fn as_slice<T: CandleElement>(&self) -> Result<&[T]> {
-        if <T as Element>::DTYPE != self.dtype {
-            return Err(invalid(
-                "tensor dtype",
-                format!(
-                    "tensor is {:?}, requested {:?}",
-                    self.dtype,
-                    <T as Element>::DTYPE
-                ),
-            ));
+    /// `Err` unless `T` is the tensor's dtype.
+    fn check_dtype<T: Element>(&self) -> Result<()> {
+        if T::DTYPE == self.dtype {
+            return Ok(());
         }
+        Err(invalid(
+            "tensor dtype",
+            format!("tensor is {:?}, requested {:?}", self.dtype, T::DTYPE),
+        ))
+    }
+
+    /// `Err` unless the view's range lies in a storage of `storage_len` elements.
+    fn range(&self, storage_len: usize) -> Result<std::ops::Range<usize>> {
+        let end = self.start + self.len;
+        if end <= storage_len {
+            return Ok(self.start..end);
+        }
+        Err(invalid(
+            "tensor layout",
+            format!(
+                "elements {}..{end} outside a storage of {storage_len}",
+                self.start
+            ),
+        ))
+    }
+
+    /// The elements of a CPU tensor, in place. `Err` if `T` is not the tensor's dtype or
+    /// the storage is not on the CPU.
+    pub fn as_slice<T: CandleElement>(&self) -> Result<&[T]> {
+        self.check_dtype::<T>()?;
         let Storage::Cpu(cs) = &*self.guard else {
             return Err(invalid("tensor storage", "not CPU storage"));
         };
         let all = cs.as_slice::<T>().map_err(candle_err("tensor storage"))?;
-        all.get(self.start..self.start + self.len).ok_or_else(|| {
-            invalid(
-                "tensor layout",
-                format!(
-                    "elements {}..{} outside a storage of {}",
-                    self.start,
-                    self.start + self.len,
-                    all.len()
-                ),
-            )
-        })
+        Ok(&all[self.range(all.len())?])
     }
 }
 
@@ -198,7 +209,7 @@ pub fn cpu_view(t: &Tensor) -> Result<CpuView<'_>> {
         }
     }
     check_contiguous(layout)?;
-    Ok(CpuView {
+    Ok(TensorView {
         start: layout.start_offset(),
         len: layout.shape().elem_count(),
         dtype,
