@@ -51,61 +51,7 @@ fn cpu_view_rejects_strided_and_integer_tensors() {
 }
 
 fn check_project_dtype(dt: DType, tol: f64) {
-    let shapes: [&[usize]; 3] = [&[7, 9], &[33], &[2, 3, 4]];
-    let v: Vec<Tensor> = shapes
-        .iter()
-        .enumerate()
-        .map(|(i, s)| t(10 + i as u64, s).to_dtype(dt).unwrap())
-        .collect();
-    let b0: Vec<Tensor> = shapes
-        .iter()
-        .enumerate()
-        .map(|(i, s)| t(20 + i as u64, s).to_dtype(dt).unwrap())
-        .collect();
-    let b1: Vec<Tensor> = shapes
-        .iter()
-        .enumerate()
-        .map(|(i, s)| t(30 + i as u64, s).to_dtype(dt).unwrap())
-        .collect();
-    let base: Vec<Tensor> = shapes
-        .iter()
-        .enumerate()
-        .map(|(i, s)| t(40 + i as u64, s).to_dtype(dt).unwrap())
-        .collect();
-    let betas = [0.5, 1.7, -0.25];
-    let (outs, ranks) = project_out_tensors(
-        &CpuBackend::new(),
-        &v,
-        &[&b0[..], &b1[..]],
-        Some(&base[..]),
-        0.75,
-        Beta::PerSegment(&betas),
-        &ProjectOptions::default(),
-    )
-    .unwrap();
-    assert_eq!(ranks, vec![2, 2, 2]);
-    for i in 0..3 {
-        assert_eq!(outs[i].dims(), v[i].dims());
-        assert_eq!(outs[i].dtype(), dt);
-        macro_rules! cmp {
-            ($ty:ty) => {{
-                let want = reference_one::<$ty>(
-                    &flat(&v[i]),
-                    &[flat(&b0[i]), flat(&b1[i])],
-                    Some(&flat::<$ty>(&base[i])),
-                    0.75,
-                    betas[i],
-                );
-                assert_close(&flat::<$ty>(&outs[i]), &want, tol);
-            }};
-        }
-        match dt {
-            DType::F32 => cmp!(f32),
-            DType::F16 => cmp!(half::f16),
-            DType::BF16 => cmp!(half::bf16),
-            _ => unreachable!(),
-        }
-    }
+    helpers::check_project_dtype(&CpuBackend::new(), &Device::Cpu, dt, tol, tol);
 }
 
 #[test]
@@ -204,14 +150,8 @@ fn drift_into_grads_matches_script_formula() {
             .map(|(a, b)| (a - b) as f64)
             .collect();
         let g: Vec<f64> = g_before[i].iter().map(|&x| x as f64).collect();
-        let dg: f64 = d.iter().zip(&g).map(|(a, b)| a * b).sum();
         let gg: f64 = g.iter().map(|x| x * x).sum();
-        let c = dg / (gg + 1e-12);
-        let want: Vec<f32> = d
-            .iter()
-            .zip(&g)
-            .map(|(d, g)| (g + beta * (d - c * g)) as f32)
-            .collect();
+        let want = helpers::script_update(&d, &g, beta);
         let got = flat::<f32>(grads.get(p.as_tensor()).unwrap());
         assert_close(&got, &want, 1e-5);
         // d_perp ⟂ g.

@@ -11,7 +11,7 @@ mod helpers;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
-use helpers::{assert_close, flat, reference_one};
+use helpers::{assert_close, flat};
 use redreg::candle::{
     cuda_backend, cuda_view, project_drift_into_grads, project_out_tensors, snapshot,
 };
@@ -45,68 +45,7 @@ fn check_project_dtype(dt: DType, atol: f64, rtol: f64) {
     let Some((dev, be)) = device(&format!("project_out_tensors_{dt:?}")) else {
         return;
     };
-    let shapes: [&[usize]; 4] = [&[7, 9], &[33], &[2, 3, 4], &[70_001]];
-    let mk = |seed: u64| -> Vec<Tensor> {
-        shapes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| t(seed + i as u64, s, dev).to_dtype(dt).unwrap())
-            .collect()
-    };
-    // The second tensor of v is a row range of a bigger tensor: contiguous, start offset > 0.
-    let mut v = mk(10);
-    v[1] = t(15, &[3, 33], dev)
-        .to_dtype(dt)
-        .unwrap()
-        .narrow(0, 1, 1)
-        .unwrap()
-        .reshape(33)
-        .unwrap();
-    let (b0, base) = (mk(20), mk(40));
-    // Tensor 2's second basis vector is 2·b0: rank 1 there, rank 2 elsewhere.
-    let mut b1 = mk(30);
-    b1[2] = (&b0[2] * 2.0).unwrap();
-    let betas = [0.5, 1.7, -0.25, 1.0];
-    let (outs, ranks) = project_out_tensors(
-        be,
-        &v,
-        &[&b0[..], &b1[..]],
-        Some(&base[..]),
-        0.75,
-        Beta::PerSegment(&betas),
-        &ProjectOptions::default(),
-    )
-    .unwrap();
-    assert_eq!(ranks, vec![2, 2, 1, 2]);
-    for i in 0..v.len() {
-        assert_eq!(outs[i].dims(), v[i].dims());
-        assert_eq!(outs[i].dtype(), dt);
-        assert!(outs[i].device().same_device(dev), "output left the GPU");
-        macro_rules! cmp {
-            ($ty:ty) => {{
-                let want = reference_one::<$ty>(
-                    &flat(&v[i]),
-                    &[flat(&b0[i]), flat(&b1[i])],
-                    Some(&flat::<$ty>(&base[i])),
-                    0.75,
-                    betas[i],
-                );
-                assert_close(
-                    &format!("{dt:?} tensor {i}"),
-                    &flat::<$ty>(&outs[i]),
-                    &want,
-                    atol,
-                    rtol,
-                );
-            }};
-        }
-        match dt {
-            DType::F32 => cmp!(f32),
-            DType::F16 => cmp!(half::f16),
-            DType::BF16 => cmp!(half::bf16),
-            _ => unreachable!(),
-        }
-    }
+    helpers::check_project_dtype(be, dev, dt, atol, rtol);
 }
 
 #[test]
@@ -195,17 +134,9 @@ fn drift_into_grads_matches_script_and_cpu() {
     let (g0, d, gpu) = run(dev, true);
     let (_, _, cpu) = run(&Device::Cpu, false);
     for i in 0..2 {
-        // The script: d_perp = d - (d·g / (g·g + 1e-12)) g; grad += 1.4 · d_perp.
         let g: Vec<f64> = g0[i].iter().map(|&x| x as f64).collect();
         let dd: Vec<f64> = d[i].iter().map(|&x| x as f64).collect();
-        let dg: f64 = dd.iter().zip(&g).map(|(a, b)| a * b).sum();
-        let gg: f64 = g.iter().map(|x| x * x).sum();
-        let c = dg / (gg + 1e-12);
-        let want: Vec<f32> = dd
-            .iter()
-            .zip(&g)
-            .map(|(d, g)| (g + 1.4 * (d - c * g)) as f32)
-            .collect();
+        let want = helpers::script_update(&dd, &g, 1.4);
         assert_close(&format!("gpu tensor {i}"), &gpu[i], &want, 1e-6, 1e-5);
         // Same inputs on both devices up to the matmul's rounding in backward.
         assert_close(
