@@ -6,7 +6,7 @@
 //! fused per-step redundancy statistics — on CUDA (feature `cuda`) and on the CPU.
 //!
 //! Start with [`Segments`] (the model's tensor layout), then [`CpuBackend`] (or
-//! `CudaBackend`) and [`reference`] (the oracle every backend is tested against).
+//! `CudaBackend`) and [`reference`](mod@reference) (the oracle every backend is tested against).
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 

@@ -1,31 +1,35 @@
-//! Adapters for [candle](https://github.com/huggingface/candle) tensors (feature `candle`).
+//! Adapters for [candle](https://github.com/huggingface/candle) tensors (feature `candle`;
+//! CUDA tensors with feature `candle-cuda`).
 //!
 //! - [`segments`]: one segment per parameter tensor (in the order given).
-//! - [`cpu_view`]: the elements of a contiguous f32/f16/bf16 tensor with CPU storage, read
-//!   in place (no flattening, no copy): `storage_and_layout()` → `Storage::Cpu` →
-//!   `as_slice::<T>()` from `layout.start_offset()`.
+//! - [`cpu_view`] (and `cuda_view` with `candle-cuda`): the elements of a contiguous
+//!   f32/f16/bf16 tensor, read in place (no flattening, no copy): `storage_and_layout()` →
+//!   `Storage::Cpu` / `Storage::Cuda` → the slice from `layout.start_offset()`.
 //! - [`project_out_tensors`]: `out_i = alpha·base_i + beta_i·(v_i - P_i v_i)` for a list of
 //!   tensors, `P_i` the projector onto the span of the basis tensors of tensor `i`.
 //! - [`project_drift_into_grads`]: the RedReg update of one encoder, `grad_i += beta ·
 //!   (d_i - P_i d_i)` with `d_i = theta_i - theta0_i` and the basis `span{grad_i, extra…}`,
 //!   written back into a [`GradStore`].
 //!
+//! Both functions take a [`TensorBackend`]: [`CpuBackend`] for CPU tensors, or (feature
+//! `candle-cuda`) a [`crate::cuda::CudaBackend`] made by `cuda_backend(&device)`, which runs
+//! on candle's own stream.
+//!
 //! # Copies
 //! Inputs are read in place. candle tensors are immutable, so every *result* is a new
-//! tensor built from a new host buffer (`Tensor::from_vec`): on the CPU that is one
-//! allocation and one write of each output tensor, and [`project_drift_into_grads`]
-//! replaces the gradients in the `GradStore` by these new tensors (the old ones are
-//! dropped when nothing else holds them). The drift `theta - theta0` is formed in a
-//! scratch buffer per tensor.
+//! tensor: on the CPU one host allocation and one write per output tensor, on CUDA one
+//! device allocation per output tensor written by the kernels and wrapped as candle storage
+//! (no copy). [`project_drift_into_grads`] replaces the gradients in the `GradStore` by
+//! these new tensors (the old ones are dropped when nothing else holds them); it forms the
+//! drift `theta - theta0` with candle's own subtraction, on the parameters' device.
 //!
 //! # Storage and dtypes
-//! Only CPU storage is accepted. CUDA tensors return `Err` here: they go through the
-//! raw-pointer path of the CUDA backend (a `&CudaSlice<T>` from
-//! `Storage::Cuda(cs) → cs.as_cuda_slice::<T>()`). Tensors must be contiguous (any start
-//! offset) and f32, f16 or bf16; all tensors of one call must share the dtype of the first,
-//! and every tensor must have the shape of the tensor it goes with. Any violation is an
-//! [`Error`], never a panic, and nothing is written (the `GradStore` is only changed once
-//! every tensor has been computed).
+//! Tensors must be on the backend's device (CPU storage for `CpuBackend`; CUDA storage on
+//! the backend's stream for `CudaBackend`), contiguous (any start offset) and f32, f16 or
+//! bf16; all tensors of one call must share the dtype and device of the first, and every
+//! tensor must have the shape of the tensor it goes with. Any violation is an [`Error`],
+//! never a panic, and nothing is written (the `GradStore` is only changed once every
+//! tensor has been computed).
 
 use crate::dtype::Element;
 use crate::error::{check_count, invalid, Error, Result};
@@ -103,7 +107,7 @@ fn candle_err(what: &'static str) -> impl Fn(candle_core::Error) -> Error {
 }
 
 /// A read lock on a contiguous tensor's storage with its element range: see [`cpu_view`]
-/// and (feature `candle-cuda`) [`cuda_view`].
+/// and (feature `candle-cuda`) `cuda_view`.
 pub struct TensorView<'a> {
     guard: StorageRef<'a>,
     start: usize,
@@ -179,7 +183,7 @@ impl TensorView<'_> {
 }
 
 /// Read access to the elements of `t` without a copy. `Err` unless `t` has CPU storage
-/// (CUDA tensors: use the CUDA backend's raw-pointer path), is contiguous and is f32, f16
+/// (CUDA tensors: `cuda_view` with feature `candle-cuda`), is contiguous and is f32, f16
 /// or bf16. Holds candle's read lock on the storage while the view lives: do not update
 /// the same variable (`Var::set`, an optimizer step) before dropping it.
 pub fn cpu_view(t: &Tensor) -> Result<CpuView<'_>> {
@@ -288,7 +292,7 @@ pub struct Job {
 
 /// The backends the adapter runs on: [`CpuBackend`] for tensors with CPU storage and, with
 /// feature `candle-cuda`, [`crate::cuda::CudaBackend`] for tensors with CUDA storage (make
-/// it with [`cuda_backend`], so that it runs on the device's own stream). Sealed: the
+/// it with `cuda_backend`, so that it runs on the device's own stream). Sealed: the
 /// adapter's functions are the interface.
 pub trait TensorBackend: sealed::Sealed {
     /// Runs every job; the new tensors and each job's basis rank, in job order.

@@ -78,7 +78,7 @@
 //! Results are bitwise identical run to run and for any number of rayon threads: the work
 //! is split by a fixed table of [`STATS_CHUNK`]-element tasks, each task reduces in a fixed
 //! order into its own slot, and the slots are combined sequentially in task order (see
-//! [`cpu`]). The CPU result equals the sequential oracle ([`reference`]) up to f64
+//! [`cpu`]). The CPU result equals the sequential oracle ([`reference`](mod@reference)) up to f64
 //! summation order (relative differences ~1e-15 of Σ|terms|).
 //!
 //! # Validation
