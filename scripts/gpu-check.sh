@@ -163,6 +163,10 @@ run() {
             echo "FAIL example-balance (see example-balance.log)" | tee -a "$summary"; status=1
         fi
         grep -E "^device|time per training step|final" "$OUT/example-balance.log" >>"$summary"
+        # On the GPU machine the example must have trained on the GPU, not fallen back.
+        if ! grep "^device: CUDA" "$OUT/example-balance.log" >/dev/null; then
+            echo "FAIL example-balance did not run on the GPU (see its device line)" | tee -a "$summary"; status=1
+        fi
     fi
     # The anchor: what users would otherwise run (PyTorch, same GPU, same layout).
     if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
