@@ -25,6 +25,10 @@ mkdir -p "$OBJ"
 
 BASE=(-std=c++17 -fPIC -g -Wall -Wno-unknown-pragmas -Wno-unused-function -Wno-unused-variable -I "$HERE")
 KFP=(-ffp-contract=fast -mfma)
+if ! grep -qw fma /proc/cpuinfo 2>/dev/null; then
+    echo "build.sh: this CPU has no FMA: kernels built WITHOUT contraction (less like nvcc)" >&2
+    KFP=(-ffp-contract=off)
+fi
 case "$MODE" in
     plain) RT=(-O2 -DEMU_SHARED_THREAD_LOCAL); KERN=(-O2 -DEMU_SHARED_THREAD_LOCAL); LINK=() ;;
     asan) RT=(-O1 -fsanitize=address -fno-omit-frame-pointer)

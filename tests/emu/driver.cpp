@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <map>
 #include <mutex>
@@ -83,6 +84,24 @@ std::map<uintptr_t, Alloc> g_allocs;  // base address -> allocation
 thread_local Context* t_current = nullptr;
 // Kernels run under this lock in the sanitizer builds (__shared__ is then plain static).
 std::mutex g_kernel_mu;
+
+// Launches per kernel; written to $EMU_COVERAGE_DIR/launches-<pid>.txt at exit (emu-check
+// uses it to show that every kernel of kernels/*.cu ran).
+struct Coverage {
+    std::mutex mu;
+    std::map<std::string, unsigned long long> launches;
+    ~Coverage() {
+        const char* dir = getenv("EMU_COVERAGE_DIR");
+        if (!dir || launches.empty()) return;
+        char path[4096];
+        snprintf(path, sizeof path, "%s/launches-%d.txt", dir, (int)getpid());
+        FILE* f = fopen(path, "w");
+        if (!f) return;
+        for (auto& kv : launches) fprintf(f, "%s %llu\n", kv.first.c_str(), kv.second);
+        fclose(f);
+    }
+};
+Coverage g_coverage;
 
 std::unordered_map<std::string, const emu::KernelDesc*>& kernels() {
     static auto* m = new std::unordered_map<std::string, const emu::KernelDesc*>();
@@ -607,6 +626,10 @@ API cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, 
         say("launch failed: %s", r.error.c_str());
         if (getenv("EMU_ABORT_ON_ERROR")) abort();
         return CUDA_ERROR_LAUNCH_FAILED;
+    }
+    {
+        std::lock_guard<std::mutex> g(g_coverage.mu);
+        g_coverage.launches[k.name]++;
     }
     if (verbose()) say("launched %s grid (%u,%u,%u) block (%u,%u,%u)", k.name, gx, gy, gz, bx, by, bz);
     return CUDA_SUCCESS;
