@@ -106,6 +106,7 @@ fn suppression_panel(area: &Area<'_>, named: &[(Mode, &[RunLog])]) -> Res<()> {
         .configure_mesh()
         .x_desc("epoch")
         .y_desc("steps")
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .x_labels(epochs.min(16))
         .x_label_formatter(&|x| format!("{x:.0}"))
         .light_line_style(WHITE.mix(0.0))

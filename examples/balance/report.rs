@@ -188,12 +188,17 @@ pub fn timing(named: &[(Mode, &[RunLog])]) {
                 per(&|t| t.controller),
                 per(&|t| t.projection),
             );
+            let np = sum(&|t| t.projected as f64);
+            let projected = np.max(1.0);
             println!(
                 "  {:<22} {total:.3} ms: extra candle forwards for the statistics {fw:.3} ms; the crate's part \
-                 {:.3} ms ({:.1} % of the step) = statistics plan {st:.3} + controller {ct:.4} + projection {pr:.3}",
+                 {:.3} ms ({:.1} % of the step) = statistics plan {st:.3} + controller {ct:.4} + projection {pr:.3} \
+                 ({:.3} ms on each of the {:.0} % of steps that project)",
                 mode.label(),
                 st + ct + pr,
-                100.0 * (st + ct + pr) / total
+                100.0 * (st + ct + pr) / total,
+                1e3 * sum(&|t| t.projection) / projected,
+                100.0 * np / steps
             );
         } else {
             println!("  {:<22} {total:.3} ms", mode.label());

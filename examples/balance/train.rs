@@ -109,6 +109,8 @@ pub struct Timing {
     pub controller: f64,
     /// The crate's projection into the gradients.
     pub projection: f64,
+    /// Steps that ran the projection.
+    pub projected: usize,
 }
 
 pub struct RunLog {
@@ -226,6 +228,7 @@ pub fn train(
                             &backend,
                         )?;
                         time.projection += t.elapsed().as_secs_f64();
+                        time.projected += 1;
                     }
                 }
                 el.gate_open += (d.gate > 0.0) as usize;
