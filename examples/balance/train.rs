@@ -265,13 +265,13 @@ impl RedReg {
         // Two noisy copies of the undropped input per modality, encoder features without
         // gradient (the script's redundancy).
         let mut noisy = Vec::with_capacity(2);
-        for m in 0..2 {
-            let n = x[m].elem_count();
-            let n1 = Tensor::from_vec(self.noise.normals(n, NOISE_SIGMA), x[m].dims(), dev())?;
-            let n2 = Tensor::from_vec(self.noise.normals(n, NOISE_SIGMA), x[m].dims(), dev())?;
-            let (x1, x2) = ((x[m] + n1)?, (x[m] + n2)?);
-            let z1 = model.enc[m].forward(&x1)?;
-            let z2 = model.enc[m].forward(&x2)?;
+        for (xm, enc) in x.iter().zip(&model.enc) {
+            let n = xm.elem_count();
+            let n1 = Tensor::from_vec(self.noise.normals(n, NOISE_SIGMA), xm.dims(), dev())?;
+            let n2 = Tensor::from_vec(self.noise.normals(n, NOISE_SIGMA), xm.dims(), dev())?;
+            let (x1, x2) = ((*xm + n1)?, (*xm + n2)?);
+            let z1 = enc.forward(&x1)?;
+            let z2 = enc.forward(&x2)?;
             noisy.push([host(&x1)?, host(&x2)?, host(&z1)?, host(&z2)?]);
         }
         // Scores and agreement: the main forward (the script), or an undropped pass.
