@@ -10,16 +10,19 @@
 #                the GPU bench in smoke mode
 #     address    AddressSanitizer over the kernels (exact-size allocations, 0xA5 fill)
 #     race       ThreadSanitizer over the kernels (each CUDA thread a TSan fiber)
+#     mutation   the REAL kernels, deliberately broken (tests/emu/mutate.py): a barrier removed
+#                must fail the race mode, an off-by-one loop bound the address mode
 #
 # Sizes: REDREG_GPU_QUICK=1 (the tests' quick layouts) in every mode; the race mode runs a
-# subset (TSan costs ~50x). EMU_FULL=1 runs the plain mode at full size.
+# subset (TSan costs ~50x) that still launches every kernel. EMU_FULL=1 runs the plain mode
+# at full size. Each mode fails unless every kernel of kernels/*.cu was launched.
 # Results: target/emu/results.md (a table) and target/emu/logs/*.log.
 # Emulated is not real: these runs prove kernel logic, launch geometry, argument passing,
 # bounds, barriers and the wrappers end to end; their timings mean nothing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
-STEPS="${*:-selftest negative plain address race}"
+STEPS="${*:-selftest negative plain address race mutation}"
 VENV="${REDREG_CUDA_VENV:-$HOME/.cache/redreg-cuda-venv}"
 if [ -z "${NVCC:-}" ] && [ -f "$VENV/redreg-cuda-env.sh" ]; then
     # shellcheck disable=SC1091
@@ -53,7 +56,7 @@ for line in sys.stdin:
 run_bin() {
     local mode=$1 name=$2 bin=$3
     shift 3
-    local lib="$EMU/$mode" log="$LOGS/$mode-$name${EMU_TAG:-}.log" pre=() opts=()
+    local lib="${EMU_LIB:-$EMU/$mode}" log="$LOGS/$mode-$name${EMU_TAG:-}.log" pre=() opts=()
     case "$mode" in
         asan) pre=(env LD_PRELOAD="$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS="detect_leaks=0:abort_on_error=0") ;;
         tsan) pre=(env LD_PRELOAD="$(gcc -print-file-name=libtsan.so)" TSAN_OPTIONS="ignore_noninstrumented_modules=1 halt_on_error=1 exitcode=66") ;;
@@ -103,6 +106,31 @@ coverage() {
     fi
 }
 
+# The criterion GPU bench (benches/gpu.rs) end to end, every case once; timings meaningless.
+bench_smoke() {
+    local bench
+    bench=$(cargo bench --features cuda --bench gpu --no-run --message-format=json 2>>"$LOGS/cargo-build.log" |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
+        print(m["executable"])
+') || { tail -n 20 "$LOGS/cargo-build.log"; return 1; }
+    local log="$LOGS/plain-bench-gpu.log" t0=$SECONDS
+    if LD_LIBRARY_PATH="$EMU/plain${BASE_LD:+:$BASE_LD}" EMU_COVERAGE_DIR="$EMU/coverage-plain" REDREG_REQUIRE_GPU=1 \
+        REDREG_BENCH_SMOKE=1 timeout 600 "$bench" --bench >"$log" 2>&1 && grep -q '^| controller_step' "$log"; then
+        echo "PASS plain bench gpu, smoke ($((SECONDS - t0))s): $(grep -c '^| [a-z]' "$log") cases ran"
+        row "plain | bench gpu (smoke) | $(grep -c '^| [a-z]' "$log") cases ran to completion | none | $((SECONDS - t0)) s"
+    else
+        echo "FAIL plain bench gpu, smoke: see $log"
+        tail -n 15 "$log"
+        row "plain | bench gpu (smoke) | FAILED | see log | $((SECONDS - t0)) s"
+        return 1
+    fi
+}
+
 build_lib() {
     section "build the emulated driver ($1)"
     bash tests/emu/build.sh "$1" "$EMU/$1" >"$LOGS/build-$1.log" 2>&1 || { cat "$LOGS/build-$1.log"; exit 1; }
@@ -147,24 +175,54 @@ for step in $STEPS; do
                         fi ;;
                     asan) run_bin asan "$name" "$bin" ;;
                     tsan)
-                        # TSan costs ~50x: the kernels' code paths at small sizes.
+                        # TSan costs ~50x: every kernel at small sizes (gpu_kernels runs each
+                        # project kernel once; gpu_project's large layouts are left to the
+                        # other modes), and the reliability tests that are not repetitions.
                         case "$name" in
-                            gpu_project) run_bin tsan "$name" "$bin" --skip huge --skip bitwise --skip reference_f16 --skip reference_bf16 ;;
+                            gpu_project) ;;
                             gpu_reliability) run_bin tsan "$name" "$bin" --skip twenty_runs --skip two_backends ;;
                             *) run_bin tsan "$name" "$bin" ;;
                         esac ;;
                 esac
             done <<<"$BINS"
+            section "$step mode: kernels launched (every extern \"C\" __global__ of kernels/*.cu must run)"
+            coverage "$mode" || status=1
             if [ "$mode" = plain ]; then
-                section "plain mode: kernels launched (every extern \"C\" __global__ of kernels/*.cu must run)"
-                coverage "$mode" || status=1
                 section "plain mode, the NVRTC path (REDREG_FORCE_NVRTC=1: PTX from the embedded sources)"
                 while read -r name bin; do
                     case "$name" in
                         gpu_stats | gpu_controller) REDREG_FORCE_NVRTC=1 EMU_TAG=" (NVRTC)" run_bin plain "$name" "$bin" ;;
                     esac
                 done <<<"$BINS"
+                section "plain mode, the GPU bench in smoke mode (REDREG_BENCH_SMOKE=1: small layouts, one call per case)"
+                bench_smoke || status=1
             fi
+            ;;
+        mutation)
+            section "mutation tests: the real kernels, deliberately broken, must fail their mode"
+            if [ -z "$BINS" ]; then
+                BINS="$(test_binaries)" || { cat "$LOGS/cargo-build.log"; exit 1; }
+            fi
+            kbin=$(awk '$1 == "gpu_kernels" { print $2 }' <<<"$BINS")
+            for m in barrier:tsan:'ThreadSanitizer: data race' oob:asan:'AddressSanitizer: heap-buffer-overflow'; do
+                mut=${m%%:*} rest=${m#*:}
+                mode=${rest%%:*} pat=${rest#*:}
+                python3 tests/emu/mutate.py kernels "$EMU/mut-$mut/kernels" "$mut" >/dev/null || { status=1; continue; }
+                bash tests/emu/build.sh "$mode" "$EMU/mut-$mut" "$EMU/mut-$mut/kernels" >"$LOGS/build-mut-$mut.log" 2>&1 ||
+                    { cat "$LOGS/build-mut-$mut.log"; status=1; continue; }
+                keep=$status
+                EMU_LIB="$EMU/mut-$mut" EMU_TAG=" (mutation $mut)" run_bin "$mode" gpu_kernels "$kbin" >/dev/null
+                status=$keep  # the run must fail; the verdict is the pattern check below
+                log="$LOGS/$mode-gpu_kernels (mutation $mut).log"
+                if grep -E "$pat" "$log" >/dev/null; then
+                    echo "ok    mutation $mut caught by the $mode mode: $(grep -m1 -oE "$pat" "$log")"
+                    sed -i '$ d' "$RESULTS"
+                    row "$mode | gpu_kernels, mutation $mut | caught (as it must be) | $(grep -cE 'ERROR: AddressSanitizer|WARNING: ThreadSanitizer' "$log") report(s) | –"
+                else
+                    echo "FAIL  mutation $mut was NOT caught by the $mode mode (see $log)"
+                    status=1
+                fi
+            done
             ;;
         *) echo "emu-check: unknown step $step" >&2; exit 2 ;;
     esac
