@@ -374,7 +374,11 @@ mod imp {
             rows: Vec::new(),
         };
         // 64M elements: f32 k = 1 moves 3 × 256 MB buffers, ≥ 4 × the 50–60 MB L2.
-        let (big_n, l2_n) = if smoke() { (1 << 16, 1 << 14) } else { (64 << 20, 1 << 20) };
+        let (big_n, l2_n, big_label, l2_label) = if smoke() {
+            (1 << 16, 1 << 14, "64K", "16K")
+        } else {
+            (64 << 20, 1 << 20, "64M", "1M_in_L2")
+        };
         let big = Segments::from_lengths(&[big_n]).unwrap();
         let l2 = Segments::from_lengths(&[l2_n]).unwrap();
         let (ra, rv) = av_pair();
@@ -389,16 +393,16 @@ mod imp {
         )
         .unwrap();
         for k in [1, 2, 4, 8] {
-            project::<f32>(&mut bn, "64M", &big, k);
+            project::<f32>(&mut bn, big_label, &big, k);
         }
-        project::<bf16>(&mut bn, "64M", &big, 1);
-        project::<f16>(&mut bn, "64M", &big, 1);
-        project::<f32>(&mut bn, "1M_in_L2", &l2, 1);
+        project::<bf16>(&mut bn, big_label, &big, 1);
+        project::<f16>(&mut bn, big_label, &big, 1);
+        project::<f32>(&mut bn, l2_label, &l2, 1);
         project::<f32>(&mut bn, "resnet18_av", &resnet, 1);
         project::<bf16>(&mut bn, "resnet18_av", &resnet, 1);
         project::<f32>(&mut bn, "vit_b16_av", &vit, 1);
-        split::<f32>(&mut bn, "64M", &big);
-        orth::<f32>(&mut bn, "64M", &big, 4);
+        split::<f32>(&mut bn, big_label, &big);
+        orth::<f32>(&mut bn, big_label, &big, 4);
         stats(&mut bn);
         full_step(&mut bn);
 
