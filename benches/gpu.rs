@@ -337,7 +337,10 @@ mod imp {
     fn av_pair() -> (Vec<Vec<usize>>, Vec<Vec<usize>>) {
         let (a, v) = layouts::resnet18_av_pair();
         if smoke() {
-            (a.into_iter().take(8).collect(), v.into_iter().take(8).collect())
+            (
+                a.into_iter().take(8).collect(),
+                v.into_iter().take(8).collect(),
+            )
         } else {
             (a, v)
         }

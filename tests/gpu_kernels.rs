@@ -52,7 +52,11 @@ fn assert_close<T: CudaElement>(what: &str, got: &[T], want: &[T], (atol, rtol):
         .take(8)
         .map(|(i, (g, w))| format!("[{i}] gpu={} ref={}", g.to_f64(), w.to_f64()))
         .collect();
-    assert!(bad.is_empty(), "{what}: first mismatches: {}", bad.join(", "));
+    assert!(
+        bad.is_empty(),
+        "{what}: first mismatches: {}",
+        bad.join(", ")
+    );
 }
 
 /// Segments of 0, 37, 1000 and 16390 elements (two chunks): every segment is at least 4×
