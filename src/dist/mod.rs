@@ -10,7 +10,7 @@
 //!   ([`crate::Partials`], all tensors in one buffer) all-reduced once between pass 1 and
 //!   pass 2 ([`project_sharded`]) — equal to the unsharded projection.
 //!
-//! The engine is the one-method trait [`AllReduce`]: an MPI adapter ([`MpiComm`], feature
+//! The engine is the one-method trait [`AllReduce`]: an MPI adapter (`MpiComm`, feature
 //! `mpi`), an NCCL adapter (`NcclComm`, feature `nccl`), an in-process group of threads
 //! ([`ThreadGroup`], for tests and single-node use), or a few lines over a trainer's own.
 //! See `docs/distributed.md`.
