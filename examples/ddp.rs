@@ -221,7 +221,7 @@ fn main() -> Res<()> {
         for m in 0..2 {
             snapshot(&enc[m], &mut theta0[m]);
         }
-        let (mut count, mut loss, mut last_beta) = ([0usize; 3], 0.0, 0.0);
+        let (mut seq, mut loss, mut max_beta) = (String::new(), 0.0, 0.0f64);
         let (mut dominant, mut pos_sim) = (0usize, 0.0);
         for step in 0..N / BATCH {
             let idx: Vec<usize> = rows.clone().map(|i| step * BATCH + i).collect();
@@ -312,10 +312,10 @@ fn main() -> Res<()> {
                 },
             ];
             let (d, _) = ctl.step(&inputs, &backend, &mut encoders, &mut ws)?;
-            count[d.suppressed.map_or(2, |m| m)] += 1;
+            seq.push(d.suppressed.map_or('-', |m| ['A', 'B'][m]));
+            max_beta = max_beta.max(d.beta);
             dominant += usize::from(d.dominant.is_some());
             pos_sim += d.pos_sim / (N / BATCH) as f64;
-            last_beta = d.beta;
             log_hash = log_hash.rotate_left(5) ^ d.beta.to_bits() ^ d.gate.to_bits();
 
             // SGD with momentum and weight decay, on every parameter.
@@ -328,12 +328,9 @@ fn main() -> Res<()> {
         }
         let params: Vec<f32> = enc.iter().chain(&heads).flatten().copied().collect();
         println!(
-            "rank {rank}/{size} epoch {epoch}: loss {:.4}, dominant {dominant}, mean pos_sim {pos_sim:.3}, suppressed A {} B {} none {}, last beta {:.6}, params {:016x}",
+            "rank {rank}/{size} epoch {epoch}: loss {:.4}, dominant {dominant}/{}, mean pos_sim {pos_sim:.3}, suppressed per step {seq}, max beta {max_beta:.6}, params {:016x}",
             loss / (N / BATCH) as f64,
-            count[0],
-            count[1],
-            count[2],
-            last_beta,
+            N / BATCH,
             hash(&params)
         );
     }

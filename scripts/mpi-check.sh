@@ -65,7 +65,7 @@ for n in 2 3; do
 done
 for n in 2 3; do
     step "example ddp under mpirun -n $n"
-    "${MPIRUN[@]}" -n "$n" "$EXAMPLE" --epochs 3
+    "${MPIRUN[@]}" -n "$n" "$EXAMPLE" --epochs 6
 done
 
 step "passed in $((SECONDS - T0)) s"
