@@ -214,25 +214,26 @@ RR_FOR_K1_8(RR_ORTH_PARTIALS, bf16, rr_bf16)
 // a plain `s -= a * b` here would be fused and flip rank decisions near the threshold.
 // ---------------------------------------------------------------------------------------
 
-// The rank rule's noise floor 128*k^2*u (u = 2^-53; exact): src/solve.rs noise_floor.
+// The rank rule's noise factor 64*k*u (u = 2^-53; exact): src/solve.rs noise_factor.
 #define RR_UNIT_ROUNDOFF 1.1102230246251565404236316680908203125e-16
 
-// max(tol^2, floor / r_min) as src/solve.rs `threshold` (no fmax: same NaN-free semantics).
-__device__ __forceinline__ double rr_threshold(double tol, double floor, double r_min) {
-    const double t2 = __dmul_rn(tol, tol);
-    const double n = __ddiv_rn(floor, r_min);
-    return t2 > n ? t2 : n;
+// max(tol^2 * gjj, noise * a^2) as src/solve.rs `threshold` (same operations, same order).
+__device__ __forceinline__ double rr_threshold(double tol, double gjj, double noise, double a) {
+    const double t = __dmul_rn(__dmul_rn(tol, tol), gjj);
+    const double n = __dmul_rn(noise, __dmul_rn(a, a));
+    return t > n ? t : n;
 }
 
 template <int K>
 __device__ __forceinline__ void rr_factor(const double* p, int max_rank, double tol,
                                           double (&l)[K][K], bool (&kept)[K]) {
-    const double floor = __dmul_rn((double)(128 * K * K), RR_UNIT_ROUNDOFF);
+    const double noise = __dmul_rn((double)(64 * K), RR_UNIT_ROUNDOFF);
+    double norm[K];
     int n_kept = 0;
-    double r_min = 1.0;
 #pragma unroll
     for (int j = 0; j < K; ++j) {
         kept[j] = false;
+        norm[j] = 0.0;
 #pragma unroll
         for (int i = 0; i < K; ++i) l[j][i] = 0.0;
     }
@@ -241,6 +242,7 @@ __device__ __forceinline__ void rr_factor(const double* p, int max_rank, double 
         const double gjj = p[rr_tri(K, j, j)];
         // A zero vector, or the kept ones already span the segment.
         if (gjj <= 0.0 || n_kept >= max_rank) continue;
+        norm[j] = __dsqrt_rn(gjj);
         double d = gjj;
 #pragma unroll
         for (int i = 0; i < j; ++i) {
@@ -252,12 +254,30 @@ __device__ __forceinline__ void rr_factor(const double* p, int max_rank, double 
             l[j][i] = lji;
             d = __dsub_rn(d, __dmul_rn(lji, lji));
         }
-        if (d > __dmul_rn(rr_threshold(tol, floor, r_min), gjj)) {
+        // w = L_K^-T l_j and a = |b_j| + sum |w_i| |b_i|: the scale of d's rounding noise.
+        double w[K];
+#pragma unroll
+        for (int i = 0; i < K; ++i) w[i] = 0.0;
+#pragma unroll
+        for (int i = j - 1; i >= 0; --i) {
+            if (!kept[i]) continue;
+            double s = l[j][i];
+#pragma unroll
+            for (int r = i + 1; r < j; ++r) s = __dsub_rn(s, __dmul_rn(l[r][i], w[r]));
+            w[i] = __ddiv_rn(s, l[i][i]);
+        }
+        double a = norm[j];
+#pragma unroll
+        for (int i = 0; i < j; ++i) {
+            if (kept[i]) {
+                const double wi = w[i] < 0.0 ? -w[i] : w[i];
+                a = __dadd_rn(a, __dmul_rn(wi, norm[i]));
+            }
+        }
+        if (d > rr_threshold(tol, gjj, noise, a)) {
             kept[j] = true;
             ++n_kept;
             l[j][j] = __dsqrt_rn(d);
-            const double r = __ddiv_rn(d, gjj);
-            if (r < r_min) r_min = r;
         } else {
 #pragma unroll
             for (int m = 0; m < K; ++m) l[j][m] = 0.0;

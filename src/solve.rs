@@ -35,45 +35,42 @@
 //! Vector `b_j` is kept when `G_jj > 0`, fewer than `max_rank` vectors are kept so far, and
 //!
 //! ```text
-//! d_j > max(tol², noise_floor(k) / r_min) · G_jj,   noise_floor(k) = 128·k²·u,  u = 2^-53
+//! d_j > max(tol²·G_jj, 64·k·u·a_j²),   a_j = |b_j| + Σ_{i kept} |w_i|·|b_i|,   u = 2^-53
 //! ```
 //!
-//! where `r_min` is the smallest `d_i / G_ii` of the vectors kept before `j` (1 when none).
+//! where `w = L_K⁻ᵀ l_j` are `b_j`'s coefficients on the kept vectors (`b_j ≈ Σ w_i b_i`;
+//! `l_j` is row j of the factor) and `|b_i| = sqrt(G_ii)`.
 //!
-//! *Why the noise floor.* The computed factor is the exact one of `G + ΔG` with
-//! `|ΔG_ij| ≲ c·k·u·sqrt(G_ii·G_jj)` (Cholesky is backward stable; the Gram sums add a
-//! similar relative error). For a vector that is exactly dependent, `b_j = B_K w`, that
-//! moves `d_j` by about `u·‖w‖²`-weighted terms, and `‖w‖² ≤ G_jj / λ_min(G_K)`: the
-//! rounding noise of `d_j / G_jj` is `O(k·u / λ_min)` in the scaled Gram matrix — the
-//! squared-condition loss of Gram-based methods (`1/λ_min = κ(B_K)²` for unit columns).
-//! `r_min` is the cheap estimate of `λ_min` that the factorisation gives for free
-//! (`λ_min ≤ min_i d_i/G_ii`, so it can underestimate the noise; it is exact for k = 2).
-//! With `tol = 1e-7`, `tol² = 1e-14` sits at ~100·u: without the floor, noise alone kept
-//! vectors, e.g. 129 segments of 3000 with length 0..8 at k = 8 reported rank > length.
-//! *Margin.* Over 90,000 random segments (k = 2..8, length 0..8, uniform f32 data, the
-//! Gram matrix summed exactly), the largest noise of an exactly dependent vector was
-//! `409·u / r_min` (k = 7; per k: 4, 28, 46, 84, 156, 409, 148 for k = 2..8); the floor,
-//! `128·k²·u / r_min`, is ≥ 15× that at every k. Pass-1 sums of long segments add more
-//! (the CUDA kernels' plain per-thread sums of ≤ 64 products: up to ~75·u·sqrt(G_ii·G_jj)
-//! per entry; the CPU's compensated sums: ~u), still inside the floor for well-conditioned
-//! bases. The smallest independent vector's `d/G·r_min` in the same
-//! runs was `5e6·u`, far above the floor.
+//! *Why the noise term.* The computed factor is the exact one of `G + ΔG` with
+//! `|ΔG_ik| ≲ c·u·|b_i|·|b_k|` (Cholesky is backward stable; the pass-1 sums add a similar
+//! relative error). The pivot is the Schur complement `d_j = G_jj − 2wᵀg_j + wᵀG_K w` at
+//! the optimum, so to first order it moves by `ΔG_jj − 2wᵀΔg_j + wᵀΔG_K w`, which is at
+//! most `c·u·a_j²`. For a vector that depends on ill-conditioned kept vectors, `w` is large
+//! (up to `|b_j|/σ_min(B_K)`): that is the squared-condition loss of Gram-based methods,
+//! here measured for the actual vector instead of assumed for the worst direction. With
+//! only `tol² = 1e-14` (≈ 100·u), noise alone kept vectors: 129 of 3000 segments of length
+//! 0..8 at k = 8 reported a rank above their length.
+//! *Margin.* Over 120,000 random segments (k = 2..8, length 0..8, uniform f32 data, Gram
+//! sums exact or plain), the largest `d_j / (u·a_j²)` of an exactly dependent vector was
+//! 1.34; the factor `64·k` (128..512) is ≥ 200× that at every k (k = 3..8; at k = 2 the
+//! noise was 0). The smallest value of an independent vector in the same runs was 5e5. Long segments: the pass-1 sums of the CUDA
+//! kernels are plain per thread (≤ 64 products, then trees: up to ~75·u·|b_i||b_k| per
+//! entry), still inside the factor. Conditioned bases (`tests/reference_props.rs`,
+//! κ = 1e6, f32): the last vector's `d/(u·a²)` is ~1e4, kept; at κ = 1e7 it is ~1e2 and
+//! the vector is dropped (beyond what the f64 Gram matrix of f32 data resolves).
 //!
 //! *The cap.* `max_rank` is `min(segment length, k)` whenever the segment's own data gave
 //! the partials (`project_out`, `orthonormalize`, every backend): once `len` vectors are
 //! kept they span the segment, so any further vector is exactly dependent and dropped
 //! without a test. The split form's `apply` takes partials that may be summed over shards
-//! (the global length is unknown there), so it caps at `k` and relies on the floor alone.
+//! (the global length is unknown there), so it caps at `k` and relies on the noise term.
 //!
-//! *Limits.* The rule resolves relative residuals down to about
-//! `sqrt(128·k²·u / r_min) ≈ 1e-6·k / sqrt(r_min)`: with default `tol = 1e-7` the floor
-//! decides (the effective tolerance is ≥ 1e-6 at k = 8 even for orthogonal vectors), and
-//! after ill-conditioned kept vectors (`r_min` small) a genuinely independent but nearly
-//! dependent vector is dropped where explicit CGS2 ([`crate::reference::orthonormalize`])
-//! keeps it. Dropping it changes the projection by at most that residual — it is below
-//! what the Gram matrix can resolve. Setting `tol` higher than the floor makes `tol` decide.
-//! `r_min` can underestimate the noise for adversarial (Kahan-like) bases, where a spurious
-//! direction can still be kept; the cap still bounds the rank by the length.
+//! *Limits.* A nearly dependent vector whose residual is below the noise term is dropped
+//! where explicit CGS2 ([`crate::reference::orthonormalize`]) may keep it; its residual is
+//! then below what the Gram matrix can resolve, so the projection changes by about that
+//! residual. The bound is first order and uses the factor's own `L`, so a severely
+//! ill-conditioned kept set (κ ≳ 1e7 in f64) can still misjudge; the cap bounds the rank by
+//! the length in any case. With `tol` above the noise term, `tol` decides as before.
 //!
 //! # Same arithmetic on every backend
 //! The solve uses only `+ - * / sqrt`, each rounded once to nearest: Rust never contracts
@@ -120,11 +117,10 @@ pub const fn rhs_index(k: usize, i: usize) -> usize {
 /// Unit roundoff of f64 (`2^-53`).
 const UNIT_ROUNDOFF: f64 = f64::EPSILON / 2.0;
 
-/// The rank rule's noise floor for `k` basis vectors: `128·k²·u` (`u = 2^-53`), in units of
-/// the squared relative residual `d_j / G_jj`, before the division by `r_min` (module
-/// docs, *Rank rule*). `k = 8`: `9.1e-13`.
-pub fn noise_floor(k: usize) -> f64 {
-    128.0 * (k * k) as f64 * UNIT_ROUNDOFF
+/// The rank rule's noise factor for `k` basis vectors: `64·k·u` (`u = 2^-53`; `k = 8`:
+/// `5.7e-14`), multiplied by `a_j²` (module docs, *Rank rule*).
+pub fn noise_factor(k: usize) -> f64 {
+    64.0 * k as f64 * UNIT_ROUNDOFF
 }
 
 /// Solves one segment: from its partial sums (`partial_stride(k)` values, layout above)
@@ -218,14 +214,14 @@ pub fn solve_segment(
     rank
 }
 
-/// The threshold of the rank rule for the next vector: `max(tol², noise_floor(k) / r_min)`
-/// (written without `f64::max` so that the CUDA port's `a > b ? a : b` is the same).
+/// The threshold of the rank rule for `d_j`: `max(tol²·G_jj, noise·a²)` (written without
+/// `f64::max` so that the CUDA port's `x > y ? x : y` is the same).
 #[inline(always)]
-fn threshold(tol: f64, floor: f64, r_min: f64) -> f64 {
-    let t2 = tol * tol;
-    let n = floor / r_min;
-    if t2 > n {
-        t2
+fn threshold(tol: f64, gjj: f64, noise: f64, a: f64) -> f64 {
+    let t = tol * tol * gjj;
+    let n = noise * (a * a);
+    if t > n {
+        t
     } else {
         n
     }
@@ -254,16 +250,17 @@ fn factor_recording(
     q: &mut [f64; MAX_K],
 ) -> ([[f64; MAX_K]; MAX_K], [bool; MAX_K]) {
     let g = |i: usize, j: usize| partial[tri_index(k, i, j)];
-    let floor = noise_floor(k);
+    let noise = noise_factor(k);
     let mut l = [[0.0f64; MAX_K]; MAX_K];
     let mut kept = [false; MAX_K];
+    let mut norm = [0.0f64; MAX_K];
     let mut n_kept = 0usize;
-    let mut r_min = 1.0f64;
     for j in 0..k {
         let gjj = g(j, j);
         if gjj <= 0.0 || n_kept >= max_rank {
             continue; // a zero vector, or the kept ones already span the segment
         }
+        norm[j] = gjj.sqrt();
         let mut d = gjj;
         for i in 0..j {
             if !kept[i] {
@@ -277,16 +274,32 @@ fn factor_recording(
             l[j][i] = lji;
             d -= lji * lji;
         }
-        let t = threshold(tol, floor, r_min);
-        q[j] = d / (t * gjj);
-        if d > t * gjj {
+        // w = L_K⁻ᵀ l_j: b_j's coefficients on the kept vectors (b_j ≈ Σ w_i b_i), and
+        // a = |b_j| + Σ |w_i|·|b_i|, the scale of the rounding noise of d (module docs).
+        let mut w = [0.0f64; MAX_K];
+        for i in (0..j).rev() {
+            if !kept[i] {
+                continue;
+            }
+            let mut s = l[j][i];
+            for r in i + 1..j {
+                s -= l[r][i] * w[r];
+            }
+            w[i] = s / l[i][i];
+        }
+        let mut a = norm[j];
+        for i in 0..j {
+            if kept[i] {
+                let wi = if w[i] < 0.0 { -w[i] } else { w[i] };
+                a += wi * norm[i];
+            }
+        }
+        let t = threshold(tol, gjj, noise, a);
+        q[j] = d / t;
+        if d > t {
             kept[j] = true;
             n_kept += 1;
             l[j][j] = d.sqrt();
-            let r = d / gjj;
-            if r < r_min {
-                r_min = r;
-            }
         } else {
             l[j] = [0.0; MAX_K];
         }
@@ -296,7 +309,7 @@ fn factor_recording(
 
 /// How far the rank decisions of one segment are from the rank rule's threshold: the
 /// smallest, over the vectors the rule decided on (not those skipped as zero or beyond
-/// `max_rank`), of `max(q, 1/q)` with `q = d_j / (threshold·G_jj)` (`q <= 1`: dropped). A
+/// `max_rank`), of `max(q, 1/q)` with `q = d_j / threshold_j` (`q <= 1`: dropped). A
 /// value near 1 means that a last-bit change of the Gram matrix (another summation order)
 /// can flip the decision; `f64::INFINITY` when no decision was made, NaN for non-finite
 /// partials. Tests use it to accept rank differences between backends only on borderline
@@ -447,11 +460,11 @@ mod tests {
     }
 
     #[test]
-    fn the_floor_scales_with_the_kept_conditioning() {
-        // b1 nearly parallel to b0 (relative residual 1e-5, kept: r_min = 1e-10), so the
-        // floor for the next vector is 128·9·u / 1e-10 ≈ 1.3e-3: a third vector with
-        // relative residual 1e-2 (d/G = 1e-4) is dropped — the Gram matrix cannot resolve
-        // it — while after well-conditioned vectors it is kept.
+    fn the_noise_floor_follows_the_coefficients() {
+        // b1 nearly parallel to b0 (relative residual 1e-5). b2 = (0, 1, 1e-2) needs
+        // w = (-1e5, 1e5) on them, so a = |b2| + 2e5 and the noise of d is ~u·a² = 4e-6
+        // (64·3 times that: 8.5e-4): its d = 1e-4 cannot be told from noise, and it is
+        // dropped; after orthogonal vectors (w = (0, 1), a ≈ 2) the same d is kept.
         let e = 1e-5;
         let b_ill: [&[f64]; 3] = [&[1.0, 0.0, 0.0], &[1.0, e, 0.0], &[0.0, 1.0, 1e-2]];
         let b_ok: [&[f64]; 3] = [&[1.0, 0.0, 0.0], &[0.0, 1.0, 0.0], &[0.0, 1.0, 1e-2]];
@@ -460,7 +473,11 @@ mod tests {
         assert_eq!(solve_segment(3, &p, 3, 1e-7, 0.0, &mut w), 2);
         let p = gram_of(&b_ok, &[0.0; 3]);
         assert_eq!(solve_segment(3, &p, 3, 1e-7, 0.0, &mut w), 3);
-        assert!(noise_floor(8) > 9.0e-13 && noise_floor(8) < 9.2e-13);
+        // Ill-conditioned but not along b2's direction: b2 = (0, 0, 1) needs w = 0.
+        let b_far: [&[f64]; 3] = [&[1.0, 0.0, 0.0], &[1.0, e, 0.0], &[0.0, 0.0, 1.0]];
+        let p = gram_of(&b_far, &[0.0; 3]);
+        assert_eq!(solve_segment(3, &p, 3, 1e-7, 0.0, &mut w), 3);
+        assert!(noise_factor(8) > 5.6e-14 && noise_factor(8) < 5.7e-14);
     }
 
     #[test]
