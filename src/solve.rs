@@ -53,9 +53,9 @@
 //! *Margin.* Over 120,000 random segments (k = 2..8, length 0..8, uniform f32 data, Gram
 //! sums exact or plain), the largest `d_j / (u·a_j²)` of an exactly dependent vector was
 //! 1.34; the factor `64·k` (128..512) is ≥ 200× that at every k (k = 3..8; at k = 2 the
-//! noise was 0). The smallest value of an independent vector in the same runs was 5e5. Long segments: the pass-1 sums of the CUDA
-//! kernels are plain per thread (≤ 64 products, then trees: up to ~75·u·|b_i||b_k| per
-//! entry), still inside the factor. Conditioned bases (`tests/reference_props.rs`,
+//! noise was 0). The smallest value of an independent vector in the same runs was 5e5.
+//! Long segments: the pass-1 sums of the CUDA kernels are plain per thread (≤ 64 products,
+//! then trees: up to ~75·u·|b_i||b_k| per entry), still inside the factor. Conditioned bases (`tests/reference_props.rs`,
 //! κ = 1e6, f32): the last vector's `d/(u·a²)` is ~1e4, kept; at κ = 1e7 it is ~1e2 and
 //! the vector is dropped (beyond what the f64 Gram matrix of f32 data resolves).
 //!

@@ -19,6 +19,7 @@ pub const BORDERLINE: f64 = 8.0;
 /// capped ranks at the segment length (`project_out`, `orthonormalize`: yes; the split
 /// form's `apply`: no) and `tol` is the call's tolerance. Returns the borderline
 /// segments whose ranks differ (printed); panics on any other difference.
+#[allow(clippy::too_many_arguments)]
 pub fn assert_ranks_match(
     what: &str,
     segs: &Segments,
