@@ -162,7 +162,7 @@ run() {
     # --- sanitizers: each tool's own verdict ("ERROR SUMMARY: N errors") apart from the
     # verdict of the tests it ran (a test can fail without a memory error and vice versa).
     echo "== sanitizers ==" | tee -a "$summary"
-    local sanitizer_findings=0 sanitizer_test_failures=0
+    local sanitizer_findings=0 sanitizer_no_verdict=0 sanitizer_test_failures=0
     local cs
     cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
     local target="$BUNDLE/test-gpu_project"
@@ -180,7 +180,7 @@ run() {
             local sverdict tverdict
             if [ -z "$errs" ]; then
                 sverdict="NO-VERDICT (rc $rc$([ $rc = 124 ] && echo ', timed out'); no ERROR SUMMARY)"
-                sanitizer_findings=$((sanitizer_findings + 1)); status=1
+                sanitizer_no_verdict=$((sanitizer_no_verdict + 1)); status=1
             elif [ "$errs" = 0 ]; then
                 sverdict="CLEAN (0 errors)"
             else
@@ -200,7 +200,9 @@ run() {
         echo "SKIP compute-sanitizer (not found or no test-gpu_project)" | tee -a "$summary"
     fi
     echo "== totals ==" | tee -a "$summary"
-    echo "test failures: $test_failures binaries; sanitizer findings: $sanitizer_findings; tests failing under a sanitizer: $sanitizer_test_failures; kernel path: ${kpath#KERNEL-PATH: }" | tee -a "$summary"
+    echo "test failures: $test_failures (binaries or forced-NVRTC loads)" | tee -a "$summary"
+    echo "sanitizer findings: $sanitizer_findings errors; sanitizer runs without a verdict: $sanitizer_no_verdict; runs whose tests failed under a sanitizer: $sanitizer_test_failures" | tee -a "$summary"
+    echo "kernel path: ${kpath#KERNEL-PATH: }" | tee -a "$summary"
     for bnch in "$BUNDLE"/bench-*; do
         [ -x "$bnch" ] || continue
         local n; n=$(basename "$bnch")
