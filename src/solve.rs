@@ -313,7 +313,7 @@ fn factor_recording(
 /// value near 1 means that a last-bit change of the Gram matrix (another summation order)
 /// can flip the decision; `f64::INFINITY` when no decision was made, NaN for non-finite
 /// partials. Tests use it to accept rank differences between backends only on borderline
-/// segments (`tests/util/ranks.rs`).
+/// segments (`tests/common/ranks.rs`).
 pub fn decision_margin(k: usize, partial: &[f64], max_rank: usize, tol: f64) -> f64 {
     if partial[..k * (k + 1) / 2].iter().any(|x| !x.is_finite()) {
         return f64::NAN;
