@@ -8,6 +8,10 @@
 //! Without a usable GPU it prints `SKIP gpu: <reason>` and exits successfully
 //! (`REDREG_REQUIRE_GPU=1` makes that a failure). `REDREG_BENCH_OUT=<dir>` also writes the
 //! table to `<dir>/gpu-bench.md`.
+//!
+//! `REDREG_BENCH_SMOKE=1`: every case once, on small layouts, without criterion — a check
+//! that the bench runs end to end (used on the emulated driver, `scripts/emu-check.sh`);
+//! its table is marked as meaningless timing.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -46,8 +50,16 @@ mod imp {
         start.elapsed_ms(&end).expect("elapsed") as f64 / iters as f64
     }
 
-    /// Warm-up, then the best of 5 timed batches (ms per call).
+    /// `REDREG_BENCH_SMOKE=1`: run every case once on small layouts (see the module doc).
+    fn smoke() -> bool {
+        std::env::var("REDREG_BENCH_SMOKE").is_ok_and(|v| v == "1")
+    }
+
+    /// Warm-up, then the best of 5 timed batches (ms per call); one call in smoke mode.
     fn best_ms(b: &CudaBackend, f: &mut dyn FnMut()) -> f64 {
+        if smoke() {
+            return time_ms(b, 1, f);
+        }
         time_ms(b, 3, f);
         (0..5)
             .map(|_| time_ms(b, 10, f))
@@ -78,6 +90,14 @@ mod imp {
         fn case(&mut self, name: &str, bytes: f64, f: &mut dyn FnMut()) {
             let b = self.b;
             let ms = best_ms(b, f);
+            if smoke() {
+                self.rows.push(Row {
+                    name: name.to_string(),
+                    ms,
+                    bytes,
+                });
+                return;
+            }
             self.c.bench_function(name, |bch| {
                 bch.iter_custom(|iters| {
                     Duration::from_secs_f64(time_ms(b, iters as usize, f) * iters as f64 / 1e3)
@@ -181,15 +201,19 @@ mod imp {
     /// (sums with the Fisher accumulator). Bytes: every input once, the accumulator twice.
     fn stats(bn: &mut Bench<'_>) {
         let b = bn.b;
-        let (audio, visual) = layouts::resnet18_av_pair();
+        let (audio, visual) = av_pair();
         let (sa, sv) = (
             Segments::from_shapes(&audio).unwrap(),
             Segments::from_shapes(&visual).unwrap(),
         );
-        let bsz = 64;
+        let bsz = if smoke() { 2 } else { 64 };
         let classes = 31;
         let (za, zv) = (bsz * 512 * 9 * 6, bsz * 512 * 7 * 7);
-        let (xa, xv) = (bsz * 257 * 188, bsz * 3 * 224 * 224);
+        let (xa, xv) = if smoke() {
+            (bsz * 257 * 8, bsz * 3 * 16 * 16)
+        } else {
+            (bsz * 257 * 188, bsz * 3 * 224 * 224)
+        };
         let mut plan = StatsPlan::new();
         let h_za = plan.sq_diff_mean("z_a", DType::F32, za).unwrap();
         let h_zv = plan.sq_diff_mean("z_v", DType::F32, zv).unwrap();
@@ -254,7 +278,7 @@ mod imp {
     /// Bytes: drift (3n), copy (2n), project_out k = 1 (6n) of the visual encoder.
     fn full_step(bn: &mut Bench<'_>) {
         let b = bn.b;
-        let (audio, visual) = layouts::resnet18_av_pair();
+        let (audio, visual) = av_pair();
         let segs = [
             Segments::from_shapes(&audio).unwrap(),
             Segments::from_shapes(&visual).unwrap(),
@@ -309,8 +333,21 @@ mod imp {
         );
     }
 
+    /// The ResNet-18 audio-visual pair's tensor shapes (its first 8 tensors in smoke mode).
+    fn av_pair() -> (Vec<Vec<usize>>, Vec<Vec<usize>>) {
+        let (a, v) = layouts::resnet18_av_pair();
+        if smoke() {
+            (
+                a.into_iter().take(8).collect(),
+                v.into_iter().take(8).collect(),
+            )
+        } else {
+            (a, v)
+        }
+    }
+
     fn copy_gbs(b: &CudaBackend) -> f64 {
-        let n = 256 << 20; // 1 GiB of f32
+        let n = if smoke() { 1 << 20 } else { 256 << 20 }; // 1 GiB of f32
         let src = b.stream().alloc_zeros::<f32>(n).unwrap();
         let mut dst = b.stream().alloc_zeros::<f32>(n).unwrap();
         let ms = best_ms(b, &mut || {
@@ -340,27 +377,47 @@ mod imp {
             rows: Vec::new(),
         };
         // 64M elements: f32 k = 1 moves 3 × 256 MB buffers, ≥ 4 × the 50–60 MB L2.
-        let big = Segments::from_lengths(&[64 << 20]).unwrap();
-        let l2 = Segments::from_lengths(&[1 << 20]).unwrap();
-        let (ra, rv) = layouts::resnet18_av_pair();
+        let (big_n, l2_n, big_label, l2_label) = if smoke() {
+            (1 << 16, 1 << 14, "64K", "16K")
+        } else {
+            (64 << 20, 1 << 20, "64M", "1M_in_L2")
+        };
+        let big = Segments::from_lengths(&[big_n]).unwrap();
+        let l2 = Segments::from_lengths(&[l2_n]).unwrap();
+        let (ra, rv) = av_pair();
         let resnet = Segments::from_shapes(&ra.into_iter().chain(rv).collect::<Vec<_>>()).unwrap();
         let (va, vv) = layouts::vit_b16_av_pair();
-        let vit = Segments::from_shapes(&va.into_iter().chain(vv).collect::<Vec<_>>()).unwrap();
+        let take = if smoke() { 8 } else { usize::MAX };
+        let vit = Segments::from_shapes(
+            &va.into_iter()
+                .take(take)
+                .chain(vv.into_iter().take(take))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
         for k in [1, 2, 4, 8] {
-            project::<f32>(&mut bn, "64M", &big, k);
+            project::<f32>(&mut bn, big_label, &big, k);
         }
-        project::<bf16>(&mut bn, "64M", &big, 1);
-        project::<f16>(&mut bn, "64M", &big, 1);
-        project::<f32>(&mut bn, "1M_in_L2", &l2, 1);
+        project::<bf16>(&mut bn, big_label, &big, 1);
+        project::<f16>(&mut bn, big_label, &big, 1);
+        project::<f32>(&mut bn, l2_label, &l2, 1);
         project::<f32>(&mut bn, "resnet18_av", &resnet, 1);
         project::<bf16>(&mut bn, "resnet18_av", &resnet, 1);
         project::<f32>(&mut bn, "vit_b16_av", &vit, 1);
-        split::<f32>(&mut bn, "64M", &big);
-        orth::<f32>(&mut bn, "64M", &big, 4);
+        split::<f32>(&mut bn, big_label, &big);
+        orth::<f32>(&mut bn, big_label, &big, 4);
         stats(&mut bn);
         full_step(&mut bn);
 
-        let mut md = format!(
+        let mut md = String::new();
+        if smoke() {
+            md.push_str(
+                "SMOKE RUN (REDREG_BENCH_SMOKE=1): small layouts, one call each; these timings \
+                 mean nothing (on the emulated driver, nothing at all)\n\n",
+            );
+        }
+        let _ = write!(
+            md,
             "device-to-device copy (same run): {copy:.0} GB/s\n\n| op | ms | GB/s | ratio to copy |\n|---|---|---|---|\n"
         );
         for r in &bn.rows {

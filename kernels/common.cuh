@@ -4,7 +4,8 @@
 // same text compiles under nvcc (`-I kernels`) and under NVRTC, which has no file system
 // (the crate inlines this file in place of the include line before calling NVRTC).
 // Only compiler built-ins are used: __shfl_down_sync, __syncthreads, __syncwarp,
-// __float_as_uint & co., sqrt, and inline PTX `cvt` for f16.
+// __float_as_uint & co., sqrt, and inline PTX `cvt` for f16 (with a host path for the
+// emulated driver of tests/emu, selected by its shim's REDREG_EMU_HOST).
 //
 // Contents: integer typedefs; element types (f32, f16, bf16 stored as raw bits, arithmetic
 // in f64); 16-byte vector loads/stores; the chunk-task table layout; warp reductions.
@@ -67,6 +68,7 @@ __device__ __forceinline__ float rr_f64_to_f32_odd(double x) {
     return __uint_as_float(b);
 }
 
+#ifndef REDREG_EMU_HOST
 __device__ __forceinline__ float rr_h2f(rr_u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
@@ -78,6 +80,46 @@ __device__ __forceinline__ rr_u16 rr_f2h(float f) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
+#else
+// Host path for the emulated driver (tests/emu/shim.h defines REDREG_EMU_HOST): the same
+// IEEE conversions in integer arithmetic, checked exhaustively by tests/emu/f16_check.cpp.
+__device__ __forceinline__ float rr_h2f(rr_u16 h) {
+    const rr_u32 s = ((rr_u32)h & 0x8000u) << 16;
+    rr_u32 e = ((rr_u32)h >> 10) & 0x1fu;
+    rr_u32 m = (rr_u32)h & 0x3ffu;
+    if (e == 0) {
+        if (m == 0) return __uint_as_float(s);  // +-0
+        e = 113;  // subnormal: normalise (value m * 2^-24)
+        while (!(m & 0x400u)) {
+            m <<= 1;
+            e -= 1;
+        }
+        return __uint_as_float(s | (e << 23) | ((m & 0x3ffu) << 13));
+    }
+    if (e == 31) return __uint_as_float(s | 0x7f800000u | (m << 13));  // Inf, NaN (payload kept)
+    return __uint_as_float(s | ((e + 112u) << 23) | (m << 13));
+}
+
+__device__ __forceinline__ rr_u16 rr_f2h(float f) {  // round to nearest even
+    const rr_u32 u = __float_as_uint(f);
+    const rr_u32 s = (u >> 16) & 0x8000u;
+    rr_u32 a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (rr_u16)(s | 0x7e00u | ((a >> 13) & 0x3ffu));  // NaN stays NaN
+    if (a >= 0x47800000u) return (rr_u16)(s | 0x7c00u);                         // >= 2^16: Inf
+    if (a >= 0x38800000u) {  // normal f16 range (a carry into exponent 31 gives Inf)
+        a += 0xc8000fffu + ((a >> 13) & 1u);
+        return (rr_u16)(s | (a >> 13));
+    }
+    const rr_u32 e = a >> 23;
+    if (e < 101) return (rr_u16)s;  // below 2^-25: rounds to zero
+    const rr_u32 m = (a & 0x7fffffu) | 0x800000u;
+    const rr_u32 sh = 126 - e;  // 14..25: f16 subnormal units of 2^-24
+    rr_u32 q = m >> sh;
+    const rr_u32 rem = m & ((1u << sh) - 1u), half = 1u << (sh - 1);
+    if (rem > half || (rem == half && (q & 1u))) q += 1;
+    return (rr_u16)(s | q);
+}
+#endif
 
 __device__ __forceinline__ float rr_bf2f(rr_u16 h) { return __uint_as_float(((rr_u32)h) << 16); }
 

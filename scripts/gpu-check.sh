@@ -30,10 +30,11 @@ bundle() {
     if [ -z "${NVCC:-}" ] && [ -f "$venv/redreg-cuda-env.sh" ]; then . "$venv/redreg-cuda-env.sh"; fi
     export NVCC REDREG_REQUIRE_NVCC=1 CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
     rm -rf "$BUNDLE" && mkdir -p "$BUNDLE"
-    local tests="${REDREG_BUNDLE_TESTS:-gpu_project gpu_stats gpu_controller gpu_reliability gpu_isolation}"
+    local tests="${REDREG_BUNDLE_TESTS:-gpu_project gpu_kernels gpu_stats gpu_controller gpu_reliability gpu_isolation nccl_dist}"
     local args=()
     for t in $tests; do args+=(--test "$t"); done
-    cargo test --features cuda --no-run --message-format=json "${args[@]}" >"$BUNDLE/.cargo.json"
+    # nccl: the NCCL adapter test (tests/nccl_dist.rs; libnccl is loaded at run time only).
+    cargo test --features cuda,nccl --no-run --message-format=json "${args[@]}" >"$BUNDLE/.cargo.json"
     python3 - "$BUNDLE" <<'PY'
 import json, shutil, sys, os
 bundle = sys.argv[1]
@@ -112,6 +113,16 @@ run() {
     for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
         $(python3 -c "import nvidia, os; p = nvidia.__path__[0]; print(' '.join(os.path.join(p, x, 'lib') for x in os.listdir(p)))" 2>/dev/null); do
         [ -d "$d" ] && LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    done
+    # cudarc's loader looks for libnccl.so, the nvidia-nccl wheels ship libnccl.so.2 only:
+    # link it for tests/nccl_dist.rs (docs/distributed.md).
+    for d in ${LD_LIBRARY_PATH//:/ }; do
+        if [ -f "$d/libnccl.so.2" ] && [ ! -e "$d/libnccl.so" ]; then
+            mkdir -p "${TMPDIR:-/tmp}/redreg-nccl"
+            ln -sf "$d/libnccl.so.2" "${TMPDIR:-/tmp}/redreg-nccl/libnccl.so"
+            LD_LIBRARY_PATH="${TMPDIR:-/tmp}/redreg-nccl:$LD_LIBRARY_PATH"
+            break
+        fi
     done
     export LD_LIBRARY_PATH
     local x

@@ -16,6 +16,7 @@ pub mod controller;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod dist;
 pub mod dtype;
 pub mod error;
 pub mod layouts;

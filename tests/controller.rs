@@ -71,6 +71,39 @@ fn agreement_threshold_rises_linearly() {
 }
 
 #[test]
+fn dropout_ramp_is_the_scripts_integer_ramp() {
+    // The script: ramp = max(1, int(0.3 * epochs)); p = 0.6 - 0.5 * min(epoch, ramp) / ramp.
+    // 16 epochs: int(4.8) = 4 (a real-valued ramp of 4.8 would give 0.496, 0.392, …).
+    let c = Config::new(16);
+    assert_eq!(c.dropout.ramp_epochs(16).unwrap(), 4);
+    let want = [0.6, 0.475, 0.35, 0.225, 0.1, 0.1];
+    for (e, w) in want.iter().enumerate() {
+        close(c.dropout_probability(e).unwrap(), *w, 1e-15);
+    }
+    close(c.dropout_probability(15).unwrap(), 0.1, 1e-15);
+    // 7 epochs: int(2.1) = 2 → 0.6, 0.35, 0.1.
+    let c = Config::new(7);
+    close(c.dropout_probability(1).unwrap(), 0.35, 1e-15);
+    close(c.dropout_probability(2).unwrap(), 0.1, 1e-15);
+    // 1..=3 epochs: int(0.3·n) = 0, so ramp = 1: 0.6 at epoch 0, 0.1 after.
+    for n in 1..=3 {
+        let c = Config::new(n);
+        assert_eq!(c.dropout.ramp_epochs(n).unwrap(), 1, "{n} epochs");
+        close(c.dropout_probability(0).unwrap(), 0.6, 1e-15);
+        for e in 1..n {
+            close(c.dropout_probability(e).unwrap(), 0.1, 1e-15);
+        }
+    }
+    // A ramp over all epochs (fraction 1): 4 epochs → 0.6, 0.475, 0.35, 0.225.
+    let mut c = Config::new(4);
+    c.dropout.ramp_fraction = 1.0;
+    close(c.dropout_probability(3).unwrap(), 0.225, 1e-15);
+    assert!(c.dropout.ramp_epochs(0).is_err());
+    c.dropout.ramp_fraction = 0.0;
+    assert!(c.dropout.ramp_epochs(4).is_err());
+}
+
+#[test]
 fn dropout_schedule() {
     // 10 epochs: ramp over 0.3·10 = 3 epochs; p = 0.6 - 0.5·min(e/3, 1).
     let c = Config::new(10);

@@ -536,6 +536,10 @@ fn plan_reuse_allocates_nothing() {
         .num_threads(2)
         .build()
         .unwrap();
+    // Every pool thread must have started before counting: a thread's start-up allocates
+    // (thread-locals, its deque), and on a loaded machine a thread the warm-up runs did not
+    // need can start late, inside the counted window.
+    pool.broadcast(|_| ());
     let counted = pool.install(|| {
         let mut counted = 0;
         for step in 0..6 {

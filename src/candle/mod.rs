@@ -10,6 +10,8 @@
 //! - [`project_drift_into_grads`]: the RedReg update of one encoder, `grad_i += beta ·
 //!   (d_i - P_i d_i)` with `d_i = theta_i - theta0_i` and the basis `span{grad_i, extra…}`,
 //!   written back into a [`GradStore`].
+//! - [`stats`]: RedReg's per-step statistics (`p_m`, redundancy, `pos_sim`) from CPU
+//!   tensors through the fused statistics plan ([`crate::stats::CpuStats`]).
 //!
 //! Both functions take a [`TensorBackend`]: [`CpuBackend`] for CPU tensors, or (feature
 //! `candle-cuda`) a [`crate::cuda::CudaBackend`] made by `cuda_backend(&device)`, which runs
@@ -41,6 +43,7 @@ use candle_core::{DType as CDType, Storage, StorageRef, Tensor, Var, WithDType};
 
 #[cfg(feature = "candle-cuda")]
 mod cuda;
+pub mod stats;
 #[cfg(feature = "candle-cuda")]
 pub use cuda::{cuda_backend, cuda_view, CandleCudaElement, CudaTensorView};
 

@@ -30,8 +30,9 @@ pub struct DropoutSchedule {
     pub p_start: f64,
     /// Dropout probability once the ramp is over. Default 0.1.
     pub p_end: f64,
-    /// Fraction of the epochs over which `p` falls linearly from `p_start` to `p_end`.
-    /// Default 0.3.
+    /// Fraction of the epochs over which `p` falls linearly from `p_start` to `p_end`:
+    /// the ramp lasts `max(1, int(ramp_fraction · epochs))` whole epochs, as in the
+    /// script. Default 0.3.
     pub ramp_fraction: f64,
 }
 
@@ -80,16 +81,34 @@ impl DropoutSchedule {
         Ok(())
     }
 
-    /// The dropout probability of `epoch` (0-based) in a run of `epochs` epochs:
-    /// `p_start + (p_end - p_start) · min(epoch / (ramp_fraction · epochs), 1)` — linear
-    /// from `p_start` at epoch 0 to `p_end` at `ramp_fraction · epochs`, constant after.
+    /// The number of ramp epochs, as the script computes it:
+    /// `ramp = max(1, int(ramp_fraction · epochs))` (the product in f64, truncated toward
+    /// zero as Python's `int`). 16 epochs: `int(4.8) = 4`; 3 epochs: `max(1, 0) = 1`.
     ///
-    /// `Err` when `epochs == 0` or `epoch >= epochs`.
+    /// `Err` when `epochs == 0`.
+    pub fn ramp_epochs(&self, epochs: usize) -> Result<usize> {
+        if epochs == 0 {
+            return Err(cfg("epochs", "must be >= 1, got 0"));
+        }
+        self.validate()?;
+        // ramp_fraction is in (0, 1], so the product lies in (0, epochs]: the cast is exact
+        // truncation and cannot overflow.
+        Ok(((self.ramp_fraction * epochs as f64) as usize).max(1))
+    }
+
+    /// The dropout probability of `epoch` (0-based) in a run of `epochs` epochs, the
+    /// script's `p = 0.6 - 0.5 · min(epoch, ramp) / ramp` with the integer
+    /// `ramp = `[`ramp_epochs`](Self::ramp_epochs)`(epochs)`:
+    /// `p_start - (p_start - p_end) · min(epoch, ramp) / ramp` — linear from `p_start` at
+    /// epoch 0 to `p_end` at epoch `ramp`, constant after. For 16 epochs (ramp 4): 0.6,
+    /// 0.475, 0.35, 0.225, then 0.1 from epoch 4 on.
+    ///
+    /// `Err` when `epochs == 0`, `epoch >= epochs` or the schedule is invalid.
     pub fn probability(&self, epoch: usize, epochs: usize) -> Result<f64> {
         check_epoch(epoch, epochs)?;
-        let ramp = self.ramp_fraction * epochs as f64;
-        let t = (epoch as f64 / ramp).min(1.0);
-        Ok(self.p_start + (self.p_end - self.p_start) * t)
+        let ramp = self.ramp_epochs(epochs)?;
+        let t = epoch.min(ramp) as f64;
+        Ok(self.p_start - (self.p_start - self.p_end) * t / ramp as f64)
     }
 
     /// The script's per-batch draw: with `u ~ U(0, 1)`, drop the first modality if
@@ -151,7 +170,8 @@ pub struct Config {
 impl Config {
     /// The script's constants for a run of `epochs` epochs: W = 10, gamma = 0.6,
     /// R = 0.15, beta_scale = 0.9, EMA momentum 0.9 without bias correction, eps = 1e-12,
-    /// agreement threshold 0.2 → 0.5, dropout 0.6 → 0.1 over the first 30 % of epochs.
+    /// agreement threshold 0.2 → 0.5, dropout 0.6 → 0.1 over the first
+    /// `max(1, int(0.3 · epochs))` epochs.
     pub fn new(epochs: usize) -> Self {
         Self {
             epochs,

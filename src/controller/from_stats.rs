@@ -3,7 +3,7 @@
 
 use crate::dtype::DType;
 use crate::error::{check_count, Result};
-use crate::stats::{RowCosMean, SqDiffMean, StatsPlan, StatsResults, TrueProbMean};
+use crate::stats::{ReducibleStats, RowCosMean, SqDiffMean, StatsPlan, StatsResults, TrueProbMean};
 
 use super::decision::{Redundancy, StepInputs};
 
@@ -120,5 +120,14 @@ impl RedRegStats {
             redundancy,
             agreement,
         })
+    }
+
+    /// The controller's inputs from the statistics of all data-parallel ranks: this rank's
+    /// [`ReducibleStats`] after the all-reduce (sum) of every rank's. Every rank gets the
+    /// same `StepInputs` — those of one process on the whole batch, up to f64 summation
+    /// order — hence the same decision. `Err` (the same on every rank) if some rank saw a
+    /// label out of range.
+    pub fn from_reduced(&self, reduced: &ReducibleStats) -> Result<StepInputs> {
+        self.inputs(&reduced.means()?)
     }
 }

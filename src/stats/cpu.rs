@@ -5,7 +5,8 @@
 //! [`CpuStats::new`] splits every declared statistic into tasks of about
 //! [`STATS_CHUNK`] elements (chunks of a buffer or of a segment; groups of whole rows, or
 //! pieces of one row when a row is longer than a chunk). A run computes every task's partial
-//! sums in parallel into its own preallocated slot (4 f64), then a sequential finishing pass
+//! sums in parallel (on the calling thread for plans of at most [`INLINE_ELEMENTS`]
+//! elements) into its own preallocated slot (4 f64), then a sequential finishing pass
 //! combines the slots of each statistic in task order. Each task sums its elements in a
 //! fixed order (four interleaved lanes, combined as `(l0 + l1) + (l2 + l3)`, then the tail),
 //! so results depend only on the plan, never on scheduling.
@@ -55,6 +56,30 @@ pub struct CpuStats {
     partials: Vec<f64>,
     order: Vec<usize>,
     results: StatsResults,
+    /// Run the tasks on the calling thread: the plan is so small that handing it to
+    /// rayon's pool costs more than the work (see [`INLINE_ELEMENTS`]).
+    inline: bool,
+}
+
+/// Plans that read at most this many elements in all run on the calling thread. A
+/// per-step RedReg plan of a small model reads a few thousand elements (~20 µs of work);
+/// dispatching that to rayon's pool adds a thread hand-off, which on a loaded machine can
+/// cost milliseconds when the pool thread is descheduled. Results are unchanged (bitwise):
+/// the task table and the combination order are the same either way.
+pub const INLINE_ELEMENTS: usize = 1 << 16;
+
+/// Elements one run of `plan` reads (every input buffer counted once per element).
+fn plan_elements(plan: &StatsPlan) -> usize {
+    plan.entries
+        .iter()
+        .map(|e| match &e.decl {
+            Decl::SqDiff { len } => 2 * len,
+            Decl::RowCos { rows, dim } => 2 * rows.saturating_mul(*dim),
+            Decl::TrueProb { rows, classes } => rows.saturating_mul(*classes),
+            Decl::SegSums { segs, .. } => segs.total(),
+            Decl::SegDots { segs } => 2 * segs.total(),
+        })
+        .fold(0usize, usize::saturating_add)
 }
 
 fn row_tasks(entry: usize, rows: usize, dim: usize, tasks: &mut Vec<Task>) {
@@ -144,6 +169,7 @@ impl CpuStats {
             partials: vec![0.0; n],
             order: vec![usize::MAX; plan.len()],
             results: plan.new_results(),
+            inline: plan_elements(plan) <= INLINE_ELEMENTS,
             tasks,
             entry_tasks,
         })
@@ -171,13 +197,21 @@ impl CpuStats {
         self.plan.resolve(inputs, &mut self.order)?;
         let inputs = &*inputs;
         let (plan, order) = (&self.plan, &self.order);
-        self.tasks
-            .par_iter()
-            .zip(self.partials.par_chunks_mut(P))
-            .for_each(|(t, slot)| {
-                let e = &plan.entries[t.entry];
-                run_task(t, &e.decl, &inputs[order[t.entry]].data, slot);
-            });
+        let one = |(t, slot): (&Task, &mut [f64])| {
+            let e = &plan.entries[t.entry];
+            run_task(t, &e.decl, &inputs[order[t.entry]].data, slot);
+        };
+        if self.inline {
+            self.tasks
+                .iter()
+                .zip(self.partials.chunks_mut(P))
+                .for_each(one);
+        } else {
+            self.tasks
+                .par_iter()
+                .zip(self.partials.par_chunks_mut(P))
+                .for_each(one);
+        }
         for (i, e) in self.plan.entries.iter().enumerate() {
             let r = self.entry_tasks[i].clone();
             let v = &mut self.results.values[e.out..e.out + e.n_values()];

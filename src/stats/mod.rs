@@ -81,6 +81,11 @@
 //! [`cpu`]). The CPU result equals the sequential oracle ([`reference`](mod@reference)) up to f64
 //! summation order (relative differences ~1e-15 of Σ|terms|).
 //!
+//! # Data-parallel ranks
+//! [`ReducibleStats`] packs one run's results as sums and counts in one `f64` buffer;
+//! summed over the ranks (an all-reduce, [`crate::dist`]) its
+//! [`means`](ReducibleStats::means) are the results of the whole batch.
+//!
 //! # Validation
 //! An input count, dtype, length, handle or accumulator mismatch is an `Err` that names the
 //! statistic and the numbers, returned before anything is read or written; results are
@@ -90,6 +95,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod plan;
+mod reduce;
 pub mod reference;
 
 pub use cpu::CpuStats;
@@ -99,6 +105,7 @@ pub use plan::{
     redundancy_ratio, Buf, Input, RowCosMean, SegDots, SegSums, SegSumsRef, SqDiffMean, StatHandle,
     StatKind, StatsPlan, StatsResults, TrueProbMean, REDUNDANCY_EPS, STATS_CHUNK,
 };
+pub use reduce::ReducibleStats;
 
 macro_rules! with_buf {
     ($b:expr, |$x:ident| $body:expr) => {

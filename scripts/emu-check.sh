@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# Runs the crate's real CUDA kernels on the CPU, through the crate's own cudarc wrappers,
+# on the emulated CUDA driver of tests/emu (no GPU, no CUDA driver needed).
+#
+#   scripts/emu-check.sh [STEP ...]     steps (default: all of them, in this order)
+#     selftest   f16 host conversions vs the compiler's IEEE binary16 (all 2^32 f32 values)
+#     negative   broken kernels each mode must catch (tests/emu/negative/run.sh)
+#     plain      every GPU test binary, REDREG_REQUIRE_GPU=1, default test threads, 2 devices;
+#                the NVRTC path (REDREG_FORCE_NVRTC=1) for the stats and controller binaries;
+#                the GPU bench in smoke mode
+#     address    AddressSanitizer over the kernels (exact-size allocations, 0xA5 fill)
+#     race       ThreadSanitizer over the kernels (each CUDA thread a TSan fiber)
+#     mutation   the REAL kernels, deliberately broken (tests/emu/mutate.py): a barrier removed
+#                must fail the race mode, an off-by-one loop bound the address mode
+#
+# Sizes: REDREG_GPU_QUICK=1 (the tests' quick layouts) in every mode; the race mode runs a
+# subset (TSan costs ~50x) that still launches every kernel. EMU_FULL=1 runs the plain mode
+# at full size. Each mode fails unless every kernel of kernels/*.cu was launched.
+# Results: target/emu/results.md (a table) and target/emu/logs/*.log.
+# Emulated is not real: these runs prove kernel logic, launch geometry, argument passing,
+# bounds, barriers and the wrappers end to end; their timings mean nothing.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+STEPS="${*:-selftest negative plain address race mutation}"
+VENV="${REDREG_CUDA_VENV:-$HOME/.cache/redreg-cuda-venv}"
+if [ -z "${NVCC:-}" ] && [ -f "$VENV/redreg-cuda-env.sh" ]; then
+    # shellcheck disable=SC1091
+    . "$VENV/redreg-cuda-env.sh"  # NVCC (fatbins, as gpu-check builds them), NVRTC on LD_LIBRARY_PATH
+fi
+export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+EMU="$ROOT/target/emu"
+LOGS="$EMU/logs"
+mkdir -p "$LOGS"
+RESULTS="$EMU/results.md"
+status=0
+BASE_LD="${LD_LIBRARY_PATH:-}"
+
+row() { echo "| $* |" >>"$RESULTS"; }
+section() { printf '\n== emu-check: %s\n' "$*"; }
+
+test_binaries() { # prints "name path" for each GPU test binary (builds them)
+    cargo test --features cuda --no-run --message-format=json \
+        --test gpu_project --test gpu_kernels --test gpu_stats --test gpu_controller --test gpu_reliability 2>"$LOGS/cargo-build.log" |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["target"]["name"], m["executable"])
+'
+}
+
+# run_bin MODE NAME PATH [extra args...]: runs one test binary on the emulated driver.
+run_bin() {
+    local mode=$1 name=$2 bin=$3
+    shift 3
+    local lib="${EMU_LIB:-$EMU/$mode}" log="$LOGS/$mode-$name${EMU_TAG:-}.log" pre=() opts=()
+    case "$mode" in
+        asan) pre=(env LD_PRELOAD="$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS="detect_leaks=0:abort_on_error=0") ;;
+        tsan) pre=(env LD_PRELOAD="$(gcc -print-file-name=libtsan.so)" TSAN_OPTIONS="ignore_noninstrumented_modules=1 halt_on_error=1 exitcode=66") ;;
+    esac
+    local t0=$SECONDS rc
+    EMU_COVERAGE_DIR="$EMU/coverage-$mode" LD_LIBRARY_PATH="$lib${BASE_LD:+:$BASE_LD}" EMU_DEVICES=2 REDREG_REQUIRE_GPU=1 REDREG_REQUIRE_NVRTC=1 \
+        REDREG_GPU_QUICK="${REDREG_GPU_QUICK:-1}" "${pre[@]}" "$bin" "$@" >"$log" 2>&1
+    rc=$?
+    local dt=$((SECONDS - t0))
+    local res
+    res=$(grep -E '^test result' "$log" | tail -n1 | sed -E 's/^test result: //; s/; finished.*//; s/ 0 ignored; 0 measured;//')
+    # A test that cannot run at the quick sizes says so ("SKIP: ...: REDREG_GPU_QUICK=1");
+    # any other SKIP is a failure (REDREG_REQUIRE_GPU=1 already turns a missing GPU into one).
+    local skips quick_skips
+    skips=$(grep 'SKIP' "$log" | grep -vc 'REDREG_GPU_QUICK=1')
+    quick_skips=$(grep 'SKIP' "$log" | grep -c 'REDREG_GPU_QUICK=1')
+    [ "$quick_skips" != 0 ] && res="$res; $quick_skips quick-mode skip(s)"
+    local findings="none"
+    grep -E 'ERROR: AddressSanitizer|WARNING: ThreadSanitizer|emulated CUDA: launch failed' "$log" >/dev/null &&
+        findings="$(grep -cE 'ERROR: AddressSanitizer|WARNING: ThreadSanitizer|emulated CUDA: launch failed' "$log") report(s)"
+    if [ $rc -eq 0 ] && [ "$skips" = 0 ]; then
+        echo "PASS $mode $name${EMU_TAG:-} (${dt}s): $res"
+    else
+        echo "FAIL $mode $name${EMU_TAG:-} (rc $rc, ${dt}s, $skips skip(s), sanitizer/launch findings: $findings): see $log"
+        grep -E 'panicked|ERROR: AddressSanitizer|WARNING: ThreadSanitizer|emulated CUDA:|SUMMARY' "$log" | head -n 12 | cut -c1-300
+        status=1
+    fi
+    row "$mode | $name${EMU_TAG:-} | ${res:-no result (rc $rc)} | $findings | ${dt} s"
+}
+
+# coverage MODE: every kernel registered in the emulated driver was launched in MODE's runs.
+coverage() {
+    local all="$EMU/$1/kernels.txt" ran="$EMU/coverage-$1.txt"
+    sed -n 's/^EMU_KERNEL("[^"]*", \(.*\))$/\1/p' "$EMU/$1"/obj/reg_*.cpp | sort -u >"$all"
+    cat "$EMU/coverage-$1"/launches-*.txt 2>/dev/null | awk '{ n[$1] += $2 } END { for (k in n) print k, n[k] }' |
+        sort >"$ran"
+    local missing
+    missing=$(cut -d' ' -f1 "$ran" | comm -13 - "$all")
+    local total nran
+    total=$(wc -l <"$all")
+    nran=$((total - $(printf '%s' "$missing" | grep -c .)))
+    echo "kernels launched in $1 mode: $nran of $total ($(awk '{ s += $2 } END { print s }' "$ran") launches; per kernel: $ran)"
+    row "$1 | (all binaries) | $nran of $total kernels launched | – | –"
+    if [ -n "$missing" ]; then
+        echo "never launched:" $missing
+        return 1
+    fi
+}
+
+# The criterion GPU bench (benches/gpu.rs) end to end, every case once; timings meaningless.
+bench_smoke() {
+    local bench
+    bench=$(cargo bench --features cuda --bench gpu --no-run --message-format=json 2>>"$LOGS/cargo-build.log" |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
+        print(m["executable"])
+') || { tail -n 20 "$LOGS/cargo-build.log"; return 1; }
+    local log="$LOGS/plain-bench-gpu.log" t0=$SECONDS
+    if LD_LIBRARY_PATH="$EMU/plain${BASE_LD:+:$BASE_LD}" EMU_COVERAGE_DIR="$EMU/coverage-plain" REDREG_REQUIRE_GPU=1 \
+        REDREG_BENCH_SMOKE=1 timeout 600 "$bench" --bench >"$log" 2>&1 && grep -q '^| controller_step' "$log"; then
+        local cases
+        cases=$(grep '^| [a-z]' "$log" | grep -vc '^| op ')
+        echo "PASS plain bench gpu, smoke ($((SECONDS - t0))s): $cases cases ran"
+        row "plain | bench gpu (smoke) | $cases cases ran to completion | none | $((SECONDS - t0)) s"
+    else
+        echo "FAIL plain bench gpu, smoke: see $log"
+        tail -n 15 "$log"
+        row "plain | bench gpu (smoke) | FAILED | see log | $((SECONDS - t0)) s"
+        return 1
+    fi
+}
+
+build_lib() {
+    section "build the emulated driver ($1)"
+    bash tests/emu/build.sh "$1" "$EMU/$1" >"$LOGS/build-$1.log" 2>&1 || { cat "$LOGS/build-$1.log"; exit 1; }
+    tail -n1 "$LOGS/build-$1.log"
+}
+
+echo "| mode | test binary | result | sanitizer / launch findings | time |" >"$RESULTS"
+echo "|---|---|---|---|---|" >>"$RESULTS"
+BINS=""
+for step in $STEPS; do
+    case "$step" in
+        selftest)
+            section "f16 host conversions (all 2^32 f32 values)"
+            F16C=()
+            grep -qw f16c /proc/cpuinfo && F16C=(-mf16c)
+            g++ -std=c++17 -O2 "${F16C[@]}" -I tests/emu -o "$EMU/f16_check" tests/emu/f16_check.cpp &&
+                "$EMU/f16_check" || status=1
+            ;;
+        negative)
+            section "negative tests: each mode must catch its broken kernel"
+            bash tests/emu/negative/run.sh || status=1
+            ;;
+        plain | address | race)
+            mode=$step
+            [ "$mode" = address ] && mode=asan
+            [ "$mode" = race ] && mode=tsan
+            build_lib "$mode"
+            rm -rf "$EMU/coverage-$mode" && mkdir -p "$EMU/coverage-$mode"
+            if [ -z "$BINS" ]; then
+                section "build the GPU test binaries (cargo, feature cuda, nvcc fatbins for sm_$CUDA_COMPUTE_CAP)"
+                BINS="$(test_binaries)" || { cat "$LOGS/cargo-build.log"; exit 1; }
+                [ -n "$BINS" ] || { echo "no test binaries built"; cat "$LOGS/cargo-build.log"; exit 1; }
+            fi
+            section "$step mode"
+            while read -r name bin; do
+                case "$mode" in
+                    plain)
+                        if [ "${EMU_FULL:-0}" = 1 ]; then
+                            REDREG_GPU_QUICK=0 run_bin plain "$name" "$bin"
+                        else
+                            run_bin plain "$name" "$bin"
+                        fi ;;
+                    asan) run_bin asan "$name" "$bin" ;;
+                    tsan)
+                        # TSan costs ~50x: every kernel at small sizes (gpu_kernels runs each
+                        # project kernel once; gpu_project's large layouts are left to the
+                        # other modes), and the reliability tests that are not repetitions.
+                        case "$name" in
+                            gpu_project) ;;
+                            gpu_reliability) run_bin tsan "$name" "$bin" --skip twenty_runs --skip two_backends ;;
+                            *) run_bin tsan "$name" "$bin" ;;
+                        esac ;;
+                esac
+            done <<<"$BINS"
+            section "$step mode: kernels launched (every extern \"C\" __global__ of kernels/*.cu must run)"
+            coverage "$mode" || status=1
+            if [ "$mode" = plain ]; then
+                section "plain mode, the NVRTC path (REDREG_FORCE_NVRTC=1: PTX from the embedded sources)"
+                while read -r name bin; do
+                    case "$name" in
+                        gpu_stats | gpu_controller) REDREG_FORCE_NVRTC=1 EMU_TAG=" (NVRTC)" run_bin plain "$name" "$bin" ;;
+                    esac
+                done <<<"$BINS"
+                section "plain mode, the GPU bench in smoke mode (REDREG_BENCH_SMOKE=1: small layouts, one call per case)"
+                bench_smoke || status=1
+            fi
+            ;;
+        mutation)
+            section "mutation tests: the real kernels, deliberately broken, must fail their mode"
+            if [ -z "$BINS" ]; then
+                BINS="$(test_binaries)" || { cat "$LOGS/cargo-build.log"; exit 1; }
+            fi
+            kbin=$(awk '$1 == "gpu_kernels" { print $2 }' <<<"$BINS")
+            for m in barrier:tsan:'ThreadSanitizer: data race' oob:asan:'AddressSanitizer: heap-buffer-overflow'; do
+                mut=${m%%:*} rest=${m#*:}
+                mode=${rest%%:*} pat=${rest#*:}
+                python3 tests/emu/mutate.py kernels "$EMU/mut-$mut/kernels" "$mut" >/dev/null || { status=1; continue; }
+                bash tests/emu/build.sh "$mode" "$EMU/mut-$mut" "$EMU/mut-$mut/kernels" >"$LOGS/build-mut-$mut.log" 2>&1 ||
+                    { cat "$LOGS/build-mut-$mut.log"; status=1; continue; }
+                keep=$status
+                EMU_LIB="$EMU/mut-$mut" EMU_TAG=" (mutation $mut)" run_bin "$mode" gpu_kernels "$kbin" >/dev/null
+                status=$keep  # the run must fail; the verdict is the pattern check below
+                log="$LOGS/$mode-gpu_kernels (mutation $mut).log"
+                if grep -E "$pat" "$log" >/dev/null; then
+                    echo "ok    mutation $mut caught by the $mode mode: $(grep -m1 -oE "$pat" "$log")"
+                    sed -i '$ d' "$RESULTS"
+                    row "$mode | gpu_kernels, mutation $mut | caught (as it must be) | $(grep -cE 'ERROR: AddressSanitizer|WARNING: ThreadSanitizer' "$log") report(s) | –"
+                else
+                    echo "FAIL  mutation $mut was NOT caught by the $mode mode (see $log)"
+                    status=1
+                fi
+            done
+            ;;
+        *) echo "emu-check: unknown step $step" >&2; exit 2 ;;
+    esac
+done
+section "summary (emulated driver: logic, bounds, barriers; timings mean nothing)"
+cat "$RESULTS"
+[ $status = 0 ] && echo "emu-check: PASS" || echo "emu-check: FAIL"
+exit $status

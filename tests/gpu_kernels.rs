@@ -1,0 +1,185 @@
+//! Every kernel of module `project` (each dtype × each k) runs at least once, on a small
+//! layout, and matches the f64 reference: `project_out` for k = 0..=8 in the three output
+//! modes, with 16-byte-aligned views (vector path) and with views shifted by one element
+//! (scalar path), and `orthonormalize` for k = 1..=8. Small on purpose: it is the launch
+//! coverage of `scripts/emu-check.sh` (every kernel must run on the emulated driver) and
+//! cheap enough for compute-sanitizer. See tests/common/gpu.rs for the SKIP convention.
+#![cfg(feature = "cuda")]
+
+#[path = "common/gpu.rs"]
+mod gpu;
+
+use cudarc::driver::CudaSlice;
+use redreg::cuda::{CudaBackend, CudaElement, DeviceOutput};
+use redreg::{bf16, f16, reference, Beta, DType, Output, ProjectOptions, Segments};
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn to_t<T: CudaElement>(x: &[f64]) -> Vec<T> {
+    x.iter().map(|&v| T::from_f64(v)).collect()
+}
+
+/// A few units in the last place of the output type (as tests/gpu_project.rs).
+fn tol_of(dt: DType) -> (f64, f64) {
+    match dt {
+        DType::F32 => (2e-5, 1e-5),
+        DType::F16 => (4e-3, 2e-3),
+        DType::BF16 => (3e-2, 1.6e-2),
+    }
+}
+
+fn assert_close<T: CudaElement>(what: &str, got: &[T], want: &[T], (atol, rtol): (f64, f64)) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let bad: Vec<String> = got
+        .iter()
+        .zip(want)
+        .enumerate()
+        .filter(|(_, (g, w))| {
+            let (g, w) = (g.to_f64(), w.to_f64());
+            !((g - w).abs() <= atol + rtol * w.abs() || (g.is_nan() && w.is_nan()))
+        })
+        .take(8)
+        .map(|(i, (g, w))| format!("[{i}] gpu={} ref={}", g.to_f64(), w.to_f64()))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{what}: first mismatches: {}",
+        bad.join(", ")
+    );
+}
+
+/// Segments of 0, 37, 1000 and 16390 elements (two chunks): every segment is at least 4×
+/// longer than k, so the random bases have full rank far from the rank threshold.
+fn layout() -> Segments {
+    Segments::from_lengths(&[0, 37, 1000, 16390]).unwrap()
+}
+
+fn project_all_k<T: CudaElement>(b: &CudaBackend) {
+    let segs = layout();
+    let n = segs.total();
+    for shift in [0usize, 1] {
+        for k in 0..=8usize {
+            let mode = k % 3;
+            let seed = 100 * k as u64 + shift as u64;
+            // Host data with `shift` leading elements, so the device views start misaligned.
+            let host = |s: u64| to_t::<T>(&rand_vec(n + shift, s));
+            let v = host(seed);
+            let basis: Vec<Vec<T>> = (0..k).map(|i| host(seed + 1 + i as u64)).collect();
+            let base = host(seed + 50);
+            let opts = ProjectOptions::default();
+            let (alpha, beta) = (0.5, Beta::Scalar(1.25));
+
+            let brefs: Vec<&[T]> = basis.iter().map(|x| &x[shift..]).collect();
+            let mut want = base[shift..].to_vec();
+            let out = match mode {
+                0 => Output::Write {
+                    base: None,
+                    out: &mut want,
+                },
+                1 => Output::Write {
+                    base: Some(&base[shift..]),
+                    out: &mut want,
+                },
+                _ => Output::Accumulate(&mut want),
+            };
+            let ranks = reference::project_out(&segs, &v[shift..], &brefs, out, alpha, beta, &opts)
+                .unwrap();
+
+            let up = |x: &[T]| -> CudaSlice<T> { b.stream().clone_htod(x).unwrap() };
+            let dv = up(&v);
+            let db: Vec<CudaSlice<T>> = basis.iter().map(|x| up(x)).collect();
+            let dbase = up(&base);
+            let mut dout = up(&base);
+            let views: Vec<_> = db.iter().map(|x| x.slice(shift..)).collect();
+            let base_view = dbase.slice(shift..);
+            {
+                let mut o = dout.slice_mut(shift..);
+                let out = match mode {
+                    0 => DeviceOutput::Write {
+                        base: None,
+                        out: &mut o,
+                    },
+                    1 => DeviceOutput::Write {
+                        base: Some(&base_view),
+                        out: &mut o,
+                    },
+                    _ => DeviceOutput::Accumulate(&mut o),
+                };
+                b.project_out(&segs, &dv.slice(shift..), &views, out, alpha, beta, &opts)
+                    .unwrap();
+            }
+            let got: Vec<T> = b.stream().clone_dtoh(&dout.slice(shift..)).unwrap();
+            let what = format!("project_out {} k={k} mode={mode} shift={shift}", T::DTYPE);
+            assert_close(&what, &got, &want, tol_of(T::DTYPE));
+            assert_eq!(b.ranks(&segs).unwrap(), ranks, "{what}: ranks");
+        }
+    }
+}
+
+fn orth_all_k<T: CudaElement>(b: &CudaBackend) {
+    let segs = layout();
+    let n = segs.total();
+    for k in 1..=8usize {
+        let mut basis: Vec<Vec<T>> = (0..k)
+            .map(|i| to_t::<T>(&rand_vec(n, 900 + 10 * k as u64 + i as u64)))
+            .collect();
+        let mut db: Vec<CudaSlice<T>> = basis
+            .iter()
+            .map(|x| b.stream().clone_htod(x).unwrap())
+            .collect();
+        {
+            let mut views: Vec<_> = db.iter_mut().map(|x| x.slice_mut(..)).collect();
+            b.orthonormalize(&segs, &mut views, 1e-7).unwrap();
+        }
+        let ranks_dev = b.ranks(&segs).unwrap();
+        let mut refs: Vec<&mut [T]> = basis.iter_mut().map(|x| x.as_mut_slice()).collect();
+        let ranks = reference::orthonormalize(&segs, &mut refs, 1e-7).unwrap();
+        let (atol, rtol) = tol_of(T::DTYPE);
+        for (i, d) in db.iter().enumerate() {
+            let got: Vec<T> = b.stream().clone_dtoh(d).unwrap();
+            // Orthonormal vectors of a long segment have small entries: a tighter atol.
+            assert_close(
+                &format!("orthonormalize {} k={k} vector {i}", T::DTYPE),
+                &got,
+                &basis[i],
+                (atol * 0.05, rtol * 4.0),
+            );
+        }
+        assert_eq!(ranks_dev, ranks, "orthonormalize {} k={k}: ranks", T::DTYPE);
+    }
+}
+
+#[test]
+fn every_project_kernel_f32() {
+    if let Some(b) = gpu::backend("every_project_kernel_f32") {
+        project_all_k::<f32>(b);
+        orth_all_k::<f32>(b);
+    }
+}
+
+#[test]
+fn every_project_kernel_f16() {
+    if let Some(b) = gpu::backend("every_project_kernel_f16") {
+        project_all_k::<f16>(b);
+        orth_all_k::<f16>(b);
+    }
+}
+
+#[test]
+fn every_project_kernel_bf16() {
+    if let Some(b) = gpu::backend("every_project_kernel_bf16") {
+        project_all_k::<bf16>(b);
+        orth_all_k::<bf16>(b);
+    }
+}
