@@ -408,19 +408,73 @@ fn orth<T: CudaElement>(b: &CudaBackend) {
             let mut refs: Vec<&mut [T]> = basis.iter_mut().map(|x| x.as_mut_slice()).collect();
             let rr = reference::orthonormalize(&segs, &mut refs, 1e-7).unwrap();
             let (atol, rtol) = tol_of(T::DTYPE);
+            let what = format!("orthonormalize {} {name} k={k}: ranks", T::DTYPE);
+            let got_ranks = dranks.to_vec().unwrap();
+            // Which vectors a segment kept (a dropped vector's output is zero). Where the
+            // GPU and explicit CGS2 (the vectors' oracle) kept different vectors, the GPU
+            // must have followed the Gram-based rank rule on the oracle's Gram matrix (CGS2
+            // can keep a vector whose residual the Gram matrix cannot resolve; dropping a
+            // borderline b3 lets b4 in: src/solve.rs, Limits) or the decision must be
+            // borderline; those segments are left out of the element comparison, and
+            // must stay rare.
+            let got: Vec<Vec<f64>> = dbasis.iter().map(|d| download(b, d)).collect();
+            let kept_set = |vecs: &dyn Fn(usize) -> Vec<f64>, s: usize| -> Vec<bool> {
+                (0..k)
+                    .map(|i| vecs(i)[segs.range(s)].iter().any(|&x| x != 0.0))
+                    .collect()
+            };
+            let want_f64 = |i: usize| basis[i].iter().map(|x| x.to_f64()).collect::<Vec<_>>();
+            let mut skip = vec![false; n];
+            let mut skipped = Vec::new();
+            for s in 0..segs.len() {
+                let gpu_kept = kept_set(&|i| got[i].clone(), s);
+                if gpu_kept == kept_set(&want_f64, s) {
+                    continue;
+                }
+                let cap = segs.seg_len(s).min(k);
+                let mut m = vec![0.0; k * k];
+                redreg::solve::orth_segment(k, oracle.segment(s), cap, 1e-7, &mut m);
+                let gram_kept: Vec<bool> = (0..k).map(|j| m[j * k + j] != 0.0).collect();
+                let margin = redreg::solve::decision_margin(k, oracle.segment(s), cap, 1e-7);
+                assert!(
+                    gpu_kept == gram_kept || margin < ranks::BORDERLINE,
+                    "{what}: segment {s}: kept {gpu_kept:?}, the Gram rule keeps {gram_kept:?} \
+                     (margin {margin})"
+                );
+                skipped.push(s);
+                skip[segs.range(s)].iter_mut().for_each(|x| *x = true);
+            }
+            if !skipped.is_empty() {
+                eprintln!(
+                    "{what}: {} segment(s) where CGS2 keeps other vectors than the Gram rule; \
+                     values not compared: {skipped:?}",
+                    skipped.len()
+                );
+            }
+            assert!(
+                skipped.len() * 50 <= segs.len().max(50),
+                "{what}: {} of {} segments differ from CGS2",
+                skipped.len(),
+                segs.len()
+            );
             for i in 0..k {
-                let want: Vec<f64> = basis[i].iter().map(|x| x.to_f64()).collect();
+                let keep = |x: Vec<f64>| -> Vec<f64> {
+                    x.into_iter()
+                        .zip(&skip)
+                        .filter(|(_, &sk)| !sk)
+                        .map(|(v, _)| v)
+                        .collect()
+                };
+                let want = keep(want_f64(i));
                 // Orthonormal vectors of a long segment have tiny entries: scale atol.
                 assert_close(
                     &format!("orthonormalize {} {name} k={k} vector {i}", T::DTYPE),
-                    &download(b, &dbasis[i]),
+                    &keep(got[i].clone()),
                     &want,
                     atol * 0.05,
                     rtol * 4.0,
                 );
             }
-            let what = format!("orthonormalize {} {name} k={k}: ranks", T::DTYPE);
-            let got_ranks = dranks.to_vec().unwrap();
             ranks::assert_ranks_match(
                 &what,
                 &segs,
