@@ -31,6 +31,8 @@
 #define RR_FIN_SOLVE 2   // solve_segment -> coef (k per segment)
 #define RR_FIN_ORTH1 4   // orth_segment -> coef (k*k per segment, M1)
 #define RR_FIN_ORTH2 8   // orth_segment -> coef2 (k*k per segment, M2)
+#define RR_FIN_CAP 16    // cap each rank at min(segment length, k) (the partials are the
+                         // segment's own; not for the split form's summed partials)
 
 // Apply modes (must match src/cuda/project.rs).
 #define RR_MODE_NONE 0   // out = beta*(v - Pv)
@@ -204,38 +206,78 @@ RR_FOR_K1_8(RR_ORTH_PARTIALS, bf16, rr_bf16)
 
 // ---------------------------------------------------------------------------------------
 // Per-segment solve: CUDA port of src/solve.rs (factor, solve_segment, orth_segment), line
-// for line, in f64. `p` points at one segment's packed partials in global memory. Compiled
-// with FMA contraction on (nvcc/NVRTC default), so last-bit differences from the Rust code
-// are possible; the method and the rank decision are the same.
+// for line, in f64. `p` points at one segment's packed partials in global memory.
+// Every floating-point operation is an explicitly rounded intrinsic (__dmul_rn, __dadd_rn,
+// __dsub_rn, __ddiv_rn, __dsqrt_rn): ptxas never contracts those into DFMA, and Rust never
+// contracts either, so the same partials give the same rank and bit-identical coefficients
+// on the CPU and here (src/solve.rs, "Same arithmetic on every backend"). Keep it that way:
+// a plain `s -= a * b` here would be fused and flip rank decisions near the threshold.
 // ---------------------------------------------------------------------------------------
 
+// The rank rule's noise factor 64*k*u (u = 2^-53; exact): src/solve.rs noise_factor.
+#define RR_UNIT_ROUNDOFF 1.1102230246251565404236316680908203125e-16
+
+// max(tol^2 * gjj, noise * a^2) as src/solve.rs `threshold` (same operations, same order).
+__device__ __forceinline__ double rr_threshold(double tol, double gjj, double noise, double a) {
+    const double t = __dmul_rn(__dmul_rn(tol, tol), gjj);
+    const double n = __dmul_rn(noise, __dmul_rn(a, a));
+    return t > n ? t : n;
+}
+
 template <int K>
-__device__ __forceinline__ void rr_factor(const double* p, double tol, double (&l)[K][K],
-                                          bool (&kept)[K]) {
+__device__ __forceinline__ void rr_factor(const double* p, int max_rank, double tol,
+                                          double (&l)[K][K], bool (&kept)[K]) {
+    const double noise = __dmul_rn((double)(64 * K), RR_UNIT_ROUNDOFF);
+    double norm[K];
+    int n_kept = 0;
 #pragma unroll
     for (int j = 0; j < K; ++j) {
         kept[j] = false;
+        norm[j] = 0.0;
 #pragma unroll
         for (int i = 0; i < K; ++i) l[j][i] = 0.0;
     }
 #pragma unroll
     for (int j = 0; j < K; ++j) {
         const double gjj = p[rr_tri(K, j, j)];
-        if (gjj <= 0.0) continue;  // a zero vector
+        // A zero vector, or the kept ones already span the segment.
+        if (gjj <= 0.0 || n_kept >= max_rank) continue;
+        norm[j] = __dsqrt_rn(gjj);
         double d = gjj;
 #pragma unroll
         for (int i = 0; i < j; ++i) {
             if (!kept[i]) continue;
             double s = p[rr_tri(K, i, j)];
 #pragma unroll
-            for (int m = 0; m < i; ++m) s -= l[j][m] * l[i][m];
-            const double lji = s / l[i][i];
+            for (int m = 0; m < i; ++m) s = __dsub_rn(s, __dmul_rn(l[j][m], l[i][m]));
+            const double lji = __ddiv_rn(s, l[i][i]);
             l[j][i] = lji;
-            d -= lji * lji;
+            d = __dsub_rn(d, __dmul_rn(lji, lji));
         }
-        if (d > tol * tol * gjj) {
+        // w = L_K^-T l_j and a = |b_j| + sum |w_i| |b_i|: the scale of d's rounding noise.
+        double w[K];
+#pragma unroll
+        for (int i = 0; i < K; ++i) w[i] = 0.0;
+#pragma unroll
+        for (int i = j - 1; i >= 0; --i) {
+            if (!kept[i]) continue;
+            double s = l[j][i];
+#pragma unroll
+            for (int r = i + 1; r < j; ++r) s = __dsub_rn(s, __dmul_rn(l[r][i], w[r]));
+            w[i] = __ddiv_rn(s, l[i][i]);
+        }
+        double a = norm[j];
+#pragma unroll
+        for (int i = 0; i < j; ++i) {
+            if (kept[i]) {
+                const double wi = w[i] < 0.0 ? -w[i] : w[i];
+                a = __dadd_rn(a, __dmul_rn(wi, norm[i]));
+            }
+        }
+        if (d > rr_threshold(tol, gjj, noise, a)) {
             kept[j] = true;
-            l[j][j] = sqrt(d);
+            ++n_kept;
+            l[j][j] = __dsqrt_rn(d);
         } else {
 #pragma unroll
             for (int m = 0; m < K; ++m) l[j][m] = 0.0;
@@ -243,10 +285,10 @@ __device__ __forceinline__ void rr_factor(const double* p, double tol, double (&
     }
 }
 
-// solve_segment: writes k coefficients to coef, returns the rank.
+// solve_segment: writes k coefficients to coef, returns the rank (<= max_rank).
 template <int K>
-__device__ __forceinline__ rr_u32 rr_solve_segment(const double* p, double tol, double ridge,
-                                                   double* coef) {
+__device__ __forceinline__ rr_u32 rr_solve_segment(const double* p, int max_rank, double tol,
+                                                   double ridge, double* coef) {
     constexpr int NS = RR_STRIDE(K);
     constexpr int NT = K * (K + 1) / 2;
     bool finite = true;
@@ -259,14 +301,14 @@ __device__ __forceinline__ rr_u32 rr_solve_segment(const double* p, double tol, 
     }
     double l[K][K];
     bool kept[K];
-    rr_factor<K>(p, tol, l, kept);
+    rr_factor<K>(p, max_rank, tol, l, kept);
     rr_u32 rank = 0;
 #pragma unroll
     for (int j = 0; j < K; ++j) rank += kept[j] ? 1u : 0u;
 
     // k = 1: the script's closed form (d.g) / (g.g + ridge), one division (src/solve.rs).
     if (K == 1) {
-        coef[0] = kept[0] ? p[NT] / (p[0] + ridge) : 0.0;
+        coef[0] = kept[0] ? __ddiv_rn(p[NT], __dadd_rn(p[0], ridge)) : 0.0;
         return rank;
     }
 
@@ -282,13 +324,13 @@ __device__ __forceinline__ rr_u32 rr_solve_segment(const double* p, double tol, 
 #pragma unroll
             for (int i = 0; i <= j; ++i) {
                 if (!kept[i]) continue;
-                double s = p[rr_tri(K, i, j)] + (i == j ? ridge : 0.0);
+                double s = __dadd_rn(p[rr_tri(K, i, j)], i == j ? ridge : 0.0);
 #pragma unroll
-                for (int m = 0; m < i; ++m) s -= l[j][m] * l[i][m];
+                for (int m = 0; m < i; ++m) s = __dsub_rn(s, __dmul_rn(l[j][m], l[i][m]));
                 if (i == j)
-                    l[j][j] = sqrt(s);
+                    l[j][j] = __dsqrt_rn(s);
                 else
-                    l[j][i] = s / l[i][i];
+                    l[j][i] = __ddiv_rn(s, l[i][i]);
             }
         }
     }
@@ -305,8 +347,8 @@ __device__ __forceinline__ rr_u32 rr_solve_segment(const double* p, double tol, 
         if (!kept[j]) continue;
         double s = p[NT + j];
 #pragma unroll
-        for (int i = 0; i < j; ++i) s -= l[j][i] * y[i];
-        y[j] = s / l[j][j];
+        for (int i = 0; i < j; ++i) s = __dsub_rn(s, __dmul_rn(l[j][i], y[i]));
+        y[j] = __ddiv_rn(s, l[j][j]);
     }
 #pragma unroll
     for (int j = K - 1; j >= 0; --j) {
@@ -316,8 +358,8 @@ __device__ __forceinline__ rr_u32 rr_solve_segment(const double* p, double tol, 
         }
         double s = y[j];
 #pragma unroll
-        for (int i = j + 1; i < K; ++i) s -= l[i][j] * w[i];
-        w[j] = s / l[j][j];
+        for (int i = j + 1; i < K; ++i) s = __dsub_rn(s, __dmul_rn(l[i][j], w[i]));
+        w[j] = __ddiv_rn(s, l[j][j]);
     }
 #pragma unroll
     for (int j = 0; j < K; ++j) coef[j] = w[j];
@@ -325,9 +367,10 @@ __device__ __forceinline__ rr_u32 rr_solve_segment(const double* p, double tol, 
 }
 
 // orth_segment: writes the k*k row-major m (q_j = sum_i m[i*k+j] b_i) to global memory
-// (read back by the same thread), returns the rank.
+// (read back by the same thread), returns the rank (<= max_rank).
 template <int K>
-__device__ __forceinline__ rr_u32 rr_orth_segment(const double* p, double tol, double* m) {
+__device__ __forceinline__ rr_u32 rr_orth_segment(const double* p, int max_rank, double tol,
+                                                  double* m) {
     constexpr int NT = K * (K + 1) / 2;
     bool finite = true;
 #pragma unroll
@@ -338,19 +381,19 @@ __device__ __forceinline__ rr_u32 rr_orth_segment(const double* p, double tol, d
     }
     double l[K][K];
     bool kept[K];
-    rr_factor<K>(p, tol, l, kept);
+    rr_factor<K>(p, max_rank, tol, l, kept);
     for (int i = 0; i < K * K; ++i) m[i] = 0.0;
 #pragma unroll
     for (int j = 0; j < K; ++j) {
         if (!kept[j]) continue;
-        m[j * K + j] = 1.0 / l[j][j];
+        m[j * K + j] = __ddiv_rn(1.0, l[j][j]);
 #pragma unroll
         for (int i = j - 1; i >= 0; --i) {
             if (!kept[i]) continue;
             double s = 0.0;
 #pragma unroll
-            for (int r = i + 1; r <= j; ++r) s -= l[r][i] * m[r * K + j];
-            m[i * K + j] = s / l[i][i];
+            for (int r = i + 1; r <= j; ++r) s = __dsub_rn(s, __dmul_rn(l[r][i], m[r * K + j]));
+            m[i * K + j] = __ddiv_rn(s, l[i][i]);
         }
     }
     rr_u32 rank = 0;
@@ -363,7 +406,8 @@ __device__ __forceinline__ rr_u32 rr_orth_segment(const double* p, double tol, d
 // a fixed warp tree; lane 0 writes seg_partials. Then lane 0 runs the selected solve.
 template <int K>
 __device__ __forceinline__ void rr_finish(const double* __restrict__ chunk_partials,
-                                          const rr_u64* __restrict__ seg_first, rr_u64 n_seg,
+                                          const rr_u64* __restrict__ seg_first,
+                                          const rr_u64* __restrict__ tasks, rr_u64 n_seg,
                                           int mode, double tol, double ridge,
                                           double* seg_partials, double* coef, double* coef2,
                                           rr_u32* __restrict__ ranks) {
@@ -388,29 +432,40 @@ __device__ __forceinline__ void rr_finish(const double* __restrict__ chunk_parti
         }
     }
     if (lane != 0) return;
+    int max_rank = K;
+    if (mode & RR_FIN_CAP) {
+        // The segment's tasks are seg_first[seg] .. seg_first[seg + 1], contiguous and in
+        // order: its length is the last task's end minus the first task's start.
+        const rr_u64 t0 = seg_first[seg];
+        const rr_u64 t1 = seg_first[seg + 1];
+        const rr_u64 len = t1 > t0 ? tasks[3 * (t1 - 1) + 2] - tasks[3 * t0 + 1] : 0;
+        if (len < (rr_u64)K) max_rank = (int)len;
+    }
     if (mode & RR_FIN_SOLVE) {
-        ranks[seg] = rr_solve_segment<K>(ps, tol, ridge, coef + seg * K);
+        ranks[seg] = rr_solve_segment<K>(ps, max_rank, tol, ridge, coef + seg * K);
     } else if (mode & RR_FIN_ORTH1) {
-        ranks[seg] = rr_orth_segment<K>(ps, tol, coef + seg * (K * K));
+        ranks[seg] = rr_orth_segment<K>(ps, max_rank, tol, coef + seg * (K * K));
     } else if (mode & RR_FIN_ORTH2) {
-        ranks[seg] = rr_orth_segment<K>(ps, tol, coef2 + seg * (K * K));
+        ranks[seg] = rr_orth_segment<K>(ps, max_rank, tol, coef2 + seg * (K * K));
     }
 }
 
 // project_finish: per-segment reduction of chunk partials and/or per-segment solve.
 // Launch: grid = (ceil(n_seg / 4)), block = (128) — one warp per segment; 1 <= k <= 8.
 // seg_first[n_seg + 1]: first task index of each segment (empty segments: no tasks, so
-// their partials are 0 and their rank 0). seg_partials[n_seg * RR_STRIDE(k)] (written with
+// their partials are 0 and their rank 0); tasks: the chunk-task table (read with CAP only,
+// for segment lengths). seg_partials[n_seg * RR_STRIDE(k)] (written with
 // REDUCE, else read), coef[n_seg * k] (SOLVE) or [n_seg * k * k] (ORTH1), coef2 (ORTH2),
 // ranks[n_seg] (u32). Numerics: f64, see the solve port above.
 extern "C" __global__ void __launch_bounds__(128)
     project_finish(const double* __restrict__ chunk_partials, const rr_u64* __restrict__ seg_first,
-                   rr_u64 n_seg, int k, int mode, double tol, double ridge, double* seg_partials,
-                   double* coef, double* coef2, rr_u32* __restrict__ ranks) {
+                   const rr_u64* __restrict__ tasks, rr_u64 n_seg, int k, int mode, double tol,
+                   double ridge, double* seg_partials, double* coef, double* coef2,
+                   rr_u32* __restrict__ ranks) {
 #define RR_FIN_CASE(KK)                                                                      \
     case KK:                                                                                 \
-        rr_finish<KK>(chunk_partials, seg_first, n_seg, mode, tol, ridge, seg_partials, coef, \
-                      coef2, ranks);                                                         \
+        rr_finish<KK>(chunk_partials, seg_first, tasks, n_seg, mode, tol, ridge, seg_partials, \
+                      coef, coef2, ranks);                                                   \
         break;
     switch (k) {
         RR_FIN_CASE(1)

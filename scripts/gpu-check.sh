@@ -6,9 +6,13 @@
 #                                 REDREG_REQUIRE_NVCC=1, strips them into ./gpu-bundle/
 #                                 (gitignored; must stay < 64 MiB).
 #   scripts/gpu-check.sh [run]    THERE (GPU, $OUT set): nvidia-smi, every bundled test binary
-#                                 with REDREG_REQUIRE_GPU=1, compute-sanitizer (memcheck,
-#                                 racecheck, initcheck, synccheck) over the projection test
-#                                 binary; logs and summary.txt under $OUT.
+#                                 with REDREG_REQUIRE_GPU=1 (default test threads), the
+#                                 kernel-loading path (default, then NVRTC forced), and
+#                                 compute-sanitizer (memcheck, racecheck, initcheck,
+#                                 synccheck) over the projection test binary; logs and
+#                                 summary.txt under $OUT. The summary keeps test failures,
+#                                 sanitizer findings (each tool's ERROR SUMMARY) and the
+#                                 kernel path apart.
 #
 # REDREG_BUNDLE_CANDLE=1 also bundles tests/gpu_candle.rs and the balance example built with
 # feature candle-cuda (slow: candle's own kernels; linked against scripts/cuda-link-stubs.sh).
@@ -26,7 +30,7 @@ bundle() {
     if [ -z "${NVCC:-}" ] && [ -f "$venv/redreg-cuda-env.sh" ]; then . "$venv/redreg-cuda-env.sh"; fi
     export NVCC REDREG_REQUIRE_NVCC=1 CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
     rm -rf "$BUNDLE" && mkdir -p "$BUNDLE"
-    local tests="${REDREG_BUNDLE_TESTS:-gpu_project gpu_stats gpu_controller gpu_reliability nccl_dist}"
+    local tests="${REDREG_BUNDLE_TESTS:-gpu_project gpu_kernels gpu_stats gpu_controller gpu_reliability gpu_isolation nccl_dist}"
     local args=()
     for t in $tests; do args+=(--test "$t"); done
     # nccl: the NCCL adapter test (tests/nccl_dist.rs; libnccl is loaded at run time only).
@@ -127,36 +131,89 @@ run() {
         python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
             "$x" "${x%.xz}" && chmod +x "${x%.xz}" && rm -f "$x"
     done
+    # --- tests: the default (parallel) test-thread count; each call owns its results.
+    local test_failures=0
+    echo "== tests ==" | tee -a "$summary"
     for t in "$BUNDLE"/test-*; do
         [ -x "$t" ] || continue
         local n; n=$(basename "$t")
-        if REDREG_REQUIRE_GPU=1 "$t" --test-threads=1 --nocapture >"$OUT/$n.log" 2>&1; then
+        if REDREG_REQUIRE_GPU=1 "$t" --nocapture >"$OUT/$n.log" 2>&1; then
             echo "PASS $n" | tee -a "$summary"
         else
             echo "FAIL $n (see $n.log)" | tee -a "$summary"; status=1
+            test_failures=$((test_failures + 1))
         fi
-        grep -E "^test result|SKIP|panicked" "$OUT/$n.log" | head -20 >>"$summary"
+        grep -E "^test result|SKIP|panicked|borderline" "$OUT/$n.log" | head -20 >>"$summary"
     done
+    # --- kernel loading: which path each module took (fatbin / nvrtc-cubin / nvrtc-ptx),
+    # printed by gpu_project's every_kernel_symbol_loads; then the NVRTC fallback forced.
+    echo "== kernel loading ==" | tee -a "$summary"
+    local kpath
+    kpath=$(grep -ho "KERNEL-PATH: .*" "$OUT"/test-gpu_project.log 2>/dev/null | head -1)
+    echo "default: ${kpath:-unknown (test-gpu_project did not report it)}" | tee -a "$summary"
+    if [ -x "$BUNDLE/test-gpu_project" ]; then
+        local force
+        for force in 1 ptx; do
+            local flog="$OUT/kernel-path-force-$force.log"
+            REDREG_FORCE_NVRTC=$force REDREG_REQUIRE_GPU=1 "$BUNDLE/test-gpu_project" \
+                every_kernel_symbol_loads --nocapture >"$flog" 2>&1
+            local frc=$?
+            local fpath; fpath=$(grep -ho "KERNEL-PATH: .*" "$flog" | head -1)
+            if [ $frc = 0 ]; then
+                echo "REDREG_FORCE_NVRTC=$force: PASS ${fpath}" | tee -a "$summary"
+            elif grep -q "NVRTC library" "$flog"; then
+                echo "REDREG_FORCE_NVRTC=$force: SKIP (no libnvrtc on this machine)" | tee -a "$summary"
+            else
+                echo "REDREG_FORCE_NVRTC=$force: FAIL (see $(basename "$flog"))" | tee -a "$summary"
+                grep -m3 -E "panicked|could not be loaded" "$flog" >>"$summary"
+                status=1; test_failures=$((test_failures + 1))
+            fi
+        done
+    fi
+    # --- sanitizers: each tool's own verdict ("ERROR SUMMARY: N errors") apart from the
+    # verdict of the tests it ran (a test can fail without a memory error and vice versa).
+    echo "== sanitizers ==" | tee -a "$summary"
+    local sanitizer_findings=0 sanitizer_no_verdict=0 sanitizer_test_failures=0
     local cs
     cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
     local target="$BUNDLE/test-gpu_project"
     if [ -n "$cs" ] && [ -x "$target" ]; then
         for tool in memcheck racecheck initcheck synccheck; do
+            local slog="$OUT/sanitizer-$tool.log"
             # Small layouts only (REDREG_GPU_QUICK=1), no huge / repeated cases: the
-            # sanitizer is slow.
-            if REDREG_REQUIRE_GPU=1 REDREG_GPU_QUICK=1 timeout "${REDREG_SANITIZER_TIMEOUT:-150}" \
-                "$cs" --tool "$tool" --error-exitcode 9 "$target" --test-threads=1 \
-                --skip huge --skip bitwise --skip f16 --skip bf16 \
-                >"$OUT/sanitizer-$tool.log" 2>&1; then
-                echo "PASS compute-sanitizer $tool" | tee -a "$summary"
+            # sanitizer is slow. One test thread: the tools serialise anyway.
+            REDREG_REQUIRE_GPU=1 REDREG_GPU_QUICK=1 timeout "${REDREG_SANITIZER_TIMEOUT:-150}" \
+                "$cs" --tool "$tool" "$target" --test-threads=1 \
+                --skip huge --skip bitwise --skip f16 --skip bf16 >"$slog" 2>&1
+            local rc=$?
+            local errs
+            errs=$(grep -oE "ERROR SUMMARY: [0-9]+ error" "$slog" | tail -1 | grep -oE "[0-9]+")
+            local sverdict tverdict
+            if [ -z "$errs" ]; then
+                sverdict="NO-VERDICT (rc $rc$([ $rc = 124 ] && echo ', timed out'); no ERROR SUMMARY)"
+                sanitizer_no_verdict=$((sanitizer_no_verdict + 1)); status=1
+            elif [ "$errs" = 0 ]; then
+                sverdict="CLEAN (0 errors)"
             else
-                echo "FAIL compute-sanitizer $tool (rc $?, see sanitizer-$tool.log)" | tee -a "$summary"; status=1
+                sverdict="FINDINGS ($errs errors)"
+                sanitizer_findings=$((sanitizer_findings + errs)); status=1
             fi
-            tail -n 3 "$OUT/sanitizer-$tool.log" >>"$summary"
+            if grep -q "^test result: ok" "$slog" && ! grep -q "^test result: FAILED" "$slog"; then
+                tverdict="tests PASS"
+            else
+                tverdict="tests FAIL"
+                sanitizer_test_failures=$((sanitizer_test_failures + 1)); status=1
+            fi
+            echo "$tool: sanitizer $sverdict; $tverdict (see sanitizer-$tool.log)" | tee -a "$summary"
+            grep -E "^test result|panicked" "$slog" | head -5 >>"$summary"
         done
     else
         echo "SKIP compute-sanitizer (not found or no test-gpu_project)" | tee -a "$summary"
     fi
+    echo "== totals ==" | tee -a "$summary"
+    echo "test failures: $test_failures (binaries or forced-NVRTC loads)" | tee -a "$summary"
+    echo "sanitizer findings: $sanitizer_findings errors; sanitizer runs without a verdict: $sanitizer_no_verdict; runs whose tests failed under a sanitizer: $sanitizer_test_failures" | tee -a "$summary"
+    echo "kernel path: ${kpath#KERNEL-PATH: }" | tee -a "$summary"
     for bnch in "$BUNDLE"/bench-*; do
         [ -x "$bnch" ] || continue
         local n; n=$(basename "$bnch")

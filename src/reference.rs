@@ -41,7 +41,9 @@ pub fn partials<T: Element>(segs: &Segments, v: &[T], basis: &[&[T]]) -> Result<
 }
 
 /// Pass 2: solves each segment from `partials` (possibly summed over shards) and writes
-/// `alpha·base + beta·(v - P v)`. Returns the rank of each segment's basis.
+/// `alpha·base + beta·(v - P v)`. Returns the rank of each segment's basis, at most k (the
+/// partials may come from longer, sharded segments, so the local length does not cap it;
+/// [`project_out`] caps at `min(length, k)` as well: `crate::solve`, *Rank rule*).
 #[allow(clippy::too_many_arguments)]
 pub fn apply<T: Element>(
     segs: &Segments,
@@ -53,6 +55,23 @@ pub fn apply<T: Element>(
     beta: Beta<'_>,
     opts: &ProjectOptions,
 ) -> Result<Vec<u32>> {
+    apply_capped(segs, v, basis, partials, out, alpha, beta, opts, false)
+}
+
+/// [`apply`]; with `cap_by_len` the rank is also capped at each segment's length (the
+/// partials are known to be the segment's own).
+#[allow(clippy::too_many_arguments)]
+fn apply_capped<T: Element>(
+    segs: &Segments,
+    v: &[T],
+    basis: &[&[T]],
+    partials: &Partials,
+    out: Output<'_, T>,
+    alpha: f64,
+    beta: Beta<'_>,
+    opts: &ProjectOptions,
+    cap_by_len: bool,
+) -> Result<Vec<u32>> {
     check_project(segs, v, basis, &out, alpha, &beta, opts)?;
     let k = basis.len();
     partials.check_shape(segs, k)?;
@@ -60,7 +79,15 @@ pub fn apply<T: Element>(
     let mut w = [0.0f64; MAX_K];
     let (mode, out) = out.split();
     for (s, r) in segs.iter().enumerate() {
-        ranks[s] = solve_segment(k, partials.segment(s), opts.tol, opts.ridge, &mut w);
+        let max_rank = if cap_by_len { r.len().min(k) } else { k };
+        ranks[s] = solve_segment(
+            k,
+            partials.segment(s),
+            max_rank,
+            opts.tol,
+            opts.ridge,
+            &mut w,
+        );
         let b = beta.get(s);
         for e in r {
             let mut y = v[e].to_f64();
@@ -91,21 +118,28 @@ pub fn project_out<T: Element>(
 ) -> Result<Vec<u32>> {
     check_project(segs, v, basis, &out, alpha, &beta, opts)?;
     let p = partials(segs, v, basis)?;
-    apply(segs, v, basis, &p, out, alpha, beta, opts)
+    apply_capped(segs, v, basis, &p, out, alpha, beta, opts, true)
 }
 
 /// CGS2 on f64 vectors of one segment, in place: for j = 1..k, subtract the projections
 /// on the earlier kept q's twice (classical GS: all coefficients from the same vector),
 /// then normalise, or zero the vector if its residual norm is ≤ `tol` × its original norm
-/// (or it is zero). Returns the rank. Non-finite input gives NaN vectors and rank 0.
+/// (or it is zero, or the kept ones already number the segment length: they span it).
+/// Returns the rank. Non-finite input gives NaN vectors and rank 0.
 fn cgs2_f64(vs: &mut [Vec<f64>], tol: f64) -> u32 {
     if vs.iter().flatten().any(|x| !x.is_finite()) {
         vs.iter_mut().flatten().for_each(|x| *x = f64::NAN);
         return 0;
     }
     let k = vs.len();
+    let len = vs.first().map_or(0, Vec::len);
     let mut kept = vec![false; k];
+    let mut n_kept = 0;
     for j in 0..k {
+        if n_kept >= len {
+            vs[j].iter_mut().for_each(|x| *x = 0.0);
+            continue;
+        }
         let norm0 = norm(&vs[j]);
         for _pass in 0..2 {
             let coefs: Vec<f64> = (0..j)
@@ -124,6 +158,7 @@ fn cgs2_f64(vs: &mut [Vec<f64>], tol: f64) -> u32 {
         let nrm = norm(&vs[j]);
         if norm0 > 0.0 && nrm > tol * norm0 {
             kept[j] = true;
+            n_kept += 1;
             vs[j].iter_mut().for_each(|x| *x /= nrm);
         } else {
             vs[j].iter_mut().for_each(|x| *x = 0.0);
@@ -220,7 +255,16 @@ pub fn orth_coefficients<T: Element>(
     let p = partials(segs, &zeros, basis)?;
     let mut m = vec![0.0; k * k * segs.len()];
     let ranks = (0..segs.len())
-        .map(|s| orth_segment(k, p.segment(s), tol, &mut m[s * k * k..(s + 1) * k * k]))
+        .map(|s| {
+            let max_rank = segs.seg_len(s).min(k);
+            orth_segment(
+                k,
+                p.segment(s),
+                max_rank,
+                tol,
+                &mut m[s * k * k..(s + 1) * k * k],
+            )
+        })
         .collect();
     Ok((m, ranks))
 }

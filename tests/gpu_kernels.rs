@@ -103,7 +103,7 @@ fn project_all_k<T: CudaElement>(b: &CudaBackend) {
             let mut dout = up(&base);
             let views: Vec<_> = db.iter().map(|x| x.slice(shift..)).collect();
             let base_view = dbase.slice(shift..);
-            {
+            let dranks = {
                 let mut o = dout.slice_mut(shift..);
                 let out = match mode {
                     0 => DeviceOutput::Write {
@@ -117,12 +117,13 @@ fn project_all_k<T: CudaElement>(b: &CudaBackend) {
                     _ => DeviceOutput::Accumulate(&mut o),
                 };
                 b.project_out(&segs, &dv.slice(shift..), &views, out, alpha, beta, &opts)
-                    .unwrap();
-            }
+                    .unwrap()
+            };
             let got: Vec<T> = b.stream().clone_dtoh(&dout.slice(shift..)).unwrap();
             let what = format!("project_out {} k={k} mode={mode} shift={shift}", T::DTYPE);
             assert_close(&what, &got, &want, tol_of(T::DTYPE));
-            assert_eq!(b.ranks(&segs).unwrap(), ranks, "{what}: ranks");
+            // Every segment is >= 4k long with random data: far from the rank threshold.
+            assert_eq!(dranks.to_vec().unwrap(), ranks, "{what}: ranks");
         }
     }
 }
@@ -138,11 +139,12 @@ fn orth_all_k<T: CudaElement>(b: &CudaBackend) {
             .iter()
             .map(|x| b.stream().clone_htod(x).unwrap())
             .collect();
-        {
+        let ranks_dev = {
             let mut views: Vec<_> = db.iter_mut().map(|x| x.slice_mut(..)).collect();
-            b.orthonormalize(&segs, &mut views, 1e-7).unwrap();
+            b.orthonormalize(&segs, &mut views, 1e-7).unwrap()
         }
-        let ranks_dev = b.ranks(&segs).unwrap();
+        .to_vec()
+        .unwrap();
         let mut refs: Vec<&mut [T]> = basis.iter_mut().map(|x| x.as_mut_slice()).collect();
         let ranks = reference::orthonormalize(&segs, &mut refs, 1e-7).unwrap();
         let (atol, rtol) = tol_of(T::DTYPE);

@@ -161,7 +161,7 @@ fn cuda_one<T: CandleCudaElement>(
     let mut out = unsafe { backend.stream().alloc::<T>(n) }.map_err(drv)?;
     {
         let mut ov = out.slice_mut(0..n);
-        backend.project_out(
+        let ranks = backend.project_out(
             &segs,
             &v,
             &basis,
@@ -173,8 +173,8 @@ fn cuda_one<T: CandleCudaElement>(
             Beta::Scalar(job.beta),
             opts,
         )?;
+        ranks.copy_into(rank)?;
     }
-    backend.copy_ranks_into(&segs, rank)?;
     let device = vv.cuda_device()?.clone();
     let storage = CudaStorage::wrap_cuda_slice(out, device);
     Ok(Tensor::from_storage(

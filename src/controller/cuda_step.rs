@@ -99,7 +99,8 @@ pub fn snapshot_cuda<T: CudaElement>(
 /// Applies `decision` to device encoders (one per modality, in the controller's order):
 /// for the suppressed modality only, per tensor, `grad += beta · (d - P d)` with
 /// `d = theta - theta_0` and `P` the projector onto `span{g, extra…}`. Asynchronous on the
-/// backend's stream; the per-tensor ranks stay on the device ([`CudaBackend::ranks`]).
+/// backend's stream; the per-tensor ranks ([`crate::cuda::DeviceRanks`]) are not needed
+/// by the controller and are dropped (freed in stream order).
 /// Returns whether a projection was queued.
 ///
 /// `Err` (nothing queued) on a wrong encoder count or buffers that do not cover their

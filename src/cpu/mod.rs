@@ -156,7 +156,9 @@ impl CpuBackend {
     }
 
     /// Pass 2 of the split form: solves each segment from `partials` (possibly summed over
-    /// shards) and writes `alpha·base + beta·(v - P v)`. Returns each segment's rank.
+    /// shards) and writes `alpha·base + beta·(v - P v)`. Returns each segment's rank, at
+    /// most k (not capped by the local segment length: the partials may be summed over
+    /// shards; [`CpuBackend::project_out`] also caps at the length, `crate::solve`).
     #[allow(clippy::too_many_arguments)]
     pub fn apply<T: Element>(
         &self,
@@ -169,6 +171,23 @@ impl CpuBackend {
         beta: Beta<'_>,
         opts: &ProjectOptions,
     ) -> Result<Vec<u32>> {
+        self.apply_capped(segs, v, basis, partials, out, alpha, beta, opts, false)
+    }
+
+    /// [`CpuBackend::apply`]; `cap_by_len` also caps each rank at the segment's length.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_capped<T: Element>(
+        &self,
+        segs: &Segments,
+        v: &[T],
+        basis: &[&[T]],
+        partials: &Partials,
+        out: Output<'_, T>,
+        alpha: f64,
+        beta: Beta<'_>,
+        opts: &ProjectOptions,
+        cap_by_len: bool,
+    ) -> Result<Vec<u32>> {
         check_project(segs, v, basis, &out, alpha, &beta, opts)?;
         let k = basis.len();
         partials.check_shape(segs, k)?;
@@ -178,6 +197,11 @@ impl CpuBackend {
                 solve_segment(
                     k,
                     partials.segment(s),
+                    if cap_by_len {
+                        segs.seg_len(s).min(k)
+                    } else {
+                        k
+                    },
                     opts.tol,
                     opts.ridge,
                     &mut coef[s * k..(s + 1) * k],
@@ -225,7 +249,7 @@ impl CpuBackend {
     ) -> Result<Vec<u32>> {
         check_project(segs, v, basis, &out, alpha, &beta, opts)?;
         let p = self.partials(segs, v, basis)?;
-        self.apply(segs, v, basis, &p, out, alpha, beta, opts)
+        self.apply_capped(segs, v, basis, &p, out, alpha, beta, opts, true)
     }
 
     /// Orthonormalises the k basis vectors of every segment in place (CholQR2, see the
@@ -254,7 +278,14 @@ impl CpuBackend {
                 self.partials_into(&tasks, None, &views, &mut p);
             }
             for (s, rank) in ranks.iter_mut().enumerate() {
-                *rank = orth_segment(k, p.segment(s), tol, &mut m[s * k * k..(s + 1) * k * k]);
+                let max_rank = segs.seg_len(s).min(k);
+                *rank = orth_segment(
+                    k,
+                    p.segment(s),
+                    max_rank,
+                    tol,
+                    &mut m[s * k * k..(s + 1) * k * k],
+                );
             }
             // Per task, the k sub-slices of the basis buffers for that chunk.
             let mut per_task: Vec<Vec<&mut [T]>> = (0..tasks.len()).map(|_| Vec::new()).collect();

@@ -48,7 +48,11 @@ pub struct ForeignSlice<T> {
 impl<T: CudaElement> ForeignSlice<T> {
     /// Wraps the device address `ptr` of `len` elements.
     ///
-    /// `Err` for a null pointer with `len > 0` or an address not aligned to `T`.
+    /// `Err` for a null pointer with `len > 0`, an address not aligned to `T`, a range that
+    /// wraps around the address space, or a driver error (for example after a sticky fault:
+    /// cudarc creates two tracking events per slice and would panic on failure; this checks
+    /// first and catches a panic as a backstop). Operations reject an output that overlaps
+    /// one of their inputs, so wrapping one address twice is caught at the call.
     ///
     /// # Safety
     /// `ptr` must point to an allocation of the backend's context holding at least `len`
@@ -66,9 +70,34 @@ impl<T: CudaElement> ForeignSlice<T> {
                 format!("device address {ptr:#x} is not aligned to {size} bytes"),
             ));
         }
+        if (len as u64)
+            .checked_mul(size)
+            .and_then(|b| ptr.checked_add(b))
+            .is_none()
+        {
+            return Err(invalid(
+                "len",
+                format!("{len} elements from {ptr:#x} run past the end of the address space"),
+            ));
+        }
+        let stream = backend.stream();
+        if stream.context().is_event_tracking() {
+            // `upgrade_device_ptr` unwraps `new_event` twice: try one first, so that a
+            // broken context is an `Err` here (the probe event is destroyed at once).
+            stream.context().new_event(None).map_err(|e| {
+                Error::Cuda(format!(
+                    "cannot wrap a foreign buffer: creating an event: {e}"
+                ))
+            })?;
+        }
         // SAFETY: validity, size and lifetime of the allocation are the caller's contract;
         // the slice is never dropped as a CudaSlice (see Drop), so it never frees `ptr`.
-        let s = unsafe { backend.stream().upgrade_device_ptr::<T>(ptr, len) };
+        // A panic inside (an event creation that fails after the probe succeeded) unwinds
+        // before any slice exists, so nothing is left half-built.
+        let s = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
+            stream.upgrade_device_ptr::<T>(ptr, len)
+        }))
+        .map_err(|_| Error::Cuda("cannot wrap a foreign buffer: cudarc panicked".into()))?;
         Ok(Self {
             inner: ManuallyDrop::new(s),
         })

@@ -5,7 +5,9 @@
 //! PTX of the lowest arch) when nvcc is found, and always embeds the sources. A module is
 //! loaded once per [`CudaBackend`], on first use: the prebuilt fatbin if there is one (and
 //! `REDREG_FORCE_NVRTC` is unset), else — or when the fatbin does not load on this GPU —
-//! the embedded source compiled by NVRTC for the device's compute capability. Modules are
+//! the embedded source compiled by NVRTC to a cubin for the device (`sm_XY`, no driver
+//! JIT), else to PTX (`compute_XY`). [`CudaBackend::kernel_source`] says which path was
+//! taken ([`KernelPath`]; order and overrides in `src/cuda/loading.rs`). Modules are
 //! cached by name and functions by name, so a new `kernels/foo.cu` is used with
 //! `backend.function("foo", "foo_kernel_f32")` and nothing else.
 //!
@@ -18,13 +20,20 @@
 //! See [`CudaBackend::project_out`], [`CudaBackend::partials`], [`CudaBackend::apply`],
 //! [`CudaBackend::orthonormalize`] (module `project`, `kernels/project.cu`).
 
+mod checks;
 mod foreign;
+mod loading;
 mod project;
+mod ranks;
 
 /// The cudarc this crate is built against (0.19.10), so users name the same types.
 pub use cudarc;
 pub use foreign::ForeignSlice;
+pub use loading::{nvrtc_compile_cubin, KernelPath};
 pub use project::DeviceOutput;
+pub use ranks::DeviceRanks;
+
+pub(crate) use checks::{byte_range, check_buffer_context, check_no_alias, ByteRange};
 
 use crate::dtype::Element;
 use crate::error::{Error, Result};
@@ -177,8 +186,10 @@ pub(crate) fn drv(e: cudarc::driver::DriverError) -> Error {
 }
 
 /// The CUDA backend: one context and stream, its loaded modules, and per-layout device
-/// workspaces (chunk-task table, partial sums, coefficients, ranks) kept across calls, so
-/// a training step allocates nothing on the device after the first call with a layout.
+/// scratch workspaces (chunk-task table, partial sums, coefficients) kept across calls, so
+/// a training step allocates only each call's small [`DeviceRanks`] (4 bytes per segment)
+/// on the device after the first call with a layout. No result is kept in the backend:
+/// each call returns its own ranks, so concurrent calls with one layout do not interfere.
 ///
 /// All operations are asynchronous on [`CudaBackend::stream`] unless documented otherwise.
 /// Buffers passed in must belong to the same context. The backend is `Send + Sync`
@@ -187,7 +198,7 @@ pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     cc: (i32, i32),
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    modules: Mutex<HashMap<&'static str, (Arc<CudaModule>, KernelPath)>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     pub(crate) workspaces: Mutex<HashMap<Segments, project::Workspace>>,
 }
@@ -237,19 +248,7 @@ impl CudaBackend {
         name: &'static str,
         buf: &B,
     ) -> Result<()> {
-        let other = buf.stream().context();
-        if other.cu_ctx() == self.ctx.cu_ctx() {
-            Ok(())
-        } else {
-            Err(Error::InvalidArgument {
-                name,
-                reason: format!(
-                    "buffer belongs to the CUDA context of device {}, the backend runs on device {}",
-                    other.ordinal(),
-                    self.ctx.ordinal()
-                ),
-            })
-        }
+        checks::check_buffer_context(&self.ctx, name, buf)
     }
 
     /// The stream every operation is queued on.
@@ -272,8 +271,19 @@ impl CudaBackend {
         self.stream.synchronize().map_err(drv)
     }
 
-    /// Loads module `name` (once; later calls return the cached module).
+    /// Loads module `name` (once; later calls return the cached module): the fatbin, else
+    /// an NVRTC cubin for this device, else NVRTC PTX (see [`KernelPath`]).
     pub fn module(&self, name: &str) -> Result<Arc<CudaModule>> {
+        Ok(self.load(name)?.0)
+    }
+
+    /// How module `name` was loaded (loading it first if needed): `"fatbin"`,
+    /// `"nvrtc-cubin"` or `"nvrtc-ptx"` ([`KernelPath::as_str`]).
+    pub fn kernel_source(&self, name: &str) -> Result<&'static str> {
+        Ok(self.load(name)?.1.as_str())
+    }
+
+    fn load(&self, name: &str) -> Result<(Arc<CudaModule>, KernelPath)> {
         let mut mods = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = mods.get(name) {
             return Ok(m.clone());
@@ -282,31 +292,53 @@ impl CudaBackend {
             .iter()
             .find(|m| m.name == name)
             .ok_or_else(|| Error::CudaUnavailable(format!("no kernel module named {name:?}")))?;
-        let force_nvrtc = std::env::var_os("REDREG_FORCE_NVRTC").is_some();
-        let mut fatbin_err = None;
-        if let (Some(fb), false) = (km.fatbin, force_nvrtc) {
-            match self
-                .ctx
-                .load_module(cudarc::nvrtc::Ptx::from_binary(fb.to_vec()))
-            {
-                Ok(m) => {
-                    mods.insert(km.name, m.clone());
-                    return Ok(m);
-                }
-                Err(e) => fatbin_err = Some(e.to_string()),
+        let (fatbin_ok, cubin_ok) = loading::allowed_paths();
+        let mut failures = Vec::new();
+        let load_bin = |bytes: Vec<u8>| {
+            self.ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(bytes))
+                .map_err(|e| e.to_string())
+        };
+        let mut found = None;
+        match (km.fatbin, fatbin_ok) {
+            (Some(fb), true) => match load_bin(fb.to_vec()) {
+                Ok(m) => found = Some((m, KernelPath::Fatbin)),
+                Err(e) => failures.push(format!("prebuilt fatbin did not load ({e})")),
+            },
+            (Some(_), false) => failures.push("fatbin skipped (REDREG_FORCE_NVRTC)".into()),
+            (None, _) => failures.push("no prebuilt fatbin (built without nvcc)".into()),
+        }
+        if found.is_none() && cubin_ok {
+            let arch = format!("sm_{}{}", self.cc.0, self.cc.1);
+            match loading::nvrtc_compile_cubin(name, &arch).map_err(|e| e.to_string()) {
+                Ok(cubin) => match load_bin(cubin) {
+                    Ok(m) => found = Some((m, KernelPath::NvrtcCubin)),
+                    Err(e) => failures.push(format!("NVRTC cubin for {arch} did not load ({e})")),
+                },
+                Err(e) => failures.push(e),
             }
         }
-        let arch = format!("compute_{}{}", self.cc.0, self.cc.1);
-        let ptx = nvrtc_compile(name, &arch).map_err(|e| match &fatbin_err {
-            Some(f) => Error::CudaUnavailable(format!("prebuilt fatbin did not load ({f}); {e}")),
-            None => e,
-        })?;
-        let m = self
-            .ctx
-            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-            .map_err(|e| Error::CudaUnavailable(format!("loading NVRTC PTX of {name}: {e}")))?;
-        mods.insert(km.name, m.clone());
-        Ok(m)
+        if found.is_none() {
+            let arch = format!("compute_{}{}", self.cc.0, self.cc.1);
+            match nvrtc_compile(name, &arch) {
+                Ok(ptx) => match self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)) {
+                    Ok(m) => found = Some((m, KernelPath::NvrtcPtx)),
+                    Err(e) => failures.push(format!(
+                        "NVRTC PTX for {arch} did not load ({e}; a driver older than the NVRTC \
+                         cannot JIT its PTX)"
+                    )),
+                },
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        let Some(found) = found else {
+            return Err(Error::CudaUnavailable(format!(
+                "kernel module {name} could not be loaded: {}",
+                failures.join("; ")
+            )));
+        };
+        mods.insert(km.name, found.clone());
+        Ok(found)
     }
 
     /// Kernel `func` of module `module` (loaded and cached on first use).

@@ -4,7 +4,9 @@
 //! `CudaViewMut<T>` (`slice.as_view_mut()`), the basis a slice of views. Every buffer must
 //! cover the layout exactly (`segs.total()` elements).
 
-use super::{drv, CudaBackend, CudaElement, CHUNK, THREADS};
+use super::{
+    byte_range, check_no_alias, drv, CudaBackend, CudaElement, DeviceRanks, CHUNK, THREADS,
+};
 use crate::error::{check_len, invalid, Result};
 use crate::projection::{check_finite, check_k, Beta, Partials, ProjectOptions};
 use crate::segments::{chunk_tasks, Segments};
@@ -19,6 +21,7 @@ const FIN_REDUCE: i32 = 1;
 const FIN_SOLVE: i32 = 2;
 const FIN_ORTH1: i32 = 4;
 const FIN_ORTH2: i32 = 8;
+const FIN_CAP: i32 = 16;
 const MODE_NONE: i32 = 0;
 const MODE_BASE: i32 = 1;
 const MODE_INPLACE: i32 = 2;
@@ -38,7 +41,8 @@ pub enum DeviceOutput<'a, 'b, T> {
     Accumulate(&'a mut CudaViewMut<'b, T>),
 }
 
-/// Device workspace of one layout, kept across calls.
+/// Device workspace of one layout, kept across calls: scratch only. Results that a caller
+/// reads later (the ranks) go to a per-call [`DeviceRanks`], never to this shared state.
 pub(crate) struct Workspace {
     n_tasks: usize,
     segs: usize,
@@ -53,7 +57,6 @@ pub(crate) struct Workspace {
     /// `segs * MAX_K²` f64 each: projection coefficients or M1, and M2.
     coef: CudaSlice<f64>,
     coef2: CudaSlice<f64>,
-    ranks: CudaSlice<u32>,
     beta: CudaSlice<f64>,
 }
 
@@ -122,7 +125,6 @@ impl CudaBackend {
             seg_partials: s.alloc_zeros(n(l * MAX_STRIDE)).map_err(drv)?,
             coef: s.alloc_zeros(n(l * MAX_K * MAX_K)).map_err(drv)?,
             coef2: s.alloc_zeros(n(l * MAX_K * MAX_K)).map_err(drv)?,
-            ranks: s.alloc_zeros(n(l)).map_err(drv)?,
             beta: s.alloc_zeros(n(l)).map_err(drv)?,
         })
     }
@@ -169,6 +171,8 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// The per-segment reduce and/or solve. `ranks` receives the ranks (modes with SOLVE
+    /// or ORTH; `None` only for REDUCE alone, which writes none).
     fn launch_finish(
         &self,
         ws: &mut Workspace,
@@ -176,17 +180,25 @@ impl CudaBackend {
         mode: i32,
         tol: f64,
         ridge: f64,
+        ranks: Option<&mut DeviceRanks>,
     ) -> Result<()> {
         if ws.segs == 0 || k == 0 {
             return Ok(());
+        }
+        if ranks.is_none() && mode & (FIN_SOLVE | FIN_ORTH1 | FIN_ORTH2) != 0 {
+            return Err(crate::Error::Cuda(
+                "internal: a solve without a rank buffer".into(),
+            ));
         }
         let f = self.function(MODULE, "project_finish")?;
         let n_seg = ws.segs as u64;
         let k_i = k as i32;
         let blocks = grid(ws.segs.div_ceil(4), "segments")?;
+        let null = 0u64;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&ws.chunk_partials)
             .arg(&ws.seg_first)
+            .arg(&ws.tasks)
             .arg(&n_seg)
             .arg(&k_i)
             .arg(&mode)
@@ -194,12 +206,17 @@ impl CudaBackend {
             .arg(&ridge)
             .arg(&mut ws.seg_partials)
             .arg(&mut ws.coef)
-            .arg(&mut ws.coef2)
-            .arg(&mut ws.ranks);
-        // SAFETY: signature project_finish(chunk_partials, seg_first, n_seg, k, mode, tol,
-        // ridge, seg_partials, coef, coef2, ranks); 1 <= k <= 8; seg_first holds n_seg + 1
-        // task indices <= n_tasks; seg_partials holds n_seg*MAX_STRIDE, coef/coef2
-        // n_seg*MAX_K² f64 and ranks n_seg u32; one warp per segment, 4 per 128-thread block.
+            .arg(&mut ws.coef2);
+        match ranks {
+            Some(r) => b.arg(r.buffer_mut()),
+            None => b.arg(&null),
+        };
+        // SAFETY: signature project_finish(chunk_partials, seg_first, tasks, n_seg, k, mode,
+        // tol, ridge, seg_partials, coef, coef2, ranks); 1 <= k <= 8; seg_first holds
+        // n_seg + 1 task indices <= n_tasks into tasks (3*n_tasks u64, each segment's tasks
+        // contiguous); seg_partials holds n_seg*MAX_STRIDE, coef/coef2 n_seg*MAX_K² f64;
+        // ranks holds n_seg u32 (a DeviceRanks of this layout), or is null only when mode is
+        // REDUCE alone, which writes no rank; one warp per segment, 4 per 128-thread block.
         unsafe { b.launch(cfg(blocks, 128)) }.map_err(drv)?;
         Ok(())
     }
@@ -298,6 +315,20 @@ impl CudaBackend {
                 self.check_context("out", *out)?;
             }
         }
+        // No aliasing between the output and any input (ForeignSlice can make it).
+        let s = &*self.stream;
+        let mut inputs = vec![("v", byte_range(v, s))];
+        inputs.extend(basis.iter().map(|b| ("basis", byte_range(b, s))));
+        let out_range = match out {
+            DeviceOutput::Write { base, out } => {
+                if let Some(b) = base {
+                    inputs.push(("base", byte_range(*b, s)));
+                }
+                byte_range(*out, s)
+            }
+            DeviceOutput::Accumulate(out) => byte_range(*out, s),
+        };
+        check_no_alias("out", out_range, &inputs)?;
         check_finite("alpha", alpha)?;
         beta.validate(segs.len())?;
         opts.validate()
@@ -307,7 +338,8 @@ impl CudaBackend {
     /// `out = alpha·base + beta·(v - P v)` per segment, `P` the projector onto the span of
     /// the segment's basis vectors (same method and options as [`crate::reference::project_out`]).
     /// Launches: pass 1, per-segment reduce + solve, pass 2 (3 kernels for any number of
-    /// segments; 1 for k = 0). The ranks are kept on the device: [`CudaBackend::ranks`].
+    /// segments; 1 for k = 0). Returns this call's ranks (at most `min(length, k)` per
+    /// segment), on the device: [`DeviceRanks::to_vec`] reads them.
     #[allow(clippy::too_many_arguments)]
     pub fn project_out<T: CudaElement>(
         &self,
@@ -318,18 +350,19 @@ impl CudaBackend {
         alpha: f64,
         beta: Beta<'_>,
         opts: &ProjectOptions,
-    ) -> Result<()> {
+    ) -> Result<DeviceRanks> {
         self.validate_project(segs, v, basis, &out, alpha, &beta, opts)?;
         let k = basis.len();
+        let mut ranks = DeviceRanks::zeros(&self.stream, segs.len())?;
         self.with_workspace(segs, |ws| {
-            if k == 0 {
-                self.stream.memset_zeros(&mut ws.ranks).map_err(drv)?;
-            } else {
+            if k > 0 {
                 self.launch_partials(ws, v, basis)?;
-                self.launch_finish(ws, k, FIN_REDUCE | FIN_SOLVE, opts.tol, opts.ridge)?;
+                let mode = FIN_REDUCE | FIN_SOLVE | FIN_CAP;
+                self.launch_finish(ws, k, mode, opts.tol, opts.ridge, Some(&mut ranks))?;
             }
             self.launch_apply(ws, v, basis, out, alpha, &beta)
-        })
+        })?;
+        Ok(ranks)
     }
 
     /// Pass 1 of the split form: per segment the Gram matrix and `Bᵀv`, summed on the
@@ -355,7 +388,7 @@ impl CudaBackend {
         self.with_workspace(segs, |ws| {
             self.launch_partials(ws, v, basis)?;
             // REDUCE only (no solve): mode 1.
-            self.launch_finish(ws, k, FIN_REDUCE, 0.0, 0.0)?;
+            self.launch_finish(ws, k, FIN_REDUCE, 0.0, 0.0, None)?;
             let n = segs.len() * partial_stride(k);
             let data = self
                 .stream
@@ -367,7 +400,8 @@ impl CudaBackend {
 
     /// Pass 2 of the split form: solves each segment from host `partials` (possibly summed
     /// over shards; uploaded, a small host-to-device copy) and writes the output like
-    /// [`CudaBackend::project_out`]. Asynchronous.
+    /// [`CudaBackend::project_out`]. Asynchronous. Returns this call's ranks, at most k per
+    /// segment (not capped by the local length: the partials may be summed over shards).
     #[allow(clippy::too_many_arguments)]
     pub fn apply<T: CudaElement>(
         &self,
@@ -379,7 +413,7 @@ impl CudaBackend {
         alpha: f64,
         beta: Beta<'_>,
         opts: &ProjectOptions,
-    ) -> Result<()> {
+    ) -> Result<DeviceRanks> {
         self.validate_project(segs, v, basis, &out, alpha, &beta, opts)?;
         let k = basis.len();
         partials.check_shape(segs, k)?;
@@ -388,18 +422,18 @@ impl CudaBackend {
             segs.len() * partial_stride(k),
             partials.as_slice().len(),
         )?;
+        let mut ranks = DeviceRanks::zeros(&self.stream, segs.len())?;
         self.with_workspace(segs, |ws| {
-            if k == 0 {
-                self.stream.memset_zeros(&mut ws.ranks).map_err(drv)?;
-            } else {
+            if k > 0 && !segs.is_empty() {
                 let n = partials.as_slice().len();
                 self.stream
                     .memcpy_htod(partials.as_slice(), &mut ws.seg_partials.slice_mut(0..n))
                     .map_err(drv)?;
-                self.launch_finish(ws, k, FIN_SOLVE, opts.tol, opts.ridge)?;
+                self.launch_finish(ws, k, FIN_SOLVE, opts.tol, opts.ridge, Some(&mut ranks))?;
             }
             self.launch_apply(ws, v, basis, out, alpha, &beta)
-        })
+        })?;
+        Ok(ranks)
     }
 
     fn launch_orth_partials<T: CudaElement>(
@@ -465,14 +499,15 @@ impl CudaBackend {
     /// Orthonormalises the k basis vectors of every segment in place by Cholesky-QR twice
     /// (CholQR2, the Gram matrix in f64; the second Gram is of `B·M1` computed on the fly,
     /// so only the final result is rounded to `T`). Rank decision as
-    /// [`crate::solve::orth_segment`]; dropped vectors become zero. Asynchronous; ranks via
-    /// [`CudaBackend::ranks`]. 5 launches for any number of segments.
+    /// [`crate::solve::orth_segment`] (at most `min(length, k)`); dropped vectors become
+    /// zero. Asynchronous; returns this call's ranks on the device. 5 launches for any
+    /// number of segments.
     pub fn orthonormalize<T: CudaElement>(
         &self,
         segs: &Segments,
         basis: &mut [CudaViewMut<'_, T>],
         tol: f64,
-    ) -> Result<()> {
+    ) -> Result<DeviceRanks> {
         if !(0.0..1.0).contains(&tol) {
             return Err(invalid("tol", format!("must be in [0, 1), got {tol}")));
         }
@@ -481,53 +516,30 @@ impl CudaBackend {
         for b in basis.iter() {
             self.check_context("basis", b)?;
         }
+        // The k vectors are rewritten in place, each from all k: they must be distinct.
+        let ranges: Vec<_> = basis.iter().map(|b| byte_range(b, &self.stream)).collect();
+        for (i, r) in ranges.iter().enumerate() {
+            let earlier: Vec<_> = ranges[..i].iter().map(|&e| ("basis", e)).collect();
+            check_no_alias("basis", *r, &earlier)?;
+        }
         let k = basis.len();
+        let mut ranks = DeviceRanks::zeros(&self.stream, segs.len())?;
         self.with_workspace(segs, |ws| {
             if k == 0 {
-                return self.stream.memset_zeros(&mut ws.ranks).map_err(drv);
+                return Ok(());
             }
             {
                 let views: Vec<CudaView<'_, T>> = basis.iter().map(|b| b.as_view()).collect();
+                let r = Some(&mut ranks);
                 self.launch_orth_partials(ws, &views, false)?;
-                self.launch_finish(ws, k, FIN_REDUCE | FIN_ORTH1, tol, 0.0)?;
+                self.launch_finish(ws, k, FIN_REDUCE | FIN_ORTH1 | FIN_CAP, tol, 0.0, r)?;
                 self.launch_orth_partials(ws, &views, true)?;
-                self.launch_finish(ws, k, FIN_REDUCE | FIN_ORTH2, tol, 0.0)?;
+                let r = Some(&mut ranks);
+                self.launch_finish(ws, k, FIN_REDUCE | FIN_ORTH2 | FIN_CAP, tol, 0.0, r)?;
             }
             self.launch_orth_apply(ws, basis)
-        })
-    }
-
-    /// Ranks of each segment's basis from the last `project_out`, `apply` or
-    /// `orthonormalize` with this layout (zeros before any). **Synchronises** the stream.
-    pub fn ranks(&self, segs: &Segments) -> Result<Vec<u32>> {
-        self.with_workspace(segs, |ws| {
-            if ws.segs == 0 {
-                return Ok(Vec::new());
-            }
-            self.stream
-                .clone_dtoh(&ws.ranks.slice(0..ws.segs))
-                .map_err(drv)
-        })
-    }
-
-    /// Copies the ranks of the last operation with layout `segs` into `dst` (device to
-    /// device, asynchronous): lets a caller that runs many layouts collect every rank and
-    /// read them back with one copy. `Err` unless `dst` has `segs.len()` elements.
-    #[cfg_attr(not(feature = "candle-cuda"), allow(dead_code))]
-    pub(crate) fn copy_ranks_into(
-        &self,
-        segs: &Segments,
-        dst: &mut CudaViewMut<'_, u32>,
-    ) -> Result<()> {
-        check_len("rank destination", segs.len(), dst.len())?;
-        self.with_workspace(segs, |ws| {
-            if ws.segs == 0 {
-                return Ok(());
-            }
-            self.stream
-                .memcpy_dtod(&ws.ranks.slice(0..ws.segs), dst)
-                .map_err(drv)
-        })
+        })?;
+        Ok(ranks)
     }
 
     /// Names of every kernel of module `project` (for symbol tests).

@@ -14,7 +14,9 @@
 use super::cpu::{build_tasks, Mode};
 use super::plan::{Decl, HandleId, Shape, StatsPlan, StatsResults};
 use super::{RowCosMean, SegDots, SegSums, SqDiffMean, TrueProbMean};
-use crate::cuda::{drv, CudaBackend, THREADS};
+use crate::cuda::{
+    byte_range, check_buffer_context, check_no_alias, drv, ByteRange, CudaBackend, THREADS,
+};
 use crate::dtype::DType;
 use crate::error::{invalid, Result};
 use cudarc::driver::{
@@ -44,6 +46,23 @@ impl DevBuf<'_> {
             DevBuf::F32(v) => (DType::F32, v.len()),
             DevBuf::F16(v) => (DType::F16, v.len()),
             DevBuf::BF16(v) => (DType::BF16, v.len()),
+        }
+    }
+
+    /// `Err` unless the buffer belongs to `ctx`.
+    fn check_context(&self, ctx: &cudarc::driver::CudaContext, name: &'static str) -> Result<()> {
+        match self {
+            DevBuf::F32(v) => check_buffer_context(ctx, name, v),
+            DevBuf::F16(v) => check_buffer_context(ctx, name, v),
+            DevBuf::BF16(v) => check_buffer_context(ctx, name, v),
+        }
+    }
+
+    fn range(&self, s: &CudaStream) -> ByteRange {
+        match self {
+            DevBuf::F32(v) => byte_range(v, s),
+            DevBuf::F16(v) => byte_range(v, s),
+            DevBuf::BF16(v) => byte_range(v, s),
         }
     }
 
@@ -91,6 +110,29 @@ pub struct DevInput<'a> {
 }
 
 impl DevInput<'_> {
+    /// `Err` unless every buffer belongs to `ctx` and the accumulator (the only device
+    /// buffer a run writes) does not overlap the gradient it accumulates.
+    fn check(&self, ctx: &cudarc::driver::CudaContext, s: &CudaStream) -> Result<()> {
+        match &self.data {
+            DevBound::Pair(x, y) => {
+                x.check_context(ctx, "x")?;
+                y.check_context(ctx, "y")
+            }
+            DevBound::Prob(l, lab) => {
+                l.check_context(ctx, "logits")?;
+                check_buffer_context(ctx, "labels", lab)
+            }
+            DevBound::Sums(x, acc) => {
+                x.check_context(ctx, "x")?;
+                if let Some(a) = acc {
+                    check_buffer_context(ctx, "acc", a)?;
+                    check_no_alias("acc", byte_range(a, s), &[("x", x.range(s))])?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     fn shape(&self) -> Shape {
         match &self.data {
             DevBound::Pair(x, y) => Shape::Pair(x.shape(), y.shape()),
@@ -285,6 +327,13 @@ impl CudaStats {
             return Ok(&self.results);
         }
         let s = self.stream.clone();
+        // Buffers of another context (device) would be a sticky device fault, not an Err.
+        for inp in inputs.iter() {
+            inp.check(s.context(), &s).map_err(|e| {
+                let name = self.plan.entries[inp.id.idx as usize].name.clone();
+                invalid("inputs", format!("statistic {name:?}: {e}"))
+            })?;
+        }
         let mut guards: Vec<SyncOnDrop<'_>> = Vec::with_capacity(2 * inputs.len());
         for inp in inputs.iter_mut() {
             let i = inp.id.idx as usize;
