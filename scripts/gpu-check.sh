@@ -9,10 +9,12 @@
 #                                 with REDREG_REQUIRE_GPU=1 (default test threads), the
 #                                 kernel-loading path (default, then NVRTC forced), and
 #                                 compute-sanitizer (memcheck, racecheck, initcheck,
-#                                 synccheck) over the projection test binary; logs and
-#                                 summary.txt under $OUT. The summary keeps test failures,
-#                                 sanitizer findings (each tool's ERROR SUMMARY) and the
-#                                 kernel path apart.
+#                                 synccheck) over gpu_kernels (every projection kernel) and
+#                                 gpu_stats; logs and summary.txt under $OUT. The summary
+#                                 keeps test failures, sanitizer findings (each tool's ERROR
+#                                 SUMMARY) and the kernel path apart. The whole run fits in
+#                                 REDREG_GPU_BUDGET_S (default 540 s; a lent GPU allows 600 s
+#                                 per command): steps that would not fit say SKIP.
 #
 # REDREG_BUNDLE_CANDLE=1 also bundles tests/gpu_candle.rs and the balance example built with
 # feature candle-cuda (slow: candle's own kernels; linked against scripts/cuda-link-stubs.sh).
@@ -97,8 +99,26 @@ PY
     if [ "$size" -ge 64 ]; then echo "ERROR: bundle >= 64 MiB" >&2; exit 1; fi
 }
 
+# The whole run stays inside REDREG_GPU_BUDGET_S seconds (default 540: a lent GPU gives
+# 10 minutes per command). Each step gets min(its own timeout, what is left - a reserve for
+# the summary); a step that cannot get its minimum is skipped and says so.
+RUN_T0=$SECONDS
+budget_for() { # budget_for WANT MIN -> prints seconds to allow (0: skip)
+    local left=$(( ${REDREG_GPU_BUDGET_S:-540} - (SECONDS - RUN_T0) - 15 ))
+    local want=$1 min=$2
+    [ "$left" -lt "$want" ] && want=$left
+    [ "$want" -lt "$min" ] && want=0
+    echo "$want"
+}
+tmo() { # tmo WANT MIN -> a `timeout` duration (never 0, which would mean no limit)
+    local b; b=$(budget_for "$1" "$2")
+    [ "$b" = 0 ] && b=1
+    echo "$b"
+}
+
 run() {
     : "${OUT:?OUT must be set (output folder)}"
+    RUN_T0=$SECONDS
     mkdir -p "$OUT"
     local summary="$OUT/summary.txt"
     : >"$summary"
@@ -137,7 +157,11 @@ run() {
     for t in "$BUNDLE"/test-*; do
         [ -x "$t" ] || continue
         local n; n=$(basename "$t")
-        if REDREG_REQUIRE_GPU=1 "$t" --nocapture >"$OUT/$n.log" 2>&1; then
+        local tb; tb=$(budget_for "${REDREG_TEST_TIMEOUT:-150}" 20)
+        if [ "$tb" = 0 ]; then
+            echo "SKIP $n (time budget spent)" | tee -a "$summary"; status=1; continue
+        fi
+        if REDREG_REQUIRE_GPU=1 timeout "$tb" "$t" --nocapture >"$OUT/$n.log" 2>&1; then
             echo "PASS $n" | tee -a "$summary"
         else
             echo "FAIL $n (see $n.log)" | tee -a "$summary"; status=1
@@ -155,7 +179,7 @@ run() {
         local force
         for force in 1 ptx; do
             local flog="$OUT/kernel-path-force-$force.log"
-            REDREG_FORCE_NVRTC=$force REDREG_REQUIRE_GPU=1 "$BUNDLE/test-gpu_project" \
+            REDREG_FORCE_NVRTC=$force REDREG_REQUIRE_GPU=1 timeout "$(tmo 60 10)" "$BUNDLE/test-gpu_project" \
                 every_kernel_symbol_loads --nocapture >"$flog" 2>&1
             local frc=$?
             local fpath; fpath=$(grep -ho "KERNEL-PATH: .*" "$flog" | head -1)
@@ -176,18 +200,26 @@ run() {
     local sanitizer_findings=0 sanitizer_no_verdict=0 sanitizer_test_failures=0
     local cs
     cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
-    local target="$BUNDLE/test-gpu_project"
+    # gpu_kernels launches every projection kernel (each dtype x k) on a small layout and
+    # gpu_stats both statistics kernels: every kernel under every tool, in seconds.
+    local target="$BUNDLE/test-gpu_kernels"
     if [ -n "$cs" ] && [ -x "$target" ]; then
         for tool in memcheck racecheck initcheck synccheck; do
             local slog="$OUT/sanitizer-$tool.log"
-            # Small layouts only (REDREG_GPU_QUICK=1), no huge / repeated cases: the
-            # sanitizer is slow. One test thread: the tools serialise anyway.
-            REDREG_REQUIRE_GPU=1 REDREG_GPU_QUICK=1 timeout "${REDREG_SANITIZER_TIMEOUT:-150}" \
-                "$cs" --tool "$tool" "$target" --test-threads=1 \
-                --skip huge --skip bitwise --skip f16 --skip bf16 >"$slog" 2>&1
+            local sb; sb=$(budget_for "${REDREG_SANITIZER_TIMEOUT:-90}" 20)
+            if [ "$sb" = 0 ]; then
+                echo "$tool: SKIP (time budget spent)" | tee -a "$summary"; status=1; continue
+            fi
+            # One test thread: the tools serialise anyway.
+            {
+                REDREG_REQUIRE_GPU=1 REDREG_GPU_QUICK=1 timeout "$sb" \
+                    "$cs" --tool "$tool" "$target" --test-threads=1
+                [ -x "$BUNDLE/test-gpu_stats" ] && REDREG_REQUIRE_GPU=1 REDREG_GPU_QUICK=1 \
+                    timeout "$(tmo 60 10)" "$cs" --tool "$tool" "$BUNDLE/test-gpu_stats" --test-threads=1
+            } >"$slog" 2>&1
             local rc=$?
             local errs
-            errs=$(grep -oE "ERROR SUMMARY: [0-9]+ error" "$slog" | tail -1 | grep -oE "[0-9]+")
+            errs=$(grep -oE "ERROR SUMMARY: [0-9]+ error" "$slog" | grep -oE "[0-9]+" | awk '{ s += $1; n++ } END { if (n) print s }')
             local sverdict tverdict
             if [ -z "$errs" ]; then
                 sverdict="NO-VERDICT (rc $rc$([ $rc = 124 ] && echo ', timed out'); no ERROR SUMMARY)"
@@ -208,7 +240,7 @@ run() {
             grep -E "^test result|panicked" "$slog" | head -5 >>"$summary"
         done
     else
-        echo "SKIP compute-sanitizer (not found or no test-gpu_project)" | tee -a "$summary"
+        echo "SKIP compute-sanitizer (not found or no test-gpu_kernels)" | tee -a "$summary"
     fi
     echo "== totals ==" | tee -a "$summary"
     echo "test failures: $test_failures (binaries or forced-NVRTC loads)" | tee -a "$summary"
@@ -217,14 +249,16 @@ run() {
     for bnch in "$BUNDLE"/bench-*; do
         [ -x "$bnch" ] || continue
         local n; n=$(basename "$bnch")
-        REDREG_REQUIRE_GPU=1 REDREG_BENCH_OUT="$OUT" timeout "${REDREG_BENCH_TIMEOUT:-240}" "$bnch" --bench \
+        local bb; bb=$(budget_for "${REDREG_BENCH_TIMEOUT:-180}" 60)
+        if [ "$bb" = 0 ]; then echo "SKIP $n (time budget spent)" | tee -a "$summary"; continue; fi
+        REDREG_REQUIRE_GPU=1 REDREG_BENCH_OUT="$OUT" timeout "$bb" "$bnch" --bench \
             >"$OUT/$n.log" 2>&1 && echo "RAN $n" | tee -a "$summary" \
             || { echo "FAIL $n" | tee -a "$summary"; status=1; }
     done
     [ -f "$OUT/gpu-bench.md" ] && cat "$OUT/gpu-bench.md" >>"$summary"
     if [ -x "$BUNDLE/example-balance" ]; then
         # The main job on the GPU (candle CUDA tensors, CudaBackend on candle's stream).
-        if timeout "${REDREG_EXAMPLE_TIMEOUT:-180}" "$BUNDLE/example-balance" --seeds 1 \
+        if timeout "$(tmo "${REDREG_EXAMPLE_TIMEOUT:-120}" 30)" "$BUNDLE/example-balance" --seeds 1 \
             --out "$OUT/balance-gpu.svg" >"$OUT/example-balance.log" 2>&1; then
             echo "RAN example-balance" | tee -a "$summary"
         else
@@ -238,7 +272,7 @@ run() {
     fi
     # The anchor: what users would otherwise run (PyTorch, same GPU, same layout).
     if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
-        if timeout "${REDREG_ANCHOR_TIMEOUT:-120}" python3 benches/anchors/redreg_torch.py --device cuda \
+        if timeout "$(tmo "${REDREG_ANCHOR_TIMEOUT:-90}" 30)" python3 benches/anchors/redreg_torch.py --device cuda \
             >"$OUT/anchor-torch.log" 2>&1; then
             echo "RAN anchor (PyTorch)" | tee -a "$summary"
         else
@@ -248,6 +282,7 @@ run() {
     else
         echo "SKIP anchor: no PyTorch with CUDA" | tee -a "$summary"
     fi
+    echo "elapsed: $((SECONDS - RUN_T0)) s of a ${REDREG_GPU_BUDGET_S:-540} s budget" | tee -a "$summary"
     echo "overall: $([ $status = 0 ] && echo PASS || echo FAIL)" | tee -a "$summary"
     return $status
 }
