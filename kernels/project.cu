@@ -14,15 +14,27 @@
 //
 // Determinism: every sum has a fixed order given the layout and the buffers' alignment
 // (thread-sequential, then a fixed warp-shuffle tree, then warps 0..7 in order, then chunks
-// combined by a fixed strided+tree order in project_finish). No floating-point atomics.
-// Repeated runs on the same buffers are bitwise identical.
+// combined by a fixed strided+tree order: in project_partials by the segment's last block
+// (rr_fold), in project_finish otherwise — the same order, the same bits). No floating-point
+// atomics; the only atomic is an integer ticket per segment. Repeated runs on the same
+// buffers are bitwise identical, whatever order the blocks run in.
+//
+// Launches: project_out = project_partials (pass 1 + per-segment reduce + solve) and
+// project_apply (pass 2): 2 for any number of segments, 1 for k = 0. partials = 1.
+// apply (split form) = project_finish (SOLVE from uploaded partials) + project_apply.
+// orthonormalize = orth_partials, project_finish, orth_partials, project_finish, orth_apply.
+// Pass 2 (project_apply) takes the tasks in reverse order (block b: task n_tasks - 1 - b),
+// so the chunks pass 1 read last are the likeliest still in L2.
 //
 // Kernels and entry points (<dt> in f32, f16, bf16):
 // (every <dt> kernel exists once per k, suffix _k<k>: project_partials_f32_k1, ...)
-//   project_partials_<dt>  pass 1: per-chunk f64 partials (packed Gram upper triangle + B^T v)
+//   project_partials_<dt>  pass 1: per-chunk f64 partials (packed Gram upper triangle + B^T v);
+//                          the last block of each segment reduces them and solves (rr_fold)
 //   orth_partials_<dt>     pass 1 of orthonormalize: per-chunk Gram of B, or of B*M1 (transform=1)
 //   project_finish         per segment: combine chunk partials, then solve / orth coefficients
-//   project_apply_<dt>     pass 2: fused apply (modes: no base / base buffer / in place)
+//                          (orthonormalize; the split form's apply: solve only)
+//   project_apply_<dt>     pass 2: fused apply (modes: no base / base buffer / in place), tasks
+//                          in reverse order
 //   orth_apply_<dt>        final pass of orthonormalize: b_j <- sum_i (M1 M2)[i][j] b_i in place
 #include "common.cuh"
 
@@ -166,18 +178,6 @@ __device__ __forceinline__ void rr_partials(const rr_u64* __restrict__ tasks,
     M(NAME, E, 1) M(NAME, E, 2) M(NAME, E, 3) M(NAME, E, 4) M(NAME, E, 5) M(NAME, E, 6) M(NAME, E, 7) M(NAME, E, 8)
 #define RR_FOR_K0_8(M, NAME, E) M(NAME, E, 0) RR_FOR_K1_8(M, NAME, E)
 
-// project_partials_<dt>_k<k>: pass 1 of project_out / partials, 1 <= k <= 8 (k = 0 needs no
-// pass 1). Launch: grid = (n_tasks), block = (RR_THREADS), no dynamic shared memory.
-// b0..b(k-1) are the basis buffers (the rest unused, pass 0). Output:
-// chunk_partials[n_tasks * RR_STRIDE(k)], f64.
-#define RR_PROJECT_PARTIALS(NAME, E, KK)                                                      \
-    extern "C" __global__ void __launch_bounds__(RR_THREADS) project_partials_##NAME##_k##KK( \
-        const rr_u64* __restrict__ tasks, const E::S* __restrict__ v,                        \
-        RR_BASIS_PARAMS(const E::S), double* __restrict__ chunk_partials) {                  \
-        __shared__ double red[RR_WARPS * RR_MAX_STRIDE];                                     \
-        const E::S* const b[RR_MAX_K] = {b0, b1, b2, b3, b4, b5, b6, b7};                    \
-        rr_partials<E, KK, true, false>(tasks, v, b, 0, chunk_partials, red, 0);             \
-    }
 
 // orth_partials_<dt>_k<k>: Gram pass of orthonormalize, 1 <= k <= 8. transform = 0: Gram of
 // B; transform = 1: Gram of Q1 = B*M1 computed on the fly in f64 (M1 = xform[seg*k*k ..],
@@ -197,9 +197,6 @@ __device__ __forceinline__ void rr_partials(const rr_u64* __restrict__ tasks,
             rr_partials<E, KK, false, false>(tasks, 0, b, xform, chunk_partials, red, sm);   \
     }
 
-RR_FOR_K1_8(RR_PROJECT_PARTIALS, f32, rr_f32)
-RR_FOR_K1_8(RR_PROJECT_PARTIALS, f16, rr_f16)
-RR_FOR_K1_8(RR_PROJECT_PARTIALS, bf16, rr_bf16)
 RR_FOR_K1_8(RR_ORTH_PARTIALS, f32, rr_f32)
 RR_FOR_K1_8(RR_ORTH_PARTIALS, f16, rr_f16)
 RR_FOR_K1_8(RR_ORTH_PARTIALS, bf16, rr_bf16)
@@ -450,6 +447,97 @@ __device__ __forceinline__ void rr_finish(const double* __restrict__ chunk_parti
     }
 }
 
+// project_partials_<dt>_k<k>: pass 1 of project_out / partials, 1 <= k <= 8 (k = 0 needs no
+// pass 1), with the per-segment finish folded in (rr_fold, below the solve port).
+// Launch: grid = (n_tasks), block = (RR_THREADS), no dynamic shared memory.
+// b0..b(k-1) are the basis buffers (the rest unused, pass 0). Outputs:
+// chunk_partials[n_tasks * RR_STRIDE(k)] (f64), and from the last block of each segment:
+// seg_partials[n_seg * RR_STRIDE(k)], with mode SOLVE coef[n_seg * k] and ranks[n_seg].
+// seg_count[n_seg] (u32): the segments' tickets, 0 on entry and left 0 on exit.
+// Minimum resident blocks per SM hint: k <= 2 stays at <= 64 registers (occupancy for
+// bandwidth); k >= 3 may use what the folded solve needs (without the hint ptxas capped
+// k = 3 at 64 registers and spilled on sm_75-86).
+#define RR_PARTIALS_MINB(KK) ((KK) <= 2 ? 4 : 1)
+#define RR_PROJECT_PARTIALS(NAME, E, KK)                                                      \
+    extern "C" __global__ void __launch_bounds__(RR_THREADS, RR_PARTIALS_MINB(KK)) project_partials_##NAME##_k##KK( \
+        const rr_u64* __restrict__ tasks, const E::S* __restrict__ v,                        \
+        RR_BASIS_PARAMS(const E::S), double* chunk_partials,                                 \
+        const rr_u64* __restrict__ seg_first, rr_u32* seg_count, int mode, double tol,       \
+        double ridge, double* __restrict__ seg_partials, double* __restrict__ coef,          \
+        rr_u32* __restrict__ ranks) {                                                        \
+        __shared__ double red[RR_WARPS * RR_MAX_STRIDE];                                     \
+        __shared__ rr_u32 last;                                                              \
+        const E::S* const b[RR_MAX_K] = {b0, b1, b2, b3, b4, b5, b6, b7};                    \
+        rr_partials<E, KK, true, false>(tasks, v, b, 0, chunk_partials, red, 0);             \
+        rr_fold<KK>(tasks, seg_first, seg_count, chunk_partials, mode, tol, ridge,           \
+                    seg_partials, coef, ranks, red, &last);                                  \
+    }
+
+// ---------------------------------------------------------------------------------------
+// The per-segment finish folded into pass 1 (project_partials): after a block has written
+// its chunk's partials it takes a ticket of its segment (atomicAdd on seg_count[seg], after
+// a __threadfence that publishes the partials device-wide); the block that draws the
+// segment's last ticket (n_chunks - 1) resets the counter to 0 for the next call and then
+// reduces the segment's chunk partials and solves. The reduction is project_finish's
+// REDUCE, bit for bit: component s is summed by one warp (warp w takes s = w, w + 8, ...),
+// lane l over chunks first+l, first+l+32, ... in chunk order, then the same warp tree —
+// the same operations in the same order as one warp per segment, only 8 components at a
+// time. It does not depend on which block came last (each chunk's partials are a pure
+// function of its chunk). Thread 0 then runs the solve on the reduced partials (shared
+// memory copy; seg_partials gets the same values) with rr_solve_segment, same arithmetic.
+// The chunk partials of other blocks are read through volatile loads (no stale L1 line).
+// ---------------------------------------------------------------------------------------
+template <int K>
+__device__ __forceinline__ void rr_fold(const rr_u64* __restrict__ tasks,
+                                        const rr_u64* __restrict__ seg_first,
+                                        rr_u32* seg_count, const double* chunk_partials,
+                                        int mode, double tol, double ridge,
+                                        double* __restrict__ seg_partials,
+                                        double* __restrict__ coef, rr_u32* __restrict__ ranks,
+                                        double* red, rr_u32* last) {
+    constexpr int NS = RR_STRIDE(K);
+    const rr_u64 seg = tasks[3 * (rr_u64)blockIdx.x];
+    const rr_u64 t0 = seg_first[seg];
+    const rr_u64 t1 = seg_first[seg + 1];
+    __threadfence();  // this block's chunk partials, visible to the segment's last block
+    __syncthreads();  // every writer has fenced (and `red` is free again)
+    if (threadIdx.x == 0) {
+        const rr_u32 ticket = atomicAdd(seg_count + seg, 1u);
+        const bool is_last = ticket == (rr_u32)(t1 - t0 - 1);
+        // Every other block of the segment has taken its ticket: reset for the next call.
+        if (is_last) seg_count[seg] = 0u;
+        *last = is_last ? 1u : 0u;
+    }
+    __syncthreads();
+    if (*last == 0u) return;  // block-uniform
+    __threadfence();  // order the reads below after the ticket
+    const volatile double* cp = chunk_partials;
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    double* ps = seg_partials + seg * (rr_u64)NS;
+    for (int s = warp; s < NS; s += RR_WARPS) {  // warp-uniform
+        double acc = 0.0;
+        for (rr_u64 t = t0 + lane; t < t1; t += 32) acc += cp[t * (rr_u64)NS + s];
+        const double r = rr_warp_sum(acc);
+        if (lane == 0) {
+            red[s] = r;
+            ps[s] = r;
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x != 0 || !(mode & RR_FIN_SOLVE)) return;
+    int max_rank = K;
+    if (mode & RR_FIN_CAP) {
+        const rr_u64 len = tasks[3 * (t1 - 1) + 2] - tasks[3 * t0 + 1];
+        if (len < (rr_u64)K) max_rank = (int)len;
+    }
+    ranks[seg] = rr_solve_segment<K>(red, max_rank, tol, ridge, coef + seg * K);
+}
+
+RR_FOR_K1_8(RR_PROJECT_PARTIALS, f32, rr_f32)
+RR_FOR_K1_8(RR_PROJECT_PARTIALS, f16, rr_f16)
+RR_FOR_K1_8(RR_PROJECT_PARTIALS, bf16, rr_bf16)
+
 // project_finish: per-segment reduction of chunk partials and/or per-segment solve.
 // Launch: grid = (ceil(n_seg / 4)), block = (128) — one warp per segment; 1 <= k <= 8.
 // seg_first[n_seg + 1]: first task index of each segment (empty segments: no tasks, so
@@ -507,7 +595,9 @@ __device__ __forceinline__ void rr_apply(const rr_u64* __restrict__ tasks,
                                          const typename E::S* __restrict__ base,
                                          typename E::S* out) {
     constexpr int KA = K > 0 ? K : 1;
-    const rr_task task = rr_load_task(tasks, blockIdx.x);
+    // Reverse chunk order (block b takes task n_tasks - 1 - b): pass 1 ran its blocks in
+    // task order, so the chunks it read last are the likeliest still in L2 when pass 2 starts.
+    const rr_task task = rr_load_task(tasks, (rr_u64)(gridDim.x - 1 - blockIdx.x));
     double w[KA];
     w[0] = 0.0;
 #pragma unroll

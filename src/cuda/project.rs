@@ -54,6 +54,9 @@ pub(crate) struct Workspace {
     chunk_partials: CudaSlice<f64>,
     /// `segs * MAX_STRIDE` f64.
     seg_partials: CudaSlice<f64>,
+    /// One ticket counter per segment (u32) for the finish folded into pass 1: 0 between
+    /// calls (the last block of each segment resets its counter).
+    seg_count: CudaSlice<u32>,
     /// `segs * MAX_K²` f64 each: projection coefficients or M1, and M2.
     coef: CudaSlice<f64>,
     coef2: CudaSlice<f64>,
@@ -123,6 +126,7 @@ impl CudaBackend {
             seg_first: s.clone_htod(&first).map_err(drv)?,
             chunk_partials: s.alloc_zeros(n(n_tasks * MAX_STRIDE)).map_err(drv)?,
             seg_partials: s.alloc_zeros(n(l * MAX_STRIDE)).map_err(drv)?,
+            seg_count: s.alloc_zeros(n(l)).map_err(drv)?,
             coef: s.alloc_zeros(n(l * MAX_K * MAX_K)).map_err(drv)?,
             coef2: s.alloc_zeros(n(l * MAX_K * MAX_K)).map_err(drv)?,
             beta: s.alloc_zeros(n(l)).map_err(drv)?,
@@ -140,17 +144,22 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Pass 1 (k >= 1): chunk partials, then per-segment reduce (+ solve when `fin` says).
+    /// Pass 1 (k >= 1) with the finish folded in: chunk partials; the last block of each
+    /// segment reduces them into `seg_partials` (project_finish's REDUCE order) and, with
+    /// `solve = Some((tol, ridge, ranks))`, solves (SOLVE | CAP) into `coef` and `ranks`.
+    /// One launch.
     fn launch_partials<T: CudaElement>(
         &self,
         ws: &mut Workspace,
         v: &CudaView<'_, T>,
         basis: &[CudaView<'_, T>],
+        solve: Option<(f64, f64, &mut DeviceRanks)>,
     ) -> Result<()> {
         let k = basis.len();
         if ws.n_tasks == 0 {
             return Ok(());
         }
+        let n_seg = ws.segs as u64;
         let name = format!("project_partials_{}_k{k}", T::DTYPE.name());
         let f = self.function(MODULE, &name)?;
         let null = 0u64;
@@ -162,12 +171,39 @@ impl CudaBackend {
         for _ in k..MAX_K {
             b.arg(&null);
         }
-        b.arg(&mut ws.chunk_partials);
-        // SAFETY: signature project_partials_<dt>_k<k>(tasks, v, b0..b7, chunk_partials) in
+        let (mode, tol, ridge) = match &solve {
+            Some((tol, ridge, _)) => (FIN_SOLVE | FIN_CAP, *tol, *ridge),
+            None => (0, 0.0, 0.0),
+        };
+        b.arg(&mut ws.chunk_partials)
+            .arg(&ws.seg_first)
+            .arg(&mut ws.seg_count)
+            .arg(&mode)
+            .arg(&tol)
+            .arg(&ridge)
+            .arg(&mut ws.seg_partials)
+            .arg(&mut ws.coef);
+        match solve {
+            Some((_, _, r)) => b.arg(r.buffer_mut()),
+            None => b.arg(&null),
+        };
+        debug_assert!(n_seg > 0, "tasks imply segments");
+        // SAFETY: signature project_partials_<dt>_k<k>(tasks, v, b0..b7, chunk_partials,
+        // seg_first, seg_count, mode, tol, ridge, seg_partials, coef, ranks) in
         // kernels/project.cu; tasks holds 3*n_tasks u64 with every (start, end) inside
         // 0..segs.total(), and v and b0..b(k-1) were checked to hold segs.total() elements;
-        // b(k)..b7 are unused (null); chunk_partials holds n_tasks*MAX_STRIDE f64.
-        unsafe { b.launch(cfg(grid(ws.n_tasks, "chunk tasks")?, THREADS)) }.map_err(drv)?;
+        // b(k)..b7 are unused (null); chunk_partials holds n_tasks*MAX_STRIDE f64; seg_first
+        // holds n_seg + 1 task indices (each segment's tasks contiguous); seg_count holds
+        // n_seg u32, all 0 (zeroed at creation, reset by each segment's last block);
+        // seg_partials holds n_seg*MAX_STRIDE and coef n_seg*MAX_K² f64; ranks holds n_seg
+        // u32 (a DeviceRanks of this layout), or is null only without SOLVE (no rank written).
+        let launched = unsafe { b.launch(cfg(grid(ws.n_tasks, "chunk tasks")?, THREADS)) };
+        if let Err(e) = launched {
+            // A launch that failed part-way may leave tickets behind; the next call needs
+            // them at 0 (best effort: after a real fault the context is unusable anyway).
+            let _ = self.stream.memset_zeros(&mut ws.seg_count);
+            return Err(drv(e));
+        }
         Ok(())
     }
 
@@ -337,8 +373,8 @@ impl CudaBackend {
     /// Both passes, asynchronously on [`CudaBackend::stream`]:
     /// `out = alpha·base + beta·(v - P v)` per segment, `P` the projector onto the span of
     /// the segment's basis vectors (same method and options as [`crate::reference::project_out`]).
-    /// Launches: pass 1, per-segment reduce + solve, pass 2 (3 kernels for any number of
-    /// segments; 1 for k = 0). Returns this call's ranks (at most `min(length, k)` per
+    /// Launches: pass 1 with the per-segment reduce + solve folded in (done by the last block
+    /// of each segment), then pass 2 — 2 kernels for any number of segments; 1 for k = 0. Returns this call's ranks (at most `min(length, k)` per
     /// segment), on the device: [`DeviceRanks::to_vec`] reads them.
     #[allow(clippy::too_many_arguments)]
     pub fn project_out<T: CudaElement>(
@@ -356,9 +392,8 @@ impl CudaBackend {
         let mut ranks = DeviceRanks::zeros(&self.stream, segs.len())?;
         self.with_workspace(segs, |ws| {
             if k > 0 {
-                self.launch_partials(ws, v, basis)?;
-                let mode = FIN_REDUCE | FIN_SOLVE | FIN_CAP;
-                self.launch_finish(ws, k, mode, opts.tol, opts.ridge, Some(&mut ranks))?;
+                let solve = Some((opts.tol, opts.ridge, &mut ranks));
+                self.launch_partials(ws, v, basis, solve)?;
             }
             self.launch_apply(ws, v, basis, out, alpha, &beta)
         })?;
@@ -386,14 +421,21 @@ impl CudaBackend {
             return Partials::zeros(k, segs.len());
         }
         self.with_workspace(segs, |ws| {
-            self.launch_partials(ws, v, basis)?;
-            // REDUCE only (no solve): mode 1.
-            self.launch_finish(ws, k, FIN_REDUCE, 0.0, 0.0, None)?;
-            let n = segs.len() * partial_stride(k);
-            let data = self
+            // One launch: the fold reduces each segment's chunks (no solve).
+            self.launch_partials(ws, v, basis, None)?;
+            let stride = partial_stride(k);
+            let n = segs.len() * stride;
+            let mut data = self
                 .stream
                 .clone_dtoh(&ws.seg_partials.slice(0..n))
                 .map_err(drv)?;
+            // Empty segments have no chunk, hence no last block: their partials are 0 (the
+            // workspace may hold another call's values there, e.g. apply's uploaded ones).
+            for s in 0..segs.len() {
+                if segs.seg_len(s) == 0 {
+                    data[s * stride..(s + 1) * stride].fill(0.0);
+                }
+            }
             Partials::from_vec(k, segs.len(), data)
         })
     }

@@ -1,0 +1,243 @@
+//! Launch counts of the projection, asserted on the emulated CUDA driver (tests/emu), which
+//! exports `emu_counters` (launches, blocks, threads, fiber switches) from its
+//! `libcuda.so.1`. NVIDIA's driver has no such symbol: there the test prints `SKIP` and
+//! passes (`REDREG_REQUIRE_EMU=1` makes that skip fail; scripts/emu-check.sh fails on any
+//! SKIP anyway). See tests/common/gpu.rs for the SKIP convention.
+//!
+//! One `#[test]` only: the counters are process-wide, a second test running in parallel
+//! would add its launches.
+#![cfg(feature = "cuda")]
+
+#[path = "common/gpu.rs"]
+mod gpu;
+
+use cudarc::driver::{CudaSlice, CudaView};
+use redreg::cuda::{CudaBackend, CudaElement, DeviceOutput};
+use redreg::{f16, reference, Beta, Output, ProjectOptions, Segments};
+
+type EmuCounters = unsafe extern "C" fn(*mut u64);
+
+/// The emulated driver's counters, or `Err(reason)` on a driver without them.
+struct Counters {
+    _lib: libloading::Library,
+    f: EmuCounters,
+}
+
+impl Counters {
+    fn open() -> Result<Self, String> {
+        // SAFETY: loading the CUDA driver library, which the backend has already loaded
+        // (cudarc dlopens the same name); its initialisers have run.
+        let lib = unsafe { libloading::Library::new("libcuda.so.1") }
+            .map_err(|e| format!("cannot load libcuda.so.1: {e}"))?;
+        // SAFETY: emu_counters is `extern "C" void emu_counters(unsigned long long out[4])`
+        // in tests/emu/driver.cpp.
+        let f = unsafe { lib.get::<EmuCounters>(b"emu_counters\0") }
+            .map(|s| *s)
+            .map_err(|_| {
+                "libcuda.so.1 has no emu_counters: not the emulated driver (a real GPU)".to_string()
+            })?;
+        Ok(Counters { _lib: lib, f })
+    }
+
+    fn launches(&self) -> u64 {
+        let mut out = [0u64; 4];
+        // SAFETY: out holds the 4 values emu_counters writes.
+        unsafe { (self.f)(out.as_mut_ptr()) };
+        out[0]
+    }
+}
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// 120 tensors: empty ones, small ones, ones of several chunks (RR_CHUNK = 16384), none shorter
+/// than 40 (so that the split form, which does not cap ranks at the length, must give
+/// the same bits as project_out).
+fn layout() -> Segments {
+    let lens: Vec<usize> = (0..120)
+        .map(|i| match i {
+            _ if i % 23 == 0 => 0,
+            _ if i % 40 == 7 => 16384 * 2 + 3 + i,
+            _ => 40 + (i * 7919) % 1500,
+        })
+        .collect();
+    Segments::from_lengths(&lens).unwrap()
+}
+
+fn to_t<T: CudaElement>(x: &[f64]) -> Vec<T> {
+    x.iter().map(|&v| T::from_f64(v)).collect()
+}
+
+fn download<T: CudaElement>(b: &CudaBackend, x: &CudaSlice<T>) -> Vec<T> {
+    b.stream().clone_dtoh(x).unwrap()
+}
+
+/// project_out (alpha·base + beta·(v − Pv)) on `segs` with k basis vectors: checks the
+/// launch counts of project_out (2 for k >= 1, 1 for k = 0), partials (1) and apply (2; 1
+/// for k = 0), the results against the f64 reference, and that the split form (whose solve
+/// is project_finish's) gives the same bits as the folded one.
+fn check<T: CudaElement>(c: &Counters, b: &CudaBackend, segs: &Segments, k: usize) {
+    let n = segs.total();
+    let seed = 17 + k as u64;
+    let v: Vec<T> = to_t(&rand_vec(n, seed));
+    let basis: Vec<Vec<T>> = (0..k)
+        .map(|i| to_t(&rand_vec(n, seed + 1 + i as u64)))
+        .collect();
+    let base: Vec<T> = to_t(&rand_vec(n, seed + 100));
+    let (alpha, beta, opts) = (0.5, Beta::Scalar(1.25), ProjectOptions::default());
+    let what = format!("{} k={k}", T::DTYPE);
+
+    let brefs: Vec<&[T]> = basis.iter().map(|x| x.as_slice()).collect();
+    let mut out_ref = base.clone();
+    let out_spec = Output::Write {
+        base: Some(&base),
+        out: &mut out_ref,
+    };
+    let ranks_ref = reference::project_out(segs, &v, &brefs, out_spec, alpha, beta, &opts).unwrap();
+
+    let s = b.stream();
+    let dv = s.clone_htod(&v).unwrap();
+    let dbasis: Vec<CudaSlice<T>> = basis.iter().map(|x| s.clone_htod(x).unwrap()).collect();
+    let dbase = s.clone_htod(&base).unwrap();
+    let mut dout = s.alloc_zeros::<T>(n).unwrap();
+    let mut dout2 = s.alloc_zeros::<T>(n).unwrap();
+    let bviews: Vec<CudaView<'_, T>> = dbasis.iter().map(|x| x.as_view()).collect();
+    let (vview, base_view) = (dv.as_view(), dbase.as_view());
+    // The first call of a layout creates its workspace (copies, no launch): warm it up.
+    b.partials(segs, &vview, &bviews).unwrap();
+
+    for round in 0..2 {
+        let before = c.launches();
+        let ranks = {
+            let mut o = dout.as_view_mut();
+            let out = DeviceOutput::Write {
+                base: Some(&base_view),
+                out: &mut o,
+            };
+            b.project_out(segs, &vview, &bviews, out, alpha, beta, &opts)
+                .unwrap()
+        };
+        s.synchronize().unwrap();
+        let launched = c.launches() - before;
+        let want = if k == 0 { 1 } else { 2 };
+        assert_eq!(
+            launched, want,
+            "{what} round {round}: project_out made {launched} launches"
+        );
+        let got = download(b, &dout);
+        let ranks = ranks.to_vec().unwrap();
+        assert_eq!(ranks, ranks_ref, "{what}: ranks vs the f64 reference");
+        let (atol, rtol) = match T::DTYPE {
+            redreg::DType::F32 => (2e-5, 1e-5),
+            redreg::DType::F16 => (4e-3, 2e-3),
+            redreg::DType::BF16 => (3e-2, 1.6e-2),
+        };
+        for (i, (g, r)) in got.iter().zip(&out_ref).enumerate() {
+            let (g, r) = (g.to_f64(), r.to_f64());
+            assert!(
+                (g - r).abs() <= atol + rtol * r.abs(),
+                "{what}: element {i}: gpu {g} vs reference {r}"
+            );
+        }
+    }
+
+    // The split form: partials (1 launch, the fold without solve) then apply (project_finish
+    // SOLVE + pass 2). The same partials and the same solve arithmetic: the same bits.
+    let stride = redreg::solve::partial_stride(k);
+    if k > 0 {
+        // Leave other values in the workspace's per-segment partials (apply uploads its
+        // partials there), also at the empty segments, which no block of pass 1 reduces.
+        let poison = redreg::Partials::from_vec(k, segs.len(), vec![1.0; segs.len() * stride]);
+        let mut o = dout2.as_view_mut();
+        let out = DeviceOutput::Write {
+            base: None,
+            out: &mut o,
+        };
+        b.apply(
+            segs,
+            &vview,
+            &bviews,
+            &poison.unwrap(),
+            out,
+            alpha,
+            beta,
+            &opts,
+        )
+        .unwrap();
+    }
+    let before = c.launches();
+    let p = b.partials(segs, &vview, &bviews).unwrap();
+    assert_eq!(
+        c.launches() - before,
+        if k == 0 { 0 } else { 1 },
+        "{what}: partials launches"
+    );
+    let before = c.launches();
+    let ranks2 = {
+        let mut o = dout2.as_view_mut();
+        let out = DeviceOutput::Write {
+            base: Some(&base_view),
+            out: &mut o,
+        };
+        b.apply(segs, &vview, &bviews, &p, out, alpha, beta, &opts)
+            .unwrap()
+    };
+    s.synchronize().unwrap();
+    assert_eq!(
+        c.launches() - before,
+        if k == 0 { 1 } else { 2 },
+        "{what}: apply launches"
+    );
+    let bits = |x: &[T]| x.iter().map(|e| e.to_f64().to_bits()).collect::<Vec<u64>>();
+    assert!(
+        bits(&download(b, &dout2)) == bits(&download(b, &dout)),
+        "{what}: the split form differs from project_out"
+    );
+    assert_eq!(
+        ranks2.to_vec().unwrap(),
+        ranks_ref,
+        "{what}: split-form ranks"
+    );
+    // Empty segments have zero partials (no block reduces them).
+    let ps = p.as_slice();
+    for sg in (0..segs.len()).filter(|&sg| segs.seg_len(sg) == 0) {
+        assert!(
+            ps[sg * stride..(sg + 1) * stride].iter().all(|&x| x == 0.0),
+            "{what}: empty segment {sg} has nonzero partials"
+        );
+    }
+}
+
+#[test]
+fn project_out_launch_count_120_tensors() {
+    let Some(b) = gpu::backend("project_out_launch_count_120_tensors") else {
+        return;
+    };
+    let c = match Counters::open() {
+        Ok(c) => c,
+        Err(reason) => {
+            gpu::skip(
+                "project_out_launch_count_120_tensors",
+                "REDREG_REQUIRE_EMU",
+                &reason,
+            );
+            return;
+        }
+    };
+    let segs = layout();
+    assert_eq!(segs.len(), 120);
+    for k in [0, 1, 3, 8] {
+        check::<f32>(&c, b, &segs, k);
+    }
+    check::<f16>(&c, b, &segs, 2);
+}
