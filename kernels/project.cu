@@ -1,7 +1,11 @@
 // redreg: batched projection and orthonormalisation kernels (module "project").
 //
 // Operations (see src/solve.rs for the per-segment method, src/reference.rs for the oracle):
-//   project_out:    out = alpha*base + beta_s * (v - sum_i w_i b_i)   per segment s
+//   project_out:    out = alpha*base + beta_s * (x - sum_i w_i b_i)   per segment s, where
+//                   x = v, or x = v - v0 formed in f64 when v0 != 0 (the RedReg drift
+//                   theta - theta0 with no drift buffer); with the B0_OUT flag basis vector
+//                   0 is `out` itself (the gradient: pass 1 gets out as b0, pass 2 reads it
+//                   once as the in-place base — 7 element passes for the fused step)
 //   orthonormalize: Cholesky-QR twice (CholQR2) of the k basis vectors of every segment
 //
 // Work decomposition (all kernels except project_finish): ONE launch per pass covers all
@@ -50,6 +54,8 @@
 #define RR_MODE_NONE 0   // out = beta*(v - Pv)
 #define RR_MODE_BASE 1   // out = alpha*base + beta*(v - Pv)
 #define RR_MODE_INPLACE 2  // out = alpha*out + beta*(v - Pv)
+#define RR_MODE_MASK 3     // the three modes above; the bits above are flags
+#define RR_MODE_B0_OUT 4   // flag (with INPLACE): basis vector 0 is out's value before the write
 
 // Index of G[i][j] (i <= j) in the packed upper triangle (src/solve.rs tri_index).
 __device__ __forceinline__ constexpr int rr_tri(int k, int i, int j) {
@@ -94,6 +100,7 @@ __device__ __forceinline__ void rr_gram_elem(double (&acc)[NS], double x, const 
 template <class E, int K, bool HAS_V, bool XFORM>
 __device__ __forceinline__ void rr_partials(const rr_u64* __restrict__ tasks,
                                             const typename E::S* __restrict__ v,
+                                            const typename E::S* __restrict__ v0,
                                             const typename E::S* const (&b)[RR_MAX_K],
                                             const double* __restrict__ xform,
                                             double* __restrict__ chunk_partials, double* red,
@@ -113,6 +120,7 @@ __device__ __forceinline__ void rr_partials(const rr_u64* __restrict__ tasks,
     // With XFORM (orthonormalize's second Gram only) the chunk is read element by element:
     // the k*k transform plus k vectors in flight would exceed the register file at k = 8.
     bool same = !XFORM;
+    if (HAS_V && v0) same = same && rr_mis<E>(v0, task.start) == mis0;
 #pragma unroll
     for (int i = 0; i < K; ++i) same = same && rr_mis<E>(b[i], task.start) == mis0;
     const rr_window w = rr_make_window<E>(task.start, task.end, mis0, same);
@@ -121,8 +129,9 @@ __device__ __forceinline__ void rr_partials(const rr_u64* __restrict__ tasks,
     // Vector body.
     for (rr_u64 qv = threadIdx.x; qv < w.nvec; qv += RR_THREADS) {
         const rr_u64 e = w.vbeg + qv * (rr_u64)E::VEC;
-        rr_v16 vv;
+        rr_v16 vv, vv0;
         if (HAS_V) vv = rr_ld16<E>(v, e);
+        if (HAS_V && v0) vv0 = rr_ld16<E>(v0, e);
         rr_v16 bv[K];
 #pragma unroll
         for (int i = 0; i < K; ++i) bv[i] = rr_ld16<E>(b[i], e);
@@ -131,7 +140,8 @@ __device__ __forceinline__ void rr_partials(const rr_u64* __restrict__ tasks,
             double bx[K];
 #pragma unroll
             for (int i = 0; i < K; ++i) bx[i] = E::lane(bv[i], j);
-            const double x = HAS_V ? E::lane(vv, j) : 0.0;
+            double x = HAS_V ? E::lane(vv, j) : 0.0;
+            if (HAS_V && v0) x -= E::lane(vv0, j);
             rr_gram_elem<K, NS, HAS_V, XFORM>(acc, x, bx, sm);
         }
     }
@@ -140,14 +150,16 @@ __device__ __forceinline__ void rr_partials(const rr_u64* __restrict__ tasks,
         double bx[K];
 #pragma unroll
         for (int i = 0; i < K; ++i) bx[i] = E::load(b[i][e]);
-        const double x = HAS_V ? E::load(v[e]) : 0.0;
+        double x = HAS_V ? E::load(v[e]) : 0.0;
+        if (HAS_V && v0) x -= E::load(v0[e]);
         rr_gram_elem<K, NS, HAS_V, XFORM>(acc, x, bx, sm);
     }
     for (rr_u64 e = vend + threadIdx.x; e < task.end; e += RR_THREADS) {
         double bx[K];
 #pragma unroll
         for (int i = 0; i < K; ++i) bx[i] = E::load(b[i][e]);
-        const double x = HAS_V ? E::load(v[e]) : 0.0;
+        double x = HAS_V ? E::load(v[e]) : 0.0;
+        if (HAS_V && v0) x -= E::load(v0[e]);
         rr_gram_elem<K, NS, HAS_V, XFORM>(acc, x, bx, sm);
     }
 
@@ -192,9 +204,9 @@ __device__ __forceinline__ void rr_partials(const rr_u64* __restrict__ tasks,
         __shared__ double sm[RR_MAX_K * RR_MAX_K];                                           \
         const E::S* const b[RR_MAX_K] = {b0, b1, b2, b3, b4, b5, b6, b7};                    \
         if (transform)                                                                       \
-            rr_partials<E, KK, false, true>(tasks, 0, b, xform, chunk_partials, red, sm);    \
+            rr_partials<E, KK, false, true>(tasks, 0, 0, b, xform, chunk_partials, red, sm);    \
         else                                                                                 \
-            rr_partials<E, KK, false, false>(tasks, 0, b, xform, chunk_partials, red, sm);   \
+            rr_partials<E, KK, false, false>(tasks, 0, 0, b, xform, chunk_partials, red, sm);   \
     }
 
 RR_FOR_K1_8(RR_ORTH_PARTIALS, f32, rr_f32)
@@ -461,14 +473,14 @@ __device__ __forceinline__ void rr_finish(const double* __restrict__ chunk_parti
 #define RR_PROJECT_PARTIALS(NAME, E, KK)                                                      \
     extern "C" __global__ void __launch_bounds__(RR_THREADS, RR_PARTIALS_MINB(KK)) project_partials_##NAME##_k##KK( \
         const rr_u64* __restrict__ tasks, const E::S* __restrict__ v,                        \
-        RR_BASIS_PARAMS(const E::S), double* chunk_partials,                                 \
+        const E::S* __restrict__ v0, RR_BASIS_PARAMS(const E::S), double* chunk_partials,    \
         const rr_u64* __restrict__ seg_first, rr_u32* seg_count, int mode, double tol,       \
         double ridge, double* __restrict__ seg_partials, double* __restrict__ coef,          \
         rr_u32* __restrict__ ranks) {                                                        \
         __shared__ double red[RR_WARPS * RR_MAX_STRIDE];                                     \
         __shared__ rr_u32 last;                                                              \
         const E::S* const b[RR_MAX_K] = {b0, b1, b2, b3, b4, b5, b6, b7};                    \
-        rr_partials<E, KK, true, false>(tasks, v, b, 0, chunk_partials, red, 0);             \
+        rr_partials<E, KK, true, false>(tasks, v, v0, b, 0, chunk_partials, red, 0);         \
         rr_fold<KK>(tasks, seg_first, seg_count, chunk_partials, mode, tol, ridge,           \
                     seg_partials, coef, ranks, red, &last);                                  \
     }
@@ -588,13 +600,18 @@ __device__ __forceinline__ double rr_apply_elem(double x, const double (&bx)[K >
 template <class E, int K>
 __device__ __forceinline__ void rr_apply(const rr_u64* __restrict__ tasks,
                                          const typename E::S* __restrict__ v,
+                                         const typename E::S* __restrict__ v0,
                                          const typename E::S* const (&b)[RR_MAX_K],
                                          const double* __restrict__ coef,
                                          const double* __restrict__ beta_seg, double beta_scalar,
-                                         double alpha, int mode,
+                                         double alpha, int mode_flags,
                                          const typename E::S* __restrict__ base,
                                          typename E::S* out) {
     constexpr int KA = K > 0 ? K : 1;
+    const int mode = mode_flags & RR_MODE_MASK;
+    // Basis vector 0 is `out` itself (the fused RedReg step: the gradient is the basis and
+    // the destination): its value is the in-place base `ov`, read before the write.
+    const bool b0_out = K > 0 && (mode_flags & RR_MODE_B0_OUT) != 0;
     // Reverse chunk order (block b takes task n_tasks - 1 - b): pass 1 ran its blocks in
     // task order, so the chunks it read last are the likeliest still in L2 when pass 2 starts.
     const rr_task task = rr_load_task(tasks, (rr_u64)(gridDim.x - 1 - blockIdx.x));
@@ -608,9 +625,10 @@ __device__ __forceinline__ void rr_apply(const rr_u64* __restrict__ tasks,
 
     const rr_u32 mis0 = rr_mis<E>(v, task.start);
     bool same = rr_mis<E>(out, task.start) == mis0;
+    if (v0) same = same && rr_mis<E>(v0, task.start) == mis0;
     if (mode == RR_MODE_BASE) same = same && rr_mis<E>(base, task.start) == mis0;
 #pragma unroll
-    for (int i = 0; i < K; ++i) same = same && rr_mis<E>(b[i], task.start) == mis0;
+    for (int i = b0_out ? 1 : 0; i < K; ++i) same = same && rr_mis<E>(b[i], task.start) == mis0;
     const rr_window win = rr_make_window<E>(task.start, task.end, mis0, same);
     const rr_u64 vend = win.vbeg + win.nvec * (rr_u64)E::VEC;
 
@@ -618,12 +636,15 @@ __device__ __forceinline__ void rr_apply(const rr_u64* __restrict__ tasks,
     for (rr_u64 qv = threadIdx.x; qv < win.nvec; qv += RR_THREADS) {
         const rr_u64 e = win.vbeg + qv * (rr_u64)E::VEC;
         const rr_v16 vv = rr_ld16<E>(v, e);
-        rr_v16 bv[KA];
-#pragma unroll
-        for (int i = 0; i < K; ++i) bv[i] = rr_ld16<E>(b[i], e);
+        rr_v16 vv0;
+        vv0.x = vv0.y = vv0.z = vv0.w = 0u;
+        if (v0) vv0 = rr_ld16<E>(v0, e);
         rr_v16 ov;
         ov.x = ov.y = ov.z = ov.w = 0u;
         if (mode != RR_MODE_NONE) ov = rr_ld16<E>(src, e);
+        rr_v16 bv[KA];
+#pragma unroll
+        for (int i = 0; i < K; ++i) bv[i] = (i == 0 && b0_out) ? ov : rr_ld16<E>(b[i], e);
         double y[E::VEC];
 #pragma unroll
         for (int j = 0; j < E::VEC; ++j) {
@@ -631,7 +652,9 @@ __device__ __forceinline__ void rr_apply(const rr_u64* __restrict__ tasks,
             bx[0] = 0.0;
 #pragma unroll
             for (int i = 0; i < K; ++i) bx[i] = E::lane(bv[i], j);
-            y[j] = rr_apply_elem<E, K>(E::lane(vv, j), bx, w, beta, alpha, mode, E::lane(ov, j));
+            double x = E::lane(vv, j);
+            if (v0) x -= E::lane(vv0, j);
+            y[j] = rr_apply_elem<E, K>(x, bx, w, beta, alpha, mode, E::lane(ov, j));
         }
         rr_st16<E>(out, e, rr_pack<E>(y));
     }
@@ -641,12 +664,14 @@ __device__ __forceinline__ void rr_apply(const rr_u64* __restrict__ tasks,
         const rr_u64 lo = part == 0 ? task.start : vend;
         const rr_u64 hi = part == 0 ? win.vbeg : task.end;
         for (rr_u64 e = lo + threadIdx.x; e < hi; e += RR_THREADS) {
+            const double bs = mode != RR_MODE_NONE ? E::load(src[e]) : 0.0;
             double bx[KA];
             bx[0] = 0.0;
 #pragma unroll
-            for (int i = 0; i < K; ++i) bx[i] = E::load(b[i][e]);
-            const double bs = mode != RR_MODE_NONE ? E::load(src[e]) : 0.0;
-            out[e] = E::store(rr_apply_elem<E, K>(E::load(v[e]), bx, w, beta, alpha, mode, bs));
+            for (int i = 0; i < K; ++i) bx[i] = (i == 0 && b0_out) ? bs : E::load(b[i][e]);
+            double x = E::load(v[e]);
+            if (v0) x -= E::load(v0[e]);
+            out[e] = E::store(rr_apply_elem<E, K>(x, bx, w, beta, alpha, mode, bs));
         }
     }
 }
@@ -655,7 +680,8 @@ __device__ __forceinline__ void rr_apply(const rr_u64* __restrict__ tasks,
 // Launch: grid = (n_tasks), block = (RR_THREADS); 0 <= k <= 8; coef[n_seg * k] from
 // project_finish (SOLVE). beta = beta_seg[seg] when beta_seg != 0, else beta_scalar.
 // mode: 0 out = beta*y; 1 out = alpha*base + beta*y; 2 out = alpha*out + beta*y, where
-// y = v - sum_i w_i b_i. All arithmetic in f64, ONE rounding to the element type per
+// y = x - sum_i w_i b_i, x = v or v - v0 (v0 != 0); flag B0_OUT (with mode 2): b_0 is the
+// value of out read before the write (b0 is then null, never dereferenced). All arithmetic in f64, ONE rounding to the element type per
 // output (FMA contraction allowed). `out` must not alias v, base or the basis (in place
 // reads `out` element-wise before writing it: each element is owned by one thread).
 // Minimum resident blocks per SM hint: keeps the common small-k kernels at <= 32/64
@@ -664,11 +690,11 @@ __device__ __forceinline__ void rr_apply(const rr_u64* __restrict__ tasks,
 #define RR_PROJECT_APPLY(NAME, E, KK)                                                         \
     extern "C" __global__ void __launch_bounds__(RR_THREADS, RR_APPLY_MINB(KK)) project_apply_##NAME##_k##KK( \
         const rr_u64* __restrict__ tasks, const E::S* __restrict__ v,                        \
-        RR_BASIS_PARAMS(const E::S), const double* __restrict__ coef,                        \
+        const E::S* __restrict__ v0, RR_BASIS_PARAMS(const E::S), const double* __restrict__ coef, \
         const double* __restrict__ beta_seg, double beta_scalar, double alpha, int mode,     \
         const E::S* __restrict__ base, E::S* out) {                                          \
         const E::S* const b[RR_MAX_K] = {b0, b1, b2, b3, b4, b5, b6, b7};                    \
-        rr_apply<E, KK>(tasks, v, b, coef, beta_seg, beta_scalar, alpha, mode, base, out);   \
+        rr_apply<E, KK>(tasks, v, v0, b, coef, beta_seg, beta_scalar, alpha, mode, base, out); \
     }
 
 RR_FOR_K0_8(RR_PROJECT_APPLY, f32, rr_f32)

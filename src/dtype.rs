@@ -49,7 +49,7 @@ impl std::fmt::Display for DType {
 /// Stores round to nearest even; values beyond the type's range become ±Inf (IEEE
 /// overflow, the policy of `docs/numerics.md`), NaN stays NaN.
 pub trait Element:
-    Copy + Send + Sync + bytemuck::Pod + PartialEq + std::fmt::Debug + Default + 'static
+    Copy + Send + Sync + bytemuck::Pod + PartialEq + std::fmt::Debug + Default + DeviceElement + 'static
 {
     /// The runtime tag of this type.
     const DTYPE: DType;
@@ -62,6 +62,19 @@ pub trait Element:
     /// Rounding narrowing from f32.
     fn from_f32(x: f32) -> Self;
 }
+
+/// With feature `cuda`: what cudarc needs to move an element to and from the device
+/// (implemented for f32, f16 and bf16 through cudarc's `f16` feature). Without it: nothing.
+#[cfg(feature = "cuda")]
+pub trait DeviceElement: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits {}
+#[cfg(feature = "cuda")]
+impl<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits> DeviceElement for T {}
+/// With feature `cuda`: what cudarc needs to move an element to and from the device.
+/// Without it: nothing.
+#[cfg(not(feature = "cuda"))]
+pub trait DeviceElement {}
+#[cfg(not(feature = "cuda"))]
+impl<T> DeviceElement for T {}
 
 impl Element for f32 {
     const DTYPE: DType = DType::F32;

@@ -5,11 +5,13 @@
 //! of the joint-gradient subspace, for every parameter tensor of a model at once, and the
 //! fused per-step redundancy statistics — on CUDA (feature `cuda`) and on the CPU.
 //!
-//! Start with [`Segments`] (the model's tensor layout), then [`CpuBackend`] (or
-//! `CudaBackend`) and [`reference`](mod@reference) (the oracle every backend is tested against).
+//! Start with [`Segments`] (the model's tensor layout), then [`Backend`] — the one
+//! interface of [`CpuBackend`], `CudaBackend` and [`Reference`] (the f64 oracle every
+//! backend is tested against) — and its arguments, [`Projection`].
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod backend;
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod controller;
@@ -27,11 +29,14 @@ pub mod solve;
 pub mod stats;
 pub mod sum;
 
+pub use backend::{Backend, RankList, Reference};
 pub use cpu::CpuBackend;
 pub use dtype::{cast_bytes, cast_bytes_mut, DType, Element};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
-pub use projection::{Beta, Output, Partials, ProjectOptions};
+pub use projection::{
+    Beta, Buffer, Output, Partials, ProjectOptions, Projection,
+};
 pub use segments::{chunk_tasks, ChunkTask, Segments};
 
 /// The README's code blocks are compiled and run as doc tests (they use the CUDA API too,

@@ -1,8 +1,8 @@
-//! Arguments shared by every implementation of the projection (reference, CPU backend,
-//! CUDA backend): options, the β argument, the output mode, the split form's partial sums,
-//! and the validation all of them run before touching data.
+//! The arguments of every backend's projection ([`crate::Backend`]): [`Projection`] (the
+//! one arguments struct, with the one validation all backends run before touching data),
+//! [`Output`], [`Beta`], [`ProjectOptions`], the split form's [`Partials`], and the buffer
+//! traits that let host slices and device views share them.
 
-use crate::dtype::Element;
 use crate::error::{check_count, check_len, invalid, Error, Result};
 use crate::segments::Segments;
 use crate::solve::{partial_stride, rhs_index, tri_index, MAX_K};
@@ -66,9 +66,9 @@ pub enum Beta<'a> {
 }
 
 impl Beta<'_> {
-    /// β of segment `s` (after [`Beta::validate`]).
+    /// β of segment `s` (after [`Beta::validate`], so `s` is in range).
     #[inline]
-    pub fn get(&self, s: usize) -> f64 {
+    pub(crate) fn at(&self, s: usize) -> f64 {
         match self {
             Beta::Scalar(b) => *b,
             Beta::PerSegment(b) => b[s],
@@ -105,6 +105,7 @@ impl<'a> From<&'a [f64]> for Beta<'a> {
     }
 }
 
+/// `Err` unless `x` is finite.
 pub(crate) fn check_finite(name: &'static str, x: f64) -> Result<()> {
     if x.is_finite() {
         Ok(())
@@ -113,55 +114,217 @@ pub(crate) fn check_finite(name: &'static str, x: f64) -> Result<()> {
     }
 }
 
-/// Where `project_out` writes `alpha·base + beta·(v - P v)`.
+/// A buffer an operation reads or writes: host slices, or device views with feature `cuda`.
+pub trait Buffer {
+    /// Number of elements.
+    fn len(&self) -> usize;
+    /// True for a buffer without elements.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T> Buffer for &[T] {
+    fn len(&self) -> usize {
+        <[T]>::len(self)
+    }
+}
+
+impl<T> Buffer for &mut [T] {
+    fn len(&self) -> usize {
+        <[T]>::len(self)
+    }
+}
+
+/// Where a projection writes `alpha·base + beta·(v - P v)`. `S` is a read-only buffer,
+/// `D` the destination: `&[T]` / `&mut [T]` on the host, `CudaView` / `CudaViewMut` on
+/// CUDA.
 #[derive(Debug)]
-pub enum Output<'a, T> {
+pub enum Output<S, D> {
     /// `out = alpha·base + beta·(v - P v)`; with `base = None`, `out = beta·(v - P v)`.
     Write {
         /// Optional base term.
-        base: Option<&'a [T]>,
-        /// Destination, same length as `v`.
-        out: &'a mut [T],
+        base: Option<S>,
+        /// Destination, same length as `v`; must not overlap any input.
+        out: D,
     },
     /// In place: `out = alpha·out + beta·(v - P v)` — the script's
     /// `grad += beta * d_perp` with `alpha = 1`.
-    Accumulate(&'a mut [T]),
+    Accumulate(D),
 }
 
 /// What the apply pass adds to `beta·(v - P v)`: nothing, `alpha·base`, or `alpha·out`.
 #[derive(Clone, Copy, Debug)]
-pub enum BaseMode<'a, T> {
+pub(crate) enum BaseMode<S> {
     /// `out = beta·(v - P v)`.
     None,
     /// `out = alpha·base + beta·(v - P v)`.
-    Slice(&'a [T]),
+    Slice(S),
     /// `out = alpha·out + beta·(v - P v)`.
     InPlace,
 }
 
-impl<'a, T> Output<'a, T> {
+impl<S, D> Output<S, D> {
     /// Splits into the base mode and the destination.
-    pub fn split(self) -> (BaseMode<'a, T>, &'a mut [T]) {
+    pub(crate) fn split(self) -> (BaseMode<S>, D) {
         match self {
             Output::Write { base: None, out } => (BaseMode::None, out),
             Output::Write { base: Some(b), out } => (BaseMode::Slice(b), out),
             Output::Accumulate(out) => (BaseMode::InPlace, out),
         }
     }
-}
 
-impl<T> Output<'_, T> {
-    /// Length of the destination buffer.
-    pub fn len(&self) -> usize {
+    /// The destination.
+    pub fn out(&self) -> &D {
         match self {
-            Output::Write { out, .. } => out.len(),
-            Output::Accumulate(out) => out.len(),
+            Output::Write { out, .. } | Output::Accumulate(out) => out,
         }
     }
 
-    /// True when the destination is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// The base buffer, if the output has one.
+    pub fn base(&self) -> Option<&S> {
+        match self {
+            Output::Write { base, .. } => base.as_ref(),
+            Output::Accumulate(_) => None,
+        }
+    }
+}
+
+/// The arguments of one projection (`project_out`, the split form's `partials` and
+/// `apply`) on any backend: per segment
+///
+/// ```text
+/// out = alpha·base + beta·(x - P x),   x = v        (or v - v0, formed in f64)
+/// ```
+///
+/// with `P` the projector onto the span of the segment's basis vectors — the destination's
+/// own values before the call first when [`Projection::out_in_basis`] is set, then
+/// `basis`. Made with [`Projection::new`] and the builder methods; the defaults are the
+/// script's (`alpha = 1`, `beta = 1`, [`ProjectOptions::default`]).
+#[derive(Debug)]
+pub struct Projection<'a, S, D> {
+    /// The vector to project.
+    pub v: S,
+    /// When set, the vector is `v - v0`, formed in f64 inside both passes (the RedReg
+    /// drift `theta - theta0` with no drift buffer and no rounding of the difference).
+    pub v0: Option<S>,
+    /// Basis vectors (after the destination's own values with `out_in_basis`).
+    pub basis: &'a [S],
+    /// The destination's values before the call are basis vector 0 (the script's
+    /// "project the drift off the gradient, add it to the gradient", with no copy of the
+    /// gradient). Needs [`Output::Accumulate`]; each element's basis value is read before
+    /// that element is written.
+    pub out_in_basis: bool,
+    /// Where the result goes.
+    pub out: Output<S, D>,
+    /// Factor of the base term.
+    pub alpha: f64,
+    /// Factor of the projected term (one value or one per segment).
+    pub beta: Beta<'a>,
+    /// Rank threshold and ridge.
+    pub opts: ProjectOptions,
+}
+
+impl<'a, S, D> Projection<'a, S, D> {
+    /// `out = 1·base + 1·(v - P v)` with the default options; change them with the builder
+    /// methods.
+    pub fn new(v: S, basis: &'a [S], out: Output<S, D>) -> Self {
+        Self {
+            v,
+            v0: None,
+            basis,
+            out_in_basis: false,
+            out,
+            alpha: 1.0,
+            beta: Beta::Scalar(1.0),
+            opts: ProjectOptions::default(),
+        }
+    }
+
+    /// The RedReg update of one encoder: `grad += beta · (d - P d)` with
+    /// `d = theta - theta0` (formed in f64) and `P` the projector onto
+    /// `span{grad, extra…}` — 3 element reads in pass 1, 3 reads and 1 write in pass 2, no
+    /// scratch buffer.
+    pub fn drift(theta: S, theta0: S, extra: &'a [S], grad: D) -> Self {
+        Self::new(theta, extra, Output::Accumulate(grad))
+            .minus(theta0)
+            .with_out_in_basis()
+    }
+
+    /// Projects `v - v0` instead of `v`.
+    pub fn minus(mut self, v0: S) -> Self {
+        self.v0 = Some(v0);
+        self
+    }
+
+    /// The destination's values before the call become basis vector 0.
+    pub fn with_out_in_basis(mut self) -> Self {
+        self.out_in_basis = true;
+        self
+    }
+
+    /// Sets `alpha`.
+    pub fn alpha(mut self, alpha: f64) -> Self {
+        self.alpha = alpha;
+        self
+    }
+
+    /// Sets `beta` (an `f64`, or `&[f64]` with one value per segment).
+    pub fn beta(mut self, beta: impl Into<Beta<'a>>) -> Self {
+        self.beta = beta.into();
+        self
+    }
+
+    /// Sets the options.
+    pub fn opts(mut self, opts: ProjectOptions) -> Self {
+        self.opts = opts;
+        self
+    }
+
+    /// Number of basis vectors, `basis.len()` plus one with `out_in_basis`.
+    pub fn k(&self) -> usize {
+        self.basis.len() + usize::from(self.out_in_basis)
+    }
+}
+
+impl<S: Buffer, D: Buffer> Projection<'_, S, D> {
+    /// Checks everything against the layout before any data is touched (the one
+    /// validation of every backend): `k <= 8`, every buffer covers `segs`, `alpha`, `beta`
+    /// and the options are valid, `out_in_basis` only with [`Output::Accumulate`].
+    /// Returns k.
+    pub fn validate(&self, segs: &Segments) -> Result<usize> {
+        self.validate_inputs(segs)?;
+        segs.check_buffer("out", self.out.out().len())?;
+        if let Some(b) = self.out.base() {
+            segs.check_buffer("base", b.len())?;
+        }
+        check_finite("alpha", self.alpha)?;
+        self.beta.validate(segs.len())?;
+        self.opts.validate()?;
+        Ok(self.k())
+    }
+
+    /// The inputs pass 1 reads: `v`, `v0`, the basis (and the destination when it is in
+    /// the basis).
+    pub(crate) fn validate_inputs(&self, segs: &Segments) -> Result<usize> {
+        check_k(self.k())?;
+        segs.check_buffer("v", self.v.len())?;
+        if let Some(v0) = &self.v0 {
+            segs.check_buffer("v0", v0.len())?;
+        }
+        for b in self.basis {
+            segs.check_buffer("basis", b.len())?;
+        }
+        if self.out_in_basis {
+            if !matches!(self.out, Output::Accumulate(_)) {
+                return Err(invalid(
+                    "out_in_basis",
+                    "the destination can be a basis vector only with Output::Accumulate",
+                ));
+            }
+            segs.check_buffer("out", self.out.out().len())?;
+        }
+        Ok(self.k())
     }
 }
 
@@ -222,21 +385,37 @@ impl Partials {
         &mut self.data
     }
 
-    /// The values of segment `s`.
-    pub fn segment(&self, s: usize) -> &[f64] {
+    /// The values of segment `s`; `Err` for `s >= num_segments()`.
+    pub fn segment(&self, s: usize) -> Result<&[f64]> {
+        self.check_index("segment", s, self.segments)?;
+        Ok(self.seg(s))
+    }
+
+    /// The values of segment `s < num_segments()` (checked by the callers).
+    pub(crate) fn seg(&self, s: usize) -> &[f64] {
         let st = self.stride();
         &self.data[s * st..(s + 1) * st]
     }
 
-    /// `Gram[i][j]` of segment `s`.
-    pub fn gram(&self, s: usize, i: usize, j: usize) -> f64 {
+    /// `Gram[i][j]` of segment `s`; `Err` for an index out of range.
+    pub fn gram(&self, s: usize, i: usize, j: usize) -> Result<f64> {
+        self.check_index("basis index i", i, self.k)?;
+        self.check_index("basis index j", j, self.k)?;
         let (a, b) = if i <= j { (i, j) } else { (j, i) };
-        self.segment(s)[tri_index(self.k, a, b)]
+        Ok(self.segment(s)?[tri_index(self.k, a, b)])
     }
 
-    /// `b_i · v` of segment `s`.
-    pub fn rhs(&self, s: usize, i: usize) -> f64 {
-        self.segment(s)[rhs_index(self.k, i)]
+    /// `b_i · v` of segment `s`; `Err` for an index out of range.
+    pub fn rhs(&self, s: usize, i: usize) -> Result<f64> {
+        self.check_index("basis index i", i, self.k)?;
+        Ok(self.segment(s)?[rhs_index(self.k, i)])
+    }
+
+    fn check_index(&self, name: &'static str, i: usize, n: usize) -> Result<()> {
+        if i < n {
+            return Ok(());
+        }
+        Err(invalid(name, format!("{i} is out of range (< {n})")))
     }
 
     /// Adds the partials of another shard of the same segments.
@@ -267,37 +446,4 @@ pub fn check_k(k: usize) -> Result<()> {
         });
     }
     Ok(())
-}
-
-/// Validates `v` and the basis against the layout: every buffer covers the segments.
-pub fn check_inputs<T>(segs: &Segments, v: &[T], basis: &[&[T]]) -> Result<()> {
-    check_k(basis.len())?;
-    segs.check_buffer("v", v.len())?;
-    for b in basis {
-        segs.check_buffer("basis", b.len())?;
-    }
-    Ok(())
-}
-
-/// Validates everything `project_out` / `apply` receive.
-pub fn check_project<T: Element>(
-    segs: &Segments,
-    v: &[T],
-    basis: &[&[T]],
-    out: &Output<'_, T>,
-    alpha: f64,
-    beta: &Beta<'_>,
-    opts: &ProjectOptions,
-) -> Result<()> {
-    check_inputs(segs, v, basis)?;
-    segs.check_buffer("out", out.len())?;
-    if let Output::Write {
-        base: Some(base), ..
-    } = out
-    {
-        segs.check_buffer("base", base.len())?;
-    }
-    check_finite("alpha", alpha)?;
-    beta.validate(segs.len())?;
-    opts.validate()
 }

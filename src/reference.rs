@@ -9,23 +9,45 @@
 
 use crate::dtype::Element;
 use crate::error::{invalid, Result};
-use crate::projection::BaseMode;
-use crate::projection::{check_inputs, check_project, Beta, Output, Partials, ProjectOptions};
+use crate::projection::{BaseMode, Output, Partials, Projection};
 use crate::segments::Segments;
 use crate::solve::{orth_segment, partial_stride, rhs_index, solve_segment, tri_index, MAX_K};
 use crate::sum::Acc;
 
-/// Pass 1: per segment, the Gram matrix of the basis and the projections of `v`, summed
+/// A projection's arguments on host slices (what [`crate::Reference`] and
+/// [`crate::CpuBackend`] take).
+pub type HostProjection<'a, T> = Projection<'a, &'a [T], &'a mut [T]>;
+
+/// `x_e = v_e` or `v_e - v0_e`, in f64.
+#[inline]
+pub(crate) fn x_at<T: Element>(v: &[T], v0: Option<&[T]>, e: usize) -> f64 {
+    match v0 {
+        Some(v0) => v[e].to_f64() - v0[e].to_f64(),
+        None => v[e].to_f64(),
+    }
+}
+
+/// The basis of a projection as slices, the destination first with `out_in_basis`.
+fn basis_of<'s, T>(p: &'s HostProjection<'_, T>) -> Vec<&'s [T]> {
+    let mut b: Vec<&[T]> = Vec::with_capacity(p.k());
+    if p.out_in_basis {
+        b.push(&**p.out.out());
+    }
+    b.extend(p.basis.iter().map(|s| &**s));
+    b
+}
+
+/// Pass 1: per segment, the Gram matrix of the basis and the projections of `x`, summed
 /// sequentially with compensated f64 sums ([`crate::sum::Acc`]).
-pub fn partials<T: Element>(segs: &Segments, v: &[T], basis: &[&[T]]) -> Result<Partials> {
-    check_inputs(segs, v, basis)?;
-    let k = basis.len();
-    let mut p = Partials::zeros(k, segs.len())?;
+pub fn partials<T: Element>(segs: &Segments, p: &HostProjection<'_, T>) -> Result<Partials> {
+    let k = p.validate_inputs(segs)?;
+    let basis = basis_of(p);
+    let mut parts = Partials::zeros(k, segs.len())?;
     let st = partial_stride(k);
     for (s, r) in segs.iter().enumerate() {
         let mut acc = vec![Acc::default(); st];
         for e in r {
-            let x = v[e].to_f64();
+            let x = x_at(p.v, p.v0, e);
             for i in 0..k {
                 let bi = basis[i][e].to_f64();
                 for j in i..k {
@@ -34,70 +56,65 @@ pub fn partials<T: Element>(segs: &Segments, v: &[T], basis: &[&[T]]) -> Result<
                 acc[rhs_index(k, i)].add(bi * x);
             }
         }
-        let seg = &mut p.as_mut_slice()[s * st..(s + 1) * st];
+        let seg = &mut parts.as_mut_slice()[s * st..(s + 1) * st];
         seg.iter_mut().zip(&acc).for_each(|(o, a)| *o = a.value());
     }
-    Ok(p)
+    Ok(parts)
 }
 
 /// Pass 2: solves each segment from `partials` (possibly summed over shards) and writes
-/// `alpha·base + beta·(v - P v)`. Returns the rank of each segment's basis, at most k (the
+/// `alpha·base + beta·(x - P x)`. Returns the rank of each segment's basis, at most k (the
 /// partials may come from longer, sharded segments, so the local length does not cap it;
 /// [`project_out`] caps at `min(length, k)` as well: `crate::solve`, *Rank rule*).
-#[allow(clippy::too_many_arguments)]
 pub fn apply<T: Element>(
     segs: &Segments,
-    v: &[T],
-    basis: &[&[T]],
     partials: &Partials,
-    out: Output<'_, T>,
-    alpha: f64,
-    beta: Beta<'_>,
-    opts: &ProjectOptions,
+    p: HostProjection<'_, T>,
 ) -> Result<Vec<u32>> {
-    apply_capped(segs, v, basis, partials, out, alpha, beta, opts, false)
+    apply_capped(segs, partials, p, false)
 }
 
 /// [`apply`]; with `cap_by_len` the rank is also capped at each segment's length (the
 /// partials are known to be the segment's own).
-#[allow(clippy::too_many_arguments)]
 fn apply_capped<T: Element>(
     segs: &Segments,
-    v: &[T],
-    basis: &[&[T]],
     partials: &Partials,
-    out: Output<'_, T>,
-    alpha: f64,
-    beta: Beta<'_>,
-    opts: &ProjectOptions,
+    p: HostProjection<'_, T>,
     cap_by_len: bool,
 ) -> Result<Vec<u32>> {
-    check_project(segs, v, basis, &out, alpha, &beta, opts)?;
-    let k = basis.len();
+    let k = p.validate(segs)?;
     partials.check_shape(segs, k)?;
     let mut ranks = vec![0u32; segs.len()];
     let mut w = [0.0f64; MAX_K];
-    let (mode, out) = out.split();
+    let (v, v0, extra, first) = (p.v, p.v0, p.basis, usize::from(p.out_in_basis));
+    let (alpha, beta) = (p.alpha, p.beta);
+    let (mode, out) = p.out.split();
     for (s, r) in segs.iter().enumerate() {
         let max_rank = if cap_by_len { r.len().min(k) } else { k };
         ranks[s] = solve_segment(
             k,
-            partials.segment(s),
+            partials.seg(s),
             max_rank,
-            opts.tol,
-            opts.ridge,
+            p.opts.tol,
+            p.opts.ridge,
             &mut w,
         );
-        let b = beta.get(s);
+        let b = beta.at(s);
         for e in r {
-            let mut y = v[e].to_f64();
-            for i in 0..k {
-                y -= w[i] * basis[i][e].to_f64();
+            // Every read of element e (the destination too, as basis vector 0 and as the
+            // in-place base) happens before its write.
+            let o = out[e].to_f64();
+            let mut y = x_at(v, v0, e);
+            if first == 1 {
+                y -= w[0] * o;
+            }
+            for (i, bi) in extra.iter().enumerate() {
+                y -= w[first + i] * bi[e].to_f64();
             }
             let z = match mode {
                 BaseMode::None => b * y,
                 BaseMode::Slice(base) => alpha * base[e].to_f64() + b * y,
-                BaseMode::InPlace => alpha * out[e].to_f64() + b * y,
+                BaseMode::InPlace => alpha * o + b * y,
             };
             out[e] = T::from_f64(z);
         }
@@ -105,20 +122,12 @@ fn apply_capped<T: Element>(
     Ok(ranks)
 }
 
-/// Both passes: `out = alpha·base + beta·(v - P v)` per segment, where `P` projects onto
+/// Both passes: `out = alpha·base + beta·(x - P x)` per segment, where `P` projects onto
 /// the span of the segment's basis vectors. Returns the rank of each segment's basis.
-pub fn project_out<T: Element>(
-    segs: &Segments,
-    v: &[T],
-    basis: &[&[T]],
-    out: Output<'_, T>,
-    alpha: f64,
-    beta: Beta<'_>,
-    opts: &ProjectOptions,
-) -> Result<Vec<u32>> {
-    check_project(segs, v, basis, &out, alpha, &beta, opts)?;
-    let p = partials(segs, v, basis)?;
-    apply_capped(segs, v, basis, &p, out, alpha, beta, opts, true)
+pub fn project_out<T: Element>(segs: &Segments, p: HostProjection<'_, T>) -> Result<Vec<u32>> {
+    p.validate(segs)?;
+    let parts = partials(segs, &p)?;
+    apply_capped(segs, &parts, p, true)
 }
 
 /// CGS2 on f64 vectors of one segment, in place: for j = 1..k, subtract the projections
@@ -222,7 +231,11 @@ pub fn residual_cgs2<T: Element>(
     tol: f64,
 ) -> Result<Vec<f64>> {
     check_tol(tol)?;
-    check_inputs(segs, v, basis)?;
+    crate::projection::check_k(basis.len())?;
+    segs.check_buffer("v", v.len())?;
+    for b in basis {
+        segs.check_buffer("basis", b.len())?;
+    }
     let mut out: Vec<f64> = v.iter().map(|x| x.to_f64()).collect();
     for r in segs.iter() {
         let mut qs: Vec<Vec<f64>> = basis
@@ -252,14 +265,17 @@ pub fn orth_coefficients<T: Element>(
     check_tol(tol)?;
     let k = basis.len();
     let zeros = vec![T::default(); segs.total()];
-    let p = partials(segs, &zeros, basis)?;
+    let mut none: [T; 0] = [];
+    let args: HostProjection<'_, T> =
+        Projection::new(&zeros, basis, Output::Write { base: None, out: &mut none[..] });
+    let p = partials(segs, &args)?;
     let mut m = vec![0.0; k * k * segs.len()];
     let ranks = (0..segs.len())
         .map(|s| {
             let max_rank = segs.seg_len(s).min(k);
             orth_segment(
                 k,
-                p.segment(s),
+                p.seg(s),
                 max_rank,
                 tol,
                 &mut m[s * k * k..(s + 1) * k * k],

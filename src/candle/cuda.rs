@@ -10,9 +10,12 @@
 //! two streams would race).
 
 use super::{candle_err, dtype_of, CandleElement, Job, TensorBackend, TensorView};
-use crate::cuda::{drv, CudaBackend, CudaElement, DeviceOutput};
+use crate::backend::Backend;
+use crate::cuda::{drv, CudaBackend};
+use crate::dtype::Element;
+use crate::projection::{Output, Projection};
 use crate::error::{invalid, Result};
-use crate::projection::{Beta, ProjectOptions};
+use crate::projection::ProjectOptions;
 use crate::segments::Segments;
 use candle_core::cuda::CudaDType;
 use candle_core::op::BackpropOp;
@@ -27,7 +30,7 @@ pub fn cuda_backend(device: &Device) -> Result<CudaBackend> {
 }
 
 /// The element types shared by redreg's CUDA kernels and candle's CUDA storage.
-pub trait CandleCudaElement: CandleElement + CudaElement + CudaDType {}
+pub trait CandleCudaElement: CandleElement + Element + CudaDType {}
 impl CandleCudaElement for f32 {}
 impl CandleCudaElement for half::f16 {}
 impl CandleCudaElement for half::bf16 {}
@@ -145,6 +148,10 @@ fn cuda_one<T: CandleCudaElement>(
     if let Some(b) = &basev {
         check_stream(backend, "base", b)?;
     }
+    let v0v = job.v0.as_ref().map(cuda_view).transpose()?;
+    if let Some(b) = &v0v {
+        check_stream(backend, "theta0", b)?;
+    }
     let n = vv.len();
     if n == 0 {
         // Nothing to launch and nothing to allocate (a zero-byte device allocation is an
@@ -155,24 +162,23 @@ fn cuda_one<T: CandleCudaElement>(
     let v = vv.view::<T>()?;
     let basis: Vec<CudaView<'_, T>> = bv.iter().map(|b| b.view::<T>()).collect::<Result<_>>()?;
     let base = basev.as_ref().map(|b| b.view::<T>()).transpose()?;
+    let v0 = v0v.as_ref().map(|b| b.view::<T>()).transpose()?;
     let segs = Segments::from_lengths(&[n])?;
-    // SAFETY: `project_out` with `DeviceOutput::Write` writes every element of `out`
+    // SAFETY: `project_out` with `Output::Write` writes every element of `out`
     // before anything reads it (on this stream), so the uninitialised memory is never read.
     let mut out = unsafe { backend.stream().alloc::<T>(n) }.map_err(drv)?;
     {
         let mut ov = out.slice_mut(0..n);
-        let ranks = backend.project_out(
-            &segs,
-            &v,
-            &basis,
-            DeviceOutput::Write {
-                base: base.as_ref(),
-                out: &mut ov,
-            },
-            job.alpha,
-            Beta::Scalar(job.beta),
-            opts,
-        )?;
+        let out = Output::Write {
+            base,
+            out: ov.slice_mut(..),
+        };
+        let mut p = Projection::new(v, &basis, out)
+            .alpha(job.alpha)
+            .beta(job.beta)
+            .opts(*opts);
+        p.v0 = v0;
+        let ranks = backend.project_out(&segs, p)?;
         ranks.copy_into(rank)?;
     }
     let device = vv.cuda_device()?.clone();

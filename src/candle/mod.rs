@@ -22,8 +22,9 @@
 //! tensor: on the CPU one host allocation and one write per output tensor, on CUDA one
 //! device allocation per output tensor written by the kernels and wrapped as candle storage
 //! (no copy). [`project_drift_into_grads`] replaces the gradients in the `GradStore` by
-//! these new tensors (the old ones are dropped when nothing else holds them); it forms the
-//! drift `theta - theta0` with candle's own subtraction, on the parameters' device.
+//! these new tensors (the old ones are dropped when nothing else holds them); the drift
+//! `theta - theta0` is formed in f64 inside the kernels, as in every backend's step
+//! ([`crate::Projection::drift`]): no drift tensor, no rounding of the difference.
 //!
 //! # Storage and dtypes
 //! Tensors must be on the backend's device (CPU storage for `CpuBackend`; CUDA storage on
@@ -35,7 +36,8 @@
 
 use crate::dtype::Element;
 use crate::error::{check_count, invalid, Error, Result};
-use crate::projection::{Beta, Output, ProjectOptions};
+use crate::backend::Backend;
+use crate::projection::{Beta, Output, ProjectOptions, Projection};
 use crate::segments::Segments;
 use crate::CpuBackend;
 use candle_core::backprop::GradStore;
@@ -287,6 +289,8 @@ mod sealed {
 #[derive(Debug)]
 pub struct Job {
     v: Tensor,
+    /// Subtracted from `v` in f64 inside the kernels (the drift `theta - theta0`).
+    v0: Option<Tensor>,
     basis: Vec<Tensor>,
     base: Option<Tensor>,
     alpha: f64,
@@ -328,7 +332,9 @@ fn cpu_one<T: CandleElement>(
     let vv = cpu_view(&job.v)?;
     let bv: Vec<CpuView<'_>> = job.basis.iter().map(cpu_view).collect::<Result<_>>()?;
     let basev = job.base.as_ref().map(cpu_view).transpose()?;
+    let v0v = job.v0.as_ref().map(cpu_view).transpose()?;
     let vs = vv.as_slice::<T>()?;
+    let v0s = v0v.as_ref().map(|b| b.as_slice::<T>()).transpose()?;
     let bs: Vec<&[T]> = bv
         .iter()
         .map(|b| b.as_slice::<T>())
@@ -336,18 +342,19 @@ fn cpu_one<T: CandleElement>(
     let base_s = basev.as_ref().map(|b| b.as_slice::<T>()).transpose()?;
     let mut out = vec![T::default(); vs.len()];
     let segs = Segments::from_lengths(&[vs.len()])?;
-    let r = backend.project_out(
-        &segs,
+    let mut p = Projection::new(
         vs,
         &bs,
         Output::Write {
             base: base_s,
-            out: &mut out,
+            out: &mut out[..],
         },
-        job.alpha,
-        Beta::Scalar(job.beta),
-        opts,
-    )?;
+    )
+    .alpha(job.alpha)
+    .beta(job.beta)
+    .opts(*opts);
+    p.v0 = v0s;
+    let r = backend.project_out(&segs, p)?;
     let t =
         Tensor::from_vec(out, job.v.dims(), job.v.device()).map_err(candle_err("output tensor"))?;
     Ok((t, r[0]))
@@ -399,15 +406,16 @@ pub fn project_out_tensors<Bk: TensorBackend, V: AsTensor, B: AsTensor>(
             basis: basis.iter().map(|b| b[i].tensor().clone()).collect(),
             base: base.map(|b| b[i].tensor().clone()),
             alpha,
-            beta: beta.get(i),
+            beta: beta.at(i),
+            v0: None,
         });
     }
     backend.project_jobs(&jobs, opts)
 }
 
 /// The RedReg update of one encoder from candle: for every parameter tensor `i`,
-/// `grad_i ← grad_i + beta·(d_i - P_i d_i)` with `d_i = params_i - theta0_i` (candle's own
-/// subtraction, rounded to the dtype, on the tensors' device) and `P_i` the projector onto
+/// `grad_i ← grad_i + beta·(d_i - P_i d_i)` with `d_i = params_i - theta0_i` (formed in f64
+/// inside the kernels, not rounded to the dtype) and `P_i` the projector onto
 /// `span{grad_i, extra[0][i], extra[1][i], …}` (k = 1 + `extra.len()`; k = 1 is the
 /// authors' script with `opts.ridge = 1e-12`). A parameter without a gradient in `grads`
 /// is treated as having a zero gradient, so it receives `beta·d_i` (the script's
@@ -455,9 +463,9 @@ pub fn project_drift_into_grads<Bk: TensorBackend, P: AsTensor, Q: AsTensor>(
             check_same("extra basis", i, p, &e[i])?;
             basis.push(e[i].clone());
         }
-        let d = p.sub(p0).map_err(candle_err("drift theta - theta0"))?;
         jobs.push(Job {
-            v: d,
+            v: p.clone(),
+            v0: Some(p0.clone()),
             basis,
             base: Some(g),
             alpha: 1.0,

@@ -8,20 +8,19 @@
 //!
 //! # Per training step
 //! ```
-//! use redreg::controller::{snapshot, Config, Controller, Encoder, JointBasis, Redundancy,
-//!     Reference, StepInputs, Workspace};
-//! use redreg::Segments;
+//! use redreg::controller::{Config, Controller, Encoder, JointBasis, Redundancy, StepInputs};
+//! use redreg::{Backend, CpuBackend, Segments};
 //!
+//! let backend = CpuBackend::new(); // made once, kept for the whole run
 //! let segs = Segments::from_lengths(&[2, 1]).unwrap();
 //! let mut ctl = Controller::new(Config::new(3), 2).unwrap();
 //! let (theta_a, theta_v) = (vec![1.0f32, 2.0, 3.0], vec![0.5f32, 0.5, 0.5]);
-//! let (mut theta0_a, mut theta0_v) = (Vec::new(), Vec::new());
+//! let (mut theta0_a, mut theta0_v) = (vec![0.0f32; 3], vec![0.0f32; 3]);
 //! let (mut grad_a, mut grad_v) = (vec![0.1f32; 3], vec![0.2f32; 3]);
-//! let mut ws = Workspace::new();
 //!
 //! ctl.begin_epoch(0).unwrap();
-//! snapshot(&theta_a, &mut theta0_a);
-//! snapshot(&theta_v, &mut theta0_v);
+//! backend.copy(&theta_a, &mut theta0_a).unwrap(); // the epoch-start snapshot
+//! backend.copy(&theta_v, &mut theta0_v).unwrap();
 //! // ... forward/backward, statistics ...
 //! let inputs = StepInputs::pair(0.3, 0.7, Redundancy::ratio(0.5),
 //!     Redundancy::from_parts(0.02, 0.01), 0.4);
@@ -31,7 +30,7 @@
 //!     Encoder { segs: &segs, theta: &theta_v, theta0: &theta0_v, grad: &mut grad_v,
 //!               basis: JointBasis::Gradient },
 //! ];
-//! let (decision, _ranks) = ctl.step(&inputs, &Reference, &mut encoders, &mut ws).unwrap();
+//! let (decision, _ranks) = ctl.step(&inputs, &backend, &mut encoders).unwrap();
 //! assert_eq!(decision.suppressed, Some(1)); // visual dominates, gate 0.4 > 0.2 open
 //! // ... optimizer step ...
 //! ```
@@ -41,7 +40,7 @@
 //! - [`Monitor`]: score history (O(W)) with the growth rate, and the redundancy EMA;
 //! - [`Decision`]: who is suppressed, with which β, and every intermediate;
 //! - [`step()`] / [`Controller::step`]: the projection of the drift into the gradient,
-//!   generic over a [`ProjectBackend`].
+//!   generic over a [`crate::Backend`] (CPU, CUDA or the f64 oracle), one fused projection.
 //!
 //! # M ≥ 3 modalities
 //! The leader is the highest score; Δ is measured against the strongest other modality;
@@ -49,8 +48,6 @@
 //! [`GateRule`] (default: the minimum, so all must agree). See [`Decision`].
 
 mod config;
-#[cfg(feature = "cuda")]
-mod cuda_step;
 mod decision;
 mod from_stats;
 mod monitor;
@@ -58,10 +55,8 @@ mod state;
 mod step;
 
 pub use config::{Config, DropoutSchedule, Dropped, GateRule};
-#[cfg(feature = "cuda")]
-pub use cuda_step::{snapshot_cuda, step_cuda, CudaEncoder, CudaWorkspace};
 pub use decision::{Decision, ModalityStats, Redundancy, StepInputs};
 pub use from_stats::{ModalityShapes, RedRegStats};
 pub use monitor::{Monitor, MonitorOutput, ScoreHistory};
 pub use state::{Controller, ControllerState};
-pub use step::{snapshot, step, Encoder, JointBasis, ProjectBackend, Reference, Workspace};
+pub use step::{step, Encoder, EncoderOf, JointBasis};

@@ -21,7 +21,7 @@ pub struct ControllerState {
 }
 
 /// The RedReg controller for M ≥ 2 modalities: call [`Controller::begin_epoch`] at every
-/// epoch start (with [`super::snapshot`] of the encoders' parameters), then
+/// epoch start (with [`crate::Backend::copy`] of the encoders' parameters), then
 /// [`Controller::observe`] once per step and apply the decision with [`super::step`] —
 /// or do both with [`Controller::step`].
 #[derive(Clone, Debug, PartialEq)]

@@ -130,23 +130,49 @@ macro_rules! multiversion {
     };
 }
 
-/// Compensated partial sums of one chunk: packed Gram upper triangle then `Bᵀv` (zeros
-/// without `v`).
-pub(crate) fn chunk_partial<T: Element>(v: Option<&[T]>, basis: &[&[T]]) -> [Acc; MAX_STRIDE] {
+/// Compensated partial sums of one chunk: packed Gram upper triangle then `Bᵀx` (zeros
+/// without `v`), `x = v` or `v - v0` in f64.
+pub(crate) fn chunk_partial<T: Element>(
+    v: Option<&[T]>,
+    v0: Option<&[T]>,
+    basis: &[&[T]],
+) -> [Acc; MAX_STRIDE] {
     match basis.len() {
         0 => [Acc::default(); MAX_STRIDE],
-        1 => partial_mv::<T, 1>(v, basis),
-        2 => partial_mv::<T, 2>(v, basis),
-        3 => partial_mv::<T, 3>(v, basis),
-        4 => partial_mv::<T, 4>(v, basis),
-        5 => partial_mv::<T, 5>(v, basis),
-        6 => partial_mv::<T, 6>(v, basis),
-        7 => partial_mv::<T, 7>(v, basis),
-        _ => partial_mv::<T, 8>(v, basis),
+        1 => partial_mv::<T, 1>(v, v0, basis),
+        2 => partial_mv::<T, 2>(v, v0, basis),
+        3 => partial_mv::<T, 3>(v, v0, basis),
+        4 => partial_mv::<T, 4>(v, v0, basis),
+        5 => partial_mv::<T, 5>(v, v0, basis),
+        6 => partial_mv::<T, 6>(v, v0, basis),
+        7 => partial_mv::<T, 7>(v, v0, basis),
+        _ => partial_mv::<T, 8>(v, v0, basis),
     }
 }
 
-multiversion!(partial_mv, partial_k, (v: Option<&[T]>, basis: &[&[T]]) -> [Acc; MAX_STRIDE]);
+multiversion!(partial_mv, partial_k, (v: Option<&[T]>, v0: Option<&[T]>, basis: &[&[T]]) -> [Acc; MAX_STRIDE]);
+
+/// Widened block of `v` (or `v - v0`, in f64) starting at `e`.
+#[inline(always)]
+fn x_block<T: Element>(v: &[T], v0: Option<&[T]>, e: usize) -> [f64; LANES] {
+    let mut x = block(v, e);
+    if let Some(v0) = v0 {
+        let y = block(v0, e);
+        for l in 0..LANES {
+            x[l] -= y[l];
+        }
+    }
+    x
+}
+
+/// Element `e` of `v` (or `v - v0`, in f64).
+#[inline(always)]
+fn x_elem<T: Element>(v: &[T], v0: Option<&[T]>, e: usize) -> f64 {
+    match v0 {
+        Some(v0) => widen(v[e]) - widen(v0[e]),
+        None => widen(v[e]),
+    }
+}
 
 /// Adds the products of one block to the plain per-lane sums (a zero-padded tail adds
 /// exact zeros).
@@ -197,21 +223,27 @@ fn flush(
 const RUN: usize = 16;
 
 #[inline(always)]
-fn partial_k<T: Element, const K: usize>(v: Option<&[T]>, basis: &[&[T]]) -> [Acc; MAX_STRIDE] {
+fn partial_k<T: Element, const K: usize>(
+    v: Option<&[T]>,
+    v0: Option<&[T]>,
+    basis: &[&[T]],
+) -> [Acc; MAX_STRIDE] {
     match v {
-        Some(v) => partial_kv::<T, K, true>(v, basis),
-        None => partial_kv::<T, K, false>(&[], basis),
+        Some(v) => partial_kv::<T, K, true>(v, v0, basis),
+        None => partial_kv::<T, K, false>(&[], None, basis),
     }
 }
 
 #[inline(always)]
 fn partial_kv<T: Element, const K: usize, const V: bool>(
     v: &[T],
+    v0: Option<&[T]>,
     basis: &[&[T]],
 ) -> [Acc; MAX_STRIDE] {
     let n = basis[0].len();
     let bs: [&[T]; K] = std::array::from_fn(|i| &basis[i][..n]);
     let v = if V { &v[..n] } else { v };
+    let v0 = v0.map(|v0| &v0[..n]);
     let mut hi = [[0.0f64; LANES]; MAX_STRIDE];
     let mut lo = [[0.0f64; LANES]; MAX_STRIDE];
     let mut acc = [[0.0f64; LANES]; MAX_STRIDE];
@@ -220,7 +252,7 @@ fn partial_kv<T: Element, const K: usize, const V: bool>(
     let mut in_run = 0;
     while e < full {
         let b: [[f64; LANES]; K] = std::array::from_fn(|i| block(bs[i], e));
-        let x = if V { block(v, e) } else { [0.0; LANES] };
+        let x = if V { x_block(v, v0, e) } else { [0.0; LANES] };
         accumulate::<K, V>(&mut acc, &b, &x);
         in_run += 1;
         if in_run == RUN {
@@ -242,7 +274,7 @@ fn partial_kv<T: Element, const K: usize, const V: bool>(
         });
         let x: [f64; LANES] = std::array::from_fn(|l| {
             if V && l < tail {
-                widen(v[full + l])
+                x_elem(v, v0, full + l)
             } else {
                 0.0
             }
@@ -262,80 +294,95 @@ fn partial_kv<T: Element, const K: usize, const V: bool>(
     out
 }
 
-/// `out = base_term + beta·(v - Σ_i w_i b_i)` over one chunk, in f64, one rounding.
+/// The operands of one chunk of pass 2: `x = v` or `v - v0`, the basis slices (after the
+/// destination itself when `b0_out`).
+#[derive(Clone, Copy)]
+pub(crate) struct ApplyIn<'a, T> {
+    pub v: &'a [T],
+    pub v0: Option<&'a [T]>,
+    pub basis: &'a [&'a [T]],
+    /// Basis vector 0 is the destination's value before the write (needs `InPlace`).
+    pub b0_out: bool,
+}
+
+/// `out = base_term + beta·(x - Σ_i w_i b_i)` over one chunk, in f64, one rounding.
 pub(crate) fn chunk_apply<T: Element>(
-    v: &[T],
-    basis: &[&[T]],
+    x: ApplyIn<'_, T>,
     w: &[f64],
     alpha: f64,
     beta: f64,
-    mode: BaseMode<'_, T>,
+    mode: BaseMode<&[T]>,
     out: &mut [T],
 ) {
-    match basis.len() {
-        0 => apply_mv::<T, 0>(v, basis, w, alpha, beta, mode, out),
-        1 => apply_mv::<T, 1>(v, basis, w, alpha, beta, mode, out),
-        2 => apply_mv::<T, 2>(v, basis, w, alpha, beta, mode, out),
-        3 => apply_mv::<T, 3>(v, basis, w, alpha, beta, mode, out),
-        4 => apply_mv::<T, 4>(v, basis, w, alpha, beta, mode, out),
-        5 => apply_mv::<T, 5>(v, basis, w, alpha, beta, mode, out),
-        6 => apply_mv::<T, 6>(v, basis, w, alpha, beta, mode, out),
-        7 => apply_mv::<T, 7>(v, basis, w, alpha, beta, mode, out),
-        _ => apply_mv::<T, 8>(v, basis, w, alpha, beta, mode, out),
+    match x.basis.len() + usize::from(x.b0_out) {
+        0 => apply_mv::<T, 0>(x, w, alpha, beta, mode, out),
+        1 => apply_mv::<T, 1>(x, w, alpha, beta, mode, out),
+        2 => apply_mv::<T, 2>(x, w, alpha, beta, mode, out),
+        3 => apply_mv::<T, 3>(x, w, alpha, beta, mode, out),
+        4 => apply_mv::<T, 4>(x, w, alpha, beta, mode, out),
+        5 => apply_mv::<T, 5>(x, w, alpha, beta, mode, out),
+        6 => apply_mv::<T, 6>(x, w, alpha, beta, mode, out),
+        7 => apply_mv::<T, 7>(x, w, alpha, beta, mode, out),
+        _ => apply_mv::<T, 8>(x, w, alpha, beta, mode, out),
     }
 }
 
-multiversion!(apply_mv, apply_k, (v: &[T], basis: &[&[T]], w: &[f64], alpha: f64, beta: f64, mode: BaseMode<'_, T>, out: &mut [T]) -> ());
+multiversion!(apply_mv, apply_k, (x: ApplyIn<'_, T>, w: &[f64], alpha: f64, beta: f64, mode: BaseMode<&[T]>, out: &mut [T]) -> ());
 
 #[inline(always)]
 fn apply_k<T: Element, const K: usize>(
-    v: &[T],
-    basis: &[&[T]],
+    x: ApplyIn<'_, T>,
     w: &[f64],
     alpha: f64,
     beta: f64,
-    mode: BaseMode<'_, T>,
+    mode: BaseMode<&[T]>,
     out: &mut [T],
 ) {
     let n = out.len();
-    let v = &v[..n];
-    let bs: [&[T]; K] = std::array::from_fn(|i| &basis[i][..n]);
+    let v = &x.v[..n];
+    let v0 = x.v0.map(|v0| &v0[..n]);
+    let off = usize::from(x.b0_out);
+    let empty: &[T] = &[];
+    // Slot i < off is the destination (read from `o` below), never from `bs`.
+    let bs: [&[T]; K] = std::array::from_fn(|i| if i < off { empty } else { &x.basis[i - off][..n] });
     let w: [f64; K] = std::array::from_fn(|i| w[i]);
-    let perp = |e: usize| {
-        let mut y = widen(v[e]);
+    // x - Σ w_i b_i for element e; `o` is the destination's current value.
+    let perp = |e: usize, o: f64| {
+        let mut y = x_elem(v, v0, e);
         for i in 0..K {
-            y -= w[i] * widen(bs[i][e]);
+            y -= w[i] * if i < off { o } else { widen(bs[i][e]) };
         }
         y
     };
-    let perp_block = |e: usize| {
-        let mut y = block(v, e);
+    let perp_block = |e: usize, o: &[f64; LANES]| {
+        let mut y = x_block(v, v0, e);
         for i in 0..K {
-            let b = block(bs[i], e);
+            let b = if i < off { *o } else { block(bs[i], e) };
             for l in 0..LANES {
                 y[l] -= w[i] * b[l];
             }
         }
         y
     };
+    let zeros = [0.0f64; LANES];
     let full = n - n % LANES;
     match mode {
         BaseMode::None => {
             for e in (0..full).step_by(LANES) {
-                let y = perp_block(e);
+                let y = perp_block(e, &zeros);
                 let o: &mut [T; LANES] = (&mut out[e..e + LANES]).try_into().expect("block");
                 for l in 0..LANES {
                     o[l] = narrow::<T>(beta * y[l]);
                 }
             }
             for e in full..n {
-                out[e] = narrow::<T>(beta * perp(e));
+                out[e] = narrow::<T>(beta * perp(e, 0.0));
             }
         }
         BaseMode::Slice(base) => {
             let base = &base[..n];
             for e in (0..full).step_by(LANES) {
-                let y = perp_block(e);
+                let y = perp_block(e, &zeros);
                 let bb = block(base, e);
                 let o: &mut [T; LANES] = (&mut out[e..e + LANES]).try_into().expect("block");
                 for l in 0..LANES {
@@ -343,19 +390,21 @@ fn apply_k<T: Element, const K: usize>(
                 }
             }
             for e in full..n {
-                out[e] = narrow::<T>(alpha * widen(base[e]) + beta * perp(e));
+                out[e] = narrow::<T>(alpha * widen(base[e]) + beta * perp(e, 0.0));
             }
         }
         BaseMode::InPlace => {
             for e in (0..full).step_by(LANES) {
-                let y = perp_block(e);
                 let o: &mut [T; LANES] = (&mut out[e..e + LANES]).try_into().expect("block");
+                let ob: [f64; LANES] = std::array::from_fn(|l| widen(o[l]));
+                let y = perp_block(e, &ob);
                 for l in 0..LANES {
-                    o[l] = narrow::<T>(alpha * widen(o[l]) + beta * y[l]);
+                    o[l] = narrow::<T>(alpha * ob[l] + beta * y[l]);
                 }
             }
             for e in full..n {
-                out[e] = narrow::<T>(alpha * widen(out[e]) + beta * perp(e));
+                let o = widen(out[e]);
+                out[e] = narrow::<T>(alpha * o + beta * perp(e, o));
             }
         }
     }

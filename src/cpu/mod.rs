@@ -8,8 +8,8 @@
 //! change a single bit, so results are identical run to run and for any thread count.
 //!
 //! # Methods
-//! - `project_out` = [`CpuBackend::partials`] + [`CpuBackend::apply`]: the Gram-matrix method
-//!   of [`crate::solve`] (same shared solve as the reference).
+//! - `project_out` = `partials` + `apply` ([`Backend`]): the Gram-matrix method of
+//!   [`crate::solve`] (same shared solve as the reference).
 //! - `orthonormalize`: Cholesky QR applied twice (CholQR2) through
 //!   [`crate::solve::orth_segment`]. In exact arithmetic it yields the same Q as CGS2 (QR
 //!   with a positive diagonal is unique), and it makes the same rank decisions; the second
@@ -18,11 +18,12 @@
 
 mod kernels;
 
+use crate::backend::Backend;
 use crate::dtype::Element;
 use crate::error::{invalid, Result};
-use crate::projection::{
-    check_inputs, check_k, check_project, BaseMode, Beta, Output, Partials, ProjectOptions,
-};
+use crate::projection::{check_k, BaseMode, Partials};
+use crate::projection::Projection;
+use crate::reference::HostProjection;
 use crate::segments::{chunk_tasks, ChunkTask, Segments};
 use crate::solve::{orth_segment, partial_stride, solve_segment, MAX_K};
 use crate::sum::Acc;
@@ -99,25 +100,30 @@ impl CpuBackend {
         }
     }
 
-    /// Pass 1 of the split form: per-segment Gram matrix of the basis and `Bᵀv`.
-    pub fn partials<T: Element>(
+    /// Pass 1 ([`Backend::partials`]) on validated arguments.
+    fn partials_of<T: Element>(
         &self,
         segs: &Segments,
-        v: &[T],
-        basis: &[&[T]],
+        p: &HostProjection<'_, T>,
+        k: usize,
     ) -> Result<Partials> {
-        check_inputs(segs, v, basis)?;
         let tasks = chunk_tasks(segs, self.chunk)?;
-        let mut p = Partials::zeros(basis.len(), segs.len())?;
-        self.partials_into(&tasks, Some(v), basis, &mut p);
-        Ok(p)
+        let mut parts = Partials::zeros(k, segs.len())?;
+        let mut basis: Vec<&[T]> = Vec::with_capacity(k);
+        if p.out_in_basis {
+            basis.push(&**p.out.out());
+        }
+        basis.extend(p.basis.iter().map(|b| &**b));
+        self.partials_into(&tasks, Some((p.v, p.v0)), &basis, &mut parts);
+        Ok(parts)
     }
 
     /// Chunk partials in parallel, then per-segment sums in chunk order.
+    #[allow(clippy::type_complexity)]
     fn partials_into<T: Element>(
         &self,
         tasks: &[ChunkTask],
-        v: Option<&[T]>,
+        v: Option<(&[T], Option<&[T]>)>,
         basis: &[&[T]],
         p: &mut Partials,
     ) {
@@ -129,7 +135,11 @@ impl CpuBackend {
                 .map(|t| {
                     let r = t.start..t.end;
                     let bs: Vec<&[T]> = basis.iter().map(|b| &b[r.clone()]).collect();
-                    kernels::chunk_partial(v.map(|v| &v[r.clone()]), &bs)
+                    kernels::chunk_partial(
+                        v.map(|(v, _)| &v[r.clone()]),
+                        v.and_then(|(_, v0)| v0).map(|v0| &v0[r.clone()]),
+                        &bs,
+                    )
                 })
                 .collect()
         });
@@ -155,77 +165,59 @@ impl CpuBackend {
         }
     }
 
-    /// Pass 2 of the split form: solves each segment from `partials` (possibly summed over
-    /// shards) and writes `alpha·base + beta·(v - P v)`. Returns each segment's rank, at
-    /// most k (not capped by the local segment length: the partials may be summed over
-    /// shards; [`CpuBackend::project_out`] also caps at the length, `crate::solve`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn apply<T: Element>(
-        &self,
-        segs: &Segments,
-        v: &[T],
-        basis: &[&[T]],
-        partials: &Partials,
-        out: Output<'_, T>,
-        alpha: f64,
-        beta: Beta<'_>,
-        opts: &ProjectOptions,
-    ) -> Result<Vec<u32>> {
-        self.apply_capped(segs, v, basis, partials, out, alpha, beta, opts, false)
-    }
-
-    /// [`CpuBackend::apply`]; `cap_by_len` also caps each rank at the segment's length.
-    #[allow(clippy::too_many_arguments)]
+    /// Pass 2 on validated arguments; `cap_by_len` also caps each rank at the segment's
+    /// length (the partials are the segment's own, `crate::solve`).
     fn apply_capped<T: Element>(
         &self,
         segs: &Segments,
-        v: &[T],
-        basis: &[&[T]],
         partials: &Partials,
-        out: Output<'_, T>,
-        alpha: f64,
-        beta: Beta<'_>,
-        opts: &ProjectOptions,
+        p: HostProjection<'_, T>,
+        k: usize,
         cap_by_len: bool,
     ) -> Result<Vec<u32>> {
-        check_project(segs, v, basis, &out, alpha, &beta, opts)?;
-        let k = basis.len();
         partials.check_shape(segs, k)?;
         let mut coef = vec![0.0f64; segs.len() * k];
         let ranks: Vec<u32> = (0..segs.len())
             .map(|s| {
                 solve_segment(
                     k,
-                    partials.segment(s),
+                    partials.seg(s),
                     if cap_by_len {
                         segs.seg_len(s).min(k)
                     } else {
                         k
                     },
-                    opts.tol,
-                    opts.ridge,
+                    p.opts.tol,
+                    p.opts.ridge,
                     &mut coef[s * k..(s + 1) * k],
                 )
             })
             .collect();
         let tasks = chunk_tasks(segs, self.chunk)?;
-        let (mode, out) = out.split();
+        let (v, v0, extra, b0_out) = (p.v, p.v0, p.basis, p.out_in_basis);
+        let (alpha, beta) = (p.alpha, p.beta);
+        let (mode, out) = p.out.split();
         let outs = split_by_tasks(out, &tasks);
         self.run(|| {
             tasks.par_iter().zip(outs).for_each(|(t, o)| {
                 let r = t.start..t.end;
-                let bs: Vec<&[T]> = basis.iter().map(|b| &b[r.clone()]).collect();
+                let bs: Vec<&[T]> = extra.iter().map(|b| &b[r.clone()]).collect();
                 let mode = match mode {
                     BaseMode::Slice(b) => BaseMode::Slice(&b[r.clone()]),
                     BaseMode::None => BaseMode::None,
                     BaseMode::InPlace => BaseMode::InPlace,
                 };
+                let x = kernels::ApplyIn {
+                    v: &v[r.clone()],
+                    v0: v0.map(|v0| &v0[r.clone()]),
+                    basis: &bs,
+                    b0_out,
+                };
                 kernels::chunk_apply(
-                    &v[r.clone()],
-                    &bs,
+                    x,
                     &coef[t.seg * k..(t.seg + 1) * k],
                     alpha,
-                    beta.get(t.seg),
+                    beta.at(t.seg),
                     mode,
                     o,
                 );
@@ -234,27 +226,8 @@ impl CpuBackend {
         Ok(ranks)
     }
 
-    /// Both passes: `out = alpha·base + beta·(v - P v)` per segment. Returns each
-    /// segment's rank.
-    #[allow(clippy::too_many_arguments)]
-    pub fn project_out<T: Element>(
-        &self,
-        segs: &Segments,
-        v: &[T],
-        basis: &[&[T]],
-        out: Output<'_, T>,
-        alpha: f64,
-        beta: Beta<'_>,
-        opts: &ProjectOptions,
-    ) -> Result<Vec<u32>> {
-        check_project(segs, v, basis, &out, alpha, &beta, opts)?;
-        let p = self.partials(segs, v, basis)?;
-        self.apply_capped(segs, v, basis, &p, out, alpha, beta, opts, true)
-    }
-
-    /// Orthonormalises the k basis vectors of every segment in place (CholQR2, see the
-    /// module docs); dropped vectors become zeros. Returns each segment's rank.
-    pub fn orthonormalize<T: Element>(
+    /// CholQR2 (see the module docs).
+    fn orthonormalize_impl<T: Element>(
         &self,
         segs: &Segments,
         basis: &mut [&mut [T]],
@@ -281,7 +254,7 @@ impl CpuBackend {
                 let max_rank = segs.seg_len(s).min(k);
                 *rank = orth_segment(
                     k,
-                    p.segment(s),
+                    p.seg(s),
                     max_rank,
                     tol,
                     &mut m[s * k * k..(s + 1) * k * k],
@@ -302,6 +275,63 @@ impl CpuBackend {
             });
         }
         Ok(ranks)
+    }
+}
+
+/// Host slices; `project_out` = pass 1 + pass 2 (module docs), `orthonormalize` = CholQR2.
+impl Backend for CpuBackend {
+    type Src<'a, T: Element + 'a> = &'a [T];
+    type Dst<'a, T: Element + 'a> = &'a mut [T];
+    type Ranks = Vec<u32>;
+
+    fn share<'b, 'a: 'b, T: Element>(s: &'b &'a [T]) -> &'b [T] {
+        s
+    }
+
+    fn reborrow<'b, 'a: 'b, T: Element>(d: &'b mut &'a mut [T]) -> &'b mut [T] {
+        d
+    }
+
+    fn project_out<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        p: Projection<'_, &'a [T], &'a mut [T]>,
+    ) -> Result<Vec<u32>> {
+        let k = p.validate(segs)?;
+        let parts = self.partials_of(segs, &p, k)?;
+        self.apply_capped(segs, &parts, p, k, true)
+    }
+
+    fn partials<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        p: &Projection<'_, &'a [T], &'a mut [T]>,
+    ) -> Result<Partials> {
+        let k = p.validate_inputs(segs)?;
+        self.partials_of(segs, p, k)
+    }
+
+    fn apply<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        partials: &Partials,
+        p: Projection<'_, &'a [T], &'a mut [T]>,
+    ) -> Result<Vec<u32>> {
+        let k = p.validate(segs)?;
+        self.apply_capped(segs, partials, p, k, false)
+    }
+
+    fn orthonormalize<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        basis: &mut [&'a mut [T]],
+        tol: f64,
+    ) -> Result<Vec<u32>> {
+        self.orthonormalize_impl(segs, basis, tol)
+    }
+
+    fn copy<'a, T: Element>(&self, src: &'a [T], dst: &'a mut [T]) -> Result<()> {
+        crate::backend::host_copy(src, dst)
     }
 }
 

@@ -33,7 +33,7 @@
 //! # Ok::<(), redreg::Error>(())
 //! ```
 
-use super::{cuda_available, CudaBackend, CudaElement};
+use super::{cuda_available, CudaBackend, Element};
 use crate::error::{invalid, Error, Result};
 use cudarc::driver::{sys, CudaContext, CudaSlice, CudaView, CudaViewMut};
 use std::mem::ManuallyDrop;
@@ -45,7 +45,7 @@ pub struct ForeignSlice<T> {
     inner: ManuallyDrop<CudaSlice<T>>,
 }
 
-impl<T: CudaElement> ForeignSlice<T> {
+impl<T: Element> ForeignSlice<T> {
     /// Wraps the device address `ptr` of `len` elements.
     ///
     /// `Err` for a null pointer with `len > 0`, an address not aligned to `T`, a range that

@@ -17,8 +17,8 @@
 //! [`Error::CudaUnavailable`] instead.
 //!
 //! # Operations
-//! See [`CudaBackend::project_out`], [`CudaBackend::partials`], [`CudaBackend::apply`],
-//! [`CudaBackend::orthonormalize`] (module `project`, `kernels/project.cu`).
+//! [`CudaBackend`] implements [`crate::Backend`] on cudarc views ([`CudaProjection`];
+//! module `project`, `kernels/project.cu`).
 
 mod checks;
 mod foreign;
@@ -30,7 +30,7 @@ mod ranks;
 pub use cudarc;
 pub use foreign::ForeignSlice;
 pub use loading::{nvrtc_compile_cubin, KernelPath};
-pub use project::DeviceOutput;
+pub use project::CudaProjection;
 pub use ranks::DeviceRanks;
 
 pub(crate) use checks::{byte_range, check_buffer_context, check_no_alias, ByteRange};
@@ -39,7 +39,7 @@ use crate::dtype::Element;
 use crate::error::{Error, Result};
 use crate::segments::Segments;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, DeviceSlice,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -64,12 +64,17 @@ include!(concat!(env!("OUT_DIR"), "/redreg_kernels.rs"));
 /// True when this build embeds nvcc-compiled fatbins (else NVRTC compiles at run time).
 pub const PREBUILT_KERNELS: bool = cfg!(redreg_prebuilt_kernels);
 
-/// Element types of the CUDA backend: f32, f16, bf16 (cudarc's `f16` feature makes the
-/// `half` types device-representable).
-pub trait CudaElement: Element + DeviceRepr + ValidAsZeroBits {}
-impl CudaElement for f32 {}
-impl CudaElement for half::f16 {}
-impl CudaElement for half::bf16 {}
+impl<T> crate::projection::Buffer for CudaView<'_, T> {
+    fn len(&self) -> usize {
+        DeviceSlice::len(self)
+    }
+}
+
+impl<T> crate::projection::Buffer for CudaViewMut<'_, T> {
+    fn len(&self) -> usize {
+        DeviceSlice::len(self)
+    }
+}
 
 /// File names under which cudarc's loader looks for the driver library (a subset of its
 /// candidates: the ones that exist on Linux and Windows installs).

@@ -4,11 +4,11 @@
 //! `CudaViewMut<T>` (`slice.as_view_mut()`), the basis a slice of views. Every buffer must
 //! cover the layout exactly (`segs.total()` elements).
 
-use super::{
-    byte_range, check_no_alias, drv, CudaBackend, CudaElement, DeviceRanks, CHUNK, THREADS,
-};
+use super::{byte_range, check_no_alias, drv, CudaBackend, DeviceRanks, CHUNK, THREADS};
+use crate::backend::Backend;
+use crate::dtype::Element;
 use crate::error::{check_len, invalid, Result};
-use crate::projection::{check_finite, check_k, Beta, Partials, ProjectOptions};
+use crate::projection::{check_k, Beta, Output, Partials, Projection};
 use crate::segments::{chunk_tasks, Segments};
 use crate::solve::{partial_stride, MAX_K};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
@@ -25,21 +25,11 @@ const FIN_CAP: i32 = 16;
 const MODE_NONE: i32 = 0;
 const MODE_BASE: i32 = 1;
 const MODE_INPLACE: i32 = 2;
+const MODE_B0_OUT: i32 = 4;
 
-/// Where [`CudaBackend::project_out`] / [`CudaBackend::apply`] write
-/// `alpha·base + beta·(v - P v)` (the device twin of [`crate::Output`]).
-#[derive(Debug)]
-pub enum DeviceOutput<'a, 'b, T> {
-    /// `out = alpha·base + beta·(v - P v)`; with `base = None`, `out = beta·(v - P v)`.
-    Write {
-        /// Optional base term.
-        base: Option<&'a CudaView<'b, T>>,
-        /// Destination (must not alias `v`, `base` or the basis).
-        out: &'a mut CudaViewMut<'b, T>,
-    },
-    /// In place: `out = alpha·out + beta·(v - P v)` (the script's `grad += beta * d_perp`).
-    Accumulate(&'a mut CudaViewMut<'b, T>),
-}
+/// A projection's arguments on device views (what [`CudaBackend`] takes as a
+/// [`Backend`]).
+pub type CudaProjection<'a, T> = Projection<'a, CudaView<'a, T>, CudaViewMut<'a, T>>;
 
 /// Device workspace of one layout, kept across calls: scratch only. Results that a caller
 /// reads later (the ranks) go to a per-call [`DeviceRanks`], never to this shared state.
@@ -148,10 +138,11 @@ impl CudaBackend {
     /// segment reduces them into `seg_partials` (project_finish's REDUCE order) and, with
     /// `solve = Some((tol, ridge, ranks))`, solves (SOLVE | CAP) into `coef` and `ranks`.
     /// One launch.
-    fn launch_partials<T: CudaElement>(
+    fn launch_partials<T: Element>(
         &self,
         ws: &mut Workspace,
         v: &CudaView<'_, T>,
+        v0: Option<&CudaView<'_, T>>,
         basis: &[CudaView<'_, T>],
         solve: Option<(f64, f64, &mut DeviceRanks)>,
     ) -> Result<()> {
@@ -165,6 +156,10 @@ impl CudaBackend {
         let null = 0u64;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&ws.tasks).arg(v);
+        match v0 {
+            Some(v0) => b.arg(v0),
+            None => b.arg(&null),
+        };
         for bi in basis {
             b.arg(bi);
         }
@@ -188,10 +183,11 @@ impl CudaBackend {
             None => b.arg(&null),
         };
         debug_assert!(n_seg > 0, "tasks imply segments");
-        // SAFETY: signature project_partials_<dt>_k<k>(tasks, v, b0..b7, chunk_partials,
+        // SAFETY: signature project_partials_<dt>_k<k>(tasks, v, v0, b0..b7, chunk_partials,
         // seg_first, seg_count, mode, tol, ridge, seg_partials, coef, ranks) in
         // kernels/project.cu; tasks holds 3*n_tasks u64 with every (start, end) inside
-        // 0..segs.total(), and v and b0..b(k-1) were checked to hold segs.total() elements;
+        // 0..segs.total(), and v, v0 (or null) and b0..b(k-1) were checked to hold
+        // segs.total() elements (pass 1 only reads them, so b0 may be the destination);
         // b(k)..b7 are unused (null); chunk_partials holds n_tasks*MAX_STRIDE f64; seg_first
         // holds n_seg + 1 task indices (each segment's tasks contiguous); seg_count holds
         // n_seg u32, all 0 (zeroed at creation, reset by each segment's last block);
@@ -257,23 +253,20 @@ impl CudaBackend {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn launch_apply<T: CudaElement>(
+    /// Pass 2 over every task: `out = alpha·base + beta·(x - Σ w_i b_i)` with `coef` from
+    /// the workspace. `extra` is the basis after the destination when `b0_out`.
+    fn launch_apply<T: Element>(
         &self,
         ws: &mut Workspace,
-        v: &CudaView<'_, T>,
-        basis: &[CudaView<'_, T>],
-        out: DeviceOutput<'_, '_, T>,
-        alpha: f64,
-        beta: &Beta<'_>,
+        p: CudaProjection<'_, T>,
+        k: usize,
     ) -> Result<()> {
-        let k = basis.len();
-        let (beta_scalar, per_seg) = match beta {
-            Beta::Scalar(b) => (*b, false),
+        let (beta_scalar, per_seg) = match p.beta {
+            Beta::Scalar(b) => (b, false),
             Beta::PerSegment(bs) => {
                 if !bs.is_empty() {
                     self.stream
-                        .memcpy_htod(*bs, &mut ws.beta.slice_mut(0..bs.len()))
+                        .memcpy_htod(bs, &mut ws.beta.slice_mut(0..bs.len()))
                         .map_err(drv)?;
                 }
                 (0.0, true)
@@ -285,14 +278,24 @@ impl CudaBackend {
         let name = format!("project_apply_{}_k{k}", T::DTYPE.name());
         let f = self.function(MODULE, &name)?;
         let null = 0u64;
-        let (mode, base, out) = match out {
-            DeviceOutput::Write { base: None, out } => (MODE_NONE, None, out),
-            DeviceOutput::Write { base: Some(b), out } => (MODE_BASE, Some(b), out),
-            DeviceOutput::Accumulate(out) => (MODE_INPLACE, None, out),
+        let b0_out = p.out_in_basis;
+        let (mode, base, mut out) = match p.out {
+            Output::Write { base: None, out } => (MODE_NONE, None, out),
+            Output::Write { base: Some(b), out } => (MODE_BASE, Some(b), out),
+            Output::Accumulate(out) => (MODE_INPLACE, None, out),
         };
+        let mode = if b0_out { mode | MODE_B0_OUT } else { mode };
+        let (alpha, v, v0) = (p.alpha, p.v, p.v0);
         let mut b = self.stream.launch_builder(&f);
-        b.arg(&ws.tasks).arg(v);
-        for bi in basis {
+        b.arg(&ws.tasks).arg(&v);
+        match &v0 {
+            Some(v0) => b.arg(v0),
+            None => b.arg(&null),
+        };
+        if b0_out {
+            b.arg(&null);
+        }
+        for bi in p.basis {
             b.arg(bi);
         }
         for _ in k..MAX_K {
@@ -305,180 +308,75 @@ impl CudaBackend {
             b.arg(&null);
         }
         b.arg(&beta_scalar).arg(&alpha).arg(&mode);
-        match base {
+        match &base {
             Some(base) => b.arg(base),
             None => b.arg(&null),
         };
-        b.arg(out);
-        // SAFETY: signature project_apply_<dt>_k<k>(tasks, v, b0..b7, coef, beta_seg,
-        // beta_scalar, alpha, mode, base, out); v, basis, base and out were checked to hold
-        // segs.total() elements and every task lies inside; coef holds k values per segment
-        // written by project_finish (or zeros for k = 0, never read); beta_seg is null or
-        // holds n_seg f64; base is null unless mode == BASE; out does not alias the inputs
-        // (Rust borrows: `&mut` vs `&`).
+        b.arg(&mut out);
+        // SAFETY: signature project_apply_<dt>_k<k>(tasks, v, v0, b0..b7, coef, beta_seg,
+        // beta_scalar, alpha, mode, base, out); v, v0 (or null), basis, base and out were
+        // checked to hold segs.total() elements and every task lies inside; with the B0_OUT
+        // flag (mode INPLACE only, checked) b0 is null and the kernel takes basis vector 0
+        // from out's value read before the write; coef holds k values per segment written
+        // by the solve (or zeros for k = 0, never read); beta_seg is null or holds n_seg
+        // f64; base is null unless mode == BASE; out does not alias the inputs (checked by
+        // check_no_alias).
         unsafe { b.launch(cfg(grid(ws.n_tasks, "chunk tasks")?, THREADS)) }.map_err(drv)?;
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn validate_project<T>(
+    /// The projection's checks on the device: [`Projection::validate`], every buffer in this
+    /// backend's context, no overlap between the destination and any input. Returns k.
+    fn validate_device<T: Element>(
         &self,
         segs: &Segments,
-        v: &CudaView<'_, T>,
-        basis: &[CudaView<'_, T>],
-        out: &DeviceOutput<'_, '_, T>,
-        alpha: f64,
-        beta: &Beta<'_>,
-        opts: &ProjectOptions,
-    ) -> Result<()> {
-        let lens: Vec<usize> = basis.iter().map(|b| b.len()).collect();
-        Self::check_basis(segs, Some(v.len()), &lens)?;
-        self.check_context("v", v)?;
-        for b in basis {
-            self.check_context("basis", b)?;
-        }
-        match out {
-            DeviceOutput::Write { base, out } => {
-                segs.check_buffer("out", out.len())?;
-                self.check_context("out", *out)?;
-                if let Some(b) = base {
-                    segs.check_buffer("base", b.len())?;
-                    self.check_context("base", *b)?;
-                }
-            }
-            DeviceOutput::Accumulate(out) => {
-                segs.check_buffer("out", out.len())?;
-                self.check_context("out", *out)?;
-            }
-        }
-        // No aliasing between the output and any input (ForeignSlice can make it).
-        let s = &*self.stream;
-        let mut inputs = vec![("v", byte_range(v, s))];
-        inputs.extend(basis.iter().map(|b| ("basis", byte_range(b, s))));
-        let out_range = match out {
-            DeviceOutput::Write { base, out } => {
-                if let Some(b) = base {
-                    inputs.push(("base", byte_range(*b, s)));
-                }
-                byte_range(*out, s)
-            }
-            DeviceOutput::Accumulate(out) => byte_range(*out, s),
+        p: &CudaProjection<'_, T>,
+        with_out: bool,
+    ) -> Result<usize> {
+        let k = if with_out {
+            p.validate(segs)?
+        } else {
+            p.validate_inputs(segs)?
         };
-        check_no_alias("out", out_range, &inputs)?;
-        check_finite("alpha", alpha)?;
-        beta.validate(segs.len())?;
-        opts.validate()
-    }
-
-    /// Both passes, asynchronously on [`CudaBackend::stream`]:
-    /// `out = alpha·base + beta·(v - P v)` per segment, `P` the projector onto the span of
-    /// the segment's basis vectors (same method and options as [`crate::reference::project_out`]).
-    /// Launches: pass 1 with the per-segment reduce + solve folded in (done by the last block
-    /// of each segment), then pass 2 — 2 kernels for any number of segments; 1 for k = 0. Returns this call's ranks (at most `min(length, k)` per
-    /// segment), on the device: [`DeviceRanks::to_vec`] reads them.
-    #[allow(clippy::too_many_arguments)]
-    pub fn project_out<T: CudaElement>(
-        &self,
-        segs: &Segments,
-        v: &CudaView<'_, T>,
-        basis: &[CudaView<'_, T>],
-        out: DeviceOutput<'_, '_, T>,
-        alpha: f64,
-        beta: Beta<'_>,
-        opts: &ProjectOptions,
-    ) -> Result<DeviceRanks> {
-        self.validate_project(segs, v, basis, &out, alpha, &beta, opts)?;
-        let k = basis.len();
-        let mut ranks = DeviceRanks::zeros(&self.stream, segs.len())?;
-        self.with_workspace(segs, |ws| {
-            if k > 0 {
-                let solve = Some((opts.tol, opts.ridge, &mut ranks));
-                self.launch_partials(ws, v, basis, solve)?;
-            }
-            self.launch_apply(ws, v, basis, out, alpha, &beta)
-        })?;
-        Ok(ranks)
-    }
-
-    /// Pass 1 of the split form: per segment the Gram matrix and `Bᵀv`, summed on the
-    /// device in a fixed order and copied to the host — this call **synchronises** the
-    /// stream. Sum the partials of all shards (all-reduce) and pass them to
-    /// [`CudaBackend::apply`].
-    pub fn partials<T: CudaElement>(
-        &self,
-        segs: &Segments,
-        v: &CudaView<'_, T>,
-        basis: &[CudaView<'_, T>],
-    ) -> Result<Partials> {
-        let lens: Vec<usize> = basis.iter().map(|b| b.len()).collect();
-        Self::check_basis(segs, Some(v.len()), &lens)?;
-        self.check_context("v", v)?;
-        for b in basis {
+        let s = &*self.stream;
+        self.check_context("v", &p.v)?;
+        let mut inputs = vec![("v", byte_range(&p.v, s))];
+        if let Some(v0) = &p.v0 {
+            self.check_context("v0", v0)?;
+            inputs.push(("v0", byte_range(v0, s)));
+        }
+        for b in p.basis {
             self.check_context("basis", b)?;
+            inputs.push(("basis", byte_range(b, s)));
         }
-        let k = basis.len();
-        if k == 0 || segs.is_empty() {
-            return Partials::zeros(k, segs.len());
+        if let Some(b) = p.out.base() {
+            self.check_context("base", b)?;
+            inputs.push(("base", byte_range(b, s)));
         }
-        self.with_workspace(segs, |ws| {
-            // One launch: the fold reduces each segment's chunks (no solve).
-            self.launch_partials(ws, v, basis, None)?;
-            let stride = partial_stride(k);
-            let n = segs.len() * stride;
-            let mut data = self
-                .stream
-                .clone_dtoh(&ws.seg_partials.slice(0..n))
-                .map_err(drv)?;
-            // Empty segments have no chunk, hence no last block: their partials are 0 (the
-            // workspace may hold another call's values there, e.g. apply's uploaded ones).
-            for s in 0..segs.len() {
-                if segs.seg_len(s) == 0 {
-                    data[s * stride..(s + 1) * stride].fill(0.0);
-                }
-            }
-            Partials::from_vec(k, segs.len(), data)
-        })
+        if with_out || p.out_in_basis {
+            let out = p.out.out();
+            self.check_context("out", out)?;
+            check_no_alias("out", byte_range(out, s), &inputs)?;
+        }
+        Ok(k)
     }
 
-    /// Pass 2 of the split form: solves each segment from host `partials` (possibly summed
-    /// over shards; uploaded, a small host-to-device copy) and writes the output like
-    /// [`CudaBackend::project_out`]. Asynchronous. Returns this call's ranks, at most k per
-    /// segment (not capped by the local length: the partials may be summed over shards).
-    #[allow(clippy::too_many_arguments)]
-    pub fn apply<T: CudaElement>(
+    /// Pass 1 into the workspace; `solve` as [`CudaBackend::launch_partials`].
+    fn partials_device<T: Element>(
         &self,
-        segs: &Segments,
-        v: &CudaView<'_, T>,
-        basis: &[CudaView<'_, T>],
-        partials: &Partials,
-        out: DeviceOutput<'_, '_, T>,
-        alpha: f64,
-        beta: Beta<'_>,
-        opts: &ProjectOptions,
-    ) -> Result<DeviceRanks> {
-        self.validate_project(segs, v, basis, &out, alpha, &beta, opts)?;
-        let k = basis.len();
-        partials.check_shape(segs, k)?;
-        check_len(
-            "partials",
-            segs.len() * partial_stride(k),
-            partials.as_slice().len(),
-        )?;
-        let mut ranks = DeviceRanks::zeros(&self.stream, segs.len())?;
-        self.with_workspace(segs, |ws| {
-            if k > 0 && !segs.is_empty() {
-                let n = partials.as_slice().len();
-                self.stream
-                    .memcpy_htod(partials.as_slice(), &mut ws.seg_partials.slice_mut(0..n))
-                    .map_err(drv)?;
-                self.launch_finish(ws, k, FIN_SOLVE, opts.tol, opts.ridge, Some(&mut ranks))?;
-            }
-            self.launch_apply(ws, v, basis, out, alpha, &beta)
-        })?;
-        Ok(ranks)
+        ws: &mut Workspace,
+        p: &CudaProjection<'_, T>,
+        solve: Option<(f64, f64, &mut DeviceRanks)>,
+    ) -> Result<()> {
+        let mut basis: Vec<CudaView<'_, T>> = Vec::with_capacity(MAX_K);
+        if p.out_in_basis {
+            basis.push(p.out.out().as_view());
+        }
+        basis.extend(p.basis.iter().map(|b| b.slice(..)));
+        self.launch_partials(ws, &p.v, p.v0.as_ref(), &basis, solve)
     }
 
-    fn launch_orth_partials<T: CudaElement>(
+    fn launch_orth_partials<T: Element>(
         &self,
         ws: &mut Workspace,
         basis: &[CudaView<'_, T>],
@@ -509,7 +407,7 @@ impl CudaBackend {
         Ok(())
     }
 
-    fn launch_orth_apply<T: CudaElement>(
+    fn launch_orth_apply<T: Element>(
         &self,
         ws: &mut Workspace,
         basis: &mut [CudaViewMut<'_, T>],
@@ -544,7 +442,7 @@ impl CudaBackend {
     /// [`crate::solve::orth_segment`] (at most `min(length, k)`); dropped vectors become
     /// zero. Asynchronous; returns this call's ranks on the device. 5 launches for any
     /// number of segments.
-    pub fn orthonormalize<T: CudaElement>(
+    fn orthonormalize_device<T: Element>(
         &self,
         segs: &Segments,
         basis: &mut [CudaViewMut<'_, T>],
@@ -606,5 +504,120 @@ impl CudaBackend {
             self.function(MODULE, &n)?;
         }
         Ok(())
+    }
+}
+
+/// Device views; `project_out` = 2 launches (pass 1 with the per-segment reduce and solve
+/// folded in, pass 2), 1 for k = 0; `apply` = solve + pass 2; `partials` = 1 launch and a
+/// synchronising copy; `orthonormalize` = 5 launches. All asynchronous on
+/// [`CudaBackend::stream`] unless said otherwise; each call returns its own
+/// [`DeviceRanks`].
+impl Backend for CudaBackend {
+    type Src<'a, T: Element + 'a> = CudaView<'a, T>;
+    type Dst<'a, T: Element + 'a> = CudaViewMut<'a, T>;
+    type Ranks = DeviceRanks;
+
+    fn share<'b, 'a: 'b, T: Element>(s: &'b CudaView<'a, T>) -> CudaView<'b, T> {
+        s.slice(..)
+    }
+
+    fn reborrow<'b, 'a: 'b, T: Element>(d: &'b mut CudaViewMut<'a, T>) -> CudaViewMut<'b, T> {
+        d.slice_mut(..)
+    }
+
+    fn project_out<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        p: Projection<'_, CudaView<'a, T>, CudaViewMut<'a, T>>,
+    ) -> Result<DeviceRanks> {
+        let k = self.validate_device(segs, &p, true)?;
+        let mut ranks = DeviceRanks::zeros(&self.stream, segs.len())?;
+        self.with_workspace(segs, |ws| {
+            if k > 0 {
+                let solve = Some((p.opts.tol, p.opts.ridge, &mut ranks));
+                self.partials_device(ws, &p, solve)?;
+            }
+            self.launch_apply(ws, p, k)
+        })?;
+        Ok(ranks)
+    }
+
+    /// One launch, then a copy to the host: **synchronises** the stream.
+    fn partials<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        p: &Projection<'_, CudaView<'a, T>, CudaViewMut<'a, T>>,
+    ) -> Result<Partials> {
+        let k = self.validate_device(segs, p, false)?;
+        if k == 0 || segs.is_empty() {
+            return Partials::zeros(k, segs.len());
+        }
+        self.with_workspace(segs, |ws| {
+            // One launch: the fold reduces each segment's chunks (no solve).
+            self.partials_device(ws, p, None)?;
+            let stride = partial_stride(k);
+            let n = segs.len() * stride;
+            let mut data = self
+                .stream
+                .clone_dtoh(&ws.seg_partials.slice(0..n))
+                .map_err(drv)?;
+            // Empty segments have no chunk, hence no last block: their partials are 0 (the
+            // workspace may hold another call's values there, e.g. apply's uploaded ones).
+            for s in 0..segs.len() {
+                if segs.seg_len(s) == 0 {
+                    data[s * stride..(s + 1) * stride].fill(0.0);
+                }
+            }
+            Partials::from_vec(k, segs.len(), data)
+        })
+    }
+
+    /// Uploads `partials` (a small host-to-device copy), solves on the device, pass 2.
+    fn apply<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        partials: &Partials,
+        p: Projection<'_, CudaView<'a, T>, CudaViewMut<'a, T>>,
+    ) -> Result<DeviceRanks> {
+        let k = self.validate_device(segs, &p, true)?;
+        partials.check_shape(segs, k)?;
+        check_len(
+            "partials",
+            segs.len() * partial_stride(k),
+            partials.as_slice().len(),
+        )?;
+        let mut ranks = DeviceRanks::zeros(&self.stream, segs.len())?;
+        let (tol, ridge) = (p.opts.tol, p.opts.ridge);
+        self.with_workspace(segs, |ws| {
+            if k > 0 && !segs.is_empty() {
+                let n = partials.as_slice().len();
+                self.stream
+                    .memcpy_htod(partials.as_slice(), &mut ws.seg_partials.slice_mut(0..n))
+                    .map_err(drv)?;
+                self.launch_finish(ws, k, FIN_SOLVE, tol, ridge, Some(&mut ranks))?;
+            }
+            self.launch_apply(ws, p, k)
+        })?;
+        Ok(ranks)
+    }
+
+    fn orthonormalize<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        basis: &mut [CudaViewMut<'a, T>],
+        tol: f64,
+    ) -> Result<DeviceRanks> {
+        self.orthonormalize_device(segs, basis, tol)
+    }
+
+    /// Device to device, asynchronous.
+    fn copy<'a, T: Element>(&self, src: CudaView<'a, T>, mut dst: CudaViewMut<'a, T>) -> Result<()> {
+        check_len("copy destination", src.len(), dst.len())?;
+        self.check_context("src", &src)?;
+        self.check_context("dst", &dst)?;
+        if src.len() == 0 {
+            return Ok(());
+        }
+        self.stream.memcpy_dtod(&src, &mut dst).map_err(drv)
     }
 }

@@ -72,3 +72,10 @@ impl DeviceRanks {
             .map_err(drv)
     }
 }
+
+impl crate::backend::RankList for DeviceRanks {
+    /// Copies the ranks to the host. **Synchronises** the stream they were written on.
+    fn to_vec(&self) -> Result<Vec<u32>> {
+        DeviceRanks::to_vec(self)
+    }
+}

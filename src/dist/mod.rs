@@ -33,7 +33,7 @@ pub use local::ThreadGroup;
 pub use mpi::MpiComm;
 #[cfg(feature = "nccl")]
 pub use nccl::NcclComm;
-pub use sharded::{project_sharded, SplitForm};
+pub use sharded::project_sharded;
 
 use crate::error::{invalid, Result};
 

@@ -1,0 +1,162 @@
+//! [`Backend`]: the one interface of the projection, implemented by the f64 oracle
+//! ([`Reference`]), the multi-threaded [`crate::CpuBackend`] and (feature `cuda`) the
+//! `CudaBackend`. Code generic over it — [`crate::controller`], [`crate::dist`], the candle
+//! adapter, the benches — runs on any of them.
+//!
+//! Buffers are the backend's own: host slices (`&[T]`, `&mut [T]`) for the reference and
+//! the CPU backend, cudarc views (`CudaView`, `CudaViewMut`) for CUDA. Ranks come back per
+//! call: a `Vec<u32>` on the host, a `DeviceRanks` on CUDA (read with
+//! [`RankList::to_vec`], which synchronises) — never shared state.
+//!
+//! # Adding an operation
+//! A projection-like operation is a kernel (`kernels/project.cu`), its codes in the ABI
+//! table, its oracle in [`crate::reference`] and one method here implemented per backend;
+//! `docs/ARCHITECTURE.md` walks through an example.
+
+use crate::dtype::Element;
+use crate::error::Result;
+use crate::projection::{Buffer, Partials, Projection};
+use crate::segments::Segments;
+
+/// The per-segment ranks one call returns.
+pub trait RankList {
+    /// The ranks on the host (a copy; on CUDA this synchronises the stream).
+    fn to_vec(&self) -> Result<Vec<u32>>;
+}
+
+impl RankList for Vec<u32> {
+    fn to_vec(&self) -> Result<Vec<u32>> {
+        Ok(self.clone())
+    }
+}
+
+/// The arguments of a projection on backend `B` with elements `T`: buffers borrowed for
+/// `'b`, the basis list for `'a`.
+pub type ProjectionOf<'a, 'b, B, T> =
+    Projection<'a, <B as Backend>::Src<'b, T>, <B as Backend>::Dst<'b, T>>;
+
+/// The projection and orthonormalisation, on one kind of buffer.
+///
+/// Every method validates its arguments first ([`Projection::validate`] plus the
+/// backend's own checks, e.g. device contexts and aliasing on CUDA) and returns `Err`
+/// without touching any buffer when they are invalid.
+pub trait Backend {
+    /// A read-only buffer of `T`.
+    type Src<'a, T: Element + 'a>: Buffer;
+    /// A writable buffer of `T`.
+    type Dst<'a, T: Element + 'a>: Buffer;
+    /// The per-segment ranks of one call.
+    type Ranks: RankList;
+
+    /// Another handle to the same elements, for a shorter time (a copy of `&[T]`; a
+    /// re-slice of a cudarc view).
+    fn share<'b, 'a: 'b, T: Element>(s: &'b Self::Src<'a, T>) -> Self::Src<'b, T>;
+
+    /// The same destination lent for a shorter time (`&mut **d`; `slice_mut(..)`).
+    fn reborrow<'b, 'a: 'b, T: Element>(d: &'b mut Self::Dst<'a, T>) -> Self::Dst<'b, T>;
+
+    /// Both passes: `out = alpha·base + beta·(x - P x)` per segment ([`Projection`]).
+    /// Ranks at most `min(segment length, k)`.
+    fn project_out<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        p: Projection<'_, Self::Src<'a, T>, Self::Dst<'a, T>>,
+    ) -> Result<Self::Ranks>;
+
+    /// Pass 1 of the split form: per segment the Gram matrix of the basis and `Bᵀx`, on
+    /// the host (on CUDA this synchronises). Partials of shards of the same segments add
+    /// up (an all-reduce sum) to those of the whole. Reads `p.v`, `p.v0`, the basis and,
+    /// with `out_in_basis`, the destination; writes nothing.
+    fn partials<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        p: &Projection<'_, Self::Src<'a, T>, Self::Dst<'a, T>>,
+    ) -> Result<Partials>;
+
+    /// Pass 2 of the split form: solves each segment from `partials` (possibly summed over
+    /// shards) and writes the output like [`Backend::project_out`]. Ranks at most k (not
+    /// capped by the local length: the partials may be summed over shards).
+    fn apply<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        partials: &Partials,
+        p: Projection<'_, Self::Src<'a, T>, Self::Dst<'a, T>>,
+    ) -> Result<Self::Ranks>;
+
+    /// Orthonormalises the k basis vectors of every segment in place; dropped vectors
+    /// become zeros. Ranks at most `min(segment length, k)`.
+    fn orthonormalize<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        basis: &mut [Self::Dst<'a, T>],
+        tol: f64,
+    ) -> Result<Self::Ranks>;
+
+    /// `dst = src` (for example the epoch-start snapshot `theta0 = theta`); on CUDA
+    /// asynchronous on the backend's stream.
+    fn copy<'a, T: Element>(&self, src: Self::Src<'a, T>, dst: Self::Dst<'a, T>) -> Result<()>;
+}
+
+/// The f64 oracle of [`crate::reference`] as a [`Backend`]: single-threaded, slow, written
+/// to be obviously correct (tests, and a fallback).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reference;
+
+impl Backend for Reference {
+    type Src<'a, T: Element + 'a> = &'a [T];
+    type Dst<'a, T: Element + 'a> = &'a mut [T];
+    type Ranks = Vec<u32>;
+
+    fn share<'b, 'a: 'b, T: Element>(s: &'b &'a [T]) -> &'b [T] {
+        s
+    }
+
+    fn reborrow<'b, 'a: 'b, T: Element>(d: &'b mut &'a mut [T]) -> &'b mut [T] {
+        d
+    }
+
+    fn project_out<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        p: Projection<'_, Self::Src<'a, T>, Self::Dst<'a, T>>,
+    ) -> Result<Vec<u32>> {
+        crate::reference::project_out(segs, p)
+    }
+
+    fn partials<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        p: &Projection<'_, Self::Src<'a, T>, Self::Dst<'a, T>>,
+    ) -> Result<Partials> {
+        crate::reference::partials(segs, p)
+    }
+
+    fn apply<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        partials: &Partials,
+        p: Projection<'_, Self::Src<'a, T>, Self::Dst<'a, T>>,
+    ) -> Result<Vec<u32>> {
+        crate::reference::apply(segs, partials, p)
+    }
+
+    fn orthonormalize<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        basis: &mut [&'a mut [T]],
+        tol: f64,
+    ) -> Result<Vec<u32>> {
+        crate::reference::orthonormalize(segs, basis, tol)
+    }
+
+    fn copy<'a, T: Element>(&self, src: &'a [T], dst: &'a mut [T]) -> Result<()> {
+        host_copy(src, dst)
+    }
+}
+
+/// `dst = src` for host slices; `Err` on different lengths.
+pub(crate) fn host_copy<T: Copy>(src: &[T], dst: &mut [T]) -> Result<()> {
+    crate::error::check_len("copy destination", src.len(), dst.len())?;
+    dst.copy_from_slice(src);
+    Ok(())
+}
