@@ -55,6 +55,9 @@ pub trait Backend {
     /// The same destination lent for a shorter time (`&mut **d`; `slice_mut(..)`).
     fn reborrow<'b, 'a: 'b, T: Element>(d: &'b mut Self::Dst<'a, T>) -> Self::Dst<'b, T>;
 
+    /// A destination read as a source (`&**d`; `as_view()`).
+    fn view<'b, 'a: 'b, T: Element>(d: &'b Self::Dst<'a, T>) -> Self::Src<'b, T>;
+
     /// Both passes: `out = alpha·base + beta·(x - P x)` per segment ([`Projection`]).
     /// Ranks at most `min(segment length, k)`.
     fn project_out<'a, T: Element>(
@@ -63,14 +66,17 @@ pub trait Backend {
         p: Projection<'_, Self::Src<'a, T>, Self::Dst<'a, T>>,
     ) -> Result<Self::Ranks>;
 
-    /// Pass 1 of the split form: per segment the Gram matrix of the basis and `Bᵀx`, on
-    /// the host (on CUDA this synchronises). Partials of shards of the same segments add
-    /// up (an all-reduce sum) to those of the whole. Reads `p.v`, `p.v0`, the basis and,
-    /// with `out_in_basis`, the destination; writes nothing.
+    /// Pass 1 of the split form: per segment the Gram matrix of the basis and `Bᵀx`
+    /// (`x = v`, or `v - v0` in f64), on the host (on CUDA this synchronises). Partials of
+    /// shards of the same segments add up (an all-reduce sum) to those of the whole.
+    /// For a projection `p` these are `p.v`, `p.v0` and its basis (with the destination
+    /// first when `p.out_in_basis`: [`Backend::view`]).
     fn partials<'a, T: Element>(
         &self,
         segs: &Segments,
-        p: &Projection<'_, Self::Src<'a, T>, Self::Dst<'a, T>>,
+        v: Self::Src<'a, T>,
+        v0: Option<Self::Src<'a, T>>,
+        basis: &[Self::Src<'a, T>],
     ) -> Result<Partials>;
 
     /// Pass 2 of the split form: solves each segment from `partials` (possibly summed over
@@ -115,6 +121,10 @@ impl Backend for Reference {
         d
     }
 
+    fn view<'b, 'a: 'b, T: Element>(d: &'b &'a mut [T]) -> &'b [T] {
+        d
+    }
+
     fn project_out<'a, T: Element>(
         &self,
         segs: &Segments,
@@ -126,9 +136,11 @@ impl Backend for Reference {
     fn partials<'a, T: Element>(
         &self,
         segs: &Segments,
-        p: &Projection<'_, Self::Src<'a, T>, Self::Dst<'a, T>>,
+        v: &'a [T],
+        v0: Option<&'a [T]>,
+        basis: &[&'a [T]],
     ) -> Result<Partials> {
-        crate::reference::partials(segs, p)
+        crate::reference::partials(segs, v, v0, basis)
     }
 
     fn apply<'a, T: Element>(

@@ -287,6 +287,14 @@ impl<'a, S, D> Projection<'a, S, D> {
     }
 }
 
+impl<'a, T> Projection<'a, &'a [T], &'a mut [T]> {
+    /// [`Projection::new`] with the host buffer types spelled out, so that `&vec` and
+    /// `&mut vec` coerce to slices at the call site (a generic `new` infers `&Vec<T>`).
+    pub fn host(v: &'a [T], basis: &'a [&'a [T]], out: Output<&'a [T], &'a mut [T]>) -> Self {
+        Self::new(v, basis, out)
+    }
+}
+
 impl<S: Buffer, D: Buffer> Projection<'_, S, D> {
     /// Checks everything against the layout before any data is touched (the one
     /// validation of every backend): `k <= 8`, every buffer covers `segs`, `alpha`, `beta`
@@ -308,13 +316,7 @@ impl<S: Buffer, D: Buffer> Projection<'_, S, D> {
     /// the basis).
     pub(crate) fn validate_inputs(&self, segs: &Segments) -> Result<usize> {
         check_k(self.k())?;
-        segs.check_buffer("v", self.v.len())?;
-        if let Some(v0) = &self.v0 {
-            segs.check_buffer("v0", v0.len())?;
-        }
-        for b in self.basis {
-            segs.check_buffer("basis", b.len())?;
-        }
+        check_inputs(segs, &self.v, self.v0.as_ref(), self.basis)?;
         if self.out_in_basis {
             if !matches!(self.out, Output::Accumulate(_)) {
                 return Err(invalid(
@@ -434,6 +436,25 @@ impl Partials {
         check_count("partials k", k, self.k)?;
         check_count("partials segments", segs.len(), self.segments)
     }
+}
+
+/// `Err` unless `k = basis.len() <= MAX_K` and `v`, `v0` and every basis vector cover
+/// `segs`: the checks of pass 1 ([`crate::Backend::partials`]).
+pub fn check_inputs<S: Buffer>(
+    segs: &Segments,
+    v: &S,
+    v0: Option<&S>,
+    basis: &[S],
+) -> Result<()> {
+    check_k(basis.len())?;
+    segs.check_buffer("v", v.len())?;
+    if let Some(v0) = v0 {
+        segs.check_buffer("v0", v0.len())?;
+    }
+    for b in basis {
+        segs.check_buffer("basis", b.len())?;
+    }
+    Ok(())
 }
 
 /// `Err` unless `k <= MAX_K`.

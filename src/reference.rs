@@ -2,14 +2,17 @@
 //! Every backend (CPU and CUDA) is tested against these functions; nothing here is tuned.
 //!
 //! - [`partials`] / [`apply`]: the split form of the projection (pass 1 and pass 2).
-//! - [`project_out`]: both passes, `out = alpha·base + beta·(v - P v)` per segment.
+//! - [`project_out`]: both passes, `out = alpha·base + beta·(x - P x)` per segment
+//!   ([`Projection`]: `x = v` or `v - v0`, the destination optionally basis vector 0).
+//!
+//! [`crate::Reference`] is this module as a [`crate::Backend`].
 //! - [`orthonormalize`]: classical Gram-Schmidt with one re-orthogonalisation (CGS2).
 //! - [`residual_cgs2`]: `v - QQᵀv` through explicit CGS2 in f64 — an independent check of
 //!   the Gram-matrix method that [`project_out`] uses.
 
 use crate::dtype::Element;
 use crate::error::{invalid, Result};
-use crate::projection::{BaseMode, Output, Partials, Projection};
+use crate::projection::{BaseMode, Partials, Projection};
 use crate::segments::Segments;
 use crate::solve::{orth_segment, partial_stride, rhs_index, solve_segment, tri_index, MAX_K};
 use crate::sum::Acc;
@@ -39,15 +42,20 @@ fn basis_of<'s, T>(p: &'s HostProjection<'_, T>) -> Vec<&'s [T]> {
 
 /// Pass 1: per segment, the Gram matrix of the basis and the projections of `x`, summed
 /// sequentially with compensated f64 sums ([`crate::sum::Acc`]).
-pub fn partials<T: Element>(segs: &Segments, p: &HostProjection<'_, T>) -> Result<Partials> {
-    let k = p.validate_inputs(segs)?;
-    let basis = basis_of(p);
+pub fn partials<T: Element>(
+    segs: &Segments,
+    v: &[T],
+    v0: Option<&[T]>,
+    basis: &[&[T]],
+) -> Result<Partials> {
+    crate::projection::check_inputs(segs, &v, v0.as_ref(), basis)?;
+    let k = basis.len();
     let mut parts = Partials::zeros(k, segs.len())?;
     let st = partial_stride(k);
     for (s, r) in segs.iter().enumerate() {
         let mut acc = vec![Acc::default(); st];
         for e in r {
-            let x = x_at(p.v, p.v0, e);
+            let x = x_at(v, v0, e);
             for i in 0..k {
                 let bi = basis[i][e].to_f64();
                 for j in i..k {
@@ -126,7 +134,7 @@ fn apply_capped<T: Element>(
 /// the span of the segment's basis vectors. Returns the rank of each segment's basis.
 pub fn project_out<T: Element>(segs: &Segments, p: HostProjection<'_, T>) -> Result<Vec<u32>> {
     p.validate(segs)?;
-    let parts = partials(segs, &p)?;
+    let parts = partials(segs, p.v, p.v0, &basis_of(&p))?;
     apply_capped(segs, &parts, p, true)
 }
 
@@ -265,10 +273,7 @@ pub fn orth_coefficients<T: Element>(
     check_tol(tol)?;
     let k = basis.len();
     let zeros = vec![T::default(); segs.total()];
-    let mut none: [T; 0] = [];
-    let args: HostProjection<'_, T> =
-        Projection::new(&zeros, basis, Output::Write { base: None, out: &mut none[..] });
-    let p = partials(segs, &args)?;
+    let p = partials(segs, &zeros, None, basis)?;
     let mut m = vec![0.0; k * k * segs.len()];
     let ranks = (0..segs.len())
         .map(|s| {

@@ -4,6 +4,8 @@
 
 mod util;
 
+#[allow(unused_imports)]
+use redreg::{Backend, Projection};
 use proptest::prelude::*;
 use redreg::{
     bf16, f16, reference, Beta, CpuBackend, Element, Output, Partials, ProjectOptions, Segments,
@@ -22,7 +24,7 @@ enum Mode {
 }
 
 /// A `project_out` with everything but the buffers bound (reference or backend).
-type ProjectFn<'f, T> = &'f dyn Fn(&[T], &[&[T]], Output<'_, T>) -> redreg::Result<Vec<u32>>;
+type ProjectFn<'f, T> = &'f dyn Fn(&[T], &[&[T]], Output<&[T], &mut [T]>) -> redreg::Result<Vec<u32>>;
 
 /// Runs `project_out` through `f` in the given output mode.
 fn run<T: Element>(
@@ -90,14 +92,14 @@ fn backend_matches_reference<T: Element>(seed: u64, k: usize, mode: Mode, per_se
         .with_chunk(257)
         .unwrap();
     let (want, wr) = run(
-        &|v, b, o| reference::project_out(&segs, v, b, o, 0.5, beta, &opts),
+        &|v, b, o| reference::project_out(&segs, Projection::host(v, b, o).alpha(0.5).beta(beta).opts(opts)),
         &v,
         &b,
         &base,
         mode,
     );
     let (got, gr) = run(
-        &|v, b, o| be.project_out(&segs, v, b, o, 0.5, beta, &opts),
+        &|v, b, o| be.project_out(&segs, Projection::host(v, b, o).alpha(0.5).beta(beta).opts(opts)),
         &v,
         &b,
         &base,
@@ -140,12 +142,12 @@ proptest! {
         let v = to_t::<f32>(&rng.normals(n));
         let basis: Vec<Vec<f32>> = (0..k).map(|_| to_t(&rng.normals(n))).collect();
         let be = CpuBackend::new().with_chunk(100).unwrap();
-        let whole = be.partials(&segs, &v, &refs(&basis)).unwrap();
+        let whole = be.partials(&segs, &v, None, &refs(&basis)).unwrap();
         let mut sum = Partials::zeros(k, segs.len()).unwrap();
         for ranges in shard_layout(&mut rng, &segs, shards) {
             let lsegs = Segments::from_lengths(&ranges.iter().map(|r| r.len()).collect::<Vec<_>>()).unwrap();
             let lb: Vec<Vec<f32>> = basis.iter().map(|x| gather(x, &ranges)).collect();
-            sum.add(&be.partials(&lsegs, &gather(&v, &ranges), &refs(&lb)).unwrap()).unwrap();
+            sum.add(&be.partials(&lsegs, &gather(&v, &ranges), None, &refs(&lb)).unwrap()).unwrap();
         }
         // Compensated sums: shard order changes at most the last bits.
         for (a, b) in sum.as_slice().iter().zip(whole.as_slice()) {
@@ -166,17 +168,9 @@ fn deterministic_across_thread_counts() {
     let mut results = Vec::new();
     for threads in [1usize, 2, 8, 2] {
         let be = CpuBackend::with_threads(threads).unwrap();
-        let p = be.partials(&segs, &v, &refs(&basis)).unwrap();
+        let p = be.partials(&segs, &v, None, &refs(&basis)).unwrap();
         let mut out = grad.clone();
-        be.project_out(
-            &segs,
-            &v,
-            &refs(&basis),
-            Output::Accumulate(&mut out),
-            1.0,
-            Beta::Scalar(0.9),
-            &ProjectOptions::default(),
-        )
+        be.project_out(&segs, Projection::host(&v, &refs(&basis), Output::Accumulate(&mut out)).beta(0.9))
         .unwrap();
         let mut q = basis.clone();
         let mut views: Vec<&mut [f32]> = q.iter_mut().map(|b| b.as_mut_slice()).collect();
@@ -206,32 +200,10 @@ fn large_segment_matches_reference() {
     let opts = ProjectOptions::default();
     let mut want = vec![0f32; n];
     let mut got = vec![0f32; n];
-    reference::project_out(
-        &segs,
-        &v,
-        &refs(&basis),
-        Output::Write {
-            base: None,
-            out: &mut want,
-        },
-        1.0,
-        Beta::Scalar(1.0),
-        &opts,
-    )
+    reference::project_out(&segs, Projection::host(&v, &refs(&basis), Output::Write { base: None, out: &mut want, }).opts(opts))
     .unwrap();
     CpuBackend::new()
-        .project_out(
-            &segs,
-            &v,
-            &refs(&basis),
-            Output::Write {
-                base: None,
-                out: &mut got,
-            },
-            1.0,
-            Beta::Scalar(1.0),
-            &opts,
-        )
+        .project_out(&segs, Projection::host(&v, &refs(&basis), Output::Write { base: None, out: &mut got, }).opts(opts))
         .unwrap();
     assert_close(
         "1e6 segment",
@@ -298,15 +270,7 @@ fn errors_match_the_reference_policy() {
     let mut out = vec![0f32; 5];
     let be = CpuBackend::new();
     let e = be
-        .project_out(
-            &segs,
-            &v,
-            &[&short],
-            Output::Accumulate(&mut out),
-            1.0,
-            Beta::Scalar(1.0),
-            &ProjectOptions::default(),
-        )
+        .project_out(&segs, Projection::host(&v, &[&short], Output::Accumulate(&mut out)))
         .unwrap_err();
     assert!(e.to_string().contains("expected 5"), "{e}");
     assert!(CpuBackend::with_threads(0).is_err());

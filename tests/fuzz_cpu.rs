@@ -7,6 +7,8 @@
 
 mod util;
 
+#[allow(unused_imports)]
+use redreg::{Backend, Projection};
 use proptest::prelude::*;
 use redreg::{bf16, f16, reference, Beta, CpuBackend, Element, Output, ProjectOptions, Segments};
 use util::*;
@@ -72,24 +74,8 @@ fn fuzz_one<T: Element>(seed: u64) -> Result<(), TestCaseError> {
 
     let mut want = base.clone();
     let mut got = base.clone();
-    let wr = reference::project_out(
-        &segs,
-        &v,
-        &b,
-        Output::Accumulate(&mut want),
-        0.5,
-        Beta::Scalar(beta),
-        &opts,
-    );
-    let gr = be.project_out(
-        &segs,
-        &v,
-        &b,
-        Output::Accumulate(&mut got),
-        0.5,
-        Beta::Scalar(beta),
-        &opts,
-    );
+    let wr = reference::project_out(&segs, Projection::host(&v, &b, Output::Accumulate(&mut want)).alpha(0.5).beta(beta).opts(opts));
+    let gr = be.project_out(&segs, Projection::host(&v, &b, Output::Accumulate(&mut got)).alpha(0.5).beta(beta).opts(opts));
     let (wr, gr) = (wr.unwrap(), gr.unwrap());
     for (s, r) in segs.iter().enumerate() {
         let w = to_f64(&want[r.clone()]);
@@ -165,7 +151,7 @@ proptest! {
         let b: Vec<&[f32]> = bs.iter().map(|x| x.as_slice()).collect();
         let mut out = vec![0f32; olen];
         let betas = vec![1.0; nbeta];
-        let r = CpuBackend::new().project_out(&segs, &v, &b, Output::Accumulate(&mut out), 1.0, Beta::PerSegment(&betas), &ProjectOptions::default());
+        let r = CpuBackend::new().project_out(&segs, Projection::host(&v, &b, Output::Accumulate(&mut out)).beta(Beta::PerSegment(&betas)));
         let t = segs.total();
         let valid = vlen == t && olen == t && (k == 0 || blen == t) && k <= 8 && nbeta == segs.len();
         prop_assert_eq!(r.is_ok(), valid, "{:?}", r.err());

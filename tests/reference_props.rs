@@ -4,6 +4,8 @@
 
 mod util;
 
+#[allow(unused_imports)]
+use redreg::{Backend, Projection};
 use proptest::prelude::*;
 use redreg::{bf16, f16, reference, Beta, Element, Output, Partials, ProjectOptions, Segments};
 use util::*;
@@ -34,18 +36,7 @@ fn perp<T: Element>(
     opts: &ProjectOptions,
 ) -> (Vec<T>, Vec<u32>) {
     let mut out = vec![T::default(); v.len()];
-    let ranks = reference::project_out(
-        segs,
-        v,
-        basis,
-        Output::Write {
-            base: None,
-            out: &mut out,
-        },
-        1.0,
-        Beta::Scalar(1.0),
-        opts,
-    )
+    let ranks = reference::project_out(segs, Projection::host(v, basis, Output::Write { base: None, out: &mut out, }).opts(*opts))
     .unwrap();
     (out, ranks)
 }
@@ -135,7 +126,7 @@ proptest! {
         let g = to_t::<f32>(&rng.normals(n).iter().map(|x| x * scale).collect::<Vec<_>>());
         let grad = to_t::<f32>(&rng.normals(n));
         let mut out = grad.clone();
-        reference::project_out(&segs, &d, &[&g], Output::Accumulate(&mut out), 1.0, Beta::Scalar(beta), &ProjectOptions::default()).unwrap();
+        reference::project_out(&segs, Projection::host(&d, &[&g], Output::Accumulate(&mut out)).beta(beta)).unwrap();
         for r in segs.iter() {
             let dd = to_f64(&d[r.clone()]);
             let gg = to_f64(&g[r.clone()]);
@@ -184,7 +175,7 @@ proptest! {
         let base = to_t::<f32>(&Gen::new(seed ^ 1).normals(v.len()));
         let beta: Vec<f64> = (0..segs.len()).map(|s| 0.5 + s as f64).collect();
         let mut whole = vec![0f32; v.len()];
-        reference::project_out(&segs, &v, &b, Output::Write { base: Some(&base), out: &mut whole }, 0.7, Beta::PerSegment(&beta), &opts).unwrap();
+        reference::project_out(&segs, Projection::host(&v, &b, Output::Write { base: Some(&base), out: &mut whole }).alpha(0.7).beta(Beta::PerSegment(&beta)).opts(opts)).unwrap();
 
         let mut rng = Gen::new(seed ^ 2);
         let layout = shard_layout(&mut rng, &segs, shards);
@@ -194,13 +185,13 @@ proptest! {
             let lsegs = Segments::from_lengths(&ranges.iter().map(|r| r.len()).collect::<Vec<_>>()).unwrap();
             let lv = gather(&v, ranges);
             let lb: Vec<Vec<f32>> = basis.iter().map(|x| gather(x, ranges)).collect();
-            sum.add(&reference::partials(&lsegs, &lv, &refs(&lb)).unwrap()).unwrap();
+            sum.add(&reference::partials(&lsegs, &lv, None, &refs(&lb)).unwrap()).unwrap();
             local.push((lsegs, lv, lb, gather(&base, ranges)));
         }
         let mut sharded = vec![0f32; v.len()];
         for (ranges, (lsegs, lv, lb, lbase)) in layout.iter().zip(&local) {
             let mut lout = vec![0f32; lv.len()];
-            reference::apply(lsegs, lv, &refs(lb), &sum, Output::Write { base: Some(lbase), out: &mut lout }, 0.7, Beta::PerSegment(&beta), &opts).unwrap();
+            reference::apply(lsegs, &sum, Projection::host(lv, &refs(lb), Output::Write { base: Some(lbase), out: &mut lout }).alpha(0.7).beta(Beta::PerSegment(&beta)).opts(opts)).unwrap();
             let mut pos = 0;
             for r in ranges {
                 sharded[r.clone()].copy_from_slice(&lout[pos..pos + r.len()]);
@@ -334,104 +325,29 @@ fn bad_input_is_a_clear_error() {
     let v = vec![1f32; 5];
     let b = vec![1f32; 4];
     let mut out = vec![0f32; 5];
-    let e = reference::project_out(
-        &segs,
-        &v,
-        &[&b],
-        Output::Write {
-            base: None,
-            out: &mut out,
-        },
-        1.0,
-        Beta::Scalar(1.0),
-        &ProjectOptions::default(),
-    )
+    let e = reference::project_out(&segs, Projection::host(&v, &[&b], Output::Write { base: None, out: &mut out, }))
     .unwrap_err()
     .to_string();
     assert!(e.contains("expected 5") && e.contains("got 4"), "{e}");
     let nine: Vec<&[f32]> = vec![&v; 9];
-    let e = reference::project_out(
-        &segs,
-        &v,
-        &nine,
-        Output::Write {
-            base: None,
-            out: &mut out,
-        },
-        1.0,
-        Beta::Scalar(1.0),
-        &ProjectOptions::default(),
-    )
+    let e = reference::project_out(&segs, Projection::host(&v, &nine, Output::Write { base: None, out: &mut out, }))
     .unwrap_err()
     .to_string();
     assert!(e.contains("got 9"), "{e}");
-    let e = reference::project_out(
-        &segs,
-        &v,
-        &[],
-        Output::Write {
-            base: None,
-            out: &mut out,
-        },
-        1.0,
-        Beta::PerSegment(&[1.0]),
-        &ProjectOptions::default(),
-    )
+    let e = reference::project_out(&segs, Projection::host(&v, &[], Output::Write { base: None, out: &mut out, }).beta(Beta::PerSegment(&[1.0])))
     .unwrap_err()
     .to_string();
     assert!(e.contains("expected 2") && e.contains("got 1"), "{e}");
-    assert!(reference::project_out(
-        &segs,
-        &v,
-        &[],
-        Output::Write {
-            base: None,
-            out: &mut out
-        },
-        f64::NAN,
-        Beta::Scalar(1.0),
-        &ProjectOptions::default()
-    )
+    assert!(reference::project_out(&segs, Projection::host(&v, &[], Output::Write { base: None, out: &mut out }).alpha(f64::NAN))
     .is_err());
-    assert!(reference::project_out(
-        &segs,
-        &v,
-        &[],
-        Output::Accumulate(&mut out),
-        1.0,
-        Beta::Scalar(1.0),
-        &ProjectOptions {
-            tol: 1.5,
-            ridge: 0.0
-        }
-    )
+    assert!(reference::project_out(&segs, Projection::host(&v, &[], Output::Accumulate(&mut out)).opts(ProjectOptions { tol: 1.5, ridge: 0.0 }))
     .is_err());
     let short = vec![0f32; 4];
-    let e = reference::project_out(
-        &segs,
-        &v,
-        &[],
-        Output::Write {
-            base: Some(&short),
-            out: &mut out,
-        },
-        1.0,
-        Beta::Scalar(1.0),
-        &ProjectOptions::default(),
-    )
+    let e = reference::project_out(&segs, Projection::host(&v, &[], Output::Write { base: Some(&short), out: &mut out, }))
     .unwrap_err()
     .to_string();
     assert!(e.contains("base"), "{e}");
     let p = Partials::zeros(2, 2).unwrap();
-    assert!(reference::apply(
-        &segs,
-        &v,
-        &[&v],
-        &p,
-        Output::Accumulate(&mut out),
-        1.0,
-        Beta::Scalar(1.0),
-        &ProjectOptions::default()
-    )
+    assert!(reference::apply(&segs, &p, Projection::host(&v, &[&v], Output::Accumulate(&mut out)))
     .is_err());
 }

@@ -292,6 +292,10 @@ impl Backend for CpuBackend {
         d
     }
 
+    fn view<'b, 'a: 'b, T: Element>(d: &'b &'a mut [T]) -> &'b [T] {
+        d
+    }
+
     fn project_out<'a, T: Element>(
         &self,
         segs: &Segments,
@@ -305,10 +309,15 @@ impl Backend for CpuBackend {
     fn partials<'a, T: Element>(
         &self,
         segs: &Segments,
-        p: &Projection<'_, &'a [T], &'a mut [T]>,
+        v: &'a [T],
+        v0: Option<&'a [T]>,
+        basis: &[&'a [T]],
     ) -> Result<Partials> {
-        let k = p.validate_inputs(segs)?;
-        self.partials_of(segs, p, k)
+        crate::projection::check_inputs(segs, &v, v0.as_ref(), basis)?;
+        let tasks = chunk_tasks(segs, self.chunk)?;
+        let mut parts = Partials::zeros(basis.len(), segs.len())?;
+        self.partials_into(&tasks, Some((v, v0)), basis, &mut parts);
+        Ok(parts)
     }
 
     fn apply<'a, T: Element>(

@@ -8,7 +8,7 @@ use super::{byte_range, check_no_alias, drv, CudaBackend, DeviceRanks, CHUNK, TH
 use crate::backend::Backend;
 use crate::dtype::Element;
 use crate::error::{check_len, invalid, Result};
-use crate::projection::{check_k, Beta, Output, Partials, Projection};
+use crate::projection::{check_inputs, check_k, Beta, Output, Partials, Projection};
 use crate::segments::{chunk_tasks, Segments};
 use crate::solve::{partial_stride, MAX_K};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
@@ -525,6 +525,10 @@ impl Backend for CudaBackend {
         d.slice_mut(..)
     }
 
+    fn view<'b, 'a: 'b, T: Element>(d: &'b CudaViewMut<'a, T>) -> CudaView<'b, T> {
+        d.as_view()
+    }
+
     fn project_out<'a, T: Element>(
         &self,
         segs: &Segments,
@@ -546,15 +550,25 @@ impl Backend for CudaBackend {
     fn partials<'a, T: Element>(
         &self,
         segs: &Segments,
-        p: &Projection<'_, CudaView<'a, T>, CudaViewMut<'a, T>>,
+        v: CudaView<'a, T>,
+        v0: Option<CudaView<'a, T>>,
+        basis: &[CudaView<'a, T>],
     ) -> Result<Partials> {
-        let k = self.validate_device(segs, p, false)?;
+        check_inputs(segs, &v, v0.as_ref(), basis)?;
+        self.check_context("v", &v)?;
+        if let Some(v0) = &v0 {
+            self.check_context("v0", v0)?;
+        }
+        for b in basis {
+            self.check_context("basis", b)?;
+        }
+        let k = basis.len();
         if k == 0 || segs.is_empty() {
             return Partials::zeros(k, segs.len());
         }
         self.with_workspace(segs, |ws| {
             // One launch: the fold reduces each segment's chunks (no solve).
-            self.partials_device(ws, p, None)?;
+            self.launch_partials(ws, &v, v0.as_ref(), basis, None)?;
             let stride = partial_stride(k);
             let n = segs.len() * stride;
             let mut data = self

@@ -23,9 +23,15 @@ pub fn project_sharded<'a, T: Element, B: Backend, A: AllReduce + ?Sized>(
     segs: &Segments,
     p: ProjectionOf<'_, 'a, B, T>,
 ) -> Result<B::Ranks> {
-    let local = p
-        .validate(segs)
-        .and_then(|_| backend.partials(segs, &p));
+    let local = p.validate(segs).and_then(|_| {
+        let mut basis: Vec<B::Src<'_, T>> = Vec::with_capacity(p.k());
+        if p.out_in_basis {
+            basis.push(B::view(p.out.out()));
+        }
+        basis.extend(p.basis.iter().map(|b| B::share(b)));
+        let v0 = p.v0.as_ref().map(|b| B::share(b));
+        backend.partials(segs, B::share(&p.v), v0, &basis)
+    });
     // A rank whose arguments are invalid announces u64::MAX, so the group disagrees.
     let shape = match &local {
         Ok(p) => [p.k() as u64, p.num_segments() as u64],

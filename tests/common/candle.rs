@@ -3,6 +3,8 @@
 //! and the `|got - want| <= atol + rtol·|want|` check.
 #![allow(dead_code)]
 
+#[allow(unused_imports)]
+use redreg::{Backend, Projection};
 use candle_core::{Device, Tensor};
 use redreg::{reference, Beta, Element, Output, ProjectOptions, Segments};
 
@@ -41,18 +43,7 @@ pub fn reference_one<T: Element>(
     let segs = Segments::from_lengths(&[v.len()]).unwrap();
     let b: Vec<&[T]> = basis.iter().map(|x| x.as_slice()).collect();
     let mut out = vec![T::default(); v.len()];
-    reference::project_out(
-        &segs,
-        v,
-        &b,
-        Output::Write {
-            base,
-            out: &mut out,
-        },
-        alpha,
-        Beta::Scalar(beta),
-        &ProjectOptions::default(),
-    )
+    reference::project_out(&segs, Projection::host(v, &b, Output::Write { base, out: &mut out, }).alpha(alpha).beta(beta))
     .unwrap();
     out
 }

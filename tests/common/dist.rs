@@ -8,6 +8,8 @@
 //! the collectives and the group cannot hang on a test failure.
 #![allow(dead_code)]
 
+#[allow(unused_imports)]
+use redreg::{Backend, Projection};
 use std::ops::Range;
 
 use redreg::controller::{Config, Controller, Decision, ModalityShapes, RedRegStats, StepInputs};
@@ -333,18 +335,7 @@ pub fn sharded<A: AllReduce>(comm: &A, rank: usize, size: usize, k: usize, ck: &
 
     // The oracle on the whole tensors.
     let mut want = vec![0f32; n];
-    let want_ranks = reference::project_out(
-        &segs,
-        &v,
-        &views,
-        Output::Write {
-            base: Some(&base),
-            out: &mut want,
-        },
-        0.5,
-        Beta::PerSegment(&betas),
-        &opts,
-    )
+    let want_ranks = reference::project_out(&segs, Projection::host(&v, &views, Output::Write { base: Some(&base), out: &mut want, }).alpha(0.5).beta(Beta::PerSegment(&betas)).opts(opts))
     .unwrap();
 
     // This rank's slices, segment after segment.
@@ -366,20 +357,7 @@ pub fn sharded<A: AllReduce>(comm: &A, rank: usize, size: usize, k: usize, ck: &
     let be = CpuBackend::new().with_chunk(1000).unwrap();
 
     let mut got = vec![0f32; lv.len()];
-    let ranks = project_sharded(
-        &be,
-        comm,
-        &lsegs,
-        &lv,
-        &lviews,
-        Output::Write {
-            base: Some(&lbase),
-            out: &mut got,
-        },
-        0.5,
-        Beta::PerSegment(&betas),
-        &opts,
-    )
+    let ranks = project_sharded(&be, comm, &lsegs, Projection::host(&lv, &lviews, Output::Write { base: Some(&lbase), out: &mut got, }).alpha(0.5).beta(Beta::PerSegment(&betas)).opts(opts))
     .unwrap();
     let at = format!("rank {rank}/{size}, k = {k}");
     ck.check(ranks == want_ranks, || {
@@ -405,26 +383,14 @@ pub fn sharded<A: AllReduce>(comm: &A, rank: usize, size: usize, k: usize, ck: &
 
     // The same by hand: the summed partials must be bit-identical on every rank, and pass 2
     // on them gives project_sharded's output exactly.
-    let mut p = be.partials(&lsegs, &lv, &lviews).unwrap();
+    let mut p = be.partials(&lsegs, &lv, None, &lviews).unwrap();
     comm.all_reduce_sum_checked(p.as_mut_slice()).unwrap();
     let bits: Vec<u64> = p.as_slice().iter().map(|x| x.to_bits()).collect();
     ck.check(agree(comm, &bits).unwrap(), || {
         format!("{at}: summed partials differ between ranks")
     });
     let mut again = vec![0f32; lv.len()];
-    be.apply(
-        &lsegs,
-        &lv,
-        &lviews,
-        &p,
-        Output::Write {
-            base: Some(&lbase),
-            out: &mut again,
-        },
-        0.5,
-        Beta::PerSegment(&betas),
-        &opts,
-    )
+    be.apply(&lsegs, &p, Projection::host(&lv, &lviews, Output::Write { base: Some(&lbase), out: &mut again, }).alpha(0.5).beta(Beta::PerSegment(&betas)).opts(opts))
     .unwrap();
     ck.check(got == again, || {
         format!("{at}: project_sharded != partials+reduce+apply")
@@ -497,40 +463,14 @@ pub fn wrong_length<A: AllReduce>(comm: &A, rank: usize, size: usize, ck: &mut C
     let b1 = [1f32, 0.0, 1.0, 1.0, 0.0];
     let basis: Vec<&[f32]> = if last { vec![&b1, &v] } else { vec![&b1] };
     let mut out = [0f32; 5];
-    let r = project_sharded(
-        &CpuBackend::new(),
-        comm,
-        &segs,
-        &v,
-        &basis,
-        Output::Write {
-            base: None,
-            out: &mut out,
-        },
-        1.0,
-        Beta::Scalar(1.0),
-        &ProjectOptions::default(),
-    );
+    let r = project_sharded(&CpuBackend::new(), comm, &segs, Projection::host(&v, &basis, Output::Write { base: None, out: &mut out, }));
     ck.check(r.is_err() && out == [0f32; 5], || {
         format!("rank {rank}: k mismatch gave {r:?}, out {out:?}")
     });
 
     // Sharded: invalid β on rank 0 only.
     let beta = if rank == 0 { f64::NAN } else { 1.0 };
-    let r = project_sharded(
-        &CpuBackend::new(),
-        comm,
-        &segs,
-        &v,
-        &[&b1[..]],
-        Output::Write {
-            base: None,
-            out: &mut out,
-        },
-        1.0,
-        Beta::Scalar(beta),
-        &ProjectOptions::default(),
-    );
+    let r = project_sharded(&CpuBackend::new(), comm, &segs, Projection::host(&v, &[&b1[..]], Output::Write { base: None, out: &mut out, }).beta(beta));
     ck.check(r.is_err() && out == [0f32; 5], || {
         format!("rank {rank}: invalid beta on rank 0 gave {r:?}, out {out:?}")
     });
