@@ -3,10 +3,10 @@
 //! back from the implementation), and an end-to-end step against the script's closed form.
 
 use redreg::controller::{
-    snapshot, step, Config, Controller, ControllerState, Decision, DropoutSchedule, Dropped,
-    Encoder, GateRule, JointBasis, ProjectBackend, Redundancy, Reference, StepInputs, Workspace,
+    step, Config, Controller, ControllerState, Decision, DropoutSchedule, Dropped,
+    GateRule, HostEncoder, JointBasis, Redundancy, StepInputs,
 };
-use redreg::{Error, ProjectOptions, Segments};
+use redreg::{Backend, Error, ProjectOptions, Reference, Segments};
 
 #[track_caller]
 fn close(got: f64, want: f64, tol: f64) {
@@ -646,9 +646,9 @@ fn model() -> Model {
     let start_a = vec![1.0f32; 9];
     let theta_a = vec![1.5f32; 9];
     let grad_a = vec![0.25f32; 9];
-    let mut theta0 = [Vec::with_capacity(9), Vec::new()];
-    snapshot(&start_a, &mut theta0[0]);
-    snapshot(&start_v, &mut theta0[1]);
+    let mut theta0 = [vec![0.0f32; 9], vec![0.0f32; 9]];
+    Reference.copy(&start_a, &mut theta0[0]).unwrap();
+    Reference.copy(&start_v, &mut theta0[1]).unwrap();
     Model {
         segs,
         theta: [theta_a, theta_v],
@@ -657,7 +657,11 @@ fn model() -> Model {
     }
 }
 
-fn run_step<B: ProjectBackend>(backend: &B) {
+fn run_step<B>(backend: &B)
+where
+    B: Backend<Ranks = Vec<u32>>
+        + for<'a> Backend<Src<'a, f32> = &'a [f32], Dst<'a, f32> = &'a mut [f32]>,
+{
     let mut m = model();
     let (grad_a0, grad_v0) = (m.grad[0].clone(), m.grad[1].clone());
     let want = closed_form(
@@ -668,17 +672,16 @@ fn run_step<B: ProjectBackend>(backend: &B) {
         script_beta(0.4),
     );
     let mut c = controller(Config::new(3), 2, 0);
-    let mut ws = Workspace::new();
     let [ga, gv] = &mut m.grad;
     let mut enc = [
-        Encoder {
+        HostEncoder {
             segs: &m.segs,
             theta: &m.theta[0],
             theta0: &m.theta0[0],
             grad: ga,
             basis: JointBasis::Gradient,
         },
-        Encoder {
+        HostEncoder {
             segs: &m.segs,
             theta: &m.theta[1],
             theta0: &m.theta0[1],
@@ -688,7 +691,7 @@ fn run_step<B: ProjectBackend>(backend: &B) {
     ];
     // v dominates with β = exp(0.9·tanh(0.4)) (see visual_dominates_gate_open).
     let (d, ranks) = c
-        .step(&pair(0.3, 0.7, 1.0, 1.0, 0.4), backend, &mut enc, &mut ws)
+        .step::<f32, B>(&pair(0.3, 0.7, 1.0, 1.0, 0.4), backend, &mut enc)
         .unwrap();
     assert_eq!(d.suppressed, Some(1));
     close(d.beta, script_beta(0.4), 1e-15);
@@ -705,20 +708,19 @@ fn run_step<B: ProjectBackend>(backend: &B) {
     close(m.grad[1][4] as f64, script_beta(0.4) * -0.125, 1e-6);
     // The other encoder is untouched, bit for bit.
     assert_eq!(m.grad[0], grad_a0);
-    assert_eq!(ws.drift()[0], 0.25);
 
     // Gate closed: nothing changes anywhere.
     let [ga, gv] = &mut m.grad;
     let before = gv.clone();
     let mut enc = [
-        Encoder {
+        HostEncoder {
             segs: &m.segs,
             theta: &m.theta[0],
             theta0: &m.theta0[0],
             grad: ga,
             basis: JointBasis::Gradient,
         },
-        Encoder {
+        HostEncoder {
             segs: &m.segs,
             theta: &m.theta[1],
             theta0: &m.theta0[1],
@@ -727,7 +729,7 @@ fn run_step<B: ProjectBackend>(backend: &B) {
         },
     ];
     let (d, ranks) = c
-        .step(&pair(0.3, 0.7, 1.0, 1.0, 0.1), backend, &mut enc, &mut ws)
+        .step::<f32, B>(&pair(0.3, 0.7, 1.0, 1.0, 0.1), backend, &mut enc)
         .unwrap();
     assert_eq!((d.suppressed, ranks), (None, None));
     assert_eq!(m.grad[1], before);
@@ -774,14 +776,14 @@ fn rank_k_basis() {
         };
         let [ga, gv] = &mut grads;
         let mut enc = [
-            Encoder {
+            HostEncoder {
                 segs: &segs,
                 theta: &theta[0],
                 theta0: &theta0[0],
                 grad: ga,
                 basis: JointBasis::Gradient,
             },
-            Encoder {
+            HostEncoder {
                 segs: &segs,
                 theta: &theta[1],
                 theta0: &theta0[1],
@@ -791,14 +793,7 @@ fn rank_k_basis() {
         ];
         let mut c = controller(Config::new(3), 2, 0);
         let d = c.observe(&pair(0.3, 0.7, 1.0, 1.0, 0.4)).unwrap();
-        let mut ws = Workspace::new();
-        let ranks = step(
-            &Reference,
-            &d,
-            &mut enc,
-            &mut ws,
-            &ProjectOptions::default(),
-        )
+        let ranks = step(&Reference, &d, &mut enc, &ProjectOptions::default())
         .unwrap()
         .unwrap();
         assert_eq!(ranks, vec![2], "{basis}");
@@ -818,14 +813,14 @@ fn step_checks_buffers_before_touching_anything() {
     let mut ga = m.grad[0].clone();
     let mut short = vec![0.0f32; 8];
     let mut enc = [
-        Encoder {
+        HostEncoder {
             segs: &m.segs,
             theta: &m.theta[0],
             theta0: &m.theta0[0],
             grad: &mut ga,
             basis: JointBasis::Gradient,
         },
-        Encoder {
+        HostEncoder {
             segs: &m.segs,
             theta: &m.theta[1],
             theta0: &m.theta0[1],
@@ -833,34 +828,30 @@ fn step_checks_buffers_before_touching_anything() {
             basis: JointBasis::Gradient,
         },
     ];
-    let mut ws = Workspace::new();
     let x = pair(0.3, 0.7, 1.0, 1.0, 0.4);
-    assert!(c.step(&x, &Reference, &mut enc, &mut ws).is_err());
+    assert!(c.step(&x, &Reference, &mut enc).is_err());
     assert_eq!(c.state(), &before);
-    assert!(c.step(&x, &Reference, &mut enc[..1], &mut ws).is_err());
+    assert!(c.step(&x, &Reference, &mut enc[..1]).is_err());
     assert_eq!(c.state(), &before);
     // A hand-made decision naming a modality that does not exist: Err, not a panic.
     let mut d = c.observe(&x).unwrap();
     d.suppressed = Some(7);
     d.modalities.truncate(1);
-    assert!(step(
-        &Reference,
-        &d,
-        &mut enc[..1],
-        &mut ws,
-        &ProjectOptions::default()
-    )
-    .is_err());
+    assert!(step(&Reference, &d, &mut enc[..1], &ProjectOptions::default()).is_err());
 }
 
 #[test]
-fn snapshot_reuses_its_buffer() {
-    let mut theta0 = Vec::with_capacity(16);
+fn snapshot_copies_in_place_and_checks_lengths() {
+    let mut theta0 = vec![0.0f32; 3];
     let ptr = theta0.as_ptr();
-    snapshot(&[1.0f32, 2.0, 3.0], &mut theta0);
-    snapshot(&[4.0f32, 5.0], &mut theta0);
-    assert_eq!(theta0, vec![4.0, 5.0]);
+    Reference.copy(&[1.0f32, 2.0, 3.0], &mut theta0).unwrap();
+    redreg::CpuBackend::new()
+        .copy(&[4.0f32, 5.0, 6.0], &mut theta0)
+        .unwrap();
+    assert_eq!(theta0, vec![4.0, 5.0, 6.0]);
     assert_eq!(theta0.as_ptr(), ptr);
+    assert!(Reference.copy(&[1.0f32, 2.0], &mut theta0).is_err());
+    assert_eq!(theta0, vec![4.0, 5.0, 6.0]);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@
 //!
 //! # Per training step
 //! ```
-//! use redreg::controller::{Config, Controller, Encoder, JointBasis, Redundancy, StepInputs};
+//! use redreg::controller::{Config, Controller, HostEncoder, JointBasis, Redundancy, StepInputs};
 //! use redreg::{Backend, CpuBackend, Segments};
 //!
 //! let backend = CpuBackend::new(); // made once, kept for the whole run
@@ -25,9 +25,9 @@
 //! let inputs = StepInputs::pair(0.3, 0.7, Redundancy::ratio(0.5),
 //!     Redundancy::from_parts(0.02, 0.01), 0.4);
 //! let mut encoders = [
-//!     Encoder { segs: &segs, theta: &theta_a, theta0: &theta0_a, grad: &mut grad_a,
+//!     HostEncoder { segs: &segs, theta: &theta_a, theta0: &theta0_a, grad: &mut grad_a,
 //!               basis: JointBasis::Gradient },
-//!     Encoder { segs: &segs, theta: &theta_v, theta0: &theta0_v, grad: &mut grad_v,
+//!     HostEncoder { segs: &segs, theta: &theta_v, theta0: &theta0_v, grad: &mut grad_v,
 //!               basis: JointBasis::Gradient },
 //! ];
 //! let (decision, _ranks) = ctl.step(&inputs, &backend, &mut encoders).unwrap();
@@ -59,4 +59,6 @@ pub use decision::{Decision, ModalityStats, Redundancy, StepInputs};
 pub use from_stats::{ModalityShapes, RedRegStats};
 pub use monitor::{Monitor, MonitorOutput, ScoreHistory};
 pub use state::{Controller, ControllerState};
-pub use step::{step, Encoder, EncoderOf, JointBasis};
+#[cfg(feature = "cuda")]
+pub use step::DeviceEncoder;
+pub use step::{step, Encoder, EncoderOf, HostEncoder, JointBasis};

@@ -65,6 +65,15 @@ impl<S: Buffer, D: Buffer> Encoder<'_, S, D> {
     }
 }
 
+/// An encoder of host slices; as a struct literal (`HostEncoder { theta: &vec, .. }`) the
+/// field types are known, so `&Vec<T>` coerces to `&[T]`.
+pub type HostEncoder<'a, T> = Encoder<'a, &'a [T], &'a mut [T]>;
+
+/// An encoder of CUDA device views.
+#[cfg(feature = "cuda")]
+pub type DeviceEncoder<'a, T> =
+    Encoder<'a, cudarc::driver::CudaView<'a, T>, cudarc::driver::CudaViewMut<'a, T>>;
+
 /// An encoder on backend `B` with elements `T`.
 pub type EncoderOf<'a, B, T> =
     Encoder<'a, <B as Backend>::Src<'a, T>, <B as Backend>::Dst<'a, T>>;
