@@ -20,11 +20,12 @@ mod imp {
     use criterion::Criterion;
     use cudarc::driver::{sys::CUevent_flags, CudaSlice};
     use redreg::controller::{
-        step_cuda, Config, Controller, CudaEncoder, CudaWorkspace, Redundancy, StepInputs,
+        step, Config, Controller, DeviceEncoder, JointBasis, Redundancy, StepInputs,
     };
-    use redreg::cuda::{CudaBackend, CudaElement, DeviceOutput};
+    use redreg::cuda::CudaBackend;
     use redreg::stats::{CudaStats, StatsPlan};
     use redreg::{bf16, f16, layouts, Beta, DType, ProjectOptions, Segments};
+    use redreg::{Backend, Element, Output, Projection};
     use std::fmt::Write as _;
     use std::time::Duration;
 
@@ -66,7 +67,7 @@ mod imp {
             .fold(f64::INFINITY, f64::min)
     }
 
-    fn rand_dev<T: CudaElement>(b: &CudaBackend, n: usize, seed: u64, scale: f64) -> CudaSlice<T> {
+    fn rand_dev<T: Element>(b: &CudaBackend, n: usize, seed: u64, scale: f64) -> CudaSlice<T> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let host: Vec<T> = (0..n)
             .map(|_| {
@@ -112,7 +113,7 @@ mod imp {
     }
 
     /// `project_out` in place (`grad += beta·(v - P v)`): `(2k + 4)·n·s` bytes.
-    fn project<T: CudaElement>(bn: &mut Bench<'_>, label: &str, segs: &Segments, k: usize) {
+    fn project<T: Element>(bn: &mut Bench<'_>, label: &str, segs: &Segments, k: usize) {
         let b = bn.b;
         let n = segs.total();
         let v = rand_dev::<T>(b, n, 1, 1e-3);
@@ -127,18 +128,15 @@ mod imp {
             let views: Vec<_> = basis.iter().map(|x| x.slice(..)).collect();
             b.project_out(
                 segs,
-                &v.slice(..),
-                &views,
-                DeviceOutput::Accumulate(&mut grad.slice_mut(..)),
-                1.0,
-                Beta::Scalar(1.5),
-                &opts,
+                Projection::new(v.slice(..), &views, Output::Accumulate(grad.slice_mut(..)))
+                    .beta(1.5)
+                    .opts(opts),
             )
             .expect("project_out");
         });
     }
 
-    fn split<T: CudaElement>(bn: &mut Bench<'_>, label: &str, segs: &Segments) {
+    fn split<T: Element>(bn: &mut Bench<'_>, label: &str, segs: &Segments) {
         let b = bn.b;
         let n = segs.total();
         let v = rand_dev::<T>(b, n, 1, 1e-3);
@@ -151,12 +149,12 @@ mod imp {
             &format!("partials/{label}/{}/k1", T::DTYPE),
             2.0 * n as f64 * s,
             &mut || {
-                b.partials(segs, &v.slice(..), &[g.slice(..)])
+                b.partials(segs, v.slice(..), None, &[g.slice(..)])
                     .expect("partials");
             },
         );
         let p = b
-            .partials(segs, &v.slice(..), &[g.slice(..)])
+            .partials(segs, v.slice(..), None, &[g.slice(..)])
             .expect("partials");
         bn.case(
             &format!("apply/{label}/{}/k1", T::DTYPE),
@@ -164,20 +162,21 @@ mod imp {
             &mut || {
                 b.apply(
                     segs,
-                    &v.slice(..),
-                    &[g.slice(..)],
                     &p,
-                    DeviceOutput::Accumulate(&mut grad.slice_mut(..)),
-                    1.0,
-                    Beta::Scalar(1.5),
-                    &opts,
+                    Projection::new(
+                        v.slice(..),
+                        &[g.slice(..)],
+                        Output::Accumulate(grad.slice_mut(..)),
+                    )
+                    .beta(1.5)
+                    .opts(opts),
                 )
                 .expect("apply");
             },
         );
     }
 
-    fn orth<T: CudaElement>(bn: &mut Bench<'_>, label: &str, segs: &Segments, k: usize) {
+    fn orth<T: Element>(bn: &mut Bench<'_>, label: &str, segs: &Segments, k: usize) {
         let b = bn.b;
         let n = segs.total();
         let mut basis: Vec<CudaSlice<T>> = (0..k)
@@ -304,31 +303,31 @@ mod imp {
             Redundancy::ratio(0.5),
             0.9,
         );
-        let mut ws = CudaWorkspace::new();
         let n = segs[1].total() as f64;
+        // The fused step: pass 1 reads theta, theta0, g; pass 2 reads them and writes g.
         bn.case(
             "controller_step/resnet18_av/f32",
-            11.0 * n * 4.0,
+            7.0 * n * 4.0,
             &mut || {
                 let (a, v) = grads.split_at_mut(1);
                 let mut encs = [
-                    CudaEncoder {
+                    DeviceEncoder {
                         segs: &segs[0],
                         theta: bufs[0].0.slice(..),
                         theta0: bufs[0].1.slice(..),
                         grad: a[0].slice_mut(..),
-                        extra: &[],
+                        basis: JointBasis::Gradient,
                     },
-                    CudaEncoder {
+                    DeviceEncoder {
                         segs: &segs[1],
                         theta: bufs[1].0.slice(..),
                         theta0: bufs[1].1.slice(..),
                         grad: v[0].slice_mut(..),
-                        extra: &[],
+                        basis: JointBasis::Gradient,
                     },
                 ];
                 let d = ctl.observe(&inputs).expect("observe");
-                step_cuda(b, &d, &mut encs, &mut ws, &ProjectOptions::default()).expect("step");
+                step(b, &d, &mut encs, &ProjectOptions::default()).expect("step");
             },
         );
     }

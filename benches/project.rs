@@ -21,8 +21,6 @@
 //! `op size dtype k: min .. ms, median .. ms, GB/s (min), ratio = x` where the ratio is to
 //! the group's memcpy bandwidth.
 
-#[allow(unused_imports)]
-use redreg::{Backend, Projection};
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
@@ -30,6 +28,8 @@ use rayon::prelude::*;
 use redreg::{
     bf16, f16, layouts, Beta, CpuBackend, Element, Output, Partials, ProjectOptions, Segments,
 };
+#[allow(unused_imports)]
+use redreg::{Backend, Projection};
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
@@ -260,7 +260,12 @@ fn bench_dtype<T: Element>(
         let b: Vec<&[T]> = basis[..k].iter().map(|b| b.as_slice()).collect();
         // project_out, in place: (2k + 4)·n·s bytes.
         timed(&mut g, "project_out", k, (2 * k + 4) * n * s, &mut || {
-            be.project_out(segs, Projection::host(&v, &b, Output::Accumulate(&mut grad)).beta(beta).opts(opts))
+            be.project_out(
+                segs,
+                Projection::host(&v, &b, Output::Accumulate(&mut grad))
+                    .beta(beta)
+                    .opts(opts),
+            )
             .expect("project_out");
         });
         // Split form, k = 1 and the largest k: partials (k + 1)·n·s, apply (k + 3)·n·s.
@@ -271,7 +276,13 @@ fn bench_dtype<T: Element>(
             });
             let p = p.unwrap_or_else(|| be.partials(segs, &v, None, &b).expect("partials"));
             timed(&mut g, "apply", k, (k + 3) * n * s, &mut || {
-                be.apply(segs, &p, Projection::host(&v, &b, Output::Accumulate(&mut grad)).beta(beta).opts(opts))
+                be.apply(
+                    segs,
+                    &p,
+                    Projection::host(&v, &b, Output::Accumulate(&mut grad))
+                        .beta(beta)
+                        .opts(opts),
+                )
                 .expect("apply");
             });
         }

@@ -7,10 +7,10 @@
 //!
 //! `cargo run --release --example project_resnet -- [--k K] [--iters N] [--threads T]`
 
-#[allow(unused_imports)]
-use redreg::{Backend, Projection};
 use rayon::prelude::*;
 use redreg::{layouts, Beta, CpuBackend, Output, ProjectOptions, Segments};
+#[allow(unused_imports)]
+use redreg::{Backend, Projection};
 use std::time::Instant;
 
 fn arg(name: &str, default: usize) -> Result<usize, String> {
@@ -69,7 +69,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Orthogonality of the projected drift, per tensor: max |<d_perp, b_i>| / (|d_perp| |b_i|).
     let mut d_perp = vec![0f32; n];
-    let ranks = be.project_out(&segs, Projection::host(&d, &bref, Output::Write { base: None, out: &mut d_perp, }).opts(opts))?;
+    let ranks = be.project_out(
+        &segs,
+        Projection::host(
+            &d,
+            &bref,
+            Output::Write {
+                base: None,
+                out: &mut d_perp,
+            },
+        )
+        .opts(opts),
+    )?;
     let mut worst: f64 = 0.0;
     for r in segs.iter() {
         let p = &d_perp[r.clone()];
@@ -97,7 +108,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut best = f64::INFINITY;
     for _ in 0..iters {
         let t = Instant::now();
-        be.project_out(&segs, Projection::host(&d, &bref, Output::Accumulate(&mut grad)).beta(1.5).opts(opts))?;
+        be.project_out(
+            &segs,
+            Projection::host(&d, &bref, Output::Accumulate(&mut grad))
+                .beta(1.5)
+                .opts(opts),
+        )?;
         best = best.min(t.elapsed().as_secs_f64());
     }
     // Bytes of the two-pass algorithm: pass 1 reads v and k basis vectors; pass 2 reads

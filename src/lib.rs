@@ -34,9 +34,7 @@ pub use cpu::CpuBackend;
 pub use dtype::{cast_bytes, cast_bytes_mut, DType, Element};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
-pub use projection::{
-    Beta, Buffer, Output, Partials, ProjectOptions, Projection,
-};
+pub use projection::{Beta, Buffer, Output, Partials, ProjectOptions, Projection};
 pub use segments::{chunk_tasks, ChunkTask, Segments};
 
 /// The README's code blocks are compiled and run as doc tests (they use the CUDA API too,

@@ -440,12 +440,7 @@ impl Partials {
 
 /// `Err` unless `k = basis.len() <= MAX_K` and `v`, `v0` and every basis vector cover
 /// `segs`: the checks of pass 1 ([`crate::Backend::partials`]).
-pub fn check_inputs<S: Buffer>(
-    segs: &Segments,
-    v: &S,
-    v0: Option<&S>,
-    basis: &[S],
-) -> Result<()> {
+pub fn check_inputs<S: Buffer>(segs: &Segments, v: &S, v0: Option<&S>, basis: &[S]) -> Result<()> {
     check_k(basis.len())?;
     segs.check_buffer("v", v.len())?;
     if let Some(v0) = v0 {

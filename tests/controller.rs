@@ -3,8 +3,8 @@
 //! back from the implementation), and an end-to-end step against the script's closed form.
 
 use redreg::controller::{
-    step, Config, Controller, ControllerState, Decision, DropoutSchedule, Dropped,
-    GateRule, HostEncoder, JointBasis, Redundancy, StepInputs,
+    step, Config, Controller, ControllerState, Decision, DropoutSchedule, Dropped, GateRule,
+    HostEncoder, JointBasis, Redundancy, StepInputs,
 };
 use redreg::{Backend, Error, ProjectOptions, Reference, Segments};
 
@@ -794,8 +794,8 @@ fn rank_k_basis() {
         let mut c = controller(Config::new(3), 2, 0);
         let d = c.observe(&pair(0.3, 0.7, 1.0, 1.0, 0.4)).unwrap();
         let ranks = step(&Reference, &d, &mut enc, &ProjectOptions::default())
-        .unwrap()
-        .unwrap();
+            .unwrap()
+            .unwrap();
         assert_eq!(ranks, vec![2], "{basis}");
         let want = [1.0, 0.0, b, b];
         for (g, w) in grads[1].iter().zip(want) {

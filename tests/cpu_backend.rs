@@ -4,12 +4,12 @@
 
 mod util;
 
-#[allow(unused_imports)]
-use redreg::{Backend, Projection};
 use proptest::prelude::*;
 use redreg::{
     bf16, f16, reference, Beta, CpuBackend, Element, Output, Partials, ProjectOptions, Segments,
 };
+#[allow(unused_imports)]
+use redreg::{Backend, Projection};
 use util::*;
 
 fn refs<T>(b: &[Vec<T>]) -> Vec<&[T]> {
@@ -24,7 +24,8 @@ enum Mode {
 }
 
 /// A `project_out` with everything but the buffers bound (reference or backend).
-type ProjectFn<'f, T> = &'f dyn Fn(&[T], &[&[T]], Output<&[T], &mut [T]>) -> redreg::Result<Vec<u32>>;
+type ProjectFn<'f, T> =
+    &'f dyn Fn(&[T], &[&[T]], Output<&[T], &mut [T]>) -> redreg::Result<Vec<u32>>;
 
 /// Runs `project_out` through `f` in the given output mode.
 fn run<T: Element>(
@@ -92,14 +93,24 @@ fn backend_matches_reference<T: Element>(seed: u64, k: usize, mode: Mode, per_se
         .with_chunk(257)
         .unwrap();
     let (want, wr) = run(
-        &|v, b, o| reference::project_out(&segs, Projection::host(v, b, o).alpha(0.5).beta(beta).opts(opts)),
+        &|v, b, o| {
+            reference::project_out(
+                &segs,
+                Projection::host(v, b, o).alpha(0.5).beta(beta).opts(opts),
+            )
+        },
         &v,
         &b,
         &base,
         mode,
     );
     let (got, gr) = run(
-        &|v, b, o| be.project_out(&segs, Projection::host(v, b, o).alpha(0.5).beta(beta).opts(opts)),
+        &|v, b, o| {
+            be.project_out(
+                &segs,
+                Projection::host(v, b, o).alpha(0.5).beta(beta).opts(opts),
+            )
+        },
         &v,
         &b,
         &base,
@@ -170,7 +181,10 @@ fn deterministic_across_thread_counts() {
         let be = CpuBackend::with_threads(threads).unwrap();
         let p = be.partials(&segs, &v, None, &refs(&basis)).unwrap();
         let mut out = grad.clone();
-        be.project_out(&segs, Projection::host(&v, &refs(&basis), Output::Accumulate(&mut out)).beta(0.9))
+        be.project_out(
+            &segs,
+            Projection::host(&v, &refs(&basis), Output::Accumulate(&mut out)).beta(0.9),
+        )
         .unwrap();
         let mut q = basis.clone();
         let mut views: Vec<&mut [f32]> = q.iter_mut().map(|b| b.as_mut_slice()).collect();
@@ -200,10 +214,32 @@ fn large_segment_matches_reference() {
     let opts = ProjectOptions::default();
     let mut want = vec![0f32; n];
     let mut got = vec![0f32; n];
-    reference::project_out(&segs, Projection::host(&v, &refs(&basis), Output::Write { base: None, out: &mut want, }).opts(opts))
+    reference::project_out(
+        &segs,
+        Projection::host(
+            &v,
+            &refs(&basis),
+            Output::Write {
+                base: None,
+                out: &mut want,
+            },
+        )
+        .opts(opts),
+    )
     .unwrap();
     CpuBackend::new()
-        .project_out(&segs, Projection::host(&v, &refs(&basis), Output::Write { base: None, out: &mut got, }).opts(opts))
+        .project_out(
+            &segs,
+            Projection::host(
+                &v,
+                &refs(&basis),
+                Output::Write {
+                    base: None,
+                    out: &mut got,
+                },
+            )
+            .opts(opts),
+        )
         .unwrap();
     assert_close(
         "1e6 segment",
@@ -270,7 +306,10 @@ fn errors_match_the_reference_policy() {
     let mut out = vec![0f32; 5];
     let be = CpuBackend::new();
     let e = be
-        .project_out(&segs, Projection::host(&v, &[&short], Output::Accumulate(&mut out)))
+        .project_out(
+            &segs,
+            Projection::host(&v, &[&short], Output::Accumulate(&mut out)),
+        )
         .unwrap_err();
     assert!(e.to_string().contains("expected 5"), "{e}");
     assert!(CpuBackend::with_threads(0).is_err());

@@ -7,10 +7,10 @@
 
 mod util;
 
-#[allow(unused_imports)]
-use redreg::{Backend, Projection};
 use proptest::prelude::*;
 use redreg::{bf16, f16, reference, Beta, CpuBackend, Element, Output, ProjectOptions, Segments};
+#[allow(unused_imports)]
+use redreg::{Backend, Projection};
 use util::*;
 
 fn cases() -> u32 {
@@ -74,8 +74,20 @@ fn fuzz_one<T: Element>(seed: u64) -> Result<(), TestCaseError> {
 
     let mut want = base.clone();
     let mut got = base.clone();
-    let wr = reference::project_out(&segs, Projection::host(&v, &b, Output::Accumulate(&mut want)).alpha(0.5).beta(beta).opts(opts));
-    let gr = be.project_out(&segs, Projection::host(&v, &b, Output::Accumulate(&mut got)).alpha(0.5).beta(beta).opts(opts));
+    let wr = reference::project_out(
+        &segs,
+        Projection::host(&v, &b, Output::Accumulate(&mut want))
+            .alpha(0.5)
+            .beta(beta)
+            .opts(opts),
+    );
+    let gr = be.project_out(
+        &segs,
+        Projection::host(&v, &b, Output::Accumulate(&mut got))
+            .alpha(0.5)
+            .beta(beta)
+            .opts(opts),
+    );
     let (wr, gr) = (wr.unwrap(), gr.unwrap());
     for (s, r) in segs.iter().enumerate() {
         let w = to_f64(&want[r.clone()]);

@@ -1,5 +1,7 @@
-//! The CUDA path of the controller's step against the host step on the f64 oracle:
-//! same decision, same gradient update within the element type's tolerance. Without a
+//! The controller's step on the CUDA backend against the same generic step on the f64
+//! oracle: same decision, same ranks, same gradient update within the element type's
+//! tolerance, for every joint basis (the gradient, the gradient and extras, an explicit
+//! basis). Both form the drift in f64 inside the projection (`Projection::drift`). Without a
 //! usable GPU each test prints `SKIP: <reason>`; `REDREG_REQUIRE_GPU=1` makes that a failure.
 #![cfg(feature = "cuda")]
 
@@ -8,11 +10,11 @@ mod gpu;
 
 use cudarc::driver::CudaSlice;
 use redreg::controller::{
-    step, Config, Controller, CudaEncoder, CudaWorkspace, Encoder, JointBasis, Redundancy,
-    Reference, StepInputs, Workspace,
+    step, Config, Controller, DeviceEncoder, HostEncoder, JointBasis, Redundancy, StepInputs,
 };
-use redreg::cuda::{CudaBackend, CudaElement};
+use redreg::cuda::CudaBackend;
 use redreg::{bf16, layouts, Segments};
+use redreg::{Element, Reference};
 
 fn data(n: usize, seed: u64, scale: f64) -> Vec<f64> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -26,15 +28,17 @@ fn data(n: usize, seed: u64, scale: f64) -> Vec<f64> {
         .collect()
 }
 
-fn up<T: CudaElement>(b: &CudaBackend, x: &[T]) -> CudaSlice<T> {
+fn up<T: Element>(b: &CudaBackend, x: &[T]) -> CudaSlice<T> {
     b.stream().clone_htod(x).unwrap()
 }
 
-fn down<T: CudaElement>(b: &CudaBackend, x: &CudaSlice<T>) -> Vec<T> {
+fn down<T: Element>(b: &CudaBackend, x: &CudaSlice<T>) -> Vec<T> {
     b.stream().clone_dtoh(x).unwrap()
 }
 
-fn step_matches_host<T: CudaElement>(b: &CudaBackend, k_extra: usize, rtol: f64) {
+/// `explicit`: the basis is exactly the extras (`JointBasis::Explicit`), else the gradient
+/// and the extras.
+fn step_matches_host<T: Element>(b: &CudaBackend, k_extra: usize, explicit: bool, rtol: f64) {
     let (audio, visual) = layouts::resnet18_av_pair();
     let segs = [
         Segments::from_shapes(&audio).unwrap(),
@@ -75,25 +79,30 @@ fn step_matches_host<T: CudaElement>(b: &CudaBackend, k_extra: usize, rtol: f64)
         .map(|h| h.3.iter().map(|x| x.as_slice()).collect())
         .collect();
     let (g0, g1) = grads.split_at_mut(1);
+    let jb = |x| {
+        if explicit {
+            JointBasis::Explicit(x)
+        } else {
+            JointBasis::GradientAnd(x)
+        }
+    };
     let mut encs = [
-        Encoder {
+        HostEncoder {
             segs: &segs[0],
             theta: &host[0].0,
             theta0: &host[0].1,
             grad: &mut g0[0],
-            basis: JointBasis::GradientAnd(&extras[0]),
+            basis: jb(&extras[0]),
         },
-        Encoder {
+        HostEncoder {
             segs: &segs[1],
             theta: &host[1].0,
             theta0: &host[1].1,
             grad: &mut g1[0],
-            basis: JointBasis::GradientAnd(&extras[1]),
+            basis: jb(&extras[1]),
         },
     ];
-    let (dh, _) = ctl_host
-        .step(&inputs, &Reference, &mut encs, &mut Workspace::new())
-        .unwrap();
+    let (dh, ranks_host) = ctl_host.step(&inputs, &Reference, &mut encs).unwrap();
     assert_eq!(dh.suppressed, Some(1));
 
     // Device step.
@@ -114,25 +123,37 @@ fn step_matches_host<T: CudaElement>(b: &CudaBackend, k_extra: usize, rtol: f64)
         .map(|d| d.3.iter().map(|x| x.slice(..)).collect())
         .collect();
     let (a, v) = dgrads.split_at_mut(1);
+    let djb = |x| {
+        if explicit {
+            JointBasis::Explicit(x)
+        } else {
+            JointBasis::GradientAnd(x)
+        }
+    };
     let mut cencs = [
-        CudaEncoder {
+        DeviceEncoder {
             segs: &segs[0],
             theta: dev[0].0.slice(..),
             theta0: dev[0].1.slice(..),
             grad: a[0].slice_mut(..),
-            extra: &dextras[0],
+            basis: djb(&dextras[0]),
         },
-        CudaEncoder {
+        DeviceEncoder {
             segs: &segs[1],
             theta: dev[1].0.slice(..),
             theta0: dev[1].1.slice(..),
             grad: v[0].slice_mut(..),
-            extra: &dextras[1],
+            basis: djb(&dextras[1]),
         },
     ];
-    let mut ws = CudaWorkspace::new();
-    let (dg, queued) = ctl_gpu.step_cuda(&inputs, b, &mut cencs, &mut ws).unwrap();
-    assert!(queued);
+    let (dg, ranks_dev) = ctl_gpu.step(&inputs, b, &mut cencs).unwrap();
+    assert_eq!(
+        ranks_dev
+            .expect("a projection was queued")
+            .to_vec()
+            .unwrap(),
+        ranks_host.expect("the host projected")
+    );
     assert_eq!(dg.suppressed, dh.suppressed);
     assert_eq!(dg.beta.to_bits(), dh.beta.to_bits());
     for m in 0..2 {
@@ -154,8 +175,6 @@ fn step_matches_host<T: CudaElement>(b: &CudaBackend, k_extra: usize, rtol: f64)
             assert!(got == *want, "the audio encoder must be untouched");
         }
     }
-    // The scratch was sized for the visual encoder (the larger one) and is kept.
-    assert_eq!(ws.drift().map(|d| d.len()), Some(segs[1].total()));
 }
 
 #[test]
@@ -163,8 +182,9 @@ fn cuda_step_matches_host_step_f32() {
     let Some(b) = gpu::backend("cuda_step_matches_host_step_f32") else {
         return;
     };
-    step_matches_host::<f32>(b, 0, 2.0 * f32::EPSILON as f64);
-    step_matches_host::<f32>(b, 2, 2.0 * f32::EPSILON as f64);
+    step_matches_host::<f32>(b, 0, false, 2.0 * f32::EPSILON as f64);
+    step_matches_host::<f32>(b, 2, false, 2.0 * f32::EPSILON as f64);
+    step_matches_host::<f32>(b, 2, true, 2.0 * f32::EPSILON as f64);
 }
 
 #[test]
@@ -172,9 +192,9 @@ fn cuda_step_matches_host_step_bf16() {
     let Some(b) = gpu::backend("cuda_step_matches_host_step_bf16") else {
         return;
     };
-    // Host drift rounds through f32 then bf16, the device once from f64: ≤ 1 bf16 ulp apart
-    // before the projection.
-    step_matches_host::<bf16>(b, 1, 2.0 * 7.8125e-3);
+    // Both form the drift in f64 and round once; they differ only by the summation order
+    // (and FMA) of the coefficients: at most one bf16 rounding apart.
+    step_matches_host::<bf16>(b, 1, false, 7.8125e-3);
 }
 
 #[test]
@@ -197,25 +217,23 @@ fn cuda_step_rejects_bad_buffers() {
     );
     let mut g2 = grad.clone();
     let mut encs = [
-        CudaEncoder {
+        DeviceEncoder {
             segs: &segs,
             theta: theta.slice(..),
             theta0: short.slice(..),
             grad: grad.slice_mut(..),
-            extra: &[],
+            basis: JointBasis::Gradient,
         },
-        CudaEncoder {
+        DeviceEncoder {
             segs: &segs,
             theta: theta.slice(..),
             theta0: theta.slice(..),
             grad: g2.slice_mut(..),
-            extra: &[],
+            basis: JointBasis::Gradient,
         },
     ];
     let before = format!("{:?}", ctl.state());
-    let e = ctl
-        .step_cuda(&inputs, b, &mut encs, &mut CudaWorkspace::new())
-        .unwrap_err();
+    let e = ctl.step(&inputs, b, &mut encs).unwrap_err();
     assert!(
         e.to_string().contains("expected 8") && e.to_string().contains("got 7"),
         "{e}"

@@ -8,8 +8,9 @@
 mod gpu;
 
 use cudarc::driver::{CudaContext, CudaSlice, DevicePtr};
-use redreg::cuda::{CudaBackend, DeviceOutput, ForeignSlice};
+use redreg::cuda::{CudaBackend, ForeignSlice};
 use redreg::stats::{CudaStats, StatsPlan};
+use redreg::{Backend, Output, Projection};
 use redreg::{Beta, DType, ProjectOptions, Segments};
 use std::sync::Arc;
 
@@ -47,15 +48,14 @@ fn concurrent_calls_with_one_layout_keep_their_own_ranks() {
                     let ranks = b
                         .project_out(
                             &segs,
-                            &v.slice(..),
-                            &[g.slice(..), h.slice(..)],
-                            DeviceOutput::Write {
-                                base: None,
-                                out: &mut out.slice_mut(..),
-                            },
-                            1.0,
-                            Beta::Scalar(1.0),
-                            &ProjectOptions::default(),
+                            Projection::new(
+                                v.slice(..),
+                                &[g.slice(..), h.slice(..)],
+                                Output::Write {
+                                    base: None,
+                                    out: out.slice_mut(..),
+                                },
+                            ),
                         )
                         .unwrap();
                     let got = ranks.to_vec().unwrap();
@@ -97,15 +97,15 @@ fn overlapping_foreign_buffers_are_rejected() {
     let run = |out: &mut ForeignSlice<f32>| {
         b.project_out(
             &segs,
-            &v.view(),
-            &[g.view()],
-            DeviceOutput::Write {
-                base: None,
-                out: &mut out.view_mut(),
-            },
-            1.0,
-            Beta::Scalar(1.0),
-            &opts,
+            Projection::new(
+                v.view(),
+                &[g.view()],
+                Output::Write {
+                    base: None,
+                    out: out.view_mut(),
+                },
+            )
+            .opts(opts),
         )
         .map(|r| r.to_vec().unwrap())
     };

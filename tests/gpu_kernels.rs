@@ -10,8 +10,9 @@
 mod gpu;
 
 use cudarc::driver::CudaSlice;
-use redreg::cuda::{CudaBackend, CudaElement, DeviceOutput};
+use redreg::cuda::CudaBackend;
 use redreg::{bf16, f16, reference, Beta, DType, Output, ProjectOptions, Segments};
+use redreg::{Backend, Element, Projection};
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
@@ -26,7 +27,7 @@ fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
         .collect()
 }
 
-fn to_t<T: CudaElement>(x: &[f64]) -> Vec<T> {
+fn to_t<T: Element>(x: &[f64]) -> Vec<T> {
     x.iter().map(|&v| T::from_f64(v)).collect()
 }
 
@@ -39,7 +40,7 @@ fn tol_of(dt: DType) -> (f64, f64) {
     }
 }
 
-fn assert_close<T: CudaElement>(what: &str, got: &[T], want: &[T], (atol, rtol): (f64, f64)) {
+fn assert_close<T: Element>(what: &str, got: &[T], want: &[T], (atol, rtol): (f64, f64)) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let bad: Vec<String> = got
         .iter()
@@ -65,7 +66,7 @@ fn layout() -> Segments {
     Segments::from_lengths(&[0, 37, 1000, 16390]).unwrap()
 }
 
-fn project_all_k<T: CudaElement>(b: &CudaBackend) {
+fn project_all_k<T: Element>(b: &CudaBackend) {
     let segs = layout();
     let n = segs.total();
     for shift in [0usize, 1] {
@@ -85,16 +86,22 @@ fn project_all_k<T: CudaElement>(b: &CudaBackend) {
             let out = match mode {
                 0 => Output::Write {
                     base: None,
-                    out: &mut want,
+                    out: &mut want[..],
                 },
                 1 => Output::Write {
                     base: Some(&base[shift..]),
-                    out: &mut want,
+                    out: &mut want[..],
                 },
-                _ => Output::Accumulate(&mut want),
+                _ => Output::Accumulate(&mut want[..]),
             };
-            let ranks = reference::project_out(&segs, &v[shift..], &brefs, out, alpha, beta, &opts)
-                .unwrap();
+            let ranks = reference::project_out(
+                &segs,
+                Projection::host(&v[shift..], &brefs, out)
+                    .alpha(alpha)
+                    .beta(beta)
+                    .opts(opts),
+            )
+            .unwrap();
 
             let up = |x: &[T]| -> CudaSlice<T> { b.stream().clone_htod(x).unwrap() };
             let dv = up(&v);
@@ -106,18 +113,24 @@ fn project_all_k<T: CudaElement>(b: &CudaBackend) {
             let dranks = {
                 let mut o = dout.slice_mut(shift..);
                 let out = match mode {
-                    0 => DeviceOutput::Write {
+                    0 => Output::Write {
                         base: None,
-                        out: &mut o,
+                        out: o.slice_mut(..),
                     },
-                    1 => DeviceOutput::Write {
-                        base: Some(&base_view),
-                        out: &mut o,
+                    1 => Output::Write {
+                        base: Some(base_view.slice(..)),
+                        out: o.slice_mut(..),
                     },
-                    _ => DeviceOutput::Accumulate(&mut o),
+                    _ => Output::Accumulate(o.slice_mut(..)),
                 };
-                b.project_out(&segs, &dv.slice(shift..), &views, out, alpha, beta, &opts)
-                    .unwrap()
+                b.project_out(
+                    &segs,
+                    Projection::new(dv.slice(shift..), &views, out)
+                        .alpha(alpha)
+                        .beta(beta)
+                        .opts(opts),
+                )
+                .unwrap()
             };
             let got: Vec<T> = b.stream().clone_dtoh(&dout.slice(shift..)).unwrap();
             let what = format!("project_out {} k={k} mode={mode} shift={shift}", T::DTYPE);
@@ -128,7 +141,7 @@ fn project_all_k<T: CudaElement>(b: &CudaBackend) {
     }
 }
 
-fn orth_all_k<T: CudaElement>(b: &CudaBackend) {
+fn orth_all_k<T: Element>(b: &CudaBackend) {
     let segs = layout();
     let n = segs.total();
     for k in 1..=8usize {

@@ -12,8 +12,9 @@
 mod gpu;
 
 use cudarc::driver::{CudaSlice, CudaView};
-use redreg::cuda::{CudaBackend, CudaElement, DeviceOutput};
+use redreg::cuda::CudaBackend;
 use redreg::{f16, reference, Beta, Output, ProjectOptions, Segments};
+use redreg::{Backend, Element, Projection};
 
 type EmuCounters = unsafe extern "C" fn(*mut u64);
 
@@ -74,11 +75,11 @@ fn layout() -> Segments {
     Segments::from_lengths(&lens).unwrap()
 }
 
-fn to_t<T: CudaElement>(x: &[f64]) -> Vec<T> {
+fn to_t<T: Element>(x: &[f64]) -> Vec<T> {
     x.iter().map(|&v| T::from_f64(v)).collect()
 }
 
-fn download<T: CudaElement>(b: &CudaBackend, x: &CudaSlice<T>) -> Vec<T> {
+fn download<T: Element>(b: &CudaBackend, x: &CudaSlice<T>) -> Vec<T> {
     b.stream().clone_dtoh(x).unwrap()
 }
 
@@ -86,7 +87,7 @@ fn download<T: CudaElement>(b: &CudaBackend, x: &CudaSlice<T>) -> Vec<T> {
 /// launch counts of project_out (2 for k >= 1, 1 for k = 0), partials (1) and apply (2; 1
 /// for k = 0), the results against the f64 reference, and that the split form (whose solve
 /// is project_finish's) gives the same bits as the folded one.
-fn check<T: CudaElement>(c: &Counters, b: &CudaBackend, segs: &Segments, k: usize) {
+fn check<T: Element>(c: &Counters, b: &CudaBackend, segs: &Segments, k: usize) {
     let n = segs.total();
     let seed = 17 + k as u64;
     let v: Vec<T> = to_t(&rand_vec(n, seed));
@@ -100,10 +101,17 @@ fn check<T: CudaElement>(c: &Counters, b: &CudaBackend, segs: &Segments, k: usiz
     let brefs: Vec<&[T]> = basis.iter().map(|x| x.as_slice()).collect();
     let mut out_ref = base.clone();
     let out_spec = Output::Write {
-        base: Some(&base),
-        out: &mut out_ref,
+        base: Some(&base[..]),
+        out: &mut out_ref[..],
     };
-    let ranks_ref = reference::project_out(segs, &v, &brefs, out_spec, alpha, beta, &opts).unwrap();
+    let ranks_ref = reference::project_out(
+        segs,
+        Projection::host(&v, &brefs, out_spec)
+            .alpha(alpha)
+            .beta(beta)
+            .opts(opts),
+    )
+    .unwrap();
 
     let s = b.stream();
     let dv = s.clone_htod(&v).unwrap();
@@ -114,18 +122,24 @@ fn check<T: CudaElement>(c: &Counters, b: &CudaBackend, segs: &Segments, k: usiz
     let bviews: Vec<CudaView<'_, T>> = dbasis.iter().map(|x| x.as_view()).collect();
     let (vview, base_view) = (dv.as_view(), dbase.as_view());
     // The first call of a layout creates its workspace (copies, no launch): warm it up.
-    b.partials(segs, &vview, &bviews).unwrap();
+    b.partials(segs, vview.slice(..), None, &bviews).unwrap();
 
     for round in 0..2 {
         let before = c.launches();
         let ranks = {
             let mut o = dout.as_view_mut();
-            let out = DeviceOutput::Write {
-                base: Some(&base_view),
-                out: &mut o,
+            let out = Output::Write {
+                base: Some(base_view.slice(..)),
+                out: o.slice_mut(..),
             };
-            b.project_out(segs, &vview, &bviews, out, alpha, beta, &opts)
-                .unwrap()
+            b.project_out(
+                segs,
+                Projection::new(vview.slice(..), &bviews, out)
+                    .alpha(alpha)
+                    .beta(beta)
+                    .opts(opts),
+            )
+            .unwrap()
         };
         s.synchronize().unwrap();
         let launched = c.launches() - before;
@@ -159,24 +173,22 @@ fn check<T: CudaElement>(c: &Counters, b: &CudaBackend, segs: &Segments, k: usiz
         // partials there), also at the empty segments, which no block of pass 1 reduces.
         let poison = redreg::Partials::from_vec(k, segs.len(), vec![1.0; segs.len() * stride]);
         let mut o = dout2.as_view_mut();
-        let out = DeviceOutput::Write {
+        let out = Output::Write {
             base: None,
-            out: &mut o,
+            out: o.slice_mut(..),
         };
         b.apply(
             segs,
-            &vview,
-            &bviews,
             &poison.unwrap(),
-            out,
-            alpha,
-            beta,
-            &opts,
+            Projection::new(vview.slice(..), &bviews, out)
+                .alpha(alpha)
+                .beta(beta)
+                .opts(opts),
         )
         .unwrap();
     }
     let before = c.launches();
-    let p = b.partials(segs, &vview, &bviews).unwrap();
+    let p = b.partials(segs, vview.slice(..), None, &bviews).unwrap();
     assert_eq!(
         c.launches() - before,
         if k == 0 { 0 } else { 1 },
@@ -185,12 +197,19 @@ fn check<T: CudaElement>(c: &Counters, b: &CudaBackend, segs: &Segments, k: usiz
     let before = c.launches();
     let ranks2 = {
         let mut o = dout2.as_view_mut();
-        let out = DeviceOutput::Write {
-            base: Some(&base_view),
-            out: &mut o,
+        let out = Output::Write {
+            base: Some(base_view.slice(..)),
+            out: o.slice_mut(..),
         };
-        b.apply(segs, &vview, &bviews, &p, out, alpha, beta, &opts)
-            .unwrap()
+        b.apply(
+            segs,
+            &p,
+            Projection::new(vview.slice(..), &bviews, out)
+                .alpha(alpha)
+                .beta(beta)
+                .opts(opts),
+        )
+        .unwrap()
     };
     s.synchronize().unwrap();
     assert_eq!(

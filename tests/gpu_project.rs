@@ -41,8 +41,9 @@ fn nvrtc_compiles_embedded_sources() {
 }
 
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
-use redreg::cuda::{CudaBackend, CudaElement, DeviceOutput};
+use redreg::cuda::CudaBackend;
 use redreg::{bf16, f16, reference, Beta, DType, Output, ProjectOptions, Segments};
+use redreg::{Backend, Element, Projection};
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
@@ -57,7 +58,7 @@ fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
         .collect()
 }
 
-fn to_t<T: CudaElement>(x: &[f64]) -> Vec<T> {
+fn to_t<T: Element>(x: &[f64]) -> Vec<T> {
     x.iter().map(|&v| T::from_f64(v)).collect()
 }
 
@@ -126,18 +127,18 @@ fn layouts() -> Vec<(&'static str, Segments)> {
     v
 }
 
-fn upload<T: CudaElement>(b: &CudaBackend, x: &[T]) -> CudaSlice<T> {
+fn upload<T: Element>(b: &CudaBackend, x: &[T]) -> CudaSlice<T> {
     b.stream().clone_htod(x).unwrap()
 }
 
-fn download<T: CudaElement>(b: &CudaBackend, x: &CudaSlice<T>) -> Vec<f64> {
+fn download<T: Element>(b: &CudaBackend, x: &CudaSlice<T>) -> Vec<f64> {
     let h: Vec<T> = b.stream().clone_dtoh(x).unwrap();
     h.iter().map(|x| x.to_f64()).collect()
 }
 
 /// One project_out case against reference::project_out; returns the GPU output bits.
 #[allow(clippy::too_many_arguments)]
-fn project_case<T: CudaElement>(
+fn project_case<T: Element>(
     b: &CudaBackend,
     name: &str,
     segs: &Segments,
@@ -169,15 +170,22 @@ fn project_case<T: CudaElement>(
     let out_spec = match mode {
         0 => Output::Write {
             base: None,
-            out: &mut out_ref,
+            out: &mut out_ref[..],
         },
         1 => Output::Write {
-            base: Some(&base),
-            out: &mut out_ref,
+            base: Some(&base[..]),
+            out: &mut out_ref[..],
         },
-        _ => Output::Accumulate(&mut out_ref),
+        _ => Output::Accumulate(&mut out_ref[..]),
     };
-    let ranks_ref = reference::project_out(segs, &v, &brefs, out_spec, alpha, beta, &opts).unwrap();
+    let ranks_ref = reference::project_out(
+        segs,
+        Projection::host(&v, &brefs, out_spec)
+            .alpha(alpha)
+            .beta(beta)
+            .opts(opts),
+    )
+    .unwrap();
 
     // GPU.
     let dv = upload(b, &v);
@@ -190,18 +198,24 @@ fn project_case<T: CudaElement>(
     let dranks = {
         let mut oview = dout.as_view_mut();
         let out = match mode {
-            0 => DeviceOutput::Write {
+            0 => Output::Write {
                 base: None,
-                out: &mut oview,
+                out: oview.slice_mut(..),
             },
-            1 => DeviceOutput::Write {
-                base: Some(&base_view),
-                out: &mut oview,
+            1 => Output::Write {
+                base: Some(base_view.slice(..)),
+                out: oview.slice_mut(..),
             },
-            _ => DeviceOutput::Accumulate(&mut oview),
+            _ => Output::Accumulate(oview.slice_mut(..)),
         };
-        b.project_out(segs, &vview, &bviews, out, alpha, beta, &opts)
-            .unwrap()
+        b.project_out(
+            segs,
+            Projection::new(vview.slice(..), &bviews, out)
+                .alpha(alpha)
+                .beta(beta)
+                .opts(opts),
+        )
+        .unwrap()
     };
     let got = download(b, &dout);
     let want: Vec<f64> = out_ref.iter().map(|x| x.to_f64()).collect();
@@ -213,7 +227,7 @@ fn project_case<T: CudaElement>(
     assert_close(&what, &got, &want, atol, rtol);
     // The Gram matrices differ in the last bits (summation order): ranks must agree except
     // on borderline decisions, and never exceed min(length, k).
-    let oracle = reference::partials(segs, &v, &brefs).unwrap();
+    let oracle = reference::partials(segs, &v, None, &brefs).unwrap();
     let got_ranks = dranks.to_vec().unwrap();
     ranks::assert_ranks_match(
         &format!("{what}: ranks"),
@@ -228,7 +242,7 @@ fn project_case<T: CudaElement>(
     got
 }
 
-fn all_project<T: CudaElement>(b: &CudaBackend) {
+fn all_project<T: Element>(b: &CudaBackend) {
     for (name, segs) in layouts() {
         let ks: &[usize] = if quick() {
             &[0, 1, 8]
@@ -299,18 +313,18 @@ fn bitwise_reproducible() {
     }
 }
 
-fn split_form<T: CudaElement>(b: &CudaBackend) {
+fn split_form<T: Element>(b: &CudaBackend) {
     for (name, segs) in layouts() {
         for k in [0usize, 1, 4, 8] {
             let n = segs.total();
             let v: Vec<T> = to_t(&rand_vec(n, 5));
             let basis: Vec<Vec<T>> = (0..k).map(|i| to_t(&rand_vec(n, 50 + i as u64))).collect();
             let brefs: Vec<&[T]> = basis.iter().map(|x| x.as_slice()).collect();
-            let pref = reference::partials(&segs, &v, &brefs).unwrap();
+            let pref = reference::partials(&segs, &v, None, &brefs).unwrap();
             let dv = upload(b, &v);
             let dbasis: Vec<CudaSlice<T>> = basis.iter().map(|x| upload(b, x)).collect();
             let bviews: Vec<CudaView<'_, T>> = dbasis.iter().map(|x| x.as_view()).collect();
-            let p = b.partials(&segs, &dv.as_view(), &bviews).unwrap();
+            let p = b.partials(&segs, dv.as_view(), None, &bviews).unwrap();
             // f64 sums of exact products: only the summation order differs.
             assert_close(
                 &format!("partials {} {name} k={k}", T::DTYPE),
@@ -324,16 +338,16 @@ fn split_form<T: CudaElement>(b: &CudaBackend) {
             let opts = ProjectOptions::exact();
             let rr = reference::apply(
                 &segs,
-                &v,
-                &brefs,
                 &pref,
-                Output::Write {
-                    base: None,
-                    out: &mut out_ref,
-                },
-                1.0,
-                Beta::Scalar(1.0),
-                &opts,
+                Projection::host(
+                    &v,
+                    &brefs,
+                    Output::Write {
+                        base: None,
+                        out: &mut out_ref[..],
+                    },
+                )
+                .opts(opts),
             )
             .unwrap();
             let mut dout = upload(b, &vec![T::default(); n]);
@@ -341,16 +355,16 @@ fn split_form<T: CudaElement>(b: &CudaBackend) {
                 let mut o: CudaViewMut<'_, T> = dout.as_view_mut();
                 b.apply(
                     &segs,
-                    &dv.as_view(),
-                    &bviews,
                     &pref,
-                    DeviceOutput::Write {
-                        base: None,
-                        out: &mut o,
-                    },
-                    1.0,
-                    Beta::Scalar(1.0),
-                    &opts,
+                    Projection::new(
+                        dv.as_view(),
+                        &bviews,
+                        Output::Write {
+                            base: None,
+                            out: o.slice_mut(..),
+                        },
+                    )
+                    .opts(opts),
                 )
                 .unwrap()
             };
@@ -384,7 +398,7 @@ fn split_form_matches_reference() {
     }
 }
 
-fn orth<T: CudaElement>(b: &CudaBackend) {
+fn orth<T: Element>(b: &CudaBackend) {
     for (name, segs) in layouts() {
         for k in [1usize, 2, 3, 8] {
             let n = segs.total();
@@ -404,7 +418,7 @@ fn orth<T: CudaElement>(b: &CudaBackend) {
             let brefs: Vec<&[T]> = basis.iter().map(|x| x.as_slice()).collect();
             let (_, gram_ranks) = reference::orth_coefficients(&segs, &brefs, 1e-7).unwrap();
             let zeros = vec![T::default(); n];
-            let oracle = reference::partials(&segs, &zeros, &brefs).unwrap();
+            let oracle = reference::partials(&segs, &zeros, None, &brefs).unwrap();
             let mut refs: Vec<&mut [T]> = basis.iter_mut().map(|x| x.as_mut_slice()).collect();
             let rr = reference::orthonormalize(&segs, &mut refs, 1e-7).unwrap();
             let (atol, rtol) = tol_of(T::DTYPE);
@@ -433,9 +447,10 @@ fn orth<T: CudaElement>(b: &CudaBackend) {
                 }
                 let cap = segs.seg_len(s).min(k);
                 let mut m = vec![0.0; k * k];
-                redreg::solve::orth_segment(k, oracle.segment(s), cap, 1e-7, &mut m);
+                redreg::solve::orth_segment(k, oracle.segment(s).unwrap(), cap, 1e-7, &mut m);
                 let gram_kept: Vec<bool> = (0..k).map(|j| m[j * k + j] != 0.0).collect();
-                let margin = redreg::solve::decision_margin(k, oracle.segment(s), cap, 1e-7);
+                let margin =
+                    redreg::solve::decision_margin(k, oracle.segment(s).unwrap(), cap, 1e-7);
                 assert!(
                     gpu_kept == gram_kept || margin < ranks::BORDERLINE,
                     "{what}: segment {s}: kept {gpu_kept:?}, the Gram rule keeps {gram_kept:?} \
@@ -516,30 +531,28 @@ fn misaligned_views_take_the_scalar_path() {
             let mut o = dout.as_view_mut();
             b.project_out(
                 &segs,
-                &vview,
-                &[dg.as_view()],
-                DeviceOutput::Write {
-                    base: None,
-                    out: &mut o,
-                },
-                1.0,
-                Beta::Scalar(1.0),
-                &ProjectOptions::default(),
+                Projection::new(
+                    vview.slice(..),
+                    &[dg.as_view()],
+                    Output::Write {
+                        base: None,
+                        out: o.slice_mut(..),
+                    },
+                ),
             )
             .unwrap();
         }
         let mut out_ref = vec![0f32; n];
         reference::project_out(
             &segs,
-            &v[1..],
-            &[&g[..]],
-            Output::Write {
-                base: None,
-                out: &mut out_ref,
-            },
-            1.0,
-            Beta::Scalar(1.0),
-            &ProjectOptions::default(),
+            Projection::host(
+                &v[1..],
+                &[&g[..]],
+                Output::Write {
+                    base: None,
+                    out: &mut out_ref[..],
+                },
+            ),
         )
         .unwrap();
         let want: Vec<f64> = out_ref.iter().map(|&x| x as f64).collect();
@@ -582,43 +595,32 @@ fn invalid_arguments_are_errors() {
         let mut o = dout.as_view_mut();
         let e = b.project_out(
             &segs,
-            &dv.as_view(),
-            &[short.as_view()],
-            DeviceOutput::Accumulate(&mut o),
-            1.0,
-            Beta::Scalar(1.0),
-            &opts,
+            Projection::new(
+                dv.as_view(),
+                &[short.as_view()],
+                Output::Accumulate(o.slice_mut(..)),
+            )
+            .opts(opts),
         );
         assert!(e.is_err());
         let nine: Vec<CudaView<'_, f32>> = (0..9).map(|_| dv.as_view()).collect();
         let e = b.project_out(
             &segs,
-            &dv.as_view(),
-            &nine,
-            DeviceOutput::Accumulate(&mut o),
-            1.0,
-            Beta::Scalar(1.0),
-            &opts,
+            Projection::new(dv.as_view(), &nine, Output::Accumulate(o.slice_mut(..))).opts(opts),
         );
         assert!(e.is_err());
         let e = b.project_out(
             &segs,
-            &dv.as_view(),
-            &[],
-            DeviceOutput::Accumulate(&mut o),
-            f64::NAN,
-            Beta::Scalar(1.0),
-            &opts,
+            Projection::new(dv.as_view(), &[], Output::Accumulate(o.slice_mut(..)))
+                .alpha(f64::NAN)
+                .opts(opts),
         );
         assert!(e.is_err());
         let e = b.project_out(
             &segs,
-            &dv.as_view(),
-            &[],
-            DeviceOutput::Accumulate(&mut o),
-            1.0,
-            Beta::PerSegment(&[1.0, 2.0]),
-            &opts,
+            Projection::new(dv.as_view(), &[], Output::Accumulate(o.slice_mut(..)))
+                .beta(Beta::PerSegment(&[1.0, 2.0]))
+                .opts(opts),
         );
         assert!(e.is_err());
     }

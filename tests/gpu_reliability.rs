@@ -8,8 +8,9 @@
 mod gpu;
 
 use cudarc::driver::{CudaContext, CudaSlice};
-use redreg::cuda::{CudaBackend, CudaElement, DeviceOutput};
+use redreg::cuda::CudaBackend;
 use redreg::{f16, reference, Beta, Element, Output, ProjectOptions, Segments};
+use redreg::{Backend, Projection};
 use std::sync::Arc;
 
 fn data<T: Element>(n: usize, seed: u64) -> Vec<T> {
@@ -24,7 +25,7 @@ fn data<T: Element>(n: usize, seed: u64) -> Vec<T> {
         .collect()
 }
 
-fn up<T: CudaElement>(b: &CudaBackend, x: &[T]) -> CudaSlice<T> {
+fn up<T: Element>(b: &CudaBackend, x: &[T]) -> CudaSlice<T> {
     b.stream().clone_htod(x).unwrap()
 }
 
@@ -40,12 +41,12 @@ fn run_once(b: &CudaBackend, segs: &Segments, v: &[f32], g: &[f32], base: &[f32]
     let mut out = up(b, base);
     b.project_out(
         segs,
-        &dv.slice(..),
-        &[dg.slice(..)],
-        DeviceOutput::Accumulate(&mut out.slice_mut(..)),
-        1.0,
-        Beta::Scalar(1.25),
-        &ProjectOptions::default(),
+        Projection::new(
+            dv.slice(..),
+            &[dg.slice(..)],
+            Output::Accumulate(out.slice_mut(..)),
+        )
+        .beta(1.25),
     )
     .unwrap();
     b.stream().clone_dtoh(&out).unwrap()
@@ -127,12 +128,7 @@ fn nan_policy_matches_the_cpu() {
     let mut want = base.clone();
     reference::project_out(
         &segs,
-        &v,
-        &[&g],
-        Output::Accumulate(&mut want),
-        1.0,
-        Beta::Scalar(1.25),
-        &ProjectOptions::default(),
+        Projection::host(&v, &[&g], Output::Accumulate(&mut want)).beta(1.25),
     )
     .unwrap();
     assert!(
@@ -174,12 +170,7 @@ fn buffers_of_another_context_are_rejected() {
     let e = b
         .project_out(
             &segs,
-            &v.slice(..),
-            &[],
-            DeviceOutput::Accumulate(&mut out.slice_mut(..)),
-            1.0,
-            Beta::Scalar(1.0),
-            &ProjectOptions::default(),
+            Projection::new(v.slice(..), &[], Output::Accumulate(out.slice_mut(..))),
         )
         .unwrap_err();
     assert!(
@@ -221,12 +212,12 @@ fn indices_above_2_pow_31() {
     s.memcpy_htod(&tb, &mut out.slice_mut(n - tail..)).unwrap();
     b.project_out(
         &segs,
-        &v.slice(..),
-        &[g.slice(..)],
-        DeviceOutput::Accumulate(&mut out.slice_mut(..)),
-        1.0,
-        Beta::Scalar(0.75),
-        &ProjectOptions::default(),
+        Projection::new(
+            v.slice(..),
+            &[g.slice(..)],
+            Output::Accumulate(out.slice_mut(..)),
+        )
+        .beta(0.75),
     )
     .unwrap();
     let got: Vec<f16> = s.clone_dtoh(&out.slice(n - tail..)).unwrap();
@@ -239,12 +230,7 @@ fn indices_above_2_pow_31() {
     let mut want = tb.clone();
     reference::project_out(
         &tsegs,
-        &tv,
-        &[&tg],
-        Output::Accumulate(&mut want),
-        1.0,
-        Beta::Scalar(0.75),
-        &ProjectOptions::default(),
+        Projection::host(&tv, &[&tg], Output::Accumulate(&mut want)).beta(0.75),
     )
     .unwrap();
     for (i, (x, y)) in got.iter().zip(&want).enumerate() {

@@ -4,10 +4,10 @@
 
 mod util;
 
-#[allow(unused_imports)]
-use redreg::{Backend, Projection};
 use proptest::prelude::*;
 use redreg::{bf16, f16, reference, Beta, Element, Output, Partials, ProjectOptions, Segments};
+#[allow(unused_imports)]
+use redreg::{Backend, Projection};
 use util::*;
 
 /// Random layout + data: v and k basis vectors, all in `T`.
@@ -36,7 +36,18 @@ fn perp<T: Element>(
     opts: &ProjectOptions,
 ) -> (Vec<T>, Vec<u32>) {
     let mut out = vec![T::default(); v.len()];
-    let ranks = reference::project_out(segs, Projection::host(v, basis, Output::Write { base: None, out: &mut out, }).opts(*opts))
+    let ranks = reference::project_out(
+        segs,
+        Projection::host(
+            v,
+            basis,
+            Output::Write {
+                base: None,
+                out: &mut out,
+            },
+        )
+        .opts(*opts),
+    )
     .unwrap();
     (out, ranks)
 }
@@ -325,29 +336,91 @@ fn bad_input_is_a_clear_error() {
     let v = vec![1f32; 5];
     let b = vec![1f32; 4];
     let mut out = vec![0f32; 5];
-    let e = reference::project_out(&segs, Projection::host(&v, &[&b], Output::Write { base: None, out: &mut out, }))
+    let e = reference::project_out(
+        &segs,
+        Projection::host(
+            &v,
+            &[&b],
+            Output::Write {
+                base: None,
+                out: &mut out,
+            },
+        ),
+    )
     .unwrap_err()
     .to_string();
     assert!(e.contains("expected 5") && e.contains("got 4"), "{e}");
     let nine: Vec<&[f32]> = vec![&v; 9];
-    let e = reference::project_out(&segs, Projection::host(&v, &nine, Output::Write { base: None, out: &mut out, }))
+    let e = reference::project_out(
+        &segs,
+        Projection::host(
+            &v,
+            &nine,
+            Output::Write {
+                base: None,
+                out: &mut out,
+            },
+        ),
+    )
     .unwrap_err()
     .to_string();
     assert!(e.contains("got 9"), "{e}");
-    let e = reference::project_out(&segs, Projection::host(&v, &[], Output::Write { base: None, out: &mut out, }).beta(Beta::PerSegment(&[1.0])))
+    let e = reference::project_out(
+        &segs,
+        Projection::host(
+            &v,
+            &[],
+            Output::Write {
+                base: None,
+                out: &mut out,
+            },
+        )
+        .beta(Beta::PerSegment(&[1.0])),
+    )
     .unwrap_err()
     .to_string();
     assert!(e.contains("expected 2") && e.contains("got 1"), "{e}");
-    assert!(reference::project_out(&segs, Projection::host(&v, &[], Output::Write { base: None, out: &mut out }).alpha(f64::NAN))
+    assert!(reference::project_out(
+        &segs,
+        Projection::host(
+            &v,
+            &[],
+            Output::Write {
+                base: None,
+                out: &mut out
+            }
+        )
+        .alpha(f64::NAN)
+    )
     .is_err());
-    assert!(reference::project_out(&segs, Projection::host(&v, &[], Output::Accumulate(&mut out)).opts(ProjectOptions { tol: 1.5, ridge: 0.0 }))
+    assert!(reference::project_out(
+        &segs,
+        Projection::host(&v, &[], Output::Accumulate(&mut out)).opts(ProjectOptions {
+            tol: 1.5,
+            ridge: 0.0
+        })
+    )
     .is_err());
     let short = vec![0f32; 4];
-    let e = reference::project_out(&segs, Projection::host(&v, &[], Output::Write { base: Some(&short), out: &mut out, }))
+    let e = reference::project_out(
+        &segs,
+        Projection::host(
+            &v,
+            &[],
+            Output::Write {
+                base: Some(&short),
+                out: &mut out,
+            },
+        ),
+    )
     .unwrap_err()
     .to_string();
     assert!(e.contains("base"), "{e}");
     let p = Partials::zeros(2, 2).unwrap();
-    assert!(reference::apply(&segs, &p, Projection::host(&v, &[&v], Output::Accumulate(&mut out)))
+    assert!(reference::apply(
+        &segs,
+        &p,
+        Projection::host(&v, &[&v], Output::Accumulate(&mut out))
+    )
     .is_err());
 }

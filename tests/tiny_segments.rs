@@ -5,9 +5,9 @@
 
 mod util;
 
+use redreg::{reference, Beta, CpuBackend, Output, ProjectOptions, Segments};
 #[allow(unused_imports)]
 use redreg::{Backend, Projection};
-use redreg::{reference, Beta, CpuBackend, Output, ProjectOptions, Segments};
 use util::Gen;
 
 const SEGMENTS: usize = 3000;
@@ -56,10 +56,32 @@ fn tiny_segments_rank_is_min_of_length_and_k() {
             let mut out_ref = vec![0f32; segs.total()];
             let mut out_cpu = vec![0f32; segs.total()];
             let write = |out: &mut Vec<f32>| -> Vec<f32> { std::mem::take(out) };
-            let r_ref = reference::project_out(&segs, Projection::host(&v, &b, Output::Write { base: None, out: &mut out_ref, }).opts(opts))
+            let r_ref = reference::project_out(
+                &segs,
+                Projection::host(
+                    &v,
+                    &b,
+                    Output::Write {
+                        base: None,
+                        out: &mut out_ref,
+                    },
+                )
+                .opts(opts),
+            )
             .unwrap();
             let r_cpu = cpu
-                .project_out(&segs, Projection::host(&v, &b, Output::Write { base: None, out: &mut out_cpu, }).opts(opts))
+                .project_out(
+                    &segs,
+                    Projection::host(
+                        &v,
+                        &b,
+                        Output::Write {
+                            base: None,
+                            out: &mut out_cpu,
+                        },
+                    )
+                    .opts(opts),
+                )
                 .unwrap();
             assert_full_rank(&format!("reference {name} k={k}"), &segs, k, &r_ref);
             assert_full_rank(&format!("cpu {name} k={k}"), &segs, k, &r_cpu);
@@ -115,7 +137,19 @@ fn tiny_segments_split_form_relies_on_the_floor() {
         let p = cpu.partials(&segs, &v, None, &b).unwrap();
         let mut out = vec![0f32; segs.total()];
         let r = cpu
-            .apply(&segs, &p, Projection::host(&v, &b, Output::Write { base: None, out: &mut out, }).opts(ProjectOptions::exact()))
+            .apply(
+                &segs,
+                &p,
+                Projection::host(
+                    &v,
+                    &b,
+                    Output::Write {
+                        base: None,
+                        out: &mut out,
+                    },
+                )
+                .opts(ProjectOptions::exact()),
+            )
             .unwrap();
         assert_full_rank(&format!("cpu apply k={k}"), &segs, k, &r);
     }

@@ -13,9 +13,9 @@ use super::{candle_err, dtype_of, CandleElement, Job, TensorBackend, TensorView}
 use crate::backend::Backend;
 use crate::cuda::{drv, CudaBackend};
 use crate::dtype::Element;
-use crate::projection::{Output, Projection};
 use crate::error::{invalid, Result};
 use crate::projection::ProjectOptions;
+use crate::projection::{Output, Projection};
 use crate::segments::Segments;
 use candle_core::cuda::CudaDType;
 use candle_core::op::BackpropOp;

@@ -34,9 +34,9 @@
 //! never a panic, and nothing is written (the `GradStore` is only changed once every
 //! tensor has been computed).
 
+use crate::backend::Backend;
 use crate::dtype::Element;
 use crate::error::{check_count, invalid, Error, Result};
-use crate::backend::Backend;
 use crate::projection::{Beta, Output, ProjectOptions, Projection};
 use crate::segments::Segments;
 use crate::CpuBackend;

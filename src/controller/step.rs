@@ -75,8 +75,7 @@ pub type DeviceEncoder<'a, T> =
     Encoder<'a, cudarc::driver::CudaView<'a, T>, cudarc::driver::CudaViewMut<'a, T>>;
 
 /// An encoder on backend `B` with elements `T`.
-pub type EncoderOf<'a, B, T> =
-    Encoder<'a, <B as Backend>::Src<'a, T>, <B as Backend>::Dst<'a, T>>;
+pub type EncoderOf<'a, B, T> = Encoder<'a, <B as Backend>::Src<'a, T>, <B as Backend>::Dst<'a, T>>;
 
 /// Applies `decision` to the encoders (one per modality, in the controller's order): for
 /// the suppressed modality only, per tensor, `grad += beta · (d - P d)` with

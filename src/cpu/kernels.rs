@@ -344,7 +344,13 @@ fn apply_k<T: Element, const K: usize>(
     let off = usize::from(x.b0_out);
     let empty: &[T] = &[];
     // Slot i < off is the destination (read from `o` below), never from `bs`.
-    let bs: [&[T]; K] = std::array::from_fn(|i| if i < off { empty } else { &x.basis[i - off][..n] });
+    let bs: [&[T]; K] = std::array::from_fn(|i| {
+        if i < off {
+            empty
+        } else {
+            &x.basis[i - off][..n]
+        }
+    });
     let w: [f64; K] = std::array::from_fn(|i| w[i]);
     // x - Σ w_i b_i for element e; `o` is the destination's current value.
     let perp = |e: usize, o: f64| {

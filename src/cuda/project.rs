@@ -625,7 +625,11 @@ impl Backend for CudaBackend {
     }
 
     /// Device to device, asynchronous.
-    fn copy<'a, T: Element>(&self, src: CudaView<'a, T>, mut dst: CudaViewMut<'a, T>) -> Result<()> {
+    fn copy<'a, T: Element>(
+        &self,
+        src: CudaView<'a, T>,
+        mut dst: CudaViewMut<'a, T>,
+    ) -> Result<()> {
         check_len("copy destination", src.len(), dst.len())?;
         self.check_context("src", &src)?;
         self.check_context("dst", &dst)?;

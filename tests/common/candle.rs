@@ -3,10 +3,10 @@
 //! and the `|got - want| <= atol + rtol·|want|` check.
 #![allow(dead_code)]
 
-#[allow(unused_imports)]
-use redreg::{Backend, Projection};
 use candle_core::{Device, Tensor};
 use redreg::{reference, Beta, Element, Output, ProjectOptions, Segments};
+#[allow(unused_imports)]
+use redreg::{Backend, Projection};
 
 /// Deterministic values in [-1, 1) (xorshift).
 pub fn data(seed: u64, n: usize) -> Vec<f32> {
@@ -43,7 +43,19 @@ pub fn reference_one<T: Element>(
     let segs = Segments::from_lengths(&[v.len()]).unwrap();
     let b: Vec<&[T]> = basis.iter().map(|x| x.as_slice()).collect();
     let mut out = vec![T::default(); v.len()];
-    reference::project_out(&segs, Projection::host(v, &b, Output::Write { base, out: &mut out, }).alpha(alpha).beta(beta))
+    reference::project_out(
+        &segs,
+        Projection::host(
+            v,
+            &b,
+            Output::Write {
+                base,
+                out: &mut out,
+            },
+        )
+        .alpha(alpha)
+        .beta(beta),
+    )
     .unwrap();
     out
 }

@@ -335,7 +335,20 @@ pub fn sharded<A: AllReduce>(comm: &A, rank: usize, size: usize, k: usize, ck: &
 
     // The oracle on the whole tensors.
     let mut want = vec![0f32; n];
-    let want_ranks = reference::project_out(&segs, Projection::host(&v, &views, Output::Write { base: Some(&base), out: &mut want, }).alpha(0.5).beta(Beta::PerSegment(&betas)).opts(opts))
+    let want_ranks = reference::project_out(
+        &segs,
+        Projection::host(
+            &v,
+            &views,
+            Output::Write {
+                base: Some(&base),
+                out: &mut want,
+            },
+        )
+        .alpha(0.5)
+        .beta(Beta::PerSegment(&betas))
+        .opts(opts),
+    )
     .unwrap();
 
     // This rank's slices, segment after segment.
@@ -357,7 +370,22 @@ pub fn sharded<A: AllReduce>(comm: &A, rank: usize, size: usize, k: usize, ck: &
     let be = CpuBackend::new().with_chunk(1000).unwrap();
 
     let mut got = vec![0f32; lv.len()];
-    let ranks = project_sharded(&be, comm, &lsegs, Projection::host(&lv, &lviews, Output::Write { base: Some(&lbase), out: &mut got, }).alpha(0.5).beta(Beta::PerSegment(&betas)).opts(opts))
+    let ranks = project_sharded(
+        &be,
+        comm,
+        &lsegs,
+        Projection::host(
+            &lv,
+            &lviews,
+            Output::Write {
+                base: Some(&lbase),
+                out: &mut got,
+            },
+        )
+        .alpha(0.5)
+        .beta(Beta::PerSegment(&betas))
+        .opts(opts),
+    )
     .unwrap();
     let at = format!("rank {rank}/{size}, k = {k}");
     ck.check(ranks == want_ranks, || {
@@ -390,7 +418,21 @@ pub fn sharded<A: AllReduce>(comm: &A, rank: usize, size: usize, k: usize, ck: &
         format!("{at}: summed partials differ between ranks")
     });
     let mut again = vec![0f32; lv.len()];
-    be.apply(&lsegs, &p, Projection::host(&lv, &lviews, Output::Write { base: Some(&lbase), out: &mut again, }).alpha(0.5).beta(Beta::PerSegment(&betas)).opts(opts))
+    be.apply(
+        &lsegs,
+        &p,
+        Projection::host(
+            &lv,
+            &lviews,
+            Output::Write {
+                base: Some(&lbase),
+                out: &mut again,
+            },
+        )
+        .alpha(0.5)
+        .beta(Beta::PerSegment(&betas))
+        .opts(opts),
+    )
     .unwrap();
     ck.check(got == again, || {
         format!("{at}: project_sharded != partials+reduce+apply")
@@ -463,14 +505,39 @@ pub fn wrong_length<A: AllReduce>(comm: &A, rank: usize, size: usize, ck: &mut C
     let b1 = [1f32, 0.0, 1.0, 1.0, 0.0];
     let basis: Vec<&[f32]> = if last { vec![&b1, &v] } else { vec![&b1] };
     let mut out = [0f32; 5];
-    let r = project_sharded(&CpuBackend::new(), comm, &segs, Projection::host(&v, &basis, Output::Write { base: None, out: &mut out, }));
+    let r = project_sharded(
+        &CpuBackend::new(),
+        comm,
+        &segs,
+        Projection::host(
+            &v,
+            &basis,
+            Output::Write {
+                base: None,
+                out: &mut out,
+            },
+        ),
+    );
     ck.check(r.is_err() && out == [0f32; 5], || {
         format!("rank {rank}: k mismatch gave {r:?}, out {out:?}")
     });
 
     // Sharded: invalid β on rank 0 only.
     let beta = if rank == 0 { f64::NAN } else { 1.0 };
-    let r = project_sharded(&CpuBackend::new(), comm, &segs, Projection::host(&v, &[&b1[..]], Output::Write { base: None, out: &mut out, }).beta(beta));
+    let r = project_sharded(
+        &CpuBackend::new(),
+        comm,
+        &segs,
+        Projection::host(
+            &v,
+            &[&b1[..]],
+            Output::Write {
+                base: None,
+                out: &mut out,
+            },
+        )
+        .beta(beta),
+    );
     ck.check(r.is_err() && out == [0f32; 5], || {
         format!("rank {rank}: invalid beta on rank 0 gave {r:?}, out {out:?}")
     });

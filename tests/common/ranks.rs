@@ -46,7 +46,7 @@ pub fn assert_ranks_match(
         if got[s] == want[s] {
             continue;
         }
-        let m = decision_margin(k, oracle.segment(s), cap, tol);
+        let m = decision_margin(k, oracle.segment(s).unwrap(), cap, tol);
         if m < BORDERLINE {
             borderline.push(s);
         } else {
