@@ -24,7 +24,7 @@ mod imp {
     };
     use redreg::cuda::CudaBackend;
     use redreg::stats::{CudaStats, StatsPlan};
-    use redreg::{bf16, f16, layouts, Beta, DType, ProjectOptions, Segments};
+    use redreg::{bf16, f16, layouts, DType, ProjectOptions, Segments};
     use redreg::{Backend, Element, Output, Projection};
     use std::fmt::Write as _;
     use std::time::Duration;

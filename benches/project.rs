@@ -28,7 +28,6 @@ use rayon::prelude::*;
 use redreg::{
     bf16, f16, layouts, Beta, CpuBackend, Element, Output, Partials, ProjectOptions, Segments,
 };
-#[allow(unused_imports)]
 use redreg::{Backend, Projection};
 use std::cell::RefCell;
 use std::time::{Duration, Instant};

@@ -8,8 +8,7 @@
 //! `cargo run --release --example project_resnet -- [--k K] [--iters N] [--threads T]`
 
 use rayon::prelude::*;
-use redreg::{layouts, Beta, CpuBackend, Output, ProjectOptions, Segments};
-#[allow(unused_imports)]
+use redreg::{layouts, CpuBackend, Output, ProjectOptions, Segments};
 use redreg::{Backend, Projection};
 use std::time::Instant;
 

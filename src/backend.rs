@@ -152,10 +152,10 @@ impl Backend for Reference {
         crate::reference::apply(segs, partials, p)
     }
 
-    fn orthonormalize<'a, T: Element>(
+    fn orthonormalize<T: Element>(
         &self,
         segs: &Segments,
-        basis: &mut [&'a mut [T]],
+        basis: &mut [&mut [T]],
         tol: f64,
     ) -> Result<Vec<u32>> {
         crate::reference::orthonormalize(segs, basis, tol)

@@ -8,7 +8,6 @@ use proptest::prelude::*;
 use redreg::{
     bf16, f16, reference, Beta, CpuBackend, Element, Output, Partials, ProjectOptions, Segments,
 };
-#[allow(unused_imports)]
 use redreg::{Backend, Projection};
 use util::*;
 

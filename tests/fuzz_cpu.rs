@@ -9,7 +9,6 @@ mod util;
 
 use proptest::prelude::*;
 use redreg::{bf16, f16, reference, Beta, CpuBackend, Element, Output, ProjectOptions, Segments};
-#[allow(unused_imports)]
 use redreg::{Backend, Projection};
 use util::*;
 

@@ -11,7 +11,7 @@ use cudarc::driver::{CudaContext, CudaSlice, DevicePtr};
 use redreg::cuda::{CudaBackend, ForeignSlice};
 use redreg::stats::{CudaStats, StatsPlan};
 use redreg::{Backend, Output, Projection};
-use redreg::{Beta, DType, ProjectOptions, Segments};
+use redreg::{DType, ProjectOptions, Segments};
 use std::sync::Arc;
 
 fn wave(n: usize, f: f64) -> Vec<f32> {

@@ -9,7 +9,7 @@ mod gpu;
 
 use cudarc::driver::{CudaContext, CudaSlice};
 use redreg::cuda::CudaBackend;
-use redreg::{f16, reference, Beta, Element, Output, ProjectOptions, Segments};
+use redreg::{f16, reference, Element, Output, Segments};
 use redreg::{Backend, Projection};
 use std::sync::Arc;
 

@@ -5,9 +5,8 @@
 mod util;
 
 use proptest::prelude::*;
+use redreg::Projection;
 use redreg::{bf16, f16, reference, Beta, Element, Output, Partials, ProjectOptions, Segments};
-#[allow(unused_imports)]
-use redreg::{Backend, Projection};
 use util::*;
 
 /// Random layout + data: v and k basis vectors, all in `T`.

@@ -5,8 +5,7 @@
 
 mod util;
 
-use redreg::{reference, Beta, CpuBackend, Output, ProjectOptions, Segments};
-#[allow(unused_imports)]
+use redreg::{reference, CpuBackend, Output, ProjectOptions, Segments};
 use redreg::{Backend, Projection};
 use util::Gen;
 

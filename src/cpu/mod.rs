@@ -330,10 +330,10 @@ impl Backend for CpuBackend {
         self.apply_capped(segs, partials, p, k, false)
     }
 
-    fn orthonormalize<'a, T: Element>(
+    fn orthonormalize<T: Element>(
         &self,
         segs: &Segments,
-        basis: &mut [&'a mut [T]],
+        basis: &mut [&mut [T]],
         tol: f64,
     ) -> Result<Vec<u32>> {
         self.orthonormalize_impl(segs, basis, tol)

@@ -633,7 +633,7 @@ impl Backend for CudaBackend {
         check_len("copy destination", src.len(), dst.len())?;
         self.check_context("src", &src)?;
         self.check_context("dst", &dst)?;
-        if src.len() == 0 {
+        if src.is_empty() {
             return Ok(());
         }
         self.stream.memcpy_dtod(&src, &mut dst).map_err(drv)

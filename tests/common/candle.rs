@@ -4,9 +4,8 @@
 #![allow(dead_code)]
 
 use candle_core::{Device, Tensor};
+use redreg::Projection;
 use redreg::{reference, Beta, Element, Output, ProjectOptions, Segments};
-#[allow(unused_imports)]
-use redreg::{Backend, Projection};
 
 /// Deterministic values in [-1, 1) (xorshift).
 pub fn data(seed: u64, n: usize) -> Vec<f32> {

@@ -8,7 +8,6 @@
 //! the collectives and the group cannot hang on a test failure.
 #![allow(dead_code)]
 
-#[allow(unused_imports)]
 use redreg::{Backend, Projection};
 use std::ops::Range;
 
