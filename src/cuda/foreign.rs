@@ -2,8 +2,8 @@
 //! trainer), used without copies and without taking ownership.
 //!
 //! ```no_run
-//! use redreg::cuda::{CudaBackend, DeviceOutput, ForeignSlice};
-//! use redreg::{Beta, ProjectOptions, Segments};
+//! use redreg::cuda::{CudaBackend, ForeignSlice};
+//! use redreg::{Backend, Output, Projection, Segments};
 //!
 //! let backend = CudaBackend::new(0)?;
 //! let segs = Segments::from_lengths(&[1000, 24])?;
@@ -25,8 +25,9 @@
 //!         ForeignSlice::<f32>::new(&backend, p_grad, segs.total())?,
 //!     )
 //! };
-//! backend.project_out(&segs, &d.view(), &[gb.view()], DeviceOutput::Accumulate(&mut out.view_mut()),
-//!     1.0, Beta::Scalar(1.5), &ProjectOptions::default())?;
+//! let basis = [gb.view()];
+//! let p = Projection::new(d.view(), &basis, Output::Accumulate(out.view_mut()));
+//! backend.project_out(&segs, p.beta(1.5))?;
 //! backend.synchronize()?;
 //! drop((d, gb, out)); // never frees the foreign memory
 //! # drop((drift, grad, g));
