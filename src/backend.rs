@@ -30,10 +30,55 @@ impl RankList for Vec<u32> {
     }
 }
 
+/// Where a backend's buffers live: [`Host`] memory (slices) or, with feature `cuda`,
+/// [`crate::cuda::Device`] memory (cudarc views). Generic code names buffers through it
+/// ([`Src`], [`Dst`]); the statistics plan binds its inputs through it too.
+pub trait Memory {
+    /// A read-only buffer of `T`: `&[T]`, `CudaView<T>`.
+    type Src<'a, T: 'a>: Buffer;
+    /// A writable buffer of `T`: `&mut [T]`, `CudaViewMut<T>`.
+    type Dst<'a, T: 'a>: Buffer;
+
+    /// Another handle to the same elements, for a shorter time (a copy of `&[T]`; a
+    /// re-slice of a cudarc view).
+    fn share<'b, 'a: 'b, T>(s: &'b Self::Src<'a, T>) -> Self::Src<'b, T>;
+
+    /// The same destination lent for a shorter time (`&mut **d`; `slice_mut(..)`).
+    fn reborrow<'b, 'a: 'b, T>(d: &'b mut Self::Dst<'a, T>) -> Self::Dst<'b, T>;
+
+    /// A destination read as a source (`&**d`; `as_view()`).
+    fn view<'b, 'a: 'b, T>(d: &'b Self::Dst<'a, T>) -> Self::Src<'b, T>;
+}
+
+/// Host memory: slices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Host;
+
+impl Memory for Host {
+    type Src<'a, T: 'a> = &'a [T];
+    type Dst<'a, T: 'a> = &'a mut [T];
+
+    fn share<'b, 'a: 'b, T>(s: &'b &'a [T]) -> &'b [T] {
+        s
+    }
+
+    fn reborrow<'b, 'a: 'b, T>(d: &'b mut &'a mut [T]) -> &'b mut [T] {
+        d
+    }
+
+    fn view<'b, 'a: 'b, T>(d: &'b &'a mut [T]) -> &'b [T] {
+        d
+    }
+}
+
+/// A read-only buffer of backend `B`.
+pub type Src<'a, B, T> = <<B as Backend>::Memory as Memory>::Src<'a, T>;
+/// A writable buffer of backend `B`.
+pub type Dst<'a, B, T> = <<B as Backend>::Memory as Memory>::Dst<'a, T>;
+
 /// The arguments of a projection on backend `B` with elements `T`: buffers borrowed for
 /// `'b`, the basis list for `'a`.
-pub type ProjectionOf<'a, 'b, B, T> =
-    Projection<'a, <B as Backend>::Src<'b, T>, <B as Backend>::Dst<'b, T>>;
+pub type ProjectionOf<'a, 'b, B, T> = Projection<'a, Src<'b, B, T>, Dst<'b, B, T>>;
 
 /// The projection and orthonormalisation, on one kind of buffer.
 ///
@@ -41,29 +86,17 @@ pub type ProjectionOf<'a, 'b, B, T> =
 /// backend's own checks, e.g. device contexts and aliasing on CUDA) and returns `Err`
 /// without touching any buffer when they are invalid.
 pub trait Backend {
-    /// A read-only buffer of `T`.
-    type Src<'a, T: Element + 'a>: Buffer;
-    /// A writable buffer of `T`.
-    type Dst<'a, T: Element + 'a>: Buffer;
+    /// Where its buffers live.
+    type Memory: Memory;
     /// The per-segment ranks of one call.
     type Ranks: RankList;
-
-    /// Another handle to the same elements, for a shorter time (a copy of `&[T]`; a
-    /// re-slice of a cudarc view).
-    fn share<'b, 'a: 'b, T: Element>(s: &'b Self::Src<'a, T>) -> Self::Src<'b, T>;
-
-    /// The same destination lent for a shorter time (`&mut **d`; `slice_mut(..)`).
-    fn reborrow<'b, 'a: 'b, T: Element>(d: &'b mut Self::Dst<'a, T>) -> Self::Dst<'b, T>;
-
-    /// A destination read as a source (`&**d`; `as_view()`).
-    fn view<'b, 'a: 'b, T: Element>(d: &'b Self::Dst<'a, T>) -> Self::Src<'b, T>;
 
     /// Both passes: `out = alpha·base + beta·(x - P x)` per segment ([`Projection`]).
     /// Ranks at most `min(segment length, k)`.
     fn project_out<'a, T: Element>(
         &self,
         segs: &Segments,
-        p: Projection<'_, Self::Src<'a, T>, Self::Dst<'a, T>>,
+        p: Projection<'_, Src<'a, Self, T>, Dst<'a, Self, T>>,
     ) -> Result<Self::Ranks>;
 
     /// Pass 1 of the split form: per segment the Gram matrix of the basis and `Bᵀx`
@@ -74,9 +107,9 @@ pub trait Backend {
     fn partials<'a, T: Element>(
         &self,
         segs: &Segments,
-        v: Self::Src<'a, T>,
-        v0: Option<Self::Src<'a, T>>,
-        basis: &[Self::Src<'a, T>],
+        v: Src<'a, Self, T>,
+        v0: Option<Src<'a, Self, T>>,
+        basis: &[Src<'a, Self, T>],
     ) -> Result<Partials>;
 
     /// Pass 2 of the split form: solves each segment from `partials` (possibly summed over
@@ -86,7 +119,7 @@ pub trait Backend {
         &self,
         segs: &Segments,
         partials: &Partials,
-        p: Projection<'_, Self::Src<'a, T>, Self::Dst<'a, T>>,
+        p: Projection<'_, Src<'a, Self, T>, Dst<'a, Self, T>>,
     ) -> Result<Self::Ranks>;
 
     /// Orthonormalises the k basis vectors of every segment in place; dropped vectors
@@ -94,13 +127,13 @@ pub trait Backend {
     fn orthonormalize<'a, T: Element>(
         &self,
         segs: &Segments,
-        basis: &mut [Self::Dst<'a, T>],
+        basis: &mut [Dst<'a, Self, T>],
         tol: f64,
     ) -> Result<Self::Ranks>;
 
     /// `dst = src` (for example the epoch-start snapshot `theta0 = theta`); on CUDA
     /// asynchronous on the backend's stream.
-    fn copy<'a, T: Element>(&self, src: Self::Src<'a, T>, dst: Self::Dst<'a, T>) -> Result<()>;
+    fn copy<'a, T: Element>(&self, src: Src<'a, Self, T>, dst: Dst<'a, Self, T>) -> Result<()>;
 }
 
 /// The f64 oracle of [`crate::reference`] as a [`Backend`]: single-threaded, slow, written
@@ -109,26 +142,13 @@ pub trait Backend {
 pub struct Reference;
 
 impl Backend for Reference {
-    type Src<'a, T: Element + 'a> = &'a [T];
-    type Dst<'a, T: Element + 'a> = &'a mut [T];
+    type Memory = Host;
     type Ranks = Vec<u32>;
-
-    fn share<'b, 'a: 'b, T: Element>(s: &'b &'a [T]) -> &'b [T] {
-        s
-    }
-
-    fn reborrow<'b, 'a: 'b, T: Element>(d: &'b mut &'a mut [T]) -> &'b mut [T] {
-        d
-    }
-
-    fn view<'b, 'a: 'b, T: Element>(d: &'b &'a mut [T]) -> &'b [T] {
-        d
-    }
 
     fn project_out<'a, T: Element>(
         &self,
         segs: &Segments,
-        p: Projection<'_, Self::Src<'a, T>, Self::Dst<'a, T>>,
+        p: Projection<'_, Src<'a, Self, T>, Dst<'a, Self, T>>,
     ) -> Result<Vec<u32>> {
         crate::reference::project_out(segs, p)
     }
@@ -147,7 +167,7 @@ impl Backend for Reference {
         &self,
         segs: &Segments,
         partials: &Partials,
-        p: Projection<'_, Self::Src<'a, T>, Self::Dst<'a, T>>,
+        p: Projection<'_, Src<'a, Self, T>, Dst<'a, Self, T>>,
     ) -> Result<Vec<u32>> {
         crate::reference::apply(segs, partials, p)
     }

@@ -29,7 +29,7 @@ pub mod solve;
 pub mod stats;
 pub mod sum;
 
-pub use backend::{Backend, RankList, Reference};
+pub use backend::{Backend, Host, Memory, RankList, Reference};
 pub use cpu::CpuBackend;
 pub use dtype::{cast_bytes, cast_bytes_mut, DType, Element};
 pub use error::{Error, Result};

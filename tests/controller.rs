@@ -6,7 +6,7 @@ use redreg::controller::{
     step, Config, Controller, ControllerState, Decision, DropoutSchedule, Dropped, GateRule,
     HostEncoder, JointBasis, Redundancy, StepInputs,
 };
-use redreg::{Backend, Error, ProjectOptions, Reference, Segments};
+use redreg::{Backend, Error, Host, ProjectOptions, Reference, Segments};
 
 #[track_caller]
 fn close(got: f64, want: f64, tol: f64) {
@@ -659,8 +659,7 @@ fn model() -> Model {
 
 fn run_step<B>(backend: &B)
 where
-    B: Backend<Ranks = Vec<u32>>
-        + for<'a> Backend<Src<'a, f32> = &'a [f32], Dst<'a, f32> = &'a mut [f32]>,
+    B: Backend<Memory = Host, Ranks = Vec<u32>>,
 {
     let mut m = model();
     let (grad_a0, grad_v0) = (m.grad[0].clone(), m.grad[1].clone());

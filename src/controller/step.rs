@@ -8,7 +8,7 @@
 //! step reads θ, θ₀ and g twice and writes g once — 7 element passes, no scratch, 2
 //! launches on CUDA — identically on the host and on the device.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Memory, Src};
 use crate::dtype::Element;
 use crate::error::{check_count, invalid, Result};
 use crate::projection::{Buffer, Output, ProjectOptions, Projection};
@@ -75,7 +75,7 @@ pub type DeviceEncoder<'a, T> =
     Encoder<'a, cudarc::driver::CudaView<'a, T>, cudarc::driver::CudaViewMut<'a, T>>;
 
 /// An encoder on backend `B` with elements `T`.
-pub type EncoderOf<'a, B, T> = Encoder<'a, <B as Backend>::Src<'a, T>, <B as Backend>::Dst<'a, T>>;
+pub type EncoderOf<'a, B, T> = Encoder<'a, Src<'a, B, T>, crate::backend::Dst<'a, B, T>>;
 
 /// Applies `decision` to the encoders (one per modality, in the controller's order): for
 /// the suppressed modality only, per tensor, `grad += beta · (d - P d)` with
@@ -109,10 +109,13 @@ pub fn step<'a, T: Element, B: Backend>(
         JointBasis::GradientAnd(b) => (false, b),
         JointBasis::Explicit(b) => (true, b),
     };
-    let extra: Vec<B::Src<'_, T>> = extra.iter().map(|s| B::share(s)).collect();
-    let theta = B::share(&enc.theta);
-    let theta0 = B::share(&enc.theta0);
-    let grad = B::reborrow(&mut enc.grad);
+    let extra: Vec<Src<'_, B, T>> = extra
+        .iter()
+        .map(|s| <B::Memory as Memory>::share(s))
+        .collect();
+    let theta = <B::Memory as Memory>::share(&enc.theta);
+    let theta0 = <B::Memory as Memory>::share(&enc.theta0);
+    let grad = <B::Memory as Memory>::reborrow(&mut enc.grad);
     let p = if explicit {
         Projection::new(theta, &extra, Output::Accumulate(grad)).minus(theta0)
     } else {

@@ -280,21 +280,8 @@ impl CpuBackend {
 
 /// Host slices; `project_out` = pass 1 + pass 2 (module docs), `orthonormalize` = CholQR2.
 impl Backend for CpuBackend {
-    type Src<'a, T: Element + 'a> = &'a [T];
-    type Dst<'a, T: Element + 'a> = &'a mut [T];
+    type Memory = crate::backend::Host;
     type Ranks = Vec<u32>;
-
-    fn share<'b, 'a: 'b, T: Element>(s: &'b &'a [T]) -> &'b [T] {
-        s
-    }
-
-    fn reborrow<'b, 'a: 'b, T: Element>(d: &'b mut &'a mut [T]) -> &'b mut [T] {
-        d
-    }
-
-    fn view<'b, 'a: 'b, T: Element>(d: &'b &'a mut [T]) -> &'b [T] {
-        d
-    }
 
     fn project_out<'a, T: Element>(
         &self,

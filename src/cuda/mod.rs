@@ -64,6 +64,27 @@ include!(concat!(env!("OUT_DIR"), "/redreg_kernels.rs"));
 /// True when this build embeds nvcc-compiled fatbins (else NVRTC compiles at run time).
 pub const PREBUILT_KERNELS: bool = cfg!(redreg_prebuilt_kernels);
 
+/// Device memory: cudarc views ([`crate::Memory`] of [`CudaBackend`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Device;
+
+impl crate::backend::Memory for Device {
+    type Src<'a, T: 'a> = CudaView<'a, T>;
+    type Dst<'a, T: 'a> = CudaViewMut<'a, T>;
+
+    fn share<'b, 'a: 'b, T>(s: &'b CudaView<'a, T>) -> CudaView<'b, T> {
+        s.slice(..)
+    }
+
+    fn reborrow<'b, 'a: 'b, T>(d: &'b mut CudaViewMut<'a, T>) -> CudaViewMut<'b, T> {
+        d.slice_mut(..)
+    }
+
+    fn view<'b, 'a: 'b, T>(d: &'b CudaViewMut<'a, T>) -> CudaView<'b, T> {
+        d.as_view()
+    }
+}
+
 impl<T> crate::projection::Buffer for CudaView<'_, T> {
     fn len(&self) -> usize {
         DeviceSlice::len(self)

@@ -513,21 +513,8 @@ impl CudaBackend {
 /// [`CudaBackend::stream`] unless said otherwise; each call returns its own
 /// [`DeviceRanks`].
 impl Backend for CudaBackend {
-    type Src<'a, T: Element + 'a> = CudaView<'a, T>;
-    type Dst<'a, T: Element + 'a> = CudaViewMut<'a, T>;
+    type Memory = super::Device;
     type Ranks = DeviceRanks;
-
-    fn share<'b, 'a: 'b, T: Element>(s: &'b CudaView<'a, T>) -> CudaView<'b, T> {
-        s.slice(..)
-    }
-
-    fn reborrow<'b, 'a: 'b, T: Element>(d: &'b mut CudaViewMut<'a, T>) -> CudaViewMut<'b, T> {
-        d.slice_mut(..)
-    }
-
-    fn view<'b, 'a: 'b, T: Element>(d: &'b CudaViewMut<'a, T>) -> CudaView<'b, T> {
-        d.as_view()
-    }
 
     fn project_out<'a, T: Element>(
         &self,
