@@ -37,7 +37,6 @@ pub(crate) use checks::{byte_range, check_buffer_context, check_no_alias, ByteRa
 
 use crate::dtype::Element;
 use crate::error::{Error, Result};
-use crate::segments::Segments;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, DeviceSlice,
 };
@@ -226,7 +225,7 @@ pub struct CudaBackend {
     cc: (i32, i32),
     modules: Mutex<HashMap<&'static str, (Arc<CudaModule>, KernelPath)>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
-    pub(crate) workspaces: Mutex<HashMap<Segments, project::Workspace>>,
+    pub(crate) workspaces: Mutex<project::Workspaces>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -263,7 +262,7 @@ impl CudaBackend {
             cc,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
-            workspaces: Mutex::new(HashMap::new()),
+            workspaces: Mutex::new(project::Workspaces::default()),
         })
     }
 

@@ -31,6 +31,16 @@ const MODE_B0_OUT: i32 = 4;
 /// [`Backend`]).
 pub type CudaProjection<'a, T> = Projection<'a, CudaView<'a, T>, CudaViewMut<'a, T>>;
 
+/// Layouts whose workspace the backend keeps (least recently used evicted beyond).
+const MAX_LAYOUTS: usize = 16;
+
+/// The per-layout workspaces of a backend, with a use clock for eviction.
+#[derive(Default)]
+pub(crate) struct Workspaces {
+    map: std::collections::HashMap<Segments, (Workspace, u64)>,
+    clock: u64,
+}
+
 /// Device workspace of one layout, kept across calls: scratch only. Results that a caller
 /// reads later (the ranks) go to a per-call [`DeviceRanks`], never to this shared state.
 pub(crate) struct Workspace {
@@ -76,12 +86,45 @@ impl CudaBackend {
         segs: &Segments,
         f: impl FnOnce(&mut Workspace) -> Result<R>,
     ) -> Result<R> {
-        let mut map = self.workspaces.lock().unwrap_or_else(|p| p.into_inner());
-        if !map.contains_key(segs) {
+        let mut cache = self.workspaces.lock().unwrap_or_else(|p| p.into_inner());
+        cache.clock += 1;
+        let now = cache.clock;
+        if !cache.map.contains_key(segs) {
             let ws = self.new_workspace(segs)?;
-            map.insert(segs.clone(), ws);
+            if cache.map.len() >= MAX_LAYOUTS {
+                // Evict the least recently used layout (its buffers are freed in stream
+                // order, after every kernel queued with them).
+                let oldest = cache
+                    .map
+                    .iter()
+                    .min_by_key(|(_, (_, t))| *t)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    cache.map.remove(&k);
+                }
+            }
+            cache.map.insert(segs.clone(), (ws, now));
         }
-        f(map.get_mut(segs).expect("inserted above"))
+        match cache.map.get_mut(segs) {
+            Some((ws, t)) => {
+                *t = now;
+                f(ws)
+            }
+            None => Err(invalid(
+                "workspace",
+                "layout missing from the cache after insertion",
+            )),
+        }
+    }
+
+    /// Number of layouts whose device workspace is cached (at most 16: the least recently
+    /// used one is freed when a 17th layout is used).
+    pub fn cached_layouts(&self) -> usize {
+        self.workspaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map
+            .len()
     }
 
     fn new_workspace(&self, segs: &Segments) -> Result<Workspace> {
