@@ -38,18 +38,8 @@
 //   orth_apply_<dt>        final pass of orthonormalize: b_j <- sum_i (M1 M2)[i][j] b_i in place
 #include "common.cuh"
 
-// Finish modes (bit flags, must match src/cuda/project.rs).
-#define RR_FIN_REDUCE 1  // sum chunk partials -> seg_partials (else read seg_partials)
-#define RR_FIN_SOLVE 2   // solve_segment -> coef (k per segment)
-#define RR_FIN_ORTH1 4   // orth_segment -> coef (k*k per segment, M1)
-#define RR_FIN_ORTH2 8   // orth_segment -> coef2 (k*k per segment, M2)
-#define RR_FIN_CAP 16    // cap each rank at min(segment length, k) (the partials are the
-                         // segment's own; not for the split form's summed partials)
-
-// Apply modes (must match src/cuda/project.rs).
-#define RR_MODE_NONE 0   // out = beta*(v - Pv)
-#define RR_MODE_BASE 1   // out = alpha*base + beta*(v - Pv)
-#define RR_MODE_INPLACE 2  // out = alpha*out + beta*(v - Pv)
+// Finish modes RR_FIN_* (bit flags) and apply modes RR_MODE_*: generated from src/abi.rs.
+#include "redreg_abi.cuh"
 
 // Index of G[i][j] (i <= j) in the packed upper triangle (src/solve.rs tri_index).
 __device__ __forceinline__ constexpr int rr_tri(int k, int i, int j) {

@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod abi;
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod controller;

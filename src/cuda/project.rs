@@ -7,6 +7,9 @@
 use super::{
     byte_range, check_no_alias, drv, CudaBackend, CudaElement, DeviceRanks, CHUNK, THREADS,
 };
+use crate::abi::{
+    FIN_CAP, FIN_ORTH1, FIN_ORTH2, FIN_REDUCE, FIN_SOLVE, MODE_BASE, MODE_INPLACE, MODE_NONE,
+};
 use crate::error::{check_len, invalid, Result};
 use crate::projection::{check_finite, check_k, Beta, Partials, ProjectOptions};
 use crate::segments::{chunk_tasks, Segments};
@@ -15,16 +18,6 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelA
 
 const MODULE: &str = "project";
 const MAX_STRIDE: usize = partial_stride(MAX_K);
-
-// Must match kernels/project.cu.
-const FIN_REDUCE: i32 = 1;
-const FIN_SOLVE: i32 = 2;
-const FIN_ORTH1: i32 = 4;
-const FIN_ORTH2: i32 = 8;
-const FIN_CAP: i32 = 16;
-const MODE_NONE: i32 = 0;
-const MODE_BASE: i32 = 1;
-const MODE_INPLACE: i32 = 2;
 
 /// Where [`CudaBackend::project_out`] / [`CudaBackend::apply`] write
 /// `alpha·base + beta·(v - P v)` (the device twin of [`crate::Output`]).
