@@ -10,7 +10,9 @@
 //! - `REDREG_REQUIRE_NVCC=1`: a missing nvcc or a failed compile is a build error.
 //! - `REDREG_NVCC_FLAGS`: extra nvcc flags (space separated).
 //!
-//! Output: `$OUT_DIR/redreg_kernels.rs`, included by `src/cuda/mod.rs`, and the cfg
+//! Output: `$OUT_DIR/redreg_abi.cuh`, the ABI header generated from `src/abi.rs` (always,
+//! with the cfg `redreg_abi_header` that makes `redreg::abi::CUDA_HEADER` include it);
+//! `$OUT_DIR/redreg_kernels.rs`, included by `src/cuda/mod.rs`; and the cfg
 //! `redreg_prebuilt_kernels` when every module was compiled.
 
 use std::env;
@@ -18,9 +20,23 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+// The ABI table shared with the kernels (dependency-free on purpose, see its docs).
+// (`CUDA_HEADER` is behind the cfg `redreg_abi_header`, which only the crate gets.)
+#[path = "src/abi.rs"]
+#[allow(dead_code, unexpected_cfgs)]
+mod abi;
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/abi.rs");
     println!("cargo:rustc-check-cfg=cfg(redreg_prebuilt_kernels)");
+    println!("cargo:rustc-check-cfg=cfg(redreg_abi_header)");
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    // The one generator of the kernels' ABI header (also without `cuda`: the constants and
+    // `redreg::abi::CUDA_HEADER` exist in every build).
+    let abi_header = out.join(abi::HEADER_NAME);
+    fs::write(&abi_header, abi::cuda_header()).expect("write the ABI header");
+    println!("cargo:rustc-cfg=redreg_abi_header");
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return; // feature `cuda` off: nothing CUDA-related at all
     }
@@ -38,7 +54,6 @@ fn main() {
     let require = env::var("REDREG_REQUIRE_NVCC").is_ok_and(|v| v == "1");
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let kdir = manifest.join("kernels");
-    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     println!("cargo:rerun-if-changed={}", kdir.display());
 
     let mut sources = Vec::new();
@@ -56,6 +71,7 @@ fn main() {
     }
     sources.sort();
     headers.sort();
+    check_no_abi_defines(sources.iter().chain(&headers));
 
     let nvcc = find_nvcc();
     let mut fatbins: Vec<Option<PathBuf>> = vec![None; sources.len()];
@@ -73,7 +89,7 @@ fn main() {
             for (i, src) in sources.iter().enumerate() {
                 let stem = src.file_stem().unwrap().to_string_lossy().to_string();
                 let dst = out.join(format!("{stem}.fatbin"));
-                match compile(nvcc, src, &kdir, &dst, &archs) {
+                match compile(nvcc, src, &[&kdir, &out], &dst, &archs) {
                     Ok(()) => fatbins[i] = Some(dst),
                     Err(e) => {
                         if require {
@@ -116,6 +132,11 @@ fn main() {
     gen.push_str("];\n");
     gen.push_str("/// Headers inlined into the sources before NVRTC: (file name, text).\n");
     gen.push_str("pub(crate) static HEADERS: &[(&str, &str)] = &[\n");
+    gen.push_str(&format!(
+        "    ({:?}, include_str!({:?})),\n",
+        abi::HEADER_NAME,
+        abi_header.display().to_string()
+    ));
     for h in &headers {
         let name = h.file_name().unwrap().to_string_lossy();
         gen.push_str(&format!(
@@ -125,6 +146,44 @@ fn main() {
     }
     gen.push_str("];\n");
     fs::write(out.join("redreg_kernels.rs"), gen).expect("write redreg_kernels.rs");
+}
+
+/// Panics (a build error) when a kernel file `#define`s or `#undef`s a name of the ABI
+/// table: those values come only from the generated header, so a second, possibly
+/// different, definition must not compile.
+fn check_no_abi_defines<'a>(files: impl Iterator<Item = &'a PathBuf>) {
+    let mut found = Vec::new();
+    for f in files {
+        let text = fs::read_to_string(f).unwrap_or_default();
+        for (n, line) in text.lines().enumerate() {
+            let Some(rest) = line.trim_start().strip_prefix('#') else {
+                continue;
+            };
+            let rest = rest.trim_start();
+            let Some(rest) = rest
+                .strip_prefix("define")
+                .or_else(|| rest.strip_prefix("undef"))
+            else {
+                continue;
+            };
+            let name: String = rest
+                .trim_start()
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if abi::TABLE.iter().any(|c| c.c_name == name) {
+                found.push(format!("{}:{}: {}", f.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    if !found.is_empty() {
+        panic!(
+            "kernel files define ABI constants that only the generated {} may define \
+             (their values live in src/abi.rs):\n{}",
+            abi::HEADER_NAME,
+            found.join("\n")
+        );
+    }
 }
 
 fn find_nvcc() -> Option<PathBuf> {
@@ -178,15 +237,22 @@ fn compute_caps() -> Vec<u32> {
     caps
 }
 
-fn compile(nvcc: &Path, src: &Path, inc: &Path, dst: &Path, archs: &[u32]) -> Result<(), String> {
+fn compile(
+    nvcc: &Path,
+    src: &Path,
+    inc: &[&Path],
+    dst: &Path,
+    archs: &[u32],
+) -> Result<(), String> {
     let mut cmd = Command::new(nvcc);
     cmd.arg("--fatbin")
         .arg("-O3")
         .arg("-std=c++17")
         .arg("--threads")
-        .arg("0")
-        .arg("-I")
-        .arg(inc);
+        .arg("0");
+    for dir in inc {
+        cmd.arg("-I").arg(dir);
+    }
     for a in archs {
         cmd.arg(format!("-gencode=arch=compute_{a},code=sm_{a}"));
     }

@@ -42,20 +42,8 @@
 //   orth_apply_<dt>        final pass of orthonormalize: b_j <- sum_i (M1 M2)[i][j] b_i in place
 #include "common.cuh"
 
-// Finish modes (bit flags, must match src/cuda/project.rs).
-#define RR_FIN_REDUCE 1  // sum chunk partials -> seg_partials (else read seg_partials)
-#define RR_FIN_SOLVE 2   // solve_segment -> coef (k per segment)
-#define RR_FIN_ORTH1 4   // orth_segment -> coef (k*k per segment, M1)
-#define RR_FIN_ORTH2 8   // orth_segment -> coef2 (k*k per segment, M2)
-#define RR_FIN_CAP 16    // cap each rank at min(segment length, k) (the partials are the
-                         // segment's own; not for the split form's summed partials)
-
-// Apply modes (must match src/cuda/project.rs).
-#define RR_MODE_NONE 0   // out = beta*(v - Pv)
-#define RR_MODE_BASE 1   // out = alpha*base + beta*(v - Pv)
-#define RR_MODE_INPLACE 2  // out = alpha*out + beta*(v - Pv)
-#define RR_MODE_MASK 3     // the three modes above; the bits above are flags
-#define RR_MODE_B0_OUT 4   // flag (with INPLACE): basis vector 0 is out's value before the write
+// Finish modes RR_FIN_* (bit flags) and apply modes RR_MODE_*: generated from src/abi.rs.
+#include "redreg_abi.cuh"
 
 // Index of G[i][j] (i <= j) in the packed upper triangle (src/solve.rs tri_index).
 __device__ __forceinline__ constexpr int rr_tri(int k, int i, int j) {
@@ -447,7 +435,7 @@ __device__ __forceinline__ void rr_finish(const double* __restrict__ chunk_parti
         // order: its length is the last task's end minus the first task's start.
         const rr_u64 t0 = seg_first[seg];
         const rr_u64 t1 = seg_first[seg + 1];
-        const rr_u64 len = t1 > t0 ? tasks[3 * (t1 - 1) + 2] - tasks[3 * t0 + 1] : 0;
+        const rr_u64 len = t1 > t0 ? tasks[RR_TASK_WORDS * (t1 - 1) + 2] - tasks[RR_TASK_WORDS * t0 + 1] : 0;
         if (len < (rr_u64)K) max_rank = (int)len;
     }
     if (mode & RR_FIN_SOLVE) {
@@ -508,7 +496,7 @@ __device__ __forceinline__ void rr_fold(const rr_u64* __restrict__ tasks,
                                         double* __restrict__ coef, rr_u32* __restrict__ ranks,
                                         double* red, rr_u32* last) {
     constexpr int NS = RR_STRIDE(K);
-    const rr_u64 seg = tasks[3 * (rr_u64)blockIdx.x];
+    const rr_u64 seg = tasks[RR_TASK_WORDS * (rr_u64)blockIdx.x];
     const rr_u64 t0 = seg_first[seg];
     const rr_u64 t1 = seg_first[seg + 1];
     __threadfence();  // this block's chunk partials, visible to the segment's last block
@@ -540,7 +528,7 @@ __device__ __forceinline__ void rr_fold(const rr_u64* __restrict__ tasks,
     if (threadIdx.x != 0 || !(mode & RR_FIN_SOLVE)) return;
     int max_rank = K;
     if (mode & RR_FIN_CAP) {
-        const rr_u64 len = tasks[3 * (t1 - 1) + 2] - tasks[3 * t0 + 1];
+        const rr_u64 len = tasks[RR_TASK_WORDS * (t1 - 1) + 2] - tasks[RR_TASK_WORDS * t0 + 1];
         if (len < (rr_u64)K) max_rank = (int)len;
     }
     ranks[seg] = rr_solve_segment<K>(red, max_rank, tol, ridge, coef + seg * K);

@@ -7,23 +7,15 @@
 // host copies back once. Every reduction has a fixed order: results are bitwise identical
 // run to run. Arithmetic in f64; accumulator update acc = f32(f64(acc) + x^2) as on the CPU.
 //
-// Tables (u64): task t = tasks[5t..5t+5] = {entry, mode, a, start, end};
+// Tables (u64; word counts and order from redreg_abi.cuh):
+// task t = tasks[5t..5t+5] = {entry, mode, a, start, end};
 // entry i = desc[8i..8i+8] = {kind, dtype, p0, p1, p2, n1, n2, out};
 // entry_tasks[2i..2i+2] = {first task, end task}.
 #include "common.cuh"
 
-#define ST_SQDIFF 0
-#define ST_COS 1
-#define ST_PROB 2
-#define ST_SUMS 3
-#define ST_DOTS 4
-#define MODE_ELEMS 0
-#define MODE_ROWS 1
-#define MODE_PIECE 2
-#define DT_F32 0
-#define DT_F16 1
-#define DT_BF16 2
-#define ST_P 4
+// Kinds RR_ST_*, task modes RR_ST_MODE_*, dtype codes RR_DT_*, the tables' layouts
+// (RR_ST_TASK_*, RR_ST_DESC_*, RR_ST_ENTRY_*, RR_ST_PARTIALS): generated from src/abi.rs.
+#include "redreg_abi.cuh"
 
 __device__ __forceinline__ double st_max(double m, double x) { return (x > m || x != x) ? x : m; }
 __device__ __forceinline__ double st_ninf() { return __longlong_as_double(0xfff0000000000000LL); }
@@ -78,16 +70,17 @@ __device__ __forceinline__ double warp_allmax(double x) {
 template <class E>
 __device__ void run_task(const rr_u64* __restrict__ d, rr_u64 mode, rr_u64 a, rr_u64 start,
                          rr_u64 end, double* __restrict__ out) {
-    const rr_u64 kind = d[0], p0 = d[2], p1 = d[3], p2 = d[4], n2 = d[6];
+    const rr_u64 kind = d[RR_ST_DESC_KIND], p0 = d[RR_ST_DESC_P0], p1 = d[RR_ST_DESC_P1],
+                 p2 = d[RR_ST_DESC_P2], n2 = d[RR_ST_DESC_N2];
     double v[3] = {0.0, 0.0, 0.0};
-    if (kind == ST_SQDIFF || kind == ST_DOTS) {
+    if (kind == RR_ST_SQDIFF || kind == RR_ST_DOTS) {
         for (rr_u64 i = start + threadIdx.x; i < end; i += RR_THREADS) {
             double x = ld<E>(p0, i), y = ld<E>(p1, i);
-            v[0] += kind == ST_SQDIFF ? (x - y) * (x - y) : x * y;
+            v[0] += kind == RR_ST_SQDIFF ? (x - y) * (x - y) : x * y;
         }
         block_sum<1>(v);
         if (threadIdx.x == 0) out[0] = v[0];
-    } else if (kind == ST_SUMS) {
+    } else if (kind == RR_ST_SUMS) {
         float* acc = reinterpret_cast<float*>(p2);
         for (rr_u64 i = start + threadIdx.x; i < end; i += RR_THREADS) {
             double x = ld<E>(p0, i);
@@ -102,7 +95,7 @@ __device__ void run_task(const rr_u64* __restrict__ d, rr_u64 mode, rr_u64 a, rr
             out[1] = v[1];
             out[2] = v[2];
         }
-    } else if (mode == MODE_PIECE && kind == ST_COS) {
+    } else if (mode == RR_ST_MODE_PIECE && kind == RR_ST_COS) {
         for (rr_u64 i = start + threadIdx.x; i < end; i += RR_THREADS) {
             double x = ld<E>(p0, i), y = ld<E>(p1, i);
             v[0] += x * y;
@@ -115,7 +108,7 @@ __device__ void run_task(const rr_u64* __restrict__ d, rr_u64 mode, rr_u64 a, rr
             out[1] = v[1];
             out[2] = v[2];
         }
-    } else if (mode == MODE_PIECE) {  // ST_PROB: max, then sum exp(x - max)
+    } else if (mode == RR_ST_MODE_PIECE) {  // RR_ST_PROB: max, then sum exp(x - max)
         __shared__ double bm;
         double m = st_ninf();
         for (rr_u64 i = start + threadIdx.x; i < end; i += RR_THREADS) m = st_max(m, ld<E>(p0, i));
@@ -138,12 +131,12 @@ __device__ void run_task(const rr_u64* __restrict__ d, rr_u64 mode, rr_u64 a, rr
             out[0] = m;
             out[1] = v[0];
         }
-    } else {  // MODE_ROWS: one warp per row, rows start..end; per-warp totals in row order
+    } else {  // RR_ST_MODE_ROWS: a warp per row, rows start..end; warp totals in row order
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
         double s = 0.0, bad = -1.0;
         for (rr_u64 r = start + warp; r < end; r += RR_WARPS) {
             const rr_u64 b0 = r * n2, b1 = b0 + n2;
-            if (kind == ST_COS) {
+            if (kind == RR_ST_COS) {
                 double dd = 0.0, na = 0.0, nb = 0.0;
                 for (rr_u64 i = b0 + lane; i < b1; i += 32) {
                     double x = ld<E>(p0, i), y = ld<E>(p1, i);
@@ -195,21 +188,23 @@ extern "C" __global__ void __launch_bounds__(RR_THREADS)
     stats_tasks(const rr_u64* __restrict__ tasks, const rr_u64* __restrict__ desc,
                 double* __restrict__ partials) {
     const rr_u64 t = blockIdx.x;
-    const rr_u64* tk = tasks + 5 * t;
-    const rr_u64* d = desc + 8 * tk[0];
-    double* out = partials + ST_P * t;
-    if (threadIdx.x < ST_P) out[threadIdx.x] = 0.0;
+    const rr_u64* tk = tasks + RR_ST_TASK_WORDS * t;
+    const rr_u64* d = desc + RR_ST_DESC_WORDS * tk[RR_ST_TASK_ENTRY];
+    double* out = partials + RR_ST_PARTIALS * t;
+    if (threadIdx.x < RR_ST_PARTIALS) out[threadIdx.x] = 0.0;
     __syncthreads();
-    switch (d[1]) {
-        case DT_F32: run_task<rr_f32>(d, tk[1], tk[2], tk[3], tk[4], out); break;
-        case DT_F16: run_task<rr_f16>(d, tk[1], tk[2], tk[3], tk[4], out); break;
-        default: run_task<rr_bf16>(d, tk[1], tk[2], tk[3], tk[4], out); break;
+#define ST_TASK_ARGS tk[RR_ST_TASK_MODE], tk[RR_ST_TASK_A], tk[RR_ST_TASK_START], tk[RR_ST_TASK_END]
+    switch (d[RR_ST_DESC_DTYPE]) {
+        case RR_DT_F32: run_task<rr_f32>(d, ST_TASK_ARGS, out); break;
+        case RR_DT_F16: run_task<rr_f16>(d, ST_TASK_ARGS, out); break;
+        default: run_task<rr_bf16>(d, ST_TASK_ARGS, out); break;
     }
+#undef ST_TASK_ARGS
 }
 
 __device__ double ld_any(rr_u64 dt, rr_u64 p, rr_u64 i) {
-    if (dt == DT_F32) return ld<rr_f32>(p, i);
-    if (dt == DT_F16) return ld<rr_f16>(p, i);
+    if (dt == RR_DT_F32) return ld<rr_f32>(p, i);
+    if (dt == RR_DT_F16) return ld<rr_f16>(p, i);
     return ld<rr_bf16>(p, i);
 }
 
@@ -234,28 +229,30 @@ extern "C" __global__ void stats_finish(const rr_u64* __restrict__ entry_tasks,
                                         double* __restrict__ results, rr_u64 n_entries) {
     const rr_u64 e = (rr_u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= n_entries) return;
-    const rr_u64* d = desc + 8 * e;
-    const rr_u64 kind = d[0], dt = d[1], n1 = d[5], n2 = d[6];
-    double* v = results + d[7];
-    const rr_u64 t0 = entry_tasks[2 * e], t1 = entry_tasks[2 * e + 1];
-    if (kind == ST_SQDIFF) {
+    const rr_u64* d = desc + RR_ST_DESC_WORDS * e;
+    const rr_u64 kind = d[RR_ST_DESC_KIND], dt = d[RR_ST_DESC_DTYPE], n1 = d[RR_ST_DESC_N1],
+                 n2 = d[RR_ST_DESC_N2];
+    double* v = results + d[RR_ST_DESC_OUT];
+    const rr_u64 t0 = entry_tasks[RR_ST_ENTRY_WORDS * e + RR_ST_ENTRY_FIRST],
+                 t1 = entry_tasks[RR_ST_ENTRY_WORDS * e + RR_ST_ENTRY_END];
+    if (kind == RR_ST_SQDIFF) {
         double s = 0.0;
-        for (rr_u64 t = t0; t < t1; t++) s += partials[ST_P * t];
+        for (rr_u64 t = t0; t < t1; t++) s += partials[RR_ST_PARTIALS * t];
         v[0] = s / (double)n1;
-    } else if (kind == ST_DOTS || kind == ST_SUMS) {
-        const int nv = kind == ST_SUMS ? 3 : 1;
+    } else if (kind == RR_ST_DOTS || kind == RR_ST_SUMS) {
+        const int nv = kind == RR_ST_SUMS ? 3 : 1;
         for (rr_u64 i = 0; i < (rr_u64)nv * n1; i++) v[i] = 0.0;
         for (rr_u64 t = t0; t < t1; t++) {
-            const rr_u64 seg = tasks[5 * t + 2];
-            for (int k = 0; k < nv; k++) v[k * n1 + seg] += partials[ST_P * t + k];
+            const rr_u64 seg = tasks[RR_ST_TASK_WORDS * t + RR_ST_TASK_A];
+            for (int k = 0; k < nv; k++) v[k * n1 + seg] += partials[RR_ST_PARTIALS * t + k];
         }
-    } else if (kind == ST_COS) {
+    } else if (kind == RR_ST_COS) {
         double s = 0.0, cd = 0.0, ca = 0.0, cb = 0.0;
         rr_i64 row = -1;
         for (rr_u64 t = t0; t < t1; t++) {
-            const double* p = partials + ST_P * t;
-            if (tasks[5 * t + 1] == MODE_PIECE) {
-                const rr_i64 r = (rr_i64)tasks[5 * t + 2];
+            const double* p = partials + RR_ST_PARTIALS * t;
+            if (tasks[RR_ST_TASK_WORDS * t + RR_ST_TASK_MODE] == RR_ST_MODE_PIECE) {
+                const rr_i64 r = (rr_i64)tasks[RR_ST_TASK_WORDS * t + RR_ST_TASK_A];
                 if (r == row) {
                     cd += p[0];
                     ca += p[1];
@@ -273,14 +270,15 @@ extern "C" __global__ void stats_finish(const rr_u64* __restrict__ entry_tasks,
         }
         if (row >= 0) s += st_cos(cd, ca, cb);
         v[0] = s / (double)n1;
-    } else {  // ST_PROB
-        const rr_i64* labels = reinterpret_cast<const rr_i64*>(d[3]);
+    } else {  // RR_ST_PROB
+        const rr_i64* labels = reinterpret_cast<const rr_i64*>(d[RR_ST_DESC_P1]);
         double s = 0.0, m = 0.0, z = 0.0;
         rr_i64 row = -1, frow = -1, flab = 0;
         for (rr_u64 t = t0; t <= t1; t++) {
-            const bool piece = t < t1 && tasks[5 * t + 1] == MODE_PIECE;
-            const rr_i64 r = t < t1 ? (rr_i64)tasks[5 * t + 2] : -2;
-            const double* p = partials + ST_P * t;
+            const bool piece =
+                t < t1 && tasks[RR_ST_TASK_WORDS * t + RR_ST_TASK_MODE] == RR_ST_MODE_PIECE;
+            const rr_i64 r = t < t1 ? (rr_i64)tasks[RR_ST_TASK_WORDS * t + RR_ST_TASK_A] : -2;
+            const double* p = partials + RR_ST_PARTIALS * t;
             if (piece && r == row) {
                 const double nm = st_max(m, p[0]);
                 const double a = m == st_ninf() ? 0.0 : z * exp(m - nm);
@@ -297,7 +295,7 @@ extern "C" __global__ void stats_finish(const rr_u64* __restrict__ entry_tasks,
                         flab = lab;
                     }
                 } else {
-                    s += exp(ld_any(dt, d[2], (rr_u64)row * n2 + (rr_u64)lab) - m) / z;
+                    s += exp(ld_any(dt, d[RR_ST_DESC_P0], (rr_u64)row * n2 + (rr_u64)lab) - m) / z;
                 }
                 row = -1;
             }

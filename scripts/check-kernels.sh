@@ -27,9 +27,11 @@ echo "== 2. ptxas resource usage ($CAPS)"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 export tmp
+# The generated ABI header (redreg_abi.cuh, from src/abi.rs; the text build.rs gives nvcc).
+bash scripts/abi-header.sh "$tmp/abi"
 compile_one() { # $1 = kernels/x.cu, $2 = cap
     local log="$tmp/$(basename "$1" .cu)_sm$2.txt"
-    if ! "$NVCC" --cubin -O3 -std=c++17 -I kernels -arch="sm_$2" -Xptxas -v \
+    if ! "$NVCC" --cubin -O3 -std=c++17 -I kernels -I "$tmp/abi" -arch="sm_$2" -Xptxas -v \
         -o "$tmp/$(basename "$1" .cu)_sm$2.cubin" "$1" >"$log" 2>&1; then
         cat "$log"
         return 1

@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod abi;
 pub mod backend;
 #[cfg(feature = "candle")]
 pub mod candle;

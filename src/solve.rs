@@ -92,8 +92,8 @@
 #![allow(clippy::needless_range_loop)]
 
 /// Largest supported number of basis vectors per segment (GPU kernels keep the k×k Gram
-/// accumulators in registers).
-pub const MAX_K: usize = 8;
+/// accumulators in registers): the kernels' `RR_MAX_K`, from the ABI table ([`crate::abi`]).
+pub use crate::abi::MAX_K;
 
 /// Number of f64 values of one segment's partial sums for `k` basis vectors: the upper
 /// triangle of `G` (row-major, `k(k+1)/2` values) followed by the k values of `c = Bᵀv`.

@@ -11,6 +11,10 @@
 //! cached by name and functions by name, so a new `kernels/foo.cu` is used with
 //! `backend.function("foo", "foo_kernel_f32")` and nothing else.
 //!
+//! Every constant the kernels share with this crate (chunk size, threads per block, modes,
+//! table layouts) comes from [`crate::abi`]: the kernels include the header `build.rs`
+//! generates from it (`redreg_abi.cuh`, on nvcc's include path, inlined for NVRTC).
+//!
 //! # Probing
 //! cudarc panics when libcuda is missing; every entry point here first calls
 //! [`cuda_available`] (which probes for the driver library before any driver call) and returns
@@ -43,10 +47,9 @@ use cudarc::driver::{
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Elements per chunk task (one thread block); must match `RR_CHUNK` in `kernels/common.cuh`.
-pub const CHUNK: usize = 16384;
-/// Threads per block of the chunk kernels; must match `RR_THREADS`.
-pub const THREADS: u32 = 256;
+/// Elements per chunk task (one thread block) and threads per block of the chunk kernels:
+/// the kernels' `RR_CHUNK` and `RR_THREADS`, from the one ABI table ([`crate::abi`]).
+pub use crate::abi::{CHUNK, THREADS};
 
 /// One kernel module as embedded by `build.rs`.
 pub(crate) struct KernelModule {
@@ -151,7 +154,8 @@ pub fn module_names() -> Vec<&'static str> {
 }
 
 /// The source of module `name` with every `#include "<header>.cuh"` line of `kernels/`
-/// replaced by the header's text (NVRTC has no file system).
+/// (and of the generated `redreg_abi.cuh`) replaced by the header's text (NVRTC has no file
+/// system).
 pub fn inlined_source(name: &str) -> Result<String> {
     let m = MODULES
         .iter()
@@ -164,8 +168,9 @@ pub fn inlined_source(name: &str) -> Result<String> {
 }
 
 /// Appends `text` to `dst`, replacing each line that is exactly `#include "<h>"` for a
-/// header `h` of `kernels/` by the header's text (recursively, each header once, like
-/// `#pragma once`). Other lines, comments included, are copied unchanged.
+/// header `h` of `kernels/` or the generated ABI header by the header's text (recursively,
+/// each header once, like `#pragma once`). Other lines, comments included, are copied
+/// unchanged.
 fn inline_into(dst: &mut String, text: &str, done: &mut Vec<&'static str>, depth: usize) {
     for line in text.lines() {
         let t = line.trim();

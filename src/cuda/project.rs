@@ -7,6 +7,10 @@
 use super::{byte_range, check_no_alias, drv, CudaBackend, DeviceRanks, CHUNK, THREADS};
 use crate::backend::Backend;
 use crate::dtype::Element;
+use crate::abi::{
+    FIN_CAP, FIN_ORTH1, FIN_ORTH2, FIN_REDUCE, FIN_SOLVE, MODE_B0_OUT, MODE_BASE, MODE_INPLACE,
+    MODE_NONE,
+};
 use crate::error::{check_len, invalid, Result};
 use crate::projection::{check_inputs, check_k, Beta, Output, Partials, Projection};
 use crate::segments::{chunk_tasks, Segments};
@@ -15,17 +19,6 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelA
 
 const MODULE: &str = "project";
 const MAX_STRIDE: usize = partial_stride(MAX_K);
-
-// Must match kernels/project.cu.
-const FIN_REDUCE: i32 = 1;
-const FIN_SOLVE: i32 = 2;
-const FIN_ORTH1: i32 = 4;
-const FIN_ORTH2: i32 = 8;
-const FIN_CAP: i32 = 16;
-const MODE_NONE: i32 = 0;
-const MODE_BASE: i32 = 1;
-const MODE_INPLACE: i32 = 2;
-const MODE_B0_OUT: i32 = 4;
 
 /// A projection's arguments on device views (what [`CudaBackend`] takes as a
 /// [`Backend`]).
@@ -132,7 +125,7 @@ impl CudaBackend {
         let n_tasks = tasks.len();
         grid(n_tasks.max(1), "chunk tasks")?;
         let l = segs.len();
-        let mut table = Vec::with_capacity(3 * n_tasks.max(1));
+        let mut table = Vec::with_capacity(crate::abi::TASK_WORDS * n_tasks.max(1));
         let mut first = vec![0u64; l + 1];
         for (t, c) in tasks.iter().enumerate().rev() {
             first[c.seg] = t as u64;

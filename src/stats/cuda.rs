@@ -14,6 +14,13 @@
 use super::cpu::{build_tasks, Mode};
 use super::plan::{Decl, HandleId, Shape, StatsPlan, StatsResults};
 use super::{RowCosMean, SegDots, SegSums, SqDiffMean, TrueProbMean};
+use crate::abi::{
+    DT_BF16, DT_F16, DT_F32, ST_COS, ST_DESC_DTYPE, ST_DESC_KIND, ST_DESC_N1, ST_DESC_N2,
+    ST_DESC_OUT, ST_DESC_P0, ST_DESC_P1, ST_DESC_P2, ST_DESC_WORDS, ST_DOTS, ST_ENTRY_END,
+    ST_ENTRY_FIRST, ST_ENTRY_WORDS, ST_MODE_ELEMS, ST_MODE_PIECE, ST_MODE_ROWS, ST_PARTIALS,
+    ST_PROB, ST_SQDIFF, ST_SUMS, ST_TASK_A, ST_TASK_END, ST_TASK_ENTRY, ST_TASK_MODE,
+    ST_TASK_START, ST_TASK_WORDS,
+};
 use crate::cuda::{
     byte_range, check_buffer_context, check_no_alias, drv, ByteRange, CudaBackend, THREADS,
 };
@@ -27,7 +34,6 @@ use half::{bf16, f16};
 use std::sync::Arc;
 
 const MODULE: &str = "stats";
-const DESC: usize = 8;
 
 /// A device buffer of one of the crate's element types.
 #[derive(Debug)]
@@ -248,9 +254,9 @@ impl std::fmt::Debug for CudaStats {
 
 fn dtype_code(d: DType) -> u64 {
     match d {
-        DType::F32 => 0,
-        DType::F16 => 1,
-        DType::BF16 => 2,
+        DType::F32 => DT_F32,
+        DType::F16 => DT_F16,
+        DType::BF16 => DT_BF16,
     }
 }
 
@@ -264,27 +270,31 @@ impl CudaStats {
             .ok()
             .filter(|&g| g <= i32::MAX as u32)
             .ok_or_else(|| invalid("plan", format!("{n_tasks} tasks exceed the grid limit")))?;
-        let mut tt = Vec::with_capacity(5 * n_tasks + 5);
+        // The tables' layouts are the kernels' (crate::abi): one padding row each, so no
+        // device buffer is empty.
+        let mut tt = Vec::with_capacity(ST_TASK_WORDS * (n_tasks + 1));
         for t in &tasks {
-            let mode = match t.mode {
-                Mode::Elems => 0,
-                Mode::Rows => 1,
-                Mode::RowPiece => 2,
+            let mut w = [0u64; ST_TASK_WORDS];
+            w[ST_TASK_ENTRY] = t.entry as u64;
+            w[ST_TASK_MODE] = match t.mode {
+                Mode::Elems => ST_MODE_ELEMS,
+                Mode::Rows => ST_MODE_ROWS,
+                Mode::RowPiece => ST_MODE_PIECE,
             };
-            tt.extend_from_slice(&[
-                t.entry as u64,
-                mode,
-                t.a as u64,
-                t.start as u64,
-                t.end as u64,
-            ]);
+            w[ST_TASK_A] = t.a as u64;
+            w[ST_TASK_START] = t.start as u64;
+            w[ST_TASK_END] = t.end as u64;
+            tt.extend_from_slice(&w);
         }
-        tt.extend_from_slice(&[0; 5]);
-        let mut et: Vec<u64> = entry_tasks
-            .iter()
-            .flat_map(|r| [r.start as u64, r.end as u64])
-            .collect();
-        et.extend_from_slice(&[0, 0]);
+        tt.extend_from_slice(&[0; ST_TASK_WORDS]);
+        let mut et = Vec::with_capacity(ST_ENTRY_WORDS * (entry_tasks.len() + 1));
+        for r in &entry_tasks {
+            let mut w = [0u64; ST_ENTRY_WORDS];
+            w[ST_ENTRY_FIRST] = r.start as u64;
+            w[ST_ENTRY_END] = r.end as u64;
+            et.extend_from_slice(&w);
+        }
+        et.extend_from_slice(&[0; ST_ENTRY_WORDS]);
         let s = backend.stream().clone();
         let n = |x: usize| x.max(1);
         Ok(Self {
@@ -292,10 +302,10 @@ impl CudaStats {
             f_finish: backend.function(MODULE, "stats_finish")?,
             tasks: s.clone_htod(&tt).map_err(drv)?,
             entry_tasks: s.clone_htod(&et).map_err(drv)?,
-            desc: s.alloc_zeros(n(DESC * plan.len())).map_err(drv)?,
-            partials: s.alloc_zeros(n(4 * n_tasks)).map_err(drv)?,
+            desc: s.alloc_zeros(n(ST_DESC_WORDS * plan.len())).map_err(drv)?,
+            partials: s.alloc_zeros(n(ST_PARTIALS * n_tasks)).map_err(drv)?,
             values: s.alloc_zeros(n(plan.values_len)).map_err(drv)?,
-            desc_host: vec![0; n(DESC * plan.len())],
+            desc_host: vec![0; n(ST_DESC_WORDS * plan.len())],
             order: vec![usize::MAX; plan.len()],
             results: plan.new_results(),
             plan: plan.clone(),
@@ -339,11 +349,11 @@ impl CudaStats {
             let i = inp.id.idx as usize;
             let e = &self.plan.entries[i];
             let (kind, n1, n2) = match &e.decl {
-                Decl::SqDiff { len } => (0u64, *len, 0),
-                Decl::RowCos { rows, dim } => (1, *rows, *dim),
-                Decl::TrueProb { rows, classes } => (2, *rows, *classes),
-                Decl::SegSums { segs, .. } => (3, segs.len(), 0),
-                Decl::SegDots { segs } => (4, segs.len(), 0),
+                Decl::SqDiff { len } => (ST_SQDIFF, *len, 0),
+                Decl::RowCos { rows, dim } => (ST_COS, *rows, *dim),
+                Decl::TrueProb { rows, classes } => (ST_PROB, *rows, *classes),
+                Decl::SegSums { segs, .. } => (ST_SUMS, segs.len(), 0),
+                Decl::SegDots { segs } => (ST_DOTS, segs.len(), 0),
             };
             let (p0, p1, p2) = match &mut inp.data {
                 DevBound::Pair(x, y) => (x.ptr(&s, &mut guards), y.ptr(&s, &mut guards), 0),
@@ -364,16 +374,15 @@ impl CudaStats {
                     (x.ptr(&s, &mut guards), 0, p2)
                 }
             };
-            self.desc_host[DESC * i..DESC * (i + 1)].copy_from_slice(&[
-                kind,
-                dtype_code(e.dtype),
-                p0,
-                p1,
-                p2,
-                n1 as u64,
-                n2 as u64,
-                e.out as u64,
-            ]);
+            let d = &mut self.desc_host[ST_DESC_WORDS * i..ST_DESC_WORDS * (i + 1)];
+            d[ST_DESC_KIND] = kind;
+            d[ST_DESC_DTYPE] = dtype_code(e.dtype);
+            d[ST_DESC_P0] = p0;
+            d[ST_DESC_P1] = p1;
+            d[ST_DESC_P2] = p2;
+            d[ST_DESC_N1] = n1 as u64;
+            d[ST_DESC_N2] = n2 as u64;
+            d[ST_DESC_OUT] = e.out as u64;
         }
         s.memcpy_htod(&self.desc_host, &mut self.desc)
             .map_err(drv)?;

@@ -9,6 +9,9 @@
 #       tsan   ThreadSanitizer over the kernels; each CUDA thread is a TSan fiber (run with
 #              LD_PRELOAD=$(gcc -print-file-name=libtsan.so))
 # KERNEL_DIR: the *.cu modules to build in (default: the crate's kernels/).
+# The kernels' generated ABI header (redreg_abi.cuh, from src/abi.rs, the text build.rs
+# gives nvcc and NVRTC) is written to OUT/obj/abi by scripts/abi-header.sh and put on the
+# include path after KERNEL_DIR.
 # Kernels are compiled as host C++ with FMA contraction ON (-ffp-contract=fast -mfma), as
 # nvcc contracts by default, so code that is sensitive to contraction misbehaves here too.
 set -euo pipefail
@@ -37,6 +40,9 @@ case "$MODE" in
     *) echo "build.sh: unknown mode $MODE" >&2; exit 2 ;;
 esac
 
+ABI="$OBJ/abi"
+bash "$ROOT/scripts/abi-header.sh" "$ABI"
+
 objs=()
 pids=()
 compile() { # src obj flags...
@@ -50,8 +56,8 @@ compile "$HERE/driver.cpp" "$OBJ/driver.o" "${RT[@]}" &
 pids+=($!); objs+=("$OBJ/driver.o")
 for cu in "$KDIR"/*.cu; do
     m="$(basename "$cu" .cu)"
-    python3 "$HERE/gen-registry.py" "$CXX" "$KDIR" "$cu" "$OBJ/reg_$m.cpp"
-    compile "$OBJ/reg_$m.cpp" "$OBJ/reg_$m.o" "${KERN[@]}" "${KFP[@]}" -I "$KDIR" &
+    python3 "$HERE/gen-registry.py" "$CXX" "$KDIR" "$cu" "$OBJ/reg_$m.cpp" "$ABI"
+    compile "$OBJ/reg_$m.cpp" "$OBJ/reg_$m.o" "${KERN[@]}" "${KFP[@]}" -I "$KDIR" -I "$ABI" &
     pids+=($!); objs+=("$OBJ/reg_$m.o")
 done
 for p in "${pids[@]}"; do wait "$p"; done

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Writes the registry translation unit of one kernel module for the emulated driver.
 
-    gen-registry.py CXX KERNEL_DIR MODULE.cu OUT.cpp
+    gen-registry.py CXX KERNEL_DIR MODULE.cu OUT.cpp [INCLUDE_DIR...]
+
+INCLUDE_DIR: further include directories after KERNEL_DIR (build.sh passes the one that
+holds the generated ABI header, redreg_abi.cuh).
 
 The kernel names come from the module's own source: it is preprocessed with the shim (where
 `__global__` becomes a marker), and every `extern "C" __global__ void NAME(` is registered
@@ -14,11 +17,12 @@ import subprocess
 import sys
 
 cxx, kdir, src, out = sys.argv[1:5]
+extra = [a for d in sys.argv[5:] for a in ("-I", d)]
 here = os.path.dirname(os.path.abspath(__file__))
 module = os.path.splitext(os.path.basename(src))[0]
 pre = subprocess.run(
     [cxx, "-E", "-P", "-std=c++17", "-x", "c++", "-DEMU_LIST_KERNELS", "-I", here, "-include", "shim.h",
-     "-I", kdir, src],
+     "-I", kdir, *extra, src],
     check=True, capture_output=True, text=True).stdout
 names = re.findall(r'extern\s+"C"\s+__emu_global__\s+void\s+(\w+)\s*\(', pre)
 total = len(re.findall(r"__emu_global__", pre))
