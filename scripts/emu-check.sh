@@ -41,7 +41,7 @@ section() { printf '\n== emu-check: %s\n' "$*"; }
 
 test_binaries() { # prints "name path" for each GPU test binary (builds them)
     cargo test --features cuda --no-run --message-format=json \
-        --test gpu_project --test gpu_kernels --test gpu_stats --test gpu_controller --test gpu_reliability --test gpu_isolation --test gpu_launches 2>"$LOGS/cargo-build.log" |
+        --test gpu_project --test gpu_kernels --test gpu_stats --test gpu_controller --test gpu_reliability --test gpu_isolation --test gpu_launches --test gpu_errors 2>"$LOGS/cargo-build.log" |
         python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -181,7 +181,8 @@ for step in $STEPS; do
                         # project kernel once; gpu_project's large layouts are left to the
                         # other modes), and the reliability tests that are not repetitions.
                         case "$name" in
-                            gpu_project) ;;
+                            # gpu_errors launches no kernel: plain and address modes only.
+                            gpu_project | gpu_errors) ;;
                             gpu_reliability) run_bin tsan "$name" "$bin" --skip twenty_runs --skip two_backends ;;
                             *) run_bin tsan "$name" "$bin" ;;
                         esac ;;

@@ -43,13 +43,56 @@ impl std::fmt::Display for DType {
     }
 }
 
+mod sealed {
+    /// The supertrait that keeps [`super::Element`] to the three types below.
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+}
+
 /// An element type of the crate's buffers. Arithmetic is always done in f32 or f64; an
 /// `Element` only loads and stores.
 ///
 /// Stores round to nearest even; values beyond the type's range become ±Inf (IEEE
 /// overflow, the policy of `docs/numerics.md`), NaN stays NaN.
+///
+/// Sealed: implemented for `f32`, [`half::f16`] and [`half::bf16`] only. The CPU kernels
+/// reinterpret an element as the type its [`Element::DTYPE`] names (`bytemuck::cast`),
+/// which would panic for a type of another size, so no other crate can implement it.
+/// (`impl Element for u16` is refused by the orphan rule already; what sealing adds is that
+/// a crate's own type, such as this 2-byte newtype claiming to be f32, is refused too.)
+///
+/// ```compile_fail,E0277
+/// use redreg::{DType, Element};
+///
+/// #[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// #[repr(transparent)]
+/// struct Half(u16);
+/// // SAFETY: a transparent u16.
+/// unsafe impl bytemuck::Zeroable for Half {}
+/// // SAFETY: a transparent u16.
+/// unsafe impl bytemuck::Pod for Half {}
+///
+/// impl Element for Half {
+///     const DTYPE: DType = DType::F32; // 2 bytes where f32 has 4
+///     fn to_f64(self) -> f64 { self.0 as f64 }
+///     fn to_f32(self) -> f32 { self.0 as f32 }
+///     fn from_f64(x: f64) -> Self { Half(x as u16) }
+///     fn from_f32(x: f32) -> Self { Half(x as u16) }
+/// }
+/// ```
 pub trait Element:
-    Copy + Send + Sync + bytemuck::Pod + PartialEq + std::fmt::Debug + Default + DeviceElement + 'static
+    sealed::Sealed
+    + Copy
+    + Send
+    + Sync
+    + bytemuck::Pod
+    + PartialEq
+    + std::fmt::Debug
+    + Default
+    + DeviceElement
+    + 'static
 {
     /// The runtime tag of this type.
     const DTYPE: DType;

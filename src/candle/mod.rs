@@ -108,7 +108,10 @@ pub fn snapshot<T: AsTensor>(params: &[T]) -> Result<Vec<Tensor>> {
 }
 
 fn candle_err(what: &'static str) -> impl Fn(candle_core::Error) -> Error {
-    move |e| invalid(what, format!("candle: {e}"))
+    move |source| Error::Candle {
+        context: what,
+        source,
+    }
 }
 
 /// A read lock on a contiguous tensor's storage with its element range: see [`cpu_view`]

@@ -85,11 +85,10 @@ impl<T: Element> ForeignSlice<T> {
         if stream.context().is_event_tracking() {
             // `upgrade_device_ptr` unwraps `new_event` twice: try one first, so that a
             // broken context is an `Err` here (the probe event is destroyed at once).
-            stream.context().new_event(None).map_err(|e| {
-                Error::Cuda(format!(
-                    "cannot wrap a foreign buffer: creating an event: {e}"
-                ))
-            })?;
+            stream
+                .context()
+                .new_event(None)
+                .map_err(|e| Error::driver("wrapping a foreign buffer: creating an event", e))?;
         }
         // SAFETY: validity, size and lifetime of the allocation are the caller's contract;
         // the slice is never dropped as a CudaSlice (see Drop), so it never frees `ptr`.
@@ -145,7 +144,7 @@ impl CudaBackend {
     pub unsafe fn from_raw_stream(ordinal: usize, stream: *mut std::ffi::c_void) -> Result<Self> {
         cuda_available().map_err(Error::CudaUnavailable)?;
         let ctx = CudaContext::new(ordinal)
-            .map_err(|e| Error::CudaUnavailable(format!("cannot open device {ordinal}: {e}")))?;
+            .map_err(|e| Error::driver(format!("opening device {ordinal}"), e))?;
         // SAFETY: the stream's validity and lifetime are the caller's contract; cudarc does
         // not destroy a borrowed stream.
         let s = unsafe { ctx.wrap_borrowed_stream(stream as sys::CUstream) };

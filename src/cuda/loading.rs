@@ -11,7 +11,7 @@
 
 use super::{inlined_source, nvrtc_available};
 use crate::error::{Error, Result};
-use cudarc::nvrtc::{result, sys};
+use cudarc::nvrtc::{result, sys, CompileError};
 use std::ffi::{CStr, CString};
 
 /// The way a kernel module was loaded.
@@ -55,47 +55,69 @@ pub(crate) fn allowed_paths() -> (bool, bool) {
 pub fn nvrtc_compile_cubin(name: &str, arch: &str) -> Result<Vec<u8>> {
     nvrtc_available().map_err(Error::CudaUnavailable)?;
     let src = inlined_source(name)?;
-    let csrc = CString::new(src)
-        .map_err(|_| Error::CudaUnavailable(format!("{name}.cu contains a NUL byte")))?;
+    let csrc = CString::new(src).map_err(|_| Error::Kernel {
+        module: name.to_string(),
+        reason: format!("{name}.cu contains a NUL byte"),
+        source: None,
+    })?;
     let cname = CString::new(format!("{name}.cu")).expect("no NUL in a module name");
     let opts = [
         format!("--gpu-architecture={arch}"),
         "--std=c++17".to_string(),
         "-DREDREG_NVRTC=1".to_string(),
     ];
-    std::panic::catch_unwind(|| compile_cubin(&csrc, &cname, &opts))
+    match std::panic::catch_unwind(|| compile_cubin(&csrc, &cname, &opts))
         .map_err(|_| Error::CudaUnavailable("NVRTC panicked".into()))?
-        .map_err(|e| {
-            Error::CudaUnavailable(format!("NVRTC (cubin, {arch}) failed on {name}.cu: {e}"))
-        })
+    {
+        Ok(Some(cubin)) => Ok(cubin),
+        Ok(None) => Err(Error::Kernel {
+            module: name.to_string(),
+            reason: format!("NVRTC produced no cubin for {arch} (is the architecture virtual?)"),
+            source: None,
+        }),
+        Err(source) => Err(Error::Nvrtc {
+            module: name.to_string(),
+            target: format!("cubin, {arch}"),
+            source,
+        }),
+    }
 }
 
-fn compile_cubin(src: &CStr, name: &CStr, opts: &[String]) -> std::result::Result<Vec<u8>, String> {
-    let prog = result::create_program(src, Some(name)).map_err(|e| format!("{e:?}"))?;
+/// The cubin, `None` when NVRTC produced none, or NVRTC's error as cudarc's
+/// [`CompileError`] (what cudarc's own PTX compilation returns; a failure to fetch the
+/// cubin is reported as `GetPtxError`, cudarc's variant for fetching the output).
+fn compile_cubin(
+    src: &CStr,
+    name: &CStr,
+    opts: &[String],
+) -> std::result::Result<Option<Vec<u8>>, CompileError> {
+    let prog = result::create_program(src, Some(name)).map_err(CompileError::CreationError)?;
     // SAFETY: `prog` was just created from `src` and `name`, which outlive it, and is
     // destroyed exactly once below; the buffer passed to nvrtcGetCUBIN has the size
     // nvrtcGetCUBINSize reported.
     let out = unsafe {
         let r = match result::compile_program(prog, opts) {
-            Err(e) => {
+            Err(nvrtc) => {
                 let log = result::get_program_log(prog)
-                    .map(|l| CStr::from_ptr(l.as_ptr()).to_string_lossy().into_owned())
+                    .map(|l| CStr::from_ptr(l.as_ptr()).to_owned())
                     .unwrap_or_default();
-                Err(format!("{e:?}: {log}"))
+                Err(CompileError::CompileError {
+                    nvrtc,
+                    options: opts.to_vec(),
+                    log,
+                })
             }
             Ok(()) => {
                 let mut size = 0usize;
                 match sys::nvrtcGetCUBINSize(prog, &mut size).result() {
-                    Err(e) => Err(format!("nvrtcGetCUBINSize: {e:?}")),
-                    Ok(()) if size == 0 => {
-                        Err("NVRTC produced no cubin (is the architecture virtual?)".into())
-                    }
+                    Err(e) => Err(CompileError::GetPtxError(e)),
+                    Ok(()) if size == 0 => Ok(None),
                     Ok(()) => {
                         let mut buf = vec![0u8; size];
                         sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr().cast())
                             .result()
-                            .map(|()| buf)
-                            .map_err(|e| format!("nvrtcGetCUBIN: {e:?}"))
+                            .map(|()| Some(buf))
+                            .map_err(CompileError::GetPtxError)
                     }
                 }
             }

@@ -20,6 +20,13 @@
 //! [`cuda_available`] (which probes for the driver library before any driver call) and returns
 //! [`Error::CudaUnavailable`] instead.
 //!
+//! # Errors
+//! [`Error::CudaUnavailable`]: no driver library or no device (the one case to skip or fall
+//! back on). [`Error::Driver`]: a driver call failed (`source`: cudarc's `DriverError`).
+//! [`Error::Kernel`]: a kernel module is unknown or loads by no path;
+//! [`Error::KernelFunction`]: a loaded module lacks a kernel; [`Error::Nvrtc`]: NVRTC
+//! rejected a source (`source`: cudarc's `CompileError`).
+//!
 //! # Operations
 //! [`CudaBackend`] implements [`crate::Backend`] on cudarc views ([`CudaProjection`];
 //! module `project`, `kernels/project.cu`).
@@ -160,11 +167,23 @@ pub fn inlined_source(name: &str) -> Result<String> {
     let m = MODULES
         .iter()
         .find(|m| m.name == name)
-        .ok_or_else(|| Error::CudaUnavailable(format!("no kernel module named {name:?}")))?;
+        .ok_or_else(|| unknown_module(name))?;
     let mut done = Vec::new();
     let mut src = String::new();
     inline_into(&mut src, m.source, &mut done, 0);
     Ok(src)
+}
+
+/// The [`Error::Kernel`] for a module name that `kernels/` does not have.
+fn unknown_module(name: &str) -> Error {
+    Error::Kernel {
+        module: name.to_string(),
+        reason: format!(
+            "no kernel module of that name (embedded: {})",
+            module_names().join(", ")
+        ),
+        source: None,
+    }
 }
 
 /// Appends `text` to `dst`, replacing each line that is exactly `#include "<h>"` for a
@@ -207,12 +226,23 @@ pub fn nvrtc_compile(name: &str, arch: &str) -> Result<String> {
     };
     let ptx = std::panic::catch_unwind(|| cudarc::nvrtc::compile_ptx_with_opts(&src, opts))
         .map_err(|_| Error::CudaUnavailable("NVRTC panicked".into()))?
-        .map_err(|e| Error::CudaUnavailable(format!("NVRTC failed on {name}.cu: {e:?}")))?;
+        .map_err(|source| Error::Nvrtc {
+            module: name.to_string(),
+            target: format!("ptx, {arch}"),
+            source,
+        })?;
     Ok(ptx.to_src())
 }
 
+/// A failed driver call as [`Error::Driver`] (the context says only "a driver call"; prefer
+/// [`drv_ctx`] where the call site can say what it was doing).
 pub(crate) fn drv(e: cudarc::driver::DriverError) -> Error {
-    Error::Cuda(e.to_string())
+    Error::driver("a driver call", e)
+}
+
+/// [`drv`] with what was being done: `.map_err(drv_ctx("copying the ranks to the host"))`.
+pub(crate) fn drv_ctx(context: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
+    move |e| Error::driver(context, e)
 }
 
 /// The CUDA backend: one context and stream, its loaded modules, and per-layout device
@@ -245,12 +275,13 @@ impl std::fmt::Debug for CudaBackend {
 
 impl CudaBackend {
     /// A backend on device `ordinal`, using that device's default stream.
-    /// `Err(CudaUnavailable)` without driver or device.
+    /// `Err(CudaUnavailable)` without driver or device; [`Error::Driver`] when the driver
+    /// refuses a context on `ordinal` (for example `CUDA_ERROR_INVALID_DEVICE`: there are
+    /// fewer devices).
     pub fn new(ordinal: usize) -> Result<Self> {
         cuda_available().map_err(Error::CudaUnavailable)?;
-        let ctx = CudaContext::new(ordinal).map_err(|e| {
-            Error::CudaUnavailable(format!("cannot create a context on device {ordinal}: {e}"))
-        })?;
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| Error::driver(format!("creating a context on device {ordinal}"), e))?;
         let stream = ctx.default_stream();
         Self::from_stream(stream)
     }
@@ -260,7 +291,9 @@ impl CudaBackend {
     pub fn from_stream(stream: Arc<CudaStream>) -> Result<Self> {
         cuda_available().map_err(Error::CudaUnavailable)?;
         let ctx = stream.context().clone();
-        let cc = ctx.compute_capability().map_err(drv)?;
+        let cc = ctx
+            .compute_capability()
+            .map_err(drv_ctx("reading the compute capability"))?;
         Ok(Self {
             ctx,
             stream,
@@ -298,7 +331,9 @@ impl CudaBackend {
 
     /// Waits for all work queued on the backend's stream.
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(drv)
+        self.stream
+            .synchronize()
+            .map_err(drv_ctx("synchronizing the stream"))
     }
 
     /// Loads module `name` (once; later calls return the cached module): the fatbin, else
@@ -321,31 +356,35 @@ impl CudaBackend {
         let km = MODULES
             .iter()
             .find(|m| m.name == name)
-            .ok_or_else(|| Error::CudaUnavailable(format!("no kernel module named {name:?}")))?;
+            .ok_or_else(|| unknown_module(name))?;
         let (fatbin_ok, cubin_ok) = loading::allowed_paths();
-        let mut failures = Vec::new();
-        let load_bin = |bytes: Vec<u8>| {
+        // Each path's failure: what it was, and the typed error when there is one (the
+        // last one becomes the `source` of the `Error::Kernel`).
+        let mut failures: Vec<(String, Option<Error>)> = Vec::new();
+        let load_bin = |bytes: Vec<u8>, what: &str| {
             self.ctx
                 .load_module(cudarc::nvrtc::Ptx::from_binary(bytes))
-                .map_err(|e| e.to_string())
+                .map_err(|e| Error::driver(format!("loading the {what} of {name}"), e))
         };
         let mut found = None;
         match (km.fatbin, fatbin_ok) {
-            (Some(fb), true) => match load_bin(fb.to_vec()) {
+            (Some(fb), true) => match load_bin(fb.to_vec(), "prebuilt fatbin") {
                 Ok(m) => found = Some((m, KernelPath::Fatbin)),
-                Err(e) => failures.push(format!("prebuilt fatbin did not load ({e})")),
+                Err(e) => failures.push(("prebuilt fatbin did not load".into(), Some(e))),
             },
-            (Some(_), false) => failures.push("fatbin skipped (REDREG_FORCE_NVRTC)".into()),
-            (None, _) => failures.push("no prebuilt fatbin (built without nvcc)".into()),
+            (Some(_), false) => failures.push(("fatbin skipped (REDREG_FORCE_NVRTC)".into(), None)),
+            (None, _) => failures.push(("no prebuilt fatbin (built without nvcc)".into(), None)),
         }
         if found.is_none() && cubin_ok {
             let arch = format!("sm_{}{}", self.cc.0, self.cc.1);
-            match loading::nvrtc_compile_cubin(name, &arch).map_err(|e| e.to_string()) {
-                Ok(cubin) => match load_bin(cubin) {
+            match loading::nvrtc_compile_cubin(name, &arch) {
+                Ok(cubin) => match load_bin(cubin, &format!("NVRTC cubin for {arch}")) {
                     Ok(m) => found = Some((m, KernelPath::NvrtcCubin)),
-                    Err(e) => failures.push(format!("NVRTC cubin for {arch} did not load ({e})")),
+                    Err(e) => {
+                        failures.push((format!("NVRTC cubin for {arch} did not load"), Some(e)))
+                    }
                 },
-                Err(e) => failures.push(e),
+                Err(e) => failures.push(("NVRTC cubin".into(), Some(e))),
             }
         }
         if found.is_none() {
@@ -353,19 +392,36 @@ impl CudaBackend {
             match nvrtc_compile(name, &arch) {
                 Ok(ptx) => match self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)) {
                     Ok(m) => found = Some((m, KernelPath::NvrtcPtx)),
-                    Err(e) => failures.push(format!(
-                        "NVRTC PTX for {arch} did not load ({e}; a driver older than the NVRTC \
-                         cannot JIT its PTX)"
+                    Err(e) => failures.push((
+                        format!(
+                            "NVRTC PTX for {arch} did not load (a driver older than the NVRTC \
+                             cannot JIT its PTX)"
+                        ),
+                        Some(Error::driver(format!("loading the NVRTC PTX of {name}"), e)),
                     )),
                 },
-                Err(e) => failures.push(e.to_string()),
+                Err(e) => failures.push(("NVRTC PTX".into(), Some(e))),
             }
         }
         let Some(found) = found else {
-            return Err(Error::CudaUnavailable(format!(
-                "kernel module {name} could not be loaded: {}",
-                failures.join("; ")
-            )));
+            let reason = failures
+                .iter()
+                .map(|(what, e)| match e {
+                    Some(e) => format!("{what} ({e})"),
+                    None => what.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            let source = failures
+                .into_iter()
+                .filter_map(|(_, e)| e)
+                .last()
+                .map(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>);
+            return Err(Error::Kernel {
+                module: name.to_string(),
+                reason,
+                source,
+            });
         };
         mods.insert(km.name, found.clone());
         Ok(found)
@@ -385,7 +441,11 @@ impl CudaBackend {
         let m = self.module(module)?;
         let f = m
             .load_function(func)
-            .map_err(|e| Error::Cuda(format!("kernel {func} in module {module}: {e}")))?;
+            .map_err(|source| Error::KernelFunction {
+                module: module.to_string(),
+                function: func.to_string(),
+                source,
+            })?;
         self.functions
             .lock()
             .unwrap_or_else(|p| p.into_inner())

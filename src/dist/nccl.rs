@@ -10,10 +10,14 @@ use cudarc::driver::CudaSlice;
 use cudarc::nccl::{Comm, NcclType, ReduceOp};
 
 use super::AllReduce;
+use crate::cuda::drv_ctx;
 use crate::error::{Error, Result};
 
-fn nccl_err(e: cudarc::nccl::result::NcclError) -> Error {
-    Error::Cuda(format!("NCCL: {e:?} ({:?})", e.0))
+fn nccl_err(context: &'static str) -> impl Fn(cudarc::nccl::result::NcclError) -> Error {
+    move |error| Error::Nccl {
+        context: context.to_string(),
+        error,
+    }
 }
 
 /// An NCCL communicator, created by the trainer (`Comm::from_rank` with an `Id` shared by
@@ -52,7 +56,7 @@ impl<'c> NcclComm<'c> {
     pub fn all_reduce_sum_device<T: NcclType>(&self, buf: &mut CudaSlice<T>) -> Result<()> {
         self.comm
             .all_reduce_in_place(buf, &ReduceOp::Sum)
-            .map_err(nccl_err)?;
+            .map_err(nccl_err("all-reducing a device buffer"))?;
         Ok(())
     }
 }
@@ -66,11 +70,16 @@ impl AllReduce for NcclComm<'_> {
             return Ok(());
         }
         let stream = self.comm.stream();
-        let drv = |e: cudarc::driver::DriverError| Error::Cuda(format!("{e}"));
-        let mut dev = stream.clone_htod(buf).map_err(drv)?;
+        let mut dev = stream.clone_htod(buf).map_err(drv_ctx(
+            "NCCL all-reduce: copying the host buffer to the device",
+        ))?;
         self.all_reduce_sum_device(&mut dev)?;
-        stream.memcpy_dtoh(&dev, buf).map_err(drv)?;
-        stream.synchronize().map_err(drv)?;
+        stream
+            .memcpy_dtoh(&dev, buf)
+            .map_err(drv_ctx("NCCL all-reduce: copying the sums to the host"))?;
+        stream
+            .synchronize()
+            .map_err(drv_ctx("NCCL all-reduce: synchronizing"))?;
         Ok(())
     }
 }
