@@ -19,20 +19,20 @@ pub mod cuda;
 pub mod dist;
 pub mod dtype;
 pub mod error;
-pub mod layouts;
 pub mod projection;
 pub mod reference;
 pub mod segments;
 pub mod solve;
 pub mod stats;
 pub mod sum;
+pub mod testing;
 
 pub use cpu::CpuBackend;
 pub use dtype::{cast_bytes, cast_bytes_mut, DType, Element};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
 pub use projection::{Beta, Output, Partials, ProjectOptions};
-pub use segments::{chunk_tasks, ChunkTask, Segments};
+pub use segments::Segments;
 
 /// The README's code blocks are compiled and run as doc tests (they use the CUDA API too,
 /// hence only with the default feature `cuda`).

@@ -3,8 +3,9 @@
 //! usable GPU each test prints `SKIP: <reason>`; `REDREG_REQUIRE_GPU=1` makes that a failure.
 #![cfg(feature = "cuda")]
 
-#[path = "common/gpu.rs"]
-mod gpu;
+mod common;
+
+use common::gpu;
 
 use cudarc::driver::CudaSlice;
 use redreg::controller::{
@@ -12,19 +13,8 @@ use redreg::controller::{
     Reference, StepInputs, Workspace,
 };
 use redreg::cuda::{CudaBackend, CudaElement};
-use redreg::{bf16, layouts, Segments};
-
-fn data(n: usize, seed: u64, scale: f64) -> Vec<f64> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
+use redreg::testing::{elements, layouts};
+use redreg::{bf16, Segments};
 
 fn up<T: CudaElement>(b: &CudaBackend, x: &[T]) -> CudaSlice<T> {
     b.stream().clone_htod(x).unwrap()
@@ -40,9 +30,7 @@ fn step_matches_host<T: CudaElement>(b: &CudaBackend, k_extra: usize, rtol: f64)
         Segments::from_shapes(&audio).unwrap(),
         Segments::from_shapes(&visual).unwrap(),
     ];
-    let mk = |n: usize, seed: u64, sc: f64| -> Vec<T> {
-        data(n, seed, sc).iter().map(|&x| T::from_f64(x)).collect()
-    };
+    let mk = |n: usize, seed: u64, sc: f64| -> Vec<T> { elements(n, seed, sc) };
     let host: Vec<_> = segs
         .iter()
         .enumerate()
