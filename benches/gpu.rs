@@ -24,7 +24,8 @@ mod imp {
     };
     use redreg::cuda::CudaBackend;
     use redreg::stats::{CudaStats, StatsPlan};
-    use redreg::{bf16, f16, layouts, DType, ProjectOptions, Segments};
+    use redreg::testing::{elements, layouts};
+    use redreg::{bf16, f16, DType, ProjectOptions, Segments};
     use redreg::{Backend, Element, Output, Projection};
     use std::fmt::Write as _;
     use std::time::Duration;
@@ -68,15 +69,7 @@ mod imp {
     }
 
     fn rand_dev<T: Element>(b: &CudaBackend, n: usize, seed: u64, scale: f64) -> CudaSlice<T> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let host: Vec<T> = (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                T::from_f64(((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale)
-            })
-            .collect();
+        let host: Vec<T> = elements(n, seed, scale);
         b.stream().clone_htod(&host).expect("upload")
     }
 

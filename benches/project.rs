@@ -25,9 +25,8 @@ use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 use rayon::prelude::*;
-use redreg::{
-    bf16, f16, layouts, Beta, CpuBackend, Element, Output, Partials, ProjectOptions, Segments,
-};
+use redreg::testing::{layouts, Rng};
+use redreg::{bf16, f16, Beta, CpuBackend, Element, Output, Partials, ProjectOptions, Segments};
 use redreg::{Backend, Projection};
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -51,20 +50,15 @@ fn mem_cap() -> usize {
     (gib * (1u64 << 30) as f64) as usize
 }
 
-/// Deterministic pseudo-random values in `[-scale, scale)`, filled in parallel.
+/// Deterministic pseudo-random values in `[-scale, scale)`, filled in parallel (one
+/// `redreg::testing::Rng` per piece of 2^16 elements).
 fn fill<T: Element>(buf: &mut [T], seed: u64, scale: f64) {
     buf.par_chunks_mut(1 << 16)
         .enumerate()
         .for_each(|(c, part)| {
-            let mut s = (seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            for x in part {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                *x = T::from_f64(((s >> 40) as f64 / (1u64 << 24) as f64 * 2.0 - 1.0) * scale);
-            }
+            let mut rng = Rng::new(seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            part.iter_mut()
+                .for_each(|x| *x = T::from_f64(rng.signed(scale)));
         });
 }
 

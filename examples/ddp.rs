@@ -23,6 +23,7 @@ use redreg::controller::{
 };
 use redreg::dist::{agree, AllReduce, MpiComm};
 use redreg::stats::{CpuStats, ReducibleStats, StatsPlan};
+use redreg::testing::Rng;
 use redreg::{CpuBackend, DType, Segments};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -34,25 +35,6 @@ const N: usize = 1024;
 const BATCH: usize = 64;
 const LR: f32 = 0.05;
 
-/// SplitMix64 with Box-Muller normals.
-struct Rng(u64);
-impl Rng {
-    fn u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        (self.u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f32 {
-        let (u1, u2) = (self.uniform().max(1e-300), self.uniform());
-        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-    }
-}
-
 /// The dataset (the same on every rank: generated from the seed).
 struct Data {
     x: [Vec<f32>; 2],
@@ -60,17 +42,17 @@ struct Data {
 }
 
 fn make_data(rng: &mut Rng, codes: &[Vec<f32>; 2], n: usize) -> Data {
-    let y: Vec<i64> = (0..n).map(|_| (rng.u64() % C as u64) as i64).collect();
+    let y: Vec<i64> = (0..n).map(|_| rng.below(C) as i64).collect();
     let x = std::array::from_fn(|m| {
         let mut x = Vec::with_capacity(n * DIMS[m]);
         for &yi in &y {
             let amp = match m {
-                0 if rng.uniform() < 0.9 => 1.5,
+                0 if rng.unit() < 0.9 => 1.5,
                 0 => 0.0,
                 _ => 0.5,
             };
             for d in 0..DIMS[m] {
-                x.push(amp * codes[m][yi as usize * DIMS[m] + d] + rng.normal());
+                x.push(amp * codes[m][yi as usize * DIMS[m] + d] + rng.normal() as f32);
             }
         }
         x
@@ -166,9 +148,9 @@ fn main() -> Res<()> {
     }
 
     // Same data and initialisation on every rank.
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let codes: [Vec<f32>; 2] =
-        std::array::from_fn(|m| (0..C * DIMS[m]).map(|_| rng.normal()).collect());
+        std::array::from_fn(|m| (0..C * DIMS[m]).map(|_| rng.normal() as f32).collect());
     let data = make_data(&mut rng, &codes, N);
     let test = make_data(&mut rng, &codes, 512);
     let enc_segs: Vec<Segments> = DIMS
@@ -179,7 +161,7 @@ fn main() -> Res<()> {
         .iter()
         .map(|&d| {
             (0..F * d + F)
-                .map(|_| rng.normal() / (d as f32).sqrt())
+                .map(|_| rng.normal() as f32 / (d as f32).sqrt())
                 .collect()
         })
         .collect();
@@ -187,7 +169,7 @@ fn main() -> Res<()> {
     let head_len = [C * F + C; 3];
     let mut heads: Vec<Vec<f32>> = head_len
         .iter()
-        .map(|&n| (0..n).map(|_| rng.normal() * 0.1).collect())
+        .map(|&n| (0..n).map(|_| rng.normal() as f32 * 0.1).collect())
         .collect();
 
     let rows = my_rows(BATCH, rank, size);
@@ -213,7 +195,7 @@ fn main() -> Res<()> {
     let mut theta0: Vec<Vec<f32>> = vec![Vec::new(), Vec::new()];
     let n_params: usize = enc.iter().chain(&heads).map(Vec::len).sum();
     let mut mom = vec![0f32; n_params];
-    let mut noise = Rng(1000 + rank as u64);
+    let mut noise = Rng::new(1000 + rank as u64);
     let mut log_hash = 0u64;
 
     for epoch in 0..epochs {
@@ -255,7 +237,7 @@ fn main() -> Res<()> {
 
             // RedReg statistics on this rank's rows: two noisy copies per modality.
             let noisy = |x: &[f32], r: &mut Rng| -> Vec<f32> {
-                x.iter().map(|v| v + 0.03 * r.normal()).collect()
+                x.iter().map(|v| v + 0.03 * r.normal() as f32).collect()
             };
             let x1: [Vec<f32>; 2] = std::array::from_fn(|m| noisy(&x[m], &mut noise));
             let x2: [Vec<f32>; 2] = std::array::from_fn(|m| noisy(&x[m], &mut noise));

@@ -8,8 +8,9 @@
 //! `cargo run --release --example project_resnet -- [--k K] [--iters N] [--threads T]`
 
 use rayon::prelude::*;
-use redreg::{layouts, CpuBackend, Output, ProjectOptions, Segments};
+use redreg::testing::{layouts, Rng};
 use redreg::{Backend, Projection};
+use redreg::{CpuBackend, Output, ProjectOptions, Segments};
 use std::time::Instant;
 
 fn arg(name: &str, default: usize) -> Result<usize, String> {
@@ -24,17 +25,10 @@ fn arg(name: &str, default: usize) -> Result<usize, String> {
     }
 }
 
-/// Deterministic pseudo-random values in [-1, 1) (an LCG is plenty for test data).
+/// Deterministic pseudo-random values in `[-scale, scale)` (`redreg::testing::Rng`).
 fn fill(buf: &mut [f32], seed: u64, scale: f32) {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    for x in buf {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        *x = ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale;
-    }
+    let mut rng = Rng::new(seed);
+    buf.iter_mut().for_each(|x| *x = rng.signed_f32(scale));
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

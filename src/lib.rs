@@ -22,13 +22,13 @@ pub mod cuda;
 pub mod dist;
 pub mod dtype;
 pub mod error;
-pub mod layouts;
 pub mod projection;
 pub mod reference;
 pub mod segments;
 pub mod solve;
 pub mod stats;
 pub mod sum;
+pub mod testing;
 
 pub use backend::{Backend, Host, Memory, RankList, Reference};
 pub use cpu::CpuBackend;
@@ -36,7 +36,7 @@ pub use dtype::{cast_bytes, cast_bytes_mut, DType, Element};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
 pub use projection::{Beta, Buffer, Output, Partials, ProjectOptions, Projection};
-pub use segments::{chunk_tasks, ChunkTask, Segments};
+pub use segments::Segments;
 
 /// The README's code blocks are compiled and run as doc tests (they use the CUDA API too,
 /// hence only with the default feature `cuda`).

@@ -145,37 +145,46 @@ impl From<Segments> for Vec<usize> {
     }
 }
 
-/// One fixed-size piece of one segment: the unit of parallel work on the CPU and of a
-/// thread block on the GPU. Built once per [`Segments`] by [`chunk_tasks`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ChunkTask {
-    /// Segment index.
-    pub seg: usize,
-    /// First element (absolute offset in the flat buffer).
-    pub start: usize,
-    /// One past the last element (absolute).
-    pub end: usize,
-}
+pub(crate) use chunks::{chunk_tasks, ChunkTask};
 
-/// Splits every non-empty segment into chunks of at most `chunk` elements, in segment
-/// order and, within a segment, in element order. Empty segments get no chunk.
-///
-/// The table depends only on the layout and `chunk`, never on the thread count, which is
-/// what makes reductions over it deterministic.
-pub fn chunk_tasks(segs: &Segments, chunk: usize) -> Result<Vec<ChunkTask>> {
-    if chunk == 0 {
-        return Err(crate::error::invalid("chunk", "chunk size must be > 0"));
+/// The chunk table: crate-internal (both backends parallelise over it); public only
+/// through [`crate::testing`], for tests that check the chunking itself.
+pub(crate) mod chunks {
+    use super::Segments;
+    use crate::error::Result;
+
+    /// One fixed-size piece of one segment: the unit of parallel work on the CPU and of a
+    /// thread block on the GPU. Built once per [`Segments`] by [`chunk_tasks`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct ChunkTask {
+        /// Segment index.
+        pub seg: usize,
+        /// First element (absolute offset in the flat buffer).
+        pub start: usize,
+        /// One past the last element (absolute).
+        pub end: usize,
     }
-    let mut tasks = Vec::new();
-    for (seg, r) in segs.iter().enumerate() {
-        let mut start = r.start;
-        while start < r.end {
-            let end = start + (r.end - start).min(chunk);
-            tasks.push(ChunkTask { seg, start, end });
-            start = end;
+
+    /// Splits every non-empty segment into chunks of at most `chunk` elements, in segment
+    /// order and, within a segment, in element order. Empty segments get no chunk.
+    ///
+    /// The table depends only on the layout and `chunk`, never on the thread count, which is
+    /// what makes reductions over it deterministic.
+    pub fn chunk_tasks(segs: &Segments, chunk: usize) -> Result<Vec<ChunkTask>> {
+        if chunk == 0 {
+            return Err(crate::error::invalid("chunk", "chunk size must be > 0"));
         }
+        let mut tasks = Vec::new();
+        for (seg, r) in segs.iter().enumerate() {
+            let mut start = r.start;
+            while start < r.end {
+                let end = start + (r.end - start).min(chunk);
+                tasks.push(ChunkTask { seg, start, end });
+                start = end;
+            }
+        }
+        Ok(tasks)
     }
-    Ok(tasks)
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 //! contiguity, counts).
 #![cfg(feature = "candle")]
 
-#[path = "common/candle.rs"]
-mod helpers;
+mod common;
+
+use common::candle as helpers;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};

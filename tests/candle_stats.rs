@@ -3,8 +3,9 @@
 //! formulas; every rejected input is an `Err`.
 #![cfg(feature = "candle")]
 
-#[path = "common/candle.rs"]
-mod helpers;
+mod common;
+
+use common::candle as helpers;
 
 use candle_core::{DType, Device, Tensor};
 use helpers::flat;

@@ -2,14 +2,15 @@
 //! random ragged layouts, all output modes, bitwise determinism across thread counts, a
 //! segment of more than 1e6 elements, sharded partials, and CholQR2 vs CGS2.
 
-mod util;
+mod common;
 
+use common::Rng; // (not proptest's `Rng`)
+use common::*;
 use proptest::prelude::*;
 use redreg::{
     bf16, f16, reference, Beta, CpuBackend, Element, Output, Partials, ProjectOptions, Segments,
 };
 use redreg::{Backend, Projection};
-use util::*;
 
 fn refs<T>(b: &[Vec<T>]) -> Vec<&[T]> {
     b.iter().map(|x| x.as_slice()).collect()
@@ -72,7 +73,7 @@ fn run<T: Element>(
 /// Backend = reference up to the single rounding to T (the f64 values before rounding
 /// differ in the last bits only, from the chunked summation order).
 fn backend_matches_reference<T: Element>(seed: u64, k: usize, mode: Mode, per_seg_beta: bool) {
-    let mut rng = Gen::new(seed);
+    let mut rng = Rng::new(seed);
     let segs = Segments::from_lengths(&random_lengths(&mut rng, 9, 3000)).unwrap();
     let n = segs.total();
     let v = to_t::<T>(&rng.normals(n));
@@ -146,7 +147,7 @@ proptest! {
     #[test]
     fn sharded_partials_add_up(seed in any::<u64>(), k in 1usize..=4, shards_ix in 0usize..3) {
         let shards = [2usize, 3, 7][shards_ix];
-        let mut rng = Gen::new(seed);
+        let mut rng = Rng::new(seed);
         let segs = Segments::from_lengths(&random_lengths(&mut rng, 5, 2000)).unwrap();
         let n = segs.total();
         let v = to_t::<f32>(&rng.normals(n));
@@ -169,7 +170,7 @@ proptest! {
 /// Bitwise identical results for 1, 2 and 8 threads, and run to run.
 #[test]
 fn deterministic_across_thread_counts() {
-    let mut rng = Gen::new(99);
+    let mut rng = Rng::new(99);
     let segs = Segments::from_lengths(&[100_000, 0, 7, 65_537, 1, 250_000]).unwrap();
     let n = segs.total();
     let v = to_t::<f32>(&rng.normals(n));
@@ -205,7 +206,7 @@ fn deterministic_across_thread_counts() {
 /// One segment of more than 1e6 elements (plus small ones), k = 2, against the oracle.
 #[test]
 fn large_segment_matches_reference() {
-    let mut rng = Gen::new(5);
+    let mut rng = Rng::new(5);
     let segs = Segments::from_lengths(&[3, 1_000_003, 64]).unwrap();
     let n = segs.total();
     let v = to_t::<f32>(&rng.normals(n));
@@ -251,7 +252,7 @@ fn large_segment_matches_reference() {
 
 /// CholQR2 (backend) vs CGS2 (reference): same ranks, same Q up to the stored precision.
 fn orth_matches<T: Element>(seed: u64) {
-    let mut rng = Gen::new(seed);
+    let mut rng = Rng::new(seed);
     let segs = Segments::from_lengths(&[0, 1, 5, 300, 4000, 2]).unwrap();
     let n = segs.total();
     let mut basis: Vec<Vec<T>> = (0..4).map(|_| to_t(&rng.normals(n))).collect();

@@ -3,9 +3,9 @@
 //! batch, the sharded split form equals the unsharded oracle, and a wrong length errs on
 //! every rank — without MPI, in the normal `cargo test`.
 
-#[path = "common/dist.rs"]
-mod dist;
-mod util;
+mod common;
+
+use common::dist;
 
 use dist::Checks;
 use redreg::dist::{AllReduce, ThreadGroup};

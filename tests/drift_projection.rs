@@ -45,10 +45,8 @@ fn script_closed_form<T: Element>(
     out
 }
 
-fn drift_k1_matches_script<T: Element, B: Backend<Memory = redreg::Host>>(
-    backend: &B,
-    rtol: f64,
-) where
+fn drift_k1_matches_script<T: Element, B: Backend<Memory = redreg::Host>>(backend: &B, rtol: f64)
+where
     B::Ranks: std::fmt::Debug,
 {
     let segs = layout();
@@ -68,13 +66,7 @@ fn drift_k1_matches_script<T: Element, B: Backend<Memory = redreg::Host>>(
     let want_t: Vec<T> = want.iter().map(|&x| T::from_f64(x)).collect();
     // One rounding of the result; the coefficient differs from the closed form only by
     // summation order (compensated sums vs a plain sum): a few f64 ulp.
-    assert_close(
-        &format!("drift k=1 {}", T::DTYPE),
-        &g,
-        &want_t,
-        1e-30,
-        rtol,
-    );
+    assert_close(&format!("drift k=1 {}", T::DTYPE), &g, &want_t, 1e-30, rtol);
 }
 
 #[test]
@@ -103,8 +95,7 @@ fn out_in_basis_equals_copy<B: Backend<Memory = redreg::Host, Ranks = Vec<u32>>>
         let r1 = backend
             .project_out(
                 &segs,
-                Projection::drift(&theta[..], &theta0[..], &extra_refs, &mut fused[..])
-                    .beta(0.8),
+                Projection::drift(&theta[..], &theta0[..], &extra_refs, &mut fused[..]).beta(0.8),
             )
             .unwrap();
 
@@ -125,7 +116,11 @@ fn out_in_basis_equals_copy<B: Backend<Memory = redreg::Host, Ranks = Vec<u32>>>
             .iter()
             .zip(&explicit)
             .all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(same, "k = {}: fused differs from the explicit copy", 1 + k_extra);
+        assert!(
+            same,
+            "k = {}: fused differs from the explicit copy",
+            1 + k_extra
+        );
         assert_ne!(fused, g0, "the update must change the gradient");
     }
 }
@@ -215,7 +210,10 @@ fn fused_cpu_is_deterministic_across_threads_and_matches_the_oracle() {
     for t in [2, 8] {
         let (gt, rt) = with(CpuBackend::with_threads(t).unwrap());
         assert_eq!(r1, rt);
-        assert!(g1.iter().zip(&gt).all(|(a, b)| a.to_bits() == b.to_bits()), "{t} threads");
+        assert!(
+            g1.iter().zip(&gt).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{t} threads"
+        );
     }
     let (gr, rr) = run(&|g: &mut [bf16]| {
         Reference
@@ -233,7 +231,7 @@ fn fused_cpu_is_deterministic_across_threads_and_matches_the_oracle() {
 fn bad_fused_arguments_are_errors() {
     let segs = Segments::from_lengths(&[4, 4]).unwrap();
     let theta = vec![1.0f32; 8];
-    let short = vec![1.0f32; 7];
+    let short = [1.0f32; 7];
     let mut g = vec![0.5f32; 8];
     let before = g.clone();
     let b = CpuBackend::new();

@@ -5,12 +5,13 @@
 //!
 //! Cases: `REDREG_FUZZ_CASES` (default 128; `.ci/run` runs a bounded larger count).
 
-mod util;
+mod common;
 
+use common::Rng; // (not proptest's `Rng`)
+use common::*;
 use proptest::prelude::*;
 use redreg::{bf16, f16, reference, Beta, CpuBackend, Element, Output, ProjectOptions, Segments};
 use redreg::{Backend, Projection};
-use util::*;
 
 fn cases() -> u32 {
     std::env::var("REDREG_FUZZ_CASES")
@@ -20,7 +21,7 @@ fn cases() -> u32 {
 }
 
 /// A value of one of the awkward kinds, as f64 (rounded to T by the caller).
-fn awkward<T: Element>(rng: &mut Gen, nasty: bool) -> f64 {
+fn awkward<T: Element>(rng: &mut Rng, nasty: bool) -> f64 {
     let max = match T::DTYPE {
         redreg::DType::F32 => 1e30,
         redreg::DType::F16 => 6e4,
@@ -43,17 +44,17 @@ fn awkward<T: Element>(rng: &mut Gen, nasty: bool) -> f64 {
 }
 
 fn fuzz_one<T: Element>(seed: u64) -> Result<(), TestCaseError> {
-    let mut rng = Gen::new(seed);
+    let mut rng = Rng::new(seed);
     let nseg = rng.below(6);
     let segs = Segments::from_lengths(&random_lengths(&mut rng, nseg, 300)).unwrap();
     let n = segs.total();
     let k = rng.below(9);
     // Nasty values are rare per element so most segments stay finite.
     let nasty_rate = [0.0, 0.001, 0.02][rng.below(3)];
-    let gen = |rng: &mut Gen| -> Vec<T> {
+    let gen = |rng: &mut Rng| -> Vec<T> {
         (0..n)
             .map(|_| {
-                let nasty = rng.uniform() < nasty_rate;
+                let nasty = rng.unit() < nasty_rate;
                 T::from_f64(awkward::<T>(rng, nasty))
             })
             .collect()

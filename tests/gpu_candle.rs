@@ -4,10 +4,10 @@
 //! `REDREG_REQUIRE_GPU=1` turns a skip into a failure.
 #![cfg(feature = "candle-cuda")]
 
-#[path = "common/gpu.rs"]
-mod gpu;
-#[path = "common/candle.rs"]
-mod helpers;
+mod common;
+
+use common::candle as helpers;
+use common::gpu;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};

@@ -5,28 +5,18 @@
 //! usable GPU each test prints `SKIP: <reason>`; `REDREG_REQUIRE_GPU=1` makes that a failure.
 #![cfg(feature = "cuda")]
 
-#[path = "common/gpu.rs"]
-mod gpu;
+mod common;
+
+use common::gpu;
 
 use cudarc::driver::CudaSlice;
 use redreg::controller::{
     step, Config, Controller, DeviceEncoder, HostEncoder, JointBasis, Redundancy, StepInputs,
 };
 use redreg::cuda::CudaBackend;
-use redreg::{bf16, layouts, Segments};
+use redreg::testing::{elements, layouts};
+use redreg::{bf16, Segments};
 use redreg::{Element, Reference};
-
-fn data(n: usize, seed: u64, scale: f64) -> Vec<f64> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
 
 fn up<T: Element>(b: &CudaBackend, x: &[T]) -> CudaSlice<T> {
     b.stream().clone_htod(x).unwrap()
@@ -44,9 +34,7 @@ fn step_matches_host<T: Element>(b: &CudaBackend, k_extra: usize, explicit: bool
         Segments::from_shapes(&audio).unwrap(),
         Segments::from_shapes(&visual).unwrap(),
     ];
-    let mk = |n: usize, seed: u64, sc: f64| -> Vec<T> {
-        data(n, seed, sc).iter().map(|&x| T::from_f64(x)).collect()
-    };
+    let mk = |n: usize, seed: u64, sc: f64| -> Vec<T> { elements(n, seed, sc) };
     let host: Vec<_> = segs
         .iter()
         .enumerate()

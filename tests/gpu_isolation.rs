@@ -4,8 +4,9 @@
 //! another context are `Err`. SKIP convention: tests/common/gpu.rs.
 #![cfg(feature = "cuda")]
 
-#[path = "common/gpu.rs"]
-mod gpu;
+mod common;
+
+use common::gpu;
 
 use cudarc::driver::{CudaContext, CudaSlice, DevicePtr};
 use redreg::cuda::{CudaBackend, ForeignSlice};

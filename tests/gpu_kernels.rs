@@ -6,30 +6,15 @@
 //! cheap enough for compute-sanitizer. See tests/common/gpu.rs for the SKIP convention.
 #![cfg(feature = "cuda")]
 
-#[path = "common/gpu.rs"]
-mod gpu;
+mod common;
+
+use common::gpu;
 
 use cudarc::driver::CudaSlice;
 use redreg::cuda::CudaBackend;
+use redreg::testing::{assert_close, elements};
 use redreg::{bf16, f16, reference, Beta, DType, Output, ProjectOptions, Segments};
 use redreg::{Backend, Element, Projection};
-
-/// Deterministic pseudo-random values in [-1, 1).
-fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn to_t<T: Element>(x: &[f64]) -> Vec<T> {
-    x.iter().map(|&v| T::from_f64(v)).collect()
-}
 
 /// A few units in the last place of the output type (as tests/gpu_project.rs).
 fn tol_of(dt: DType) -> (f64, f64) {
@@ -38,26 +23,6 @@ fn tol_of(dt: DType) -> (f64, f64) {
         DType::F16 => (4e-3, 2e-3),
         DType::BF16 => (3e-2, 1.6e-2),
     }
-}
-
-fn assert_close<T: Element>(what: &str, got: &[T], want: &[T], (atol, rtol): (f64, f64)) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let bad: Vec<String> = got
-        .iter()
-        .zip(want)
-        .enumerate()
-        .filter(|(_, (g, w))| {
-            let (g, w) = (g.to_f64(), w.to_f64());
-            !((g - w).abs() <= atol + rtol * w.abs() || (g.is_nan() && w.is_nan()))
-        })
-        .take(8)
-        .map(|(i, (g, w))| format!("[{i}] gpu={} ref={}", g.to_f64(), w.to_f64()))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what}: first mismatches: {}",
-        bad.join(", ")
-    );
 }
 
 /// Segments of 0, 37, 1000 and 16390 elements (two chunks): every segment is at least 4×
@@ -74,7 +39,7 @@ fn project_all_k<T: Element>(b: &CudaBackend) {
             let mode = k % 3;
             let seed = 100 * k as u64 + shift as u64;
             // Host data with `shift` leading elements, so the device views start misaligned.
-            let host = |s: u64| to_t::<T>(&rand_vec(n + shift, s));
+            let host = |s: u64| elements::<T>(n + shift, s, 1.0);
             let v = host(seed);
             let basis: Vec<Vec<T>> = (0..k).map(|i| host(seed + 1 + i as u64)).collect();
             let base = host(seed + 50);
@@ -134,7 +99,8 @@ fn project_all_k<T: Element>(b: &CudaBackend) {
             };
             let got: Vec<T> = b.stream().clone_dtoh(&dout.slice(shift..)).unwrap();
             let what = format!("project_out {} k={k} mode={mode} shift={shift}", T::DTYPE);
-            assert_close(&what, &got, &want, tol_of(T::DTYPE));
+            let (atol, rtol) = tol_of(T::DTYPE);
+            assert_close(&what, &got, &want, atol, rtol);
             // Every segment is >= 4k long with random data: far from the rank threshold.
             assert_eq!(dranks.to_vec().unwrap(), ranks, "{what}: ranks");
         }
@@ -146,7 +112,7 @@ fn orth_all_k<T: Element>(b: &CudaBackend) {
     let n = segs.total();
     for k in 1..=8usize {
         let mut basis: Vec<Vec<T>> = (0..k)
-            .map(|i| to_t::<T>(&rand_vec(n, 900 + 10 * k as u64 + i as u64)))
+            .map(|i| elements::<T>(n, 900 + 10 * k as u64 + i as u64, 1.0))
             .collect();
         let mut db: Vec<CudaSlice<T>> = basis
             .iter()
@@ -168,7 +134,8 @@ fn orth_all_k<T: Element>(b: &CudaBackend) {
                 &format!("orthonormalize {} k={k} vector {i}", T::DTYPE),
                 &got,
                 &basis[i],
-                (atol * 0.05, rtol * 4.0),
+                atol * 0.05,
+                rtol * 4.0,
             );
         }
         assert_eq!(ranks_dev, ranks, "orthonormalize {} k={k}: ranks", T::DTYPE);

@@ -8,11 +8,13 @@
 //! would add its launches.
 #![cfg(feature = "cuda")]
 
-#[path = "common/gpu.rs"]
-mod gpu;
+mod common;
+
+use common::gpu;
 
 use cudarc::driver::{CudaSlice, CudaView};
 use redreg::cuda::CudaBackend;
+use redreg::testing::elements;
 use redreg::{f16, reference, Beta, Output, ProjectOptions, Segments};
 use redreg::{Backend, Element, Projection};
 
@@ -48,19 +50,6 @@ impl Counters {
     }
 }
 
-/// Deterministic pseudo-random values in [-1, 1).
-fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-        })
-        .collect()
-}
-
 /// 120 tensors: empty ones, small ones, ones of several chunks (RR_CHUNK = 16384), none shorter
 /// than 40 (so that the split form, which does not cap ranks at the length, must give
 /// the same bits as project_out).
@@ -75,10 +64,6 @@ fn layout() -> Segments {
     Segments::from_lengths(&lens).unwrap()
 }
 
-fn to_t<T: Element>(x: &[f64]) -> Vec<T> {
-    x.iter().map(|&v| T::from_f64(v)).collect()
-}
-
 fn download<T: Element>(b: &CudaBackend, x: &CudaSlice<T>) -> Vec<T> {
     b.stream().clone_dtoh(x).unwrap()
 }
@@ -90,11 +75,11 @@ fn download<T: Element>(b: &CudaBackend, x: &CudaSlice<T>) -> Vec<T> {
 fn check<T: Element>(c: &Counters, b: &CudaBackend, segs: &Segments, k: usize) {
     let n = segs.total();
     let seed = 17 + k as u64;
-    let v: Vec<T> = to_t(&rand_vec(n, seed));
+    let v: Vec<T> = elements(n, seed, 1.0);
     let basis: Vec<Vec<T>> = (0..k)
-        .map(|i| to_t(&rand_vec(n, seed + 1 + i as u64)))
+        .map(|i| elements(n, seed + 1 + i as u64, 1.0))
         .collect();
-    let base: Vec<T> = to_t(&rand_vec(n, seed + 100));
+    let base: Vec<T> = elements(n, seed + 100, 1.0);
     let (alpha, beta, opts) = (0.5, Beta::Scalar(1.25), ProjectOptions::default());
     let what = format!("{} k={k}", T::DTYPE);
 

@@ -2,10 +2,9 @@
 //! SKIP convention (`REDREG_REQUIRE_GPU=1` makes a skip fail).
 #![cfg(feature = "cuda")]
 
-#[path = "common/gpu.rs"]
-mod gpu;
-#[path = "common/ranks.rs"]
-mod ranks;
+mod common;
+
+use common::{gpu, ranks};
 
 #[test]
 fn nvrtc_compiles_embedded_sources() {
@@ -42,25 +41,9 @@ fn nvrtc_compiles_embedded_sources() {
 
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use redreg::cuda::CudaBackend;
+use redreg::testing::{assert_close, elements};
 use redreg::{bf16, f16, reference, Beta, DType, Output, ProjectOptions, Segments};
 use redreg::{Backend, Element, Projection};
-
-/// Deterministic pseudo-random values in [-1, 1).
-fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn to_t<T: Element>(x: &[f64]) -> Vec<T> {
-    x.iter().map(|&v| T::from_f64(v)).collect()
-}
 
 /// (atol, rtol) per element type: a few units in the last place of the output type.
 fn tol_of(dt: DType) -> (f64, f64) {
@@ -68,30 +51,6 @@ fn tol_of(dt: DType) -> (f64, f64) {
         DType::F32 => (2e-5, 1e-5),
         DType::F16 => (4e-3, 2e-3),
         DType::BF16 => (3e-2, 1.6e-2),
-    }
-}
-
-/// |gpu - ref| <= atol + rtol*|ref| everywhere, else panics printing the first mismatches.
-fn assert_close(what: &str, gpu: &[f64], refv: &[f64], atol: f64, rtol: f64) {
-    assert_eq!(gpu.len(), refv.len(), "{what}: length");
-    let bad: Vec<usize> = (0..gpu.len())
-        .filter(|&i| {
-            let (g, r) = (gpu[i], refv[i]);
-            !((g - r).abs() <= atol + rtol * r.abs() || (g.is_nan() && r.is_nan()))
-        })
-        .collect();
-    if !bad.is_empty() {
-        let first: Vec<String> = bad
-            .iter()
-            .take(8)
-            .map(|&i| format!("[{i}] gpu={} ref={}", gpu[i], refv[i]))
-            .collect();
-        panic!(
-            "{what}: {} of {} elements differ (atol {atol}, rtol {rtol}); first: {}",
-            bad.len(),
-            gpu.len(),
-            first.join(", ")
-        );
     }
 }
 
@@ -122,7 +81,7 @@ fn layouts() -> Vec<(&'static str, Segments)> {
     }
     v.push((
         "resnet18",
-        Segments::from_shapes(&redreg::layouts::resnet18(3)).unwrap(),
+        Segments::from_shapes(&redreg::testing::layouts::resnet18(3)).unwrap(),
     ));
     v
 }
@@ -148,11 +107,11 @@ fn project_case<T: Element>(
     seed: u64,
 ) -> Vec<f64> {
     let n = segs.total();
-    let v: Vec<T> = to_t(&rand_vec(n, seed));
+    let v: Vec<T> = elements(n, seed, 1.0);
     let basis: Vec<Vec<T>> = (0..k)
-        .map(|i| to_t(&rand_vec(n, seed + 1 + i as u64)))
+        .map(|i| elements(n, seed + 1 + i as u64, 1.0))
         .collect();
-    let base: Vec<T> = to_t(&rand_vec(n, seed + 100));
+    let base: Vec<T> = elements(n, seed + 100, 1.0);
     let betas: Vec<f64> = (0..segs.len())
         .map(|s| 1.0 + (s % 7) as f64 * 0.1)
         .collect();
@@ -294,7 +253,7 @@ fn bitwise_reproducible() {
         for (name, segs) in [
             (
                 "resnet18",
-                Segments::from_shapes(&redreg::layouts::resnet18(3)).unwrap(),
+                Segments::from_shapes(&redreg::testing::layouts::resnet18(3)).unwrap(),
             ),
             (
                 "big",
@@ -317,8 +276,8 @@ fn split_form<T: Element>(b: &CudaBackend) {
     for (name, segs) in layouts() {
         for k in [0usize, 1, 4, 8] {
             let n = segs.total();
-            let v: Vec<T> = to_t(&rand_vec(n, 5));
-            let basis: Vec<Vec<T>> = (0..k).map(|i| to_t(&rand_vec(n, 50 + i as u64))).collect();
+            let v: Vec<T> = elements(n, 5, 1.0);
+            let basis: Vec<Vec<T>> = (0..k).map(|i| elements(n, 50 + i as u64, 1.0)).collect();
             let brefs: Vec<&[T]> = basis.iter().map(|x| x.as_slice()).collect();
             let pref = reference::partials(&segs, &v, None, &brefs).unwrap();
             let dv = upload(b, &v);
@@ -402,8 +361,7 @@ fn orth<T: Element>(b: &CudaBackend) {
     for (name, segs) in layouts() {
         for k in [1usize, 2, 3, 8] {
             let n = segs.total();
-            let mut basis: Vec<Vec<T>> =
-                (0..k).map(|i| to_t(&rand_vec(n, 90 + i as u64))).collect();
+            let mut basis: Vec<Vec<T>> = (0..k).map(|i| elements(n, 90 + i as u64, 1.0)).collect();
             if k >= 3 {
                 // An exactly dependent vector: b2 = b0 (dropped by both methods).
                 basis[2] = basis[0].clone();
@@ -521,8 +479,8 @@ fn misaligned_views_take_the_scalar_path() {
     if let Some(b) = gpu::backend("misaligned_views_take_the_scalar_path") {
         let segs = Segments::from_lengths(&[40_000, 3, 1000]).unwrap();
         let n = segs.total();
-        let v: Vec<f32> = to_t(&rand_vec(n + 1, 1));
-        let g: Vec<f32> = to_t(&rand_vec(n, 2));
+        let v: Vec<f32> = elements(n + 1, 1, 1.0);
+        let g: Vec<f32> = elements(n, 2, 1.0);
         let dv = upload(b, &v);
         let dg = upload(b, &g);
         let vview = dv.slice(1..n + 1); // v shifted by one element: misaligned vs g

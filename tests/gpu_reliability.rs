@@ -4,26 +4,16 @@
 //! test prints `SKIP: <reason>`; `REDREG_REQUIRE_GPU=1` makes that a failure.
 #![cfg(feature = "cuda")]
 
-#[path = "common/gpu.rs"]
-mod gpu;
+mod common;
+
+use common::gpu;
 
 use cudarc::driver::{CudaContext, CudaSlice};
 use redreg::cuda::CudaBackend;
-use redreg::{f16, reference, Element, Output, Segments};
-use redreg::{Backend, Projection};
+use redreg::testing::elements;
+use redreg::{f16, reference, Output, Segments};
+use redreg::{Backend, Element, Projection};
 use std::sync::Arc;
-
-fn data<T: Element>(n: usize, seed: u64) -> Vec<T> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            T::from_f64((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0)
-        })
-        .collect()
-}
 
 fn up<T: Element>(b: &CudaBackend, x: &[T]) -> CudaSlice<T> {
     b.stream().clone_htod(x).unwrap()
@@ -57,9 +47,13 @@ fn two_backends_two_streams_two_threads() {
     let Some(b0) = gpu::backend("two_backends_two_streams_two_threads") else {
         return;
     };
-    let segs = Arc::new(Segments::from_shapes(&redreg::layouts::resnet18(3)).unwrap());
+    let segs = Arc::new(Segments::from_shapes(&redreg::testing::layouts::resnet18(3)).unwrap());
     let n = segs.total();
-    let (v, g, base) = (data::<f32>(n, 1), data::<f32>(n, 2), data::<f32>(n, 3));
+    let (v, g, base) = (
+        elements::<f32>(n, 1, 1.0),
+        elements::<f32>(n, 2, 1.0),
+        elements::<f32>(n, 3, 1.0),
+    );
     let want = run_once(b0, &segs, &v, &g, &base);
     let ctx = b0.context().clone();
     let handles: Vec<_> = (0..2)
@@ -98,7 +92,11 @@ fn twenty_runs_are_bitwise_identical() {
     };
     let segs = Segments::from_lengths(&[5_000_011, 0, 3, 70_000]).unwrap();
     let n = segs.total();
-    let (v, g, base) = (data::<f32>(n, 4), data::<f32>(n, 5), data::<f32>(n, 6));
+    let (v, g, base) = (
+        elements::<f32>(n, 4, 1.0),
+        elements::<f32>(n, 5, 1.0),
+        elements::<f32>(n, 6, 1.0),
+    );
     let first = run_once(b, &segs, &v, &g, &base);
     for run in 1..20 {
         let again = run_once(b, &segs, &v, &g, &base);
@@ -119,10 +117,10 @@ fn nan_policy_matches_the_cpu() {
     };
     let segs = Segments::from_lengths(&[1000, 1000, 5]).unwrap();
     let n = segs.total();
-    let v = data::<f32>(n, 7);
-    let mut g = data::<f32>(n, 8);
+    let v = elements::<f32>(n, 7, 1.0);
+    let mut g = elements::<f32>(n, 8, 1.0);
     g[10] = f32::NAN;
-    let mut base = data::<f32>(n, 9);
+    let mut base = elements::<f32>(n, 9, 1.0);
     base[1500] = f32::INFINITY;
     let got = run_once(b, &segs, &v, &g, &base);
     let mut want = base.clone();
@@ -199,9 +197,9 @@ fn indices_above_2_pow_31() {
     let n = (1usize << 31) + tail;
     let segs = Segments::from_lengths(&[n]).unwrap();
     let (tv, tg, tb) = (
-        data::<f16>(tail, 10),
-        data::<f16>(tail, 11),
-        data::<f16>(tail, 12),
+        elements::<f16>(tail, 10, 1.0),
+        elements::<f16>(tail, 11, 1.0),
+        elements::<f16>(tail, 12, 1.0),
     );
     let s = b.stream();
     let mut v = s.alloc_zeros::<f16>(n).unwrap();

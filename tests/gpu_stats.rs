@@ -2,12 +2,14 @@
 //! executor and the f64 oracle. SKIP convention: tests/common/gpu.rs.
 #![cfg(feature = "cuda")]
 
-#[path = "common/gpu.rs"]
-mod gpu;
+mod common;
+
+use common::gpu;
 
 use cudarc::driver::CudaSlice;
 use redreg::dtype::from_f64_vec;
 use redreg::stats::{reference, CpuStats, CudaStats, StatsPlan, REDUNDANCY_EPS, STATS_CHUNK};
+use redreg::testing::signed_vec;
 use redreg::{bf16, f16, DType, Error, Segments};
 
 #[test]
@@ -24,18 +26,6 @@ fn nvrtc_compiles_stats_module() {
     for k in ["stats_tasks", "stats_finish"] {
         assert!(ptx.contains(&format!(".entry {k}(")), "PTX lacks {k}");
     }
-}
-
-fn rand(n: usize, seed: u64, scale: f64) -> Vec<f64> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            scale * ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0)
-        })
-        .collect()
 }
 
 #[track_caller]
@@ -88,25 +78,25 @@ fn gpu_plan_matches_cpu_and_is_deterministic() {
     let wide = STATS_CHUNK + 17;
     let (b, d, c) = (37usize, 512usize, 10usize);
 
-    let z1: Vec<f16> = from_f64_vec(&rand(4 * b * d, 1, 1.0));
-    let z2: Vec<f16> = from_f64_vec(&rand(4 * b * d, 2, 1.0));
-    let x1: Vec<f32> = from_f64_vec(&rand(3001, 3, 1.0));
-    let x2: Vec<f32> = from_f64_vec(&rand(3001, 4, 1.0));
-    let mut fa: Vec<bf16> = from_f64_vec(&rand(b * d, 5, 1.0));
+    let z1: Vec<f16> = from_f64_vec(&signed_vec(4 * b * d, 1, 1.0));
+    let z2: Vec<f16> = from_f64_vec(&signed_vec(4 * b * d, 2, 1.0));
+    let x1: Vec<f32> = from_f64_vec(&signed_vec(3001, 3, 1.0));
+    let x2: Vec<f32> = from_f64_vec(&signed_vec(3001, 4, 1.0));
+    let mut fa: Vec<bf16> = from_f64_vec(&signed_vec(b * d, 5, 1.0));
     fa[..d].iter_mut().for_each(|v| *v = bf16::ZERO); // a zero row
-    let fv: Vec<bf16> = from_f64_vec(&rand(b * d, 6, 1.0));
-    let mut logits: Vec<f32> = from_f64_vec(&rand(b * c, 7, 1e4)); // extreme logits
+    let fv: Vec<bf16> = from_f64_vec(&signed_vec(b * d, 6, 1.0));
+    let mut logits: Vec<f32> = from_f64_vec(&signed_vec(b * c, 7, 1e4)); // extreme logits
     logits[3] = f32::NEG_INFINITY; // a masked class
     let labels: Vec<i64> = (0..b as i64).map(|i| i % c as i64).collect();
-    let wl: Vec<bf16> = from_f64_vec(&rand(3 * wide, 8, 20.0));
+    let wl: Vec<bf16> = from_f64_vec(&signed_vec(3 * wide, 8, 20.0));
     let wlab = vec![0i64, wide as i64 - 1, 17];
-    let wa: Vec<f32> = from_f64_vec(&rand(2 * wide, 9, 1.0));
-    let wb: Vec<f32> = from_f64_vec(&rand(2 * wide, 10, 1.0));
-    let mut g: Vec<f32> = from_f64_vec(&rand(n, 11, 1e-2));
+    let wa: Vec<f32> = from_f64_vec(&signed_vec(2 * wide, 9, 1.0));
+    let wb: Vec<f32> = from_f64_vec(&signed_vec(2 * wide, 10, 1.0));
+    let mut g: Vec<f32> = from_f64_vec(&signed_vec(n, 11, 1e-2));
     g[9408 + 70] = f32::NAN; // poisons segment 4 only
-    let dr: Vec<bf16> = from_f64_vec(&rand(n, 12, 1e-3));
-    let gh: Vec<f16> = from_f64_vec(&rand(n, 13, 1.0));
-    let acc0: Vec<f32> = from_f64_vec(&rand(n, 14, 1.0))
+    let dr: Vec<bf16> = from_f64_vec(&signed_vec(n, 12, 1e-3));
+    let gh: Vec<f16> = from_f64_vec(&signed_vec(n, 13, 1.0));
+    let acc0: Vec<f32> = from_f64_vec(&signed_vec(n, 14, 1.0))
         .iter()
         .map(|v: &f32| v.abs())
         .collect();

@@ -7,9 +7,9 @@
 //! Every rank prints its result; the process exits non-zero if any check failed on it,
 //! and rank 0 also fails when another rank reported a failure (summed through MPI).
 
-#[path = "common/dist.rs"]
-mod dist;
-mod util;
+mod common;
+
+use common::dist;
 
 use dist::Checks;
 use redreg::dist::{AllReduce, MpiComm};

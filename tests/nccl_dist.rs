@@ -5,11 +5,9 @@
 //! name cudarc's loader tries (`REDREG_REQUIRE_NCCL=1`: fail; see docs/distributed.md for
 //! the `libnccl.so` link).
 
-#[path = "common/dist.rs"]
-mod dist;
-#[path = "common/gpu.rs"]
-mod gpu;
-mod util;
+mod common;
+
+use common::{dist, gpu};
 
 use cudarc::nccl::Comm;
 use dist::Checks;

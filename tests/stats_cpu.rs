@@ -3,6 +3,7 @@
 
 use redreg::dtype::{from_f64_vec, to_f64_vec};
 use redreg::stats::{reference, Buf, CpuStats, StatsPlan, REDUNDANCY_EPS, STATS_CHUNK};
+use redreg::testing::Rng;
 use redreg::{bf16, f16, DType, Element, Error, Segments};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -49,30 +50,18 @@ fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
 
 // ---- data ------------------------------------------------------------------------------
 
-struct Rng(u64);
-impl Rng {
-    fn f(&mut self) -> f64 {
-        // xorshift64*, uniform in [-2, 2)
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let u = (self.0.wrapping_mul(0x2545F4914F6CDD1D) >> 11) as f64 / (1u64 << 53) as f64;
-        4.0 * u - 2.0
-    }
-    fn vec(&mut self, n: usize) -> Vec<f64> {
-        (0..n).map(|_| self.f()).collect()
-    }
-    fn labels(&mut self, n: usize, c: usize) -> Vec<i64> {
-        (0..n)
-            .map(|_| (((self.f() + 2.0) / 4.0) * c as f64) as i64)
-            .map(|l| l.min(c as i64 - 1).max(0))
-            .collect()
-    }
+/// `n` class labels uniform in `0..c`.
+fn labels(rng: &mut Rng, n: usize, c: usize) -> Vec<i64> {
+    (0..n).map(|_| rng.below(c) as i64).collect()
 }
 
 /// Data rounded to T, plus its exact f64 widening.
 fn data<T: Element>(rng: &mut Rng, n: usize, scale: f64) -> (Vec<T>, Vec<f64>) {
-    let v: Vec<f64> = rng.vec(n).into_iter().map(|x| x * scale).collect();
+    let v: Vec<f64> = rng
+        .signed_vec(n, 2.0)
+        .into_iter()
+        .map(|x| x * scale)
+        .collect();
     let t: Vec<T> = from_f64_vec(&v);
     let w = to_f64_vec(&t);
     (t, w)
@@ -194,7 +183,7 @@ fn sq_diff_case<T: Element>(len: usize, rng: &mut Rng) {
 #[test]
 fn sq_diff_mean_matches_f64() {
     let _g = shared();
-    let mut rng = Rng(1);
+    let mut rng = Rng::new(1);
     for len in LENS {
         sq_diff_case::<f32>(len, &mut rng);
         sq_diff_case::<f16>(len, &mut rng);
@@ -236,7 +225,7 @@ fn cos_case<T: Element>(rows: usize, dim: usize, rng: &mut Rng) {
 #[test]
 fn row_cos_mean_matches_f64() {
     let _g = shared();
-    let mut rng = Rng(2);
+    let mut rng = Rng::new(2);
     for (r, d) in ROWS {
         cos_case::<f32>(r, d, &mut rng);
         cos_case::<f16>(r, d, &mut rng);
@@ -246,7 +235,7 @@ fn row_cos_mean_matches_f64() {
 
 fn prob_case<T: Element>(rows: usize, c: usize, scale: f64, rng: &mut Rng) {
     let (l, lw) = data::<T>(rng, rows * c, scale);
-    let labels = rng.labels(rows, c);
+    let labels = labels(rng, rows, c);
     let mut plan = StatsPlan::new();
     let h = plan.true_prob_mean("p", T::DTYPE, rows, c).unwrap();
     let mut ex = CpuStats::new(&plan).unwrap();
@@ -265,7 +254,7 @@ fn prob_case<T: Element>(rows: usize, c: usize, scale: f64, rng: &mut Rng) {
 #[test]
 fn true_prob_mean_matches_f64() {
     let _g = shared();
-    let mut rng = Rng(3);
+    let mut rng = Rng::new(3);
     for (r, c) in ROWS {
         if c == 0 && r > 0 {
             continue; // every label out of range: tested separately
@@ -286,7 +275,11 @@ fn seg_case<T: Element>(segs: &Segments, rng: &mut Rng) {
     let n = segs.total();
     let (x, xw) = data::<T>(rng, n, 1.0);
     let (y, yw) = data::<T>(rng, n, 1.0);
-    let acc0: Vec<f32> = rng.vec(n).into_iter().map(|v| v.abs() as f32).collect();
+    let acc0: Vec<f32> = rng
+        .signed_vec(n, 2.0)
+        .into_iter()
+        .map(|v| v.abs() as f32)
+        .collect();
     let mut acc = acc0.clone();
     let mut plan = StatsPlan::new();
     let hs = plan.seg_sums("s", T::DTYPE, segs, true).unwrap();
@@ -321,7 +314,7 @@ fn seg_case<T: Element>(segs: &Segments, rng: &mut Rng) {
 #[test]
 fn segment_sums_dots_and_accumulator_match_f64() {
     let _g = shared();
-    let mut rng = Rng(4);
+    let mut rng = Rng::new(4);
     for segs in [
         segs(),
         Segments::from_lengths(&[]).unwrap(),
@@ -337,12 +330,12 @@ fn segment_sums_dots_and_accumulator_match_f64() {
 #[test]
 fn large_inputs_match_f64() {
     let _g = shared();
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5);
     let n = 20_000_000;
     let (x, xw) = data::<f32>(&mut rng, n, 1.0);
     let (y, yw) = data::<f32>(&mut rng, n, 1.0);
     let (rows, c) = (4_000, 1_000); // 4M elements: the exp-heavy oracle is the slow part
-    let labels = rng.labels(rows, c);
+    let labels = labels(&mut rng, rows, c);
     let segs = Segments::from_lengths(&[n / 2, 3, n / 2 - 1003, 1000]).unwrap();
     let mut acc = vec![0.5f32; n];
 
@@ -423,7 +416,7 @@ fn mixed(rng: &mut Rng) -> Mixed {
         fa: data(rng, B * D, 1.0).0,
         fv: data(rng, B * D, 1.0).0,
         logits: data(rng, B * C, 5.0).0,
-        labels: rng.labels(B, C),
+        labels: labels(rng, B, C),
         g: data(rng, n, 1e-2).0,
         d: data(rng, n, 1e-3).0,
         acc: vec![0.0; n],
@@ -443,7 +436,7 @@ fn mixed_plan_reuse_and_reference_agree() {
     let dots = plan.seg_dots("drift.grad", DType::BF16, &segs).unwrap();
     let mut ex = CpuStats::new(&plan).unwrap();
     let mut oracle = plan.new_results();
-    let mut rng = Rng(6);
+    let mut rng = Rng::new(6);
     for step in 0..3 {
         let mut m = mixed(&mut rng);
         let mut acc_ref = m.acc.clone();
@@ -530,7 +523,7 @@ fn plan_reuse_allocates_nothing() {
     let sums = plan.seg_sums("g", DType::BF16, &segs, true).unwrap();
     let dots = plan.seg_dots("d", DType::BF16, &segs).unwrap();
     let mut ex = CpuStats::new(&plan).unwrap();
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let mut ms = [mixed(&mut rng), mixed(&mut rng)];
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
@@ -725,7 +718,7 @@ fn zero_rows_have_cosine_zero() {
 fn nan_isolation<T: Element>(bad: f64) {
     let segs = Segments::from_lengths(&[5, 3, STATS_CHUNK + 2]).unwrap();
     let n = segs.total();
-    let mut rng = Rng(8);
+    let mut rng = Rng::new(8);
     let (mut x, _) = data::<T>(&mut rng, n, 1.0);
     let (y, _) = data::<T>(&mut rng, n, 1.0);
     let (mut fa, _) = data::<T>(&mut rng, 4 * 8, 1.0);
@@ -801,12 +794,12 @@ fn bitwise_identical_across_thread_counts_and_runs() {
     let _g = shared();
     let segs = Segments::from_lengths(&[3 * STATS_CHUNK + 11, 0, 1000, 2 * STATS_CHUNK]).unwrap();
     let n = segs.total();
-    let mut rng = Rng(9);
+    let mut rng = Rng::new(9);
     let (x, _) = data::<f32>(&mut rng, n, 1.0);
     let (y, _) = data::<f32>(&mut rng, n, 1.0);
     let (h, _) = data::<f16>(&mut rng, 300 * 1000, 8.0);
     let (h2, _) = data::<f16>(&mut rng, 300 * 1000, 1.0);
-    let labels = rng.labels(300, 1000);
+    let labels = labels(&mut rng, 300, 1000);
     let (wide, _) = data::<bf16>(&mut rng, 2 * (2 * STATS_CHUNK + 5), 3.0);
     let mut plan = StatsPlan::new();
     let hq = plan.sq_diff_mean("q", DType::F32, n).unwrap();
@@ -1016,10 +1009,10 @@ fn redundancy_ratio_helper() {
 #[test]
 fn crate_reference_matches_independent_oracle() {
     let _g = shared();
-    let mut rng = Rng(10);
+    let mut rng = Rng::new(10);
     let (a, aw) = data::<f16>(&mut rng, 33 * 7, 3.0);
     let (b, bw) = data::<f16>(&mut rng, 33 * 7, 3.0);
-    let labels = rng.labels(33, 7);
+    let labels = labels(&mut rng, 33, 7);
     close(
         "ref sqd",
         reference::sq_diff_mean(&a, &b).unwrap(),

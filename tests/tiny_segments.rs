@@ -3,25 +3,21 @@
 //! `src/solve.rs`, ~4 % of them reported a rank above their length (noise counted as
 //! signal), on the CPU backend and in the reference alike.
 
-mod util;
+mod common;
 
-use redreg::{reference, CpuBackend, Output, ProjectOptions, Segments};
-use redreg::{Backend, Projection};
-use util::Gen;
+use common::Rng;
+use redreg::{reference, Backend, CpuBackend, Output, ProjectOptions, Projection, Segments};
 
 const SEGMENTS: usize = 3000;
 
 /// Layout of `SEGMENTS` segments of length 0..=8 and `k + 1` f32 vectors (v, then the
 /// basis) of uniform [-1, 1) data.
 fn tiny(k: usize, seed: u64) -> (Segments, Vec<f32>, Vec<Vec<f32>>) {
-    let mut rng = Gen::new(seed);
+    let mut rng = Rng::new(seed);
     let lens: Vec<usize> = (0..SEGMENTS).map(|_| rng.below(9)).collect();
     let segs = Segments::from_lengths(&lens).unwrap();
-    let vec_of = |rng: &mut Gen| -> Vec<f32> {
-        (0..segs.total())
-            .map(|_| (rng.uniform() * 2.0 - 1.0) as f32)
-            .collect()
-    };
+    let vec_of =
+        |rng: &mut Rng| -> Vec<f32> { (0..segs.total()).map(|_| rng.signed(1.0) as f32).collect() };
     let v = vec_of(&mut rng);
     let basis = (0..k).map(|_| vec_of(&mut rng)).collect();
     (segs, v, basis)

@@ -5,12 +5,12 @@
 //! cover the layout exactly (`segs.total()` elements).
 
 use super::{byte_range, check_no_alias, drv, CudaBackend, DeviceRanks, CHUNK, THREADS};
-use crate::backend::Backend;
-use crate::dtype::Element;
 use crate::abi::{
     FIN_CAP, FIN_ORTH1, FIN_ORTH2, FIN_REDUCE, FIN_SOLVE, MODE_B0_OUT, MODE_BASE, MODE_INPLACE,
     MODE_NONE,
 };
+use crate::backend::Backend;
+use crate::dtype::Element;
 use crate::error::{check_len, invalid, Result};
 use crate::projection::{check_inputs, check_k, Beta, Output, Partials, Projection};
 use crate::segments::{chunk_tasks, Segments};

@@ -1,23 +1,18 @@
 //! Helpers shared by the candle adapter tests (CPU: tests/candle_adapter.rs, CUDA:
 //! tests/gpu_candle.rs): deterministic data, host copies, the f64 reference of one tensor
-//! and the `|got - want| <= atol + rtol·|want|` check.
+//! and (re-exported from `redreg::testing`) the `|got - want| <= atol + rtol·|want|` check.
 #![allow(dead_code)]
 
 use candle_core::{Device, Tensor};
 use redreg::Projection;
 use redreg::{reference, Beta, Element, Output, ProjectOptions, Segments};
 
-/// Deterministic values in [-1, 1) (xorshift).
+pub use super::{assert_close, Rng};
+
+/// Deterministic values in [-1, 1): [`Rng::signed_f32`] (24-bit draws, exact in f32).
 pub fn data(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.signed_f32(1.0)).collect()
 }
 
 /// An f32 tensor of `shape` with [`data`] on `dev`.
@@ -57,20 +52,6 @@ pub fn reference_one<T: Element>(
     )
     .unwrap();
     out
-}
-
-/// `|got - want| <= atol + rtol·|want|` elementwise, reporting the first mismatches.
-pub fn assert_close<T: Element>(what: &str, got: &[T], want: &[T], atol: f64, rtol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let bad: Vec<String> = got
-        .iter()
-        .zip(want)
-        .enumerate()
-        .filter(|(_, (g, w))| (g.to_f64() - w.to_f64()).abs() > atol + rtol * w.to_f64().abs())
-        .take(5)
-        .map(|(i, (g, w))| format!("[{i}] got {} want {}", g.to_f64(), w.to_f64()))
-        .collect();
-    assert!(bad.is_empty(), "{what}: mismatches: {}", bad.join(", "));
 }
 
 /// `project_out_tensors` with k = 2 and a base term on four tensors of `dt` on `dev`

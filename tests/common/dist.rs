@@ -16,7 +16,7 @@ use redreg::dist::{agree, project_sharded, AllReduce};
 use redreg::stats::{CpuStats, ReducibleStats, StatsPlan};
 use redreg::{reference, Beta, CpuBackend, DType, Output, ProjectOptions, Segments};
 
-use crate::util::{eps, to_f64, Gen};
+use super::{eps, to_f64, Rng};
 
 /// Collected check failures of one rank.
 #[derive(Debug, Default)]
@@ -67,14 +67,14 @@ pub struct Batch {
     pooled: [Vec<f32>; 2],
 }
 
-fn f32s(g: &mut Gen, n: usize, scale: f64) -> Vec<f32> {
+fn f32s(g: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
     (0..n).map(|_| (g.normal() * scale) as f32).collect()
 }
 
 /// Data whose decisions change along the sequence: the stronger modality alternates by
 /// epoch, and the agreement of the pooled features sweeps across the gate's threshold.
 pub fn batch(epoch: usize, step: usize) -> Batch {
-    let mut g = Gen::new((epoch * 1000 + step) as u64);
+    let mut g = Rng::new((epoch * 1000 + step) as u64);
     let labels: Vec<i64> = (0..B).map(|_| g.below(C) as i64).collect();
     let strength = if epoch % 2 == 0 {
         [0.4, 1.6]
@@ -318,7 +318,7 @@ const SEG_LENS: [usize; 7] = [0, 1, 7, 300, 5000, 40_000, 3];
 pub fn sharded<A: AllReduce>(comm: &A, rank: usize, size: usize, k: usize, ck: &mut Checks) {
     let segs = Segments::from_lengths(&SEG_LENS).unwrap();
     let n = segs.total();
-    let mut g = Gen::new(100 + k as u64);
+    let mut g = Rng::new(100 + k as u64);
     let v = f32s(&mut g, n, 1.0);
     let base = f32s(&mut g, n, 1.0);
     let mut basis: Vec<Vec<f32>> = (0..k).map(|_| f32s(&mut g, n, 1.0)).collect();
