@@ -1,7 +1,9 @@
 //! Every kernel of module `project` (each dtype × each k) runs at least once, on a small
 //! layout, and matches the f64 reference: `project_out` for k = 0..=8 in the three output
 //! modes, with 16-byte-aligned views (vector path) and with views shifted by one element
-//! (scalar path), and `orthonormalize` for k = 1..=8. Small on purpose: it is the launch
+//! (scalar path), `orthonormalize` for k = 1..=8, and the fused drift projection
+//! (`Projection::drift`: `v - v0` in the kernels, the destination as basis vector 0) for
+//! k = 1..=8 against the oracle and, bit for bit, against an explicit copy of the gradient. Small on purpose: it is the launch
 //! coverage of `scripts/emu-check.sh` (every kernel must run on the emulated driver) and
 //! cheap enough for compute-sanitizer. See tests/common/gpu.rs for the SKIP convention.
 #![cfg(feature = "cuda")]
@@ -142,11 +144,86 @@ fn orth_all_k<T: Element>(b: &CudaBackend) {
     }
 }
 
+/// `grad += beta (d - P d)`, `d = theta - theta0` formed in the kernels, basis
+/// `{grad, extra...}` with the gradient read in place: against the f64 oracle's same fused
+/// projection, and bitwise against the device projection with an explicit copy of the
+/// gradient as basis vector 0 (the same values reach the same arithmetic).
+fn drift_all_k<T: Element>(b: &CudaBackend) {
+    let segs = layout();
+    let n = segs.total();
+    let up = |x: &[T]| -> CudaSlice<T> { b.stream().clone_htod(x).unwrap() };
+    for shift in [0usize, 1] {
+        for k in 1..=8usize {
+            let seed = 700 + 100 * k as u64 + shift as u64;
+            let host = |s: u64, sc: f64| elements::<T>(n + shift, s, sc);
+            let (theta, theta0, g0) = (host(seed, 1.0), host(seed + 1, 1.0), host(seed + 2, 0.1));
+            let extra: Vec<Vec<T>> = (1..k).map(|i| host(seed + 10 + i as u64, 0.1)).collect();
+            let erefs: Vec<&[T]> = extra.iter().map(|x| &x[shift..]).collect();
+            let mut want = g0[shift..].to_vec();
+            let ranks = reference::project_out(
+                &segs,
+                Projection::drift(&theta[shift..], &theta0[shift..], &erefs, &mut want[..])
+                    .beta(1.25),
+            )
+            .unwrap();
+
+            let (dt, dt0) = (up(&theta), up(&theta0));
+            let dextra: Vec<CudaSlice<T>> = extra.iter().map(|x| up(x)).collect();
+            let eviews: Vec<_> = dextra.iter().map(|x| x.slice(shift..)).collect();
+            let mut fused = up(&g0);
+            let franks = b
+                .project_out(
+                    &segs,
+                    Projection::drift(
+                        dt.slice(shift..),
+                        dt0.slice(shift..),
+                        &eviews,
+                        fused.slice_mut(shift..),
+                    )
+                    .beta(1.25),
+                )
+                .unwrap();
+            let copy = up(&g0);
+            let mut basis = vec![copy.slice(shift..)];
+            basis.extend(dextra.iter().map(|x| x.slice(shift..)));
+            let mut explicit = up(&g0);
+            let eranks = b
+                .project_out(
+                    &segs,
+                    Projection::new(
+                        dt.slice(shift..),
+                        &basis,
+                        Output::Accumulate(explicit.slice_mut(shift..)),
+                    )
+                    .minus(dt0.slice(shift..))
+                    .beta(1.25),
+                )
+                .unwrap();
+            let what = format!("drift {} k={k} shift={shift}", T::DTYPE);
+            let got: Vec<T> = b.stream().clone_dtoh(&fused.slice(shift..)).unwrap();
+            let exp: Vec<T> = b.stream().clone_dtoh(&explicit.slice(shift..)).unwrap();
+            assert_eq!(franks.to_vec().unwrap(), ranks, "{what}: ranks");
+            assert_eq!(eranks.to_vec().unwrap(), ranks, "{what}: explicit ranks");
+            let (atol, rtol) = tol_of(T::DTYPE);
+            assert_close(&what, &got, &want, atol, rtol);
+            let bitwise = got
+                .iter()
+                .zip(&exp)
+                .all(|(a, c)| bytemuck::bytes_of(a) == bytemuck::bytes_of(c));
+            assert!(
+                bitwise,
+                "{what}: in-place basis differs from the explicit copy"
+            );
+        }
+    }
+}
+
 #[test]
 fn every_project_kernel_f32() {
     if let Some(b) = gpu::backend("every_project_kernel_f32") {
         project_all_k::<f32>(b);
         orth_all_k::<f32>(b);
+        drift_all_k::<f32>(b);
     }
 }
 
@@ -155,6 +232,7 @@ fn every_project_kernel_f16() {
     if let Some(b) = gpu::backend("every_project_kernel_f16") {
         project_all_k::<f16>(b);
         orth_all_k::<f16>(b);
+        drift_all_k::<f16>(b);
     }
 }
 
@@ -163,5 +241,6 @@ fn every_project_kernel_bf16() {
     if let Some(b) = gpu::backend("every_project_kernel_bf16") {
         project_all_k::<bf16>(b);
         orth_all_k::<bf16>(b);
+        drift_all_k::<bf16>(b);
     }
 }

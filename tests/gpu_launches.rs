@@ -244,4 +244,52 @@ fn project_out_launch_count_120_tensors() {
         check::<f32>(&c, b, &segs, k);
     }
     check::<f16>(&c, b, &segs, 2);
+    controller_step(&c, b, &segs);
+}
+
+/// The controller's step on CUDA (the fused drift projection): 2 launches over 120 tensors
+/// when a modality is suppressed, none when the gate is closed; no other launch (no drift
+/// kernel, no copy kernel).
+fn controller_step(c: &Counters, b: &CudaBackend, segs: &Segments) {
+    use redreg::controller::StepInputs;
+    use redreg::controller::{Config, Controller, DeviceEncoder, JointBasis, Redundancy};
+    let n = segs.total();
+    let s = b.stream();
+    let up = |seed: u64| s.clone_htod(&elements::<f32>(n, seed, 1.0)).unwrap();
+    let (ta, t0a, tv, t0v) = (up(1), up(2), up(3), up(4));
+    let (mut ga, mut gv) = (up(5), up(6));
+    let mut ctl = Controller::new(Config::new(3), 2).unwrap();
+    ctl.begin_epoch(0).unwrap();
+    for (gate, want) in [(0.9, 2u64), (0.1, 0)] {
+        let mut encs = [
+            DeviceEncoder {
+                segs,
+                theta: ta.slice(..),
+                theta0: t0a.slice(..),
+                grad: ga.slice_mut(..),
+                basis: JointBasis::Gradient,
+            },
+            DeviceEncoder {
+                segs,
+                theta: tv.slice(..),
+                theta0: t0v.slice(..),
+                grad: gv.slice_mut(..),
+                basis: JointBasis::Gradient,
+            },
+        ];
+        let r = Redundancy::ratio(0.5);
+        let inputs = StepInputs::pair(0.3, 0.7, r, r, gate);
+        let before = c.launches();
+        let (d, ranks) = ctl.step(&inputs, b, &mut encs).unwrap();
+        b.synchronize().unwrap();
+        let launched = c.launches() - before;
+        assert_eq!(d.suppressed.is_some(), want > 0, "gate {gate}");
+        assert_eq!(
+            launched, want,
+            "controller step, gate {gate}: {launched} launches"
+        );
+        if let Some(r) = ranks {
+            assert_eq!(r.to_vec().unwrap().len(), 120);
+        }
+    }
 }
