@@ -7,6 +7,8 @@
 //! - `apply` (pass 2, in place `grad = grad + beta·(v - P v)`): reads v, the k basis
 //!   vectors and the base (= grad), writes out (= grad): `(k + 3)·n·s`.
 //! - `project_out` (both passes, in place): `(2k + 4)·n·s`.
+//! - `drift_step` (the fused RedReg step, k = 1: theta, theta0 and grad read in both
+//!   passes, grad written; no drift buffer, no gradient copy): `7·n·s`.
 //! - `orthonormalize` (CholQR2, two rounds; each round's Gram pass reads the k vectors and
 //!   its apply pass reads and writes them): `2·3k·n·s`.
 //! - memcpy: reads and writes the same buffer size: `2·bytes`.
@@ -261,6 +263,19 @@ fn bench_dtype<T: Element>(
             )
             .expect("project_out");
         });
+        if k == 1 {
+            // The fused RedReg step (Projection::drift): theta (v), theta0 (basis 0) and
+            // grad read in both passes, grad written: 7·n·s bytes, no scratch.
+            timed(&mut g, "drift_step", 1, 7 * n * s, &mut || {
+                be.project_out(
+                    segs,
+                    Projection::drift(&v[..], &basis[0][..], &[], &mut grad[..])
+                        .beta(beta)
+                        .opts(opts),
+                )
+                .expect("drift_step");
+            });
+        }
         // Split form, k = 1 and the largest k: partials (k + 1)·n·s, apply (k + 3)·n·s.
         if k == 1 || k == kmax {
             let mut p: Option<Partials> = None;
