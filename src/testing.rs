@@ -22,6 +22,13 @@ pub mod layouts;
 
 pub use crate::segments::chunks::{chunk_tasks, ChunkTask};
 
+/// Names of every kernel of module `project` (`kernels/project.cu`), for symbol and
+/// coverage tests.
+#[cfg(feature = "cuda")]
+pub fn project_kernel_names() -> Vec<String> {
+    crate::cuda::project_kernel_names()
+}
+
 /// The seeded xorshift64 generator (shifts 13, 7, 17) of the tests, benches and examples.
 ///
 /// The state starts at `seed · 0x9E3779B97F4A7C15 | 1` (odd, hence never zero). The

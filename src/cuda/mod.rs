@@ -41,6 +41,7 @@ mod ranks;
 pub use cudarc;
 pub use foreign::ForeignSlice;
 pub use loading::{nvrtc_compile_cubin, KernelPath};
+pub(crate) use project::project_kernel_names;
 pub use project::CudaProjection;
 pub use ranks::DeviceRanks;
 

@@ -518,25 +518,10 @@ impl CudaBackend {
         Ok(ranks)
     }
 
-    /// Names of every kernel of module `project` (for symbol tests).
-    pub fn project_kernel_names() -> Vec<String> {
-        let mut names = vec!["project_finish".to_string()];
-        for dt in crate::DType::ALL {
-            for k in 0..=MAX_K {
-                names.push(format!("project_apply_{dt}_k{k}"));
-                if k > 0 {
-                    names.push(format!("project_partials_{dt}_k{k}"));
-                    names.push(format!("orth_partials_{dt}_k{k}"));
-                    names.push(format!("orth_apply_{dt}_k{k}"));
-                }
-            }
-        }
-        names
-    }
-
-    /// Loads every kernel of module `project` (fails on the first missing symbol).
+    /// Loads every kernel of module `project` (fails on the first missing symbol): at
+    /// start-up, so the first training step does not pay for loading (or NVRTC).
     pub fn preload_project(&self) -> Result<()> {
-        for n in Self::project_kernel_names() {
+        for n in project_kernel_names() {
             self.function(MODULE, &n)?;
         }
         Ok(())
@@ -661,4 +646,21 @@ impl Backend for CudaBackend {
         }
         self.stream.memcpy_dtod(&src, &mut dst).map_err(drv)
     }
+}
+
+/// Names of every kernel of module `project` (public as
+/// `redreg::testing::project_kernel_names`, for symbol tests).
+pub(crate) fn project_kernel_names() -> Vec<String> {
+    let mut names = vec!["project_finish".to_string()];
+    for dt in crate::DType::ALL {
+        for k in 0..=MAX_K {
+            names.push(format!("project_apply_{dt}_k{k}"));
+            if k > 0 {
+                names.push(format!("project_partials_{dt}_k{k}"));
+                names.push(format!("orth_partials_{dt}_k{k}"));
+                names.push(format!("orth_apply_{dt}_k{k}"));
+            }
+        }
+    }
+    names
 }
