@@ -26,7 +26,7 @@
 // Launches: project_out = project_partials (pass 1 + per-segment reduce + solve) and
 // project_apply (pass 2): 2 for any number of segments, 1 for k = 0. partials = 1.
 // apply (split form) = project_finish (SOLVE from uploaded partials) + project_apply.
-// orthonormalize = orth_partials, project_finish, orth_partials, project_finish, orth_apply.
+// orthonormalize = orth_partials (+ fold: M1), orth_partials (transform, + fold: M2), orth_apply.
 // Pass 2 (project_apply) takes the tasks in reverse order (block b: task n_tasks - 1 - b),
 // so the chunks pass 1 read last are the likeliest still in L2.
 //
@@ -34,9 +34,9 @@
 // (every <dt> kernel exists once per k, suffix _k<k>: project_partials_f32_k1, ...)
 //   project_partials_<dt>  pass 1: per-chunk f64 partials (packed Gram upper triangle + B^T v);
 //                          the last block of each segment reduces them and solves (rr_fold)
-//   orth_partials_<dt>     pass 1 of orthonormalize: per-chunk Gram of B, or of B*M1 (transform=1)
-//   project_finish         per segment: combine chunk partials, then solve / orth coefficients
-//                          (orthonormalize; the split form's apply: solve only)
+//   orth_partials_<dt>     pass 1 of orthonormalize: per-chunk Gram of B, or of B*M1 (transform=1);
+//                          the last block of each segment reduces them and computes M1 / M2
+//   project_finish         per segment: solve from uploaded partials (the split form's apply)
 //   project_apply_<dt>     pass 2: fused apply (modes: no base / base buffer / in place), tasks
 //                          in reverse order
 //   orth_apply_<dt>        final pass of orthonormalize: b_j <- sum_i (M1 M2)[i][j] b_i in place
@@ -179,27 +179,6 @@ __device__ __forceinline__ void rr_partials(const rr_u64* __restrict__ tasks,
 #define RR_FOR_K0_8(M, NAME, E) M(NAME, E, 0) RR_FOR_K1_8(M, NAME, E)
 
 
-// orth_partials_<dt>_k<k>: Gram pass of orthonormalize, 1 <= k <= 8. transform = 0: Gram of
-// B; transform = 1: Gram of Q1 = B*M1 computed on the fly in f64 (M1 = xform[seg*k*k ..],
-// row-major, q_j = sum_i M1[i][j] b_i) — CholQR2's second Gram without storing Q1.
-// Launch: grid = (n_tasks), block = (RR_THREADS). Output as project_partials (the B^T v
-// entries are 0).
-#define RR_ORTH_PARTIALS(NAME, E, KK)                                                         \
-    extern "C" __global__ void __launch_bounds__(RR_THREADS) orth_partials_##NAME##_k##KK(    \
-        const rr_u64* __restrict__ tasks, RR_BASIS_PARAMS(const E::S),                       \
-        const double* __restrict__ xform, int transform, double* __restrict__ chunk_partials) { \
-        __shared__ double red[RR_WARPS * RR_MAX_STRIDE];                                     \
-        __shared__ double sm[RR_MAX_K * RR_MAX_K];                                           \
-        const E::S* const b[RR_MAX_K] = {b0, b1, b2, b3, b4, b5, b6, b7};                    \
-        if (transform)                                                                       \
-            rr_partials<E, KK, false, true>(tasks, 0, 0, b, xform, chunk_partials, red, sm);    \
-        else                                                                                 \
-            rr_partials<E, KK, false, false>(tasks, 0, 0, b, xform, chunk_partials, red, sm);   \
-    }
-
-RR_FOR_K1_8(RR_ORTH_PARTIALS, f32, rr_f32)
-RR_FOR_K1_8(RR_ORTH_PARTIALS, f16, rr_f16)
-RR_FOR_K1_8(RR_ORTH_PARTIALS, bf16, rr_bf16)
 
 // ---------------------------------------------------------------------------------------
 // Per-segment solve: CUDA port of src/solve.rs (factor, solve_segment, orth_segment), line
@@ -470,7 +449,7 @@ __device__ __forceinline__ void rr_finish(const double* __restrict__ chunk_parti
         const E::S* const b[RR_MAX_K] = {b0, b1, b2, b3, b4, b5, b6, b7};                    \
         rr_partials<E, KK, true, false>(tasks, v, v0, b, 0, chunk_partials, red, 0);         \
         rr_fold<KK>(tasks, seg_first, seg_count, chunk_partials, mode, tol, ridge,           \
-                    seg_partials, coef, ranks, red, &last);                                  \
+                    seg_partials, coef, 0, ranks, red, &last);                               \
     }
 
 // ---------------------------------------------------------------------------------------
@@ -493,8 +472,9 @@ __device__ __forceinline__ void rr_fold(const rr_u64* __restrict__ tasks,
                                         rr_u32* seg_count, const double* chunk_partials,
                                         int mode, double tol, double ridge,
                                         double* __restrict__ seg_partials,
-                                        double* __restrict__ coef, rr_u32* __restrict__ ranks,
-                                        double* red, rr_u32* last) {
+                                        double* __restrict__ coef, double* __restrict__ coef2,
+                                        rr_u32* __restrict__ ranks, double* red,
+                                        rr_u32* last) {
     constexpr int NS = RR_STRIDE(K);
     const rr_u64 seg = tasks[RR_TASK_WORDS * (rr_u64)blockIdx.x];
     const rr_u64 t0 = seg_first[seg];
@@ -525,18 +505,56 @@ __device__ __forceinline__ void rr_fold(const rr_u64* __restrict__ tasks,
         }
     }
     __syncthreads();
-    if (threadIdx.x != 0 || !(mode & RR_FIN_SOLVE)) return;
+    if (threadIdx.x != 0 || !(mode & (RR_FIN_SOLVE | RR_FIN_ORTH1 | RR_FIN_ORTH2))) return;
     int max_rank = K;
     if (mode & RR_FIN_CAP) {
         const rr_u64 len = tasks[RR_TASK_WORDS * (t1 - 1) + 2] - tasks[RR_TASK_WORDS * t0 + 1];
         if (len < (rr_u64)K) max_rank = (int)len;
     }
-    ranks[seg] = rr_solve_segment<K>(red, max_rank, tol, ridge, coef + seg * K);
+    // The same solves as rr_finish, on the same reduced values.
+    if (mode & RR_FIN_SOLVE) {
+        ranks[seg] = rr_solve_segment<K>(red, max_rank, tol, ridge, coef + seg * K);
+    } else if (mode & RR_FIN_ORTH1) {
+        ranks[seg] = rr_orth_segment<K>(red, max_rank, tol, coef + seg * (K * K));
+    } else {
+        ranks[seg] = rr_orth_segment<K>(red, max_rank, tol, coef2 + seg * (K * K));
+    }
 }
 
 RR_FOR_K1_8(RR_PROJECT_PARTIALS, f32, rr_f32)
 RR_FOR_K1_8(RR_PROJECT_PARTIALS, f16, rr_f16)
 RR_FOR_K1_8(RR_PROJECT_PARTIALS, bf16, rr_bf16)
+
+// orth_partials_<dt>_k<k>: Gram pass of orthonormalize, 1 <= k <= 8, with the per-segment
+// finish folded in (rr_fold, as project_partials). transform = 0: Gram of B, the fold
+// (mode ORTH1 | CAP) writes M1 to m_out; transform = 1: Gram of Q1 = B*M1 computed on the
+// fly in f64 (M1 = xform[seg*k*k ..], row-major, q_j = sum_i M1[i][j] b_i) — CholQR2's second
+// Gram without storing Q1 — and the fold (ORTH2 | CAP) writes M2 to m_out. xform is null
+// with transform = 0 and never the same buffer as m_out. Launch: grid = (n_tasks), block =
+// (RR_THREADS). chunk_partials as project_partials (the B^T v entries are 0); seg_first,
+// seg_count, seg_partials and ranks as project_partials.
+#define RR_ORTH_PARTIALS(NAME, E, KK)                                                         \
+    extern "C" __global__ void __launch_bounds__(RR_THREADS) orth_partials_##NAME##_k##KK(    \
+        const rr_u64* __restrict__ tasks, RR_BASIS_PARAMS(const E::S),                       \
+        const double* __restrict__ xform, int transform, double* chunk_partials,             \
+        const rr_u64* __restrict__ seg_first, rr_u32* seg_count, int mode, double tol,       \
+        double* __restrict__ seg_partials, double* __restrict__ m_out,                       \
+        rr_u32* __restrict__ ranks) {                                                        \
+        __shared__ double red[RR_WARPS * RR_MAX_STRIDE];                                     \
+        __shared__ double sm[RR_MAX_K * RR_MAX_K];                                           \
+        __shared__ rr_u32 last;                                                              \
+        const E::S* const b[RR_MAX_K] = {b0, b1, b2, b3, b4, b5, b6, b7};                    \
+        if (transform)                                                                       \
+            rr_partials<E, KK, false, true>(tasks, 0, 0, b, xform, chunk_partials, red, sm); \
+        else                                                                                 \
+            rr_partials<E, KK, false, false>(tasks, 0, 0, b, xform, chunk_partials, red, sm); \
+        rr_fold<KK>(tasks, seg_first, seg_count, chunk_partials, mode, tol, 0.0,             \
+                    seg_partials, m_out, m_out, ranks, red, &last);                          \
+    }
+
+RR_FOR_K1_8(RR_ORTH_PARTIALS, f32, rr_f32)
+RR_FOR_K1_8(RR_ORTH_PARTIALS, f16, rr_f16)
+RR_FOR_K1_8(RR_ORTH_PARTIALS, bf16, rr_bf16)
 
 // project_finish: per-segment reduction of chunk partials and/or per-segment solve.
 // Launch: grid = (ceil(n_seg / 4)), block = (128) — one warp per segment; 1 <= k <= 8.
@@ -691,7 +709,7 @@ RR_FOR_K0_8(RR_PROJECT_APPLY, bf16, rr_bf16)
 
 // ---------------------------------------------------------------------------------------
 // orth_apply_<dt>_k<k>: last pass of orthonormalize (CholQR2): b_j <- sum_i M[i][j] b_i in place
-// with M = M1 * M2 (both row-major k*k per segment, from project_finish ORTH1 / ORTH2),
+// with M = M1 * M2 (both row-major k*k per segment, from the orth_partials folds ORTH1 / ORTH2),
 // computed per block in shared memory. Each element e is owned by one thread, which loads
 // all k values before writing any: in place is race-free.
 // Launch: grid = (n_tasks), block = (RR_THREADS); 1 <= k <= 8. f64 arithmetic, one

@@ -245,6 +245,43 @@ fn project_out_launch_count_120_tensors() {
     }
     check::<f16>(&c, b, &segs, 2);
     controller_step(&c, b, &segs);
+    orthonormalize(&c, b, &segs);
+}
+
+/// `orthonormalize` (CholQR2) is 3 launches for any number of tensors: two Gram passes,
+/// each with its per-segment finish folded in, and the apply; orthonormal results.
+fn orthonormalize(c: &Counters, b: &CudaBackend, segs: &Segments) {
+    let n = segs.total();
+    for k in [1usize, 3] {
+        let mut bufs: Vec<CudaSlice<f32>> = (0..k)
+            .map(|i| {
+                b.stream()
+                    .clone_htod(&elements::<f32>(n, 40 + i as u64, 1.0))
+                    .unwrap()
+            })
+            .collect();
+        let before = c.launches();
+        let ranks = {
+            let mut views: Vec<_> = bufs.iter_mut().map(|x| x.slice_mut(..)).collect();
+            b.orthonormalize(segs, &mut views, 1e-7).unwrap()
+        };
+        b.synchronize().unwrap();
+        let launched = c.launches() - before;
+        assert_eq!(launched, 3, "orthonormalize k={k}: {launched} launches");
+        let ranks = ranks.to_vec().unwrap();
+        let host: Vec<Vec<f32>> = bufs.iter().map(|x| download(b, x)).collect();
+        for (s, r) in segs.iter().enumerate() {
+            let want = segs.seg_len(s).min(k) as u32;
+            assert_eq!(ranks[s], want, "orthonormalize k={k} segment {s}: rank");
+            for i in 0..want as usize {
+                let norm: f64 = host[i][r.clone()].iter().map(|&x| (x as f64).powi(2)).sum();
+                assert!(
+                    (norm - 1.0).abs() < 1e-5,
+                    "k={k} seg {s} q{i}: |q|^2 = {norm}"
+                );
+            }
+        }
+    }
 }
 
 /// The controller's step on CUDA (the fused drift projection): 2 launches over 120 tensors

@@ -6,8 +6,7 @@
 
 use super::{byte_range, check_no_alias, drv, CudaBackend, DeviceRanks, CHUNK, THREADS};
 use crate::abi::{
-    FIN_CAP, FIN_ORTH1, FIN_ORTH2, FIN_REDUCE, FIN_SOLVE, MODE_B0_OUT, MODE_BASE, MODE_INPLACE,
-    MODE_NONE,
+    FIN_CAP, FIN_ORTH1, FIN_ORTH2, FIN_SOLVE, MODE_B0_OUT, MODE_BASE, MODE_INPLACE, MODE_NONE,
 };
 use crate::backend::Backend;
 use crate::dtype::Element;
@@ -412,11 +411,15 @@ impl CudaBackend {
         self.launch_partials(ws, &p.v, p.v0.as_ref(), &basis, solve)
     }
 
+    /// One Gram pass of orthonormalize with the per-segment finish folded in: transform =
+    /// false writes M1 to `coef` (ORTH1), true reads M1 and writes M2 to `coef2` (ORTH2).
     fn launch_orth_partials<T: Element>(
         &self,
         ws: &mut Workspace,
         basis: &[CudaView<'_, T>],
         transform: bool,
+        tol: f64,
+        ranks: &mut DeviceRanks,
     ) -> Result<()> {
         let k = basis.len();
         if ws.n_tasks == 0 {
@@ -426,20 +429,58 @@ impl CudaBackend {
         let f = self.function(MODULE, &name)?;
         let null = 0u64;
         let tr = transform as i32;
+        let mode = FIN_CAP | if transform { FIN_ORTH2 } else { FIN_ORTH1 };
+        let Workspace {
+            tasks,
+            chunk_partials,
+            seg_first,
+            seg_count,
+            seg_partials,
+            coef,
+            coef2,
+            ..
+        } = ws;
+        // M1 is read in the second pass and written in the first; M2 written in the second.
+        let (xform, m_out) = if transform {
+            (Some(&*coef), coef2)
+        } else {
+            (None, coef)
+        };
         let mut b = self.stream.launch_builder(&f);
-        b.arg(&ws.tasks);
+        b.arg(&*tasks);
         for bi in basis {
             b.arg(bi);
         }
         for _ in k..MAX_K {
             b.arg(&null);
         }
-        b.arg(&ws.coef).arg(&tr).arg(&mut ws.chunk_partials);
+        match xform {
+            Some(x) => b.arg(x),
+            None => b.arg(&null),
+        };
+        b.arg(&tr)
+            .arg(chunk_partials)
+            .arg(&*seg_first)
+            .arg(&mut *seg_count)
+            .arg(&mode)
+            .arg(&tol)
+            .arg(seg_partials)
+            .arg(m_out)
+            .arg(ranks.buffer_mut());
         // SAFETY: signature orth_partials_<dt>_k<k>(tasks, b0..b7, xform, transform,
-        // chunk_partials); the basis views hold segs.total() elements each (checked), every
-        // task lies inside; xform = coef holds k*k f64 per segment (M1 from project_finish
-        // ORTH1 when transform = 1); chunk_partials holds n_tasks*MAX_STRIDE f64.
-        unsafe { b.launch(cfg(grid(ws.n_tasks, "chunk tasks")?, THREADS)) }.map_err(drv)?;
+        // chunk_partials, seg_first, seg_count, mode, tol, seg_partials, m_out, ranks); the
+        // basis views hold segs.total() elements each (checked), every task lies inside;
+        // xform is null (transform = 0) or coef, holding k*k f64 per segment (M1 from the
+        // first pass), never the same buffer as m_out (coef, or coef2 with transform = 1);
+        // chunk_partials holds n_tasks*MAX_STRIDE f64; seg_first n_seg + 1 task indices;
+        // seg_count n_seg u32, all 0 (reset by each segment's last block); seg_partials
+        // n_seg*MAX_STRIDE, coef/coef2 n_seg*MAX_K² f64; ranks n_seg u32 (this call's).
+        let launched = unsafe { b.launch(cfg(grid(ws.n_tasks, "chunk tasks")?, THREADS)) };
+        if let Err(e) = launched {
+            // As in launch_partials: leave no ticket behind.
+            let _ = self.stream.memset_zeros(seg_count);
+            return Err(drv(e));
+        }
         Ok(())
     }
 
@@ -476,7 +517,7 @@ impl CudaBackend {
     /// (CholQR2, the Gram matrix in f64; the second Gram is of `B·M1` computed on the fly,
     /// so only the final result is rounded to `T`). Rank decision as
     /// [`crate::solve::orth_segment`] (at most `min(length, k)`); dropped vectors become
-    /// zero. Asynchronous; returns this call's ranks on the device. 5 launches for any
+    /// zero. Asynchronous; returns this call's ranks on the device. 3 launches for any
     /// number of segments.
     fn orthonormalize_device<T: Element>(
         &self,
@@ -506,12 +547,10 @@ impl CudaBackend {
             }
             {
                 let views: Vec<CudaView<'_, T>> = basis.iter().map(|b| b.as_view()).collect();
-                let r = Some(&mut ranks);
-                self.launch_orth_partials(ws, &views, false)?;
-                self.launch_finish(ws, k, FIN_REDUCE | FIN_ORTH1 | FIN_CAP, tol, 0.0, r)?;
-                self.launch_orth_partials(ws, &views, true)?;
-                let r = Some(&mut ranks);
-                self.launch_finish(ws, k, FIN_REDUCE | FIN_ORTH2 | FIN_CAP, tol, 0.0, r)?;
+                // Both folds write the ranks; the second's (of Q1) are the result, as in
+                // the CPU backend's CholQR2.
+                self.launch_orth_partials(ws, &views, false, tol, &mut ranks)?;
+                self.launch_orth_partials(ws, &views, true, tol, &mut ranks)?;
             }
             self.launch_orth_apply(ws, basis)
         })?;
@@ -530,7 +569,7 @@ impl CudaBackend {
 
 /// Device views; `project_out` = 2 launches (pass 1 with the per-segment reduce and solve
 /// folded in, pass 2), 1 for k = 0; `apply` = solve + pass 2; `partials` = 1 launch and a
-/// synchronising copy; `orthonormalize` = 5 launches. All asynchronous on
+/// synchronising copy; `orthonormalize` = 3 launches. All asynchronous on
 /// [`CudaBackend::stream`] unless said otherwise; each call returns its own
 /// [`DeviceRanks`].
 impl Backend for CudaBackend {
