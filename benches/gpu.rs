@@ -250,15 +250,15 @@ mod imp {
             4.0 * elems as f64 + 8.0 * bsz as f64,
             &mut || {
                 exec.run(&mut [
-                    h_za.bind_device(&za1, &za2),
-                    h_zv.bind_device(&zv1, &zv2),
-                    h_xa.bind_device(&xa1, &xa2),
-                    h_xv.bind_device(&xv1, &xv2),
-                    h_pa.bind_device(&la, labels.slice(..)),
-                    h_pv.bind_device(&lv, labels.slice(..)),
-                    h_sim.bind_device(&fa, &fv),
-                    h_ga.bind_device_acc(&ga, acc_a.slice_mut(..)),
-                    h_gv.bind_device_acc(&gv, acc_v.slice_mut(..)),
+                    h_za.bind(&za1, &za2),
+                    h_zv.bind(&zv1, &zv2),
+                    h_xa.bind(&xa1, &xa2),
+                    h_xv.bind(&xv1, &xv2),
+                    h_pa.bind(&la, labels.slice(..)),
+                    h_pv.bind(&lv, labels.slice(..)),
+                    h_sim.bind(&fa, &fv),
+                    h_ga.bind_acc(&ga, acc_a.slice_mut(..)),
+                    h_gv.bind_acc(&gv, acc_v.slice_mut(..)),
                 ])
                 .expect("stats run");
             },

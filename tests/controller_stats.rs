@@ -2,7 +2,7 @@
 //! statistics once; one run of the plan gives the controller's inputs. Expected values are
 //! computed by hand below.
 
-use redreg::controller::{Config, Controller, ModalityShapes, RedRegStats};
+use redreg::controller::{Config, Controller, ModalityBufs, ModalityShapes, RedRegStats};
 use redreg::stats::{CpuStats, StatsPlan};
 use redreg::DType;
 
@@ -46,6 +46,27 @@ fn plan_results_drive_the_decision() {
         ])
         .unwrap();
     let inputs = h.inputs(r).unwrap();
+    // The same step through the generic binding (`RedRegStats::run`, any memory).
+    let mods = [
+        ModalityBufs {
+            logits: (&la).into(),
+            z1: (&za1).into(),
+            z2: (&za2).into(),
+            x1: (&x1).into(),
+            x2: (&x2).into(),
+            pooled: (&fa).into(),
+        },
+        ModalityBufs {
+            logits: (&lv).into(),
+            z1: (&zv1).into(),
+            z2: (&zv2).into(),
+            x1: (&x1).into(),
+            x2: (&x2).into(),
+            pooled: (&fv).into(),
+        },
+    ];
+    assert_eq!(h.run(&mut exec, &&labels[..], &mods).unwrap(), inputs);
+    assert!(h.run(&mut exec, &&labels[..], &mods[..1]).is_err());
     assert!((inputs.scores[0] - 0.5).abs() < 1e-7);
     assert!((inputs.scores[1] - 0.75).abs() < 1e-7);
     assert!((inputs.redundancy[0].value(1e-12).unwrap() - 0.5 / (0.25 + 1e-12)).abs() < 1e-12);

@@ -189,3 +189,81 @@ fn wrong_device_or_stream_is_an_error() {
         }
     }
 }
+
+/// The device-chosen path on CUDA: `DeviceBackend` is the CUDA backend on candle's stream
+/// (bitwise the explicit one), and `DeviceStats` computes the step's statistics from CUDA
+/// tensors in place, equal to the CPU plan on the same values up to f64 summation order.
+#[test]
+fn device_backend_and_stats_on_cuda() {
+    use redreg::candle::stats::{modality_shapes, step_inputs, DeviceStats, ModalityTensors};
+    use redreg::candle::DeviceBackend;
+    use redreg::controller::RedRegStats;
+    use redreg::stats::{CpuStats, StatsPlan};
+    let Some((dev, be)) = device("device_backend_and_stats_on_cuda") else {
+        return;
+    };
+    let dbe = DeviceBackend::for_device(dev).unwrap();
+    assert!(matches!(dbe, DeviceBackend::Cuda(_)));
+    let o = ProjectOptions::default();
+    let v = [t(1, &[5, 4], dev)];
+    let b = [t(2, &[5, 4], dev)];
+    let s = Beta::Scalar(0.5);
+    let (got, gr) = project_out_tensors(&dbe, &v, &[&b[..]], None, 1.0, s, &o).unwrap();
+    let (want, wr) = project_out_tensors(be, &v, &[&b[..]], None, 1.0, s, &o).unwrap();
+    assert_eq!(gr, wr);
+    assert_eq!(flat::<f32>(&got[0]), flat::<f32>(&want[0]));
+
+    const B: usize = 6;
+    let m = |s: u64, d: &Device| {
+        [
+            (t(s, &[B, 4], d) * 3.0).unwrap(),
+            t(s + 1, &[B, 7], d),
+            t(s + 2, &[B, 7], d),
+            t(s + 3, &[B, 5], d),
+            t(s + 4, &[B, 5], d),
+            t(s + 5, &[B, 3], d),
+        ]
+    };
+    fn tensors(m: &[[Tensor; 6]; 2]) -> Vec<ModalityTensors<'_>> {
+        m.iter()
+            .map(|m| ModalityTensors {
+                logits: &m[0],
+                z1: &m[1],
+                z2: &m[2],
+                x1: &m[3],
+                x2: &m[4],
+                pooled: &m[5],
+            })
+            .collect()
+    }
+    let (host, gpu) = (
+        [m(20, &Device::Cpu), m(30, &Device::Cpu)],
+        [m(20, dev), m(30, dev)],
+    );
+    let (th, tg) = (tensors(&host), tensors(&gpu));
+    let shapes: Vec<_> = th.iter().map(|m| modality_shapes(m).unwrap()).collect();
+    let mut plan = StatsPlan::new();
+    let h = RedRegStats::declare(&mut plan, &shapes).unwrap();
+    let mut cpu = CpuStats::new(&plan).unwrap();
+    let mut on_dev = DeviceStats::for_device(dev, &plan).unwrap();
+    assert!(matches!(on_dev, DeviceStats::Cuda(_)));
+    let y = [0u32, 3, 1, 2, 2, 0];
+    let yh = Tensor::new(&y, &Device::Cpu).unwrap();
+    let yg = Tensor::new(&y, dev).unwrap();
+    let want = step_inputs(&mut cpu, &h, &yh, &th).unwrap();
+    let got = step_inputs(&mut on_dev, &h, &yg, &tg).unwrap();
+    let close = |a: f64, b: f64| assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "{a} vs {b}");
+    for i in 0..2 {
+        close(got.scores[i], want.scores[i]);
+        close(
+            got.redundancy[i].value(1e-12).unwrap(),
+            want.redundancy[i].value(1e-12).unwrap(),
+        );
+    }
+    close(got.agreement[0], want.agreement[0]);
+    // CPU tensors (or CPU labels) to the CUDA executor are errors, as is a label out of range.
+    assert!(step_inputs(&mut on_dev, &h, &yh, &tg).is_err());
+    assert!(step_inputs(&mut on_dev, &h, &yg, &th).is_err());
+    let bad = Tensor::new(&[0u32, 3, 1, 2, 9, 0], dev).unwrap();
+    assert!(step_inputs(&mut on_dev, &h, &bad, &tg).is_err());
+}

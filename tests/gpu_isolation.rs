@@ -171,11 +171,11 @@ fn stats_buffers_of_another_context_are_rejected() {
     let mine: CudaSlice<f32> = b.stream().clone_htod(&[1f32; 16]).unwrap();
     let theirs: CudaSlice<f32> = other.stream().clone_htod(&[1f32; 16]).unwrap();
     let e = stats
-        .run(&mut [h.bind_device(&mine, &theirs)])
+        .run(&mut [h.bind(&mine, &theirs)])
         .unwrap_err()
         .to_string();
     assert!(e.contains("context"), "{e}");
     // The same statistic on this device's buffers runs.
-    let r = stats.run(&mut [h.bind_device(&mine, &mine)]).unwrap();
+    let r = stats.run(&mut [h.bind(&mine, &mine)]).unwrap();
     assert_eq!(r.get(h).unwrap(), 0.0);
 }

@@ -148,15 +148,15 @@ fn gpu_plan_matches_cpu_and_is_deterministic() {
     for _ in 0..3 {
         let r = gpu
             .run(&mut [
-                dots.bind_device(&ddr, &ddr),
-                num.bind_device(&dz1, &dz2),
-                den.bind_device(&dx1, &dx2),
-                sim.bind_device(&dfa, &dfv),
-                simw.bind_device(&dwa, &dwb),
-                p.bind_device(&dl, dlab.as_view()),
-                pw.bind_device(&dwl, dwlab.as_view()),
-                sums.bind_device_acc(&dg, dacc.as_view_mut()),
-                sums16.bind_device(&dgh),
+                dots.bind(&ddr, &ddr),
+                num.bind(&dz1, &dz2),
+                den.bind(&dx1, &dx2),
+                sim.bind(&dfa, &dfv),
+                simw.bind(&dwa, &dwb),
+                p.bind(&dl, dlab.as_view()),
+                pw.bind(&dwl, dwlab.as_view()),
+                sums.bind_acc(&dg, dacc.as_view_mut()),
+                sums16.bind(&dgh),
             ])
             .unwrap();
         runs.push(r.as_slice().to_vec());
@@ -207,15 +207,15 @@ fn gpu_plan_matches_cpu_and_is_deterministic() {
     let dbad = s.clone_htod(&bad).unwrap();
     let e = gpu
         .run(&mut [
-            dots.bind_device(&ddr, &ddr),
-            num.bind_device(&dz1, &dz2),
-            den.bind_device(&dx1, &dx2),
-            sim.bind_device(&dfa, &dfv),
-            simw.bind_device(&dwa, &dwb),
-            p.bind_device(&dl, dlab.as_view()),
-            pw.bind_device(&dwl, dbad.as_view()),
-            sums.bind_device_acc(&dg, dacc.as_view_mut()),
-            sums16.bind_device(&dgh),
+            dots.bind(&ddr, &ddr),
+            num.bind(&dz1, &dz2),
+            den.bind(&dx1, &dx2),
+            sim.bind(&dfa, &dfv),
+            simw.bind(&dwa, &dwb),
+            p.bind(&dl, dlab.as_view()),
+            pw.bind(&dwl, dbad.as_view()),
+            sums.bind_acc(&dg, dacc.as_view_mut()),
+            sums16.bind(&dgh),
         ])
         .unwrap_err();
     assert!(
@@ -230,7 +230,7 @@ fn gpu_plan_matches_cpu_and_is_deterministic() {
     );
 
     // validation before launch
-    let e = gpu.run(&mut [num.bind_device(&dz1, &dz2)]).unwrap_err();
+    let e = gpu.run(&mut [num.bind(&dz1, &dz2)]).unwrap_err();
     assert!(e.to_string().contains("expected 9"), "{e}");
 
     // the oracle agrees with the CPU on this plan (sanity of the comparison itself)

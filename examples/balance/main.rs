@@ -20,8 +20,9 @@
 //!
 //! RedReg per step (`train.rs`): two noisy copies of the undropped input (sigma 0.03) through
 //! each encoder; the per-step statistics (`p_m`, redundancy ratios, `pos_sim`) by the crate's
-//! fused statistics plan through `redreg::candle::stats`; `Controller::observe`; projection
-//! of the suppressed encoder's drift into its gradients (`redreg::candle`). Where `p_m` and
+//! fused statistics plan through `redreg::candle::stats` (`DeviceStats`: on the training
+//! device, tensors read in place); `Controller::observe`; projection of the suppressed
+//! encoder's drift into its gradients (`redreg::candle`, `DeviceBackend`). Where `p_m` and
 //! `pos_sim` come from is the **pipeline** (`--pipelines`):
 //! - `script`: the authors' script exactly — the main forward pass, whose input has modality
 //!   dropout applied (so on a batch where A is zeroed, B "leads" and is suppressed);
@@ -40,11 +41,9 @@ mod plot;
 mod report;
 mod train;
 
-use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor, Var};
+use candle_core::Device;
 use data::{make_data, Res};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use redreg::CpuBackend;
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -86,40 +85,6 @@ fn gpu_device() -> (Device, String) {
         Device::Cpu,
         "CPU (built without feature candle-cuda)".into(),
     )
-}
-
-/// The RedReg projection backend for the training device.
-enum Backend {
-    Cpu(CpuBackend),
-    #[cfg(feature = "candle-cuda")]
-    Cuda(redreg::cuda::CudaBackend),
-}
-
-impl Backend {
-    fn for_device(d: &Device) -> Res<Self> {
-        match d {
-            #[cfg(feature = "candle-cuda")]
-            Device::Cuda(_) => Ok(Self::Cuda(redreg::candle::cuda_backend(d)?)),
-            _ => Ok(Self::Cpu(CpuBackend::new())),
-        }
-    }
-
-    fn project_drift_into_grads(
-        &self,
-        params: &[Var],
-        theta0: &[Tensor],
-        grads: &mut GradStore,
-        extra: &[&[Tensor]],
-        beta: f64,
-        opts: &redreg::ProjectOptions,
-    ) -> Res<Vec<u32>> {
-        use redreg::candle::project_drift_into_grads as f;
-        Ok(match self {
-            Self::Cpu(b) => f(b, params, theta0, grads, extra, beta, opts)?,
-            #[cfg(feature = "candle-cuda")]
-            Self::Cuda(b) => f(b, params, theta0, grads, extra, beta, opts)?,
-        })
-    }
 }
 
 // ---------------------------------------------------------------- arguments

@@ -3,12 +3,13 @@
 
 use super::data::{batch, Data, Res, Rng, N_TEST, N_TRAIN};
 use super::model::{sgd_step, Forward, Model};
-use super::{dev, Args, Backend};
-use candle_core::{Device, Tensor, D};
+use super::{dev, Args};
+use candle_core::{Tensor, D};
 use indicatif::ProgressBar;
-use redreg::candle::stats::{modality_shapes, step_inputs, ModalityTensors};
+use redreg::candle::stats::{modality_shapes, step_inputs, DeviceStats, ModalityTensors};
+use redreg::candle::{project_drift_into_grads, DeviceBackend};
 use redreg::controller::{Config, Controller, DropoutSchedule, Dropped, RedRegStats};
-use redreg::stats::{CpuStats, StatsPlan};
+use redreg::stats::StatsPlan;
 use std::time::Instant;
 
 pub const BATCH: usize = 64;
@@ -103,7 +104,7 @@ pub struct Timing {
     pub total: f64,
     /// Extra candle forwards for the statistics (noisy copies; the clean pass).
     pub forwards: f64,
-    /// The crate's fused statistics plan (binding + run).
+    /// The crate's fused statistics plan (binding + run, on the training device).
     pub stats: f64,
     /// `Controller::observe`.
     pub controller: f64,
@@ -131,19 +132,11 @@ fn evaluate(m: &Model, test: &Data) -> Res<(f64, [f64; 2])> {
     Ok((acc(&f.out)?, [acc(&f.uni[0])?, acc(&f.uni[1])?]))
 }
 
-/// The tensor on the CPU (the statistics plan reads host memory; a no-op on the CPU).
-fn host(t: &Tensor) -> Res<Tensor> {
-    Ok(match t.device() {
-        Device::Cpu => t.detach(),
-        _ => t.to_device(&Device::Cpu)?,
-    })
-}
-
 /// RedReg's per-step state: controller, statistics plan, epoch-start snapshot.
 struct RedReg {
     pipeline: Pipeline,
     ctl: Controller,
-    plan: Option<(CpuStats, RedRegStats)>,
+    plan: Option<(DeviceStats, RedRegStats)>,
     noise: Rng,
     history: [Vec<Vec<Tensor>>; 2],
 }
@@ -172,7 +165,7 @@ pub fn train(
         }),
         _ => None,
     };
-    let backend = Backend::for_device(dev())?;
+    let backend = DeviceBackend::for_device(dev())?;
     // Same data order and dropout draws in every run of a seed (paired runs).
     let mut order_rng = Rng(seed ^ 0x0D0E);
     let steps_per_epoch = N_TRAIN / BATCH;
@@ -212,7 +205,16 @@ pub fn train(
             let mut grads = loss.backward()?;
             if let Some(r) = rr.as_mut() {
                 let was_dropped = dropped != Dropped::None;
-                let d = r.decide(&model, &f, [&xa, &xb], &y, was_dropped, probe, &mut time)?;
+                let d = r.decide(
+                    &model,
+                    &f,
+                    [&xa, &xb],
+                    &y,
+                    was_dropped,
+                    probe,
+                    &backend,
+                    &mut time,
+                )?;
                 if let Some(m) = d.suppressed {
                     el.suppressed[m][was_dropped as usize] += 1;
                     el.beta_sum += d.beta;
@@ -259,6 +261,7 @@ impl RedReg {
         y: &Tensor,
         dropped: bool,
         probe: bool,
+        backend: &DeviceBackend,
         time: &mut Timing,
     ) -> Res<redreg::controller::Decision> {
         let t = Instant::now();
@@ -272,7 +275,7 @@ impl RedReg {
             let (x1, x2) = ((*xm + n1)?, (*xm + n2)?);
             let z1 = enc.forward(&x1)?;
             let z2 = enc.forward(&x2)?;
-            noisy.push([host(&x1)?, host(&x2)?, host(&z1)?, host(&z2)?]);
+            noisy.push([x1, x2, z1, z2]);
         }
         // Scores and agreement: the main forward (the script), or an undropped pass.
         let clean;
@@ -282,9 +285,7 @@ impl RedReg {
         } else {
             main
         };
-        let logits = [host(&src.uni[0])?, host(&src.uni[1])?];
-        let pooled = [host(&src.feat[0])?, host(&src.feat[1])?];
-        let y = host(y)?;
+        let (logits, pooled) = (&src.uni, &src.feat);
         time.forwards += t.elapsed().as_secs_f64();
 
         let t = Instant::now();
@@ -302,10 +303,10 @@ impl RedReg {
             let shapes = [modality_shapes(&mods[0])?, modality_shapes(&mods[1])?];
             let mut plan = StatsPlan::new();
             let handles = RedRegStats::declare(&mut plan, &shapes)?;
-            self.plan = Some((CpuStats::new(&plan)?, handles));
+            self.plan = Some((DeviceStats::new(backend, &plan)?, handles));
         }
         let (exec, handles) = self.plan.as_mut().ok_or("statistics plan")?;
-        let inputs = step_inputs(exec, handles, &y, &mods)?;
+        let inputs = step_inputs(exec, handles, y, &mods)?;
         time.stats += t.elapsed().as_secs_f64();
 
         let t = Instant::now();
@@ -324,7 +325,7 @@ impl RedReg {
         theta0: &[Tensor],
         grads: &mut candle_core::backprop::GradStore,
         d: &redreg::controller::Decision,
-        backend: &Backend,
+        backend: &DeviceBackend,
     ) -> Res<()> {
         let own: Option<Vec<Tensor>> = if k > 1 {
             Some(
@@ -337,7 +338,8 @@ impl RedReg {
             None
         };
         let extra: Vec<&[Tensor]> = self.history[m].iter().map(|h| h.as_slice()).collect();
-        backend.project_drift_into_grads(
+        project_drift_into_grads(
+            backend,
             vars,
             theta0,
             grads,

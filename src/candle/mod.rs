@@ -10,12 +10,13 @@
 //! - [`project_drift_into_grads`]: the RedReg update of one encoder, `grad_i += beta ·
 //!   (d_i - P_i d_i)` with `d_i = theta_i - theta0_i` and the basis `span{grad_i, extra…}`,
 //!   written back into a [`GradStore`].
-//! - [`stats`]: RedReg's per-step statistics (`p_m`, redundancy, `pos_sim`) from CPU
-//!   tensors through the fused statistics plan ([`crate::stats::CpuStats`]).
+//! - [`stats`]: RedReg's per-step statistics (`p_m`, redundancy, `pos_sim`) from CPU or
+//!   CUDA tensors through the fused statistics plan ([`stats::DeviceStats`]).
 //!
-//! Both functions take a [`TensorBackend`]: [`CpuBackend`] for CPU tensors, or (feature
+//! Both functions take a [`TensorBackend`]: [`CpuBackend`] for CPU tensors, (feature
 //! `candle-cuda`) a [`crate::cuda::CudaBackend`] made by `cuda_backend(&device)`, which runs
-//! on candle's own stream.
+//! on candle's own stream, or [`DeviceBackend::for_device`], which picks one of them for a
+//! `candle_core::Device` at run time.
 //!
 //! # Copies
 //! Inputs are read in place. candle tensors are immutable, so every *result* is a new
@@ -283,6 +284,7 @@ mod sealed {
     impl Sealed for crate::CpuBackend {}
     #[cfg(feature = "candle-cuda")]
     impl Sealed for crate::cuda::CudaBackend {}
+    impl Sealed for super::DeviceBackend {}
 }
 
 /// One tensor's work for a [`TensorBackend`]: `alpha·base + beta·(v - P v)`, `P` the
@@ -324,6 +326,55 @@ impl TensorBackend for CpuBackend {
             ranks.push(r);
         }
         Ok((outs, ranks))
+    }
+}
+
+/// The backend for a candle device, chosen at run time: [`CpuBackend`] for `Device::Cpu`
+/// and, with feature `candle-cuda`, a [`crate::cuda::CudaBackend`] on candle's stream for a
+/// CUDA device (`cuda_backend`). A [`TensorBackend`], so the adapter's functions take it
+/// like either; [`stats::DeviceStats`] is its statistics executor. Make it once per device
+/// and keep it (on CUDA it caches the loaded kernels and a workspace per layout).
+#[derive(Debug)]
+pub enum DeviceBackend {
+    /// CPU tensors.
+    Cpu(CpuBackend),
+    /// CUDA tensors, on the device's candle stream.
+    #[cfg(feature = "candle-cuda")]
+    Cuda(crate::cuda::CudaBackend),
+}
+
+impl DeviceBackend {
+    /// The backend for tensors on `device`. `Err` for a device other than the CPU and (with
+    /// feature `candle-cuda`) CUDA, or when the CUDA backend cannot be made.
+    pub fn for_device(device: &candle_core::Device) -> Result<Self> {
+        match device {
+            candle_core::Device::Cpu => Ok(Self::Cpu(CpuBackend::new())),
+            #[cfg(feature = "candle-cuda")]
+            candle_core::Device::Cuda(_) => Ok(Self::Cuda(cuda_backend(device)?)),
+            #[allow(unreachable_patterns)]
+            other => Err(invalid(
+                "device",
+                format!(
+                    "{:?} is not supported ({})",
+                    other.location(),
+                    if cfg!(feature = "candle-cuda") {
+                        "CPU and CUDA devices are"
+                    } else {
+                        "CPU devices are; CUDA devices need redreg's feature `candle-cuda`"
+                    }
+                ),
+            )),
+        }
+    }
+}
+
+impl TensorBackend for DeviceBackend {
+    fn project_jobs(&self, jobs: &[Job], opts: &ProjectOptions) -> Result<(Vec<Tensor>, Vec<u32>)> {
+        match self {
+            Self::Cpu(b) => b.project_jobs(jobs, opts),
+            #[cfg(feature = "candle-cuda")]
+            Self::Cuda(b) => b.project_jobs(jobs, opts),
+        }
     }
 }
 

@@ -1,24 +1,26 @@
-//! candle CPU tensors as inputs of the fused statistics plan ([`crate::stats`]): RedReg's
-//! per-step statistics (`p_m`, the redundancy ratios, `pos_sim`) computed by the crate's
-//! [`CpuStats`] executor straight from a trainer's tensors, read in place.
+//! candle tensors as inputs of the fused statistics plan ([`crate::stats`]): RedReg's
+//! per-step statistics (`p_m`, the redundancy ratios, `pos_sim`) computed straight from a
+//! trainer's tensors, read in place, on the device the tensors are on: [`CpuStats`] for CPU
+//! tensors, (feature `candle-cuda`) `CudaStats` for CUDA tensors (as cudarc views of
+//! candle's storage, on candle's stream), or [`DeviceStats`], chosen from a
+//! `candle_core::Device`.
 //!
 //! ```ignore
 //! let shapes = [modality_shapes(&a)?, modality_shapes(&b)?];   // from a first batch
 //! let mut plan = StatsPlan::new();
 //! let handles = RedRegStats::declare(&mut plan, &shapes)?;
-//! let mut exec = CpuStats::new(&plan)?;
+//! let mut exec = DeviceStats::for_device(&device, &plan)?;     // CPU or CUDA
 //! // every step:
 //! let inputs = step_inputs(&mut exec, &handles, &labels, &[a, b])?;   // → Controller::observe
 //! ```
-//!
-//! CUDA tensors are refused (`Err`): copy them to the CPU first, or use
-//! [`crate::stats::CudaStats`] on device buffers.
 
-use super::{candle_err, cpu_view, dtype_of, CpuView};
-use crate::controller::{ModalityShapes, RedRegStats, StepInputs};
+use super::{candle_err, cpu_view, dtype_of, DeviceBackend, TensorView};
+use crate::backend::{Host, Memory};
+use crate::controller::{ModalityBufs, ModalityShapes, RedRegStats, StepInputs};
 use crate::error::{invalid, Result};
-use crate::stats::{Buf, CpuStats};
-use candle_core::{DType as CDType, Tensor};
+use crate::stats::{Buf, CpuStats, Stats, StatsPlan, StatsResults};
+use candle_core::{DType as CDType, Device, Storage, Tensor};
+use std::ops::Range;
 
 /// One modality's tensors of one RedReg step.
 #[derive(Clone, Copy, Debug)]
@@ -88,18 +90,94 @@ pub fn modality_shapes(m: &ModalityTensors<'_>) -> Result<ModalityShapes> {
     })
 }
 
-/// The plan's buffer for a CPU view (the view's dtype decides the variant).
-pub fn stats_buf<'a>(v: &'a CpuView<'_>) -> Result<Buf<'a>> {
-    Ok(match v.dtype() {
-        crate::DType::F32 => Buf::F32(v.as_slice()?),
-        crate::DType::F16 => Buf::F16(v.as_slice()?),
-        crate::DType::BF16 => Buf::BF16(v.as_slice()?),
-    })
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::backend::Host {}
+    impl Sealed for crate::stats::CpuStats {}
+    impl Sealed for super::DeviceStats {}
+    #[cfg(feature = "candle-cuda")]
+    impl Sealed for crate::cuda::Device {}
+    #[cfg(feature = "candle-cuda")]
+    impl Sealed for crate::stats::CudaStats {}
 }
 
-/// Class labels as the plan takes them (`i64`): a rank-1 CPU tensor of u8, u32 or i64.
-/// One small copy (B values).
-pub fn labels_i64(labels: &Tensor) -> Result<Vec<i64>> {
+/// The memory families whose buffers are read from candle tensors in place: [`Host`] (CPU
+/// tensors, [`cpu_view`]) and, with feature `candle-cuda`, `cuda::Device` (CUDA tensors,
+/// `cuda_view`). Sealed.
+pub trait TensorMemory: Memory + Sized + sealed::Sealed {
+    /// The tensor's elements in place (`Err` for storage of another device, a
+    /// non-contiguous tensor or an unsupported dtype).
+    #[doc(hidden)]
+    fn tensor_view(t: &Tensor) -> Result<TensorView<'_>>;
+
+    /// The plan's buffer for a view of this memory (the view's dtype decides the variant).
+    #[doc(hidden)]
+    fn buf<'a>(v: &'a TensorView<'_>) -> Result<Buf<'a, Self>>;
+
+    /// The elements `r` of an i64 storage of this memory.
+    #[doc(hidden)]
+    fn labels(s: &Storage, r: Range<usize>) -> Result<Self::Src<'_, i64>>;
+}
+
+impl TensorMemory for Host {
+    fn tensor_view(t: &Tensor) -> Result<TensorView<'_>> {
+        cpu_view(t)
+    }
+
+    fn buf<'a>(v: &'a TensorView<'_>) -> Result<Buf<'a, Host>> {
+        Ok(match v.dtype() {
+            crate::DType::F32 => Buf::F32(v.as_slice()?),
+            crate::DType::F16 => Buf::F16(v.as_slice()?),
+            crate::DType::BF16 => Buf::BF16(v.as_slice()?),
+        })
+    }
+
+    fn labels(s: &Storage, r: Range<usize>) -> Result<&[i64]> {
+        let Storage::Cpu(cs) = s else {
+            return Err(invalid("labels", "not a CPU tensor"));
+        };
+        let all = cs.as_slice::<i64>().map_err(candle_err("labels"))?;
+        all.get(r)
+            .ok_or_else(|| invalid("labels", "layout outside its storage"))
+    }
+}
+
+#[cfg(feature = "candle-cuda")]
+impl TensorMemory for crate::cuda::Device {
+    fn tensor_view(t: &Tensor) -> Result<TensorView<'_>> {
+        super::cuda_view(t)
+    }
+
+    fn buf<'a>(v: &'a TensorView<'_>) -> Result<Buf<'a, Self>> {
+        Ok(match v.dtype() {
+            crate::DType::F32 => Buf::F32(v.view()?),
+            crate::DType::F16 => Buf::F16(v.view()?),
+            crate::DType::BF16 => Buf::BF16(v.view()?),
+        })
+    }
+
+    fn labels(s: &Storage, r: Range<usize>) -> Result<cudarc::driver::CudaView<'_, i64>> {
+        let Storage::Cuda(cs) = s else {
+            return Err(invalid("labels", "not a CUDA tensor"));
+        };
+        let all = cs.as_cuda_slice::<i64>().map_err(candle_err("labels"))?;
+        if r.end > all.len() {
+            return Err(invalid("labels", "layout outside its storage"));
+        }
+        Ok(all.slice(r))
+    }
+}
+
+/// The plan's buffer for a view of a tensor in memory `M` (`Host` for [`cpu_view`],
+/// `cuda::Device` for `cuda_view`; the view's dtype decides the variant).
+pub fn stats_buf<'a, M: TensorMemory>(v: &'a TensorView<'_>) -> Result<Buf<'a, M>> {
+    M::buf(v)
+}
+
+/// Class labels as the plan reads them: a rank-1 u8, u32 or i64 tensor as a contiguous i64
+/// tensor on the same device (the same tensor when it already is one; else one cast of B
+/// values on its device).
+fn labels_tensor(labels: &Tensor) -> Result<Tensor> {
     if labels.rank() != 1 {
         return Err(invalid(
             "labels",
@@ -109,13 +187,10 @@ pub fn labels_i64(labels: &Tensor) -> Result<Vec<i64>> {
             ),
         ));
     }
-    if !labels.device().is_cpu() {
-        return Err(invalid("labels", "not a CPU tensor"));
-    }
     match labels.dtype() {
         CDType::U8 | CDType::U32 | CDType::I64 => labels
             .to_dtype(CDType::I64)
-            .and_then(|t| t.to_vec1::<i64>())
+            .and_then(|t| t.contiguous())
             .map_err(candle_err("labels")),
         other => Err(invalid(
             "labels",
@@ -124,67 +199,208 @@ pub fn labels_i64(labels: &Tensor) -> Result<Vec<i64>> {
     }
 }
 
-/// Runs the plan of `handles` (declared by [`RedRegStats::declare`] in `exec`'s plan) on
-/// one step's CPU tensors, in one pass, and returns the controller's inputs. `labels` are
-/// the batch's class indices (see [`labels_i64`]); `mods` one entry per modality, in the
-/// order of the declaration.
-///
-/// `Err` (before anything is computed) for a CUDA or non-contiguous tensor, an unsupported
-/// dtype, a modality count or element count that differs from the declaration; `Err` after
-/// the run for a label outside `0..C`.
-pub fn step_inputs(
-    exec: &mut CpuStats,
+/// Class labels as the plan takes them (`i64`): a rank-1 CPU tensor of u8, u32 or i64.
+/// One small copy (B values).
+pub fn labels_i64(labels: &Tensor) -> Result<Vec<i64>> {
+    let t = labels_tensor(labels)?;
+    if !labels.device().is_cpu() {
+        return Err(invalid("labels", "not a CPU tensor"));
+    }
+    t.to_vec1::<i64>().map_err(candle_err("labels"))
+}
+
+/// One step on executor `exec` of memory `M`: the tensors read in place as `M`'s buffers
+/// (`check` first vets each tensor's device), bound by [`RedRegStats::run`].
+fn step_on<'m, S: Stats>(
+    exec: &mut S,
     handles: &RedRegStats,
     labels: &Tensor,
-    mods: &[ModalityTensors<'_>],
-) -> Result<StepInputs> {
-    let m = handles.score.len();
-    if mods.len() != m || handles.agreement.len() != m * m.saturating_sub(1) / 2 {
-        return Err(invalid(
-            "modalities",
-            format!("{} tensor sets for a plan of {m} modalities", mods.len()),
-        ));
-    }
-    let labels = labels_i64(labels)?;
+    mods: &[ModalityTensors<'m>],
+    check: impl Fn(&'static str, &Tensor) -> Result<()>,
+) -> Result<StepInputs>
+where
+    S::Memory: TensorMemory,
+{
+    handles.check_modalities(mods.len())?;
+    check("labels", labels)?;
+    let labels = labels_tensor(labels)?;
+    let (storage, layout) = labels.storage_and_layout();
+    let start = layout.start_offset();
+    let labels = S::Memory::labels(&storage, start..start + labels.elem_count())?;
+    let view = |what: &'static str, t: &'m Tensor| -> Result<TensorView<'m>> {
+        check(what, t)?;
+        S::Memory::tensor_view(t)
+    };
     let views = mods
         .iter()
         .map(|t| {
             Ok([
-                cpu_view(t.logits)?,
-                cpu_view(t.z1)?,
-                cpu_view(t.z2)?,
-                cpu_view(t.x1)?,
-                cpu_view(t.x2)?,
-                cpu_view(t.pooled)?,
+                view("logits", t.logits)?,
+                view("z1", t.z1)?,
+                view("z2", t.z2)?,
+                view("x1", t.x1)?,
+                view("x2", t.x2)?,
+                view("pooled features", t.pooled)?,
             ])
         })
         .collect::<Result<Vec<_>>>()?;
     let bufs = views
         .iter()
         .map(|v| {
-            Ok([
-                stats_buf(&v[0])?,
-                stats_buf(&v[1])?,
-                stats_buf(&v[2])?,
-                stats_buf(&v[3])?,
-                stats_buf(&v[4])?,
-                stats_buf(&v[5])?,
-            ])
+            Ok(ModalityBufs {
+                logits: S::Memory::buf(&v[0])?,
+                z1: S::Memory::buf(&v[1])?,
+                z2: S::Memory::buf(&v[2])?,
+                x1: S::Memory::buf(&v[3])?,
+                x2: S::Memory::buf(&v[4])?,
+                pooled: S::Memory::buf(&v[5])?,
+            })
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut inputs = Vec::with_capacity(3 * m + handles.agreement.len());
-    for (i, b) in bufs.iter().enumerate() {
-        inputs.push(handles.score[i].bind(b[0], &labels));
-        inputs.push(handles.feature_diff[i].bind(b[1], b[2]));
-        inputs.push(handles.input_diff[i].bind(b[3], b[4]));
+    handles.run(exec, &labels, &bufs)
+}
+
+/// The executors that compute a step's statistics from candle tensors: [`CpuStats`] (CPU
+/// tensors), with feature `candle-cuda` `CudaStats` (CUDA tensors on its stream: make its
+/// backend with `redreg::candle::cuda_backend(&device)`), and [`DeviceStats`] (either,
+/// chosen from the device). Sealed: [`step_inputs`] is the interface.
+pub trait TensorStats: sealed::Sealed {
+    /// See [`step_inputs`].
+    #[doc(hidden)]
+    fn step(
+        &mut self,
+        handles: &RedRegStats,
+        labels: &Tensor,
+        mods: &[ModalityTensors<'_>],
+    ) -> Result<StepInputs>;
+}
+
+impl TensorStats for CpuStats {
+    fn step(
+        &mut self,
+        handles: &RedRegStats,
+        labels: &Tensor,
+        mods: &[ModalityTensors<'_>],
+    ) -> Result<StepInputs> {
+        step_on(self, handles, labels, mods, |_, _| Ok(()))
     }
-    let mut k = 0;
-    for i in 0..m {
-        for j in i + 1..m {
-            inputs.push(handles.agreement[k].bind(bufs[i][5], bufs[j][5]));
-            k += 1;
+}
+
+#[cfg(feature = "candle-cuda")]
+impl TensorStats for crate::stats::CudaStats {
+    /// As on the CPU, plus: every tensor must be a CUDA tensor on this executor's stream.
+    fn step(
+        &mut self,
+        handles: &RedRegStats,
+        labels: &Tensor,
+        mods: &[ModalityTensors<'_>],
+    ) -> Result<StepInputs> {
+        let mine = self.stream().cu_stream();
+        let check = |what: &'static str, t: &Tensor| -> Result<()> {
+            let d = t.device().as_cuda_device().map_err(|_| {
+                invalid(
+                    what,
+                    format!(
+                        "a tensor on {:?} was given to the CUDA statistics executor",
+                        t.device().location()
+                    ),
+                )
+            })?;
+            if d.cuda_stream().cu_stream() != mine {
+                return Err(invalid(
+                    what,
+                    "the tensor's device runs on another CUDA stream than this executor; \
+                     make its backend with redreg::candle::cuda_backend(&device)",
+                ));
+            }
+            Ok(())
+        };
+        step_on(self, handles, labels, mods, check)
+    }
+}
+
+/// The statistics executor for a candle device: [`CpuStats`] for `Device::Cpu`, with
+/// feature `candle-cuda` `CudaStats` on candle's stream for a CUDA device — the
+/// counterpart of [`DeviceBackend`] for the plan. Pass it to [`step_inputs`].
+#[derive(Debug)]
+// Made once per plan and kept (not moved per step): the size of the CUDA variant is moot,
+// and matching on the executor itself beats a Box.
+#[allow(clippy::large_enum_variant)]
+pub enum DeviceStats {
+    /// CPU tensors.
+    Cpu(CpuStats),
+    /// CUDA tensors, on the device's candle stream.
+    #[cfg(feature = "candle-cuda")]
+    Cuda(crate::stats::CudaStats),
+}
+
+impl DeviceStats {
+    /// The executor of `plan` on `backend`'s device (on CUDA: on its stream, sharing its
+    /// loaded kernels).
+    pub fn new(backend: &DeviceBackend, plan: &StatsPlan) -> Result<Self> {
+        match backend {
+            DeviceBackend::Cpu(_) => Ok(Self::Cpu(CpuStats::new(plan)?)),
+            #[cfg(feature = "candle-cuda")]
+            DeviceBackend::Cuda(b) => Ok(Self::Cuda(crate::stats::CudaStats::new(b, plan)?)),
         }
     }
-    let r = exec.run(&mut inputs)?;
-    handles.inputs(r)
+
+    /// The executor of `plan` for tensors on `device` (`Err` for a device other than the
+    /// CPU and, with feature `candle-cuda`, CUDA). On CUDA this makes its own backend on
+    /// candle's stream; [`DeviceStats::new`] shares one.
+    pub fn for_device(device: &Device, plan: &StatsPlan) -> Result<Self> {
+        Self::new(&DeviceBackend::for_device(device)?, plan)
+    }
+
+    /// The plan it runs.
+    pub fn plan(&self) -> &StatsPlan {
+        match self {
+            Self::Cpu(e) => e.plan(),
+            #[cfg(feature = "candle-cuda")]
+            Self::Cuda(e) => e.plan(),
+        }
+    }
+
+    /// The results of the last run (NaN before the first).
+    pub fn results(&self) -> &StatsResults {
+        match self {
+            Self::Cpu(e) => e.results(),
+            #[cfg(feature = "candle-cuda")]
+            Self::Cuda(e) => e.results(),
+        }
+    }
+}
+
+impl TensorStats for DeviceStats {
+    fn step(
+        &mut self,
+        handles: &RedRegStats,
+        labels: &Tensor,
+        mods: &[ModalityTensors<'_>],
+    ) -> Result<StepInputs> {
+        match self {
+            Self::Cpu(e) => e.step(handles, labels, mods),
+            #[cfg(feature = "candle-cuda")]
+            Self::Cuda(e) => e.step(handles, labels, mods),
+        }
+    }
+}
+
+/// Runs the plan of `handles` (declared by [`RedRegStats::declare`] in `exec`'s plan) on
+/// one step's tensors, in one pass, on the executor's device ([`CpuStats`], `CudaStats`,
+/// [`DeviceStats`]), and returns the controller's inputs. `labels` are the batch's class
+/// indices (a rank-1 u8, u32 or i64 tensor on the same device); `mods` one entry per
+/// modality, in the order of the declaration.
+///
+/// `Err` (before anything is computed) for a tensor on another device (or, on CUDA,
+/// another stream), a non-contiguous tensor, an unsupported dtype, a modality count or
+/// element count that differs from the declaration; `Err` after the run for a label
+/// outside `0..C`.
+pub fn step_inputs<S: TensorStats>(
+    exec: &mut S,
+    handles: &RedRegStats,
+    labels: &Tensor,
+    mods: &[ModalityTensors<'_>],
+) -> Result<StepInputs> {
+    exec.step(handles, labels, mods)
 }

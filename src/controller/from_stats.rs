@@ -1,9 +1,13 @@
 //! From the fused statistics plan (`crate::stats`) to the controller's [`StepInputs`]: the
 //! handles of the per-step statistics RedReg needs, declared once, read every step.
 
+use crate::backend::{Host, Memory};
 use crate::dtype::DType;
 use crate::error::{check_count, Result};
-use crate::stats::{ReducibleStats, RowCosMean, SqDiffMean, StatsPlan, StatsResults, TrueProbMean};
+use crate::stats::{
+    Buf, Input, ReducibleStats, RowCosMean, SqDiffMean, Stats, StatsPlan, StatsResults,
+    TrueProbMean,
+};
 
 use super::decision::{Redundancy, StepInputs};
 
@@ -22,6 +26,36 @@ pub struct ModalityShapes {
     pub inputs: usize,
     /// Dimension D of the pooled features (B×D) used for the agreement `pos_sim`.
     pub pooled: usize,
+}
+
+/// One modality's buffers of one step, in memory `M` (host slices by default, device
+/// views with `M = cuda::Device`), as [`RedRegStats::bind`] takes them.
+pub struct ModalityBufs<'a, M: Memory = Host> {
+    /// The unimodal head's logits, B×C.
+    pub logits: Buf<'a, M>,
+    /// Encoder features of the two noisy copies.
+    pub z1: Buf<'a, M>,
+    /// See `z1`.
+    pub z2: Buf<'a, M>,
+    /// The two noisy inputs.
+    pub x1: Buf<'a, M>,
+    /// See `x1`.
+    pub x2: Buf<'a, M>,
+    /// Pooled features for the agreement, B×D.
+    pub pooled: Buf<'a, M>,
+}
+
+impl<M: Memory> std::fmt::Debug for ModalityBufs<'_, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModalityBufs")
+            .field("logits", &self.logits)
+            .field("z1", &self.z1)
+            .field("z2", &self.z2)
+            .field("x1", &self.x1)
+            .field("x2", &self.x2)
+            .field("pooled", &self.pooled)
+            .finish()
+    }
 }
 
 /// The handles of RedReg's per-step statistics in a [`StatsPlan`]: per modality the
@@ -95,6 +129,59 @@ impl RedRegStats {
             }
         }
         Ok(s)
+    }
+
+    /// `Err` unless `n` buffer sets fit these handles (one per declared modality).
+    pub fn check_modalities(&self, n: usize) -> Result<()> {
+        let m = self.score.len();
+        if n != m || self.agreement.len() != m * m.saturating_sub(1) / 2 {
+            return Err(crate::error::invalid(
+                "modalities",
+                format!("{n} buffer sets for a plan of {m} modalities"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Binds one step's buffers, in any memory, to every statistic: per modality (in the
+    /// order of the declaration) `p_m` ← (logits, `labels`), the two squared differences ←
+    /// (z1, z2), (x1, x2); per pair `pos_sim` ← (pooled_i, pooled_j). `Err` for a
+    /// modality count that differs from the declaration; shapes and dtypes are checked by
+    /// the executor's `run`.
+    pub fn bind<'a, 'l: 'a, 'm: 'a, M: Memory>(
+        &self,
+        labels: &'a M::Src<'l, i64>,
+        mods: &'a [ModalityBufs<'m, M>],
+    ) -> Result<Vec<Input<'a, M>>> {
+        self.check_modalities(mods.len())?;
+        let mut inputs = Vec::with_capacity(3 * mods.len() + self.agreement.len());
+        for (i, b) in mods.iter().enumerate() {
+            inputs.push(self.score[i].bind(b.logits.share(), M::share(labels)));
+            inputs.push(self.feature_diff[i].bind(b.z1.share(), b.z2.share()));
+            inputs.push(self.input_diff[i].bind(b.x1.share(), b.x2.share()));
+        }
+        let mut k = 0;
+        for i in 0..mods.len() {
+            for j in i + 1..mods.len() {
+                let (a, b) = (mods[i].pooled.share(), mods[j].pooled.share());
+                inputs.push(self.agreement[k].bind(a, b));
+                k += 1;
+            }
+        }
+        Ok(inputs)
+    }
+
+    /// One step on any executor: [`RedRegStats::bind`], [`Stats::run`], then
+    /// [`RedRegStats::inputs`].
+    pub fn run<S: Stats>(
+        &self,
+        exec: &mut S,
+        labels: &<S::Memory as Memory>::Src<'_, i64>,
+        mods: &[ModalityBufs<'_, S::Memory>],
+    ) -> Result<StepInputs> {
+        let mut inputs = self.bind(labels, mods)?;
+        let r = exec.run(&mut inputs)?;
+        self.inputs(r)
     }
 
     /// The controller's inputs from one run of the plan.

@@ -56,7 +56,7 @@ mod step;
 
 pub use config::{Config, DropoutSchedule, Dropped, GateRule};
 pub use decision::{Decision, ModalityStats, Redundancy, StepInputs};
-pub use from_stats::{ModalityShapes, RedRegStats};
+pub use from_stats::{ModalityBufs, ModalityShapes, RedRegStats};
 pub use monitor::{Monitor, MonitorOutput, ScoreHistory};
 pub use state::{Controller, ControllerState};
 #[cfg(feature = "cuda")]

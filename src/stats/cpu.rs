@@ -18,11 +18,13 @@
 use super::plan::{label_ok, write_prob, Bound, Decl, Input, StatsPlan, StatsResults, STATS_CHUNK};
 use super::reference::{acc_update, cos_from_sums, max_nan, row_prob};
 use super::{with_buf, with_pair};
+use crate::backend::Host;
 use crate::dtype::Element;
 use crate::error::{invalid, Result};
 use crate::segments::chunk_tasks;
 use rayon::prelude::*;
 use std::ops::Range;
+use std::ptr::NonNull;
 
 /// f64 values per task slot.
 const P: usize = 4;
@@ -47,6 +49,44 @@ pub(crate) struct Task {
     pub end: usize,
 }
 
+/// The f32 accumulator of one statistic during one run, written by disjoint ranges from
+/// several threads. Made in [`CpuStats::run`] from the `&mut [f32]` its input holds (the
+/// inputs are borrowed mutably for the whole run) and never used after the run.
+#[derive(Clone, Copy, Debug)]
+struct AccPtr {
+    ptr: NonNull<f32>,
+    len: usize,
+}
+
+// SAFETY: an `AccPtr` stands for an exclusive borrow of its slice held by the running
+// `CpuStats::run`; it is only dereferenced through `range_mut`, whose callers guarantee
+// disjoint ranges.
+unsafe impl Send for AccPtr {}
+// SAFETY: as above — shared access only hands out disjoint ranges (caller's contract).
+unsafe impl Sync for AccPtr {}
+
+impl AccPtr {
+    fn new(s: &mut [f32]) -> Self {
+        Self {
+            len: s.len(),
+            ptr: NonNull::from(s).cast(),
+        }
+    }
+
+    /// The elements `r` of the accumulator.
+    ///
+    /// # Safety
+    /// The slice it was made from must still be exclusively borrowed for this run, `r`
+    /// must lie within `0..len`, and no two live results of this function (on any thread)
+    /// may overlap.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn range_mut(&self, r: Range<usize>) -> &mut [f32] {
+        debug_assert!(r.start <= r.end && r.end <= self.len);
+        // SAFETY: in bounds of the original slice (caller), exclusive (caller: disjoint).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(r.start), r.len()) }
+    }
+}
+
 /// Deterministic CPU executor of one [`StatsPlan`] (see the module docs).
 #[derive(Debug)]
 pub struct CpuStats {
@@ -55,6 +95,8 @@ pub struct CpuStats {
     entry_tasks: Vec<Range<usize>>,
     partials: Vec<f64>,
     order: Vec<usize>,
+    /// Per statistic, its accumulator during a run (`None` otherwise).
+    accs: Vec<Option<AccPtr>>,
     results: StatsResults,
     /// Run the tasks on the calling thread: the plan is so small that handing it to
     /// rayon's pool costs more than the work (see [`INLINE_ELEMENTS`]).
@@ -168,6 +210,7 @@ impl CpuStats {
             plan: plan.clone(),
             partials: vec![0.0; n],
             order: vec![usize::MAX; plan.len()],
+            accs: vec![None; plan.len()],
             results: plan.new_results(),
             inline: plan_elements(plan) <= INLINE_ELEMENTS,
             tasks,
@@ -193,13 +236,20 @@ impl CpuStats {
     /// label was out of range the call returns `Err(LabelOutOfRange)` for the first such
     /// statistic (first offending row), whose mean reads NaN, while all other results in
     /// [`CpuStats::results`] are valid.
-    pub fn run(&mut self, inputs: &mut [Input<'_>]) -> Result<&StatsResults> {
+    pub fn run(&mut self, inputs: &mut [Input<'_, Host>]) -> Result<&StatsResults> {
         self.plan.resolve(inputs, &mut self.order)?;
+        self.accs.iter_mut().for_each(|a| *a = None);
+        for inp in inputs.iter_mut() {
+            if let Bound::Sums(_, Some(acc)) = &mut inp.data {
+                self.accs[inp.id.idx as usize] = Some(AccPtr::new(acc));
+            }
+        }
         let inputs = &*inputs;
-        let (plan, order) = (&self.plan, &self.order);
+        let (plan, order, accs) = (&self.plan, &self.order, &self.accs);
         let one = |(t, slot): (&Task, &mut [f64])| {
             let e = &plan.entries[t.entry];
-            run_task(t, &e.decl, &inputs[order[t.entry]].data, slot);
+            let data = &inputs[order[t.entry]].data;
+            run_task(t, &e.decl, data, accs[t.entry].as_ref(), slot);
         };
         if self.inline {
             self.tasks
@@ -223,8 +273,25 @@ impl CpuStats {
                 v,
             );
         }
+        self.accs.iter_mut().for_each(|a| *a = None);
         self.plan.label_error(&self.results)?;
         Ok(&self.results)
+    }
+}
+
+impl super::Stats for CpuStats {
+    type Memory = Host;
+
+    fn plan(&self) -> &StatsPlan {
+        CpuStats::plan(self)
+    }
+
+    fn results(&self) -> &StatsResults {
+        CpuStats::results(self)
+    }
+
+    fn run(&mut self, inputs: &mut [Input<'_, Host>]) -> Result<&StatsResults> {
+        CpuStats::run(self, inputs)
     }
 }
 
@@ -330,7 +397,7 @@ fn piece_softmax<T: Element>(x: &[T]) -> [f64; 2] {
     [m, s]
 }
 
-fn run_task(t: &Task, decl: &Decl, data: &Bound<'_>, slot: &mut [f64]) {
+fn run_task(t: &Task, decl: &Decl, data: &Bound<'_, Host>, acc: Option<&AccPtr>, slot: &mut [f64]) {
     slot.iter_mut().for_each(|v| *v = 0.0);
     let r = t.start..t.end;
     match (decl, data, t.mode) {
@@ -340,11 +407,11 @@ fn run_task(t: &Task, decl: &Decl, data: &Bound<'_>, slot: &mut [f64]) {
         (Decl::SegDots { .. }, Bound::Pair(x, y), _) => {
             slot[0] = with_pair!(x, y, |x, y| dot(&x[r.clone()], &y[r]));
         }
-        (Decl::SegSums { .. }, Bound::Sums(x, acc), _) => {
+        (Decl::SegSums { .. }, Bound::Sums(x, _), _) => {
             // SAFETY: task ranges of one statistic are disjoint and within the buffer
             // (chunk table over the validated layout); the accumulator is exclusively
             // borrowed by its input and `run` holds the inputs mutably.
-            let acc = acc.as_ref().map(|a| unsafe { a.range_mut(r.clone()) });
+            let acc = acc.map(|a| unsafe { a.range_mut(r.clone()) });
             let s = with_buf!(x, |x| sums3(&x[r], acc));
             slot[..3].copy_from_slice(&s);
         }
@@ -391,7 +458,7 @@ fn run_task(t: &Task, decl: &Decl, data: &Bound<'_>, slot: &mut [f64]) {
     }
 }
 
-fn finish(decl: &Decl, data: &Bound<'_>, tasks: &[Task], parts: &[f64], v: &mut [f64]) {
+fn finish(decl: &Decl, data: &Bound<'_, Host>, tasks: &[Task], parts: &[f64], v: &mut [f64]) {
     let slots = || tasks.iter().zip(parts.chunks_exact(P));
     match decl {
         Decl::SqDiff { len } => {

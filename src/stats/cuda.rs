@@ -12,8 +12,7 @@
 //! differences ~1e-15 of Σ|terms|); the accumulator update is bitwise the CPU's.
 
 use super::cpu::{build_tasks, Mode};
-use super::plan::{Decl, HandleId, Shape, StatsPlan, StatsResults};
-use super::{RowCosMean, SegDots, SegSums, SqDiffMean, TrueProbMean};
+use super::plan::{Bound, Buf, Decl, Input, StatsPlan, StatsResults};
 use crate::abi::{
     DT_BF16, DT_F16, DT_F32, ST_COS, ST_DESC_DTYPE, ST_DESC_KIND, ST_DESC_N1, ST_DESC_N2,
     ST_DESC_OUT, ST_DESC_P0, ST_DESC_P1, ST_DESC_P2, ST_DESC_WORDS, ST_DOTS, ST_ENTRY_END,
@@ -22,61 +21,42 @@ use crate::abi::{
     ST_TASK_START, ST_TASK_WORDS,
 };
 use crate::cuda::{
-    byte_range, check_buffer_context, check_no_alias, drv, ByteRange, CudaBackend, THREADS,
+    byte_range, check_buffer_context, check_no_alias, drv, ByteRange, CudaBackend, Device, THREADS,
 };
 use crate::dtype::DType;
 use crate::error::{invalid, Result};
 use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut,
-    LaunchConfig, PushKernelArg, SyncOnDrop,
+    CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, LaunchConfig,
+    PushKernelArg, SyncOnDrop,
 };
 use half::{bf16, f16};
 use std::sync::Arc;
 
 const MODULE: &str = "stats";
 
-/// A device buffer of one of the crate's element types.
-#[derive(Debug)]
-pub enum DevBuf<'a> {
-    /// f32 elements.
-    F32(CudaView<'a, f32>),
-    /// f16 elements.
-    F16(CudaView<'a, f16>),
-    /// bf16 elements.
-    BF16(CudaView<'a, bf16>),
-}
-
-impl DevBuf<'_> {
-    fn shape(&self) -> (DType, usize) {
-        match self {
-            DevBuf::F32(v) => (DType::F32, v.len()),
-            DevBuf::F16(v) => (DType::F16, v.len()),
-            DevBuf::BF16(v) => (DType::BF16, v.len()),
-        }
-    }
-
+impl Buf<'_, Device> {
     /// `Err` unless the buffer belongs to `ctx`.
     fn check_context(&self, ctx: &cudarc::driver::CudaContext, name: &'static str) -> Result<()> {
         match self {
-            DevBuf::F32(v) => check_buffer_context(ctx, name, v),
-            DevBuf::F16(v) => check_buffer_context(ctx, name, v),
-            DevBuf::BF16(v) => check_buffer_context(ctx, name, v),
+            Buf::F32(v) => check_buffer_context(ctx, name, v),
+            Buf::F16(v) => check_buffer_context(ctx, name, v),
+            Buf::BF16(v) => check_buffer_context(ctx, name, v),
         }
     }
 
     fn range(&self, s: &CudaStream) -> ByteRange {
         match self {
-            DevBuf::F32(v) => byte_range(v, s),
-            DevBuf::F16(v) => byte_range(v, s),
-            DevBuf::BF16(v) => byte_range(v, s),
+            Buf::F32(v) => byte_range(v, s),
+            Buf::F16(v) => byte_range(v, s),
+            Buf::BF16(v) => byte_range(v, s),
         }
     }
 
     fn ptr<'s>(&'s self, s: &'s CudaStream, guards: &mut Vec<SyncOnDrop<'s>>) -> u64 {
         let (p, g) = match self {
-            DevBuf::F32(v) => v.device_ptr(s),
-            DevBuf::F16(v) => v.device_ptr(s),
-            DevBuf::BF16(v) => v.device_ptr(s),
+            Buf::F32(v) => v.device_ptr(s),
+            Buf::F16(v) => v.device_ptr(s),
+            Buf::BF16(v) => v.device_ptr(s),
         };
         guards.push(g);
         p
@@ -85,14 +65,14 @@ impl DevBuf<'_> {
 
 macro_rules! devbuf_from {
     ($t:ty, $v:ident) => {
-        impl<'a> From<CudaView<'a, $t>> for DevBuf<'a> {
+        impl<'a> From<CudaView<'a, $t>> for Buf<'a, Device> {
             fn from(s: CudaView<'a, $t>) -> Self {
-                DevBuf::$v(s)
+                Buf::$v(s)
             }
         }
-        impl<'a> From<&'a CudaSlice<$t>> for DevBuf<'a> {
+        impl<'a> From<&'a CudaSlice<$t>> for Buf<'a, Device> {
             fn from(s: &'a CudaSlice<$t>) -> Self {
-                DevBuf::$v(s.as_view())
+                Buf::$v(s.as_view())
             }
         }
     };
@@ -101,34 +81,20 @@ devbuf_from!(f32, F32);
 devbuf_from!(f16, F16);
 devbuf_from!(bf16, BF16);
 
-#[derive(Debug)]
-enum DevBound<'a> {
-    Pair(DevBuf<'a>, DevBuf<'a>),
-    Prob(DevBuf<'a>, CudaView<'a, i64>),
-    Sums(DevBuf<'a>, Option<CudaViewMut<'a, f32>>),
-}
-
-/// One statistic's device buffers for one execution (made by a handle's `bind_device`).
-#[derive(Debug)]
-pub struct DevInput<'a> {
-    id: HandleId,
-    data: DevBound<'a>,
-}
-
-impl DevInput<'_> {
+impl Input<'_, Device> {
     /// `Err` unless every buffer belongs to `ctx` and the accumulator (the only device
     /// buffer a run writes) does not overlap the gradient it accumulates.
     fn check(&self, ctx: &cudarc::driver::CudaContext, s: &CudaStream) -> Result<()> {
         match &self.data {
-            DevBound::Pair(x, y) => {
+            Bound::Pair(x, y) => {
                 x.check_context(ctx, "x")?;
                 y.check_context(ctx, "y")
             }
-            DevBound::Prob(l, lab) => {
+            Bound::Prob(l, lab) => {
                 l.check_context(ctx, "logits")?;
                 check_buffer_context(ctx, "labels", lab)
             }
-            DevBound::Sums(x, acc) => {
+            Bound::Sums(x, acc) => {
                 x.check_context(ctx, "x")?;
                 if let Some(a) = acc {
                     check_buffer_context(ctx, "acc", a)?;
@@ -136,92 +102,6 @@ impl DevInput<'_> {
                 }
                 Ok(())
             }
-        }
-    }
-
-    fn shape(&self) -> Shape {
-        match &self.data {
-            DevBound::Pair(x, y) => Shape::Pair(x.shape(), y.shape()),
-            DevBound::Prob(l, lab) => Shape::Prob(l.shape(), lab.len()),
-            DevBound::Sums(x, a) => Shape::Sums(x.shape(), a.as_ref().map(|a| a.len())),
-        }
-    }
-}
-
-impl SqDiffMean {
-    /// Binds device buffers `x` and `y`.
-    pub fn bind_device<'a>(
-        self,
-        x: impl Into<DevBuf<'a>>,
-        y: impl Into<DevBuf<'a>>,
-    ) -> DevInput<'a> {
-        DevInput {
-            id: self.0,
-            data: DevBound::Pair(x.into(), y.into()),
-        }
-    }
-}
-
-impl RowCosMean {
-    /// Binds the two row-major device matrices.
-    pub fn bind_device<'a>(
-        self,
-        a: impl Into<DevBuf<'a>>,
-        b: impl Into<DevBuf<'a>>,
-    ) -> DevInput<'a> {
-        DevInput {
-            id: self.0,
-            data: DevBound::Pair(a.into(), b.into()),
-        }
-    }
-}
-
-impl TrueProbMean {
-    /// Binds device logits and labels.
-    pub fn bind_device<'a>(
-        self,
-        logits: impl Into<DevBuf<'a>>,
-        labels: CudaView<'a, i64>,
-    ) -> DevInput<'a> {
-        DevInput {
-            id: self.0,
-            data: DevBound::Prob(logits.into(), labels),
-        }
-    }
-}
-
-impl SegSums {
-    /// Binds a device buffer (statistic declared without accumulator).
-    pub fn bind_device<'a>(self, x: impl Into<DevBuf<'a>>) -> DevInput<'a> {
-        DevInput {
-            id: self.0,
-            data: DevBound::Sums(x.into(), None),
-        }
-    }
-
-    /// Binds a device buffer and its f32 accumulator (`acc += x^2`).
-    pub fn bind_device_acc<'a>(
-        self,
-        x: impl Into<DevBuf<'a>>,
-        acc: CudaViewMut<'a, f32>,
-    ) -> DevInput<'a> {
-        DevInput {
-            id: self.0,
-            data: DevBound::Sums(x.into(), Some(acc)),
-        }
-    }
-}
-
-impl SegDots {
-    /// Binds device buffers `x` and `y`.
-    pub fn bind_device<'a>(
-        self,
-        x: impl Into<DevBuf<'a>>,
-        y: impl Into<DevBuf<'a>>,
-    ) -> DevInput<'a> {
-        DevInput {
-            id: self.0,
-            data: DevBound::Pair(x.into(), y.into()),
         }
     }
 }
@@ -324,15 +204,16 @@ impl CudaStats {
         &self.results
     }
 
+    /// The stream it runs on (its backend's).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
     /// Executes every statistic on the step's device buffers (one per declared statistic,
     /// any order) and copies the results back; returns after one stream synchronisation.
     /// Same validation and label-fault semantics as [`crate::stats::CpuStats::run`].
-    pub fn run(&mut self, inputs: &mut [DevInput<'_>]) -> Result<&StatsResults> {
-        self.plan.resolve_shapes(
-            inputs.len(),
-            |i| (inputs[i].id, inputs[i].shape()),
-            &mut self.order,
-        )?;
+    pub fn run(&mut self, inputs: &mut [Input<'_, Device>]) -> Result<&StatsResults> {
+        self.plan.resolve(inputs, &mut self.order)?;
         if self.plan.is_empty() {
             return Ok(&self.results);
         }
@@ -356,13 +237,13 @@ impl CudaStats {
                 Decl::SegDots { segs } => (ST_DOTS, segs.len(), 0),
             };
             let (p0, p1, p2) = match &mut inp.data {
-                DevBound::Pair(x, y) => (x.ptr(&s, &mut guards), y.ptr(&s, &mut guards), 0),
-                DevBound::Prob(l, lab) => {
+                Bound::Pair(x, y) => (x.ptr(&s, &mut guards), y.ptr(&s, &mut guards), 0),
+                Bound::Prob(l, lab) => {
                     let (p, g) = lab.device_ptr(&s);
                     guards.push(g);
                     (l.ptr(&s, &mut guards), p, 0)
                 }
-                DevBound::Sums(x, acc) => {
+                Bound::Sums(x, acc) => {
                     let p2 = match acc {
                         Some(a) => {
                             let (p, g) = a.device_ptr_mut(&s);
@@ -429,5 +310,21 @@ impl CudaStats {
         s.synchronize().map_err(drv)?;
         self.plan.label_error(&self.results)?;
         Ok(&self.results)
+    }
+}
+
+impl super::Stats for CudaStats {
+    type Memory = Device;
+
+    fn plan(&self) -> &StatsPlan {
+        CudaStats::plan(self)
+    }
+
+    fn results(&self) -> &StatsResults {
+        CudaStats::results(self)
+    }
+
+    fn run(&mut self, inputs: &mut [Input<'_, Device>]) -> Result<&StatsResults> {
+        CudaStats::run(self, inputs)
     }
 }

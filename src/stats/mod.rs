@@ -86,6 +86,14 @@
 //! summed over the ranks (an all-reduce, [`crate::dist`]) its
 //! [`means`](ReducibleStats::means) are the results of the whole batch.
 //!
+//! # Memory
+//! Inputs are [`Buf`]s of a memory family ([`crate::Memory`]): host slices
+//! ([`crate::Host`], the default type parameter) for [`CpuStats`], cudarc views
+//! (`redreg::cuda::Device`) for `CudaStats`. Every handle has one `bind`, generic over the
+//! memory and inferred from the buffers (`From` impls for `&[f32]`, `&Vec<f16>`,
+//! `&[bf16; N]`, `CudaView<T>`, `&CudaSlice<T>`); labels are `&[i64]` / `CudaView<i64>`,
+//! the accumulator `&mut [f32]` / `CudaViewMut<f32>`. Both executors implement [`Stats`].
+//!
 //! # Validation
 //! An input count, dtype, length, handle or accumulator mismatch is an `Err` that names the
 //! statistic and the numbers, returned before anything is read or written; results are
@@ -100,12 +108,36 @@ pub mod reference;
 
 pub use cpu::CpuStats;
 #[cfg(feature = "cuda")]
-pub use cuda::{CudaStats, DevBuf, DevInput};
+pub use cuda::CudaStats;
 pub use plan::{
     redundancy_ratio, Buf, Input, RowCosMean, SegDots, SegSums, SegSumsRef, SqDiffMean, StatHandle,
     StatKind, StatsPlan, StatsResults, TrueProbMean, REDUNDANCY_EPS, STATS_CHUNK,
 };
 pub use reduce::ReducibleStats;
+
+use crate::backend::Memory;
+use crate::error::Result;
+
+/// An executor of a [`StatsPlan`] on the buffers of one [`Memory`]: [`CpuStats`] on host
+/// slices, (feature `cuda`) `CudaStats` on device views. Generic code (the candle binding,
+/// [`crate::controller::RedRegStats::run`]) is written once over it.
+pub trait Stats {
+    /// Where the buffers it reads live.
+    type Memory: Memory;
+
+    /// The plan it runs.
+    fn plan(&self) -> &StatsPlan;
+
+    /// The results of the last run (NaN before the first).
+    fn results(&self) -> &StatsResults;
+
+    /// Executes every statistic of the plan on `inputs` (one per declared statistic, any
+    /// order, each made by its handle's `bind`). Validation first: on a count, plan, dtype,
+    /// shape or accumulator mismatch (on a device also: another context, an accumulator
+    /// overlapping its input) nothing is read or written. A label out of range gives
+    /// `Err(LabelOutOfRange)` after the run, with every other result valid.
+    fn run(&mut self, inputs: &mut [Input<'_, Self::Memory>]) -> Result<&StatsResults>;
+}
 
 macro_rules! with_buf {
     ($b:expr, |$x:ident| $body:expr) => {

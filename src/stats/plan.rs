@@ -1,13 +1,12 @@
 //! Declarations, handles, bound inputs and results of a statistics plan (shared by every
 //! backend).
 
+use crate::backend::{Host, Memory};
 use crate::dtype::{DType, Element};
 use crate::error::{check_count, invalid, Error, Result};
+use crate::projection::Buffer;
 use crate::segments::Segments;
 use half::{bf16, f16};
-use std::marker::PhantomData;
-use std::ops::Range;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -27,18 +26,20 @@ pub fn redundancy_ratio(num: f64, den: f64, eps: f64) -> f64 {
     num / (den + eps)
 }
 
-/// A host buffer of one of the crate's element types, as the plan's inputs take them.
-#[derive(Clone, Copy, Debug)]
-pub enum Buf<'a> {
+/// A buffer of one of the crate's element types in memory `M`, as the plan's inputs take
+/// them: host slices ([`Host`], the default) or, with feature `cuda`, cudarc views
+/// ([`crate::cuda::Device`]). Made with `From` (`&[f32]`, `&Vec<f16>`, `&[bf16; N]`, or a
+/// `CudaView` / `&CudaSlice` of those) by every handle's `bind`, or with [`Buf::of`].
+pub enum Buf<'a, M: Memory = Host> {
     /// f32 elements.
-    F32(&'a [f32]),
+    F32(M::Src<'a, f32>),
     /// f16 elements.
-    F16(&'a [f16]),
+    F16(M::Src<'a, f16>),
     /// bf16 elements.
-    BF16(&'a [bf16]),
+    BF16(M::Src<'a, bf16>),
 }
 
-impl<'a> Buf<'a> {
+impl<'a, M: Memory> Buf<'a, M> {
     /// Element type.
     pub fn dtype(&self) -> DType {
         match self {
@@ -62,7 +63,19 @@ impl<'a> Buf<'a> {
         self.len() == 0
     }
 
-    /// A buffer of any [`Element`] (for generic code). `Err` only for an `Element`
+    /// Another handle to the same elements, borrowed from this one (to bind one buffer to
+    /// several statistics: [`Memory::share`]).
+    pub fn share(&self) -> Buf<'_, M> {
+        match self {
+            Buf::F32(s) => Buf::F32(M::share(s)),
+            Buf::F16(s) => Buf::F16(M::share(s)),
+            Buf::BF16(s) => Buf::BF16(M::share(s)),
+        }
+    }
+}
+
+impl<'a> Buf<'a, Host> {
+    /// A host buffer of any [`Element`] (for generic code). `Err` only for an `Element`
     /// implementation whose size or alignment does not match its `DTYPE`.
     pub fn of<T: Element>(s: &'a [T]) -> Result<Self> {
         let bytes: &'a [u8] = bytemuck::cast_slice(s);
@@ -74,21 +87,38 @@ impl<'a> Buf<'a> {
     }
 }
 
+impl Clone for Buf<'_, Host> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl Copy for Buf<'_, Host> {}
+
+impl<M: Memory> std::fmt::Debug for Buf<'_, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Buf")
+            .field("dtype", &self.dtype())
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
 macro_rules! buf_from {
     ($t:ty, $v:ident) => {
-        impl<'a> From<&'a [$t]> for Buf<'a> {
+        impl<'a> From<&'a [$t]> for Buf<'a, Host> {
             fn from(s: &'a [$t]) -> Self {
                 Buf::$v(s)
             }
         }
-        impl<'a> From<&'a Vec<$t>> for Buf<'a> {
+        impl<'a> From<&'a Vec<$t>> for Buf<'a, Host> {
             fn from(s: &'a Vec<$t>) -> Self {
-                Buf::$v(s)
+                Buf::$v(s.as_slice())
             }
         }
-        impl<'a, const N: usize> From<&'a [$t; N]> for Buf<'a> {
+        impl<'a, const N: usize> From<&'a [$t; N]> for Buf<'a, Host> {
             fn from(s: &'a [$t; N]) -> Self {
-                Buf::$v(s)
+                Buf::$v(s.as_slice())
             }
         }
     };
@@ -193,8 +223,9 @@ impl Entry {
 /// A set of reductions declared once and executed every step (see the module docs).
 ///
 /// Declaring returns a typed handle; bind the step's buffers through the handle
-/// (`handle.bind(..)`) and execute all bindings at once with a backend executor
-/// ([`crate::stats::CpuStats`]); read the results by handle from [`StatsResults`].
+/// (`handle.bind(..)`: host slices or device views, [`Buf`]) and execute all bindings at
+/// once with the executor of that memory ([`crate::stats::CpuStats`], `CudaStats`; both
+/// [`crate::stats::Stats`]); read the results by handle from [`StatsResults`].
 #[derive(Clone, Debug)]
 pub struct StatsPlan {
     pub(crate) id: u64,
@@ -334,7 +365,11 @@ impl StatsPlan {
     /// position of its input into `order` (`order.len() == self.len()`). Checks: the
     /// number of inputs, that every input belongs to this plan, that every statistic is
     /// bound exactly once, dtypes, lengths and the presence of the accumulator.
-    pub(crate) fn resolve(&self, inputs: &[Input<'_>], order: &mut [usize]) -> Result<()> {
+    pub(crate) fn resolve<M: Memory>(
+        &self,
+        inputs: &[Input<'_, M>],
+        order: &mut [usize],
+    ) -> Result<()> {
         self.resolve_shapes(
             inputs.len(),
             |i| (inputs[i].id, inputs[i].data.shape()),
@@ -342,8 +377,8 @@ impl StatsPlan {
         )
     }
 
-    /// [`StatsPlan::resolve`] on shapes only (shared with device inputs).
-    pub(crate) fn resolve_shapes(
+    /// [`StatsPlan::resolve`] on shapes only.
+    fn resolve_shapes(
         &self,
         n_inputs: usize,
         input: impl Fn(usize) -> (HandleId, Shape),
@@ -486,43 +521,6 @@ pub struct SegSums(pub(crate) HandleId);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SegDots(pub(crate) HandleId);
 
-/// An f32 accumulator borrowed mutably for `'a`, written by disjoint ranges from several
-/// threads during a run.
-#[derive(Debug)]
-pub(crate) struct AccPtr<'a> {
-    ptr: NonNull<f32>,
-    pub len: usize,
-    _m: PhantomData<&'a mut [f32]>,
-}
-
-// SAFETY: an `AccPtr` is created from a `&'a mut [f32]` and keeps that exclusive borrow for
-// `'a`; it is only dereferenced through `range_mut`, whose callers guarantee disjoint ranges.
-unsafe impl Send for AccPtr<'_> {}
-// SAFETY: as above — shared access only hands out disjoint ranges (caller's contract).
-unsafe impl Sync for AccPtr<'_> {}
-
-impl<'a> AccPtr<'a> {
-    fn new(s: &'a mut [f32]) -> Self {
-        Self {
-            len: s.len(),
-            ptr: NonNull::from(s).cast(),
-            _m: PhantomData,
-        }
-    }
-
-    /// The elements `r` of the accumulator.
-    ///
-    /// # Safety
-    /// `r` must lie within `0..len`, and no two live results of this function (on any
-    /// thread) may overlap.
-    #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn range_mut(&self, r: Range<usize>) -> &mut [f32] {
-        debug_assert!(r.start <= r.end && r.end <= self.len);
-        // SAFETY: in bounds of the original slice (caller), exclusive (caller: disjoint).
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(r.start), r.len()) }
-    }
-}
-
 /// Dtypes and lengths of one binding (what validation looks at).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Shape {
@@ -531,36 +529,49 @@ pub(crate) enum Shape {
     Sums((DType, usize), Option<usize>),
 }
 
-impl Bound<'_> {
+impl<M: Memory> Bound<'_, M> {
     fn shape(&self) -> Shape {
-        let d = |b: &Buf<'_>| (b.dtype(), b.len());
+        let d = |b: &Buf<'_, M>| (b.dtype(), b.len());
         match self {
             Bound::Pair(x, y) => Shape::Pair(d(x), d(y)),
             Bound::Prob(l, labels) => Shape::Prob(d(l), labels.len()),
-            Bound::Sums(x, a) => Shape::Sums(d(x), a.as_ref().map(|a| a.len)),
+            Bound::Sums(x, a) => Shape::Sums(d(x), a.as_ref().map(|a| a.len())),
         }
     }
 }
 
 /// The buffers bound to one statistic.
-#[derive(Debug)]
-pub(crate) enum Bound<'a> {
-    Pair(Buf<'a>, Buf<'a>),
-    Prob(Buf<'a>, &'a [i64]),
-    Sums(Buf<'a>, Option<AccPtr<'a>>),
+pub(crate) enum Bound<'a, M: Memory> {
+    Pair(Buf<'a, M>, Buf<'a, M>),
+    Prob(Buf<'a, M>, M::Src<'a, i64>),
+    Sums(Buf<'a, M>, Option<M::Dst<'a, f32>>),
 }
 
-/// One statistic's buffers for one execution, made by a handle's `bind`. Holds the
-/// accumulator of [`SegSums::bind_acc`] mutably borrowed until it is dropped.
-#[derive(Debug)]
-pub struct Input<'a> {
+/// One statistic's buffers in memory `M` for one execution, made by a handle's `bind` (or
+/// [`SegSums::bind_acc`], which holds the accumulator mutably borrowed until the input is
+/// dropped). Run by the executor of that memory: [`crate::stats::CpuStats`] for [`Host`],
+/// `CudaStats` for `cuda::Device` ([`crate::stats::Stats`]).
+pub struct Input<'a, M: Memory = Host> {
     pub(crate) id: HandleId,
-    pub(crate) data: Bound<'a>,
+    pub(crate) data: Bound<'a, M>,
+}
+
+impl<M: Memory> std::fmt::Debug for Input<'_, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Input")
+            .field("id", &self.id)
+            .field("shape", &self.data.shape())
+            .finish()
+    }
 }
 
 impl SqDiffMean {
     /// Binds `x` and `y`.
-    pub fn bind<'a>(self, x: impl Into<Buf<'a>>, y: impl Into<Buf<'a>>) -> Input<'a> {
+    pub fn bind<'a, M: Memory>(
+        self,
+        x: impl Into<Buf<'a, M>>,
+        y: impl Into<Buf<'a, M>>,
+    ) -> Input<'a, M> {
         Input {
             id: self.0,
             data: Bound::Pair(x.into(), y.into()),
@@ -570,7 +581,11 @@ impl SqDiffMean {
 
 impl RowCosMean {
     /// Binds the two row-major matrices.
-    pub fn bind<'a>(self, a: impl Into<Buf<'a>>, b: impl Into<Buf<'a>>) -> Input<'a> {
+    pub fn bind<'a, M: Memory>(
+        self,
+        a: impl Into<Buf<'a, M>>,
+        b: impl Into<Buf<'a, M>>,
+    ) -> Input<'a, M> {
         Input {
             id: self.0,
             data: Bound::Pair(a.into(), b.into()),
@@ -579,8 +594,12 @@ impl RowCosMean {
 }
 
 impl TrueProbMean {
-    /// Binds the logits and the labels.
-    pub fn bind<'a>(self, logits: impl Into<Buf<'a>>, labels: &'a [i64]) -> Input<'a> {
+    /// Binds the logits and the labels (`&[i64]` on the host, `CudaView<i64>` on a device).
+    pub fn bind<'a, M: Memory>(
+        self,
+        logits: impl Into<Buf<'a, M>>,
+        labels: M::Src<'a, i64>,
+    ) -> Input<'a, M> {
         Input {
             id: self.0,
             data: Bound::Prob(logits.into(), labels),
@@ -590,7 +609,7 @@ impl TrueProbMean {
 
 impl SegSums {
     /// Binds the buffer (for a statistic declared without accumulator).
-    pub fn bind<'a>(self, x: impl Into<Buf<'a>>) -> Input<'a> {
+    pub fn bind<'a, M: Memory>(self, x: impl Into<Buf<'a, M>>) -> Input<'a, M> {
         Input {
             id: self.0,
             data: Bound::Sums(x.into(), None),
@@ -598,18 +617,27 @@ impl SegSums {
     }
 
     /// Binds the buffer and the f32 accumulator that receives `acc += x^2` (for a
-    /// statistic declared with `accumulate = true`).
-    pub fn bind_acc<'a>(self, x: impl Into<Buf<'a>>, acc: &'a mut [f32]) -> Input<'a> {
+    /// statistic declared with `accumulate = true`): `&mut [f32]` on the host,
+    /// `CudaViewMut<f32>` on a device.
+    pub fn bind_acc<'a, M: Memory>(
+        self,
+        x: impl Into<Buf<'a, M>>,
+        acc: M::Dst<'a, f32>,
+    ) -> Input<'a, M> {
         Input {
             id: self.0,
-            data: Bound::Sums(x.into(), Some(AccPtr::new(acc))),
+            data: Bound::Sums(x.into(), Some(acc)),
         }
     }
 }
 
 impl SegDots {
     /// Binds `x` and `y`.
-    pub fn bind<'a>(self, x: impl Into<Buf<'a>>, y: impl Into<Buf<'a>>) -> Input<'a> {
+    pub fn bind<'a, M: Memory>(
+        self,
+        x: impl Into<Buf<'a, M>>,
+        y: impl Into<Buf<'a, M>>,
+    ) -> Input<'a, M> {
         Input {
             id: self.0,
             data: Bound::Pair(x.into(), y.into()),

@@ -4,6 +4,7 @@
 
 use super::plan::{label_ok, write_prob, Bound, Decl, Input, StatsPlan, StatsResults};
 use super::{with_buf, with_pair};
+use crate::backend::Host;
 use crate::dtype::Element;
 use crate::error::{check_len, Error, Result};
 use crate::segments::Segments;
@@ -183,8 +184,7 @@ pub fn seg_dots<T: Element>(segs: &Segments, x: &[T], y: &[T]) -> Result<Vec<f64
 /// with the same semantics as the backends: validation first (nothing touched on `Err`),
 /// then every statistic and accumulator, then `Err(LabelOutOfRange)` if a label was out of
 /// range (the other results and the accumulators are written regardless).
-pub fn run(plan: &StatsPlan, inputs: &mut [Input<'_>], out: &mut StatsResults) -> Result<()> {
-    let inputs = &*inputs;
+pub fn run(plan: &StatsPlan, inputs: &mut [Input<'_, Host>], out: &mut StatsResults) -> Result<()> {
     if out.plan != plan.id || out.values.len() != plan.values_len {
         return Err(crate::error::invalid(
             "results",
@@ -195,7 +195,7 @@ pub fn run(plan: &StatsPlan, inputs: &mut [Input<'_>], out: &mut StatsResults) -
     plan.resolve(inputs, &mut order)?;
     for (e, &pos) in plan.entries.iter().zip(&order) {
         let v = &mut out.values[e.out..e.out + e.n_values()];
-        match (&e.decl, &inputs[pos].data) {
+        match (&e.decl, &mut inputs[pos].data) {
             (Decl::SqDiff { .. }, Bound::Pair(x, y)) => {
                 v[0] = with_pair!(x, y, |x, y| sq_diff_mean(x, y))?;
             }
@@ -207,10 +207,7 @@ pub fn run(plan: &StatsPlan, inputs: &mut [Input<'_>], out: &mut StatsResults) -
                 write_prob(v, m, fault);
             }
             (Decl::SegSums { segs, .. }, Bound::Sums(x, acc)) => {
-                // SAFETY: the whole range of an accumulator exclusively borrowed by this
-                // input; `run` holds the inputs mutably, so nothing else accesses it now,
-                // and this is the only live range of it.
-                let acc = acc.as_ref().map(|a| unsafe { a.range_mut(0..a.len) });
+                let acc = acc.as_deref_mut();
                 let r = with_buf!(x, |x| seg_sums(segs, x, acc))?;
                 let l = segs.len();
                 v[..l].copy_from_slice(&r.sum);
