@@ -31,7 +31,7 @@ impl RankList for Vec<u32> {
 }
 
 /// Where a backend's buffers live: [`Host`] memory (slices) or, with feature `cuda`,
-/// [`crate::cuda::Device`] memory (cudarc views). Generic code names buffers through it
+/// `cuda::Device` memory (cudarc views). Generic code names buffers through it
 /// ([`Src`], [`Dst`]); the statistics plan binds its inputs through it too.
 pub trait Memory {
     /// A read-only buffer of `T`: `&[T]`, `CudaView<T>`.
@@ -103,7 +103,7 @@ pub trait Backend {
     /// (`x = v`, or `v - v0` in f64), on the host (on CUDA this synchronises). Partials of
     /// shards of the same segments add up (an all-reduce sum) to those of the whole.
     /// For a projection `p` these are `p.v`, `p.v0` and its basis (with the destination
-    /// first when `p.out_in_basis`: [`Backend::view`]).
+    /// first when `p.out_in_basis`: [`Memory::view`]).
     fn partials<'a, T: Element>(
         &self,
         segs: &Segments,

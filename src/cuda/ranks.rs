@@ -5,8 +5,9 @@ use crate::error::{check_len, Result};
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut};
 use std::sync::Arc;
 
-/// The ranks (`u32`, one per segment) that one call of [`super::CudaBackend::project_out`],
-/// [`super::CudaBackend::apply`] or [`super::CudaBackend::orthonormalize`] computed, in a
+/// The ranks (`u32`, one per segment) that one call of [`crate::Backend::project_out`],
+/// [`crate::Backend::apply`] or [`crate::Backend::orthonormalize`] on the CUDA backend
+/// computed, in a
 /// device buffer owned by this handle alone: no later call, on any thread, can overwrite
 /// them. Written asynchronously on the backend's stream; read them with
 /// [`DeviceRanks::to_vec`] (synchronises) or keep them on the device

@@ -28,7 +28,7 @@ pub fn redundancy_ratio(num: f64, den: f64, eps: f64) -> f64 {
 
 /// A buffer of one of the crate's element types in memory `M`, as the plan's inputs take
 /// them: host slices ([`Host`], the default) or, with feature `cuda`, cudarc views
-/// ([`crate::cuda::Device`]). Made with `From` (`&[f32]`, `&Vec<f16>`, `&[bf16; N]`, or a
+/// (`cuda::Device`). Made with `From` (`&[f32]`, `&Vec<f16>`, `&[bf16; N]`, or a
 /// `CudaView` / `&CudaSlice` of those) by every handle's `bind`, or with [`Buf::of`].
 pub enum Buf<'a, M: Memory = Host> {
     /// f32 elements.
