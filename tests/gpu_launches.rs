@@ -273,8 +273,8 @@ fn orthonormalize(c: &Counters, b: &CudaBackend, segs: &Segments) {
         for (s, r) in segs.iter().enumerate() {
             let want = segs.seg_len(s).min(k) as u32;
             assert_eq!(ranks[s], want, "orthonormalize k={k} segment {s}: rank");
-            for i in 0..want as usize {
-                let norm: f64 = host[i][r.clone()].iter().map(|&x| (x as f64).powi(2)).sum();
+            for (i, q) in host.iter().take(want as usize).enumerate() {
+                let norm: f64 = q[r.clone()].iter().map(|&x| (x as f64).powi(2)).sum();
                 assert!(
                     (norm - 1.0).abs() < 1e-5,
                     "k={k} seg {s} q{i}: |q|^2 = {norm}"
