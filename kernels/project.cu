@@ -525,7 +525,8 @@ RR_FOR_K1_8(RR_PROJECT_PARTIALS, f32, rr_f32)
 RR_FOR_K1_8(RR_PROJECT_PARTIALS, f16, rr_f16)
 RR_FOR_K1_8(RR_PROJECT_PARTIALS, bf16, rr_bf16)
 
-// orth_partials_<dt>_k<k>: Gram pass of orthonormalize, 1 <= k <= 8, with the per-segment
+// orth_partials_<dt>_k<k>: Gram pass of orthonormalize, 1 <= k <= 8 (register hint as
+// project_partials: without it ptxas capped k = 3 at 64 registers and spilled), with the per-segment
 // finish folded in (rr_fold, as project_partials). transform = 0: Gram of B, the fold
 // (mode ORTH1 | CAP) writes M1 to m_out; transform = 1: Gram of Q1 = B*M1 computed on the
 // fly in f64 (M1 = xform[seg*k*k ..], row-major, q_j = sum_i M1[i][j] b_i) — CholQR2's second
@@ -534,7 +535,7 @@ RR_FOR_K1_8(RR_PROJECT_PARTIALS, bf16, rr_bf16)
 // (RR_THREADS). chunk_partials as project_partials (the B^T v entries are 0); seg_first,
 // seg_count, seg_partials and ranks as project_partials.
 #define RR_ORTH_PARTIALS(NAME, E, KK)                                                         \
-    extern "C" __global__ void __launch_bounds__(RR_THREADS) orth_partials_##NAME##_k##KK(    \
+    extern "C" __global__ void __launch_bounds__(RR_THREADS, RR_PARTIALS_MINB(KK)) orth_partials_##NAME##_k##KK( \
         const rr_u64* __restrict__ tasks, RR_BASIS_PARAMS(const E::S),                       \
         const double* __restrict__ xform, int transform, double* chunk_partials,             \
         const rr_u64* __restrict__ seg_first, rr_u32* seg_count, int mode, double tol,       \
@@ -690,9 +691,12 @@ __device__ __forceinline__ void rr_apply(const rr_u64* __restrict__ tasks,
 // value of out read before the write (b0 is then null, never dereferenced). All arithmetic in f64, ONE rounding to the element type per
 // output (FMA contraction allowed). `out` must not alias v, base or the basis (in place
 // reads `out` element-wise before writing it: each element is owned by one thread).
-// Minimum resident blocks per SM hint: keeps the common small-k kernels at <= 32/64
-// registers (occupancy for bandwidth) and lets large k use what it needs (no spills).
-#define RR_APPLY_MINB(KK) ((KK) <= 1 ? 8 : ((KK) <= 3 ? 4 : 1))
+// Minimum resident blocks per SM hint: keeps the common small-k kernels at <= 48/64
+// registers (occupancy for bandwidth: k <= 1 five blocks of 256 threads, 62.5 % of an
+// SM's 2048 threads; eight (32 registers) and six (40) spilled on sm_80-90 once the fused
+// step's v0 stream and in-place basis were added) and lets large k use what it needs (no
+// spills; scripts/check-kernels.sh fails on any).
+#define RR_APPLY_MINB(KK) ((KK) <= 1 ? 5 : ((KK) <= 3 ? 4 : 1))
 #define RR_PROJECT_APPLY(NAME, E, KK)                                                         \
     extern "C" __global__ void __launch_bounds__(RR_THREADS, RR_APPLY_MINB(KK)) project_apply_##NAME##_k##KK( \
         const rr_u64* __restrict__ tasks, const E::S* __restrict__ v,                        \
