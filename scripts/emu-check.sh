@@ -148,7 +148,10 @@ for step in $STEPS; do
             section "f16 host conversions (all 2^32 f32 values)"
             F16C=()
             grep -qw f16c /proc/cpuinfo && F16C=(-mf16c)
-            g++ -std=c++17 -O2 "${F16C[@]}" -I tests/emu -o "$EMU/f16_check" tests/emu/f16_check.cpp &&
+            # kernels/common.cuh includes the generated ABI header (scripts/abi-header.sh).
+            bash scripts/abi-header.sh "$EMU/abi" &&
+                g++ -std=c++17 -O2 "${F16C[@]}" -I tests/emu -I "$EMU/abi" -o "$EMU/f16_check" \
+                    tests/emu/f16_check.cpp &&
                 "$EMU/f16_check" || status=1
             ;;
         negative)
