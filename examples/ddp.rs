@@ -19,12 +19,12 @@
 //! the dominant encoder projected into its gradient) → SGD.
 
 use redreg::controller::{
-    snapshot, Config, Controller, Encoder, JointBasis, ModalityShapes, RedRegStats, Workspace,
+    Config, Controller, HostEncoder, JointBasis, ModalityShapes, RedRegStats,
 };
 use redreg::dist::{agree, AllReduce, MpiComm};
 use redreg::stats::{CpuStats, ReducibleStats, StatsPlan};
 use redreg::testing::Rng;
-use redreg::{CpuBackend, DType, Segments};
+use redreg::{Backend, CpuBackend, DType, Segments};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -191,8 +191,7 @@ fn main() -> Res<()> {
     let mut sums = ReducibleStats::new(&plan);
     let mut ctl = Controller::new(Config::new(epochs), 2)?;
     let backend = CpuBackend::new();
-    let mut ws = Workspace::new();
-    let mut theta0: Vec<Vec<f32>> = vec![Vec::new(), Vec::new()];
+    let mut theta0: Vec<Vec<f32>> = enc.iter().map(|e| vec![0f32; e.len()]).collect();
     let n_params: usize = enc.iter().chain(&heads).map(Vec::len).sum();
     let mut mom = vec![0f32; n_params];
     let mut noise = Rng::new(1000 + rank as u64);
@@ -201,7 +200,7 @@ fn main() -> Res<()> {
     for epoch in 0..epochs {
         ctl.begin_epoch(epoch)?;
         for m in 0..2 {
-            snapshot(&enc[m], &mut theta0[m]);
+            backend.copy(&enc[m], &mut theta0[m])?; // the epoch-start snapshot
         }
         let (mut seq, mut loss, mut max_beta) = (String::new(), 0.0, 0.0f64);
         let (mut dominant, mut pos_sim) = (0usize, 0.0);
@@ -278,14 +277,14 @@ fn main() -> Res<()> {
             let inputs = h.from_reduced(&sums)?;
             let (ga, gb) = g_enc.split_at_mut(1);
             let mut encoders = [
-                Encoder {
+                HostEncoder {
                     segs: &enc_segs[0],
                     theta: &enc[0],
                     theta0: &theta0[0],
                     grad: &mut ga[0],
                     basis: JointBasis::Gradient,
                 },
-                Encoder {
+                HostEncoder {
                     segs: &enc_segs[1],
                     theta: &enc[1],
                     theta0: &theta0[1],
@@ -293,7 +292,7 @@ fn main() -> Res<()> {
                     basis: JointBasis::Gradient,
                 },
             ];
-            let (d, _) = ctl.step(&inputs, &backend, &mut encoders, &mut ws)?;
+            let (d, _) = ctl.step(&inputs, &backend, &mut encoders)?;
             seq.push(d.suppressed.map_or('-', |m| ['A', 'B'][m]));
             max_beta = max_beta.max(d.beta);
             dominant += usize::from(d.dominant.is_some());
