@@ -18,7 +18,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 #[cfg(feature = "cuda")]
 mod imp {
     use criterion::Criterion;
-    use cudarc::driver::{sys::CUevent_flags, CudaSlice};
+    use cudarc::driver::{sys::CUevent_flags, CudaSlice, CudaView};
     use redreg::controller::{
         step, Config, Controller, DeviceEncoder, JointBasis, Redundancy, StepInputs,
     };
@@ -325,6 +325,38 @@ mod imp {
         );
     }
 
+    /// The RedReg step over the visual encoder's tensors as a tensor list (each tensor its
+    /// own allocation, as candle, tch-rs and burn hold them): `project_list` with
+    /// `Projection::drift`, the same pointers every call (no table upload). Bytes as the
+    /// flat step: 7·n·s.
+    fn drift_list(bn: &mut Bench<'_>) {
+        use redreg::TensorList;
+        let b = bn.b;
+        let (_, visual) = av_pair();
+        let segs = Segments::from_shapes(&visual).unwrap();
+        let per_tensor = |seed: u64, scale: f64| -> Vec<CudaSlice<f32>> {
+            segs.iter()
+                .enumerate()
+                .map(|(i, r)| rand_dev::<f32>(b, r.len(), seed * 1000 + i as u64, scale))
+                .collect()
+        };
+        let (theta, theta0) = (per_tensor(1, 1.0), per_tensor(2, 1.0));
+        let mut grads = per_tensor(3, 1e-2);
+        let n = segs.total() as f64;
+        bn.case("drift_list/resnet18_visual/f32", 7.0 * n * 4.0, &mut || {
+            fn views(x: &[CudaSlice<f32>]) -> TensorList<CudaView<'_, f32>> {
+                x.iter().map(|t| t.slice(..)).collect()
+            }
+            let p = Projection::drift(
+                views(&theta),
+                views(&theta0),
+                &[],
+                grads.iter_mut().map(|t| t.slice_mut(..)).collect(),
+            );
+            b.project_list(&segs, p.beta(0.5)).expect("project_list");
+        });
+    }
+
     /// The ResNet-18 audio-visual pair's tensor shapes (its first 8 tensors in smoke mode).
     fn av_pair() -> (Vec<Vec<usize>>, Vec<Vec<usize>>) {
         let (a, v) = layouts::resnet18_av_pair();
@@ -400,6 +432,7 @@ mod imp {
         orth::<f32>(&mut bn, big_label, &big, 4);
         stats(&mut bn);
         full_step(&mut bn);
+        drift_list(&mut bn);
 
         let mut md = String::new();
         if smoke() {

@@ -8,7 +8,8 @@
 //!   vectors and the base (= grad), writes out (= grad): `(k + 3)·n·s`.
 //! - `project_out` (both passes, in place): `(2k + 4)·n·s`.
 //! - `drift_step` (the fused RedReg step, k = 1: theta, theta0 and grad read in both
-//!   passes, grad written; no drift buffer, no gradient copy): `7·n·s`.
+//!   passes, grad written; no drift buffer, no gradient copy): `7·n·s`; `drift_step_list`
+//!   the same over a tensor list (`project_list`, one slice per segment).
 //! - `orthonormalize` (CholQR2, two rounds; each round's Gram pass reads the k vectors and
 //!   its apply pass reads and writes them): `2·3k·n·s`.
 //! - memcpy: reads and writes the same buffer size: `2·bytes`.
@@ -29,7 +30,7 @@ use criterion::{
 use rayon::prelude::*;
 use redreg::testing::{layouts, Rng};
 use redreg::{bf16, f16, Beta, CpuBackend, Element, Output, Partials, ProjectOptions, Segments};
-use redreg::{Backend, Projection};
+use redreg::{Backend, Projection, TensorList};
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
@@ -274,6 +275,27 @@ fn bench_dtype<T: Element>(
                         .opts(opts),
                 )
                 .expect("drift_step");
+            });
+            // The same step over a tensor list (one slice per segment): the same chunks
+            // and loops, so the same bytes; this row shows the list's overhead.
+            timed(&mut g, "drift_step_list", 1, 7 * n * s, &mut || {
+                fn cut<'a, T>(segs: &Segments, x: &'a [T]) -> TensorList<&'a [T]> {
+                    segs.iter().map(|r| &x[r]).collect()
+                }
+                let mut rest = &mut grad[..];
+                let mut grads = Vec::with_capacity(segs.len());
+                for r in segs.iter() {
+                    let (head, tail) = std::mem::take(&mut rest).split_at_mut(r.len());
+                    grads.push(head);
+                    rest = tail;
+                }
+                be.project_list(
+                    segs,
+                    Projection::drift(cut(segs, &v), cut(segs, &basis[0]), &[], TensorList(grads))
+                        .beta(beta)
+                        .opts(opts),
+                )
+                .expect("drift_step_list");
             });
         }
         // Split form, k = 1 and the largest k: partials (k + 1)·n·s, apply (k + 3)·n·s.

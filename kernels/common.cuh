@@ -44,6 +44,16 @@ __device__ __forceinline__ rr_task rr_load_task(const rr_u64* __restrict__ tasks
     return r;
 }
 
+// Tensor lists: the per-segment pointer table (RR_PTR_WORDS u64 per segment, slots RR_PTR_*
+// of redreg_abi.cuh). Each word is the operand's address of the segment's element 0 minus
+// offset(seg) * sizeof(element) (wrapping u64 arithmetic), so `p + e` with the task's
+// absolute element offset e is the real address: the chunk loops are the flat ones, and a
+// flat buffer is the special case "no table" (every segment's pointer is the buffer's).
+template <class S>
+__device__ __forceinline__ S* rr_slot(const rr_u64* __restrict__ row, int slot) {
+    return reinterpret_cast<S*>(row[slot]);
+}
+
 // ---------------------------------------------------------------------------------------
 // Conversions. Loads widen exactly; stores round ONCE from f64 to the element type (round
 // to nearest even, overflow to +-Inf, NaN stays NaN), the same as `Element::from_f64`.

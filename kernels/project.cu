@@ -11,17 +11,21 @@
 // Work decomposition (all kernels except project_finish): ONE launch per pass covers all
 // segments. The host builds a chunk-task table once per layout (crate::segments::chunk_tasks
 // with RR_CHUNK = 16384 elements): task t = (seg, start, end) as three u64. Grid = number of
-// tasks (one block per chunk), RR_THREADS = 256 threads per block. Inside a chunk, thread i
-// takes 16-byte vectors i, i+256, ... and the scalar head/tail elements i, i+256, ...
-// (vectors only when every buffer of the call has the same misalignment; else all scalar).
+// tasks (one block per chunk), RR_THREADS = 256 threads per block. Pass 1: inside a chunk,
+// thread i takes the groups of VEC (16 bytes) consecutive elements i, i+256, ... counted
+// from the chunk's start — one 16-byte load per operand when every operand is 16-byte
+// aligned there, else VEC scalar loads, the same order either way. Pass 2 (no sums):
+// thread i takes 16-byte vectors i, i+256, ... and the scalar head/tail elements i, i+256,
+// ... (vectors when every buffer has the same misalignment; else all scalar).
 // All indices are 64-bit. Element types: f32, f16, bf16 (raw bits), arithmetic in f64.
 //
-// Determinism: every sum has a fixed order given the layout and the buffers' alignment
-// (thread-sequential, then a fixed warp-shuffle tree, then warps 0..7 in order, then chunks
-// combined by a fixed strided+tree order: in project_partials by the segment's last block
-// (rr_fold), in project_finish otherwise — the same order, the same bits). No floating-point
-// atomics; the only atomic is an integer ticket per segment. Repeated runs on the same
-// buffers are bitwise identical, whatever order the blocks run in.
+// Determinism: every sum has a fixed order given the layout, whatever the buffers'
+// addresses or alignment (thread-sequential over canonical groups, then a fixed
+// warp-shuffle tree, then warps 0..7 in order, then chunks combined by a fixed
+// strided+tree order: in project_partials by the segment's last block (rr_fold), in
+// project_finish otherwise — the same order, the same bits). No floating-point atomics;
+// the only atomic is an integer ticket per segment. Repeated runs are bitwise identical,
+// whatever order the blocks run in, and so are a tensor list and its packed flat buffer.
 //
 // Launches: project_out = project_partials (pass 1 + per-segment reduce + solve) and
 // project_apply (pass 2): 2 for any number of segments, 1 for k = 0. partials = 1.
@@ -55,8 +59,12 @@ __device__ __forceinline__ constexpr int rr_tri(int k, int i, int j) {
 // ---------------------------------------------------------------------------------------
 
 // Accumulates one element: q = b (or q_j = sum_i M[i][j] b_i with XFORM, M in shared),
-// acc[tri(i,j)] += q_i q_j, acc[NT + i] += q_i x. Products of f32/f16/bf16 values are exact
-// in f64, so without XFORM only the summation rounds.
+// acc[tri(i,j)] += q_i q_j, acc[NT + i] += q_i x, each an explicit fused multiply-add: the
+// compiler's own contraction choices may differ between the vector and the scalar form of
+// a loop, and q_i x (x = v - v0) is not exact in f64, so an implicit a*b + c could round
+// differently in the two forms and make the bits depend on the buffers' alignment.
+// Products of f32/f16/bf16 values are exact in f64, so without XFORM and v0 only the
+// summation rounds.
 template <int K, int NS, bool HAS_V, bool XFORM>
 __device__ __forceinline__ void rr_gram_elem(double (&acc)[NS], double x, const double (&bx)[K],
                                              const double* sm) {
@@ -67,7 +75,7 @@ __device__ __forceinline__ void rr_gram_elem(double (&acc)[NS], double x, const 
         for (int j = 0; j < K; ++j) {
             double s = 0.0;
 #pragma unroll
-            for (int i = 0; i < K; ++i) s += sm[i * K + j] * bx[i];
+            for (int i = 0; i < K; ++i) s = __fma_rn(sm[i * K + j], bx[i], s);
             q[j] = s;
         }
     } else {
@@ -77,8 +85,8 @@ __device__ __forceinline__ void rr_gram_elem(double (&acc)[NS], double x, const 
 #pragma unroll
     for (int i = 0; i < K; ++i) {
 #pragma unroll
-        for (int j = i; j < K; ++j) acc[rr_tri(K, i, j)] += q[i] * q[j];
-        if (HAS_V) acc[NT + i] += q[i] * x;
+        for (int j = i; j < K; ++j) acc[rr_tri(K, i, j)] = __fma_rn(q[i], q[j], acc[rr_tri(K, i, j)]);
+        if (HAS_V) acc[NT + i] = __fma_rn(q[i], x, acc[NT + i]);
     }
 }
 
@@ -87,15 +95,27 @@ __device__ __forceinline__ void rr_gram_elem(double (&acc)[NS], double x, const 
 // `sm` shared [K*K] (only with XFORM: M1 of the task's segment, from xform[seg*K*K ..]).
 template <class E, int K, bool HAS_V, bool XFORM>
 __device__ __forceinline__ void rr_partials(const rr_u64* __restrict__ tasks,
+                                            const rr_u64* __restrict__ ptrs,
                                             const typename E::S* __restrict__ v,
                                             const typename E::S* __restrict__ v0,
-                                            const typename E::S* const (&b)[RR_MAX_K],
+                                            const typename E::S* const (&bp)[RR_MAX_K],
                                             const double* __restrict__ xform,
                                             double* __restrict__ chunk_partials, double* red,
                                             double* sm) {
+    typedef typename E::S S;
     constexpr int NS = RR_STRIDE(K);
     const rr_u64 t = blockIdx.x;
     const rr_task task = rr_load_task(tasks, t);
+    const S* b[K > 0 ? K : 1];
+#pragma unroll
+    for (int i = 0; i < K; ++i) b[i] = bp[i];
+    if (ptrs) {  // tensor list: this segment's operands (v0 only when the call has one)
+        const rr_u64* row = ptrs + task.seg * (rr_u64)RR_PTR_WORDS;
+        if (HAS_V) v = rr_slot<const S>(row, RR_PTR_V);
+        if (HAS_V && v0) v0 = rr_slot<const S>(row, RR_PTR_V0);
+#pragma unroll
+        for (int i = 0; i < K; ++i) b[i] = rr_slot<const S>(row, RR_PTR_B0 + i);
+    }
     if (XFORM) {
         for (int i = threadIdx.x; i < K * K; i += RR_THREADS) sm[i] = xform[task.seg * (K * K) + i];
         __syncthreads();
@@ -104,51 +124,52 @@ __device__ __forceinline__ void rr_partials(const rr_u64* __restrict__ tasks,
 #pragma unroll
     for (int s = 0; s < NS; ++s) acc[s] = 0.0;
 
-    const rr_u32 mis0 = HAS_V ? rr_mis<E>(v, task.start) : rr_mis<E>(b[0], task.start);
-    // With XFORM (orthonormalize's second Gram only) the chunk is read element by element:
-    // the k*k transform plus k vectors in flight would exceed the register file at k = 8.
-    bool same = !XFORM;
-    if (HAS_V && v0) same = same && rr_mis<E>(v0, task.start) == mis0;
+    // Canonical element order: thread t sums the groups of VEC consecutive elements
+    // t, t + 256, ... of the chunk (counted from the chunk's start), each group in element
+    // order, whatever the buffers' addresses. A group is one 16-byte load per operand when
+    // every operand is 16-byte aligned at the chunk's start (uniform per block), else VEC
+    // scalar loads — the same values in the same order, so the partials (and everything
+    // after them) do not depend on the alignment: a tensor list gives the bits of the
+    // packed flat buffer, and a buffer moved to another address gives the same bits.
+    // With XFORM (orthonormalize's second Gram only) always the scalar form: the k*k
+    // transform plus k vectors in flight would exceed the register file at k = 8.
+    bool vec = !XFORM;
+    if (HAS_V) vec = vec && rr_mis<E>(v, task.start) == 0;
+    if (HAS_V && v0) vec = vec && rr_mis<E>(v0, task.start) == 0;
 #pragma unroll
-    for (int i = 0; i < K; ++i) same = same && rr_mis<E>(b[i], task.start) == mis0;
-    const rr_window w = rr_make_window<E>(task.start, task.end, mis0, same);
-    const rr_u64 vend = w.vbeg + w.nvec * (rr_u64)E::VEC;
+    for (int i = 0; i < K; ++i) vec = vec && rr_mis<E>(b[i], task.start) == 0;
+    const rr_u64 n_groups = (task.end - task.start + E::VEC - 1) / (rr_u64)E::VEC;
 
-    // Vector body.
-    for (rr_u64 qv = threadIdx.x; qv < w.nvec; qv += RR_THREADS) {
-        const rr_u64 e = w.vbeg + qv * (rr_u64)E::VEC;
-        rr_v16 vv, vv0;
-        if (HAS_V) vv = rr_ld16<E>(v, e);
-        if (HAS_V && v0) vv0 = rr_ld16<E>(v0, e);
-        rr_v16 bv[K];
+    for (rr_u64 q = threadIdx.x; q < n_groups; q += RR_THREADS) {
+        const rr_u64 e0 = task.start + q * (rr_u64)E::VEC;
+        if (vec && e0 + E::VEC <= task.end) {
+            rr_v16 vv, vv0;
+            if (HAS_V) vv = rr_ld16<E>(v, e0);
+            if (HAS_V && v0) vv0 = rr_ld16<E>(v0, e0);
+            rr_v16 bv[K];
 #pragma unroll
-        for (int i = 0; i < K; ++i) bv[i] = rr_ld16<E>(b[i], e);
+            for (int i = 0; i < K; ++i) bv[i] = rr_ld16<E>(b[i], e0);
 #pragma unroll
-        for (int j = 0; j < E::VEC; ++j) {
-            double bx[K];
+            for (int j = 0; j < E::VEC; ++j) {
+                double bx[K];
 #pragma unroll
-            for (int i = 0; i < K; ++i) bx[i] = E::lane(bv[i], j);
-            double x = HAS_V ? E::lane(vv, j) : 0.0;
-            if (HAS_V && v0) x -= E::lane(vv0, j);
-            rr_gram_elem<K, NS, HAS_V, XFORM>(acc, x, bx, sm);
+                for (int i = 0; i < K; ++i) bx[i] = E::lane(bv[i], j);
+                double x = HAS_V ? E::lane(vv, j) : 0.0;
+                if (HAS_V && v0) x -= E::lane(vv0, j);
+                rr_gram_elem<K, NS, HAS_V, XFORM>(acc, x, bx, sm);
+            }
+        } else {
+            const rr_u64 e1 = e0 + E::VEC < task.end ? e0 + E::VEC : task.end;
+#pragma unroll 1
+            for (rr_u64 e = e0; e < e1; ++e) {
+                double bx[K];
+#pragma unroll
+                for (int i = 0; i < K; ++i) bx[i] = E::load(b[i][e]);
+                double x = HAS_V ? E::load(v[e]) : 0.0;
+                if (HAS_V && v0) x -= E::load(v0[e]);
+                rr_gram_elem<K, NS, HAS_V, XFORM>(acc, x, bx, sm);
+            }
         }
-    }
-    // Scalar head [start, vbeg) and tail [vend, end).
-    for (rr_u64 e = task.start + threadIdx.x; e < w.vbeg; e += RR_THREADS) {
-        double bx[K];
-#pragma unroll
-        for (int i = 0; i < K; ++i) bx[i] = E::load(b[i][e]);
-        double x = HAS_V ? E::load(v[e]) : 0.0;
-        if (HAS_V && v0) x -= E::load(v0[e]);
-        rr_gram_elem<K, NS, HAS_V, XFORM>(acc, x, bx, sm);
-    }
-    for (rr_u64 e = vend + threadIdx.x; e < task.end; e += RR_THREADS) {
-        double bx[K];
-#pragma unroll
-        for (int i = 0; i < K; ++i) bx[i] = E::load(b[i][e]);
-        double x = HAS_V ? E::load(v[e]) : 0.0;
-        if (HAS_V && v0) x -= E::load(v0[e]);
-        rr_gram_elem<K, NS, HAS_V, XFORM>(acc, x, bx, sm);
     }
 
     // Fixed-order block reduction: warp tree, then warps in order.
@@ -429,7 +450,10 @@ __device__ __forceinline__ void rr_finish(const double* __restrict__ chunk_parti
 // project_partials_<dt>_k<k>: pass 1 of project_out / partials, 1 <= k <= 8 (k = 0 needs no
 // pass 1), with the per-segment finish folded in (rr_fold, below the solve port).
 // Launch: grid = (n_tasks), block = (RR_THREADS), no dynamic shared memory.
-// b0..b(k-1) are the basis buffers (the rest unused, pass 0). Outputs:
+// b0..b(k-1) are the basis buffers (the rest unused, pass 0). ptrs: null for flat buffers,
+// else the tensor list's pointer table (RR_PTR_WORDS u64 per segment, common.cuh): each
+// block then reads its segment's v, v0 (when the v0 parameter is non-null) and basis from
+// it, and the pointer parameters only say which operands the call has. Outputs:
 // chunk_partials[n_tasks * RR_STRIDE(k)] (f64), and from the last block of each segment:
 // seg_partials[n_seg * RR_STRIDE(k)], with mode SOLVE coef[n_seg * k] and ranks[n_seg].
 // seg_count[n_seg] (u32): the segments' tickets, 0 on entry and left 0 on exit.
@@ -439,7 +463,8 @@ __device__ __forceinline__ void rr_finish(const double* __restrict__ chunk_parti
 #define RR_PARTIALS_MINB(KK) ((KK) <= 2 ? 4 : 1)
 #define RR_PROJECT_PARTIALS(NAME, E, KK)                                                      \
     extern "C" __global__ void __launch_bounds__(RR_THREADS, RR_PARTIALS_MINB(KK)) project_partials_##NAME##_k##KK( \
-        const rr_u64* __restrict__ tasks, const E::S* __restrict__ v,                        \
+        const rr_u64* __restrict__ tasks, const rr_u64* __restrict__ ptrs,                   \
+        const E::S* __restrict__ v,                                                          \
         const E::S* __restrict__ v0, RR_BASIS_PARAMS(const E::S), double* chunk_partials,    \
         const rr_u64* __restrict__ seg_first, rr_u32* seg_count, int mode, double tol,       \
         double ridge, double* __restrict__ seg_partials, double* __restrict__ coef,          \
@@ -447,7 +472,7 @@ __device__ __forceinline__ void rr_finish(const double* __restrict__ chunk_parti
         __shared__ double red[RR_WARPS * RR_MAX_STRIDE];                                     \
         __shared__ rr_u32 last;                                                              \
         const E::S* const b[RR_MAX_K] = {b0, b1, b2, b3, b4, b5, b6, b7};                    \
-        rr_partials<E, KK, true, false>(tasks, v, v0, b, 0, chunk_partials, red, 0);         \
+        rr_partials<E, KK, true, false>(tasks, ptrs, v, v0, b, 0, chunk_partials, red, 0);   \
         rr_fold<KK>(tasks, seg_first, seg_count, chunk_partials, mode, tol, ridge,           \
                     seg_partials, coef, 0, ranks, red, &last);                               \
     }
@@ -546,9 +571,9 @@ RR_FOR_K1_8(RR_PROJECT_PARTIALS, bf16, rr_bf16)
         __shared__ rr_u32 last;                                                              \
         const E::S* const b[RR_MAX_K] = {b0, b1, b2, b3, b4, b5, b6, b7};                    \
         if (transform)                                                                       \
-            rr_partials<E, KK, false, true>(tasks, 0, 0, b, xform, chunk_partials, red, sm); \
+            rr_partials<E, KK, false, true>(tasks, 0, 0, 0, b, xform, chunk_partials, red, sm); \
         else                                                                                 \
-            rr_partials<E, KK, false, false>(tasks, 0, 0, b, xform, chunk_partials, red, sm); \
+            rr_partials<E, KK, false, false>(tasks, 0, 0, 0, b, xform, chunk_partials, red, sm); \
         rr_fold<KK>(tasks, seg_first, seg_count, chunk_partials, mode, tol, 0.0,             \
                     seg_partials, m_out, m_out, ranks, red, &last);                          \
     }
@@ -598,14 +623,31 @@ __device__ __forceinline__ double rr_apply_elem(double x, const double (&bx)[K >
                                                 double alpha, int mode, double base) {
     double y = x;
 #pragma unroll
-    for (int i = 0; i < K; ++i) y -= w[i] * bx[i];
+    for (int i = 0; i < K; ++i) y = __fma_rn(-w[i], bx[i], y);
+    // (beta * y cannot be contracted: its only consumer is the return or an fma intrinsic.)
     double z = beta * y;
-    if (mode != RR_MODE_NONE) z = alpha * base + z;
+    if (mode != RR_MODE_NONE) z = __fma_rn(alpha, base, z);
     return z;
 }
 
-template <class E, int K>
+// Where pass 2 finds a block's operands. Flat (LIST = false): the kernel parameters, read
+// from the constant bank at each use (no register). Tensor list: the segment's row of the
+// pointer table, copied to shared memory once per block and read at each use (volatile, so
+// the compiler does not hoist them): held in registers, five more 64-bit pointers pushed
+// the k <= 1 kernels past their 48-register budget (spills on sm_80-90). A few shared
+// loads per 16-byte vector cost nothing next to the global traffic.
+template <bool LIST>
+struct rr_operands {
+    const volatile rr_u64* row;
+    template <class S>
+    __device__ __forceinline__ S* at(int slot, S* flat) const {
+        return LIST ? reinterpret_cast<S*>((rr_u64)row[slot]) : flat;
+    }
+};
+
+template <class E, int K, bool LIST>
 __device__ __forceinline__ void rr_apply(const rr_u64* __restrict__ tasks,
+                                         const rr_u64* __restrict__ ptrs,
                                          const typename E::S* __restrict__ v,
                                          const typename E::S* __restrict__ v0,
                                          const typename E::S* const (&b)[RR_MAX_K],
@@ -614,6 +656,7 @@ __device__ __forceinline__ void rr_apply(const rr_u64* __restrict__ tasks,
                                          double alpha, int mode_flags,
                                          const typename E::S* __restrict__ base,
                                          typename E::S* out) {
+    typedef typename E::S S;
     constexpr int KA = K > 0 ? K : 1;
     const int mode = mode_flags & RR_MODE_MASK;
     // Basis vector 0 is `out` itself (the fused RedReg step: the gradient is the basis and
@@ -622,36 +665,48 @@ __device__ __forceinline__ void rr_apply(const rr_u64* __restrict__ tasks,
     // Reverse chunk order (block b takes task n_tasks - 1 - b): pass 1 ran its blocks in
     // task order, so the chunks it read last are the likeliest still in L2 when pass 2 starts.
     const rr_task task = rr_load_task(tasks, (rr_u64)(gridDim.x - 1 - blockIdx.x));
+    __shared__ rr_u64 row[RR_PTR_WORDS];
+    if (LIST) {  // uniform per block: ptrs is a kernel parameter
+        if (threadIdx.x < RR_PTR_WORDS) row[threadIdx.x] = ptrs[task.seg * (rr_u64)RR_PTR_WORDS + threadIdx.x];
+        __syncthreads();
+    }
+    const rr_operands<LIST> ops{row};
     double w[KA];
     w[0] = 0.0;
 #pragma unroll
     for (int i = 0; i < K; ++i) w[i] = coef[task.seg * K + i];
     const double beta = beta_seg ? beta_seg[task.seg] : beta_scalar;
-    // In place, the base term is read from `out` itself.
-    const typename E::S* src = mode == RR_MODE_BASE ? base : out;
+    // The operands (in place, the base term is read from `out` itself). The presence of v0
+    // is the parameter's, flat or list.
+#define RR_V ops.at(RR_PTR_V, v)
+#define RR_V0 ops.at(RR_PTR_V0, v0)
+#define RR_B(i) ops.at(RR_PTR_B0 + (i), b[i])
+#define RR_OUT ops.at(RR_PTR_OUT, out)
+    const S* const src_flat = mode == RR_MODE_BASE ? base : out;
+#define RR_SRC (LIST ? (mode == RR_MODE_BASE ? ops.at(RR_PTR_BASE, base) : (const S*)RR_OUT) : src_flat)
 
-    const rr_u32 mis0 = rr_mis<E>(v, task.start);
-    bool same = rr_mis<E>(out, task.start) == mis0;
-    if (v0) same = same && rr_mis<E>(v0, task.start) == mis0;
-    if (mode == RR_MODE_BASE) same = same && rr_mis<E>(base, task.start) == mis0;
+    const rr_u32 mis0 = rr_mis<E>(RR_V, task.start);
+    bool same = rr_mis<E>(RR_OUT, task.start) == mis0;
+    if (v0) same = same && rr_mis<E>(RR_V0, task.start) == mis0;
+    if (mode == RR_MODE_BASE) same = same && rr_mis<E>(RR_SRC, task.start) == mis0;
 #pragma unroll
-    for (int i = b0_out ? 1 : 0; i < K; ++i) same = same && rr_mis<E>(b[i], task.start) == mis0;
+    for (int i = b0_out ? 1 : 0; i < K; ++i) same = same && rr_mis<E>(RR_B(i), task.start) == mis0;
     const rr_window win = rr_make_window<E>(task.start, task.end, mis0, same);
     const rr_u64 vend = win.vbeg + win.nvec * (rr_u64)E::VEC;
 
 #pragma unroll 1
     for (rr_u64 qv = threadIdx.x; qv < win.nvec; qv += RR_THREADS) {
         const rr_u64 e = win.vbeg + qv * (rr_u64)E::VEC;
-        const rr_v16 vv = rr_ld16<E>(v, e);
+        const rr_v16 vv = rr_ld16<E>(RR_V, e);
         rr_v16 vv0;
         vv0.x = vv0.y = vv0.z = vv0.w = 0u;
-        if (v0) vv0 = rr_ld16<E>(v0, e);
+        if (v0) vv0 = rr_ld16<E>(RR_V0, e);
         rr_v16 ov;
         ov.x = ov.y = ov.z = ov.w = 0u;
-        if (mode != RR_MODE_NONE) ov = rr_ld16<E>(src, e);
+        if (mode != RR_MODE_NONE) ov = rr_ld16<E>(RR_SRC, e);
         rr_v16 bv[KA];
 #pragma unroll
-        for (int i = 0; i < K; ++i) bv[i] = (i == 0 && b0_out) ? ov : rr_ld16<E>(b[i], e);
+        for (int i = 0; i < K; ++i) bv[i] = (i == 0 && b0_out) ? ov : rr_ld16<E>(RR_B(i), e);
         double y[E::VEC];
 #pragma unroll
         for (int j = 0; j < E::VEC; ++j) {
@@ -663,7 +718,7 @@ __device__ __forceinline__ void rr_apply(const rr_u64* __restrict__ tasks,
             if (v0) x -= E::lane(vv0, j);
             y[j] = rr_apply_elem<E, K>(x, bx, w, beta, alpha, mode, E::lane(ov, j));
         }
-        rr_st16<E>(out, e, rr_pack<E>(y));
+        rr_st16<E>(RR_OUT, e, rr_pack<E>(y));
     }
     // Scalar head and tail.
 #pragma unroll 1
@@ -671,41 +726,60 @@ __device__ __forceinline__ void rr_apply(const rr_u64* __restrict__ tasks,
         const rr_u64 lo = part == 0 ? task.start : vend;
         const rr_u64 hi = part == 0 ? win.vbeg : task.end;
         for (rr_u64 e = lo + threadIdx.x; e < hi; e += RR_THREADS) {
-            const double bs = mode != RR_MODE_NONE ? E::load(src[e]) : 0.0;
+            const double bs = mode != RR_MODE_NONE ? E::load(RR_SRC[e]) : 0.0;
             double bx[KA];
             bx[0] = 0.0;
 #pragma unroll
-            for (int i = 0; i < K; ++i) bx[i] = (i == 0 && b0_out) ? bs : E::load(b[i][e]);
-            double x = E::load(v[e]);
-            if (v0) x -= E::load(v0[e]);
-            out[e] = E::store(rr_apply_elem<E, K>(x, bx, w, beta, alpha, mode, bs));
+            for (int i = 0; i < K; ++i) bx[i] = (i == 0 && b0_out) ? bs : E::load(RR_B(i)[e]);
+            double x = E::load(RR_V[e]);
+            if (v0) x -= E::load(RR_V0[e]);
+            RR_OUT[e] = E::store(rr_apply_elem<E, K>(x, bx, w, beta, alpha, mode, bs));
         }
     }
+#undef RR_V
+#undef RR_V0
+#undef RR_B
+#undef RR_OUT
+#undef RR_SRC
 }
 
-// project_apply_<dt>_k<k>: pass 2 of project_out / apply.
+// project_apply_<dt>_k<k>: pass 2 of project_out / apply (ptrs unused, null).
+// project_apply_list_<dt>_k<k>: the same for a tensor list: ptrs is its pointer table (as
+// project_partials'), each block reads its segment's v, v0, basis (from b1 with B0_OUT),
+// base (mode BASE) and out from it; the pointer parameters only say which are present.
 // Launch: grid = (n_tasks), block = (RR_THREADS); 0 <= k <= 8; coef[n_seg * k] from
 // project_finish (SOLVE). beta = beta_seg[seg] when beta_seg != 0, else beta_scalar.
 // mode: 0 out = beta*y; 1 out = alpha*base + beta*y; 2 out = alpha*out + beta*y, where
 // y = x - sum_i w_i b_i, x = v or v - v0 (v0 != 0); flag B0_OUT (with mode 2): b_0 is the
 // value of out read before the write (b0 is then null, never dereferenced). All arithmetic in f64, ONE rounding to the element type per
-// output (FMA contraction allowed). `out` must not alias v, base or the basis (in place
+// output (explicit fused multiply-adds, the same in the vector and the scalar form). `out` must not alias v, base or the basis (in place
 // reads `out` element-wise before writing it: each element is owned by one thread).
 // Minimum resident blocks per SM hint: keeps the common small-k kernels at <= 48/64
 // registers (occupancy for bandwidth: k <= 1 five blocks of 256 threads, 62.5 % of an
 // SM's 2048 threads; eight (32 registers) and six (40) spilled on sm_80-90 once the fused
 // step's v0 stream and in-place basis were added) and lets large k use what it needs (no
 // spills; scripts/check-kernels.sh fails on any).
-#define RR_APPLY_MINB(KK) ((KK) <= 1 ? 5 : ((KK) <= 3 ? 4 : 1))
-#define RR_PROJECT_APPLY(NAME, E, KK)                                                         \
-    extern "C" __global__ void __launch_bounds__(RR_THREADS, RR_APPLY_MINB(KK)) project_apply_##NAME##_k##KK( \
-        const rr_u64* __restrict__ tasks, const E::S* __restrict__ v,                        \
-        const E::S* __restrict__ v0, RR_BASIS_PARAMS(const E::S), const double* __restrict__ coef, \
+// 16-bit types with k = 2, 3 take 3 blocks (f16 k = 3 spilled 8 bytes at 64 registers on
+// sm_80-89 once pass 2 took its operands through the list-or-flat accessor).
+#define RR_APPLY_MINB(KK, E) ((KK) <= 1 ? 5 : ((KK) <= 3 ? (sizeof(E::S) == 4 ? 4 : 3) : 1))
+// The tensor-list twin of each apply kernel (project_apply_list_<dt>_k<k>: the same code,
+// LIST = true) is a kernel of its own so that the flat kernels keep their register budget:
+// one kernel with both paths took the list path's registers everywhere (f16/bf16 k <= 3
+// spilled at the flat budget on sm_80-90). The list kernels get one block less per SM.
+#define RR_APPLY_LIST_MINB(KK) ((KK) <= 1 ? 4 : ((KK) <= 3 ? 3 : 1))
+#define RR_PROJECT_APPLY_ONE(NAME, E, KK, SUFFIX, MINB, LIST)                                 \
+    extern "C" __global__ void __launch_bounds__(RR_THREADS, MINB) project_apply_##SUFFIX##NAME##_k##KK( \
+        const rr_u64* __restrict__ tasks, const rr_u64* __restrict__ ptrs,                   \
+        const E::S* __restrict__ v, const E::S* __restrict__ v0, RR_BASIS_PARAMS(const E::S), \
+        const double* __restrict__ coef,                                                     \
         const double* __restrict__ beta_seg, double beta_scalar, double alpha, int mode,     \
         const E::S* __restrict__ base, E::S* out) {                                          \
         const E::S* const b[RR_MAX_K] = {b0, b1, b2, b3, b4, b5, b6, b7};                    \
-        rr_apply<E, KK>(tasks, v, v0, b, coef, beta_seg, beta_scalar, alpha, mode, base, out); \
+        rr_apply<E, KK, LIST>(tasks, ptrs, v, v0, b, coef, beta_seg, beta_scalar, alpha, mode, base, out); \
     }
+#define RR_PROJECT_APPLY(NAME, E, KK)                                                         \
+    RR_PROJECT_APPLY_ONE(NAME, E, KK, , RR_APPLY_MINB(KK, E), false)                            \
+    RR_PROJECT_APPLY_ONE(NAME, E, KK, list_, RR_APPLY_LIST_MINB(KK), true)
 
 RR_FOR_K0_8(RR_PROJECT_APPLY, f32, rr_f32)
 RR_FOR_K0_8(RR_PROJECT_APPLY, f16, rr_f16)

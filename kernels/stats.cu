@@ -67,28 +67,88 @@ __device__ __forceinline__ double warp_allmax(double x) {
     return x;
 }
 
+// The elements of one task [start, end) of one or two buffers, in the canonical order of
+// the projection's pass 1: thread t takes the groups of VEC (16 bytes) consecutive
+// elements t, t + 256, ... counted from the task's start, and calls
+// f(first element, x[VEC], y[VEC], count) once per group (count < VEC only for the last
+// group; y is 0 without p1). The group is one 16-byte load per buffer when both are
+// 16-byte aligned at the task's start (uniform per block), else VEC scalar loads: the same
+// values in the same order, so the sums do not depend on the buffers' alignment, and a
+// thread has a whole group of loads in flight before it accumulates (a task used to wait
+// a memory round trip per element).
+template <class E, class F>
+__device__ __forceinline__ void st_groups(rr_u64 p0, rr_u64 p1, rr_u64 start, rr_u64 end, F f) {
+    typedef typename E::S S;
+    const S* x = reinterpret_cast<const S*>(p0);
+    const S* y = reinterpret_cast<const S*>(p1);
+    const bool vec = rr_mis<E>(x, start) == 0 && (!y || rr_mis<E>(y, start) == 0);
+    const rr_u64 n_groups = (end - start + E::VEC - 1) / (rr_u64)E::VEC;
+    for (rr_u64 q = threadIdx.x; q < n_groups; q += RR_THREADS) {
+        const rr_u64 e0 = start + q * (rr_u64)E::VEC;
+        const int cnt = e0 + E::VEC <= end ? E::VEC : (int)(end - e0);
+        double xs[E::VEC], ys[E::VEC];
+        if (vec && cnt == E::VEC) {
+            const rr_v16 xv = rr_ld16<E>(x, e0);
+            rr_v16 yv;
+            yv.x = yv.y = yv.z = yv.w = 0u;
+            if (y) yv = rr_ld16<E>(y, e0);
+#pragma unroll
+            for (int j = 0; j < E::VEC; ++j) {
+                xs[j] = E::lane(xv, j);
+                ys[j] = y ? E::lane(yv, j) : 0.0;
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < E::VEC; ++j) {
+                xs[j] = j < cnt ? E::load(x[e0 + j]) : 0.0;
+                ys[j] = (y && j < cnt) ? E::load(y[e0 + j]) : 0.0;
+            }
+        }
+        f(e0, xs, ys, cnt);
+    }
+}
+
 template <class E>
 __device__ void run_task(const rr_u64* __restrict__ d, rr_u64 mode, rr_u64 a, rr_u64 start,
                          rr_u64 end, double* __restrict__ out) {
     const rr_u64 kind = d[RR_ST_DESC_KIND], p0 = d[RR_ST_DESC_P0], p1 = d[RR_ST_DESC_P1],
                  p2 = d[RR_ST_DESC_P2], n2 = d[RR_ST_DESC_N2];
     double v[3] = {0.0, 0.0, 0.0};
+    // Sums of products as explicit fused multiply-adds (the same in the vector and the
+    // scalar form of a group, see st_groups).
     if (kind == RR_ST_SQDIFF || kind == RR_ST_DOTS) {
-        for (rr_u64 i = start + threadIdx.x; i < end; i += RR_THREADS) {
-            double x = ld<E>(p0, i), y = ld<E>(p1, i);
-            v[0] += kind == RR_ST_SQDIFF ? (x - y) * (x - y) : x * y;
-        }
+        const bool sq = kind == RR_ST_SQDIFF;
+        st_groups<E>(p0, p1, start, end, [&](rr_u64, const double* xs, const double* ys, int cnt) {
+#pragma unroll
+            for (int j = 0; j < E::VEC; ++j) {
+                if (j < cnt) {
+                    const double dd = xs[j] - ys[j];
+                    v[0] = sq ? __fma_rn(dd, dd, v[0]) : __fma_rn(xs[j], ys[j], v[0]);
+                }
+            }
+        });
         block_sum<1>(v);
         if (threadIdx.x == 0) out[0] = v[0];
     } else if (kind == RR_ST_SUMS) {
-        float* acc = reinterpret_cast<float*>(p2);
-        for (rr_u64 i = start + threadIdx.x; i < end; i += RR_THREADS) {
-            double x = ld<E>(p0, i);
-            v[0] += x;
-            v[1] += x * x;
-            v[2] += fabs(x);
-            if (acc) acc[i] = __double2float_rn((double)acc[i] + x * x);
-        }
+        float* __restrict__ acc = reinterpret_cast<float*>(p2);
+        st_groups<E>(p0, 0, start, end, [&](rr_u64 e0, const double* xs, const double*, int cnt) {
+            // The group's accumulator values are all loaded before the first store.
+            float a[E::VEC];
+            if (acc) {
+#pragma unroll
+                for (int j = 0; j < E::VEC; ++j) a[j] = j < cnt ? acc[e0 + j] : 0.0f;
+            }
+#pragma unroll
+            for (int j = 0; j < E::VEC; ++j) {
+                if (j < cnt) {
+                    const double x = xs[j];
+                    v[0] += x;
+                    v[1] = __fma_rn(x, x, v[1]);
+                    v[2] += fabs(x);
+                    if (acc) acc[e0 + j] = __double2float_rn(__fma_rn(x, x, (double)a[j]));
+                }
+            }
+        });
         block_sum<3>(v);
         if (threadIdx.x == 0) {
             out[0] = v[0];
@@ -96,12 +156,16 @@ __device__ void run_task(const rr_u64* __restrict__ d, rr_u64 mode, rr_u64 a, rr
             out[2] = v[2];
         }
     } else if (mode == RR_ST_MODE_PIECE && kind == RR_ST_COS) {
-        for (rr_u64 i = start + threadIdx.x; i < end; i += RR_THREADS) {
-            double x = ld<E>(p0, i), y = ld<E>(p1, i);
-            v[0] += x * y;
-            v[1] += x * x;
-            v[2] += y * y;
-        }
+        st_groups<E>(p0, p1, start, end, [&](rr_u64, const double* xs, const double* ys, int cnt) {
+#pragma unroll
+            for (int j = 0; j < E::VEC; ++j) {
+                if (j < cnt) {
+                    v[0] = __fma_rn(xs[j], ys[j], v[0]);
+                    v[1] = __fma_rn(xs[j], xs[j], v[1]);
+                    v[2] = __fma_rn(ys[j], ys[j], v[2]);
+                }
+            }
+        });
         block_sum<3>(v);
         if (threadIdx.x == 0) {
             out[0] = v[0];

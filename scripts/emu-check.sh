@@ -41,7 +41,7 @@ section() { printf '\n== emu-check: %s\n' "$*"; }
 
 test_binaries() { # prints "name path" for each GPU test binary (builds them)
     cargo test --features cuda --no-run --message-format=json \
-        --test gpu_project --test gpu_kernels --test gpu_stats --test gpu_controller --test gpu_reliability --test gpu_isolation --test gpu_launches --test gpu_errors 2>"$LOGS/cargo-build.log" |
+        --test gpu_project --test gpu_kernels --test gpu_stats --test gpu_controller --test gpu_reliability --test gpu_isolation --test gpu_launches --test gpu_errors --test gpu_tensor_list 2>"$LOGS/cargo-build.log" |
         python3 -c '
 import json, sys
 for line in sys.stdin:

@@ -32,7 +32,7 @@ bundle() {
     if [ -z "${NVCC:-}" ] && [ -f "$venv/redreg-cuda-env.sh" ]; then . "$venv/redreg-cuda-env.sh"; fi
     export NVCC REDREG_REQUIRE_NVCC=1 CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
     rm -rf "$BUNDLE" && mkdir -p "$BUNDLE"
-    local tests="${REDREG_BUNDLE_TESTS:-gpu_project gpu_kernels gpu_stats gpu_controller gpu_reliability gpu_isolation gpu_launches nccl_dist}"
+    local tests="${REDREG_BUNDLE_TESTS:-gpu_project gpu_kernels gpu_stats gpu_controller gpu_reliability gpu_isolation gpu_launches gpu_tensor_list nccl_dist}"
     local args=()
     for t in $tests; do args+=(--test "$t"); done
     # nccl: the NCCL adapter test (tests/nccl_dist.rs; libnccl is loaded at run time only).

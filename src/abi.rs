@@ -66,6 +66,23 @@ abi_table! {
         /// u64 words per entry of the chunk-task table: segment, first element, end element.
         TASK_WORDS: usize = 3;
     }
+    "Tensor lists: the per-segment pointer table of project_partials / project_apply" {
+        /// u64 words per segment of the pointer table: PTR_V, PTR_V0, PTR_B0 .. PTR_B0 + 7,
+        /// PTR_BASE, PTR_OUT. Each word is the operand's address of the segment's element 0
+        /// minus `offset(seg) * sizeof(element)` (wrapping), so that the kernels index it
+        /// with the same absolute element offsets as a flat buffer.
+        PTR_WORDS: usize = 12;
+        /// Slot of v.
+        PTR_V: usize = 0;
+        /// Slot of v0 (0 when the call has none).
+        PTR_V0: usize = 1;
+        /// Slot of basis vector 0; vector i is at PTR_B0 + i (with B0_OUT: the destination).
+        PTR_B0: usize = 2;
+        /// Slot of base (0 unless the apply mode is BASE).
+        PTR_BASE: usize = 10;
+        /// Slot of out.
+        PTR_OUT: usize = 11;
+    }
     "Finish modes of project_partials / project_finish (bit flags; src/cuda/project.rs)" {
         /// Sum the chunk partials into seg_partials (else read seg_partials).
         FIN_REDUCE: i32 = 1;
@@ -168,6 +185,7 @@ const _: () = {
     assert!(ST_TASK_ENTRY < ST_TASK_WORDS && ST_TASK_MODE < ST_TASK_WORDS);
     assert!(ST_TASK_A < ST_TASK_WORDS && ST_TASK_START < ST_TASK_WORDS);
     assert!(ST_TASK_END < ST_TASK_WORDS);
+    assert!(PTR_B0 + MAX_K == PTR_BASE && PTR_OUT + 1 == PTR_WORDS && PTR_V0 + 1 == PTR_B0);
     assert!(ST_DESC_KIND < ST_DESC_WORDS && ST_DESC_DTYPE < ST_DESC_WORDS);
     assert!(ST_DESC_P0 < ST_DESC_WORDS && ST_DESC_P1 < ST_DESC_WORDS);
     assert!(ST_DESC_P2 < ST_DESC_WORDS && ST_DESC_N1 < ST_DESC_WORDS);

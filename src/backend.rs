@@ -15,7 +15,7 @@
 
 use crate::dtype::Element;
 use crate::error::Result;
-use crate::projection::{Buffer, Partials, Projection};
+use crate::projection::{Buffer, Output, Partials, Projection, TensorList};
 use crate::segments::Segments;
 
 /// The per-segment ranks one call returns.
@@ -80,6 +80,11 @@ pub type Dst<'a, B, T> = <<B as Backend>::Memory as Memory>::Dst<'a, T>;
 /// `'b`, the basis list for `'a`.
 pub type ProjectionOf<'a, 'b, B, T> = Projection<'a, Src<'b, B, T>, Dst<'b, B, T>>;
 
+/// The arguments of a projection over a [`TensorList`] (one buffer per segment) on backend
+/// `B`.
+pub type ListProjectionOf<'a, 'b, B, T> =
+    Projection<'a, TensorList<Src<'b, B, T>>, TensorList<Dst<'b, B, T>>>;
+
 /// The projection and orthonormalisation, on one kind of buffer.
 ///
 /// Every method validates its arguments first ([`Projection::validate`] plus the
@@ -97,6 +102,17 @@ pub trait Backend {
         &self,
         segs: &Segments,
         p: Projection<'_, Src<'a, Self, T>, Dst<'a, Self, T>>,
+    ) -> Result<Self::Ranks>;
+
+    /// [`Backend::project_out`] over tensor lists: every operand is a [`TensorList`], one
+    /// buffer per segment (each tensor its own allocation). Bit for bit the result of
+    /// packing every list into one flat buffer and calling `project_out`; on CUDA the same
+    /// launches as the flat call (a per-segment pointer table, uploaded with one copy when
+    /// the pointers change), on the CPU the same chunks.
+    fn project_list<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        p: ListProjectionOf<'_, 'a, Self, T>,
     ) -> Result<Self::Ranks>;
 
     /// Pass 1 of the split form: per segment the Gram matrix of the basis and `Bᵀx`
@@ -151,6 +167,45 @@ impl Backend for Reference {
         p: Projection<'_, Src<'a, Self, T>, Dst<'a, Self, T>>,
     ) -> Result<Vec<u32>> {
         crate::reference::project_out(segs, p)
+    }
+
+    /// Packs every list into one flat buffer, runs [`Reference::project_out`], unpacks the
+    /// destination: the definition the other backends' lists are tested against.
+    fn project_list<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        p: Projection<'_, TensorList<&'a [T]>, TensorList<&'a mut [T]>>,
+    ) -> Result<Vec<u32>> {
+        p.validate(segs)?;
+        let pack = |l: &TensorList<&[T]>| l.0.concat();
+        let v = pack(&p.v);
+        let v0 = p.v0.as_ref().map(pack);
+        let basis: Vec<Vec<T>> = p.basis.iter().map(pack).collect();
+        let basis_s: Vec<&[T]> = basis.iter().map(|b| &b[..]).collect();
+        let (base, out, accumulate) = match p.out {
+            Output::Write { base, out } => (base.as_ref().map(pack), out, false),
+            Output::Accumulate(out) => (None, out, true),
+        };
+        let mut flat: Vec<T> = out.0.iter().flat_map(|o| o.iter().copied()).collect();
+        let output = if accumulate {
+            Output::Accumulate(&mut flat[..])
+        } else {
+            Output::Write {
+                base: base.as_deref(),
+                out: &mut flat[..],
+            }
+        };
+        let mut q = Projection::host(&v, &basis_s, output)
+            .alpha(p.alpha)
+            .beta(p.beta)
+            .opts(p.opts);
+        q.v0 = v0.as_deref();
+        q.out_in_basis = p.out_in_basis;
+        let ranks = crate::reference::project_out(segs, q)?;
+        for (o, r) in out.0.into_iter().zip(segs.iter()) {
+            o.copy_from_slice(&flat[r]);
+        }
+        Ok(ranks)
     }
 
     fn partials<'a, T: Element>(

@@ -30,12 +30,12 @@ pub mod stats;
 pub mod sum;
 pub mod testing;
 
-pub use backend::{Backend, Host, Memory, RankList, Reference};
+pub use backend::{Backend, Host, ListProjectionOf, Memory, RankList, Reference};
 pub use cpu::CpuBackend;
 pub use dtype::{cast_bytes, cast_bytes_mut, DType, Element};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
-pub use projection::{Beta, Buffer, Output, Partials, ProjectOptions, Projection};
+pub use projection::{Beta, Buffer, Output, Partials, ProjectOptions, Projection, TensorList};
 pub use segments::Segments;
 
 /// The README's code blocks are compiled and run as doc tests (they use the CUDA API too,

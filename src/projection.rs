@@ -114,13 +114,20 @@ pub(crate) fn check_finite(name: &'static str, x: f64) -> Result<()> {
     }
 }
 
-/// A buffer an operation reads or writes: host slices, or device views with feature `cuda`.
+/// A buffer an operation reads or writes: host slices, or device views with feature `cuda`,
+/// or a [`TensorList`] of either.
 pub trait Buffer {
     /// Number of elements.
     fn len(&self) -> usize;
     /// True for a buffer without elements.
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// `Err` unless the buffer named `name` covers `segs` exactly: a flat buffer holds
+    /// `segs.total()` elements; a [`TensorList`] holds one buffer per segment, each of the
+    /// segment's length.
+    fn check_layout(&self, name: &'static str, segs: &Segments) -> Result<()> {
+        segs.check_buffer(name, self.len())
     }
 }
 
@@ -133,6 +140,75 @@ impl<T> Buffer for &[T] {
 impl<T> Buffer for &mut [T] {
     fn len(&self) -> usize {
         <[T]>::len(self)
+    }
+}
+
+/// A tensor list: one buffer per segment, each its own allocation — a model's parameter
+/// tensors as candle, tch-rs or burn hold them. In a [`Projection`] given to
+/// [`crate::Backend::project_list`] it stands where a flat buffer stands in
+/// [`crate::Backend::project_out`]; the results are bit for bit those of packing the
+/// tensors into one flat buffer first (the same chunks, the same summation order), and on
+/// CUDA the call is the same fixed number of launches whatever the number of tensors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorList<B>(pub Vec<B>);
+
+/// The empty list (no bound on `B`: device views have no default).
+impl<B> Default for TensorList<B> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<B> TensorList<B> {
+    /// The buffers, one per segment.
+    pub fn new(buffers: Vec<B>) -> Self {
+        Self(buffers)
+    }
+
+    /// Number of tensors (segments).
+    pub fn count(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The buffers.
+    pub fn as_slice(&self) -> &[B] {
+        &self.0
+    }
+}
+
+impl<B> From<Vec<B>> for TensorList<B> {
+    fn from(buffers: Vec<B>) -> Self {
+        Self(buffers)
+    }
+}
+
+impl<B> FromIterator<B> for TensorList<B> {
+    fn from_iter<I: IntoIterator<Item = B>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
+impl<B: Buffer> Buffer for TensorList<B> {
+    /// Total number of elements over all tensors.
+    fn len(&self) -> usize {
+        self.0.iter().map(Buffer::len).sum()
+    }
+
+    fn check_layout(&self, name: &'static str, segs: &Segments) -> Result<()> {
+        check_count(name, segs.len(), self.0.len())?;
+        for (i, b) in self.0.iter().enumerate() {
+            if b.len() != segs.seg_len(i) {
+                return Err(invalid(
+                    name,
+                    format!(
+                        "tensor {i} has {} elements, segment {i} has {}",
+                        b.len(),
+                        segs.seg_len(i)
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -302,9 +378,9 @@ impl<S: Buffer, D: Buffer> Projection<'_, S, D> {
     /// Returns k.
     pub fn validate(&self, segs: &Segments) -> Result<usize> {
         self.validate_inputs(segs)?;
-        segs.check_buffer("out", self.out.out().len())?;
+        self.out.out().check_layout("out", segs)?;
         if let Some(b) = self.out.base() {
-            segs.check_buffer("base", b.len())?;
+            b.check_layout("base", segs)?;
         }
         check_finite("alpha", self.alpha)?;
         self.beta.validate(segs.len())?;
@@ -324,7 +400,7 @@ impl<S: Buffer, D: Buffer> Projection<'_, S, D> {
                     "the destination can be a basis vector only with Output::Accumulate",
                 ));
             }
-            segs.check_buffer("out", self.out.out().len())?;
+            self.out.out().check_layout("out", segs)?;
         }
         Ok(self.k())
     }
@@ -442,12 +518,12 @@ impl Partials {
 /// `segs`: the checks of pass 1 ([`crate::Backend::partials`]).
 pub fn check_inputs<S: Buffer>(segs: &Segments, v: &S, v0: Option<&S>, basis: &[S]) -> Result<()> {
     check_k(basis.len())?;
-    segs.check_buffer("v", v.len())?;
+    v.check_layout("v", segs)?;
     if let Some(v0) = v0 {
-        segs.check_buffer("v0", v0.len())?;
+        v0.check_layout("v0", segs)?;
     }
     for b in basis {
-        segs.check_buffer("basis", b.len())?;
+        b.check_layout("basis", segs)?;
     }
     Ok(())
 }

@@ -272,3 +272,78 @@ fn f16_params_work_end_to_end() {
     let got: Vec<half::f16> = flat(grads.get(p.as_tensor()).unwrap());
     assert_close(&got, &want, 2e-3);
 }
+
+/// 120 tensors of mixed shapes (some empty, one of several CPU chunks), k = 2, per-tensor
+/// β, one `project_list` call underneath: every tensor equals the f64 reference of that
+/// tensor alone; ranks per tensor.
+#[test]
+fn project_out_tensors_120_tensors() {
+    let be = CpuBackend::new();
+    let shapes: Vec<Vec<usize>> = (0..120)
+        .map(|i| match i {
+            _ if i % 31 == 5 => vec![0, 3],
+            _ if i == 77 => vec![300, 250],
+            _ => vec![1 + i % 7, 1 + (i * 13) % 11],
+        })
+        .collect();
+    let v: Vec<Tensor> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| t(1000 + i as u64, s))
+        .collect();
+    let b0: Vec<Tensor> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| t(2000 + i as u64, s))
+        .collect();
+    let b1: Vec<Tensor> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| t(3000 + i as u64, s))
+        .collect();
+    let base: Vec<Tensor> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| t(4000 + i as u64, s))
+        .collect();
+    let betas: Vec<f64> = (0..120).map(|i| 0.25 + i as f64 / 64.0).collect();
+    let o = ProjectOptions::default();
+    let (outs, ranks) = project_out_tensors(
+        &be,
+        &v,
+        &[&b0[..], &b1[..]],
+        Some(&base[..]),
+        0.5,
+        Beta::PerSegment(&betas),
+        &o,
+    )
+    .unwrap();
+    assert_eq!((outs.len(), ranks.len()), (120, 120));
+    for i in 0..120 {
+        let n: usize = shapes[i].iter().product();
+        assert_eq!(outs[i].dims(), &shapes[i][..], "tensor {i}: shape");
+        assert_eq!(ranks[i] as usize, n.min(2), "tensor {i}: rank");
+        let want = reference_one(
+            &flat::<f32>(&v[i]),
+            &[flat::<f32>(&b0[i]), flat::<f32>(&b1[i])],
+            Some(&flat::<f32>(&base[i])),
+            0.5,
+            betas[i],
+        );
+        assert_close(&flat::<f32>(&outs[i]), &want, 1e-6);
+    }
+}
+
+/// The tensors of one call are one list: one dtype (and one device) for all of them.
+#[test]
+fn mixed_dtypes_in_one_call_are_an_error() {
+    let be = CpuBackend::new();
+    let o = ProjectOptions::default();
+    let v = [t(1, &[4]), t(2, &[3]).to_dtype(DType::F16).unwrap()];
+    let b = [t(3, &[4]), t(4, &[3]).to_dtype(DType::F16).unwrap()];
+    let e = project_out_tensors(&be, &v, &[&b[..]], None, 1.0, Beta::Scalar(1.0), &o).unwrap_err();
+    assert!(
+        e.to_string().contains("F16") || e.to_string().contains("F32"),
+        "{e}"
+    );
+}

@@ -10,6 +10,7 @@
 
 mod common;
 
+use common::emu::Counters;
 use common::gpu;
 
 use cudarc::driver::{CudaSlice, CudaView};
@@ -17,38 +18,6 @@ use redreg::cuda::CudaBackend;
 use redreg::testing::elements;
 use redreg::{f16, reference, Beta, Output, ProjectOptions, Segments};
 use redreg::{Backend, Element, Projection};
-
-type EmuCounters = unsafe extern "C" fn(*mut u64);
-
-/// The emulated driver's counters, or `Err(reason)` on a driver without them.
-struct Counters {
-    _lib: libloading::Library,
-    f: EmuCounters,
-}
-
-impl Counters {
-    fn open() -> Result<Self, String> {
-        // SAFETY: loading the CUDA driver library, which the backend has already loaded
-        // (cudarc dlopens the same name); its initialisers have run.
-        let lib = unsafe { libloading::Library::new("libcuda.so.1") }
-            .map_err(|e| format!("cannot load libcuda.so.1: {e}"))?;
-        // SAFETY: emu_counters is `extern "C" void emu_counters(unsigned long long out[4])`
-        // in tests/emu/driver.cpp.
-        let f = unsafe { lib.get::<EmuCounters>(b"emu_counters\0") }
-            .map(|s| *s)
-            .map_err(|_| {
-                "libcuda.so.1 has no emu_counters: not the emulated driver (a real GPU)".to_string()
-            })?;
-        Ok(Counters { _lib: lib, f })
-    }
-
-    fn launches(&self) -> u64 {
-        let mut out = [0u64; 4];
-        // SAFETY: out holds the 4 values emu_counters writes.
-        unsafe { (self.f)(out.as_mut_ptr()) };
-        out[0]
-    }
-}
 
 /// 120 tensors: empty ones, small ones, ones of several chunks (RR_CHUNK = 16384), none shorter
 /// than 40 (so that the split form, which does not cap ranks at the length, must give
@@ -246,6 +215,77 @@ fn project_out_launch_count_120_tensors() {
     check::<f16>(&c, b, &segs, 2);
     controller_step(&c, b, &segs);
     orthonormalize(&c, b, &segs);
+    tensor_list(&c, b, &segs);
+}
+
+/// The RedReg step over 120 tensors, each its own allocation (`project_list` with
+/// `Projection::drift`, k = 2): 2 launches per call whatever the tensor count; the pointer
+/// table is uploaded with one host-to-device copy on the first call, none when the same
+/// tensors come again, one when a tensor moved; the result equals the flat call on the
+/// packed values bit for bit.
+fn tensor_list(c: &Counters, b: &CudaBackend, segs: &Segments) {
+    use redreg::TensorList;
+    let s = b.stream();
+    let n = segs.total();
+    let flat = |seed: u64| elements::<f32>(n, seed, 1.0);
+    let (theta, theta0, extra, g0) = (flat(61), flat(62), flat(63), flat(64));
+    let per_tensor = |x: &[f32]| -> Vec<CudaSlice<f32>> {
+        segs.iter().map(|r| s.clone_htod(&x[r]).unwrap()).collect()
+    };
+    let (tt, tt0, te) = (per_tensor(&theta), per_tensor(&theta0), per_tensor(&extra));
+    let mut grads = per_tensor(&g0);
+    let mut moved = per_tensor(&g0);
+    fn views(x: &[CudaSlice<f32>]) -> TensorList<CudaView<'_, f32>> {
+        x.iter().map(|t| t.slice(..)).collect()
+    }
+    let call = |grads: &mut Vec<CudaSlice<f32>>| -> (u64, u64) {
+        let extra = [views(&te)];
+        let out: TensorList<_> = grads.iter_mut().map(|t| t.slice_mut(..)).collect();
+        let p = Projection::drift(views(&tt), views(&tt0), &extra, out).beta(0.5);
+        let (l0, h0) = (c.launches(), c.htod());
+        let ranks = b.project_list(segs, p).unwrap();
+        b.synchronize().unwrap();
+        let counts = (c.launches() - l0, c.htod() - h0);
+        assert_eq!(ranks.to_vec().unwrap().len(), 120);
+        counts
+    };
+    // (The layout's workspace exists already: check() used it.)
+    assert_eq!(
+        call(&mut grads),
+        (2, 1),
+        "first list call: launches, uploads"
+    );
+    let mut again = per_tensor(&g0);
+    assert_eq!(
+        call(&mut again),
+        (2, 1),
+        "a tensor list at new addresses: one upload"
+    );
+    assert_eq!(
+        call(&mut again),
+        (2, 0),
+        "the same tensors again: no upload"
+    );
+    assert_eq!(call(&mut moved), (2, 1), "moved tensors: one upload");
+
+    // The same step on the packed values, flat: the same bits.
+    let (dt, dt0, de) = (
+        s.clone_htod(&theta).unwrap(),
+        s.clone_htod(&theta0).unwrap(),
+        s.clone_htod(&extra).unwrap(),
+    );
+    let mut dg = s.clone_htod(&g0).unwrap();
+    let extra_flat = [de.slice(..)];
+    let p = Projection::drift(dt.slice(..), dt0.slice(..), &extra_flat, dg.slice_mut(..)).beta(0.5);
+    b.project_out(segs, p).unwrap();
+    let want = download(b, &dg);
+    let got: Vec<f32> = grads.iter().flat_map(|t| download(b, t)).collect();
+    assert!(
+        got.iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "tensor list vs flat: results differ"
+    );
 }
 
 /// `orthonormalize` (CholQR2) is 3 launches for any number of tensors: two Gram passes,

@@ -258,3 +258,67 @@ fn gpu_plan_matches_cpu_and_is_deterministic() {
         "oracle vs CPU accumulator"
     );
 }
+
+/// The same plan on the same values at other addresses (1–3 elements into their
+/// allocations: 16-byte loads impossible, or possible for some buffers only) gives the same
+/// bits: every task sums its elements in one canonical order (groups of 16 bytes from the
+/// task's start) whatever the alignment. Thousands of elements per task, so the sums are
+/// inexact and another order would show; the accumulator is compared too.
+#[test]
+fn results_do_not_depend_on_alignment() {
+    let Some(be) = gpu::backend("results_do_not_depend_on_alignment") else {
+        return;
+    };
+    let s = be.stream();
+    let segs = Segments::from_lengths(&[20_000, 777, 3 * STATS_CHUNK + 5]).unwrap();
+    let n = segs.total();
+    let x: Vec<f32> = from_f64_vec(&signed_vec(n, 21, 1.0));
+    let y: Vec<f32> = from_f64_vec(&signed_vec(n, 22, 1.0));
+    let h: Vec<bf16> = from_f64_vec(&signed_vec(n, 23, 1.0));
+    let acc0: Vec<f32> = from_f64_vec(&signed_vec(n, 24, 1.0));
+    let mut plan = StatsPlan::new();
+    let sq = plan.sq_diff_mean("sq", DType::F32, n).unwrap();
+    let dots = plan.seg_dots("dots", DType::F32, &segs).unwrap();
+    let sums = plan.seg_sums("sums", DType::BF16, &segs, true).unwrap();
+    let cos = plan.row_cos_mean("cos", DType::F32, 1, n).unwrap();
+    let mut gpu = CudaStats::new(be, &plan).unwrap();
+    let mut runs = Vec::new();
+    for (ox, oy) in [(0usize, 0usize), (1, 1), (2, 3), (3, 0)] {
+        let up32 = |v: &[f32], off: usize| {
+            let mut b = vec![0.0f32; off + v.len()];
+            b[off..].copy_from_slice(v);
+            s.clone_htod(&b).unwrap()
+        };
+        let mut hb = vec![bf16::ZERO; ox + n];
+        hb[ox..].copy_from_slice(&h);
+        let (dx, dy, dh) = (up32(&x, ox), up32(&y, oy), s.clone_htod(&hb).unwrap());
+        let mut dacc = up32(&acc0, oy);
+        let r = gpu
+            .run(&mut [
+                sq.bind(dx.slice(ox..), dy.slice(oy..)),
+                dots.bind(dx.slice(ox..), dy.slice(oy..)),
+                sums.bind_acc(dh.slice(ox..), dacc.slice_mut(oy..)),
+                cos.bind(dx.slice(ox..), dy.slice(oy..)),
+            ])
+            .unwrap();
+        let bits: Vec<u64> = r.as_slice().iter().map(|v| v.to_bits()).collect();
+        let acc: Vec<u32> = s.clone_dtoh(&dacc).unwrap()[oy..]
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        runs.push((bits, acc, (ox, oy)));
+    }
+    for r in &runs[1..] {
+        assert!(
+            r.0 == runs[0].0,
+            "offsets {:?}: other result bits than offsets (0, 0) (first difference at {:?})",
+            r.2,
+            r.0.iter().zip(&runs[0].0).position(|(a, b)| a != b)
+        );
+        assert!(
+            r.1 == runs[0].1,
+            "offsets {:?}: other accumulator bits",
+            r.2
+        );
+    }
+}

@@ -14,13 +14,12 @@ use crate::backend::Backend;
 use crate::cuda::{drv, CudaBackend};
 use crate::dtype::Element;
 use crate::error::{invalid, Result};
-use crate::projection::ProjectOptions;
-use crate::projection::{Output, Projection};
+use crate::projection::{Output, ProjectOptions, Projection, TensorList};
 use crate::segments::Segments;
 use candle_core::cuda::CudaDType;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, Device, Storage, Tensor};
-use cudarc::driver::{CudaSlice, CudaView};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 
 /// A [`CudaBackend`] on candle's stream for `device` (`Err` for a non-CUDA device). Make it
 /// once per device and keep it: it caches the loaded kernels and a workspace per layout.
@@ -88,30 +87,19 @@ pub fn cuda_view(t: &Tensor) -> Result<CudaTensorView<'_>> {
 }
 
 impl TensorBackend for CudaBackend {
-    /// One `project_out` per tensor (3 launches each) on this backend's stream, each rank
-    /// copied device-to-device into one buffer, read back with one copy at the end (the
-    /// only synchronisation).
+    /// Every job as one [`CudaBackend::project_list`] call on this backend's stream: 2
+    /// launches whatever the number of tensors (1 for k = 0), the pointer table uploaded
+    /// when the tensors moved, the ranks read back with one device-to-host copy at the end
+    /// (the only synchronisation).
     fn project_jobs(&self, jobs: &[Job], opts: &ProjectOptions) -> Result<(Vec<Tensor>, Vec<u32>)> {
-        let stream = self.stream();
-        let mut ranks_dev = stream.alloc_zeros::<u32>(jobs.len().max(1)).map_err(drv)?;
-        let mut outs = Vec::with_capacity(jobs.len());
-        for (i, job) in jobs.iter().enumerate() {
-            let mut rank = ranks_dev.slice_mut(i..i + 1);
-            let t = match dtype_of(job.v.dtype())? {
-                crate::DType::F32 => cuda_one::<f32>(self, job, opts, &mut rank)?,
-                crate::DType::F16 => cuda_one::<half::f16>(self, job, opts, &mut rank)?,
-                crate::DType::BF16 => cuda_one::<half::bf16>(self, job, opts, &mut rank)?,
-            };
-            outs.push(t);
-        }
-        let ranks = if jobs.is_empty() {
-            Vec::new()
-        } else {
-            stream
-                .clone_dtoh(&ranks_dev.slice(0..jobs.len()))
-                .map_err(drv)?
+        let Some(first) = jobs.first() else {
+            return Ok((Vec::new(), Vec::new()));
         };
-        Ok((outs, ranks))
+        match dtype_of(first.v.dtype())? {
+            crate::DType::F32 => cuda_list::<f32>(self, jobs, opts),
+            crate::DType::F16 => cuda_list::<half::f16>(self, jobs, opts),
+            crate::DType::BF16 => cuda_list::<half::bf16>(self, jobs, opts),
+        }
     }
 }
 
@@ -132,61 +120,110 @@ fn check_stream(
     Ok(())
 }
 
-fn cuda_one<T: CandleCudaElement>(
+/// The views of one operand over every job (`None` when the jobs have no such operand),
+/// each checked to be on `backend`'s stream.
+fn operand_views<'j>(
     backend: &CudaBackend,
-    job: &Job,
+    what: &'static str,
+    jobs: &'j [Job],
+    f: impl Fn(&'j Job) -> Option<&'j Tensor>,
+) -> Result<Option<Vec<CudaTensorView<'j>>>> {
+    let views: Option<Vec<&Tensor>> = jobs.iter().map(f).collect();
+    views
+        .map(|ts| {
+            ts.into_iter()
+                .map(|t| {
+                    let v = cuda_view(t)?;
+                    check_stream(backend, what, &v)?;
+                    Ok(v)
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .transpose()
+}
+
+/// Typed device views of checked tensor views.
+fn typed<'a, T: CandleCudaElement>(
+    vs: &'a Option<Vec<CudaTensorView<'_>>>,
+) -> Result<Option<TensorList<CudaView<'a, T>>>> {
+    vs.as_ref()
+        .map(|vs| vs.iter().map(|v| v.view::<T>()).collect::<Result<_>>())
+        .transpose()
+}
+
+/// Every job as one tensor-list projection. Each result is a new device allocation
+/// (`max(len, 1)` elements: a zero-byte allocation is an error), written by the kernels and
+/// wrapped as candle storage without a copy; an empty tensor's result is the empty input
+/// itself. Not in place into the gradients: a candle tensor is an immutable value whose
+/// storage may be shared with every clone the caller holds (the `GradStore` entry, the
+/// caller's own handles), so writing into it would change tensors the caller never passed.
+fn cuda_list<T: CandleCudaElement>(
+    backend: &CudaBackend,
+    jobs: &[Job],
     opts: &ProjectOptions,
-    rank: &mut cudarc::driver::CudaViewMut<'_, u32>,
-) -> Result<Tensor> {
-    let vv = cuda_view(&job.v)?;
-    check_stream(backend, "v", &vv)?;
-    let bv: Vec<CudaTensorView<'_>> = job.basis.iter().map(cuda_view).collect::<Result<_>>()?;
-    for b in &bv {
-        check_stream(backend, "basis", b)?;
-    }
-    let basev = job.base.as_ref().map(cuda_view).transpose()?;
-    if let Some(b) = &basev {
-        check_stream(backend, "base", b)?;
-    }
-    let v0v = job.v0.as_ref().map(cuda_view).transpose()?;
-    if let Some(b) = &v0v {
-        check_stream(backend, "theta0", b)?;
-    }
-    let n = vv.len();
-    if n == 0 {
-        // Nothing to launch and nothing to allocate (a zero-byte device allocation is an
-        // error): an empty tensor of the same shape is the result; the rank stays 0 in
-        // the zero-initialised buffer.
-        return Ok(job.v.clone());
-    }
-    let v = vv.view::<T>()?;
-    let basis: Vec<CudaView<'_, T>> = bv.iter().map(|b| b.view::<T>()).collect::<Result<_>>()?;
-    let base = basev.as_ref().map(|b| b.view::<T>()).transpose()?;
-    let v0 = v0v.as_ref().map(|b| b.view::<T>()).transpose()?;
-    let segs = Segments::from_lengths(&[n])?;
-    // SAFETY: `project_out` with `Output::Write` writes every element of `out`
-    // before anything reads it (on this stream), so the uninitialised memory is never read.
-    let mut out = unsafe { backend.stream().alloc::<T>(n) }.map_err(drv)?;
+) -> Result<(Vec<Tensor>, Vec<u32>)> {
+    let c = super::Common::of(jobs)?;
+    let k = c.k;
+    let vv = operand_views(backend, "v", jobs, |j| Some(&j.v))?;
+    let v0v = operand_views(backend, "theta0", jobs, |j| j.v0.as_ref())?;
+    let basev = operand_views(backend, "base", jobs, |j| j.base.as_ref())?;
+    let bv: Vec<Option<Vec<CudaTensorView<'_>>>> = (0..k)
+        .map(|i| operand_views(backend, "basis", jobs, |j| Some(&j.basis[i])))
+        .collect::<Result<_>>()?;
+    let v = typed::<T>(&vv)?.unwrap_or_default();
+    let basis: Vec<TensorList<CudaView<'_, T>>> = bv
+        .iter()
+        .map(|b| typed::<T>(b).map(Option::unwrap_or_default))
+        .collect::<Result<_>>()?;
+    let lens: Vec<usize> = v.0.iter().map(|x| x.len()).collect();
+    let segs = Segments::from_lengths(&lens)?;
+    let stream = backend.stream();
+    // SAFETY: `project_list` with `Output::Write` writes every element of each `out`
+    // tensor before anything reads it (on this stream), so the uninitialised memory is
+    // never read (the spare element of an empty tensor's buffer is never touched).
+    let mut outs: Vec<CudaSlice<T>> = lens
+        .iter()
+        .map(|&n| unsafe { stream.alloc::<T>(n.max(1)) }.map_err(drv))
+        .collect::<Result<_>>()?;
+    let ranks = {
+        let out: TensorList<CudaViewMut<'_, T>> = outs
+            .iter_mut()
+            .zip(&lens)
+            .map(|(o, &n)| o.slice_mut(0..n))
+            .collect();
+        let mut p = Projection::new(
+            v,
+            &basis,
+            Output::Write {
+                base: typed::<T>(&basev)?,
+                out,
+            },
+        )
+        .alpha(c.alpha)
+        .beta(c.beta())
+        .opts(*opts);
+        p.v0 = typed::<T>(&v0v)?;
+        backend.project_list(&segs, p)?
+    };
+    let ranks = ranks.to_vec()?;
+    let mut tensors = Vec::with_capacity(jobs.len());
+    for ((o, &n), (job, view)) in outs
+        .into_iter()
+        .zip(&lens)
+        .zip(jobs.iter().zip(vv.iter().flatten()))
     {
-        let mut ov = out.slice_mut(0..n);
-        let out = Output::Write {
-            base,
-            out: ov.slice_mut(..),
-        };
-        let mut p = Projection::new(v, &basis, out)
-            .alpha(job.alpha)
-            .beta(job.beta)
-            .opts(*opts);
-        p.v0 = v0;
-        let ranks = backend.project_out(&segs, p)?;
-        ranks.copy_into(rank)?;
+        if n == 0 {
+            tensors.push(job.v.clone());
+            continue;
+        }
+        let device = view.cuda_device()?.clone();
+        let storage = CudaStorage::wrap_cuda_slice(o, device);
+        tensors.push(Tensor::from_storage(
+            Storage::Cuda(storage),
+            job.v.dims(),
+            BackpropOp::none(),
+            false,
+        ));
     }
-    let device = vv.cuda_device()?.clone();
-    let storage = CudaStorage::wrap_cuda_slice(out, device);
-    Ok(Tensor::from_storage(
-        Storage::Cuda(storage),
-        job.v.dims(),
-        BackpropOp::none(),
-        false,
-    ))
+    Ok((tensors, ranks))
 }

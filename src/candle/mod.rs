@@ -18,12 +18,20 @@
 //! on candle's own stream, or [`DeviceBackend::for_device`], which picks one of them for a
 //! `candle_core::Device` at run time.
 //!
-//! # Copies
-//! Inputs are read in place. candle tensors are immutable, so every *result* is a new
-//! tensor: on the CPU one host allocation and one write per output tensor, on CUDA one
-//! device allocation per output tensor written by the kernels and wrapped as candle storage
-//! (no copy). [`project_drift_into_grads`] replaces the gradients in the `GradStore` by
-//! these new tensors (the old ones are dropped when nothing else holds them); the drift
+//! # Launches and copies
+//! One call is one tensor-list projection ([`crate::Backend::project_list`]) over all its
+//! tensors: on CUDA 2 launches whatever the number of tensors (1 for k = 0), the
+//! per-tensor pointer table uploaded with one host-to-device copy when the tensors moved
+//! since the last call, and one device-to-host copy of the ranks (the only
+//! synchronisation); on the CPU the same chunked loops as a flat buffer.
+//!
+//! Inputs are read in place. candle tensors are immutable values whose storage every clone
+//! shares (the `GradStore` entry, the caller's own handles), so writing a result into an
+//! input's storage would change tensors the caller never passed: every *result* is a new
+//! tensor — on the CPU one host allocation per output tensor, on CUDA one device
+//! allocation per output tensor written by the kernels and wrapped as candle storage (no
+//! copy). [`project_drift_into_grads`] replaces the gradients in the `GradStore` by these
+//! new tensors (the old ones are dropped when nothing else holds them); the drift
 //! `theta - theta0` is formed in f64 inside the kernels, as in every backend's step
 //! ([`crate::Projection::drift`]): no drift tensor, no rounding of the difference.
 //!
@@ -38,7 +46,7 @@
 use crate::backend::Backend;
 use crate::dtype::Element;
 use crate::error::{check_count, invalid, Error, Result};
-use crate::projection::{Beta, Output, ProjectOptions, Projection};
+use crate::projection::{Beta, Output, ProjectOptions, Projection, TensorList};
 use crate::segments::Segments;
 use crate::CpuBackend;
 use candle_core::backprop::GradStore;
@@ -245,7 +253,25 @@ fn check_contiguous(layout: &candle_core::Layout) -> Result<()> {
     ))
 }
 
+/// `Err` unless `t` has the device, dtype and shape of `first`.
 fn check_same(name: &'static str, i: usize, first: &Tensor, t: &Tensor) -> Result<()> {
+    check_kind(name, i, first, t)?;
+    if t.dims() != first.dims() {
+        return Err(invalid(
+            name,
+            format!(
+                "tensor {i} has shape {:?}, expected {:?}",
+                t.dims(),
+                first.dims()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `Err` unless `t` has the device and dtype of `first` (the tensors of one call are one
+/// tensor list: one dtype, one device).
+fn check_kind(name: &'static str, i: usize, first: &Tensor, t: &Tensor) -> Result<()> {
     if !t.device().same_device(first.device()) {
         return Err(invalid(
             name,
@@ -263,16 +289,6 @@ fn check_same(name: &'static str, i: usize, first: &Tensor, t: &Tensor) -> Resul
                 "tensor {i} is {:?}, expected {:?}",
                 t.dtype(),
                 first.dtype()
-            ),
-        ));
-    }
-    if t.dims() != first.dims() {
-        return Err(invalid(
-            name,
-            format!(
-                "tensor {i} has shape {:?}, expected {:?}",
-                t.dims(),
-                first.dims()
             ),
         ));
     }
@@ -314,18 +330,51 @@ pub trait TensorBackend: sealed::Sealed {
 
 impl TensorBackend for CpuBackend {
     fn project_jobs(&self, jobs: &[Job], opts: &ProjectOptions) -> Result<(Vec<Tensor>, Vec<u32>)> {
-        let mut outs = Vec::with_capacity(jobs.len());
-        let mut ranks = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let (t, r) = match dtype_of(job.v.dtype())? {
-                crate::DType::F32 => cpu_one::<f32>(self, job, opts)?,
-                crate::DType::F16 => cpu_one::<half::f16>(self, job, opts)?,
-                crate::DType::BF16 => cpu_one::<half::bf16>(self, job, opts)?,
-            };
-            outs.push(t);
-            ranks.push(r);
+        let Some(first) = jobs.first() else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        match dtype_of(first.v.dtype())? {
+            crate::DType::F32 => cpu_list::<f32>(self, jobs, opts),
+            crate::DType::F16 => cpu_list::<half::f16>(self, jobs, opts),
+            crate::DType::BF16 => cpu_list::<half::bf16>(self, jobs, opts),
         }
-        Ok((outs, ranks))
+    }
+}
+
+/// What every job of one call shares (the adapter's functions build them so; checked).
+struct Common {
+    alpha: f64,
+    k: usize,
+    betas: Vec<f64>,
+}
+
+impl Common {
+    /// `Err` if the jobs differ in alpha, k, or whether they have v0 / a base.
+    fn of(jobs: &[Job]) -> Result<Self> {
+        let shape = |j: &Job| (j.alpha, j.basis.len(), j.v0.is_some(), j.base.is_some());
+        let first = shape(&jobs[0]);
+        if jobs.iter().any(|j| shape(j) != first) {
+            return Err(invalid(
+                "jobs",
+                "the tensors of one call differ in alpha, k, v0 or base (internal)",
+            ));
+        }
+        Ok(Self {
+            alpha: first.0,
+            k: first.1,
+            betas: jobs.iter().map(|j| j.beta).collect(),
+        })
+    }
+
+    /// The jobs' β: one value when they all agree (no per-tensor upload on CUDA), else one
+    /// per tensor.
+    fn beta(&self) -> Beta<'_> {
+        let b0 = self.betas[0];
+        if self.betas.iter().all(|b| b.to_bits() == b0.to_bits()) {
+            Beta::Scalar(b0)
+        } else {
+            Beta::PerSegment(&self.betas)
+        }
     }
 }
 
@@ -378,40 +427,65 @@ impl TensorBackend for DeviceBackend {
     }
 }
 
-fn cpu_one<T: CandleElement>(
+/// Every job as one [`CpuBackend::project_list`] call (each tensor read in place, one
+/// new host buffer per result).
+fn cpu_list<T: CandleElement>(
     backend: &CpuBackend,
-    job: &Job,
+    jobs: &[Job],
     opts: &ProjectOptions,
-) -> Result<(Tensor, u32)> {
-    let vv = cpu_view(&job.v)?;
-    let bv: Vec<CpuView<'_>> = job.basis.iter().map(cpu_view).collect::<Result<_>>()?;
-    let basev = job.base.as_ref().map(cpu_view).transpose()?;
-    let v0v = job.v0.as_ref().map(cpu_view).transpose()?;
-    let vs = vv.as_slice::<T>()?;
-    let v0s = v0v.as_ref().map(|b| b.as_slice::<T>()).transpose()?;
-    let bs: Vec<&[T]> = bv
-        .iter()
-        .map(|b| b.as_slice::<T>())
+) -> Result<(Vec<Tensor>, Vec<u32>)> {
+    let c = Common::of(jobs)?;
+    let k = c.k;
+    fn slices<'a, T: CandleElement>(
+        vs: &'a Option<Vec<CpuView<'_>>>,
+    ) -> Result<Option<TensorList<&'a [T]>>> {
+        vs.as_ref()
+            .map(|vs| vs.iter().map(|v| v.as_slice::<T>()).collect::<Result<_>>())
+            .transpose()
+    }
+    let views = |f: &dyn Fn(&Job) -> Option<&Tensor>| -> Result<Option<Vec<CpuView<'_>>>> {
+        jobs.iter()
+            .map(|j| f(j).map(cpu_view).transpose())
+            .collect::<Result<Option<Vec<_>>>>()
+    };
+    let vv = views(&|j| Some(&j.v))?;
+    let v0v = views(&|j| j.v0.as_ref())?;
+    let basev = views(&|j| j.base.as_ref())?;
+    let bv: Vec<Option<Vec<CpuView<'_>>>> = (0..k)
+        .map(|i| views(&|j| Some(&j.basis[i])))
         .collect::<Result<_>>()?;
-    let base_s = basev.as_ref().map(|b| b.as_slice::<T>()).transpose()?;
-    let mut out = vec![T::default(); vs.len()];
-    let segs = Segments::from_lengths(&[vs.len()])?;
-    let mut p = Projection::new(
-        vs,
-        &bs,
-        Output::Write {
-            base: base_s,
-            out: &mut out[..],
-        },
-    )
-    .alpha(job.alpha)
-    .beta(job.beta)
-    .opts(*opts);
-    p.v0 = v0s;
-    let r = backend.project_out(&segs, p)?;
-    let t =
-        Tensor::from_vec(out, job.v.dims(), job.v.device()).map_err(candle_err("output tensor"))?;
-    Ok((t, r[0]))
+    let v = slices::<T>(&vv)?.unwrap_or_default();
+    let basis: Vec<TensorList<&[T]>> = bv
+        .iter()
+        .map(|b| slices::<T>(b).map(Option::unwrap_or_default))
+        .collect::<Result<_>>()?;
+    let lens: Vec<usize> = v.0.iter().map(|x| x.len()).collect();
+    let segs = Segments::from_lengths(&lens)?;
+    let mut outs: Vec<Vec<T>> = lens.iter().map(|&n| vec![T::default(); n]).collect();
+    let ranks = {
+        let out: TensorList<&mut [T]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+        let mut p = Projection::new(
+            v,
+            &basis,
+            Output::Write {
+                base: slices::<T>(&basev)?,
+                out,
+            },
+        )
+        .alpha(c.alpha)
+        .beta(c.beta())
+        .opts(*opts);
+        p.v0 = slices::<T>(&v0v)?;
+        backend.project_list(&segs, p)?
+    };
+    let tensors = outs
+        .into_iter()
+        .zip(jobs)
+        .map(|(o, j)| {
+            Tensor::from_vec(o, j.v.dims(), j.v.device()).map_err(candle_err("output tensor"))
+        })
+        .collect::<Result<_>>()?;
+    Ok((tensors, ranks))
 }
 
 /// `out_i = alpha·base_i + beta_i·(v_i - P_i v_i)` for every tensor `i` of `v`, with `P_i`
@@ -420,11 +494,11 @@ fn cpu_one<T: CandleElement>(
 /// scalar). `base = None` drops the base term. Returns the new tensors (same shape, dtype
 /// and device as `v_i`) and the rank of each tensor's basis.
 ///
-/// Each tensor is one segment, projected in place from candle's storage: by
-/// [`CpuBackend::project_out`] into one new host buffer per tensor, or (feature
-/// `candle-cuda`) by [`crate::cuda::CudaBackend::project_out`] into one new device buffer per
-/// tensor on the backend's stream, with a single device-to-host copy of the ranks at the end.
-/// All tensors must be on the backend's device (`Err` otherwise).
+/// Each tensor is one segment of one tensor list, read in place from candle's storage:
+/// [`crate::Backend::project_list`] into one new host buffer per tensor, or (feature
+/// `candle-cuda`) one new device buffer per tensor on the backend's stream — 2 launches for
+/// any number of tensors, a single device-to-host copy of the ranks at the end. All tensors
+/// must share the dtype and the backend's device (`Err` otherwise).
 #[allow(clippy::too_many_arguments)]
 pub fn project_out_tensors<Bk: TensorBackend, V: AsTensor, B: AsTensor>(
     backend: &Bk,
@@ -449,6 +523,7 @@ pub fn project_out_tensors<Bk: TensorBackend, V: AsTensor, B: AsTensor>(
     for (i, vi) in v.iter().enumerate() {
         let vi = vi.tensor();
         dtype_of(vi.dtype())?;
+        check_kind("v", i, v[0].tensor(), vi)?;
         for b in basis {
             check_same("basis", i, vi, b[i].tensor())?;
         }
@@ -506,6 +581,7 @@ pub fn project_drift_into_grads<Bk: TensorBackend, P: AsTensor, Q: AsTensor>(
     for (i, (p, p0)) in params.iter().zip(theta0).enumerate() {
         let (p, p0) = (p.tensor(), p0.tensor());
         dtype_of(p.dtype())?;
+        check_kind("params", i, params[0].tensor(), p)?;
         check_same("theta0", i, p, p0)?;
         let g = match grads.get(p) {
             Some(g) => g.clone(),

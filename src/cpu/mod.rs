@@ -21,9 +21,9 @@ mod kernels;
 use crate::backend::Backend;
 use crate::dtype::Element;
 use crate::error::{invalid, Result};
-use crate::projection::Projection;
-use crate::projection::{check_k, BaseMode, Partials};
-use crate::reference::HostProjection;
+use crate::projection::{
+    check_k, BaseMode, Beta, Partials, ProjectOptions, Projection, TensorList,
+};
 use crate::segments::{chunk_tasks, ChunkTask, Segments};
 use crate::solve::{orth_segment, partial_stride, solve_segment, MAX_K};
 use crate::sum::Acc;
@@ -100,31 +100,40 @@ impl CpuBackend {
         }
     }
 
-    /// Pass 1 ([`Backend::partials`]) on validated arguments.
+    /// Pass 1 ([`Backend::partials`]) of a projection cut per segment.
     fn partials_of<T: Element>(
         &self,
         segs: &Segments,
-        p: &HostProjection<'_, T>,
+        tasks: &[ChunkTask],
+        c: &Cut<'_, '_, T>,
         k: usize,
     ) -> Result<Partials> {
-        let tasks = chunk_tasks(segs, self.chunk)?;
         let mut parts = Partials::zeros(k, segs.len())?;
-        let mut basis: Vec<&[T]> = Vec::with_capacity(k);
-        if p.out_in_basis {
-            basis.push(&**p.out.out());
+        let outs: Vec<&[T]> = c.out.iter().map(|o| &**o).collect();
+        let mut basis: Vec<&[&[T]]> = Vec::with_capacity(k);
+        if c.b0_out {
+            basis.push(&outs);
         }
-        basis.extend(p.basis.iter().map(|b| &**b));
-        self.partials_into(&tasks, Some((p.v, p.v0)), &basis, &mut parts);
+        basis.extend(c.basis.iter().map(|b| &b[..]));
+        self.partials_into(
+            segs,
+            tasks,
+            Some((&c.v, c.v0.as_deref())),
+            &basis,
+            &mut parts,
+        );
         Ok(parts)
     }
 
-    /// Chunk partials in parallel, then per-segment sums in chunk order.
+    /// Chunk partials in parallel, then per-segment sums in chunk order. Every operand is
+    /// cut per segment (`[s]` holds segment s); a task reads its range of each.
     #[allow(clippy::type_complexity)]
     fn partials_into<T: Element>(
         &self,
+        segs: &Segments,
         tasks: &[ChunkTask],
-        v: Option<(&[T], Option<&[T]>)>,
-        basis: &[&[T]],
+        v: Option<(&[&[T]], Option<&[&[T]]>)>,
+        basis: &[&[&[T]]],
         p: &mut Partials,
     ) {
         let k = basis.len();
@@ -133,11 +142,11 @@ impl CpuBackend {
             tasks
                 .par_iter()
                 .map(|t| {
-                    let r = t.start..t.end;
-                    let bs: Vec<&[T]> = basis.iter().map(|b| &b[r.clone()]).collect();
+                    let (s, r) = (t.seg, local(segs, t));
+                    let bs: Vec<&[T]> = basis.iter().map(|b| &b[s][r.clone()]).collect();
                     kernels::chunk_partial(
-                        v.map(|(v, _)| &v[r.clone()]),
-                        v.and_then(|(_, v0)| v0).map(|v0| &v0[r.clone()]),
+                        v.map(|(v, _)| &v[s][r.clone()]),
+                        v.and_then(|(_, v0)| v0).map(|v0| &v0[s][r.clone()]),
                         &bs,
                     )
                 })
@@ -165,13 +174,14 @@ impl CpuBackend {
         }
     }
 
-    /// Pass 2 on validated arguments; `cap_by_len` also caps each rank at the segment's
-    /// length (the partials are the segment's own, `crate::solve`).
+    /// Pass 2 of a projection cut per segment; `cap_by_len` also caps each rank at the
+    /// segment's length (the partials are the segment's own, `crate::solve`).
     fn apply_capped<T: Element>(
         &self,
         segs: &Segments,
+        tasks: &[ChunkTask],
         partials: &Partials,
-        p: HostProjection<'_, T>,
+        c: Cut<'_, '_, T>,
         k: usize,
         cap_by_len: bool,
     ) -> Result<Vec<u32>> {
@@ -187,29 +197,36 @@ impl CpuBackend {
                     } else {
                         k
                     },
-                    p.opts.tol,
-                    p.opts.ridge,
+                    c.opts.tol,
+                    c.opts.ridge,
                     &mut coef[s * k..(s + 1) * k],
                 )
             })
             .collect();
-        let tasks = chunk_tasks(segs, self.chunk)?;
-        let (v, v0, extra, b0_out) = (p.v, p.v0, p.basis, p.out_in_basis);
-        let (alpha, beta) = (p.alpha, p.beta);
-        let (mode, out) = p.out.split();
-        let outs = split_by_tasks(out, &tasks);
+        let Cut {
+            v,
+            v0,
+            basis,
+            base,
+            out,
+            b0_out,
+            alpha,
+            beta,
+            ..
+        } = c;
+        let outs = split_by_tasks(out, tasks);
         self.run(|| {
             tasks.par_iter().zip(outs).for_each(|(t, o)| {
-                let r = t.start..t.end;
-                let bs: Vec<&[T]> = extra.iter().map(|b| &b[r.clone()]).collect();
-                let mode = match mode {
-                    BaseMode::Slice(b) => BaseMode::Slice(&b[r.clone()]),
+                let (s, r) = (t.seg, local(segs, t));
+                let bs: Vec<&[T]> = basis.iter().map(|b| &b[s][r.clone()]).collect();
+                let mode = match &base {
+                    BaseMode::Slice(b) => BaseMode::Slice(&b[s][r.clone()]),
                     BaseMode::None => BaseMode::None,
                     BaseMode::InPlace => BaseMode::InPlace,
                 };
                 let x = kernels::ApplyIn {
-                    v: &v[r.clone()],
-                    v0: v0.map(|v0| &v0[r.clone()]),
+                    v: &v[s][r.clone()],
+                    v0: v0.as_ref().map(|v0| &v0[s][r.clone()]),
                     basis: &bs,
                     b0_out,
                 };
@@ -224,6 +241,18 @@ impl CpuBackend {
             })
         });
         Ok(ranks)
+    }
+
+    /// Both passes of a validated projection cut per segment.
+    fn project_cut<T: Element>(
+        &self,
+        segs: &Segments,
+        c: Cut<'_, '_, T>,
+        k: usize,
+    ) -> Result<Vec<u32>> {
+        let tasks = chunk_tasks(segs, self.chunk)?;
+        let parts = self.partials_of(segs, &tasks, &c, k)?;
+        self.apply_capped(segs, &tasks, &parts, c, k, true)
     }
 
     /// CholQR2 (see the module docs).
@@ -247,8 +276,9 @@ impl CpuBackend {
         let mut ranks = vec![0u32; segs.len()];
         for _round in 0..2 {
             {
-                let views: Vec<&[T]> = basis.iter().map(|b| &**b).collect();
-                self.partials_into(&tasks, None, &views, &mut p);
+                let views: Vec<Vec<&[T]>> = basis.iter().map(|b| cut(segs, b)).collect();
+                let views: Vec<&[&[T]]> = views.iter().map(|b| &b[..]).collect();
+                self.partials_into(segs, &tasks, None, &views, &mut p);
             }
             for (s, rank) in ranks.iter_mut().enumerate() {
                 let max_rank = segs.seg_len(s).min(k);
@@ -263,7 +293,8 @@ impl CpuBackend {
             // Per task, the k sub-slices of the basis buffers for that chunk.
             let mut per_task: Vec<Vec<&mut [T]>> = (0..tasks.len()).map(|_| Vec::new()).collect();
             for b in basis.iter_mut() {
-                for (slot, piece) in per_task.iter_mut().zip(split_by_tasks(b, &tasks)) {
+                let pieces = split_by_tasks(cut_mut(segs, b), &tasks);
+                for (slot, piece) in per_task.iter_mut().zip(pieces) {
                     slot.push(piece);
                 }
             }
@@ -289,8 +320,18 @@ impl Backend for CpuBackend {
         p: Projection<'_, &'a [T], &'a mut [T]>,
     ) -> Result<Vec<u32>> {
         let k = p.validate(segs)?;
-        let parts = self.partials_of(segs, &p, k)?;
-        self.apply_capped(segs, &parts, p, k, true)
+        self.project_cut(segs, Cut::flat(segs, p), k)
+    }
+
+    /// The same chunks and loops as [`CpuBackend::project_out`], each task reading its
+    /// tensor's range: bit for bit the flat result.
+    fn project_list<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        p: Projection<'_, TensorList<&'a [T]>, TensorList<&'a mut [T]>>,
+    ) -> Result<Vec<u32>> {
+        let k = p.validate(segs)?;
+        self.project_cut(segs, Cut::list(p), k)
     }
 
     fn partials<'a, T: Element>(
@@ -303,7 +344,10 @@ impl Backend for CpuBackend {
         crate::projection::check_inputs(segs, &v, v0.as_ref(), basis)?;
         let tasks = chunk_tasks(segs, self.chunk)?;
         let mut parts = Partials::zeros(basis.len(), segs.len())?;
-        self.partials_into(&tasks, Some((v, v0)), basis, &mut parts);
+        let (v, v0) = (cut(segs, v), v0.map(|v0| cut(segs, v0)));
+        let basis: Vec<Vec<&[T]>> = basis.iter().map(|b| cut(segs, b)).collect();
+        let basis: Vec<&[&[T]]> = basis.iter().map(|b| &b[..]).collect();
+        self.partials_into(segs, &tasks, Some((&v, v0.as_deref())), &basis, &mut parts);
         Ok(parts)
     }
 
@@ -314,7 +358,8 @@ impl Backend for CpuBackend {
         p: Projection<'_, &'a [T], &'a mut [T]>,
     ) -> Result<Vec<u32>> {
         let k = p.validate(segs)?;
-        self.apply_capped(segs, partials, p, k, false)
+        let tasks = chunk_tasks(segs, self.chunk)?;
+        self.apply_capped(segs, &tasks, partials, Cut::flat(segs, p), k, false)
     }
 
     fn orthonormalize<T: Element>(
@@ -331,20 +376,98 @@ impl Backend for CpuBackend {
     }
 }
 
-/// Splits `buf` into the disjoint pieces covered by `tasks` (which are in order and cover
-/// every non-empty segment, see [`chunk_tasks`]).
-fn split_by_tasks<'a, T>(buf: &'a mut [T], tasks: &[ChunkTask]) -> Vec<&'a mut [T]> {
-    let mut pieces = Vec::with_capacity(tasks.len());
+/// A task's element range inside its own segment.
+fn local(segs: &Segments, t: &ChunkTask) -> std::ops::Range<usize> {
+    let off = segs.offsets()[t.seg];
+    t.start - off..t.end - off
+}
+
+/// A flat buffer cut at the segment offsets (`[s]` = segment s).
+fn cut<'a, T>(segs: &Segments, buf: &'a [T]) -> Vec<&'a [T]> {
+    segs.iter().map(|r| &buf[r]).collect()
+}
+
+/// A flat destination cut at the segment offsets.
+fn cut_mut<'a, T>(segs: &Segments, buf: &'a mut [T]) -> Vec<&'a mut [T]> {
+    let mut parts = Vec::with_capacity(segs.len());
     let mut rest = buf;
-    let mut pos = 0;
-    for t in tasks {
-        let (_, tail) = std::mem::take(&mut rest).split_at_mut(t.start - pos);
-        let (piece, tail) = tail.split_at_mut(t.end - t.start);
-        pieces.push(piece);
+    for r in segs.iter() {
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(r.len());
+        parts.push(head);
         rest = tail;
-        pos = t.end;
+    }
+    parts
+}
+
+/// Splits per-segment destinations into the disjoint pieces covered by `tasks` (in order,
+/// covering every non-empty segment, see [`chunk_tasks`]), one per task.
+fn split_by_tasks<'a, T>(mut segs: Vec<&'a mut [T]>, tasks: &[ChunkTask]) -> Vec<&'a mut [T]> {
+    let mut pieces = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        let rest = std::mem::take(&mut segs[t.seg]);
+        let (piece, tail) = rest.split_at_mut(t.end - t.start);
+        pieces.push(piece);
+        segs[t.seg] = tail;
     }
     pieces
+}
+
+/// A projection's buffers cut per segment (`[s]` = segment s's elements): the one form
+/// the CPU loops take. A flat buffer is cut at the segment offsets; a tensor list is
+/// already one buffer per segment.
+struct Cut<'a, 'b, T> {
+    v: Vec<&'b [T]>,
+    v0: Option<Vec<&'b [T]>>,
+    /// The basis after the destination (with `b0_out`).
+    basis: Vec<Vec<&'b [T]>>,
+    base: BaseMode<Vec<&'b [T]>>,
+    out: Vec<&'b mut [T]>,
+    b0_out: bool,
+    alpha: f64,
+    beta: Beta<'a>,
+    opts: ProjectOptions,
+}
+
+impl<'a, 'b, T> Cut<'a, 'b, T> {
+    /// A flat projection (validated against `segs`).
+    fn flat(segs: &Segments, p: Projection<'a, &'b [T], &'b mut [T]>) -> Self {
+        let (base, out) = p.out.split();
+        Self {
+            v: cut(segs, p.v),
+            v0: p.v0.map(|v0| cut(segs, v0)),
+            basis: p.basis.iter().map(|b| cut(segs, b)).collect(),
+            base: match base {
+                BaseMode::Slice(b) => BaseMode::Slice(cut(segs, b)),
+                BaseMode::None => BaseMode::None,
+                BaseMode::InPlace => BaseMode::InPlace,
+            },
+            out: cut_mut(segs, out),
+            b0_out: p.out_in_basis,
+            alpha: p.alpha,
+            beta: p.beta,
+            opts: p.opts,
+        }
+    }
+
+    /// A tensor-list projection (validated against `segs`).
+    fn list(p: Projection<'a, TensorList<&'b [T]>, TensorList<&'b mut [T]>>) -> Self {
+        let (base, out) = p.out.split();
+        Self {
+            v: p.v.0,
+            v0: p.v0.map(|v0| v0.0),
+            basis: p.basis.iter().map(|b| b.0.clone()).collect(),
+            base: match base {
+                BaseMode::Slice(b) => BaseMode::Slice(b.0),
+                BaseMode::None => BaseMode::None,
+                BaseMode::InPlace => BaseMode::InPlace,
+            },
+            out: out.0,
+            b0_out: p.out_in_basis,
+            alpha: p.alpha,
+            beta: p.beta,
+            opts: p.opts,
+        }
+    }
 }
 
 const _: () = assert!(kernels::MAX_STRIDE == partial_stride(MAX_K));

@@ -65,6 +65,40 @@ pub(crate) fn check_no_alias(
     Ok(())
 }
 
+/// Tensor lists: `Err` when two destination tensors (`outs`, non-empty ones compared) share
+/// a byte, or a destination overlaps any input. Sorted, so O((outs + inputs) log outs) for
+/// a model's hundreds of tensors.
+pub(crate) fn check_list_alias(
+    out_name: &'static str,
+    outs: &[ByteRange],
+    inputs: &[(&'static str, ByteRange)],
+) -> Result<()> {
+    let mut sorted: Vec<ByteRange> = outs.iter().copied().filter(|r| r.1 > 0).collect();
+    sorted.sort_unstable();
+    for w in sorted.windows(2) {
+        if overlap(w[0], w[1]) {
+            return Err(invalid(
+                out_name,
+                format!(
+                    "two destination tensors overlap ({:#x}+{} and {:#x}+{} bytes); each \
+                     needs its own memory",
+                    w[0].0, w[0].1, w[1].0, w[1].1
+                ),
+            ));
+        }
+    }
+    // The destinations are disjoint and sorted: only the last one starting before an
+    // input's end can reach into it.
+    for (name, r) in inputs {
+        let end = r.0.saturating_add(r.1);
+        let i = sorted.partition_point(|o| o.0 < end);
+        if i > 0 {
+            check_no_alias(out_name, sorted[i - 1], &[(name, *r)])?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::overlap;

@@ -8,13 +8,18 @@ use super::{byte_range, check_no_alias, drv, CudaBackend, DeviceRanks, CHUNK, TH
 use crate::abi::{
     FIN_CAP, FIN_ORTH1, FIN_ORTH2, FIN_SOLVE, MODE_B0_OUT, MODE_BASE, MODE_INPLACE, MODE_NONE,
 };
+use crate::abi::{PTR_B0, PTR_BASE, PTR_OUT, PTR_V, PTR_V0, PTR_WORDS};
 use crate::backend::Backend;
 use crate::dtype::Element;
 use crate::error::{check_len, invalid, Result};
+use crate::projection::TensorList;
 use crate::projection::{check_inputs, check_k, Beta, Output, Partials, Projection};
 use crate::segments::{chunk_tasks, Segments};
 use crate::solve::{partial_stride, MAX_K};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig,
+    PushKernelArg, SyncOnDrop,
+};
 
 const MODULE: &str = "project";
 const MAX_STRIDE: usize = partial_stride(MAX_K);
@@ -53,6 +58,88 @@ pub(crate) struct Workspace {
     coef: CudaSlice<f64>,
     coef2: CudaSlice<f64>,
     beta: CudaSlice<f64>,
+    /// Tensor lists: the pointer table last uploaded (`segs * PTR_WORDS` u64, created on
+    /// the first list call of the layout) and its host copy, so a call whose pointers did
+    /// not change uploads nothing.
+    ptrs: Option<(Vec<u64>, CudaSlice<u64>)>,
+}
+
+/// The device addresses one launch of `project_partials` / `project_apply` reads, as its
+/// pointer parameters (0 = absent). Flat buffers: each operand's address, `table` 0. Tensor
+/// list: `table` is the per-segment pointer table (src/abi.rs `PTR_*`) and every present
+/// operand's parameter is the table's own address (the kernels only test it for null; a
+/// live allocation, as the emulated driver's argument check wants).
+#[derive(Clone, Copy, Debug, Default)]
+struct Operands {
+    table: u64,
+    v: u64,
+    v0: u64,
+    /// b0..b7 of pass 1 (the destination first with `b0_out`).
+    basis: [u64; MAX_K],
+    base: u64,
+    out: u64,
+    /// Basis vectors, including the destination with `b0_out`.
+    k: usize,
+    b0_out: bool,
+}
+
+impl Operands {
+    /// The operands of flat buffers, recording cudarc's stream events in `guards` (read
+    /// for the inputs, write for `out`), which the caller holds until after the launches.
+    #[allow(clippy::too_many_arguments)]
+    fn flat<'g, T>(
+        stream: &'g CudaStream,
+        guards: &mut Vec<SyncOnDrop<'g>>,
+        v: &'g CudaView<'_, T>,
+        v0: Option<&'g CudaView<'_, T>>,
+        basis: &'g [CudaView<'_, T>],
+        base: Option<&'g CudaView<'_, T>>,
+        out: Option<&'g mut CudaViewMut<'_, T>>,
+        b0_out: bool,
+    ) -> Self {
+        let mut addr = |b: &'g CudaView<'_, T>| {
+            let (a, g) = b.device_ptr(stream);
+            guards.push(g);
+            a
+        };
+        let mut ops = Operands {
+            v: addr(v),
+            v0: v0.map(&mut addr).unwrap_or(0),
+            base: base.map(&mut addr).unwrap_or(0),
+            k: basis.len() + usize::from(b0_out),
+            b0_out,
+            ..Self::default()
+        };
+        let first = usize::from(b0_out);
+        for (i, b) in basis.iter().enumerate() {
+            ops.basis[first + i] = addr(b);
+        }
+        if let Some(out) = out {
+            let (a, g) = out.device_ptr_mut(stream);
+            guards.push(g);
+            ops.out = a;
+            if b0_out {
+                ops.basis[0] = a;
+            }
+        }
+        ops
+    }
+
+    /// Tensor list: every present operand's parameter becomes the table's address.
+    fn with_table(mut self, table: u64) -> Self {
+        let mark = |a: &mut u64| {
+            if *a != 0 {
+                *a = table;
+            }
+        };
+        self.table = table;
+        mark(&mut self.v);
+        mark(&mut self.v0);
+        self.basis.iter_mut().for_each(mark);
+        mark(&mut self.base);
+        mark(&mut self.out);
+        self
+    }
 }
 
 fn grid(n: usize, what: &'static str) -> Result<u32> {
@@ -155,6 +242,7 @@ impl CudaBackend {
             coef: s.alloc_zeros(n(l * MAX_K * MAX_K)).map_err(drv)?,
             coef2: s.alloc_zeros(n(l * MAX_K * MAX_K)).map_err(drv)?,
             beta: s.alloc_zeros(n(l)).map_err(drv)?,
+            ptrs: None,
         })
     }
 
@@ -176,12 +264,10 @@ impl CudaBackend {
     fn launch_partials<T: Element>(
         &self,
         ws: &mut Workspace,
-        v: &CudaView<'_, T>,
-        v0: Option<&CudaView<'_, T>>,
-        basis: &[CudaView<'_, T>],
+        ops: &Operands,
         solve: Option<(f64, f64, &mut DeviceRanks)>,
     ) -> Result<()> {
-        let k = basis.len();
+        let k = ops.k;
         if ws.n_tasks == 0 {
             return Ok(());
         }
@@ -190,16 +276,9 @@ impl CudaBackend {
         let f = self.function(MODULE, &name)?;
         let null = 0u64;
         let mut b = self.stream.launch_builder(&f);
-        b.arg(&ws.tasks).arg(v);
-        match v0 {
-            Some(v0) => b.arg(v0),
-            None => b.arg(&null),
-        };
-        for bi in basis {
+        b.arg(&ws.tasks).arg(&ops.table).arg(&ops.v).arg(&ops.v0);
+        for bi in &ops.basis {
             b.arg(bi);
-        }
-        for _ in k..MAX_K {
-            b.arg(&null);
         }
         let (mode, tol, ridge) = match &solve {
             Some((tol, ridge, _)) => (FIN_SOLVE | FIN_CAP, *tol, *ridge),
@@ -218,16 +297,19 @@ impl CudaBackend {
             None => b.arg(&null),
         };
         debug_assert!(n_seg > 0, "tasks imply segments");
-        // SAFETY: signature project_partials_<dt>_k<k>(tasks, v, v0, b0..b7, chunk_partials,
-        // seg_first, seg_count, mode, tol, ridge, seg_partials, coef, ranks) in
-        // kernels/project.cu; tasks holds 3*n_tasks u64 with every (start, end) inside
-        // 0..segs.total(), and v, v0 (or null) and b0..b(k-1) were checked to hold
-        // segs.total() elements (pass 1 only reads them, so b0 may be the destination);
-        // b(k)..b7 are unused (null); chunk_partials holds n_tasks*MAX_STRIDE f64; seg_first
-        // holds n_seg + 1 task indices (each segment's tasks contiguous); seg_count holds
-        // n_seg u32, all 0 (zeroed at creation, reset by each segment's last block);
-        // seg_partials holds n_seg*MAX_STRIDE and coef n_seg*MAX_K² f64; ranks holds n_seg
-        // u32 (a DeviceRanks of this layout), or is null only without SOLVE (no rank written).
+        // SAFETY: signature project_partials_<dt>_k<k>(tasks, ptrs, v, v0, b0..b7,
+        // chunk_partials, seg_first, seg_count, mode, tol, ridge, seg_partials, coef, ranks)
+        // in kernels/project.cu; tasks holds 3*n_tasks u64 with every (start, end) inside
+        // 0..segs.total(); `ops` holds the addresses of buffers checked to cover the layout
+        // (flat: v, v0 or 0, b0..b(k-1) of segs.total() elements each, the rest 0; tensor
+        // list: the table of this workspace, one row per segment of addresses of buffers of
+        // the segment's length, biased by its offset, and the table's address as the
+        // presence of each operand), read only (b0 may be the destination), whose guards the
+        // caller holds until after this launch; chunk_partials holds n_tasks*MAX_STRIDE f64;
+        // seg_first holds n_seg + 1 task indices (each segment's tasks contiguous);
+        // seg_count holds n_seg u32, all 0 (zeroed at creation, reset by each segment's last
+        // block); seg_partials holds n_seg*MAX_STRIDE and coef n_seg*MAX_K² f64; ranks holds
+        // n_seg u32 (a DeviceRanks of this layout), or is null only without SOLVE.
         let launched = unsafe { b.launch(cfg(grid(ws.n_tasks, "chunk tasks")?, THREADS)) };
         if let Err(e) = launched {
             // A launch that failed part-way may leave tickets behind; the next call needs
@@ -289,19 +371,21 @@ impl CudaBackend {
     }
 
     /// Pass 2 over every task: `out = alpha·base + beta·(x - Σ w_i b_i)` with `coef` from
-    /// the workspace. `extra` is the basis after the destination when `b0_out`.
+    /// the workspace, `mode` one of MODE_NONE / MODE_BASE / MODE_INPLACE.
     fn launch_apply<T: Element>(
         &self,
         ws: &mut Workspace,
-        p: CudaProjection<'_, T>,
-        k: usize,
+        ops: &Operands,
+        mode: i32,
+        alpha: f64,
+        beta: &Beta<'_>,
     ) -> Result<()> {
-        let (beta_scalar, per_seg) = match p.beta {
-            Beta::Scalar(b) => (b, false),
+        let (beta_scalar, per_seg) = match beta {
+            Beta::Scalar(b) => (*b, false),
             Beta::PerSegment(bs) => {
                 if !bs.is_empty() {
                     self.stream
-                        .memcpy_htod(bs, &mut ws.beta.slice_mut(0..bs.len()))
+                        .memcpy_htod(*bs, &mut ws.beta.slice_mut(0..bs.len()))
                         .map_err(drv)?;
                 }
                 (0.0, true)
@@ -310,31 +394,23 @@ impl CudaBackend {
         if ws.n_tasks == 0 {
             return Ok(());
         }
-        let name = format!("project_apply_{}_k{k}", T::DTYPE.name());
+        let k = ops.k;
+        // A tensor list runs the apply kernel's list twin (same code, its own register
+        // budget: kernels/project.cu).
+        let list = if ops.table != 0 { "list_" } else { "" };
+        let name = format!("project_apply_{list}{}_k{k}", T::DTYPE.name());
         let f = self.function(MODULE, &name)?;
         let null = 0u64;
-        let b0_out = p.out_in_basis;
-        let (mode, base, mut out) = match p.out {
-            Output::Write { base: None, out } => (MODE_NONE, None, out),
-            Output::Write { base: Some(b), out } => (MODE_BASE, Some(b), out),
-            Output::Accumulate(out) => (MODE_INPLACE, None, out),
-        };
-        let mode = if b0_out { mode | MODE_B0_OUT } else { mode };
-        let (alpha, v, v0) = (p.alpha, p.v, p.v0);
+        let mode = if ops.b0_out { mode | MODE_B0_OUT } else { mode };
+        // Pass 2 takes basis vector 0 from the destination's value with B0_OUT: b0 null.
+        let mut basis = ops.basis;
+        if ops.b0_out {
+            basis[0] = 0;
+        }
         let mut b = self.stream.launch_builder(&f);
-        b.arg(&ws.tasks).arg(&v);
-        match &v0 {
-            Some(v0) => b.arg(v0),
-            None => b.arg(&null),
-        };
-        if b0_out {
-            b.arg(&null);
-        }
-        for bi in p.basis {
+        b.arg(&ws.tasks).arg(&ops.table).arg(&ops.v).arg(&ops.v0);
+        for bi in &basis {
             b.arg(bi);
-        }
-        for _ in k..MAX_K {
-            b.arg(&null);
         }
         b.arg(&ws.coef);
         if per_seg {
@@ -342,20 +418,20 @@ impl CudaBackend {
         } else {
             b.arg(&null);
         }
-        b.arg(&beta_scalar).arg(&alpha).arg(&mode);
-        match &base {
-            Some(base) => b.arg(base),
-            None => b.arg(&null),
-        };
-        b.arg(&mut out);
-        // SAFETY: signature project_apply_<dt>_k<k>(tasks, v, v0, b0..b7, coef, beta_seg,
-        // beta_scalar, alpha, mode, base, out); v, v0 (or null), basis, base and out were
-        // checked to hold segs.total() elements and every task lies inside; with the B0_OUT
-        // flag (mode INPLACE only, checked) b0 is null and the kernel takes basis vector 0
-        // from out's value read before the write; coef holds k values per segment written
-        // by the solve (or zeros for k = 0, never read); beta_seg is null or holds n_seg
-        // f64; base is null unless mode == BASE; out does not alias the inputs (checked by
-        // check_no_alias).
+        b.arg(&beta_scalar)
+            .arg(&alpha)
+            .arg(&mode)
+            .arg(&ops.base)
+            .arg(&ops.out);
+        // SAFETY: signature project_apply[_list]_<dt>_k<k>(tasks, ptrs, v, v0, b0..b7, coef,
+        // beta_seg, beta_scalar, alpha, mode, base, out); `ops` as in launch_partials (v,
+        // v0, basis, base and out cover the layout, flat or per segment through the table;
+        // their guards held by the caller until after this launch), base 0 unless mode ==
+        // BASE; with the B0_OUT flag (mode INPLACE only, checked) b0 is null and the kernel
+        // takes basis vector 0 from out's value read before the write; coef holds k values
+        // per segment written by the solve (or zeros for k = 0, never read); beta_seg is
+        // null or holds n_seg f64; out overlaps no input and, in a list, no other segment's
+        // out (checked by validate_device / validate_list).
         unsafe { b.launch(cfg(grid(ws.n_tasks, "chunk tasks")?, THREADS)) }.map_err(drv)?;
         Ok(())
     }
@@ -394,21 +470,6 @@ impl CudaBackend {
             check_no_alias("out", byte_range(out, s), &inputs)?;
         }
         Ok(k)
-    }
-
-    /// Pass 1 into the workspace; `solve` as [`CudaBackend::launch_partials`].
-    fn partials_device<T: Element>(
-        &self,
-        ws: &mut Workspace,
-        p: &CudaProjection<'_, T>,
-        solve: Option<(f64, f64, &mut DeviceRanks)>,
-    ) -> Result<()> {
-        let mut basis: Vec<CudaView<'_, T>> = Vec::with_capacity(MAX_K);
-        if p.out_in_basis {
-            basis.push(p.out.out().as_view());
-        }
-        basis.extend(p.basis.iter().map(|b| b.slice(..)));
-        self.launch_partials(ws, &p.v, p.v0.as_ref(), &basis, solve)
     }
 
     /// One Gram pass of orthonormalize with the per-segment finish folded in: transform =
@@ -557,6 +618,132 @@ impl CudaBackend {
         Ok(ranks)
     }
 
+    /// Both passes of a validated projection: pass 1 with the solve folded in (k >= 1),
+    /// pass 2; with `table` (a tensor list) the pointer table is uploaded first when it
+    /// changed. 2 launches (1 for k = 0), plus one host-to-device copy for a new table.
+    #[allow(clippy::too_many_arguments)]
+    fn run_projection<T: Element>(
+        &self,
+        segs: &Segments,
+        ops: Operands,
+        table: Option<&[u64]>,
+        mode: i32,
+        alpha: f64,
+        beta: &Beta<'_>,
+        opts: &crate::ProjectOptions,
+    ) -> Result<DeviceRanks> {
+        let mut ranks = DeviceRanks::zeros(&self.stream, segs.len())?;
+        self.with_workspace(segs, |ws| {
+            let ops = match table {
+                Some(t) => ops.with_table(self.upload_table(ws, t)?),
+                None => ops,
+            };
+            if ops.k > 0 {
+                let solve = Some((opts.tol, opts.ridge, &mut ranks));
+                self.launch_partials::<T>(ws, &ops, solve)?;
+            }
+            self.launch_apply::<T>(ws, &ops, mode, alpha, beta)
+        })?;
+        Ok(ranks)
+    }
+
+    /// The workspace's pointer table holding `t` (uploaded only when it differs from the
+    /// last upload); returns its device address.
+    fn upload_table(&self, ws: &mut Workspace, t: &[u64]) -> Result<u64> {
+        match &mut ws.ptrs {
+            Some((host, dev)) if host.len() == t.len() => {
+                if host[..] != t[..] {
+                    self.stream.memcpy_htod(t, dev).map_err(drv)?;
+                    host.copy_from_slice(t);
+                }
+            }
+            slot => {
+                let dev = self.stream.clone_htod(t).map_err(drv)?;
+                *slot = Some((t.to_vec(), dev));
+            }
+        }
+        match &ws.ptrs {
+            Some((_, dev)) => Ok(dev.device_ptr(&self.stream).0),
+            None => Err(crate::Error::Cuda("internal: no pointer table".into())),
+        }
+    }
+
+    /// Checks of a tensor-list projection ([`Projection::validate`] per tensor, every
+    /// buffer in this backend's context, no destination tensor overlapping an input or
+    /// another destination) and its operands: the pointer table (`PTR_WORDS` per segment,
+    /// addresses biased by the segment's offset, src/abi.rs) and the presence of each
+    /// operand. Guards as [`Operands::flat`].
+    #[allow(clippy::too_many_arguments)]
+    fn list_operands<'g, T: Element>(
+        &'g self,
+        segs: &Segments,
+        guards: &mut Vec<SyncOnDrop<'g>>,
+        v: &'g TensorList<CudaView<'_, T>>,
+        v0: Option<&'g TensorList<CudaView<'_, T>>>,
+        basis: &'g [TensorList<CudaView<'_, T>>],
+        base: Option<&'g TensorList<CudaView<'_, T>>>,
+        out: &'g mut TensorList<CudaViewMut<'_, T>>,
+        b0_out: bool,
+    ) -> Result<(Operands, Vec<u64>)> {
+        let stream: &'g CudaStream = &self.stream;
+        let n = segs.len();
+        let size = std::mem::size_of::<T>() as u64;
+        let mut table = vec![0u64; n * PTR_WORDS];
+        let mut inputs: Vec<(&'static str, super::ByteRange)> = Vec::new();
+        let mut put = |name: &'static str,
+                       list: &'g TensorList<CudaView<'_, T>>,
+                       slot: usize,
+                       guards: &mut Vec<SyncOnDrop<'g>>|
+         -> Result<()> {
+            for (s, b) in list.0.iter().enumerate() {
+                self.check_context(name, b)?;
+                let (a, g) = b.device_ptr(stream);
+                guards.push(g);
+                inputs.push((name, (a, b.len() as u64 * size)));
+                let off = segs.offsets()[s] as u64;
+                table[s * PTR_WORDS + slot] = a.wrapping_sub(off * size);
+            }
+            Ok(())
+        };
+        put("v", v, PTR_V, guards)?;
+        if let Some(v0) = v0 {
+            put("v0", v0, PTR_V0, guards)?;
+        }
+        let first = usize::from(b0_out);
+        for (i, b) in basis.iter().enumerate() {
+            put("basis", b, PTR_B0 + first + i, guards)?;
+        }
+        if let Some(b) = base {
+            put("base", b, PTR_BASE, guards)?;
+        }
+        let mut outs = Vec::with_capacity(n);
+        for (s, o) in out.0.iter_mut().enumerate() {
+            self.check_context("out", o)?;
+            let len = o.len() as u64 * size;
+            let (a, g) = o.device_ptr_mut(stream);
+            guards.push(g);
+            outs.push((a, len));
+            let biased = a.wrapping_sub(segs.offsets()[s] as u64 * size);
+            table[s * PTR_WORDS + PTR_OUT] = biased;
+            if b0_out {
+                table[s * PTR_WORDS + PTR_B0] = biased;
+            }
+        }
+        super::checks::check_list_alias("out", &outs, &inputs)?;
+        // Presence only (replaced by the table's address once uploaded): 1 = present.
+        let mut ops = Operands {
+            v: 1,
+            v0: u64::from(v0.is_some()),
+            base: u64::from(base.is_some()),
+            out: 1,
+            k: basis.len() + first,
+            b0_out,
+            ..Operands::default()
+        };
+        ops.basis[..ops.k].iter_mut().for_each(|b| *b = 1);
+        Ok((ops, table))
+    }
+
     /// Loads every kernel of module `project` (fails on the first missing symbol): at
     /// start-up, so the first training step does not pay for loading (or NVRTC).
     pub fn preload_project(&self) -> Result<()> {
@@ -582,15 +769,46 @@ impl Backend for CudaBackend {
         p: Projection<'_, CudaView<'a, T>, CudaViewMut<'a, T>>,
     ) -> Result<DeviceRanks> {
         let k = self.validate_device(segs, &p, true)?;
-        let mut ranks = DeviceRanks::zeros(&self.stream, segs.len())?;
-        self.with_workspace(segs, |ws| {
-            if k > 0 {
-                let solve = Some((p.opts.tol, p.opts.ridge, &mut ranks));
-                self.partials_device(ws, &p, solve)?;
-            }
-            self.launch_apply(ws, p, k)
-        })?;
-        Ok(ranks)
+        let (mode, base, mut out) = split_output(p.out);
+        let mut guards = Vec::new();
+        let ops = Operands::flat(
+            &self.stream,
+            &mut guards,
+            &p.v,
+            p.v0.as_ref(),
+            p.basis,
+            base.as_ref(),
+            Some(&mut out),
+            p.out_in_basis,
+        );
+        debug_assert_eq!(ops.k, k);
+        self.run_projection::<T>(segs, ops, None, mode, p.alpha, &p.beta, &p.opts)
+    }
+
+    /// The flat kernels with a per-segment pointer table: the same 2 launches (1 for k = 0)
+    /// whatever the number of tensors, plus one host-to-device copy of the table when the
+    /// pointers differ from the last list call on this layout. Every tensor's own
+    /// alignment decides its vector loads.
+    fn project_list<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        p: Projection<'_, TensorList<CudaView<'a, T>>, TensorList<CudaViewMut<'a, T>>>,
+    ) -> Result<DeviceRanks> {
+        let k = p.validate(segs)?;
+        let (mode, base, mut out) = split_output(p.out);
+        let mut guards = Vec::new();
+        let (ops, table) = self.list_operands(
+            segs,
+            &mut guards,
+            &p.v,
+            p.v0.as_ref(),
+            p.basis,
+            base.as_ref(),
+            &mut out,
+            p.out_in_basis,
+        )?;
+        debug_assert_eq!(ops.k, k);
+        self.run_projection::<T>(segs, ops, Some(&table), mode, p.alpha, &p.beta, &p.opts)
     }
 
     /// One launch, then a copy to the host: **synchronises** the stream.
@@ -613,9 +831,20 @@ impl Backend for CudaBackend {
         if k == 0 || segs.is_empty() {
             return Partials::zeros(k, segs.len());
         }
+        let mut guards = Vec::new();
+        let ops = Operands::flat(
+            &self.stream,
+            &mut guards,
+            &v,
+            v0.as_ref(),
+            basis,
+            None,
+            None,
+            false,
+        );
         self.with_workspace(segs, |ws| {
             // One launch: the fold reduces each segment's chunks (no solve).
-            self.launch_partials(ws, &v, v0.as_ref(), basis, None)?;
+            self.launch_partials::<T>(ws, &ops, None)?;
             let stride = partial_stride(k);
             let n = segs.len() * stride;
             let mut data = self
@@ -649,6 +878,18 @@ impl Backend for CudaBackend {
         )?;
         let mut ranks = DeviceRanks::zeros(&self.stream, segs.len())?;
         let (tol, ridge) = (p.opts.tol, p.opts.ridge);
+        let (mode, base, mut out) = split_output(p.out);
+        let mut guards = Vec::new();
+        let ops = Operands::flat(
+            &self.stream,
+            &mut guards,
+            &p.v,
+            p.v0.as_ref(),
+            p.basis,
+            base.as_ref(),
+            Some(&mut out),
+            p.out_in_basis,
+        );
         self.with_workspace(segs, |ws| {
             if k > 0 && !segs.is_empty() {
                 let n = partials.as_slice().len();
@@ -657,7 +898,7 @@ impl Backend for CudaBackend {
                     .map_err(drv)?;
                 self.launch_finish(ws, k, FIN_SOLVE, tol, ridge, Some(&mut ranks))?;
             }
-            self.launch_apply(ws, p, k)
+            self.launch_apply::<T>(ws, &ops, mode, p.alpha, &p.beta)
         })?;
         Ok(ranks)
     }
@@ -687,6 +928,15 @@ impl Backend for CudaBackend {
     }
 }
 
+/// The apply mode, base and destination of an output.
+fn split_output<S, D>(out: Output<S, D>) -> (i32, Option<S>, D) {
+    match out {
+        Output::Write { base: None, out } => (MODE_NONE, None, out),
+        Output::Write { base: Some(b), out } => (MODE_BASE, Some(b), out),
+        Output::Accumulate(out) => (MODE_INPLACE, None, out),
+    }
+}
+
 /// Names of every kernel of module `project` (public as
 /// `redreg::testing::project_kernel_names`, for symbol tests).
 pub(crate) fn project_kernel_names() -> Vec<String> {
@@ -694,6 +944,7 @@ pub(crate) fn project_kernel_names() -> Vec<String> {
     for dt in crate::DType::ALL {
         for k in 0..=MAX_K {
             names.push(format!("project_apply_{dt}_k{k}"));
+            names.push(format!("project_apply_list_{dt}_k{k}"));
             if k > 0 {
                 names.push(format!("project_partials_{dt}_k{k}"));
                 names.push(format!("orth_partials_{dt}_k{k}"));

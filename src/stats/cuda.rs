@@ -27,7 +27,7 @@ use crate::dtype::DType;
 use crate::error::{invalid, Result};
 use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, LaunchConfig,
-    PushKernelArg, SyncOnDrop,
+    PinnedHostSlice, PushKernelArg, SyncOnDrop,
 };
 use half::{bf16, f16};
 use std::sync::Arc;
@@ -118,7 +118,9 @@ pub struct CudaStats {
     desc: CudaSlice<u64>,
     partials: CudaSlice<f64>,
     values: CudaSlice<f64>,
-    desc_host: Vec<u64>,
+    /// The descriptors' host copy in page-locked memory: the per-run upload is one
+    /// asynchronous copy (from pageable memory the driver would stage it first).
+    desc_host: PinnedHostSlice<u64>,
     order: Vec<usize>,
     results: StatsResults,
 }
@@ -185,7 +187,16 @@ impl CudaStats {
             desc: s.alloc_zeros(n(ST_DESC_WORDS * plan.len())).map_err(drv)?,
             partials: s.alloc_zeros(n(ST_PARTIALS * n_tasks)).map_err(drv)?,
             values: s.alloc_zeros(n(plan.values_len)).map_err(drv)?,
-            desc_host: vec![0; n(ST_DESC_WORDS * plan.len())],
+            desc_host: {
+                // SAFETY: the memory is zeroed below before anything reads it.
+                let mut h = unsafe {
+                    s.context()
+                        .alloc_pinned::<u64>(n(ST_DESC_WORDS * plan.len()))
+                }
+                .map_err(drv)?;
+                h.as_mut_slice().map_err(drv)?.fill(0);
+                h
+            },
             order: vec![usize::MAX; plan.len()],
             results: plan.new_results(),
             plan: plan.clone(),
@@ -226,6 +237,8 @@ impl CudaStats {
             })?;
         }
         let mut guards: Vec<SyncOnDrop<'_>> = Vec::with_capacity(2 * inputs.len());
+        // (Waits for the previous run's upload from it, long finished: runs end synchronised.)
+        let desc_host = self.desc_host.as_mut_slice().map_err(drv)?;
         for inp in inputs.iter_mut() {
             let i = inp.id.idx as usize;
             let e = &self.plan.entries[i];
@@ -255,7 +268,7 @@ impl CudaStats {
                     (x.ptr(&s, &mut guards), 0, p2)
                 }
             };
-            let d = &mut self.desc_host[ST_DESC_WORDS * i..ST_DESC_WORDS * (i + 1)];
+            let d = &mut desc_host[ST_DESC_WORDS * i..ST_DESC_WORDS * (i + 1)];
             d[ST_DESC_KIND] = kind;
             d[ST_DESC_DTYPE] = dtype_code(e.dtype);
             d[ST_DESC_P0] = p0;

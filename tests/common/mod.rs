@@ -5,6 +5,7 @@
 //!
 //! - `candle` (feature `candle`): the candle adapter tests' data and reference;
 //! - `dist`: the distributed scenarios of `dist_threads.rs`, `mpi_dist.rs`, `nccl_dist.rs`;
+//! - `emu` (feature `cuda`): the emulated driver's launch and copy counters;
 //! - `gpu` (feature `cuda`): the SKIP convention and the shared backend of the GPU tests;
 //! - `ranks`: rank comparison across backends with the solve's decision margin.
 #![allow(dead_code)]
@@ -12,6 +13,8 @@
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod dist;
+#[cfg(feature = "cuda")]
+pub mod emu;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod ranks;
@@ -118,4 +121,45 @@ pub fn gather<T: Copy>(buf: &[T], ranges: &[std::ops::Range<usize>]) -> Vec<T> {
         .iter()
         .flat_map(|r| buf[r.clone()].iter().copied())
         .collect()
+}
+
+/// The outputs the tensor-list tests run (`tests/tensor_list.rs`, `tests/gpu_tensor_list.rs`).
+#[derive(Clone, Copy, Debug)]
+pub enum Mode {
+    /// out = beta·(v − Pv)
+    Write,
+    /// out = alpha·base + beta·(v − Pv)
+    Base,
+    /// out = alpha·out + beta·(v − Pv)
+    Accumulate,
+    /// The RedReg step: out += beta·(d − P d), d = v − v0, P onto span{out, basis…}
+    Drift,
+}
+
+impl Mode {
+    /// The projection of this mode on any buffers (flat or lists, host or device); `v0`
+    /// is used by `Drift` only, `base` by `Base` only.
+    pub fn projection<'a, S, D>(
+        self,
+        v: S,
+        v0: S,
+        basis: &'a [S],
+        base: S,
+        out: D,
+    ) -> redreg::Projection<'a, S, D> {
+        use redreg::{Output, Projection};
+        match self {
+            Mode::Write => Projection::new(v, basis, Output::Write { base: None, out }),
+            Mode::Base => Projection::new(
+                v,
+                basis,
+                Output::Write {
+                    base: Some(base),
+                    out,
+                },
+            ),
+            Mode::Accumulate => Projection::new(v, basis, Output::Accumulate(out)),
+            Mode::Drift => Projection::drift(v, v0, basis, out),
+        }
+    }
 }
