@@ -12,6 +12,9 @@
 #     race       ThreadSanitizer over the kernels (each CUDA thread a TSan fiber)
 #     mutation   the REAL kernels, deliberately broken (tests/emu/mutate.py): a barrier removed
 #                must fail the race mode, an off-by-one loop bound the address mode
+#     candle     the candle adapter's CUDA path (feature candle-cuda, tests/gpu_candle_list.rs)
+#                in the three modes; builds candle-kernels with nvcc (~12 min on 2 cores) and
+#                links against scripts/cuda-link-stubs.sh's stand-ins
 #
 # Sizes: REDREG_GPU_QUICK=1 (the tests' quick layouts) in every mode; the race mode runs a
 # subset (TSan costs ~50x) that still launches every kernel. EMU_FULL=1 runs the plain mode
@@ -22,7 +25,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
-STEPS="${*:-selftest negative plain address race mutation}"
+STEPS="${*:-selftest negative plain address race mutation candle}"
 VENV="${REDREG_CUDA_VENV:-$HOME/.cache/redreg-cuda-venv}"
 if [ -z "${NVCC:-}" ] && [ -f "$VENV/redreg-cuda-env.sh" ]; then
     # shellcheck disable=SC1091
@@ -228,6 +231,33 @@ for step in $STEPS; do
                     echo "FAIL  mutation $mut was NOT caught by the $mode mode (see $log)"
                     status=1
                 fi
+            done
+            ;;
+        candle)
+            section "the candle adapter's CUDA path (feature candle-cuda) in plain, address and race modes"
+            # Link time: stand-ins for libcuda, cuBLAS, cuBLASLt, cuRAND, links to NVRTC and
+            # cudart (candle's cudarc links them); run time: the emulated driver's directory,
+            # which has libcuda.so.1 and the handle-only cuBLAS/cuRAND first on the path.
+            stubs="$EMU/link-stubs"
+            eval "$(bash scripts/cuda-link-stubs.sh "$stubs" | grep '^export LIBRARY_PATH=')"
+            cbin=$(PATH="$(dirname "${NVCC:-nvcc}"):$PATH" cargo test --features candle-cuda --no-run --message-format=json \
+                --test gpu_candle_list 2>"$LOGS/cargo-build-candle.log" | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])
+')
+            if [ -z "$cbin" ]; then
+                echo "FAIL candle: the candle-cuda test binary did not build"
+                tail -n 30 "$LOGS/cargo-build-candle.log"
+                status=1
+                continue
+            fi
+            for mode in plain asan tsan; do
+                [ -f "$EMU/$mode/libcublas.so.13" ] || build_lib "$mode"
+                run_bin "$mode" gpu_candle_list "$cbin"
             done
             ;;
         *) echo "emu-check: unknown step $step" >&2; exit 2 ;;

@@ -132,8 +132,13 @@ double now_ms() {
 
 CUresult need_init() { return g_init ? CUDA_SUCCESS : CUDA_ERROR_NOT_INITIALIZED; }
 
+// The special handles CU_STREAM_LEGACY (0x1) and CU_STREAM_PER_THREAD (0x2: candle's
+// stream, cudarc's `per_thread_stream`) name the current context's default streams, as
+// the null stream does; streams run in order here, so all three are the same.
+bool is_default_stream(void* s) { return (uintptr_t)s <= 2; }
+
 Context* ctx_of_stream(void* s) {
-    if (!s) return t_current;  // the legacy default stream of the current context
+    if (is_default_stream(s)) return t_current;
     return static_cast<Stream*>(s)->ctx;
 }
 
@@ -399,6 +404,7 @@ API cuStreamCreate(void** s, unsigned int) {
 }
 API cuStreamCreateWithPriority(void** s, unsigned int f, int) { return cuStreamCreate(s, f); }
 API cuStreamDestroy_v2(void* s) {
+    if (is_default_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
     delete static_cast<Stream*>(s);
     return CUDA_SUCCESS;
 }
