@@ -25,7 +25,7 @@ typedef unsigned short rr_u16;
 // redreg_abi.cuh). The chunk table depends only on the layout and RR_CHUNK, so every
 // reduction order is fixed: results are bitwise reproducible run to run for the same buffers.
 #define RR_WARPS (RR_THREADS / 32)
-// partial_stride(k) = k(k+1)/2 + k (src/solve.rs)
+// partial_stride(k) = k(k+1)/2 + k (src/project/solve.rs)
 #define RR_STRIDE(k) ((k) * ((k) + 1) / 2 + (k))
 #define RR_MAX_STRIDE RR_STRIDE(RR_MAX_K)
 

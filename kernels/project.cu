@@ -1,6 +1,6 @@
 // redreg: batched projection and orthonormalisation kernels (module "project").
 //
-// Operations (see src/solve.rs for the per-segment method, src/reference.rs for the oracle):
+// Operations (see src/project/solve.rs for the per-segment method, src/project/reference.rs for the oracle):
 //   project_out:    out = alpha*base + beta_s * (x - sum_i w_i b_i)   per segment s, where
 //                   x = v, or x = v - v0 formed in f64 when v0 != 0 (the RedReg drift
 //                   theta - theta0 with no drift buffer); with the B0_OUT flag basis vector
@@ -49,7 +49,7 @@
 // Finish modes RR_FIN_* (bit flags) and apply modes RR_MODE_*: generated from src/abi.rs.
 #include "redreg_abi.cuh"
 
-// Index of G[i][j] (i <= j) in the packed upper triangle (src/solve.rs tri_index).
+// Index of G[i][j] (i <= j) in the packed upper triangle (src/project/solve.rs tri_index).
 __device__ __forceinline__ constexpr int rr_tri(int k, int i, int j) {
     return i * k - (i * i - i) / 2 + (j - i);
 }
@@ -202,19 +202,19 @@ __device__ __forceinline__ void rr_partials(const rr_u64* __restrict__ tasks,
 
 
 // ---------------------------------------------------------------------------------------
-// Per-segment solve: CUDA port of src/solve.rs (factor, solve_segment, orth_segment), line
+// Per-segment solve: CUDA port of src/project/solve.rs (factor, solve_segment, orth_segment), line
 // for line, in f64. `p` points at one segment's packed partials in global memory.
 // Every floating-point operation is an explicitly rounded intrinsic (__dmul_rn, __dadd_rn,
 // __dsub_rn, __ddiv_rn, __dsqrt_rn): ptxas never contracts those into DFMA, and Rust never
 // contracts either, so the same partials give the same rank and bit-identical coefficients
-// on the CPU and here (src/solve.rs, "Same arithmetic on every backend"). Keep it that way:
+// on the CPU and here (src/project/solve.rs, "Same arithmetic on every backend"). Keep it that way:
 // a plain `s -= a * b` here would be fused and flip rank decisions near the threshold.
 // ---------------------------------------------------------------------------------------
 
-// The rank rule's noise factor 64*k*u (u = 2^-53; exact): src/solve.rs noise_factor.
+// The rank rule's noise factor 64*k*u (u = 2^-53; exact): src/project/solve.rs noise_factor.
 #define RR_UNIT_ROUNDOFF 1.1102230246251565404236316680908203125e-16
 
-// max(tol^2 * gjj, noise * a^2) as src/solve.rs `threshold` (same operations, same order).
+// max(tol^2 * gjj, noise * a^2) as src/project/solve.rs `threshold` (same operations, same order).
 __device__ __forceinline__ double rr_threshold(double tol, double gjj, double noise, double a) {
     const double t = __dmul_rn(__dmul_rn(tol, tol), gjj);
     const double n = __dmul_rn(noise, __dmul_rn(a, a));
@@ -303,7 +303,7 @@ __device__ __forceinline__ rr_u32 rr_solve_segment(const double* p, int max_rank
 #pragma unroll
     for (int j = 0; j < K; ++j) rank += kept[j] ? 1u : 0u;
 
-    // k = 1: the script's closed form (d.g) / (g.g + ridge), one division (src/solve.rs).
+    // k = 1: the script's closed form (d.g) / (g.g + ridge), one division (src/project/solve.rs).
     if (K == 1) {
         coef[0] = kept[0] ? __ddiv_rn(p[NT], __dadd_rn(p[0], ridge)) : 0.0;
         return rank;

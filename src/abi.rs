@@ -83,7 +83,7 @@ abi_table! {
         /// Slot of out.
         PTR_OUT: usize = 11;
     }
-    "Finish modes of project_partials / project_finish (bit flags; src/cuda/project.rs)" {
+    "Finish modes of project_partials / project_finish (bit flags; src/project/cuda.rs)" {
         /// Sum the chunk partials into seg_partials (else read seg_partials).
         FIN_REDUCE: i32 = 1;
         /// Rank-revealing solve of each segment -> coef (k per segment).
@@ -96,7 +96,7 @@ abi_table! {
         /// for the split form's summed partials).
         FIN_CAP: i32 = 16;
     }
-    "Apply modes of project_apply (src/cuda/project.rs)" {
+    "Apply modes of project_apply (src/project/cuda.rs)" {
         /// out = beta*(v - Pv).
         MODE_NONE: i32 = 0;
         /// out = alpha*base + beta*(v - Pv).

@@ -15,7 +15,7 @@
 
 use crate::dtype::Element;
 use crate::error::Result;
-use crate::projection::{Buffer, Output, Partials, Projection, TensorList};
+use crate::project::{Buffer, Output, Partials, Projection, TensorList};
 use crate::segments::Segments;
 
 /// The per-segment ranks one call returns.
@@ -166,7 +166,7 @@ impl Backend for Reference {
         segs: &Segments,
         p: Projection<'_, Src<'a, Self, T>, Dst<'a, Self, T>>,
     ) -> Result<Vec<u32>> {
-        crate::reference::project_out(segs, p)
+        crate::project::reference::project_out(segs, p)
     }
 
     /// Packs every list into one flat buffer, runs [`Reference::project_out`], unpacks the
@@ -201,7 +201,7 @@ impl Backend for Reference {
             .opts(p.opts);
         q.v0 = v0.as_deref();
         q.out_in_basis = p.out_in_basis;
-        let ranks = crate::reference::project_out(segs, q)?;
+        let ranks = crate::project::reference::project_out(segs, q)?;
         for (o, r) in out.0.into_iter().zip(segs.iter()) {
             o.copy_from_slice(&flat[r]);
         }
@@ -215,7 +215,7 @@ impl Backend for Reference {
         v0: Option<&'a [T]>,
         basis: &[&'a [T]],
     ) -> Result<Partials> {
-        crate::reference::partials(segs, v, v0, basis)
+        crate::project::reference::partials(segs, v, v0, basis)
     }
 
     fn apply<'a, T: Element>(
@@ -224,7 +224,7 @@ impl Backend for Reference {
         partials: &Partials,
         p: Projection<'_, Src<'a, Self, T>, Dst<'a, Self, T>>,
     ) -> Result<Vec<u32>> {
-        crate::reference::apply(segs, partials, p)
+        crate::project::reference::apply(segs, partials, p)
     }
 
     fn orthonormalize<T: Element>(
@@ -233,7 +233,7 @@ impl Backend for Reference {
         basis: &mut [&mut [T]],
         tol: f64,
     ) -> Result<Vec<u32>> {
-        crate::reference::orthonormalize(segs, basis, tol)
+        crate::project::reference::orthonormalize(segs, basis, tol)
     }
 
     fn copy<'a, T: Element>(&self, src: &'a [T], dst: &'a mut [T]) -> Result<()> {

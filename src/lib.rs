@@ -22,10 +22,8 @@ pub mod cuda;
 pub mod dist;
 pub mod dtype;
 pub mod error;
-pub mod projection;
-pub mod reference;
+pub mod project;
 pub mod segments;
-pub mod solve;
 pub mod stats;
 pub mod sum;
 pub mod testing;
@@ -35,7 +33,8 @@ pub use cpu::CpuBackend;
 pub use dtype::{cast_bytes, cast_bytes_mut, DType, Element};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
-pub use projection::{Beta, Buffer, Output, Partials, ProjectOptions, Projection, TensorList};
+pub use project::{reference, solve};
+pub use project::{Beta, Buffer, Output, Partials, ProjectOptions, Projection, TensorList};
 pub use segments::Segments;
 
 /// The README's code blocks are compiled and run as doc tests (they use the CUDA API too,

@@ -1,5 +1,5 @@
 //! Compensated (double-double) summation: every product of the reference's pass 1, and
-//! the 16-product runs of the CPU backend's pass 1 (see `src/solve.rs`, Limits).
+//! the 16-product runs of the CPU backend's pass 1 (see `src/project/solve.rs`, Limits).
 //!
 //! Why: the Gram-matrix method squares the basis's condition number. With plain f64 sums
 //! over n elements the Gram matrix carries a relative error of about `sqrt(n)·1e-16`,

@@ -268,7 +268,7 @@ fn orth_matches<T: Element>(seed: u64) {
         .orthonormalize(&segs, &mut gv, 1e-7)
         .unwrap();
     // Short segments (length <= k) are spanned exactly; rank may differ there only by
-    // spurious directions inside the span (see src/solve.rs), so compare longer ones.
+    // spurious directions inside the span (see src/project/solve.rs), so compare longer ones.
     for (s, r) in segs.iter().enumerate() {
         if r.len() > 5 {
             assert_eq!(gr[s], wr[s], "segment {s} rank");

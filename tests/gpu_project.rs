@@ -337,7 +337,7 @@ fn split_form<T: Element>(b: &CudaBackend) {
                 rtol,
             );
             // The same partials on both sides and the same non-contracted arithmetic
-            // (src/solve.rs): the ranks are equal, with no borderline exception.
+            // (src/project/solve.rs): the ranks are equal, with no borderline exception.
             assert_eq!(
                 dranks.to_vec().unwrap(),
                 rr,
@@ -386,7 +386,7 @@ fn orth<T: Element>(b: &CudaBackend) {
             // GPU and explicit CGS2 (the vectors' oracle) kept different vectors, the GPU
             // must have followed the Gram-based rank rule on the oracle's Gram matrix (CGS2
             // can keep a vector whose residual the Gram matrix cannot resolve; dropping a
-            // borderline b3 lets b4 in: src/solve.rs, Limits) or the decision must be
+            // borderline b3 lets b4 in: src/project/solve.rs, Limits) or the decision must be
             // borderline; those segments are left out of the element comparison, and
             // must stay rare.
             let got: Vec<Vec<f64>> = dbasis.iter().map(|d| download(b, d)).collect();
@@ -459,7 +459,7 @@ fn orth<T: Element>(b: &CudaBackend) {
                 1e-7,
             );
             // Explicit CGS2 (the vectors' oracle) may keep a vector whose residual the Gram
-            // matrix cannot resolve (src/solve.rs, Limits); its ranks obey the cap too.
+            // matrix cannot resolve (src/project/solve.rs, Limits); its ranks obey the cap too.
             ranks::assert_ranks_match(&what, &segs, k, &rr, &rr, &oracle, true, 1e-7);
         }
     }

@@ -77,7 +77,7 @@ fn orthogonality<T: Element>(seed: u64, k: usize) {
         } else {
             // The basis spans the whole segment: nothing is left. (The Gram criterion may
             // keep exactly dependent vectors as tiny directions inside the span when the
-            // earlier ones are ill-conditioned — harmless here, see src/solve.rs.)
+            // earlier ones are ill-conditioned — harmless here, see src/project/solve.rs.)
             assert!(
                 ranks[s] as usize >= r.len(),
                 "segment {s} rank {}",
@@ -217,7 +217,7 @@ proptest! {
 
 /// The Gram-matrix method agrees with explicit CGS2 to 1e-5 (relative, 2-norm per segment)
 /// for f32 bases with condition numbers up to 1e6, with `|P v| ≈ |v - P v|`. (The error
-/// grows like `1e-16·κ²·|Pv|/|v - Pv|`: see `src/solve.rs`, Limits.)
+/// grows like `1e-16·κ²·|Pv|/|v - Pv|`: see `src/project/solve.rs`, Limits.)
 #[test]
 fn gram_method_matches_cgs2_up_to_cond_1e6() {
     let mut worst: f64 = 0.0;

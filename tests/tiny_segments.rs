@@ -1,6 +1,6 @@
 //! The rank rule on tiny segments (issue 13, item 0): k = 2..8 basis vectors on thousands
 //! of segments of length 0..8 holding uniform [-1, 1) data. Before the noise floor of
-//! `src/solve.rs`, ~4 % of them reported a rank above their length (noise counted as
+//! `src/project/solve.rs`, ~4 % of them reported a rank above their length (noise counted as
 //! signal), on the CPU backend and in the reference alike.
 
 mod common;

@@ -14,7 +14,7 @@ use crate::backend::Backend;
 use crate::cuda::{drv, CudaBackend};
 use crate::dtype::Element;
 use crate::error::{invalid, Result};
-use crate::projection::{Output, ProjectOptions, Projection, TensorList};
+use crate::project::{Output, ProjectOptions, Projection, TensorList};
 use crate::segments::Segments;
 use candle_core::cuda::CudaDType;
 use candle_core::op::BackpropOp;

@@ -46,7 +46,7 @@
 use crate::backend::Backend;
 use crate::dtype::Element;
 use crate::error::{check_count, invalid, Error, Result};
-use crate::projection::{Beta, Output, ProjectOptions, Projection, TensorList};
+use crate::project::{Beta, Output, ProjectOptions, Projection, TensorList};
 use crate::segments::Segments;
 use crate::CpuBackend;
 use candle_core::backprop::GradStore;
@@ -509,8 +509,8 @@ pub fn project_out_tensors<Bk: TensorBackend, V: AsTensor, B: AsTensor>(
     beta: Beta<'_>,
     opts: &ProjectOptions,
 ) -> Result<(Vec<Tensor>, Vec<u32>)> {
-    crate::projection::check_k(basis.len())?;
-    crate::projection::check_finite("alpha", alpha)?;
+    crate::project::check_k(basis.len())?;
+    crate::project::check_finite("alpha", alpha)?;
     beta.validate(v.len())?;
     opts.validate()?;
     for b in basis {
@@ -567,8 +567,8 @@ pub fn project_drift_into_grads<Bk: TensorBackend, P: AsTensor, Q: AsTensor>(
         params.len(),
         theta0.len(),
     )?;
-    crate::projection::check_k(1 + extra.len())?;
-    crate::projection::check_finite("beta", beta)?;
+    crate::project::check_k(1 + extra.len())?;
+    crate::project::check_finite("beta", beta)?;
     opts.validate()?;
     for e in extra {
         check_count(

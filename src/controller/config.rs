@@ -3,7 +3,7 @@
 //! threshold and modality dropout) as pure functions.
 
 use crate::error::{Error, Result};
-use crate::projection::ProjectOptions;
+use crate::project::ProjectOptions;
 
 /// How the co-information gate reduces the dominant modality's agreements with the other
 /// modalities to one number when there are M ≥ 3 modalities (for M = 2 there is only one

@@ -11,7 +11,7 @@
 use crate::backend::{Backend, Memory, Src};
 use crate::dtype::Element;
 use crate::error::{check_count, invalid, Result};
-use crate::projection::{Buffer, Output, ProjectOptions, Projection};
+use crate::project::{Buffer, Output, ProjectOptions, Projection};
 use crate::segments::Segments;
 
 use super::decision::{Decision, StepInputs};
@@ -57,7 +57,7 @@ impl<S: Buffer, D: Buffer> Encoder<'_, S, D> {
             JointBasis::GradientAnd(b) | JointBasis::Explicit(b) => b,
         };
         let k = extra.len() + usize::from(!matches!(self.basis, JointBasis::Explicit(_)));
-        crate::projection::check_k(k)?;
+        crate::project::check_k(k)?;
         for b in extra {
             self.segs.check_buffer("basis", b.len())?;
         }

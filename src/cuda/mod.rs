@@ -29,23 +29,24 @@
 //!
 //! # Operations
 //! [`CudaBackend`] implements [`crate::Backend`] on cudarc views ([`CudaProjection`];
-//! module `project`, `kernels/project.cu`).
+//! module `project`, `kernels/project.cu`, wrapped in `src/project/cuda.rs`).
 
 mod checks;
 mod foreign;
 mod loading;
-mod project;
 mod ranks;
 
+pub(crate) use crate::project::project_kernel_names;
+pub use crate::project::CudaProjection;
 /// The cudarc this crate is built against (0.19.10), so users name the same types.
 pub use cudarc;
 pub use foreign::ForeignSlice;
 pub use loading::{nvrtc_compile_cubin, KernelPath};
-pub(crate) use project::project_kernel_names;
-pub use project::CudaProjection;
 pub use ranks::DeviceRanks;
 
-pub(crate) use checks::{byte_range, check_buffer_context, check_no_alias, ByteRange};
+pub(crate) use checks::{
+    byte_range, check_buffer_context, check_list_alias, check_no_alias, ByteRange,
+};
 
 use crate::dtype::Element;
 use crate::error::{Error, Result};
@@ -95,13 +96,13 @@ impl crate::backend::Memory for Device {
     }
 }
 
-impl<T> crate::projection::Buffer for CudaView<'_, T> {
+impl<T> crate::project::Buffer for CudaView<'_, T> {
     fn len(&self) -> usize {
         DeviceSlice::len(self)
     }
 }
 
-impl<T> crate::projection::Buffer for CudaViewMut<'_, T> {
+impl<T> crate::project::Buffer for CudaViewMut<'_, T> {
     fn len(&self) -> usize {
         DeviceSlice::len(self)
     }
@@ -257,11 +258,11 @@ pub(crate) fn drv_ctx(context: &'static str) -> impl Fn(cudarc::driver::DriverEr
 /// (internal state behind mutexes); calls from several threads serialise on the workspace.
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
+    pub(crate) stream: Arc<CudaStream>,
     cc: (i32, i32),
     modules: Mutex<HashMap<&'static str, (Arc<CudaModule>, KernelPath)>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
-    pub(crate) workspaces: Mutex<project::Workspaces>,
+    pub(crate) workspaces: Mutex<crate::project::Workspaces>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -301,7 +302,7 @@ impl CudaBackend {
             cc,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
-            workspaces: Mutex::new(project::Workspaces::default()),
+            workspaces: Mutex::new(crate::project::Workspaces::default()),
         })
     }
 

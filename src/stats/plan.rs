@@ -4,7 +4,7 @@
 use crate::backend::{Host, Memory};
 use crate::dtype::{DType, Element};
 use crate::error::{check_count, invalid, Error, Result};
-use crate::projection::Buffer;
+use crate::project::Buffer;
 use crate::segments::Segments;
 use half::{bf16, f16};
 use std::sync::atomic::{AtomicU64, Ordering};

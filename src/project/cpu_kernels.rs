@@ -17,8 +17,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::dtype::{DType, Element};
-use crate::projection::BaseMode;
-use crate::solve::{partial_stride, MAX_K};
+use crate::project::solve::{partial_stride, MAX_K};
+use crate::project::BaseMode;
 use crate::sum::Acc;
 use std::sync::atomic::{AtomicU8, Ordering};
 

@@ -4,18 +4,18 @@
 //! `CudaViewMut<T>` (`slice.as_view_mut()`), the basis a slice of views. Every buffer must
 //! cover the layout exactly (`segs.total()` elements).
 
-use super::{byte_range, check_no_alias, drv, CudaBackend, DeviceRanks, CHUNK, THREADS};
 use crate::abi::{
     FIN_CAP, FIN_ORTH1, FIN_ORTH2, FIN_SOLVE, MODE_B0_OUT, MODE_BASE, MODE_INPLACE, MODE_NONE,
 };
 use crate::abi::{PTR_B0, PTR_BASE, PTR_OUT, PTR_V, PTR_V0, PTR_WORDS};
 use crate::backend::Backend;
+use crate::cuda::{byte_range, check_no_alias, drv, CudaBackend, DeviceRanks, CHUNK, THREADS};
 use crate::dtype::Element;
 use crate::error::{check_len, invalid, Result};
-use crate::projection::TensorList;
-use crate::projection::{check_inputs, check_k, Beta, Output, Partials, Projection};
+use crate::project::solve::{partial_stride, MAX_K};
+use crate::project::TensorList;
+use crate::project::{check_inputs, check_k, Beta, Output, Partials, Projection};
 use crate::segments::{chunk_tasks, Segments};
-use crate::solve::{partial_stride, MAX_K};
 use cudarc::driver::{
     CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig,
     PushKernelArg, SyncOnDrop,
@@ -577,7 +577,7 @@ impl CudaBackend {
     /// Orthonormalises the k basis vectors of every segment in place by Cholesky-QR twice
     /// (CholQR2, the Gram matrix in f64; the second Gram is of `B·M1` computed on the fly,
     /// so only the final result is rounded to `T`). Rank decision as
-    /// [`crate::solve::orth_segment`] (at most `min(length, k)`); dropped vectors become
+    /// [`crate::project::solve::orth_segment`] (at most `min(length, k)`); dropped vectors become
     /// zero. Asynchronous; returns this call's ranks on the device. 3 launches for any
     /// number of segments.
     fn orthonormalize_device<T: Element>(
@@ -689,7 +689,7 @@ impl CudaBackend {
         let n = segs.len();
         let size = std::mem::size_of::<T>() as u64;
         let mut table = vec![0u64; n * PTR_WORDS];
-        let mut inputs: Vec<(&'static str, super::ByteRange)> = Vec::new();
+        let mut inputs: Vec<(&'static str, crate::cuda::ByteRange)> = Vec::new();
         let mut put = |name: &'static str,
                        list: &'g TensorList<CudaView<'_, T>>,
                        slot: usize,
@@ -729,7 +729,7 @@ impl CudaBackend {
                 table[s * PTR_WORDS + PTR_B0] = biased;
             }
         }
-        super::checks::check_list_alias("out", &outs, &inputs)?;
+        crate::cuda::check_list_alias("out", &outs, &inputs)?;
         // Presence only (replaced by the table's address once uploaded): 1 = present.
         let mut ops = Operands {
             v: 1,
@@ -760,7 +760,7 @@ impl CudaBackend {
 /// [`CudaBackend::stream`] unless said otherwise; each call returns its own
 /// [`DeviceRanks`].
 impl Backend for CudaBackend {
-    type Memory = super::Device;
+    type Memory = crate::cuda::Device;
     type Ranks = DeviceRanks;
 
     fn project_out<'a, T: Element>(

@@ -9,97 +9,26 @@
 //!
 //! # Methods
 //! - `project_out` = `partials` + `apply` ([`Backend`]): the Gram-matrix method of
-//!   [`crate::solve`] (same shared solve as the reference).
+//!   [`crate::project::solve`] (same shared solve as the reference).
 //! - `orthonormalize`: Cholesky QR applied twice (CholQR2) through
-//!   [`crate::solve::orth_segment`]. In exact arithmetic it yields the same Q as CGS2 (QR
+//!   [`crate::project::solve::orth_segment`]. In exact arithmetic it yields the same Q as CGS2 (QR
 //!   with a positive diagonal is unique), and it makes the same rank decisions; the second
 //!   round restores orthogonality lost to conditioning and to rounding of the stored
 //!   intermediate (f16/bf16). Four passes over the basis for any k.
 
-mod kernels;
+use super::cpu_kernels as kernels;
+use crate::cpu::CpuBackend;
 
 use crate::backend::Backend;
 use crate::dtype::Element;
 use crate::error::{invalid, Result};
-use crate::projection::{
-    check_k, BaseMode, Beta, Partials, ProjectOptions, Projection, TensorList,
-};
+use crate::project::solve::{orth_segment, partial_stride, solve_segment, MAX_K};
+use crate::project::{check_k, BaseMode, Beta, Partials, ProjectOptions, Projection, TensorList};
 use crate::segments::{chunk_tasks, ChunkTask, Segments};
-use crate::solve::{orth_segment, partial_stride, solve_segment, MAX_K};
 use crate::sum::Acc;
 use rayon::prelude::*;
-use std::sync::Arc;
-
-/// Default chunk size in elements (128 KiB of f32 per buffer: fits L2 with k = 8).
-pub const DEFAULT_CHUNK: usize = 1 << 15;
-
-/// Multi-threaded CPU implementation of the projection.
-#[derive(Clone, Debug)]
-pub struct CpuBackend {
-    pool: Option<Arc<rayon::ThreadPool>>,
-    chunk: usize,
-}
-
-impl Default for CpuBackend {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 impl CpuBackend {
-    /// A backend on rayon's global thread pool with the default chunk size.
-    pub fn new() -> Self {
-        Self {
-            pool: None,
-            chunk: DEFAULT_CHUNK,
-        }
-    }
-
-    /// A backend with its own pool of `threads` threads (`threads >= 1`).
-    pub fn with_threads(threads: usize) -> Result<Self> {
-        if threads == 0 {
-            return Err(invalid("threads", "must be >= 1"));
-        }
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .map_err(|e| invalid("threads", format!("cannot build thread pool: {e}")))?;
-        Ok(Self {
-            pool: Some(Arc::new(pool)),
-            chunk: DEFAULT_CHUNK,
-        })
-    }
-
-    /// Changes the chunk size (elements, `>= 1`). Results depend on it at the last bit
-    /// (summation order), never on the thread count.
-    pub fn with_chunk(mut self, chunk: usize) -> Result<Self> {
-        if chunk == 0 {
-            return Err(invalid("chunk", "must be >= 1"));
-        }
-        self.chunk = chunk;
-        Ok(self)
-    }
-
-    /// The chunk size in elements.
-    pub fn chunk(&self) -> usize {
-        self.chunk
-    }
-
-    /// Number of worker threads this backend runs on.
-    pub fn threads(&self) -> usize {
-        match &self.pool {
-            Some(p) => p.current_num_threads(),
-            None => rayon::current_num_threads(),
-        }
-    }
-
-    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        match &self.pool {
-            Some(p) => p.install(f),
-            None => f(),
-        }
-    }
-
     /// Pass 1 ([`Backend::partials`]) of a projection cut per segment.
     fn partials_of<T: Element>(
         &self,
@@ -175,7 +104,7 @@ impl CpuBackend {
     }
 
     /// Pass 2 of a projection cut per segment; `cap_by_len` also caps each rank at the
-    /// segment's length (the partials are the segment's own, `crate::solve`).
+    /// segment's length (the partials are the segment's own, `crate::project::solve`).
     fn apply_capped<T: Element>(
         &self,
         segs: &Segments,
@@ -250,7 +179,7 @@ impl CpuBackend {
         c: Cut<'_, '_, T>,
         k: usize,
     ) -> Result<Vec<u32>> {
-        let tasks = chunk_tasks(segs, self.chunk)?;
+        let tasks = chunk_tasks(segs, self.chunk())?;
         let parts = self.partials_of(segs, &tasks, &c, k)?;
         self.apply_capped(segs, &tasks, &parts, c, k, true)
     }
@@ -270,7 +199,7 @@ impl CpuBackend {
         for b in basis.iter() {
             segs.check_buffer("basis", b.len())?;
         }
-        let tasks = chunk_tasks(segs, self.chunk)?;
+        let tasks = chunk_tasks(segs, self.chunk())?;
         let mut p = Partials::zeros(k, segs.len())?;
         let mut m = vec![0.0f64; segs.len() * k * k];
         let mut ranks = vec![0u32; segs.len()];
@@ -341,8 +270,8 @@ impl Backend for CpuBackend {
         v0: Option<&'a [T]>,
         basis: &[&'a [T]],
     ) -> Result<Partials> {
-        crate::projection::check_inputs(segs, &v, v0.as_ref(), basis)?;
-        let tasks = chunk_tasks(segs, self.chunk)?;
+        crate::project::check_inputs(segs, &v, v0.as_ref(), basis)?;
+        let tasks = chunk_tasks(segs, self.chunk())?;
         let mut parts = Partials::zeros(basis.len(), segs.len())?;
         let (v, v0) = (cut(segs, v), v0.map(|v0| cut(segs, v0)));
         let basis: Vec<Vec<&[T]>> = basis.iter().map(|b| cut(segs, b)).collect();
@@ -358,7 +287,7 @@ impl Backend for CpuBackend {
         p: Projection<'_, &'a [T], &'a mut [T]>,
     ) -> Result<Vec<u32>> {
         let k = p.validate(segs)?;
-        let tasks = chunk_tasks(segs, self.chunk)?;
+        let tasks = chunk_tasks(segs, self.chunk())?;
         self.apply_capped(segs, &tasks, partials, Cut::flat(segs, p), k, false)
     }
 

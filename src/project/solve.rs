@@ -66,7 +66,7 @@
 //! (the global length is unknown there), so it caps at `k` and relies on the noise term.
 //!
 //! *Limits.* A nearly dependent vector whose residual is below the noise term is dropped
-//! where explicit CGS2 ([`crate::reference::orthonormalize`]) may keep it; its residual is
+//! where explicit CGS2 ([`crate::project::reference::orthonormalize`]) may keep it; its residual is
 //! then below what the Gram matrix can resolve, so the projection changes by about that
 //! residual. The bound is first order and uses the factor's own `L`, so a severely
 //! ill-conditioned kept set (κ ≳ 1e7 in f64) can still misjudge; the cap bounds the rank by

@@ -12,9 +12,11 @@
 
 use crate::dtype::Element;
 use crate::error::{invalid, Result};
-use crate::projection::{BaseMode, Partials, Projection};
+use crate::project::solve::{
+    orth_segment, partial_stride, rhs_index, solve_segment, tri_index, MAX_K,
+};
+use crate::project::{BaseMode, Partials, Projection};
 use crate::segments::Segments;
-use crate::solve::{orth_segment, partial_stride, rhs_index, solve_segment, tri_index, MAX_K};
 use crate::sum::Acc;
 
 /// A projection's arguments on host slices (what [`crate::Reference`] and
@@ -48,7 +50,7 @@ pub fn partials<T: Element>(
     v0: Option<&[T]>,
     basis: &[&[T]],
 ) -> Result<Partials> {
-    crate::projection::check_inputs(segs, &v, v0.as_ref(), basis)?;
+    crate::project::check_inputs(segs, &v, v0.as_ref(), basis)?;
     let k = basis.len();
     let mut parts = Partials::zeros(k, segs.len())?;
     let st = partial_stride(k);
@@ -73,7 +75,7 @@ pub fn partials<T: Element>(
 /// Pass 2: solves each segment from `partials` (possibly summed over shards) and writes
 /// `alpha·base + beta·(x - P x)`. Returns the rank of each segment's basis, at most k (the
 /// partials may come from longer, sharded segments, so the local length does not cap it;
-/// [`project_out`] caps at `min(length, k)` as well: `crate::solve`, *Rank rule*).
+/// [`project_out`] caps at `min(length, k)` as well: `crate::project::solve`, *Rank rule*).
 pub fn apply<T: Element>(
     segs: &Segments,
     partials: &Partials,
@@ -209,7 +211,7 @@ pub fn orthonormalize<T: Element>(
     tol: f64,
 ) -> Result<Vec<u32>> {
     check_tol(tol)?;
-    crate::projection::check_k(basis.len())?;
+    crate::project::check_k(basis.len())?;
     for b in basis.iter() {
         segs.check_buffer("basis", b.len())?;
     }
@@ -239,7 +241,7 @@ pub fn residual_cgs2<T: Element>(
     tol: f64,
 ) -> Result<Vec<f64>> {
     check_tol(tol)?;
-    crate::projection::check_k(basis.len())?;
+    crate::project::check_k(basis.len())?;
     segs.check_buffer("v", v.len())?;
     for b in basis {
         segs.check_buffer("basis", b.len())?;

@@ -1,0 +1,17 @@
+//! The projection, one operation in one place: its arguments ([`Projection`]), the f64
+//! oracle ([`reference`]), the shared per-segment solve, the CPU kernels and the CUDA
+//! wrapper (the kernels are `kernels/project.cu`).
+
+mod args;
+mod cpu;
+mod cpu_kernels;
+#[cfg(feature = "cuda")]
+mod cuda;
+pub mod reference;
+pub mod solve;
+
+pub use args::*;
+#[cfg(feature = "cuda")]
+pub use cuda::CudaProjection;
+#[cfg(feature = "cuda")]
+pub(crate) use cuda::{project_kernel_names, Workspaces};
