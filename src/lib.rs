@@ -28,12 +28,12 @@ pub mod stats;
 pub mod sum;
 pub mod testing;
 
-pub use backend::{Backend, Host, ListProjectionOf, Memory, RankList, Reference};
+pub use backend::{Backend, Host, ListProjectionOf, Memory, RankList};
 pub use cpu::CpuBackend;
 pub use dtype::{cast_bytes, cast_bytes_mut, DType, Element};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
-pub use project::{reference, solve};
+pub use project::{reference, reference::Reference, solve};
 pub use project::{Beta, Buffer, Output, Partials, ProjectOptions, Projection, TensorList};
 pub use segments::Segments;
 

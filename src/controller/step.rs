@@ -117,9 +117,9 @@ pub fn step<'a, T: Element, B: Backend>(
     let theta0 = <B::Memory as Memory>::share(&enc.theta0);
     let grad = <B::Memory as Memory>::reborrow(&mut enc.grad);
     let p = if explicit {
-        Projection::new(theta, &extra, Output::Accumulate(grad)).minus(theta0)
+        Projection::new(theta, extra, Output::Accumulate(grad)).minus(theta0)
     } else {
-        Projection::drift(theta, theta0, &extra, grad)
+        Projection::drift(theta, theta0, extra, grad)
     };
     let ranks = backend.project_out(enc.segs, p.beta(decision.beta).opts(*opts))?;
     Ok(Some(ranks))

@@ -11,6 +11,7 @@ pub mod reference;
 pub mod solve;
 
 pub use args::*;
+pub(crate) use args::{check_k, check_orthonormalize, check_tol, BasisRef};
 #[cfg(feature = "cuda")]
 pub use cuda::CudaProjection;
 #[cfg(feature = "cuda")]
