@@ -130,7 +130,7 @@ fn check<T: Element>(c: &Counters, b: &CudaBackend, segs: &Segments, k: usize) {
 
     // The split form: partials (1 launch, the fold without solve) then apply (project_finish
     // SOLVE + pass 2). The same partials and the same solve arithmetic: the same bits.
-    let stride = redreg::solve::partial_stride(k);
+    let stride = redreg::testing::solve::partial_stride(k);
     if k > 0 {
         // Leave other values in the workspace's per-segment partials (apply uploads its
         // partials there), also at the empty segments, which no block of pass 1 reduces.

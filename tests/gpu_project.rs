@@ -412,10 +412,20 @@ fn orth<T: Element>(b: &CudaBackend) {
                 }
                 let cap = segs.seg_len(s).min(k);
                 let mut m = vec![0.0; k * k];
-                redreg::solve::orth_segment(k, oracle.segment(s).unwrap(), cap, 1e-7, &mut m);
+                redreg::testing::solve::orth_segment(
+                    k,
+                    oracle.segment(s).unwrap(),
+                    cap,
+                    1e-7,
+                    &mut m,
+                );
                 let gram_kept: Vec<bool> = (0..k).map(|j| m[j * k + j] != 0.0).collect();
-                let margin =
-                    redreg::solve::decision_margin(k, oracle.segment(s).unwrap(), cap, 1e-7);
+                let margin = redreg::testing::solve::decision_margin(
+                    k,
+                    oracle.segment(s).unwrap(),
+                    cap,
+                    1e-7,
+                );
                 assert!(
                     gpu_kept == gram_kept || margin < ranks::BORDERLINE,
                     "{what}: segment {s}: kept {gpu_kept:?}, the Gram rule keeps {gram_kept:?} \

@@ -7,8 +7,8 @@ mod common;
 use common::gpu;
 
 use cudarc::driver::CudaSlice;
-use redreg::dtype::from_f64_vec;
 use redreg::stats::{reference, CpuStats, CudaStats, StatsPlan, REDUNDANCY_EPS, STATS_CHUNK};
+use redreg::testing::from_f64_vec;
 use redreg::testing::signed_vec;
 use redreg::{bf16, f16, DType, Error, Segments};
 

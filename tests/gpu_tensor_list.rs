@@ -191,7 +191,7 @@ fn all<T: Element>(b: &CudaBackend, quick: bool) {
     check::<T>(b, &segs, 2, Mode::Write);
     check::<T>(b, &segs, 1, Mode::Accumulate);
     // Every list kernel (k = 0..8) once, also in quick mode.
-    for k in 0..=redreg::solve::MAX_K {
+    for k in 0..=redreg::testing::solve::MAX_K {
         check::<T>(b, &segs, k, Mode::Base);
     }
 }

@@ -13,7 +13,7 @@ use crate::segments::Segments;
 pub struct ProjectOptions {
     /// Rank threshold: a basis vector whose residual norm (after removing the span of the
     /// earlier kept vectors) is ≤ `tol` × its own norm is dropped. `0 <= tol < 1`.
-    /// Default `1e-7` (see [`crate::project::solve`] for why it should not be smaller).
+    /// Default `1e-7` (`src/project/solve.rs` and `docs/numerics.md` say why it should not be smaller).
     pub tol: f64,
     /// Added to the diagonal of the Gram matrix before the solve. Default `1e-12`: the
     /// authors' script divides by `g·g + 1e-12`, and k = 1 reproduces it exactly. Use
@@ -577,7 +577,7 @@ pub(crate) fn check_tol(tol: f64) -> Result<()> {
 }
 
 /// Per-segment partial sums of the split form: for each segment the packed upper triangle
-/// of the Gram matrix `BᵀB` followed by `Bᵀv` ([`crate::project::solve::partial_stride`] values,
+/// of the Gram matrix `BᵀB` followed by `Bᵀv` (`k(k+1)/2 + k` values,
 /// f64). Partials of shards of the same segments add up ([`Partials::add`], or an
 /// all-reduce sum over [`Partials::as_mut_slice`]) to the partials of the whole.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -2,7 +2,7 @@
 //!
 //! # Parallel layout and determinism
 //! Every buffer is cut into the fixed chunk table of [`crate::segments::chunk_tasks`]
-//! (default [`DEFAULT_CHUNK`] elements). Pass 1 computes one f64 partial per chunk with a
+//! (default [`CpuBackend::DEFAULT_CHUNK`] elements). Pass 1 computes one f64 partial per chunk with a
 //! fixed summation pattern (4 interleaved lanes, combined pairwise), then sums the chunk
 //! partials of each segment in chunk order. Which thread computes which chunk does not
 //! change a single bit, so results are identical run to run and for any thread count.

@@ -36,7 +36,7 @@ pub(crate) fn x_at<T: Element>(v: &[T], v0: Option<&[T]>, e: usize) -> f64 {
 }
 
 /// Pass 1: per segment, the Gram matrix of the basis (the implicit vector first) and the
-/// projections of `x`, summed sequentially with compensated f64 sums ([`Acc`]).
+/// projections of `x`, summed sequentially with compensated f64 sums (TwoSum).
 pub fn partials<T: Element>(segs: &Segments, p: &HostProjection<'_, T>) -> Result<Partials> {
     p.validate_inputs(segs)?;
     let basis: Vec<&[T]> = p
