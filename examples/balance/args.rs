@@ -42,9 +42,9 @@ pub struct Args {
     pub cpu: bool,
 }
 
-pub const USAGE: &str = "balance [--dataset mfeat|synthetic (mfeat)] [--views STRONG,WEAK (mfeat: fac,mor)] \
+pub const USAGE: &str = "balance [--dataset mfeat|synthetic (mfeat)] [--views STRONG,WEAK (mfeat: pix,zer)] \
     [--epochs N] [--seed S (7)] [--seeds N (5)] [--lr LR] [--batch N] [--k K (1)] \
-    [--pipelines LIST (script,clean; also skip-dropped)] [--loss LIST (script,probe; mfeat: script,probe, synthetic: probe)] \
+    [--pipelines LIST (script,clean; also skip-dropped)] [--loss LIST (probe,script: mfeat: probe,script, synthetic: probe)] \
     [--script-loss (= --loss script)] [--ogm-alpha A (0.8)] [--no-ogm] [--no-dropout] [--screen (mfeat)] \
     [--out PATH] [--cpu]";
 
@@ -53,10 +53,10 @@ impl Args {
     pub fn defaults(dataset: DatasetKind) -> Self {
         let (epochs, lr, batch, losses, out) = match dataset {
             DatasetKind::Mfeat => (
-                30,
+                20,
                 0.01,
                 32,
-                vec![Loss::Script, Loss::Probe],
+                vec![Loss::Probe, Loss::Script],
                 "out/balance.svg",
             ),
             DatasetKind::Synthetic => {
@@ -65,7 +65,7 @@ impl Args {
         };
         Self {
             dataset,
-            views: ["fac".into(), "mor".into()],
+            views: ["pix".into(), "zer".into()],
             epochs,
             seed: 7,
             seeds: 5,

@@ -3,7 +3,7 @@
 //! same images (`data/mfeat/`, vendored) — and on a synthetic controlled case.
 //!
 //! ```text
-//! cargo run --release --features candle --example balance                           # mfeat, views fac (strong) + mor (weak)
+//! cargo run --release --features candle --example balance                           # mfeat, views pix (strong) + zer (weak)
 //! cargo run --release --features candle --example balance -- --screen               # mfeat: every candidate pair's baseline
 //! cargo run --release --features candle --example balance -- --dataset synthetic    # the controlled case
 //! cargo run --release --features candle-cuda --example balance   # on the GPU when one is present (--cpu: not)
@@ -117,6 +117,35 @@ pub fn cpus() -> usize {
     std::thread::available_parallelism().map_or(0, |n| n.get())
 }
 
+/// CPU seconds (user + system, all threads) this process has used: with the wall time and
+/// the load average, what the run would take on an idle machine. Linux `/proc/self/stat`
+/// (fields 14 and 15, in USER_HZ = 100 ticks per second); "?" elsewhere.
+pub fn cpu_seconds() -> String {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    match (
+        f.get(11).and_then(|u| u.parse::<f64>().ok()),
+        f.get(12).and_then(|s| s.parse::<f64>().ok()),
+    ) {
+        (Some(u), Some(s)) => format!("{:.1}", (u + s) / 100.0),
+        _ => "?".into(),
+    }
+}
+
+/// The closing line: wall and CPU time, the machine and its load, the reproduce command.
+fn closing(args: &Args, start: Instant, load_start: &str, device: &str) {
+    println!(
+        "\ntotal {:.1} s wall, {} s CPU (user + system) on {} CPU(s), load average {load_start} at start, {} at end; \
+         device: {device}\nreproduce: {}",
+        start.elapsed().as_secs_f64(),
+        cpu_seconds(),
+        cpus(),
+        machine_load(),
+        args.repro()
+    );
+}
+
 // ---------------------------------------------------------------- run
 /// The data of every seed.
 enum Source {
@@ -192,26 +221,29 @@ fn main() -> Res<()> {
     if args.ogm {
         modes.push(Mode::OgmGe);
     }
-    let mut total = match args.screen {
-        true => 0,
-        false => args.seeds * (modes.len() * args.losses.len() + 1) * args.epochs,
+    // On mfeat the screen trains every view alone, the weak one included: its runs are the
+    // main runs' "B alone".
+    let mut total = match (args.screen, &source) {
+        (true, _) => 0,
+        (false, Source::Mfeat(_)) => args.seeds * modes.len() * args.losses.len() * args.epochs,
+        (false, Source::Synthetic) => {
+            args.seeds * (modes.len() * args.losses.len() + 1) * args.epochs
+        }
     };
     if let Source::Mfeat(views) = &source {
         total += screen::epochs(&args, views);
     }
     let progress = Progress::new(total)?;
 
+    let mut alone: Vec<RunLog> = Vec::new();
     if let Source::Mfeat(views) = &source {
-        if !screen::run(&args, views, &progress)? {
-            progress.finish();
-            println!(
-                "\ntotal {:.1} s on {} CPU(s), load average {load_start} at start, {} at end\nreproduce: {}",
-                start.elapsed().as_secs_f64(),
-                cpus(),
-                machine_load(),
-                args.repro()
-            );
-            return Ok(());
+        match screen::run(&args, views, &progress)? {
+            screen::Screen::Continue { weak_alone } => alone = weak_alone,
+            screen::Screen::Stop => {
+                progress.finish();
+                closing(&args, start, &load_start, &device);
+                return Ok(());
+            }
         }
     }
 
@@ -221,7 +253,6 @@ fn main() -> Res<()> {
         .iter()
         .map(|_| modes.iter().map(|_| Vec::new()).collect())
         .collect();
-    let mut alone: Vec<RunLog> = Vec::new();
     for si in 0..args.seeds {
         let seed = args.seed + si as u64;
         let data = source.dataset(&args, seed)?;
@@ -232,11 +263,13 @@ fn main() -> Res<()> {
                 runs[li][mi].push(log);
             }
         }
-        let what = format!("seed {seed}: B alone");
-        let log = progress.run(&what, |bar| {
-            train(Mode::BAlone, Loss::Script, &args, seed, &data, bar)
-        })?;
-        alone.push(log);
+        if let Source::Synthetic = source {
+            let what = format!("seed {seed}: B alone");
+            let log = progress.run(&what, |bar| {
+                train(Mode::BAlone, Loss::Script, &args, seed, &data, bar)
+            })?;
+            alone.push(log);
+        }
     }
     progress.finish();
     for (li, &loss) in args.losses.iter().enumerate() {
@@ -254,12 +287,6 @@ fn main() -> Res<()> {
         plot::write(&path, &args, &first, loss, &named)?;
         println!("plot: {path}");
     }
-    println!(
-        "\ntotal {:.1} s on {} CPU(s), load average {load_start} at start, {} at end; device: {device}\nreproduce: {}",
-        start.elapsed().as_secs_f64(),
-        cpus(),
-        machine_load(),
-        args.repro()
-    );
+    closing(&args, start, &load_start, &device);
     Ok(())
 }

@@ -79,19 +79,21 @@ pub struct Model {
 }
 
 impl Model {
-    /// Encoders `dims[m] → hidden[m] → FEAT` (ReLU), heads to the dataset's classes.
+    /// Encoders `dims[m] → hidden[m] → FEAT` (ReLU), heads to the dataset's classes. Every
+    /// part is drawn from its own stream, so B's encoder and head start the same whatever A
+    /// is (a view trained alone in the screen is the same run as "B alone" for that view).
     pub fn new(seed: u64, ds: &Dataset) -> Res<Self> {
-        let mut rng = Rng(seed ^ 0x5EED);
+        let rng = |part: u64| Rng(seed ^ 0x5EED ^ (part << 40));
         let (dims, hid, classes) = (ds.dims(), ds.hidden, ds.classes);
         Ok(Self {
             enc: [
-                Encoder::new(&mut rng, dims[0], hid[0])?,
-                Encoder::new(&mut rng, dims[1], hid[1])?,
+                Encoder::new(&mut rng(1), dims[0], hid[0])?,
+                Encoder::new(&mut rng(2), dims[1], hid[1])?,
             ],
-            head: Linear::new(&mut rng, 2 * FEAT, classes)?,
+            head: Linear::new(&mut rng(3), 2 * FEAT, classes)?,
             uni: [
-                Linear::new(&mut rng, FEAT, classes)?,
-                Linear::new(&mut rng, FEAT, classes)?,
+                Linear::new(&mut rng(4), FEAT, classes)?,
+                Linear::new(&mut rng(5), FEAT, classes)?,
             ],
         })
     }

@@ -1,7 +1,8 @@
 //! The plot, with `plotters` (SVG backend only): B-only accuracy per epoch with the seed
 //! spread (top), the steps per epoch on which RedReg suppresses a modality and OGM-GE scales
-//! one down (bottom). Every series has its own marker, so series that coincide stay
-//! distinguishable, and a series at zero in every epoch is named in a note above the axis.
+//! one down (bottom). Every series has its own marker (and in the bottom panel a small
+//! sideways offset), so series that coincide stay distinguishable, and a series at zero in
+//! every epoch is named in a note above the axis.
 
 use super::args::Args;
 use super::data::{Dataset, Res};
@@ -207,8 +208,13 @@ fn suppression_panel(area: &Area<'_>, steps: f64, named: &[(Mode, &[RunLog])]) -
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
     let mut at_zero = Vec::new();
-    for (shape, s) in series.into_iter().enumerate() {
+    // Counts of different series often coincide (at 0 above all): each series is dodged
+    // sideways by a few hundredths of an epoch, so its markers stay visible.
+    let n = series.len() as f64;
+    for (shape, mut s) in series.into_iter().enumerate() {
         let c = s.color;
+        let dx = 0.05 * (shape as f64 - (n - 1.0) / 2.0);
+        s.points.iter_mut().for_each(|p| p.0 += dx);
         if s.points.iter().all(|p| p.1 == 0.0) {
             at_zero.push((shape, s.name.clone(), c));
         }

@@ -75,21 +75,43 @@ pub fn epoch_mean(runs: &[RunLog], e: usize, f: impl Fn(&EpochLog) -> f64) -> f6
     runs.iter().map(|r| f(&r.epochs[e])).sum::<f64>() / runs.len() as f64
 }
 
-pub fn per_epoch(a: &Args, named: &[(Mode, &[RunLog])]) {
+/// One column per run, one row per epoch: `f` averaged over the seeds.
+fn epoch_table(a: &Args, title: &str, named: &[(Mode, &[RunLog])], f: fn(&EpochLog) -> f64) {
     let n = named[0].1.len();
-    println!("\nB-only test accuracy per epoch (B's unimodal head; mean over {n} seed(s))");
+    println!("\n{title} (mean over {n} seed(s))");
     let heads: Vec<String> = named
         .iter()
-        .map(|(m, _)| format!("{:>20}", m.label()))
+        .map(|(m, _)| format!("{:>16}", m.label()))
         .collect();
     println!("epoch | {}", heads.join(" | "));
     for e in 0..a.epochs {
         let cols: Vec<String> = named
             .iter()
-            .map(|(_, r)| format!("{:>20.3}", epoch_mean(r, e, |l| l.acc[1])))
+            .map(|(_, r)| format!("{:>16.3}", epoch_mean(r, e, f)))
             .collect();
         println!("{:>5} | {}", e + 1, cols.join(" | "));
     }
+}
+
+pub fn per_epoch(a: &Args, named: &[(Mode, &[RunLog])]) {
+    epoch_table(
+        a,
+        "B-only test accuracy per epoch (B's unimodal head)",
+        named,
+        |l| l.acc[1],
+    );
+    let fused: Vec<(Mode, &[RunLog])> = named
+        .iter()
+        .filter(|(m, _)| *m != Mode::BAlone)
+        .copied()
+        .collect();
+    epoch_table(
+        a,
+        "fused training loss L_mm per epoch (mean over the epoch's steps, main forward pass: \
+         what is left for B's encoder to learn from)",
+        &fused,
+        |l| l.loss_mm / l.steps.max(1) as f64,
+    );
     let sched = DropoutSchedule::default();
     for (mode, runs) in named {
         if *mode == Mode::OgmGe {

@@ -33,18 +33,27 @@ pub fn epochs(a: &Args, views: &[View]) -> usize {
     single + if a.screen { pairs } else { 0 }
 }
 
+/// What the screen leaves for the main runs.
+pub enum Screen {
+    /// `--screen`: the pair screen was the job; stop.
+    Stop,
+    /// The runs of the weak view (`--views`' second) alone: the main runs' "B alone" (the same
+    /// seeds, split, initialisation, data order and dropout draws, so the same run).
+    Continue { weak_alone: Vec<RunLog> },
+}
+
 fn last_b(runs: &[RunLog]) -> Vec<f64> {
     runs.iter()
         .map(|r| r.epochs.last().map_or(f64::NAN, |l| l.acc[1]))
         .collect()
 }
 
-/// The single-view table (always) and, with `--screen`, the pair screen. Returns false when
-/// the run should stop here (`--screen`).
-pub fn run(a: &Args, views: &[View], progress: &Progress) -> Res<bool> {
+/// The single-view table (always) and, with `--screen`, the pair screen.
+pub fn run(a: &Args, views: &[View], progress: &Progress) -> Res<Screen> {
     let seeds: Vec<u64> = (0..a.seeds as u64).map(|i| a.seed + i).collect();
     // Each view as B (A is not computed in a "B alone" run).
     let mut single: Vec<(&View, Vec<f64>)> = Vec::new();
+    let mut weak_alone = Vec::new();
     for v in views {
         let mut runs = Vec::new();
         for &seed in &seeds {
@@ -55,6 +64,9 @@ pub fn run(a: &Args, views: &[View], progress: &Progress) -> Res<bool> {
             })?);
         }
         single.push((v, last_b(&runs)));
+        if v.name == a.views[1] {
+            weak_alone = runs;
+        }
     }
     single.sort_by(|x, y| mean_std(&y.1).0.total_cmp(&mean_std(&x.1).0));
     println!(
@@ -100,7 +112,7 @@ pub fn run(a: &Args, views: &[View], progress: &Progress) -> Res<bool> {
         }
     }
     if !a.screen {
-        return Ok(true);
+        return Ok(Screen::Continue { weak_alone });
     }
 
     // The pair screen: the fused baseline on every candidate pair.
@@ -119,11 +131,12 @@ pub fn run(a: &Args, views: &[View], progress: &Progress) -> Res<bool> {
         })
         .collect();
     println!("pair        | {}", heads.join(" | "));
-    let mut best: Option<(f64, String)> = None;
+    // The pair (and loss) where the weak view falls furthest below itself alone.
+    let mut best: Option<(f64, String, &str)> = None;
     for (s, _) in strong {
         for (w, wa) in weak {
             let mut cols = Vec::new();
-            for (li, &loss) in a.losses.iter().enumerate() {
+            for &loss in &a.losses {
                 let mut runs = Vec::new();
                 for &seed in &seeds {
                     let data = mfeat_data([s, w], seed);
@@ -145,8 +158,8 @@ pub fn run(a: &Args, views: &[View], progress: &Progress) -> Res<bool> {
                 let (df, _) = mean_std(&fused);
                 let (dm, ds) = mean_std(&deficit);
                 cols.push(format!("{:>34}", format!("{df:.3} | {dm:+.3} ± {ds:.3}")));
-                if li == 0 && best.as_ref().is_none_or(|(b, _)| dm < *b) {
-                    best = Some((dm, format!("{},{}", s.name, w.name)));
+                if best.as_ref().is_none_or(|(b, _, _)| dm < *b) {
+                    best = Some((dm, format!("{},{}", s.name, w.name), loss.name()));
                 }
             }
             println!(
@@ -156,12 +169,13 @@ pub fn run(a: &Args, views: &[View], progress: &Progress) -> Res<bool> {
             );
         }
     }
-    if let Some((d, pair)) = best {
+    if let Some((d, pair, loss)) = best {
         println!(
-            "\nlargest deficit under the {} loss: --views {pair} ({d:+.3}); the default is --views {}",
-            a.losses[0].name(),
-            Args::defaults(a.dataset).views.join(",")
+            "\nthe largest deficit: --views {pair} under the {loss} loss ({d:+.3}); the defaults are --views {} \
+             and the {} loss first",
+            Args::defaults(a.dataset).views.join(","),
+            Args::defaults(a.dataset).losses[0].name()
         );
     }
-    Ok(false)
+    Ok(Screen::Stop)
 }

@@ -119,6 +119,8 @@ pub struct EpochLog {
     pub gate_open: usize,
     /// The smallest `r` of the leading modality (what the monitor compares with R).
     pub min_r: f64,
+    /// Sum over the steps of the fused training loss `L_mm` (of the main forward pass).
+    pub loss_mm: f64,
     pub steps: usize,
 }
 
@@ -132,6 +134,7 @@ impl EpochLog {
             beta_sum: 0.0,
             gate_open: 0,
             min_r: f64::INFINITY,
+            loss_mm: 0.0,
             steps: 0,
         }
     }
@@ -255,7 +258,9 @@ pub fn train(
                 continue;
             }
             let f = model.forward(&fa, &fb, probe)?;
-            let loss = ((ce(&f.out)? + ce(&f.uni[0])?)? + ce(&f.uni[1])?)?;
+            let l_mm = ce(&f.out)?;
+            el.loss_mm += l_mm.to_scalar::<f32>()? as f64;
+            let loss = ((l_mm + ce(&f.uni[0])?)? + ce(&f.uni[1])?)?;
             let mut grads = loss.backward()?;
             let was_dropped = dropped != Dropped::None;
             if let Some(o) = ogm.as_mut() {
