@@ -158,7 +158,7 @@ pub fn run(a: &Args, views: &[View], progress: &Progress) -> Res<Screen> {
                 let (df, _) = mean_std(&fused);
                 let (dm, ds) = mean_std(&deficit);
                 cols.push(format!("{:>34}", format!("{df:.3} | {dm:+.3} ± {ds:.3}")));
-                if best.as_ref().is_none_or(|(b, _, _)| dm < *b) {
+                if best.as_ref().map_or(true, |(b, _, _)| dm < *b) {
                     best = Some((dm, format!("{},{}", s.name, w.name), loss.name()));
                 }
             }
