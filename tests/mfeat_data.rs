@@ -75,11 +75,19 @@ fn scratch(tag: &str, views: &[&str], edit: impl Fn(&str, String) -> String) -> 
     dir
 }
 
-/// `text` with line `n` (1-based) replaced by `f(line)`.
+/// `text` with line `n` (1-based) replaced by `f(line)`, its line end (`\r\n` in the vendored
+/// files) kept.
 fn edit_line(text: String, n: usize, f: impl Fn(&str) -> String) -> String {
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    lines[n - 1] = f(&lines[n - 1]);
-    lines.join("\n") + "\n"
+    text.split_inclusive('\n')
+        .enumerate()
+        .map(|(i, l)| {
+            if i + 1 != n {
+                return l.to_string();
+            }
+            let body = l.trim_end_matches(['\r', '\n']);
+            f(body) + &l[body.len()..]
+        })
+        .collect()
 }
 
 /// The error of loading `view` from `dir`, as displayed; the directory is removed.
@@ -100,18 +108,50 @@ fn assert_names(msg: &str, file: &Path, line: Option<usize>, what: &str) {
     assert!(msg.contains(what), "no {what:?} in: {msg}");
 }
 
+fn bad_number_on_line_17(text: String) -> String {
+    edit_line(text, 17, |l| {
+        let mut f: Vec<&str> = l.split(',').collect();
+        f[2] = "1.2.3";
+        f.join(",")
+    })
+}
+
 #[test]
 fn a_bad_number_names_the_file_line_and_field() {
-    let dir = scratch("num", &["mor"], |_, t| {
-        edit_line(t, 17, |l| {
-            let mut f: Vec<&str> = l.split(',').collect();
-            f[2] = "1.2.3";
-            f.join(",")
-        })
-    });
+    // As vendored (\r\n line ends: the csv crate's own line count is one short there).
+    let raw = std::fs::read_to_string(mfeat::view_path(&mfeat::default_dir(), "mor")).unwrap();
+    assert!(
+        raw.starts_with("0,1,2,3,4,5,0\r\n"),
+        "the vendored files end lines with \\r\\n"
+    );
+    let dir = scratch("num", &["mor"], |_, t| bad_number_on_line_17(t));
     let file = mfeat::view_path(&dir, "mor");
     let msg = load_err(&dir, &["mor"]);
     assert_names(&msg, &file, Some(17), "field 3: \"1.2.3\" is not a number");
+    // The same with \n line ends, and with blank lines before it (lines 3 and 4 blank: the bad
+    // row moves to line 19).
+    let dir = scratch("num-lf", &["mor"], |_, t| {
+        bad_number_on_line_17(t.replace("\r\n", "\n"))
+    });
+    assert_names(
+        &load_err(&dir, &["mor"]),
+        &file_in(&dir),
+        Some(17),
+        "field 3",
+    );
+    let dir = scratch("num-blank", &["mor"], |_, t| {
+        edit_line(bad_number_on_line_17(t), 3, |l| format!("\r\n\r\n{l}"))
+    });
+    assert_names(
+        &load_err(&dir, &["mor"]),
+        &file_in(&dir),
+        Some(19),
+        "field 3",
+    );
+}
+
+fn file_in(dir: &Path) -> PathBuf {
+    mfeat::view_path(dir, "mor")
 }
 
 #[test]

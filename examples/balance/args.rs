@@ -25,6 +25,9 @@ pub struct Args {
     pub dataset: DatasetKind,
     /// mfeat: `[strong, weak]` view names (modalities A and B).
     pub views: [String; 2],
+    /// mfeat: the folder of the CSVs (the repository's `data/mfeat/` by default; a binary
+    /// run elsewhere, e.g. from a bundle, is told where they are).
+    pub data: std::path::PathBuf,
     pub epochs: usize,
     pub seed: u64,
     pub seeds: usize,
@@ -42,9 +45,9 @@ pub struct Args {
     pub cpu: bool,
 }
 
-pub const USAGE: &str = "balance [--dataset mfeat|synthetic (mfeat)] [--views STRONG,WEAK (mfeat: pix,zer)] \
+pub const USAGE: &str = "balance [--dataset mfeat|synthetic (mfeat)] [--views STRONG,WEAK (mfeat: pix,zer)] [--data DIR (mfeat: data/mfeat)] \
     [--epochs N] [--seed S (7)] [--seeds N (5)] [--lr LR] [--batch N] [--k K (1)] \
-    [--pipelines LIST (script,clean; also skip-dropped)] [--loss LIST (probe,script: mfeat: probe,script, synthetic: probe)] \
+    [--pipelines LIST (script,clean; also skip-dropped)] [--loss LIST of probe, script (mfeat: probe,script; synthetic: probe)] \
     [--script-loss (= --loss script)] [--ogm-alpha A (0.8)] [--no-ogm] [--no-dropout] [--screen (mfeat)] \
     [--out PATH] [--cpu]";
 
@@ -66,6 +69,7 @@ impl Args {
         Self {
             dataset,
             views: ["pix".into(), "zer".into()],
+            data: super::mfeat::default_dir(),
             epochs,
             seed: 7,
             seeds: 5,
@@ -91,7 +95,8 @@ impl Args {
                 Some("mfeat") => DatasetKind::Mfeat,
                 Some("synthetic") => DatasetKind::Synthetic,
                 other => {
-                    return Err(format!("--dataset {other:?}: mfeat or synthetic ({USAGE})").into())
+                    let got = other.unwrap_or("nothing");
+                    return Err(format!("--dataset {got:?}: mfeat or synthetic ({USAGE})").into());
                 }
             },
             None => DatasetKind::Mfeat,
@@ -110,6 +115,7 @@ impl Args {
                         .map_err(|_| format!("--views needs two views, STRONG,WEAK ({USAGE})"))?;
                     a.views = [s, w];
                 }
+                "--data" => a.data = val()?.into(),
                 "--epochs" => a.epochs = val()?.parse()?,
                 "--seed" => a.seed = val()?.parse()?,
                 "--seeds" => a.seeds = val()?.parse()?,
@@ -188,6 +194,9 @@ impl Args {
         }
         if self.dataset == DatasetKind::Mfeat && self.views != d.views {
             f.push(format!("--views {}", self.views.join(",")));
+        }
+        if self.dataset == DatasetKind::Mfeat && self.data != d.data {
+            f.push(format!("--data {}", self.data.display()));
         }
         for (name, v, dv) in [
             ("--epochs", self.epochs.to_string(), d.epochs.to_string()),

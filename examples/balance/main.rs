@@ -201,7 +201,15 @@ impl Progress {
     }
 }
 
-fn main() -> Res<()> {
+/// Errors are printed with their message (a bad file: its path and line), not as `Debug`.
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Res<()> {
     let args = Args::parse()?;
     let start = Instant::now();
     let load_start = machine_load();
@@ -209,7 +217,7 @@ fn main() -> Res<()> {
     let source = match args.dataset {
         DatasetKind::Mfeat => {
             let names: Vec<&str> = mfeat::VIEWS.iter().map(|v| v.0).collect();
-            Source::Mfeat(mfeat::load_views(&mfeat::default_dir(), &names)?)
+            Source::Mfeat(mfeat::load_views(&args.data, &names)?)
         }
         DatasetKind::Synthetic => Source::Synthetic,
     };

@@ -20,7 +20,8 @@ pub const VIEWS: [(&str, usize); 6] = [
 ];
 pub const CLASSES: usize = 10;
 
-/// Where the vendored files are: `data/mfeat/` in the repository.
+/// Where the vendored files are: `data/mfeat/` in the repository (the path is fixed at
+/// compile time; a binary moved to another machine takes `--data DIR`).
 pub fn default_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("data")
@@ -59,6 +60,8 @@ pub struct View {
     pub dim: usize,
     pub x: Vec<f64>,
     pub y: Vec<u32>,
+    /// The file's line of every row (for errors found after parsing).
+    pub line: Vec<u64>,
 }
 
 impl View {
@@ -90,33 +93,38 @@ pub fn load_view(dir: &Path, view: &str) -> Result<View, LoadError> {
             ),
         )
     })?;
+    let bytes = std::fs::read(&file).map_err(|e| {
+        err(
+            None,
+            format!(
+                "cannot open ({e}); the data is vendored in the repository's data/mfeat/ \
+                 (see its README): run from a checkout, or name the folder with --data DIR"
+            ),
+        )
+    })?;
+    let lines = Lines::new(&bytes);
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_path(&file)
-        .map_err(|e| {
-            err(
-                None,
-                format!("cannot open ({e}); the vendored data: data/mfeat/README.md"),
-            )
-        })?;
+        .from_reader(&bytes[..]);
     let mut v = View {
         name: view.to_string(),
         dim,
         x: Vec::with_capacity(2000 * dim),
         y: Vec::with_capacity(2000),
+        line: Vec::with_capacity(2000),
     };
     let mut rec = csv::StringRecord::new();
     let mut header = true;
     loop {
         let more = rdr.read_record(&mut rec).map_err(|e| {
-            let line = e.position().map(|p| p.line());
+            let line = e.position().map(|p| lines.at(p.byte()));
             err(line, format!("not valid CSV: {e}"))
         })?;
         if !more {
             break;
         }
-        let line = rec.position().map(|p| p.line());
+        let line = rec.position().map(|p| lines.at(p.byte()));
         if rec.len() != dim + 1 {
             return Err(err(
                 line,
@@ -147,7 +155,10 @@ pub fn load_view(dir: &Path, view: &str) -> Result<View, LoadError> {
         }
         let label = &rec[dim];
         match label.trim().parse::<u32>() {
-            Ok(c) if (c as usize) < CLASSES => v.y.push(c),
+            Ok(c) if (c as usize) < CLASSES => {
+                v.y.push(c);
+                v.line.push(line.unwrap_or(0));
+            }
             _ => {
                 return Err(err(
                     line,
@@ -167,6 +178,30 @@ pub fn load_view(dir: &Path, view: &str) -> Result<View, LoadError> {
         return Err(err(None, "no data rows after the header".into()));
     }
     Ok(v)
+}
+
+/// Line numbers from byte offsets. The csv reader's own `Position::line` lags by one after
+/// every `\r\n` (it reports a record as starting at the `\n` that ends the line before) and
+/// after blank lines; the vendored files end their lines with `\r\n`.
+struct Lines<'a> {
+    bytes: &'a [u8],
+    /// Byte offsets of every `\n`.
+    newlines: Vec<usize>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        let newlines = (0..bytes.len()).filter(|&i| bytes[i] == b'\n').collect();
+        Self { bytes, newlines }
+    }
+    /// The 1-based line of the first character at or after `byte` that is not a line end.
+    fn at(&self, byte: u64) -> u64 {
+        let mut b = byte as usize;
+        while b < self.bytes.len() && matches!(self.bytes[b], b'\r' | b'\n') {
+            b += 1;
+        }
+        1 + self.newlines.partition_point(|&n| n < b) as u64
+    }
 }
 
 /// Reads the views and checks that they describe the same images: the same number of rows
@@ -194,8 +229,7 @@ pub fn load_views(dir: &Path, views: &[&str]) -> Result<Vec<View>, LoadError> {
             if let Some(i) = (0..v.rows()).find(|&i| v.y[i] != first.y[i]) {
                 return Err(LoadError {
                     file,
-                    // Data row i is line i + 2 (one header line, lines counted from 1).
-                    line: Some(i as u64 + 2),
+                    line: Some(v.line[i]),
                     what: format!(
                         "label {} where view {} has {} (the views must list the same images in \
                          the same order)",

@@ -165,7 +165,8 @@ pub fn per_epoch(a: &Args, named: &[(Mode, &[RunLog])]) {
 fn ogm_per_epoch(a: &Args, runs: &[RunLog]) {
     println!(
         "\nOGM-GE per epoch, mean over seeds: steps whose coefficient for A or B was below 1 (inside the \
-         modulation window; noise is added to both encoders' weights there), mean coefficient over all steps"
+         modulation window; noise is added to both encoders' weights there), mean coefficient over all steps \
+         (computed on every step, applied only inside the window)"
     );
     println!("epoch | modulated A | modulated B | mean coeff A | mean coeff B | B acc");
     for e in 0..a.epochs {
