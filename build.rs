@@ -171,7 +171,7 @@ fn check_no_abi_defines<'a>(files: impl Iterator<Item = &'a PathBuf>) {
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .collect();
-            if abi::TABLE.iter().any(|c| c.c_name == name) {
+            if abi::header_names().any(|c| c == name) {
                 found.push(format!("{}:{}: {}", f.display(), n + 1, line.trim()));
             }
         }

@@ -25,9 +25,8 @@ typedef unsigned short rr_u16;
 // redreg_abi.cuh). The chunk table depends only on the layout and RR_CHUNK, so every
 // reduction order is fixed: results are bitwise reproducible run to run for the same buffers.
 #define RR_WARPS (RR_THREADS / 32)
-// partial_stride(k) = k(k+1)/2 + k (src/project/solve.rs)
-#define RR_STRIDE(k) ((k) * ((k) + 1) / 2 + (k))
-#define RR_MAX_STRIDE RR_STRIDE(RR_MAX_K)
+// RR_STRIDE(k) (f64 values of one segment's partial sums) and RR_MAX_STRIDE come from
+// redreg_abi.cuh, generated from src/abi.rs partial_stride.
 
 // Chunk-task table: task t is RR_TASK_WORDS = 3 u64 at tasks[3t]: segment, first element,
 // end element (absolute element offsets in the flat buffers; 64-bit so totals above 2^31

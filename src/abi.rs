@@ -194,6 +194,26 @@ const _: () = {
     assert!(ST_PARTIALS as u32 <= THREADS); // stats_tasks zeroes them one per thread
 };
 
+/// Number of f64 values of one segment's partial sums for `k` basis vectors: the upper
+/// triangle of the Gram matrix `G` (row-major, `k(k+1)/2` values) followed by the k values
+/// of `Bᵀv`. The kernels' `RR_STRIDE(k)` is generated from it ([`cuda_header`]), value by
+/// value for `k <= MAX_K`.
+pub const fn partial_stride(k: usize) -> usize {
+    k * (k + 1) / 2 + k
+}
+
+/// The header's names derived from the table rather than rows of it (`RR_STRIDE(k)` and
+/// `RR_MAX_STRIDE`, from [`partial_stride`]); like the rows, no kernel may define them.
+pub const DERIVED: &[&str] = &["RR_STRIDE", "RR_MAX_STRIDE"];
+
+/// Every name the generated header defines: the table's and [`DERIVED`].
+pub fn header_names() -> impl Iterator<Item = &'static str> {
+    TABLE
+        .iter()
+        .map(|c| c.c_name)
+        .chain(DERIVED.iter().copied())
+}
+
 /// File name of the generated header, as the kernels `#include` it.
 pub const HEADER_NAME: &str = "redreg_abi.cuh";
 
@@ -216,11 +236,11 @@ pub fn cuda_header() -> String {
          #pragma once\n\n",
     );
     h.push_str("#if ");
-    for (i, c) in TABLE.iter().enumerate() {
+    for (i, name) in header_names().enumerate() {
         if i > 0 {
             h.push_str(" || \\\n    ");
         }
-        h.push_str(&format!("defined({})", c.c_name));
+        h.push_str(&format!("defined({name})"));
     }
     h.push_str(
         "\n#error \"an RR_ ABI constant is defined outside redreg_abi.cuh: remove that #define \
@@ -245,5 +265,18 @@ pub fn cuda_header() -> String {
         };
         h.push_str(&format!("#define {} {}{suffix}\n", c.c_name, c.value));
     }
+    // Derived from partial_stride, value by value (a constant expression for the kernels'
+    // template parameters; -1 beyond MAX_K).
+    h.push_str(
+        "\n// ---- Values per segment of the partial sums for k basis vectors (partial_stride)\n\
+         #define RR_STRIDE(k) (",
+    );
+    for k in 0..=MAX_K {
+        h.push_str(&format!("(k) == {k} ? {} : ", partial_stride(k)));
+    }
+    h.push_str(&format!(
+        "-1)\n#define RR_MAX_STRIDE {}\n",
+        partial_stride(MAX_K)
+    ));
     h
 }

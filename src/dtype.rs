@@ -261,11 +261,13 @@ pub fn cast_bytes_mut<'a, T: Element>(
 
 /// Converts a slice of f64 values to `T` (one rounding each). Convenience for tests and
 /// examples.
+#[cfg(feature = "testing")]
 pub fn from_f64_vec<T: Element>(xs: &[f64]) -> Vec<T> {
     xs.iter().map(|&x| T::from_f64(x)).collect()
 }
 
 /// Widens a slice of `T` to f64 (exact).
+#[cfg(feature = "testing")]
 pub fn to_f64_vec<T: Element>(xs: &[T]) -> Vec<f64> {
     xs.iter().map(|&x| x.to_f64()).collect()
 }

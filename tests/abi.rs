@@ -137,12 +137,27 @@ fn generated_header_is_the_table() {
         .lines()
         .filter(|l| directive_name(l, "define").is_some())
         .count();
-    assert_eq!(defines, TABLE.len(), "the header defines only the table");
+    assert_eq!(
+        defines,
+        TABLE.len() + abi::DERIVED.len(),
+        "the header defines only the table and the derived names"
+    );
+    // RR_STRIDE(k) is partial_stride, value by value, and RR_MAX_STRIDE its largest.
+    let stride = h
+        .lines()
+        .find(|l| directive_name(l, "define") == Some("RR_STRIDE"))
+        .expect("RR_STRIDE");
+    for k in 0..=abi::MAX_K {
+        let want = format!("(k) == {k} ? {} :", abi::partial_stride(k));
+        assert!(stride.contains(&want), "RR_STRIDE lacks {want:?}: {stride}");
+    }
+    let max = format!("#define RR_MAX_STRIDE {}", abi::partial_stride(abi::MAX_K));
+    assert!(h.lines().any(|l| l.trim() == max), "{max}");
 }
 
 #[test]
 fn kernels_include_the_header_and_define_no_table_name() {
-    let table: HashSet<&str> = TABLE.iter().map(|c| c.c_name).collect();
+    let table: HashSet<&str> = abi::header_names().collect();
     let files = kernel_files();
     let mut local_macros = HashSet::new();
     let mut errors = Vec::new();

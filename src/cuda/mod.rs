@@ -36,6 +36,7 @@ mod foreign;
 mod loading;
 mod ranks;
 
+#[cfg(feature = "testing")]
 pub(crate) use crate::project::project_kernel_names;
 pub use crate::project::CudaProjection;
 /// The cudarc this crate is built against (0.19.10), so users name the same types.

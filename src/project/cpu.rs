@@ -146,9 +146,18 @@ impl CpuBackend {
                 solve_segment(k, partials.seg(s), cap, c.opts.tol, c.opts.ridge, w)
             })
             .collect();
-        // The kernels' apply mode (the base term, the implicit vector's flag), as on CUDA.
+        // The kernels' apply mode (the base term, the implicit vector's flag), as on CUDA;
+        // pass 2 reads every basis vector from its buffer except the destination
+        // (`MODE_B0_OUT`: its value before the write, slot 0).
         let mode = c.mode();
-        let (alpha, beta, v, v0, basis) = (c.alpha, c.beta, c.v, c.v0, c.basis);
+        let basis: Vec<Vec<&[T]>> = c
+            .basis_refs()
+            .filter_map(|b| match b {
+                BasisRef::Src(s) => Some(s.clone()),
+                BasisRef::Out(_) => None,
+            })
+            .collect();
+        let (alpha, beta, v, v0) = (c.alpha, c.beta, c.v, c.v0);
         let (out, base) = c.out.into_parts();
         let outs = split_by_tasks(out, tasks);
         self.run(|| {

@@ -12,8 +12,10 @@ pub(crate) mod solve;
 
 pub use args::*;
 pub(crate) use args::{check_k, check_orthonormalize, check_tol, BasisRef};
+#[cfg(all(feature = "cuda", feature = "testing"))]
+pub(crate) use cuda::project_kernel_names;
 #[cfg(feature = "cuda")]
 pub use cuda::CudaProjection;
 #[cfg(feature = "cuda")]
-pub(crate) use cuda::{project_kernel_names, Workspaces};
+pub(crate) use cuda::Workspaces;
 pub use reference::Reference;

@@ -100,8 +100,15 @@ fn apply_capped<T: Element>(
     partials.check_shape(segs, k)?;
     let mut ranks = vec![0u32; segs.len()];
     let mut w = [0.0f64; MAX_K];
-    let first = usize::from(p.implicit.is_some());
-    let (v, v0, extra, alpha, beta) = (p.v, p.v0, p.basis, p.alpha, p.beta);
+    // Each basis vector's source: its own buffer, or (None) the destination itself.
+    let sources: Vec<Option<&[T]>> = p
+        .basis_refs()
+        .map(|b| match b {
+            BasisRef::Src(s) => Some(*s),
+            BasisRef::Out(_) => None,
+        })
+        .collect();
+    let (v, v0, alpha, beta) = (p.v, p.v0, p.alpha, p.beta);
     let in_place = matches!(p.out, Output::Accumulate(_));
     let (out, base) = p.out.into_parts();
     for (s, r) in segs.iter().enumerate() {
@@ -120,11 +127,8 @@ fn apply_capped<T: Element>(
             // in-place base) happens before its write.
             let o = out[e].to_f64();
             let mut y = x_at(v, v0, e);
-            if first == 1 {
-                y -= w[0] * o;
-            }
-            for (i, bi) in extra.iter().enumerate() {
-                y -= w[first + i] * bi[e].to_f64();
+            for (i, b) in sources.iter().enumerate() {
+                y -= w[i] * b.map_or(o, |b| b[e].to_f64());
             }
             let z = match (base, in_place) {
                 (Some(base), _) => alpha * base[e].to_f64() + b * y,

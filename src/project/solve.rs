@@ -95,11 +95,9 @@
 /// accumulators in registers): the kernels' `RR_MAX_K`, from the ABI table ([`crate::abi`]).
 pub use crate::abi::MAX_K;
 
-/// Number of f64 values of one segment's partial sums for `k` basis vectors: the upper
-/// triangle of `G` (row-major, `k(k+1)/2` values) followed by the k values of `c = Bᵀv`.
-pub const fn partial_stride(k: usize) -> usize {
-    k * (k + 1) / 2 + k
-}
+/// Number of f64 values of one segment's partial sums (defined with the ABI table, which
+/// generates the kernels' `RR_STRIDE(k)` from it).
+pub use crate::abi::partial_stride;
 
 /// Index of `G[i][j]` (`i <= j`) in the packed upper triangle of a k×k matrix.
 #[inline(always)]
@@ -314,6 +312,7 @@ fn factor_recording(
 /// can flip the decision; `f64::INFINITY` when no decision was made, NaN for non-finite
 /// partials. Tests use it to accept rank differences between backends only on borderline
 /// segments (`tests/common/ranks.rs`).
+#[cfg(feature = "testing")]
 pub fn decision_margin(k: usize, partial: &[f64], max_rank: usize, tol: f64) -> f64 {
     if partial[..k * (k + 1) / 2].iter().any(|x| !x.is_finite()) {
         return f64::NAN;
