@@ -23,7 +23,7 @@ mod imp {
         step, Config, Controller, DeviceEncoder, JointBasis, Redundancy, StepInputs,
     };
     use redreg::cuda::CudaBackend;
-    use redreg::stats::{CudaStats, StatsPlan};
+    use redreg::stats::{CudaStats, StatHandle, Stats, StatsPlan};
     use redreg::testing::{elements, layouts};
     use redreg::{bf16, f16, DType, ProjectOptions, Segments};
     use redreg::{Backend, Element, Output, Projection};
@@ -207,10 +207,10 @@ mod imp {
             (bsz * 257 * 188, bsz * 3 * 224 * 224)
         };
         let mut plan = StatsPlan::new();
-        let h_za = plan.sq_diff_mean("z_a", DType::F32, za).unwrap();
-        let h_zv = plan.sq_diff_mean("z_v", DType::F32, zv).unwrap();
-        let h_xa = plan.sq_diff_mean("x_a", DType::F32, xa).unwrap();
-        let h_xv = plan.sq_diff_mean("x_v", DType::F32, xv).unwrap();
+        let h_za = plan.sq_diff_mean("z_a", DType::F32, 1, za).unwrap();
+        let h_zv = plan.sq_diff_mean("z_v", DType::F32, 1, zv).unwrap();
+        let h_xa = plan.sq_diff_mean("x_a", DType::F32, 1, xa).unwrap();
+        let h_xv = plan.sq_diff_mean("x_v", DType::F32, 1, xv).unwrap();
         let h_pa = plan
             .true_prob_mean("p_a", DType::F32, bsz, classes)
             .unwrap();
@@ -250,13 +250,13 @@ mod imp {
             4.0 * elems as f64 + 8.0 * bsz as f64,
             &mut || {
                 exec.run(&mut [
-                    h_za.bind(&za1, &za2),
-                    h_zv.bind(&zv1, &zv2),
-                    h_xa.bind(&xa1, &xa2),
-                    h_xv.bind(&xv1, &xv2),
-                    h_pa.bind(&la, labels.slice(..)),
-                    h_pv.bind(&lv, labels.slice(..)),
-                    h_sim.bind(&fa, &fv),
+                    h_za.bind((&za1, &za2)),
+                    h_zv.bind((&zv1, &zv2)),
+                    h_xa.bind((&xa1, &xa2)),
+                    h_xv.bind((&xv1, &xv2)),
+                    h_pa.bind((&la, labels.slice(..))),
+                    h_pv.bind((&lv, labels.slice(..))),
+                    h_sim.bind((&fa, &fv)),
                     h_ga.bind_acc(&ga, acc_a.slice_mut(..)),
                     h_gv.bind_acc(&gv, acc_v.slice_mut(..)),
                 ])

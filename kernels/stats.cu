@@ -1,7 +1,9 @@
 // redreg: fused redundancy statistics (issue 4), module `stats`.
 //
 // One launch of `stats_tasks` runs every task of a plan (one block per task, the same task
-// table as the CPU executor, src/stats/cpu.rs), writing 4 f64 partials per task; one launch
+// table as the CPU executor, src/stats/cpu.rs, built for the declared rows; a run with fewer
+// rows has them in its descriptors, and the tasks beyond them return at once: st_clip),
+// writing 4 f64 partials per task; one launch
 // of `stats_finish` (one thread per statistic) combines the partials of each statistic in
 // task order — the CPU's finishing pass line for line — into the result buffer, which the
 // host copies back once. Every reduction has a fixed order: results are bitwise identical
@@ -9,7 +11,8 @@
 //
 // Tables (u64; word counts and order from redreg_abi.cuh):
 // task t = tasks[5t..5t+5] = {entry, mode, a, start, end};
-// entry i = desc[8i..8i+8] = {kind, dtype, p0, p1, p2, n1, n2, out};
+// entry i = desc[8i..8i+8] = {kind, dtype, p0, p1, p2, n1, n2, out}, uploaded every run
+// (n1 of a row statistic: this run's elements (SQDIFF) or rows (COS, PROB));
 // entry_tasks[2i..2i+2] = {first task, end task}.
 #include "common.cuh"
 
@@ -248,6 +251,21 @@ __device__ void run_task(const rr_u64* __restrict__ d, rr_u64 mode, rr_u64 a, rr
     }
 }
 
+// This run's part of task (mode, a, start, end) of a statistic of `kind` whose descriptor
+// holds this run's N1 (src/stats/cpu.rs, Task::clip, line for line): false when the task
+// lies wholly beyond the run's rows (a short batch), else true with `end` cut at the last
+// row. SQDIFF: N1 elements; COS, PROB: N1 rows (a row piece belongs to row `a`); the
+// per-segment statistics always run as declared. A statistic's tasks are in row order, so
+// those that remain are a prefix of them.
+__device__ __forceinline__ bool st_clip(rr_u64 kind, rr_u64 n1, rr_u64 mode, rr_u64 a,
+                                        rr_u64 start, rr_u64* end) {
+    if (kind == RR_ST_SUMS || kind == RR_ST_DOTS) return true;
+    if (mode == RR_ST_MODE_PIECE) return a < n1;
+    if (start >= n1) return false;
+    if (*end > n1) *end = n1;
+    return true;
+}
+
 extern "C" __global__ void __launch_bounds__(RR_THREADS)
     stats_tasks(const rr_u64* __restrict__ tasks, const rr_u64* __restrict__ desc,
                 double* __restrict__ partials) {
@@ -257,7 +275,12 @@ extern "C" __global__ void __launch_bounds__(RR_THREADS)
     double* out = partials + RR_ST_PARTIALS * t;
     if (threadIdx.x < RR_ST_PARTIALS) out[threadIdx.x] = 0.0;
     __syncthreads();
-#define ST_TASK_ARGS tk[RR_ST_TASK_MODE], tk[RR_ST_TASK_A], tk[RR_ST_TASK_START], tk[RR_ST_TASK_END]
+    rr_u64 end = tk[RR_ST_TASK_END];
+    // Beyond this run's rows: the zero partials stay, and stats_finish stops before them.
+    if (!st_clip(d[RR_ST_DESC_KIND], d[RR_ST_DESC_N1], tk[RR_ST_TASK_MODE], tk[RR_ST_TASK_A],
+                 tk[RR_ST_TASK_START], &end))
+        return;  // block-uniform
+#define ST_TASK_ARGS tk[RR_ST_TASK_MODE], tk[RR_ST_TASK_A], tk[RR_ST_TASK_START], end
     switch (d[RR_ST_DESC_DTYPE]) {
         case RR_DT_F32: run_task<rr_f32>(d, ST_TASK_ARGS, out); break;
         case RR_DT_F16: run_task<rr_f16>(d, ST_TASK_ARGS, out); break;
@@ -297,8 +320,15 @@ extern "C" __global__ void stats_finish(const rr_u64* __restrict__ entry_tasks,
     const rr_u64 kind = d[RR_ST_DESC_KIND], dt = d[RR_ST_DESC_DTYPE], n1 = d[RR_ST_DESC_N1],
                  n2 = d[RR_ST_DESC_N2];
     double* v = results + d[RR_ST_DESC_OUT];
-    const rr_u64 t0 = entry_tasks[RR_ST_ENTRY_WORDS * e + RR_ST_ENTRY_FIRST],
-                 t1 = entry_tasks[RR_ST_ENTRY_WORDS * e + RR_ST_ENTRY_END];
+    const rr_u64 t0 = entry_tasks[RR_ST_ENTRY_WORDS * e + RR_ST_ENTRY_FIRST];
+    // This run's tasks: the prefix that st_clip keeps (a short batch has fewer rows).
+    rr_u64 t1 = t0;
+    for (const rr_u64 tn = entry_tasks[RR_ST_ENTRY_WORDS * e + RR_ST_ENTRY_END]; t1 < tn; t1++) {
+        const rr_u64* tk = tasks + RR_ST_TASK_WORDS * t1;
+        rr_u64 end = tk[RR_ST_TASK_END];
+        if (!st_clip(kind, n1, tk[RR_ST_TASK_MODE], tk[RR_ST_TASK_A], tk[RR_ST_TASK_START], &end))
+            break;
+    }
     if (kind == RR_ST_SQDIFF) {
         double s = 0.0;
         for (rr_u64 t = t0; t < t1; t++) s += partials[RR_ST_PARTIALS * t];

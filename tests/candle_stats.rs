@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use helpers::flat;
 use redreg::candle::stats::{labels_i64, modality_shapes, step_inputs, ModalityTensors};
 use redreg::controller::{RedRegStats, StepInputs};
-use redreg::stats::{CpuStats, StatsPlan};
+use redreg::stats::{CpuStats, StatHandle, Stats, StatsPlan};
 
 const B: usize = 6;
 const C: usize = 4;
@@ -155,11 +155,11 @@ fn step_inputs_match_the_plan_on_host_slices_and_the_f64_formulas() {
         .collect();
     let mut inputs = Vec::new();
     for (i, v) in host.iter().enumerate() {
-        inputs.push(h.score[i].bind(&v[0], &yi[..]));
-        inputs.push(h.feature_diff[i].bind(&v[1], &v[2]));
-        inputs.push(h.input_diff[i].bind(&v[3], &v[4]));
+        inputs.push(h.score[i].bind((&v[0], &yi[..])));
+        inputs.push(h.feature_diff[i].bind((&v[1], &v[2])));
+        inputs.push(h.input_diff[i].bind((&v[3], &v[4])));
     }
-    inputs.push(h.agreement[0].bind(&host[0][5], &host[1][5]));
+    inputs.push(h.agreement[0].bind((&host[0][5], &host[1][5])));
     let want = h.inputs(exec.run(&mut inputs).unwrap()).unwrap();
     assert_eq!(got, want);
 }

@@ -3,7 +3,7 @@
 //! computed by hand below.
 
 use redreg::controller::{Config, Controller, ModalityBufs, ModalityShapes, RedRegStats};
-use redreg::stats::{CpuStats, StatsPlan};
+use redreg::stats::{CpuStats, StatHandle, Stats, StatsPlan};
 use redreg::DType;
 
 #[test]
@@ -36,13 +36,13 @@ fn plan_results_drive_the_decision() {
 
     let r = exec
         .run(&mut [
-            h.score[0].bind(&la[..], &labels),
-            h.score[1].bind(&lv[..], &labels),
-            h.feature_diff[0].bind(&za1[..], &za2[..]),
-            h.feature_diff[1].bind(&zv1[..], &zv2[..]),
-            h.input_diff[0].bind(&x1[..], &x2[..]),
-            h.input_diff[1].bind(&x1[..], &x2[..]),
-            h.agreement[0].bind(&fa[..], &fv[..]),
+            h.score[0].bind((&la[..], &labels)),
+            h.score[1].bind((&lv[..], &labels)),
+            h.feature_diff[0].bind((&za1[..], &za2[..])),
+            h.feature_diff[1].bind((&zv1[..], &zv2[..])),
+            h.input_diff[0].bind((&x1[..], &x2[..])),
+            h.input_diff[1].bind((&x1[..], &x2[..])),
+            h.agreement[0].bind((&fa[..], &fv[..])),
         ])
         .unwrap();
     let inputs = h.inputs(r).unwrap();

@@ -8,7 +8,9 @@ use common::gpu;
 
 use cudarc::driver::CudaSlice;
 use redreg::dtype::from_f64_vec;
-use redreg::stats::{reference, CpuStats, CudaStats, StatsPlan, REDUNDANCY_EPS, STATS_CHUNK};
+use redreg::stats::{
+    reference, CpuStats, CudaStats, StatHandle, Stats, StatsPlan, REDUNDANCY_EPS, STATS_CHUNK,
+};
 use redreg::testing::signed_vec;
 use redreg::{bf16, f16, DType, Error, Segments};
 
@@ -102,8 +104,8 @@ fn gpu_plan_matches_cpu_and_is_deterministic() {
         .collect();
 
     let mut plan = StatsPlan::new();
-    let num = plan.sq_diff_mean("z", DType::F16, 4 * b * d).unwrap();
-    let den = plan.sq_diff_mean("x", DType::F32, 3001).unwrap();
+    let num = plan.sq_diff_mean("z", DType::F16, 1, 4 * b * d).unwrap();
+    let den = plan.sq_diff_mean("x", DType::F32, 1, 3001).unwrap();
     let sim = plan.row_cos_mean("sim", DType::BF16, b, d).unwrap();
     let simw = plan.row_cos_mean("simw", DType::F32, 2, wide).unwrap();
     let p = plan.true_prob_mean("p", DType::F32, b, c).unwrap();
@@ -116,15 +118,15 @@ fn gpu_plan_matches_cpu_and_is_deterministic() {
     let mut acc_cpu = acc0.clone();
     let mut cpu = CpuStats::new(&plan).unwrap();
     cpu.run(&mut [
-        num.bind(&z1, &z2),
-        den.bind(&x1, &x2),
-        sim.bind(&fa, &fv),
-        simw.bind(&wa, &wb),
-        p.bind(&logits, &labels),
-        pw.bind(&wl, &wlab),
+        num.bind((&z1, &z2)),
+        den.bind((&x1, &x2)),
+        sim.bind((&fa, &fv)),
+        simw.bind((&wa, &wb)),
+        p.bind((&logits, &labels)),
+        pw.bind((&wl, &wlab)),
         sums.bind_acc(&g, &mut acc_cpu),
         sums16.bind(&gh),
-        dots.bind(&dr, &dr),
+        dots.bind((&dr, &dr)),
     ])
     .unwrap();
     let cpu_vals = cpu.results().as_slice().to_vec();
@@ -148,13 +150,13 @@ fn gpu_plan_matches_cpu_and_is_deterministic() {
     for _ in 0..3 {
         let r = gpu
             .run(&mut [
-                dots.bind(&ddr, &ddr),
-                num.bind(&dz1, &dz2),
-                den.bind(&dx1, &dx2),
-                sim.bind(&dfa, &dfv),
-                simw.bind(&dwa, &dwb),
-                p.bind(&dl, dlab.as_view()),
-                pw.bind(&dwl, dwlab.as_view()),
+                dots.bind((&ddr, &ddr)),
+                num.bind((&dz1, &dz2)),
+                den.bind((&dx1, &dx2)),
+                sim.bind((&dfa, &dfv)),
+                simw.bind((&dwa, &dwb)),
+                p.bind((&dl, dlab.as_view())),
+                pw.bind((&dwl, dwlab.as_view())),
                 sums.bind_acc(&dg, dacc.as_view_mut()),
                 sums16.bind(&dgh),
             ])
@@ -207,13 +209,13 @@ fn gpu_plan_matches_cpu_and_is_deterministic() {
     let dbad = s.clone_htod(&bad).unwrap();
     let e = gpu
         .run(&mut [
-            dots.bind(&ddr, &ddr),
-            num.bind(&dz1, &dz2),
-            den.bind(&dx1, &dx2),
-            sim.bind(&dfa, &dfv),
-            simw.bind(&dwa, &dwb),
-            p.bind(&dl, dlab.as_view()),
-            pw.bind(&dwl, dbad.as_view()),
+            dots.bind((&ddr, &ddr)),
+            num.bind((&dz1, &dz2)),
+            den.bind((&dx1, &dx2)),
+            sim.bind((&dfa, &dfv)),
+            simw.bind((&dwa, &dwb)),
+            p.bind((&dl, dlab.as_view())),
+            pw.bind((&dwl, dbad.as_view())),
             sums.bind_acc(&dg, dacc.as_view_mut()),
             sums16.bind(&dgh),
         ])
@@ -230,7 +232,7 @@ fn gpu_plan_matches_cpu_and_is_deterministic() {
     );
 
     // validation before launch
-    let e = gpu.run(&mut [num.bind(&dz1, &dz2)]).unwrap_err();
+    let e = gpu.run(&mut [num.bind((&dz1, &dz2))]).unwrap_err();
     assert!(e.to_string().contains("expected 9"), "{e}");
 
     // the oracle agrees with the CPU on this plan (sanity of the comparison itself)
@@ -239,15 +241,15 @@ fn gpu_plan_matches_cpu_and_is_deterministic() {
     let _ = reference::run(
         &plan,
         &mut [
-            num.bind(&z1, &z2),
-            den.bind(&x1, &x2),
-            sim.bind(&fa, &fv),
-            simw.bind(&wa, &wb),
-            p.bind(&logits, &labels),
-            pw.bind(&wl, &wlab),
+            num.bind((&z1, &z2)),
+            den.bind((&x1, &x2)),
+            sim.bind((&fa, &fv)),
+            simw.bind((&wa, &wb)),
+            p.bind((&logits, &labels)),
+            pw.bind((&wl, &wlab)),
             sums.bind_acc(&g, &mut acc_ref),
             sums16.bind(&gh),
-            dots.bind(&dr, &dr),
+            dots.bind((&dr, &dr)),
         ],
         &mut out,
     );
@@ -277,7 +279,7 @@ fn results_do_not_depend_on_alignment() {
     let h: Vec<bf16> = from_f64_vec(&signed_vec(n, 23, 1.0));
     let acc0: Vec<f32> = from_f64_vec(&signed_vec(n, 24, 1.0));
     let mut plan = StatsPlan::new();
-    let sq = plan.sq_diff_mean("sq", DType::F32, n).unwrap();
+    let sq = plan.sq_diff_mean("sq", DType::F32, 1, n).unwrap();
     let dots = plan.seg_dots("dots", DType::F32, &segs).unwrap();
     let sums = plan.seg_sums("sums", DType::BF16, &segs, true).unwrap();
     let cos = plan.row_cos_mean("cos", DType::F32, 1, n).unwrap();
@@ -295,10 +297,10 @@ fn results_do_not_depend_on_alignment() {
         let mut dacc = up32(&acc0, oy);
         let r = gpu
             .run(&mut [
-                sq.bind(dx.slice(ox..), dy.slice(oy..)),
-                dots.bind(dx.slice(ox..), dy.slice(oy..)),
+                sq.bind((dx.slice(ox..), dy.slice(oy..))),
+                dots.bind((dx.slice(ox..), dy.slice(oy..))),
                 sums.bind_acc(dh.slice(ox..), dacc.slice_mut(oy..)),
-                cos.bind(dx.slice(ox..), dy.slice(oy..)),
+                cos.bind((dx.slice(ox..), dy.slice(oy..))),
             ])
             .unwrap();
         let bits: Vec<u64> = r.as_slice().iter().map(|v| v.to_bits()).collect();

@@ -2,7 +2,9 @@
 //! of the crate's code.
 
 use redreg::dtype::{from_f64_vec, to_f64_vec};
-use redreg::stats::{reference, Buf, CpuStats, StatsPlan, REDUNDANCY_EPS, STATS_CHUNK};
+use redreg::stats::{
+    reference, Buf, CpuStats, StatHandle, Stats, StatsPlan, REDUNDANCY_EPS, STATS_CHUNK,
+};
 use redreg::testing::Rng;
 use redreg::{bf16, f16, DType, Element, Error, Segments};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -168,9 +170,9 @@ fn sq_diff_case<T: Element>(len: usize, rng: &mut Rng) {
     let (x, xw) = data::<T>(rng, len, 1.0);
     let (y, yw) = data::<T>(rng, len, 1.0);
     let mut plan = StatsPlan::new();
-    let h = plan.sq_diff_mean("d", T::DTYPE, len).unwrap();
+    let h = plan.sq_diff_mean("d", T::DTYPE, 1, len).unwrap();
     let mut ex = CpuStats::new(&plan).unwrap();
-    let got = run1(&mut ex, &mut [h.bind(buf(&x), buf(&y))])
+    let got = run1(&mut ex, &mut [h.bind((buf(&x), buf(&y)))])
         .get(h)
         .unwrap();
     let want = o_sqd(&xw, &yw);
@@ -215,7 +217,7 @@ fn cos_case<T: Element>(rows: usize, dim: usize, rng: &mut Rng) {
     let mut plan = StatsPlan::new();
     let h = plan.row_cos_mean("c", T::DTYPE, rows, dim).unwrap();
     let mut ex = CpuStats::new(&plan).unwrap();
-    let got = run1(&mut ex, &mut [h.bind(buf(&a), buf(&b))])
+    let got = run1(&mut ex, &mut [h.bind((buf(&a), buf(&b)))])
         .get(h)
         .unwrap();
     let want = o_cos(&aw, &bw, rows, dim);
@@ -239,7 +241,7 @@ fn prob_case<T: Element>(rows: usize, c: usize, scale: f64, rng: &mut Rng) {
     let mut plan = StatsPlan::new();
     let h = plan.true_prob_mean("p", T::DTYPE, rows, c).unwrap();
     let mut ex = CpuStats::new(&plan).unwrap();
-    let got = run1(&mut ex, &mut [h.bind(buf(&l), &labels)])
+    let got = run1(&mut ex, &mut [h.bind((buf(&l), &labels))])
         .get(h)
         .unwrap();
     let want = o_prob(&lw, &labels, rows, c);
@@ -290,7 +292,7 @@ fn seg_case<T: Element>(segs: &Segments, rng: &mut Rng) {
         &mut ex,
         &mut [
             hs.bind_acc(buf(&x), &mut acc),
-            hd.bind(buf(&x), buf(&y)),
+            hd.bind((buf(&x), buf(&y))),
             hn.bind(buf(&x)),
         ],
     );
@@ -340,7 +342,7 @@ fn large_inputs_match_f64() {
     let mut acc = vec![0.5f32; n];
 
     let mut plan = StatsPlan::new();
-    let hq = plan.sq_diff_mean("q", DType::F32, n).unwrap();
+    let hq = plan.sq_diff_mean("q", DType::F32, 1, n).unwrap();
     let hc = plan.row_cos_mean("c", DType::F32, rows, c).unwrap();
     let hp = plan.true_prob_mean("p", DType::F32, rows, c).unwrap();
     let hs = plan.seg_sums("s", DType::F32, &segs, true).unwrap();
@@ -349,11 +351,11 @@ fn large_inputs_match_f64() {
     let r = run1(
         &mut ex,
         &mut [
-            hq.bind(&x, &y),
-            hc.bind(&x[..rows * c], &y[..rows * c]),
-            hp.bind(&y[..rows * c], &labels),
+            hq.bind((&x, &y)),
+            hc.bind((&x[..rows * c], &y[..rows * c])),
+            hp.bind((&y[..rows * c], &labels)),
             hs.bind_acc(&x, &mut acc),
-            hd.bind(&x, &y),
+            hd.bind((&x, &y)),
         ],
     );
     let want = o_sqd(&xw, &yw);
@@ -428,8 +430,8 @@ fn mixed_plan_reuse_and_reference_agree() {
     let _g = shared();
     let segs = mixed_segs();
     let mut plan = StatsPlan::new();
-    let num = plan.sq_diff_mean("z_a", DType::F16, 4 * B * D).unwrap();
-    let den = plan.sq_diff_mean("x_a", DType::F32, 3000).unwrap();
+    let num = plan.sq_diff_mean("z_a", DType::F16, 1, 4 * B * D).unwrap();
+    let den = plan.sq_diff_mean("x_a", DType::F32, 1, 3000).unwrap();
     let sim = plan.row_cos_mean("pos_sim", DType::BF16, B, D).unwrap();
     let p = plan.true_prob_mean("p_a", DType::F32, B, C).unwrap();
     let sums = plan.seg_sums("grad_a", DType::BF16, &segs, true).unwrap();
@@ -443,24 +445,24 @@ fn mixed_plan_reuse_and_reference_agree() {
         let r = ex
             .run(&mut [
                 // any order
-                dots.bind(&m.d, &m.g),
-                num.bind(&m.z1, &m.z2),
+                dots.bind((&m.d, &m.g)),
+                num.bind((&m.z1, &m.z2)),
                 sums.bind_acc(&m.g, &mut m.acc),
-                sim.bind(&m.fa, &m.fv),
-                den.bind(&m.x1, &m.x2),
-                p.bind(&m.logits, &m.labels),
+                sim.bind((&m.fa, &m.fv)),
+                den.bind((&m.x1, &m.x2)),
+                p.bind((&m.logits, &m.labels)),
             ])
             .unwrap();
         // the crate's oracle on the same plan
         reference::run(
             &plan,
             &mut [
-                num.bind(&m.z1, &m.z2),
-                den.bind(&m.x1, &m.x2),
-                sim.bind(&m.fa, &m.fv),
-                p.bind(&m.logits, &m.labels),
+                num.bind((&m.z1, &m.z2)),
+                den.bind((&m.x1, &m.x2)),
+                sim.bind((&m.fa, &m.fv)),
+                p.bind((&m.logits, &m.labels)),
                 sums.bind_acc(&m.g, &mut acc_ref),
-                dots.bind(&m.d, &m.g),
+                dots.bind((&m.d, &m.g)),
             ],
             &mut oracle,
         )
@@ -517,7 +519,7 @@ fn plan_reuse_allocates_nothing() {
     let _g = EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner());
     let segs = mixed_segs();
     let mut plan = StatsPlan::new();
-    let num = plan.sq_diff_mean("z", DType::F16, 4 * B * D).unwrap();
+    let num = plan.sq_diff_mean("z", DType::F16, 1, 4 * B * D).unwrap();
     let sim = plan.row_cos_mean("sim", DType::BF16, B, D).unwrap();
     let p = plan.true_prob_mean("p", DType::F32, B, C).unwrap();
     let sums = plan.seg_sums("g", DType::BF16, &segs, true).unwrap();
@@ -540,11 +542,11 @@ fn plan_reuse_allocates_nothing() {
             TRACK.store(step >= 2, Ordering::SeqCst); // two warm-up runs
             let before = ALLOCS.load(Ordering::SeqCst);
             ex.run(&mut [
-                num.bind(&m.z1, &m.z2),
-                sim.bind(&m.fa, &m.fv),
-                p.bind(&m.logits, &m.labels),
+                num.bind((&m.z1, &m.z2)),
+                sim.bind((&m.fa, &m.fv)),
+                p.bind((&m.logits, &m.labels)),
                 sums.bind_acc(&m.g, &mut m.acc),
-                dots.bind(&m.d, &m.g),
+                dots.bind((&m.d, &m.g)),
             ])
             .unwrap();
             counted += ALLOCS.load(Ordering::SeqCst) - before;
@@ -567,7 +569,7 @@ fn label_out_of_range_is_an_error_after_the_run() {
         let g = [3.0f32, 4.0];
         let mut acc = [1.0f32, 1.0];
         let mut plan = StatsPlan::new();
-        let q = plan.sq_diff_mean("q", DType::F32, 2).unwrap();
+        let q = plan.sq_diff_mean("q", DType::F32, 1, 2).unwrap();
         let p = plan.true_prob_mean("p_v", DType::F32, rows, c).unwrap();
         let s = plan.seg_sums("s", DType::F32, &segs, true).unwrap();
         let mut ex = CpuStats::new(&plan).unwrap();
@@ -579,8 +581,8 @@ fn label_out_of_range_is_an_error_after_the_run() {
         ] {
             let e = ex
                 .run(&mut [
-                    q.bind(&g, &[0.0f32, 0.0]),
-                    p.bind(&logits, &labels),
+                    q.bind((&g, &[0.0f32, 0.0])),
+                    p.bind((&logits, &labels)),
                     s.bind_acc(&g, &mut acc),
                 ])
                 .unwrap_err();
@@ -618,8 +620,8 @@ fn label_out_of_range_is_an_error_after_the_run() {
         let labels = vec![0i64; rows];
         let r = ex
             .run(&mut [
-                q.bind(&g, &g),
-                p.bind(&logits, &labels),
+                q.bind((&g, &g)),
+                p.bind((&logits, &labels)),
                 s.bind_acc(&g, &mut acc),
             ])
             .unwrap();
@@ -629,7 +631,7 @@ fn label_out_of_range_is_an_error_after_the_run() {
     let mut plan = StatsPlan::new();
     let p = plan.true_prob_mean("p", DType::F32, 2, 0).unwrap();
     let mut ex = CpuStats::new(&plan).unwrap();
-    let e = ex.run(&mut [p.bind(&[] as &[f32], &[0, 0])]).unwrap_err();
+    let e = ex.run(&mut [p.bind((&[] as &[f32], &[0, 0]))]).unwrap_err();
     assert!(
         matches!(
             e,
@@ -671,7 +673,7 @@ fn extreme<T: Element>() {
     let one = plan.true_prob_mean("one", T::DTYPE, 18, 1).unwrap();
     let mut ex = CpuStats::new(&plan).unwrap();
     let r = ex
-        .run(&mut [p.bind(buf(&l), &labels), one.bind(buf(&l), &[0; 18])])
+        .run(&mut [p.bind((buf(&l), &labels)), one.bind((buf(&l), &[0; 18]))])
         .unwrap();
     let got = r.get(p).unwrap();
     assert!(got.is_finite(), "{}: {got}", T::DTYPE);
@@ -705,14 +707,17 @@ fn zero_rows_have_cosine_zero() {
     let h = plan.row_cos_mean("c", DType::F32, 4, 2).unwrap();
     let mut ex = CpuStats::new(&plan).unwrap();
     // rows: a zero -> 0; cos = 1; both zero -> 0; cos = -1
-    let got = ex.run(&mut [h.bind(&a, &b)]).unwrap().get(h).unwrap();
+    let got = ex.run(&mut [h.bind((&a, &b))]).unwrap().get(h).unwrap();
     close("zero rows", got, 0.0, 1.0);
     let b2 = [1.0f32, 2.0, 2.0, 0.0, 5.0, 5.0, 1.0, 1.0];
-    let got = ex.run(&mut [h.bind(&a, &b2)]).unwrap().get(h).unwrap();
+    let got = ex.run(&mut [h.bind((&a, &b2))]).unwrap().get(h).unwrap();
     close("zero rows", got, 0.5, 1.0);
     // all zero
     let z = [0.0f32; 8];
-    assert_eq!(ex.run(&mut [h.bind(&z, &z)]).unwrap().get(h).unwrap(), 0.0);
+    assert_eq!(
+        ex.run(&mut [h.bind((&z, &z))]).unwrap().get(h).unwrap(),
+        0.0
+    );
 }
 
 fn nan_isolation<T: Element>(bad: f64) {
@@ -731,8 +736,8 @@ fn nan_isolation<T: Element>(bad: f64) {
     l[31] = T::from_f64(bad); // row 3
     let mut acc = vec![0.0f32; n];
     let mut plan = StatsPlan::new();
-    let q_bad = plan.sq_diff_mean("q_bad", T::DTYPE, n).unwrap();
-    let q_ok = plan.sq_diff_mean("q_ok", T::DTYPE, n).unwrap();
+    let q_bad = plan.sq_diff_mean("q_bad", T::DTYPE, 1, n).unwrap();
+    let q_ok = plan.sq_diff_mean("q_ok", T::DTYPE, 1, n).unwrap();
     let c_bad = plan.row_cos_mean("c_bad", T::DTYPE, 4, 8).unwrap();
     let c_ok = plan.row_cos_mean("c_ok", T::DTYPE, 4, 8).unwrap();
     let p_bad = plan.true_prob_mean("p_bad", T::DTYPE, 4, 8).unwrap();
@@ -742,14 +747,14 @@ fn nan_isolation<T: Element>(bad: f64) {
     let mut ex = CpuStats::new(&plan).unwrap();
     let r = ex
         .run(&mut [
-            q_bad.bind(buf(&x), buf(&y)),
-            q_ok.bind(buf(&y), buf(&y)),
-            c_bad.bind(buf(&fa), buf(&fb)),
-            c_ok.bind(buf(&fb), buf(&fb)),
-            p_bad.bind(buf(&l), &labels),
-            p_ok.bind(buf(&l2), &labels),
+            q_bad.bind((buf(&x), buf(&y))),
+            q_ok.bind((buf(&y), buf(&y))),
+            c_bad.bind((buf(&fa), buf(&fb))),
+            c_ok.bind((buf(&fb), buf(&fb))),
+            p_bad.bind((buf(&l), &labels)),
+            p_ok.bind((buf(&l2), &labels)),
             s.bind_acc(buf(&x), &mut acc),
-            d.bind(buf(&y), buf(&x)),
+            d.bind((buf(&y), buf(&x))),
         ])
         .unwrap();
     let what = format!("{} with {bad}", T::DTYPE);
@@ -802,7 +807,7 @@ fn bitwise_identical_across_thread_counts_and_runs() {
     let labels = labels(&mut rng, 300, 1000);
     let (wide, _) = data::<bf16>(&mut rng, 2 * (2 * STATS_CHUNK + 5), 3.0);
     let mut plan = StatsPlan::new();
-    let hq = plan.sq_diff_mean("q", DType::F32, n).unwrap();
+    let hq = plan.sq_diff_mean("q", DType::F32, 1, n).unwrap();
     let hc = plan.row_cos_mean("c", DType::F16, 300, 1000).unwrap();
     let hcw = plan
         .row_cos_mean("cw", DType::BF16, 2, 2 * STATS_CHUNK + 5)
@@ -824,13 +829,13 @@ fn bitwise_identical_across_thread_counts_and_runs() {
             let mut ex = CpuStats::new(&plan).unwrap();
             let r = ex
                 .run(&mut [
-                    hq.bind(&x, &y),
-                    hc.bind(&h, &h2),
-                    hcw.bind(&wide, &wide[..]),
-                    hp.bind(&h, &labels),
-                    hpw.bind(&wide, &[1, 2 * STATS_CHUNK as i64 + 4]),
+                    hq.bind((&x, &y)),
+                    hc.bind((&h, &h2)),
+                    hcw.bind((&wide, &wide[..])),
+                    hp.bind((&h, &labels)),
+                    hpw.bind((&wide, &[1, 2 * STATS_CHUNK as i64 + 4])),
                     hs.bind_acc(&x, &mut acc),
-                    hd.bind(&x, &y),
+                    hd.bind((&x, &y)),
                 ])
                 .unwrap();
             r.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
@@ -853,7 +858,7 @@ fn validation_errors_name_the_numbers() {
     let _g = shared();
     let segs = Segments::from_lengths(&[2, 3]).unwrap();
     let mut plan = StatsPlan::new();
-    let q = plan.sq_diff_mean("z_a", DType::F16, 4).unwrap();
+    let q = plan.sq_diff_mean("z_a", DType::F16, 1, 4).unwrap();
     let p = plan.true_prob_mean("p_a", DType::F32, 2, 3).unwrap();
     let s = plan.seg_sums("g", DType::F32, &segs, true).unwrap();
     let s2 = plan.seg_sums("g2", DType::F32, &segs, false).unwrap();
@@ -873,13 +878,13 @@ fn validation_errors_name_the_numbers() {
         }
     };
     expect(
-        ex.run(&mut [q.bind(&h4, &h4)]).unwrap_err(),
+        ex.run(&mut [q.bind((&h4, &h4))]).unwrap_err(),
         &["expected 4", "got 1"],
     );
     expect(
         ex.run(&mut [
-            q.bind(&h4, &h3),
-            p.bind(&f6, &lab),
+            q.bind((&h4, &h3)),
+            p.bind((&f6, &lab)),
             s.bind_acc(&f5, &mut acc5),
             s2.bind(&f5),
         ])
@@ -888,8 +893,8 @@ fn validation_errors_name_the_numbers() {
     );
     expect(
         ex.run(&mut [
-            q.bind(&f4, &f4),
-            p.bind(&f6, &lab),
+            q.bind((&f4, &f4)),
+            p.bind((&f6, &lab)),
             s.bind_acc(&f5, &mut acc5),
             s2.bind(&f5),
         ])
@@ -898,8 +903,8 @@ fn validation_errors_name_the_numbers() {
     );
     expect(
         ex.run(&mut [
-            q.bind(&h4, &h4),
-            p.bind(&f6, &lab[..1]),
+            q.bind((&h4, &h4)),
+            p.bind((&f6, &lab[..1])),
             s.bind_acc(&f5, &mut acc5),
             s2.bind(&f5),
         ])
@@ -908,18 +913,22 @@ fn validation_errors_name_the_numbers() {
     );
     expect(
         ex.run(&mut [
-            q.bind(&h4, &h4),
-            p.bind(&f5, &lab),
+            q.bind((&h4, &h4)),
+            p.bind((&f5, &lab)),
             s.bind_acc(&f5, &mut acc5),
             s2.bind(&f5),
         ])
         .unwrap_err(),
-        &["p_a", "2x3", "`logits` has 5 elements, expected 6"],
+        &[
+            "p_a",
+            "2x3",
+            "`logits` has 5 elements, not a whole number of rows of 3",
+        ],
     );
     expect(
         ex.run(&mut [
-            q.bind(&h4, &h4),
-            p.bind(&f6, &lab),
+            q.bind((&h4, &h4)),
+            p.bind((&f6, &lab)),
             s.bind_acc(&f5, &mut acc4),
             s2.bind(&f5),
         ])
@@ -928,8 +937,8 @@ fn validation_errors_name_the_numbers() {
     );
     expect(
         ex.run(&mut [
-            q.bind(&h4, &h4),
-            p.bind(&f6, &lab),
+            q.bind((&h4, &h4)),
+            p.bind((&f6, &lab)),
             s.bind(&f5),
             s2.bind(&f5),
         ])
@@ -938,8 +947,8 @@ fn validation_errors_name_the_numbers() {
     );
     expect(
         ex.run(&mut [
-            q.bind(&h4, &h4),
-            p.bind(&f6, &lab),
+            q.bind((&h4, &h4)),
+            p.bind((&f6, &lab)),
             s.bind_acc(&f5, &mut acc5),
             s2.bind_acc(&f5, &mut acc4),
         ])
@@ -948,9 +957,9 @@ fn validation_errors_name_the_numbers() {
     );
     expect(
         ex.run(&mut [
-            q.bind(&h4, &h4),
-            p.bind(&f6, &lab),
-            q.bind(&h4, &h4),
+            q.bind((&h4, &h4)),
+            p.bind((&f6, &lab)),
+            q.bind((&h4, &h4)),
             s2.bind(&f5),
         ])
         .unwrap_err(),
@@ -958,11 +967,11 @@ fn validation_errors_name_the_numbers() {
     );
     // a handle of another plan
     let mut other = StatsPlan::new();
-    let oq = other.sq_diff_mean("o", DType::F16, 4).unwrap();
+    let oq = other.sq_diff_mean("o", DType::F16, 1, 4).unwrap();
     expect(
         ex.run(&mut [
-            oq.bind(&h4, &h4),
-            p.bind(&f6, &lab),
+            oq.bind((&h4, &h4)),
+            p.bind((&f6, &lab)),
             s.bind_acc(&f5, &mut acc5),
             s2.bind(&f5),
         ])
@@ -971,11 +980,11 @@ fn validation_errors_name_the_numbers() {
     );
     assert!(ex.results().get(oq).is_err());
     // a statistic declared after the executor was built
-    let late = plan.sq_diff_mean("late", DType::F16, 4).unwrap();
+    let late = plan.sq_diff_mean("late", DType::F16, 1, 4).unwrap();
     expect(
         ex.run(&mut [
-            late.bind(&h4, &h4),
-            p.bind(&f6, &lab),
+            late.bind((&h4, &h4)),
+            p.bind((&f6, &lab)),
             s.bind_acc(&f5, &mut acc5),
             s2.bind(&f5),
         ])
@@ -993,7 +1002,7 @@ fn validation_errors_name_the_numbers() {
         .is_err());
     // the crate's oracle validates the same way
     let mut out = plan.new_results();
-    assert!(reference::run(&plan, &mut [q.bind(&h4, &h4)], &mut out).is_err());
+    assert!(reference::run(&plan, &mut [q.bind((&h4, &h4))], &mut out).is_err());
 }
 
 #[test]

@@ -12,7 +12,7 @@
 //! differences ~1e-15 of Σ|terms|); the accumulator update is bitwise the CPU's.
 
 use super::cpu::{build_tasks, Mode};
-use super::plan::{Bound, Buf, Decl, Input, StatsPlan, StatsResults};
+use super::plan::{Bound, Buf, Decl, Input, Labels, StatsPlan, StatsResults};
 use crate::abi::{
     DT_BF16, DT_F16, DT_F32, ST_COS, ST_DESC_DTYPE, ST_DESC_KIND, ST_DESC_N1, ST_DESC_N2,
     ST_DESC_OUT, ST_DESC_P0, ST_DESC_P1, ST_DESC_P2, ST_DESC_WORDS, ST_DOTS, ST_ENTRY_END,
@@ -81,6 +81,18 @@ devbuf_from!(f32, F32);
 devbuf_from!(f16, F16);
 devbuf_from!(bf16, BF16);
 
+impl<'a> From<CudaView<'a, i64>> for Labels<'a, Device> {
+    fn from(s: CudaView<'a, i64>) -> Self {
+        Labels(s)
+    }
+}
+
+impl<'a> From<&'a CudaSlice<i64>> for Labels<'a, Device> {
+    fn from(s: &'a CudaSlice<i64>) -> Self {
+        Labels(s.as_view())
+    }
+}
+
 impl Input<'_, Device> {
     /// `Err` unless every buffer belongs to `ctx` and the accumulator (the only device
     /// buffer a run writes) does not overlap the gradient it accumulates.
@@ -122,6 +134,8 @@ pub struct CudaStats {
     /// asynchronous copy (from pageable memory the driver would stage it first).
     desc_host: PinnedHostSlice<u64>,
     order: Vec<usize>,
+    /// Per statistic, the rows of the current run (0 for the per-segment statistics).
+    rows: Vec<usize>,
     results: StatsResults,
 }
 
@@ -198,6 +212,7 @@ impl CudaStats {
                 h
             },
             order: vec![usize::MAX; plan.len()],
+            rows: vec![0; plan.len()],
             results: plan.new_results(),
             plan: plan.clone(),
             stream: s,
@@ -205,26 +220,27 @@ impl CudaStats {
         })
     }
 
-    /// The plan this executor runs.
-    pub fn plan(&self) -> &StatsPlan {
-        &self.plan
-    }
-
-    /// The results of the last run (NaN before the first).
-    pub fn results(&self) -> &StatsResults {
-        &self.results
-    }
-
     /// The stream it runs on (its backend's).
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
+}
 
-    /// Executes every statistic on the step's device buffers (one per declared statistic,
-    /// any order) and copies the results back; returns after one stream synchronisation.
-    /// Same validation and label-fault semantics as [`crate::stats::CpuStats::run`].
-    pub fn run(&mut self, inputs: &mut [Input<'_, Device>]) -> Result<&StatsResults> {
-        self.plan.resolve(inputs, &mut self.order)?;
+impl super::Stats for CudaStats {
+    type Memory = Device;
+
+    fn plan(&self) -> &StatsPlan {
+        &self.plan
+    }
+
+    fn results(&self) -> &StatsResults {
+        &self.results
+    }
+
+    /// See [`super::Stats::run`]: one upload of the descriptors (this run's buffers and
+    /// rows), the launches, one device-to-host copy of the results, one synchronisation.
+    fn run(&mut self, inputs: &mut [Input<'_, Device>]) -> Result<&StatsResults> {
+        self.plan.resolve(inputs, &mut self.order, &mut self.rows)?;
         if self.plan.is_empty() {
             return Ok(&self.results);
         }
@@ -242,10 +258,13 @@ impl CudaStats {
         for inp in inputs.iter_mut() {
             let i = inp.id.idx as usize;
             let e = &self.plan.entries[i];
+            // A row statistic's N1 is this run's: the kernels skip the tasks beyond it and
+            // divide by it (st_clip, the CPU's Task::clip).
+            let rows = self.rows[i];
             let (kind, n1, n2) = match &e.decl {
-                Decl::SqDiff { len } => (ST_SQDIFF, *len, 0),
-                Decl::RowCos { rows, dim } => (ST_COS, *rows, *dim),
-                Decl::TrueProb { rows, classes } => (ST_PROB, *rows, *classes),
+                Decl::SqDiff { row_len, .. } => (ST_SQDIFF, rows * row_len, 0),
+                Decl::RowCos { dim, .. } => (ST_COS, rows, *dim),
+                Decl::TrueProb { classes, .. } => (ST_PROB, rows, *classes),
                 Decl::SegSums { segs, .. } => (ST_SUMS, segs.len(), 0),
                 Decl::SegDots { segs } => (ST_DOTS, segs.len(), 0),
             };
@@ -321,23 +340,8 @@ impl CudaStats {
                 .map_err(drv)?;
         }
         s.synchronize().map_err(drv)?;
+        self.results.rows.copy_from_slice(&self.rows);
         self.plan.label_error(&self.results)?;
         Ok(&self.results)
-    }
-}
-
-impl super::Stats for CudaStats {
-    type Memory = Device;
-
-    fn plan(&self) -> &StatsPlan {
-        CudaStats::plan(self)
-    }
-
-    fn results(&self) -> &StatsResults {
-        CudaStats::results(self)
-    }
-
-    fn run(&mut self, inputs: &mut [Input<'_, Device>]) -> Result<&StatsResults> {
-        CudaStats::run(self, inputs)
     }
 }
