@@ -1049,3 +1049,367 @@ fn crate_reference_matches_independent_oracle() {
         })
     ));
 }
+
+// ---- any batch size up to the declared one (issue #26) -----------------------------------
+
+/// Declared maxima of the short-batch plan: narrow rows (several rows per task; the
+/// squared difference spans chunks, a cut falls inside a chunk) and wide rows (a row longer
+/// than a chunk: row pieces).
+const MAX_ROWS: usize = 37;
+const WIDE_ROWS: usize = 3;
+const FEAT: usize = 1000; // per row of the squared difference: 37 000 elements, 3 chunks
+const DIM: usize = 512; // 32 rows per cosine task
+const CLASSES: usize = 10;
+const WIDE: usize = STATS_CHUNK + 17;
+
+/// One step's buffers at the declared maxima (runs take prefixes of them).
+struct Batch<T> {
+    z: [(Vec<T>, Vec<f64>); 2],
+    a: [(Vec<T>, Vec<f64>); 2],
+    l: (Vec<T>, Vec<f64>),
+    y: Vec<i64>,
+    wa: [(Vec<T>, Vec<f64>); 2],
+    wl: (Vec<T>, Vec<f64>),
+    wy: Vec<i64>,
+    g: Vec<T>,
+}
+
+fn batch<T: Element>(rng: &mut Rng, segs: &Segments) -> Batch<T> {
+    let mut two = |n, s| [data::<T>(rng, n, s), data::<T>(rng, n, s)];
+    let (z, a, wa) = (
+        two(MAX_ROWS * FEAT, 1.0),
+        two(MAX_ROWS * DIM, 1.0),
+        two(WIDE_ROWS * WIDE, 1.0),
+    );
+    Batch {
+        z,
+        a,
+        wa,
+        l: data::<T>(rng, MAX_ROWS * CLASSES, 4.0),
+        y: labels(rng, MAX_ROWS, CLASSES),
+        wl: data::<T>(rng, WIDE_ROWS * WIDE, 20.0),
+        wy: labels(rng, WIDE_ROWS, WIDE),
+        g: data::<T>(rng, segs.total(), 1.0).0,
+    }
+}
+
+/// The plan of every row statistic (declared for `rows` narrow and `wide` wide rows) plus a
+/// per-segment statistic, and its handles.
+struct RowPlan {
+    plan: StatsPlan,
+    sq: redreg::stats::SqDiffMean,
+    cos: redreg::stats::RowCosMean,
+    prob: redreg::stats::TrueProbMean,
+    wcos: redreg::stats::RowCosMean,
+    wprob: redreg::stats::TrueProbMean,
+    sums: redreg::stats::SegSums,
+}
+
+fn row_plan(dt: DType, rows: usize, wide: usize, segs: &Segments) -> RowPlan {
+    let mut plan = StatsPlan::new();
+    let sq = plan.sq_diff_mean("z1-z2", dt, rows, FEAT).unwrap();
+    let cos = plan.row_cos_mean("pos_sim", dt, rows, DIM).unwrap();
+    let prob = plan.true_prob_mean("p", dt, rows, CLASSES).unwrap();
+    let wcos = plan.row_cos_mean("wide cos", dt, wide, WIDE).unwrap();
+    let wprob = plan.true_prob_mean("wide p", dt, wide, WIDE).unwrap();
+    let sums = plan.seg_sums("g", dt, segs, true).unwrap();
+    RowPlan {
+        plan,
+        sq,
+        cos,
+        prob,
+        wcos,
+        wprob,
+        sums,
+    }
+}
+
+/// The inputs of `p` for the first `n` narrow and `w` wide rows of `b`.
+fn row_inputs<'a, T: Element>(
+    p: &RowPlan,
+    b: &'a Batch<T>,
+    n: usize,
+    w: usize,
+    acc: &'a mut [f32],
+) -> Vec<redreg::stats::Input<'a>> {
+    vec![
+        p.sq.bind((buf(&b.z[0].0[..n * FEAT]), buf(&b.z[1].0[..n * FEAT]))),
+        p.cos
+            .bind((buf(&b.a[0].0[..n * DIM]), buf(&b.a[1].0[..n * DIM]))),
+        p.prob.bind((buf(&b.l.0[..n * CLASSES]), &b.y[..n])),
+        p.wcos
+            .bind((buf(&b.wa[0].0[..w * WIDE]), buf(&b.wa[1].0[..w * WIDE]))),
+        p.wprob.bind((buf(&b.wl.0[..w * WIDE]), &b.wy[..w])),
+        p.sums.bind_acc(buf(&b.g), acc),
+    ]
+}
+
+fn short_batches<T: Element>(seed: u64) {
+    let mut rng = Rng::new(seed);
+    let segs = Segments::from_lengths(&[700, 0, STATS_CHUNK + 5]).unwrap();
+    let b = batch::<T>(&mut rng, &segs);
+    let max = row_plan(T::DTYPE, MAX_ROWS, WIDE_ROWS, &segs);
+    let mut exec = CpuStats::new(&max.plan).unwrap();
+    let mut acc = vec![0.0f32; segs.total()];
+    let full = exec
+        .run(&mut row_inputs(&max, &b, MAX_ROWS, WIDE_ROWS, &mut acc))
+        .unwrap()
+        .clone();
+    let full_sums = full.get(max.sums).unwrap().sum.to_vec();
+    // 32: a cosine task boundary; 31, 33: one row either side; 1: the smallest batch.
+    for n in [MAX_ROWS, 33, 32, 31, 2, 1] {
+        let w = n.min(WIDE_ROWS);
+        let what = format!("{} rows (wide {w})", n);
+        let r = exec.run(&mut row_inputs(&max, &b, n, w, &mut acc)).unwrap();
+        // The independent f64 formulas over the rows given.
+        let sq = o_sqd(&b.z[0].1[..n * FEAT], &b.z[1].1[..n * FEAT]);
+        close(&format!("{what}: sq"), r.get(max.sq).unwrap(), sq, sq);
+        let cos = o_cos(&b.a[0].1, &b.a[1].1, n, DIM);
+        close(&format!("{what}: cos"), r.get(max.cos).unwrap(), cos, 1.0);
+        let p = o_prob(&b.l.1, &b.y, n, CLASSES);
+        close(&format!("{what}: prob"), r.get(max.prob).unwrap(), p, 1.0);
+        let wcos = o_cos(&b.wa[0].1, &b.wa[1].1, w, WIDE);
+        close(
+            &format!("{what}: wide cos"),
+            r.get(max.wcos).unwrap(),
+            wcos,
+            1.0,
+        );
+        let wp = o_prob(&b.wl.1, &b.wy, w, WIDE);
+        close(
+            &format!("{what}: wide prob"),
+            r.get(max.wprob).unwrap(),
+            wp,
+            1.0,
+        );
+        // A short batch is not the full batch (the checks above can fail).
+        if n < MAX_ROWS {
+            assert_ne!(r.get(max.sq).unwrap(), full.get(max.sq).unwrap(), "{what}");
+            assert_ne!(
+                r.get(max.cos).unwrap(),
+                full.get(max.cos).unwrap(),
+                "{what}"
+            );
+            assert_ne!(
+                r.get(max.prob).unwrap(),
+                full.get(max.prob).unwrap(),
+                "{what}"
+            );
+        }
+        // The per-segment statistic of the same run keeps its layout and values.
+        assert_eq!(r.get(max.sums).unwrap().sum, &full_sums[..], "{what}");
+        let short = r.as_slice().to_vec();
+
+        // Bit for bit the run of a plan declared with exactly these rows.
+        let exact = row_plan(T::DTYPE, n, w, &segs);
+        let mut acc2 = vec![0.0f32; segs.total()];
+        let e = CpuStats::new(&exact.plan)
+            .unwrap()
+            .run(&mut row_inputs(&exact, &b, n, w, &mut acc2))
+            .unwrap()
+            .as_slice()
+            .to_vec();
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&short),
+            bits(&e),
+            "{what}: vs a plan declared with {n} rows"
+        );
+
+        // The crate's oracle takes short batches the same way.
+        let mut out = max.plan.new_results();
+        let mut acc3 = vec![0.0f32; segs.total()];
+        reference::run(
+            &max.plan,
+            &mut row_inputs(&max, &b, n, w, &mut acc3),
+            &mut out,
+        )
+        .unwrap();
+        close(
+            &format!("{what}: oracle sq"),
+            out.get(max.sq).unwrap(),
+            sq,
+            sq,
+        );
+        close(
+            &format!("{what}: oracle cos"),
+            out.get(max.cos).unwrap(),
+            cos,
+            1.0,
+        );
+        close(
+            &format!("{what}: oracle p"),
+            out.get(max.prob).unwrap(),
+            p,
+            1.0,
+        );
+        close(
+            &format!("{what}: oracle wide p"),
+            out.get(max.wprob).unwrap(),
+            wp,
+            1.0,
+        );
+
+        // Sums and counts for an all-reduce count the rows of this run.
+        let red = r.to_sums(&max.plan).unwrap();
+        let v = red.as_slice();
+        assert_eq!((v[1], v[3], v[5]), ((n * FEAT) as f64, n as f64, n as f64));
+        assert_eq!((v[8], v[10]), (w as f64, w as f64));
+    }
+}
+
+#[test]
+fn any_batch_size_up_to_the_declared_one() {
+    let _g = shared();
+    short_batches::<f32>(0x5407);
+    short_batches::<bf16>(0x5408);
+}
+
+/// Two data-parallel ranks with batches of 20 and 17 rows (one declared maximum of 37):
+/// their summed sums and counts give the means of all 37 rows.
+#[test]
+fn uneven_batches_reduce_to_the_whole_batch() {
+    let _g = shared();
+    let mut rng = Rng::new(0x5409);
+    let segs = Segments::from_lengths(&[5]).unwrap();
+    let b = batch::<f32>(&mut rng, &segs);
+    let p = row_plan(DType::F32, MAX_ROWS, WIDE_ROWS, &segs);
+    let mut exec = CpuStats::new(&p.plan).unwrap();
+    let mut acc = vec![0.0f32; segs.total()];
+    let whole = exec
+        .run(&mut row_inputs(&p, &b, MAX_ROWS, WIDE_ROWS, &mut acc))
+        .unwrap()
+        .clone();
+    // Rank 0: rows 0..20 (wide 0..2); rank 1: rows 20..37 (wide 2..3).
+    let (n0, w0) = (20, 2);
+    let r0 = exec
+        .run(&mut row_inputs(&p, &b, n0, w0, &mut acc))
+        .unwrap()
+        .to_sums(&p.plan)
+        .unwrap();
+    let tail = |x: &(Vec<f32>, Vec<f64>), from: usize| (x.0[from..].to_vec(), x.1.clone());
+    let b1 = Batch {
+        z: [tail(&b.z[0], n0 * FEAT), tail(&b.z[1], n0 * FEAT)],
+        a: [tail(&b.a[0], n0 * DIM), tail(&b.a[1], n0 * DIM)],
+        l: tail(&b.l, n0 * CLASSES),
+        y: b.y[n0..].to_vec(),
+        wa: [tail(&b.wa[0], w0 * WIDE), tail(&b.wa[1], w0 * WIDE)],
+        wl: tail(&b.wl, w0 * WIDE),
+        wy: b.wy[w0..].to_vec(),
+        g: b.g.clone(),
+    };
+    let mut sum = exec
+        .run(&mut row_inputs(
+            &p,
+            &b1,
+            MAX_ROWS - n0,
+            WIDE_ROWS - w0,
+            &mut acc,
+        ))
+        .unwrap()
+        .to_sums(&p.plan)
+        .unwrap();
+    for (s, x) in sum.as_mut_slice().iter_mut().zip(r0.as_slice()) {
+        *s += x;
+    }
+    let m = sum.means().unwrap();
+    for (what, got, want) in [
+        ("sq", m.get(p.sq), whole.get(p.sq)),
+        ("cos", m.get(p.cos), whole.get(p.cos)),
+        ("prob", m.get(p.prob), whole.get(p.prob)),
+        ("wide cos", m.get(p.wcos), whole.get(p.wcos)),
+        ("wide prob", m.get(p.wprob), whole.get(p.wprob)),
+    ] {
+        let (got, want) = (got.unwrap(), want.unwrap());
+        close(what, got, want, want.abs().max(1.0));
+    }
+}
+
+/// More rows than declared, no rows, a length that is not a whole number of rows, buffers
+/// of different lengths, labels that do not match the logits' rows: each a clear `Err`
+/// before anything is read or written (the accumulator and the last results stay).
+#[test]
+fn short_batch_errors_name_the_numbers() {
+    let _g = shared();
+    let mut rng = Rng::new(0x540a);
+    let segs = Segments::from_lengths(&[9]).unwrap();
+    let b = batch::<f32>(&mut rng, &segs);
+    let p = row_plan(DType::F32, MAX_ROWS, WIDE_ROWS, &segs);
+    let mut exec = CpuStats::new(&p.plan).unwrap();
+    let mut acc = vec![1.0f32; segs.total()];
+    exec.run(&mut row_inputs(&p, &b, 5, 1, &mut acc)).unwrap();
+    let (before, acc_before) = (exec.results().as_slice().to_vec(), acc.clone());
+    let more_z: Vec<f32> = vec![0.0; (MAX_ROWS + 1) * FEAT];
+    let more_l: Vec<f32> = vec![0.0; (MAX_ROWS + 1) * CLASSES];
+    let more_y = vec![0i64; MAX_ROWS + 1];
+    macro_rules! check {
+        ($i:expr, $bad:expr, $parts:expr $(,)?) => {{
+            let mut inputs = row_inputs(&p, &b, 5, 1, &mut acc);
+            inputs[$i] = $bad;
+            let m = exec.run(&mut inputs).unwrap_err().to_string();
+            for part in $parts {
+                assert!(m.contains(part), "`{m}` lacks `{part}`");
+            }
+        }};
+    }
+    check!(
+        0,
+        p.sq.bind((buf(&more_z), buf(&more_z))),
+        &["z1-z2", "38 rows of 1000, more than the 37 rows declared"],
+    );
+    check!(
+        0,
+        p.sq.bind((
+            buf(&b.z[0].0[..5 * FEAT + 1]),
+            buf(&b.z[1].0[..5 * FEAT + 1])
+        )),
+        &[
+            "z1-z2",
+            "`x` has 5001 elements, not a whole number of rows of 1000"
+        ],
+    );
+    check!(
+        0,
+        p.sq.bind((buf(&b.z[0].0[..0]), buf(&b.z[1].0[..0]))),
+        &["z1-z2", "`x` is empty", "1 to 37 rows"]
+    );
+    check!(
+        0,
+        p.sq.bind((buf(&b.z[0].0[..5 * FEAT]), buf(&b.z[1].0[..4 * FEAT]))),
+        &["`y` has 4000 elements, expected 5000"],
+    );
+    check!(
+        1,
+        p.cos
+            .bind((buf(&b.a[0].0[..DIM + 1]), buf(&b.a[1].0[..DIM + 1]))),
+        &["pos_sim", "not a whole number of rows of 512"],
+    );
+    check!(
+        2,
+        p.prob.bind((buf(&more_l), &more_y)),
+        &["`p`", "38 rows of 10, more than the 37 rows declared"],
+    );
+    check!(
+        2,
+        p.prob.bind((buf(&b.l.0[..4 * CLASSES]), &b.y[..5])),
+        &["`p`", "`labels` has 5 elements, expected 4"],
+    );
+    check!(
+        4,
+        p.wprob.bind((buf(&b.wl.0[..0]), &b.wy[..0])),
+        &["wide p", "`logits` is empty"],
+    );
+    assert_eq!(acc, acc_before, "a rejected run wrote the accumulator");
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(exec.results().as_slice()),
+        bits(&before),
+        "a rejected run wrote results"
+    );
+    // The oracle refuses the same way.
+    let mut out = p.plan.new_results();
+    let mut acc2 = acc.clone();
+    let mut inputs = row_inputs(&p, &b, 5, 1, &mut acc2);
+    inputs[0] = p.sq.bind((buf(&more_z), buf(&more_z)));
+    assert!(reference::run(&p.plan, &mut inputs, &mut out).is_err());
+}
