@@ -121,7 +121,7 @@ mod imp {
             let views: Vec<_> = basis.iter().map(|x| x.slice(..)).collect();
             b.project_out(
                 segs,
-                Projection::new(v.slice(..), &views, Output::Accumulate(grad.slice_mut(..)))
+                Projection::new(v.slice(..), views, Output::Accumulate(grad.slice_mut(..)))
                     .beta(1.5)
                     .opts(opts),
             )
@@ -138,17 +138,24 @@ mod imp {
         let s = std::mem::size_of::<T>() as f64;
         let opts = ProjectOptions::default();
         // pass 1 + copy of the partials to the host (the all-reduce point): 2·n·s bytes.
+        // Pass 1 reads v and g only; the destination of the projection is a scratch buffer.
+        let mut scratch = b.stream().alloc_zeros::<T>(n).expect("alloc");
+        let mut pass1 = || {
+            let out = Output::Write {
+                base: None,
+                out: scratch.slice_mut(..),
+            };
+            b.partials(segs, &Projection::new(v.slice(..), [g.slice(..)], out))
+                .expect("partials")
+        };
         bn.case(
             &format!("partials/{label}/{}/k1", T::DTYPE),
             2.0 * n as f64 * s,
             &mut || {
-                b.partials(segs, v.slice(..), None, &[g.slice(..)])
-                    .expect("partials");
+                pass1();
             },
         );
-        let p = b
-            .partials(segs, v.slice(..), None, &[g.slice(..)])
-            .expect("partials");
+        let p = pass1();
         bn.case(
             &format!("apply/{label}/{}/k1", T::DTYPE),
             4.0 * n as f64 * s,
@@ -158,7 +165,7 @@ mod imp {
                     &p,
                     Projection::new(
                         v.slice(..),
-                        &[g.slice(..)],
+                        [g.slice(..)],
                         Output::Accumulate(grad.slice_mut(..)),
                     )
                     .beta(1.5)
@@ -369,7 +376,7 @@ mod imp {
             let p = Projection::drift(
                 views(&theta),
                 views(&theta0),
-                &[],
+                [],
                 grads.iter_mut().map(|t| t.slice_mut(..)).collect(),
             );
             b.project_list(&segs, p.beta(0.5)).expect("project_list");

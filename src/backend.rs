@@ -1,5 +1,5 @@
 //! [`Backend`]: the one interface of the projection, implemented by the f64 oracle
-//! ([`Reference`]), the multi-threaded [`crate::CpuBackend`] and (feature `cuda`) the
+//! ([`crate::Reference`]), the multi-threaded [`crate::CpuBackend`] and (feature `cuda`) the
 //! `CudaBackend`. Code generic over it — [`crate::controller`], [`crate::dist`], the candle
 //! adapter, the benches — runs on any of them.
 //!
@@ -9,13 +9,13 @@
 //! [`RankList::to_vec`], which synchronises) — never shared state.
 //!
 //! # Adding an operation
-//! A projection-like operation is a kernel (`kernels/project.cu`), its codes in the ABI
-//! table, its oracle in [`crate::reference`] and one method here implemented per backend;
-//! `docs/ARCHITECTURE.md` walks through an example.
+//! A projection-like operation is a field or an [`crate::project::Implicit`] variant of
+//! [`Projection`], its flag in the ABI table, its line in the kernel, the oracle and the CPU
+//! kernel; no method here changes. `docs/ARCHITECTURE.md` walks through an example.
 
 use crate::dtype::Element;
 use crate::error::Result;
-use crate::project::{Buffer, Output, Partials, Projection, TensorList};
+use crate::project::{Buffer, Partials, Projection, TensorList};
 use crate::segments::Segments;
 
 /// The per-segment ranks one call returns.
@@ -85,16 +85,27 @@ pub type ProjectionOf<'a, 'b, B, T> = Projection<'a, Src<'b, B, T>, Dst<'b, B, T
 pub type ListProjectionOf<'a, 'b, B, T> =
     Projection<'a, TensorList<Src<'b, B, T>>, TensorList<Dst<'b, B, T>>>;
 
-/// The projection and orthonormalisation, on one kind of buffer.
+/// The projection and orthonormalisation, on one kind of buffer. Every method takes the
+/// projection whole ([`Projection`]: its buffers, options and factors travel together).
 ///
-/// Every method validates its arguments first ([`Projection::validate`] plus the
-/// backend's own checks, e.g. device contexts and aliasing on CUDA) and returns `Err`
+/// Every method validates its arguments first ([`Backend::check`]) and returns `Err`
 /// without touching any buffer when they are invalid.
 pub trait Backend {
     /// Where its buffers live.
     type Memory: Memory;
     /// The per-segment ranks of one call.
     type Ranks: RankList;
+
+    /// Every check [`Backend::project_out`] and [`Backend::apply`] make before they touch
+    /// data: [`Projection::validate`] and the backend's own (on CUDA: every buffer in the
+    /// backend's context, the destination overlapping no input). Touches nothing; returns
+    /// k. [`crate::controller::Controller::step`] runs it on every encoder before it
+    /// changes its state.
+    fn check<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        p: &Projection<'_, Src<'a, Self, T>, Dst<'a, Self, T>>,
+    ) -> Result<usize>;
 
     /// Both passes: `out = alpha·base + beta·(x - P x)` per segment ([`Projection`]).
     /// Ranks at most `min(segment length, k)`.
@@ -115,17 +126,14 @@ pub trait Backend {
         p: ListProjectionOf<'_, 'a, Self, T>,
     ) -> Result<Self::Ranks>;
 
-    /// Pass 1 of the split form: per segment the Gram matrix of the basis and `Bᵀx`
-    /// (`x = v`, or `v - v0` in f64), on the host (on CUDA this synchronises). Partials of
+    /// Pass 1 of the split form: per segment the Gram matrix of the projection's basis (the
+    /// implicit vector first) and `Bᵀx` (`x = v`, or `v - v0` in f64), on the host (on
+    /// CUDA this synchronises). Reads only ([`Projection::validate_inputs`]). Partials of
     /// shards of the same segments add up (an all-reduce sum) to those of the whole.
-    /// For a projection `p` these are `p.v`, `p.v0` and its basis (with the destination
-    /// first when `p.out_in_basis`: [`Memory::view`]).
     fn partials<'a, T: Element>(
         &self,
         segs: &Segments,
-        v: Src<'a, Self, T>,
-        v0: Option<Src<'a, Self, T>>,
-        basis: &[Src<'a, Self, T>],
+        p: &Projection<'_, Src<'a, Self, T>, Dst<'a, Self, T>>,
     ) -> Result<Partials>;
 
     /// Pass 2 of the split form: solves each segment from `partials` (possibly summed over
@@ -150,95 +158,6 @@ pub trait Backend {
     /// `dst = src` (for example the epoch-start snapshot `theta0 = theta`); on CUDA
     /// asynchronous on the backend's stream.
     fn copy<'a, T: Element>(&self, src: Src<'a, Self, T>, dst: Dst<'a, Self, T>) -> Result<()>;
-}
-
-/// The f64 oracle of [`crate::reference`] as a [`Backend`]: single-threaded, slow, written
-/// to be obviously correct (tests, and a fallback).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Reference;
-
-impl Backend for Reference {
-    type Memory = Host;
-    type Ranks = Vec<u32>;
-
-    fn project_out<'a, T: Element>(
-        &self,
-        segs: &Segments,
-        p: Projection<'_, Src<'a, Self, T>, Dst<'a, Self, T>>,
-    ) -> Result<Vec<u32>> {
-        crate::project::reference::project_out(segs, p)
-    }
-
-    /// Packs every list into one flat buffer, runs [`Reference::project_out`], unpacks the
-    /// destination: the definition the other backends' lists are tested against.
-    fn project_list<'a, T: Element>(
-        &self,
-        segs: &Segments,
-        p: Projection<'_, TensorList<&'a [T]>, TensorList<&'a mut [T]>>,
-    ) -> Result<Vec<u32>> {
-        p.validate(segs)?;
-        let pack = |l: &TensorList<&[T]>| l.0.concat();
-        let v = pack(&p.v);
-        let v0 = p.v0.as_ref().map(pack);
-        let basis: Vec<Vec<T>> = p.basis.iter().map(pack).collect();
-        let basis_s: Vec<&[T]> = basis.iter().map(|b| &b[..]).collect();
-        let (base, out, accumulate) = match p.out {
-            Output::Write { base, out } => (base.as_ref().map(pack), out, false),
-            Output::Accumulate(out) => (None, out, true),
-        };
-        let mut flat: Vec<T> = out.0.iter().flat_map(|o| o.iter().copied()).collect();
-        let output = if accumulate {
-            Output::Accumulate(&mut flat[..])
-        } else {
-            Output::Write {
-                base: base.as_deref(),
-                out: &mut flat[..],
-            }
-        };
-        let mut q = Projection::host(&v, &basis_s, output)
-            .alpha(p.alpha)
-            .beta(p.beta)
-            .opts(p.opts);
-        q.v0 = v0.as_deref();
-        q.out_in_basis = p.out_in_basis;
-        let ranks = crate::project::reference::project_out(segs, q)?;
-        for (o, r) in out.0.into_iter().zip(segs.iter()) {
-            o.copy_from_slice(&flat[r]);
-        }
-        Ok(ranks)
-    }
-
-    fn partials<'a, T: Element>(
-        &self,
-        segs: &Segments,
-        v: &'a [T],
-        v0: Option<&'a [T]>,
-        basis: &[&'a [T]],
-    ) -> Result<Partials> {
-        crate::project::reference::partials(segs, v, v0, basis)
-    }
-
-    fn apply<'a, T: Element>(
-        &self,
-        segs: &Segments,
-        partials: &Partials,
-        p: Projection<'_, Src<'a, Self, T>, Dst<'a, Self, T>>,
-    ) -> Result<Vec<u32>> {
-        crate::project::reference::apply(segs, partials, p)
-    }
-
-    fn orthonormalize<T: Element>(
-        &self,
-        segs: &Segments,
-        basis: &mut [&mut [T]],
-        tol: f64,
-    ) -> Result<Vec<u32>> {
-        crate::project::reference::orthonormalize(segs, basis, tol)
-    }
-
-    fn copy<'a, T: Element>(&self, src: &'a [T], dst: &'a mut [T]) -> Result<()> {
-        host_copy(src, dst)
-    }
 }
 
 /// `dst = src` for host slices; `Err` on different lengths.

@@ -4,9 +4,6 @@
 use crate::error::{invalid, Result};
 use std::sync::Arc;
 
-/// Default chunk size in elements (128 KiB of f32 per buffer: fits L2 with k = 8).
-pub const DEFAULT_CHUNK: usize = 1 << 15;
-
 /// Multi-threaded CPU implementation of the projection.
 #[derive(Clone, Debug)]
 pub struct CpuBackend {
@@ -21,11 +18,14 @@ impl Default for CpuBackend {
 }
 
 impl CpuBackend {
+    /// Default chunk size in elements (128 KiB of f32 per buffer: fits L2 with k = 8).
+    pub const DEFAULT_CHUNK: usize = 1 << 15;
+
     /// A backend on rayon's global thread pool with the default chunk size.
     pub fn new() -> Self {
         Self {
             pool: None,
-            chunk: DEFAULT_CHUNK,
+            chunk: Self::DEFAULT_CHUNK,
         }
     }
 
@@ -40,7 +40,7 @@ impl CpuBackend {
             .map_err(|e| invalid("threads", format!("cannot build thread pool: {e}")))?;
         Ok(Self {
             pool: Some(Arc::new(pool)),
-            chunk: DEFAULT_CHUNK,
+            chunk: Self::DEFAULT_CHUNK,
         })
     }
 

@@ -11,30 +11,33 @@
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-pub mod abi;
-pub mod backend;
+mod abi;
+mod backend;
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod controller;
-pub mod cpu;
+mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod dist;
-pub mod dtype;
-pub mod error;
+mod dtype;
+mod error;
 pub mod project;
-pub mod segments;
+mod segments;
 pub mod stats;
-pub mod sum;
+mod sum;
+#[cfg(feature = "testing")]
 pub mod testing;
 
-pub use backend::{Backend, Host, ListProjectionOf, Memory, RankList, Reference};
+pub use backend::{Backend, Dst, Host, ListProjectionOf, Memory, ProjectionOf, RankList, Src};
 pub use cpu::CpuBackend;
 pub use dtype::{cast_bytes, cast_bytes_mut, DType, Element};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
-pub use project::{reference, solve};
-pub use project::{Beta, Buffer, Output, Partials, ProjectOptions, Projection, TensorList};
+pub use project::{
+    reference, Beta, Buffer, Implicit, Output, Partials, ProjectOptions, Projection, Reference,
+    TensorList,
+};
 pub use segments::Segments;
 
 /// The README's code blocks are compiled and run as doc tests (they use the CUDA API too,

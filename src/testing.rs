@@ -13,14 +13,31 @@
 //!   the first mismatches.
 //! - [`layouts`]: the ResNet-18 and ViT-B/16 audio-visual parameter shapes.
 //! - [`chunk_tasks`] / [`ChunkTask`]: the fixed chunk table both backends parallelise
-//!   over (for tests that check the chunking itself).
+//!   over (for tests that check the chunking itself); [`abi`] and [`solve`]: the kernels'
+//!   constants and the per-segment solve, for tests that compare against them.
+//!
+//! Behind the feature `testing` (the crate's tests, benches and examples enable it through
+//! a dev-dependency on the crate itself).
 
 use crate::dtype::Element;
 use std::fmt;
 
 pub mod layouts;
 
+pub use crate::dtype::{from_f64_vec, to_f64_vec};
 pub use crate::segments::chunks::{chunk_tasks, ChunkTask};
+
+/// The ABI table shared by Rust and the kernels (`src/abi.rs`), for the tests that check
+/// the generated header against it.
+pub mod abi {
+    pub use crate::abi::*;
+}
+
+/// The per-segment solve's constants and functions (`src/project/solve.rs`), for the tests
+/// that compare rank decisions across backends.
+pub mod solve {
+    pub use crate::project::solve::{decision_margin, orth_segment, partial_stride, MAX_K};
+}
 
 /// Names of every kernel of module `project` (`kernels/project.cu`), for symbol and
 /// coverage tests.

@@ -3,7 +3,7 @@
 //! table name itself, the NVRTC sources carry the Rust values, and the Rust constants the
 //! wrappers use are the table's. CPU only (no GPU, no nvcc, no NVRTC).
 
-use redreg::abi::{self, AbiConst, TABLE};
+use redreg::testing::abi::{self, AbiConst, TABLE};
 use std::collections::HashSet;
 use std::fs;
 use std::path::PathBuf;
@@ -79,7 +79,7 @@ fn table_rows_are_the_rust_constants() {
         ("RR_CHUNK", abi::CHUNK as i64),
         ("RR_THREADS", abi::THREADS as i64),
         ("RR_MAX_K", abi::MAX_K as i64),
-        ("RR_MAX_K", redreg::solve::MAX_K as i64),
+        ("RR_MAX_K", redreg::testing::solve::MAX_K as i64),
         ("RR_TASK_WORDS", abi::TASK_WORDS as i64),
         ("RR_FIN_REDUCE", abi::FIN_REDUCE as i64),
         ("RR_FIN_SOLVE", abi::FIN_SOLVE as i64),

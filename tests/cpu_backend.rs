@@ -153,12 +153,12 @@ proptest! {
         let v = to_t::<f32>(&rng.normals(n));
         let basis: Vec<Vec<f32>> = (0..k).map(|_| to_t(&rng.normals(n))).collect();
         let be = CpuBackend::new().with_chunk(100).unwrap();
-        let whole = be.partials(&segs, &v, None, &refs(&basis)).unwrap();
+        let whole = host_partials(&be, &segs, &v, None, &refs(&basis)).unwrap();
         let mut sum = Partials::zeros(k, segs.len()).unwrap();
         for ranges in shard_layout(&mut rng, &segs, shards) {
             let lsegs = Segments::from_lengths(&ranges.iter().map(|r| r.len()).collect::<Vec<_>>()).unwrap();
             let lb: Vec<Vec<f32>> = basis.iter().map(|x| gather(x, &ranges)).collect();
-            sum.add(&be.partials(&lsegs, &gather(&v, &ranges), None, &refs(&lb)).unwrap()).unwrap();
+            sum.add(&host_partials(&be, &lsegs, &gather(&v, &ranges), None, &refs(&lb)).unwrap()).unwrap();
         }
         // Compensated sums: shard order changes at most the last bits.
         for (a, b) in sum.as_slice().iter().zip(whole.as_slice()) {
@@ -179,7 +179,7 @@ fn deterministic_across_thread_counts() {
     let mut results = Vec::new();
     for threads in [1usize, 2, 8, 2] {
         let be = CpuBackend::with_threads(threads).unwrap();
-        let p = be.partials(&segs, &v, None, &refs(&basis)).unwrap();
+        let p = host_partials(&be, &segs, &v, None, &refs(&basis)).unwrap();
         let mut out = grad.clone();
         be.project_out(
             &segs,

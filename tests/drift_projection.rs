@@ -60,7 +60,7 @@ where
     backend
         .project_out(
             &segs,
-            Projection::drift(&theta[..], &theta0[..], &[], &mut g[..]).beta(beta),
+            Projection::drift(&theta[..], &theta0[..], [], &mut g[..]).beta(beta),
         )
         .unwrap();
     let want_t: Vec<T> = want.iter().map(|&x| T::from_f64(x)).collect();
@@ -95,7 +95,8 @@ fn out_in_basis_equals_copy<B: Backend<Memory = redreg::Host, Ranks = Vec<u32>>>
         let r1 = backend
             .project_out(
                 &segs,
-                Projection::drift(&theta[..], &theta0[..], &extra_refs, &mut fused[..]).beta(0.8),
+                Projection::drift(&theta[..], &theta0[..], extra_refs.clone(), &mut fused[..])
+                    .beta(0.8),
             )
             .unwrap();
 
@@ -201,7 +202,7 @@ fn fused_cpu_is_deterministic_across_threads_and_matches_the_oracle() {
         run(&|g: &mut [bf16]| {
             be.project_out(
                 &segs,
-                Projection::drift(&theta[..], &theta0[..], &extra_refs, g).beta(1.1),
+                Projection::drift(&theta[..], &theta0[..], extra_refs, g).beta(1.1),
             )
             .unwrap()
         })
@@ -219,7 +220,7 @@ fn fused_cpu_is_deterministic_across_threads_and_matches_the_oracle() {
         Reference
             .project_out(
                 &segs,
-                Projection::drift(&theta[..], &theta0[..], &extra_refs, g).beta(1.1),
+                Projection::drift(&theta[..], &theta0[..], extra_refs, g).beta(1.1),
             )
             .unwrap()
     });
@@ -247,16 +248,16 @@ fn bad_fused_arguments_are_errors() {
                     out: &mut g,
                 },
             )
-            .with_out_in_basis(),
+            .implicit(redreg::project::Implicit::Out),
         )
         .unwrap_err()
         .to_string();
-    assert!(e.contains("out_in_basis"), "{e}");
+    assert!(e.contains("Implicit::Out"), "{e}");
     // v0 of the wrong length.
     let e = b
         .project_out(
             &segs,
-            Projection::drift(&theta[..], &short[..], &[], &mut g[..]),
+            Projection::drift(&theta[..], &short[..], [], &mut g[..]),
         )
         .unwrap_err()
         .to_string();
@@ -266,7 +267,7 @@ fn bad_fused_arguments_are_errors() {
     let e = Reference
         .project_out(
             &segs,
-            Projection::drift(&theta[..], &theta[..], &extra, &mut g[..]),
+            Projection::drift(&theta[..], &theta[..], extra, &mut g[..]),
         )
         .unwrap_err()
         .to_string();

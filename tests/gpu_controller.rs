@@ -234,3 +234,128 @@ fn cuda_step_rejects_bad_buffers() {
     // The host step agrees that the decision itself is fine.
     let _ = step::<f32, Reference>;
 }
+
+/// The device checks (another context, aliasing) run on every encoder before the state
+/// changes: `Controller::step` returns `Err` with the state and every buffer unchanged.
+#[test]
+fn cuda_step_device_errors_leave_state_unchanged() {
+    use cudarc::driver::DevicePtr;
+    use redreg::cuda::ForeignSlice;
+    let Some(b) = gpu::backend("cuda_step_device_errors_leave_state_unchanged") else {
+        return;
+    };
+    let segs = Segments::from_lengths(&[4, 4]).unwrap();
+    let s = b.stream();
+    let theta = up(b, &[1f32, 2., 3., 4., 5., 6., 7., 8.]);
+    let theta0 = up(b, &[0f32; 8]);
+    let mut ctl = Controller::new(Config::new(2), 2).unwrap();
+    ctl.begin_epoch(0).unwrap();
+    // Visual dominates and the gate is open: the decision would suppress encoder 1, while
+    // the bad buffer is encoder 0's (never written by the step).
+    let inputs = StepInputs::pair(
+        0.3,
+        0.7,
+        Redundancy::ratio(0.5),
+        Redundancy::ratio(0.5),
+        0.9,
+    );
+    let check_unchanged = |ctl: &Controller, before: &str, e: redreg::Error, what: &str| {
+        assert!(e.to_string().contains(what), "{e}");
+        assert_eq!(
+            format!("{:?}", ctl.state()),
+            before,
+            "state must be unchanged"
+        );
+    };
+
+    // 1. A gradient that aliases theta (raw pointers of one allocation).
+    let mem: CudaSlice<f32> = up(b, &[1f32, 2., 3., 4., 5., 6., 7., 8.]);
+    let addr = mem.device_ptr(s).0;
+    // SAFETY: both views cover `mem` (8 f32), which outlives them.
+    let (t_alias, mut g_alias) = unsafe {
+        (
+            ForeignSlice::<f32>::new(b, addr, 8).unwrap(),
+            ForeignSlice::<f32>::new(b, addr, 8).unwrap(),
+        )
+    };
+    let mut g1 = up(b, &[0.5f32; 8]);
+    let before = format!("{:?}", ctl.state());
+    let e = {
+        let mut encs = [
+            DeviceEncoder {
+                segs: &segs,
+                theta: t_alias.view(),
+                theta0: theta0.slice(..),
+                grad: g_alias.view_mut(),
+                basis: JointBasis::Gradient,
+            },
+            DeviceEncoder {
+                segs: &segs,
+                theta: theta.slice(..),
+                theta0: theta0.slice(..),
+                grad: g1.slice_mut(..),
+                basis: JointBasis::Gradient,
+            },
+        ];
+        ctl.step(&inputs, b, &mut encs).unwrap_err()
+    };
+    check_unchanged(&ctl, &before, e, "overlaps");
+    assert_eq!(down(b, &g1), vec![0.5f32; 8], "no gradient may be written");
+
+    // 2. A buffer on another device (the emulated driver's EMU_DEVICES=2, or 2 GPUs).
+    let devices = cudarc::driver::CudaContext::device_count().unwrap_or(1);
+    if devices < 2 {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP: cuda_step_device_errors_leave_state_unchanged (another device): needs 2 devices, found {devices}"
+        );
+        return;
+    }
+    let other = CudaBackend::new(1).unwrap();
+    let theta0_other: CudaSlice<f32> = other.stream().clone_htod(&[0f32; 8]).unwrap();
+    let mut g0 = up(b, &[0.25f32; 8]);
+    let e = {
+        let mut encs = [
+            DeviceEncoder {
+                segs: &segs,
+                theta: theta.slice(..),
+                theta0: theta0_other.slice(..),
+                grad: g0.slice_mut(..),
+                basis: JointBasis::Gradient,
+            },
+            DeviceEncoder {
+                segs: &segs,
+                theta: theta.slice(..),
+                theta0: theta0.slice(..),
+                grad: g1.slice_mut(..),
+                basis: JointBasis::Gradient,
+            },
+        ];
+        ctl.step(&inputs, b, &mut encs).unwrap_err()
+    };
+    check_unchanged(&ctl, &before, e, "context");
+    assert_eq!(down(b, &g0), vec![0.25f32; 8]);
+    assert_eq!(down(b, &g1), vec![0.5f32; 8]);
+    // The same step with valid buffers runs and changes the state.
+    let mut encs = [
+        DeviceEncoder {
+            segs: &segs,
+            theta: theta.slice(..),
+            theta0: theta0.slice(..),
+            grad: g0.slice_mut(..),
+            basis: JointBasis::Gradient,
+        },
+        DeviceEncoder {
+            segs: &segs,
+            theta: theta.slice(..),
+            theta0: theta0.slice(..),
+            grad: g1.slice_mut(..),
+            basis: JointBasis::Gradient,
+        },
+    ];
+    let (d, _) = ctl.step(&inputs, b, &mut encs).unwrap();
+    assert_eq!(d.suppressed, Some(1));
+    assert_ne!(format!("{:?}", ctl.state()), before);
+    drop(mem);
+}

@@ -51,7 +51,7 @@ fn concurrent_calls_with_one_layout_keep_their_own_ranks() {
                             &segs,
                             Projection::new(
                                 v.slice(..),
-                                &[g.slice(..), h.slice(..)],
+                                [g.slice(..), h.slice(..)],
                                 Output::Write {
                                     base: None,
                                     out: out.slice_mut(..),
@@ -100,7 +100,7 @@ fn overlapping_foreign_buffers_are_rejected() {
             &segs,
             Projection::new(
                 v.view(),
-                &[g.view()],
+                [g.view()],
                 Output::Write {
                     base: None,
                     out: out.view_mut(),

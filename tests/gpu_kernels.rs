@@ -92,7 +92,7 @@ fn project_all_k<T: Element>(b: &CudaBackend) {
                 };
                 b.project_out(
                     &segs,
-                    Projection::new(dv.slice(shift..), &views, out)
+                    Projection::new(dv.slice(shift..), views, out)
                         .alpha(alpha)
                         .beta(beta)
                         .opts(opts),
@@ -162,7 +162,7 @@ fn drift_all_k<T: Element>(b: &CudaBackend) {
             let mut want = g0[shift..].to_vec();
             let ranks = reference::project_out(
                 &segs,
-                Projection::drift(&theta[shift..], &theta0[shift..], &erefs, &mut want[..])
+                Projection::drift(&theta[shift..], &theta0[shift..], erefs, &mut want[..])
                     .beta(1.25),
             )
             .unwrap();
@@ -177,7 +177,7 @@ fn drift_all_k<T: Element>(b: &CudaBackend) {
                     Projection::drift(
                         dt.slice(shift..),
                         dt0.slice(shift..),
-                        &eviews,
+                        eviews,
                         fused.slice_mut(shift..),
                     )
                     .beta(1.25),
@@ -192,7 +192,7 @@ fn drift_all_k<T: Element>(b: &CudaBackend) {
                     &segs,
                     Projection::new(
                         dt.slice(shift..),
-                        &basis,
+                        basis,
                         Output::Accumulate(explicit.slice_mut(shift..)),
                     )
                     .minus(dt0.slice(shift..))

@@ -76,7 +76,16 @@ fn check<T: Element>(c: &Counters, b: &CudaBackend, segs: &Segments, k: usize) {
     let bviews: Vec<CudaView<'_, T>> = dbasis.iter().map(|x| x.as_view()).collect();
     let (vview, base_view) = (dv.as_view(), dbase.as_view());
     // The first call of a layout creates its workspace (copies, no launch): warm it up.
-    b.partials(segs, vview.slice(..), None, &bviews).unwrap();
+    let mut scratch = s.alloc_zeros::<T>(n).unwrap();
+    let partials_of = |scratch: &mut CudaSlice<T>| {
+        let views = dbasis.iter().map(|x| x.as_view());
+        let out = Output::Write {
+            base: None,
+            out: scratch.as_view_mut(),
+        };
+        b.partials(segs, &Projection::new(dv.as_view(), views, out))
+    };
+    partials_of(&mut scratch).unwrap();
 
     for round in 0..2 {
         let before = c.launches();
@@ -88,7 +97,7 @@ fn check<T: Element>(c: &Counters, b: &CudaBackend, segs: &Segments, k: usize) {
             };
             b.project_out(
                 segs,
-                Projection::new(vview.slice(..), &bviews, out)
+                Projection::new(vview.slice(..), bviews.iter().map(|x| x.slice(..)), out)
                     .alpha(alpha)
                     .beta(beta)
                     .opts(opts),
@@ -121,7 +130,7 @@ fn check<T: Element>(c: &Counters, b: &CudaBackend, segs: &Segments, k: usize) {
 
     // The split form: partials (1 launch, the fold without solve) then apply (project_finish
     // SOLVE + pass 2). The same partials and the same solve arithmetic: the same bits.
-    let stride = redreg::solve::partial_stride(k);
+    let stride = redreg::testing::solve::partial_stride(k);
     if k > 0 {
         // Leave other values in the workspace's per-segment partials (apply uploads its
         // partials there), also at the empty segments, which no block of pass 1 reduces.
@@ -134,7 +143,7 @@ fn check<T: Element>(c: &Counters, b: &CudaBackend, segs: &Segments, k: usize) {
         b.apply(
             segs,
             &poison.unwrap(),
-            Projection::new(vview.slice(..), &bviews, out)
+            Projection::new(vview.slice(..), bviews.iter().map(|x| x.slice(..)), out)
                 .alpha(alpha)
                 .beta(beta)
                 .opts(opts),
@@ -142,7 +151,7 @@ fn check<T: Element>(c: &Counters, b: &CudaBackend, segs: &Segments, k: usize) {
         .unwrap();
     }
     let before = c.launches();
-    let p = b.partials(segs, vview.slice(..), None, &bviews).unwrap();
+    let p = partials_of(&mut scratch).unwrap();
     assert_eq!(
         c.launches() - before,
         if k == 0 { 0 } else { 1 },
@@ -158,7 +167,7 @@ fn check<T: Element>(c: &Counters, b: &CudaBackend, segs: &Segments, k: usize) {
         b.apply(
             segs,
             &p,
-            Projection::new(vview.slice(..), &bviews, out)
+            Projection::new(vview.slice(..), bviews.iter().map(|x| x.slice(..)), out)
                 .alpha(alpha)
                 .beta(beta)
                 .opts(opts),
@@ -241,7 +250,7 @@ fn tensor_list(c: &Counters, b: &CudaBackend, segs: &Segments) {
     let call = |grads: &mut Vec<CudaSlice<f32>>| -> (u64, u64) {
         let extra = [views(&te)];
         let out: TensorList<_> = grads.iter_mut().map(|t| t.slice_mut(..)).collect();
-        let p = Projection::drift(views(&tt), views(&tt0), &extra, out).beta(0.5);
+        let p = Projection::drift(views(&tt), views(&tt0), extra, out).beta(0.5);
         let (l0, h0) = (c.launches(), c.htod());
         let ranks = b.project_list(segs, p).unwrap();
         b.synchronize().unwrap();
@@ -276,7 +285,7 @@ fn tensor_list(c: &Counters, b: &CudaBackend, segs: &Segments) {
     );
     let mut dg = s.clone_htod(&g0).unwrap();
     let extra_flat = [de.slice(..)];
-    let p = Projection::drift(dt.slice(..), dt0.slice(..), &extra_flat, dg.slice_mut(..)).beta(0.5);
+    let p = Projection::drift(dt.slice(..), dt0.slice(..), extra_flat, dg.slice_mut(..)).beta(0.5);
     b.project_out(segs, p).unwrap();
     let want = download(b, &dg);
     let got: Vec<f32> = grads.iter().flat_map(|t| download(b, t)).collect();

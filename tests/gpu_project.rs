@@ -42,7 +42,7 @@ fn nvrtc_compiles_embedded_sources() {
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use redreg::cuda::CudaBackend;
 use redreg::testing::{assert_close, elements};
-use redreg::{bf16, f16, reference, Beta, DType, Output, ProjectOptions, Segments};
+use redreg::{bf16, f16, reference, Beta, DType, Output, ProjectOptions, Reference, Segments};
 use redreg::{Backend, Element, Projection};
 
 /// (atol, rtol) per element type: a few units in the last place of the output type.
@@ -169,7 +169,7 @@ fn project_case<T: Element>(
         };
         b.project_out(
             segs,
-            Projection::new(vview.slice(..), &bviews, out)
+            Projection::new(vview.slice(..), bviews, out)
                 .alpha(alpha)
                 .beta(beta)
                 .opts(opts),
@@ -186,7 +186,7 @@ fn project_case<T: Element>(
     assert_close(&what, &got, &want, atol, rtol);
     // The Gram matrices differ in the last bits (summation order): ranks must agree except
     // on borderline decisions, and never exceed min(length, k).
-    let oracle = reference::partials(segs, &v, None, &brefs).unwrap();
+    let oracle = common::host_partials(&Reference, segs, &v, None, &brefs).unwrap();
     let got_ranks = dranks.to_vec().unwrap();
     ranks::assert_ranks_match(
         &format!("{what}: ranks"),
@@ -279,11 +279,18 @@ fn split_form<T: Element>(b: &CudaBackend) {
             let v: Vec<T> = elements(n, 5, 1.0);
             let basis: Vec<Vec<T>> = (0..k).map(|i| elements(n, 50 + i as u64, 1.0)).collect();
             let brefs: Vec<&[T]> = basis.iter().map(|x| x.as_slice()).collect();
-            let pref = reference::partials(&segs, &v, None, &brefs).unwrap();
+            let pref = common::host_partials(&Reference, &segs, &v, None, &brefs).unwrap();
             let dv = upload(b, &v);
             let dbasis: Vec<CudaSlice<T>> = basis.iter().map(|x| upload(b, x)).collect();
             let bviews: Vec<CudaView<'_, T>> = dbasis.iter().map(|x| x.as_view()).collect();
-            let p = b.partials(&segs, dv.as_view(), None, &bviews).unwrap();
+            let mut scratch = upload(b, &v);
+            let out = Output::Write {
+                base: None,
+                out: scratch.as_view_mut(),
+            };
+            let p = b
+                .partials(&segs, &Projection::new(dv.as_view(), bviews, out))
+                .unwrap();
             // f64 sums of exact products: only the summation order differs.
             assert_close(
                 &format!("partials {} {name} k={k}", T::DTYPE),
@@ -317,7 +324,7 @@ fn split_form<T: Element>(b: &CudaBackend) {
                     &pref,
                     Projection::new(
                         dv.as_view(),
-                        &bviews,
+                        dbasis.iter().map(|x| x.as_view()),
                         Output::Write {
                             base: None,
                             out: o.slice_mut(..),
@@ -376,7 +383,7 @@ fn orth<T: Element>(b: &CudaBackend) {
             let brefs: Vec<&[T]> = basis.iter().map(|x| x.as_slice()).collect();
             let (_, gram_ranks) = reference::orth_coefficients(&segs, &brefs, 1e-7).unwrap();
             let zeros = vec![T::default(); n];
-            let oracle = reference::partials(&segs, &zeros, None, &brefs).unwrap();
+            let oracle = common::host_partials(&Reference, &segs, &zeros, None, &brefs).unwrap();
             let mut refs: Vec<&mut [T]> = basis.iter_mut().map(|x| x.as_mut_slice()).collect();
             let rr = reference::orthonormalize(&segs, &mut refs, 1e-7).unwrap();
             let (atol, rtol) = tol_of(T::DTYPE);
@@ -405,10 +412,20 @@ fn orth<T: Element>(b: &CudaBackend) {
                 }
                 let cap = segs.seg_len(s).min(k);
                 let mut m = vec![0.0; k * k];
-                redreg::solve::orth_segment(k, oracle.segment(s).unwrap(), cap, 1e-7, &mut m);
+                redreg::testing::solve::orth_segment(
+                    k,
+                    oracle.segment(s).unwrap(),
+                    cap,
+                    1e-7,
+                    &mut m,
+                );
                 let gram_kept: Vec<bool> = (0..k).map(|j| m[j * k + j] != 0.0).collect();
-                let margin =
-                    redreg::solve::decision_margin(k, oracle.segment(s).unwrap(), cap, 1e-7);
+                let margin = redreg::testing::solve::decision_margin(
+                    k,
+                    oracle.segment(s).unwrap(),
+                    cap,
+                    1e-7,
+                );
                 assert!(
                     gpu_kept == gram_kept || margin < ranks::BORDERLINE,
                     "{what}: segment {s}: kept {gpu_kept:?}, the Gram rule keeps {gram_kept:?} \
@@ -491,7 +508,7 @@ fn misaligned_views_take_the_scalar_path() {
                 &segs,
                 Projection::new(
                     vview.slice(..),
-                    &[dg.as_view()],
+                    [dg.as_view()],
                     Output::Write {
                         base: None,
                         out: o.slice_mut(..),
@@ -555,7 +572,7 @@ fn invalid_arguments_are_errors() {
             &segs,
             Projection::new(
                 dv.as_view(),
-                &[short.as_view()],
+                [short.as_view()],
                 Output::Accumulate(o.slice_mut(..)),
             )
             .opts(opts),
@@ -564,19 +581,19 @@ fn invalid_arguments_are_errors() {
         let nine: Vec<CudaView<'_, f32>> = (0..9).map(|_| dv.as_view()).collect();
         let e = b.project_out(
             &segs,
-            Projection::new(dv.as_view(), &nine, Output::Accumulate(o.slice_mut(..))).opts(opts),
+            Projection::new(dv.as_view(), nine, Output::Accumulate(o.slice_mut(..))).opts(opts),
         );
         assert!(e.is_err());
         let e = b.project_out(
             &segs,
-            Projection::new(dv.as_view(), &[], Output::Accumulate(o.slice_mut(..)))
+            Projection::new(dv.as_view(), [], Output::Accumulate(o.slice_mut(..)))
                 .alpha(f64::NAN)
                 .opts(opts),
         );
         assert!(e.is_err());
         let e = b.project_out(
             &segs,
-            Projection::new(dv.as_view(), &[], Output::Accumulate(o.slice_mut(..)))
+            Projection::new(dv.as_view(), [], Output::Accumulate(o.slice_mut(..)))
                 .beta(Beta::PerSegment(&[1.0, 2.0]))
                 .opts(opts),
         );

@@ -33,7 +33,7 @@ fn run_once(b: &CudaBackend, segs: &Segments, v: &[f32], g: &[f32], base: &[f32]
         segs,
         Projection::new(
             dv.slice(..),
-            &[dg.slice(..)],
+            [dg.slice(..)],
             Output::Accumulate(out.slice_mut(..)),
         )
         .beta(1.25),
@@ -168,7 +168,7 @@ fn buffers_of_another_context_are_rejected() {
     let e = b
         .project_out(
             &segs,
-            Projection::new(v.slice(..), &[], Output::Accumulate(out.slice_mut(..))),
+            Projection::new(v.slice(..), [], Output::Accumulate(out.slice_mut(..))),
         )
         .unwrap_err();
     assert!(
@@ -212,7 +212,7 @@ fn indices_above_2_pow_31() {
         &segs,
         Projection::new(
             v.slice(..),
-            &[g.slice(..)],
+            [g.slice(..)],
             Output::Accumulate(out.slice_mut(..)),
         )
         .beta(0.75),

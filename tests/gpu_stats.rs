@@ -8,10 +8,10 @@ use common::emu::Counters;
 use common::gpu;
 
 use cudarc::driver::CudaSlice;
-use redreg::dtype::from_f64_vec;
 use redreg::stats::{
     reference, CpuStats, CudaStats, StatHandle, Stats, StatsPlan, REDUNDANCY_EPS, STATS_CHUNK,
 };
+use redreg::testing::from_f64_vec;
 use redreg::testing::signed_vec;
 use redreg::{bf16, f16, DType, Error, Segments};
 use std::sync::{Mutex, MutexGuard};

@@ -7,8 +7,8 @@ mod common;
 use common::Rng; // (not proptest's `Rng`)
 use common::*;
 use proptest::prelude::*;
-use redreg::Projection;
 use redreg::{bf16, f16, reference, Beta, Element, Output, Partials, ProjectOptions, Segments};
+use redreg::{Projection, Reference};
 
 /// Random layout + data: v and k basis vectors, all in `T`.
 fn case<T: Element>(
@@ -196,7 +196,7 @@ proptest! {
             let lsegs = Segments::from_lengths(&ranges.iter().map(|r| r.len()).collect::<Vec<_>>()).unwrap();
             let lv = gather(&v, ranges);
             let lb: Vec<Vec<f32>> = basis.iter().map(|x| gather(x, ranges)).collect();
-            sum.add(&reference::partials(&lsegs, &lv, None, &refs(&lb)).unwrap()).unwrap();
+            sum.add(&host_partials(&Reference, &lsegs, &lv, None, &refs(&lb)).unwrap()).unwrap();
             local.push((lsegs, lv, lb, gather(&base, ranges)));
         }
         let mut sharded = vec![0f32; v.len()];

@@ -1,11 +1,11 @@
 //! CPU statistics plan (issue 4) against plain f64 computations written here, independent
 //! of the crate's code.
 
-use redreg::dtype::{from_f64_vec, to_f64_vec};
 use redreg::stats::{
     reference, Buf, CpuStats, StatHandle, Stats, StatsPlan, REDUNDANCY_EPS, STATS_CHUNK,
 };
 use redreg::testing::Rng;
+use redreg::testing::{from_f64_vec, to_f64_vec};
 use redreg::{bf16, f16, DType, Element, Error, Segments};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -108,7 +108,7 @@ where
     let mut flat_out = out0.clone();
     let flat_ranks = {
         let bs: Vec<&[T]> = basis.iter().map(|b| &b[..]).collect();
-        let p = mode.projection(&v[..], &v0[..], &bs, &base[..], &mut flat_out[..]);
+        let p = mode.projection(&v[..], &v0[..], bs, &base[..], &mut flat_out[..]);
         let p = p.alpha(1.25).beta(beta).opts(ProjectOptions::default());
         backend.project_out(segs, p).unwrap()
     };
@@ -123,7 +123,7 @@ where
         let lb: Vec<TensorList<&[T]>> = tb.iter().map(|t| t.list()).collect();
         let ranks = {
             let out = tout.list_mut();
-            let p = mode.projection(tv.list(), tv0.list(), &lb, tbase.list(), out);
+            let p = mode.projection(tv.list(), tv0.list(), lb, tbase.list(), out);
             b(p.alpha(1.25).beta(beta).opts(ProjectOptions::default()))
         };
         for t in [&tv, &tv0, &tbase, &tout].into_iter().chain(&tb) {
@@ -208,7 +208,7 @@ fn bad_lists_are_errors_and_write_nothing() {
         for (what, v, _) in cases {
             let out = TensorList(vec![&mut o1[..], &mut o2[..]]);
             let basis = [TensorList(vec![&a[..], &b[..]])];
-            let p = Projection::new(v, &basis, Output::Write { base: None, out });
+            let p = Projection::new(v, basis, Output::Write { base: None, out });
             let r = if backend_is_cpu {
                 cpu.project_list(&segs, p)
             } else {
@@ -222,7 +222,7 @@ fn bad_lists_are_errors_and_write_nothing() {
         // A destination list of the wrong shape.
         let v = TensorList(vec![&a[..], &b[..]]);
         let out = TensorList(vec![&mut o1[..]]);
-        let p = Projection::new(v, &[], Output::Write { base: None, out });
+        let p = Projection::new(v, [], Output::Write { base: None, out });
         let r = if backend_is_cpu {
             cpu.project_list(&segs, p)
         } else {
@@ -257,7 +257,7 @@ fn list_beyond_2_pow_31_elements() {
     let out: TensorList<&mut [bf16]> = outs.iter_mut().map(|o| &mut o[..]).collect();
     let p = Projection::new(
         list(&v),
-        &basis,
+        basis,
         Output::Write {
             base: Some(list(&base)),
             out,

@@ -1,19 +1,11 @@
-//! The synthetic, deterministic, imbalanced two-modality dataset and its batches.
+//! The two datasets (the real UCI Multiple Features digits and the synthetic controlled
+//! case), the seeded generator, and batches as tensors.
 
 use super::dev;
+use super::mfeat::{self, View};
 use candle_core::Tensor;
 
 pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
-
-pub const CLASSES: usize = 8;
-pub const DIM_A: usize = 16;
-pub const DIM_B: usize = 64;
-pub const N_TRAIN: usize = 6144;
-pub const N_TEST: usize = 2048;
-/// Fraction of samples whose A carries the class code (the rest: A is pure noise).
-pub const P_A: f64 = 0.92;
-/// Amplitude of B's class code (times a random sign per sample) in unit-variance noise.
-pub const AMP_B: f32 = 0.35;
 
 /// SplitMix64: a small deterministic generator (same numbers on every machine).
 pub struct Rng(pub u64);
@@ -47,68 +39,148 @@ impl Rng {
     }
 }
 
+/// Samples of both modalities: `x[m]` is `n × dims[m]`, row-major.
 pub struct Data {
-    pub xa: Vec<f32>,
-    pub xb: Vec<f32>,
+    pub x: [Vec<f32>; 2],
+    pub dims: [usize; 2],
     pub y: Vec<u32>,
 }
 
-/// (train, test) for `seed`: A is a low-noise code of the class in `P_A` of the samples
-/// (noise otherwise); B is the class prototype with a random sign per sample in noise.
-pub fn make_data(seed: u64) -> (Data, Data) {
+impl Data {
+    pub fn len(&self) -> usize {
+        self.y.len()
+    }
+}
+
+/// One seed's train and test sets, with the modalities' names (`A`/`B` for the synthetic
+/// data, the view names for mfeat: A the strong view, B the weak one).
+pub struct Dataset {
+    pub names: [String; 2],
+    /// Hidden width of each modality's MLP encoder.
+    pub hidden: [usize; 2],
+    pub classes: usize,
+    pub train: Data,
+    pub test: Data,
+}
+
+impl Dataset {
+    pub fn dims(&self) -> [usize; 2] {
+        self.train.dims
+    }
+}
+
+// ---------------------------------------------------------------- mfeat
+/// Fraction of every class held out for testing (60 of 200 images per digit).
+pub const MFEAT_TEST_FRAC: f64 = 0.3;
+
+/// Hidden width of a view's encoder: twice its features, at least 32 and at most 128
+/// (pix, fou, kar, fac: 128; zer: 94; mor: 32).
+pub fn mfeat_hidden(dim: usize) -> usize {
+    (2 * dim).clamp(32, 128)
+}
+
+/// The views `[a, b]` split for `seed` (stratified: 140 train / 60 test images per digit)
+/// and standardised with the training rows' statistics.
+pub fn mfeat_data(views: [&View; 2], seed: u64) -> Dataset {
+    let mut rng = Rng(seed ^ 0x5EA1);
+    let (tr, te) =
+        mfeat::stratified_split(&views[0].y, MFEAT_TEST_FRAC, &mut |n| rng.permutation(n));
+    let dims = [views[0].dim, views[1].dim];
+    let part = |idx: &[usize]| Data {
+        x: [
+            mfeat::standardised(views[0], &tr, idx),
+            mfeat::standardised(views[1], &tr, idx),
+        ],
+        dims,
+        y: idx.iter().map(|&i| views[0].y[i]).collect(),
+    };
+    Dataset {
+        names: [views[0].name.clone(), views[1].name.clone()],
+        hidden: [mfeat_hidden(dims[0]), mfeat_hidden(dims[1])],
+        classes: mfeat::CLASSES,
+        train: part(&tr),
+        test: part(&te),
+    }
+}
+
+// ---------------------------------------------------------------- synthetic
+pub const SYN_CLASSES: usize = 8;
+pub const SYN_DIM_A: usize = 16;
+pub const SYN_DIM_B: usize = 64;
+pub const SYN_TRAIN: usize = 6144;
+pub const SYN_TEST: usize = 2048;
+/// Fraction of samples whose A carries the class code (the rest: A is pure noise).
+pub const SYN_P_A: f64 = 0.92;
+/// Amplitude of B's class code (times a random sign per sample) in unit-variance noise.
+pub const SYN_AMP_B: f32 = 0.35;
+
+/// (train, test) for `seed`: A is a low-noise code of the class in `SYN_P_A` of the
+/// samples (noise otherwise); B is the class prototype with a random sign per sample in
+/// noise.
+pub fn synthetic_data(seed: u64) -> Dataset {
     let mut rng = Rng(seed ^ 0xDA7A);
-    let proto_a: Vec<f32> = rng.normals(CLASSES * DIM_A, 1.0);
-    let proto_b: Vec<f32> = rng.normals(CLASSES * DIM_B, 1.0);
+    let proto_a: Vec<f32> = rng.normals(SYN_CLASSES * SYN_DIM_A, 1.0);
+    let proto_b: Vec<f32> = rng.normals(SYN_CLASSES * SYN_DIM_B, 1.0);
     let mut gen = |n: usize| {
         let mut d = Data {
-            xa: Vec::with_capacity(n * DIM_A),
-            xb: Vec::with_capacity(n * DIM_B),
+            x: [
+                Vec::with_capacity(n * SYN_DIM_A),
+                Vec::with_capacity(n * SYN_DIM_B),
+            ],
+            dims: [SYN_DIM_A, SYN_DIM_B],
             y: Vec::with_capacity(n),
         };
         for _ in 0..n {
-            let y = (rng.next_u64() % CLASSES as u64) as usize;
-            let a_has = rng.uniform() < P_A;
-            for j in 0..DIM_A {
+            let y = (rng.next_u64() % SYN_CLASSES as u64) as usize;
+            let a_has = rng.uniform() < SYN_P_A;
+            for j in 0..SYN_DIM_A {
                 let c = if a_has {
-                    1.5 * proto_a[y * DIM_A + j]
+                    1.5 * proto_a[y * SYN_DIM_A + j]
                 } else {
                     0.0
                 };
-                d.xa.push(c + 0.5 * rng.normal());
+                d.x[0].push(c + 0.5 * rng.normal());
             }
             // Random sign: the class-conditional mean of B is zero, so no linear read-out of
             // the raw input works; the encoder has to learn |proto_y · x|-like features.
             let amp = if rng.next_u64() & 1 == 0 {
-                AMP_B
+                SYN_AMP_B
             } else {
-                -AMP_B
+                -SYN_AMP_B
             };
-            for j in 0..DIM_B {
-                d.xb.push(amp * proto_b[y * DIM_B + j] + rng.normal());
+            for j in 0..SYN_DIM_B {
+                d.x[1].push(amp * proto_b[y * SYN_DIM_B + j] + rng.normal());
             }
             d.y.push(y as u32);
         }
         d
     };
-    let train = gen(N_TRAIN);
-    let test = gen(N_TEST);
-    (train, test)
+    let train = gen(SYN_TRAIN);
+    let test = gen(SYN_TEST);
+    Dataset {
+        names: ["A".into(), "B".into()],
+        hidden: [32, 128],
+        classes: SYN_CLASSES,
+        train,
+        test,
+    }
 }
 
-/// The samples `idx` as tensors (A: n×DIM_A, B: n×DIM_B, labels: n, u32).
+/// The samples `idx` as tensors (A: n×dims[0], B: n×dims[1], labels: n, u32).
 pub fn batch(d: &Data, idx: &[usize]) -> Res<(Tensor, Tensor, Tensor)> {
-    let mut xa = Vec::with_capacity(idx.len() * DIM_A);
-    let mut xb = Vec::with_capacity(idx.len() * DIM_B);
+    let [da, db] = d.dims;
+    let mut xa = Vec::with_capacity(idx.len() * da);
+    let mut xb = Vec::with_capacity(idx.len() * db);
     let mut y = Vec::with_capacity(idx.len());
     for &i in idx {
-        xa.extend_from_slice(&d.xa[i * DIM_A..(i + 1) * DIM_A]);
-        xb.extend_from_slice(&d.xb[i * DIM_B..(i + 1) * DIM_B]);
+        xa.extend_from_slice(&d.x[0][i * da..(i + 1) * da]);
+        xb.extend_from_slice(&d.x[1][i * db..(i + 1) * db]);
         y.push(d.y[i]);
     }
     let n = idx.len();
     Ok((
-        Tensor::from_vec(xa, (n, DIM_A), dev())?,
-        Tensor::from_vec(xb, (n, DIM_B), dev())?,
+        Tensor::from_vec(xa, (n, da), dev())?,
+        Tensor::from_vec(xb, (n, db), dev())?,
         Tensor::from_vec(y, n, dev())?,
     ))
 }

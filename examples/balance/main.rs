@@ -1,53 +1,69 @@
-//! Balanced multimodal training with RedReg, on candle (CPU or CUDA), on a synthetic
-//! imbalanced two-modality dataset generated in code.
+//! Balanced multimodal training with RedReg, on candle (CPU or CUDA): on real data by
+//! default — the UCI Multiple Features handwritten digits, a strong and a weak view of the
+//! same images (`data/mfeat/`, vendored) — and on a synthetic controlled case.
 //!
 //! ```text
-//! cargo run --release --features candle --example balance [-- --epochs 16 --seed 7 --seeds 5 --pipelines script,clean]
+//! cargo run --release --features candle --example balance                           # mfeat, views pix (strong) + zer (weak)
+//! cargo run --release --features candle --example balance -- --screen               # mfeat: every candidate pair's baseline
+//! cargo run --release --features candle --example balance -- --dataset synthetic    # the controlled case
 //! cargo run --release --features candle-cuda --example balance   # on the GPU when one is present (--cpu: not)
 //! ```
 //!
-//! Data (`data.rs`, 8 classes): modality A is a 16-dim, low-noise code of the class in 92 %
-//! of the samples and pure noise in the other 8 % (a strong, fast shortcut); modality B is a
-//! 64-dim code of the class with a random sign per sample in unit-variance noise: nothing
-//! linear in the raw input reads it, the encoder has to learn it (slow), and it is the only
-//! source for the samples where A is noise.
-//! Model (`model.rs`): two MLP encoders, a fused linear head and one linear head per
-//! modality; loss `L_mm + L_a + L_b` (by default the unimodal heads are linear probes on
-//! detached features, so the B-only accuracy measures what B's encoder learned from the
-//! joint objective; `--script-loss` lets `L_a + L_b` reach the encoders as in the script);
-//! SGD with momentum 0.9 and weight decay 1e-4; the script's modality-dropout schedule
-//! (`DropoutSchedule`, ramp `max(1, int(0.3·epochs))`).
+//! Data (`data.rs`): **mfeat** (`mfeat.rs` reads the CSVs): 2,000 digits, 10 classes, six
+//! views; a stratified seeded 70/30 split per seed, features standardised with the training
+//! rows' statistics; modality A is the strong view, B the weak one (`--views`). First, every
+//! view is trained alone (`screen.rs`) and every candidate strong/weak pair's single-view
+//! accuracies are printed; `--screen` also trains the fused baseline on every candidate pair
+//! and reports how far its weak-view probe falls below the weak view alone (the measurement
+//! behind the default pair). **synthetic**: 8 classes; A a 16-dim, low-noise code of the
+//! class in 92 % of the samples and noise in the other 8 % (a fast shortcut); B a 64-dim code
+//! of the class with a random sign per sample in unit-variance noise (no linear read-out of
+//! the raw input; the only source where A is noise).
 //!
-//! RedReg per step (`train.rs`): two noisy copies of the undropped input (sigma 0.03) through
-//! each encoder; the per-step statistics (`p_m`, redundancy ratios, `pos_sim`) by the crate's
-//! fused statistics plan through `redreg::candle::stats` (`DeviceStats`: on the training
-//! device, tensors read in place); `Controller::observe`; projection of the suppressed
-//! encoder's drift into its gradients (`redreg::candle`, `DeviceBackend`). Where `p_m` and
-//! `pos_sim` come from is the **pipeline** (`--pipelines`):
+//! Model (`model.rs`): two MLP encoders, a fused linear head on the concatenation and one
+//! linear head per modality; loss `L_mm + L_a + L_b` in one of two forms (`--loss`): the
+//! script's (`L_a + L_b` reach the encoders) or the probe form (the unimodal heads are linear
+//! probes on detached features, so B-only accuracy measures what B's encoder learned from
+//! the joint objective); SGD with momentum 0.9 and weight decay 1e-4; the script's
+//! modality-dropout schedule (`DropoutSchedule`, ramp `max(1, int(0.3·epochs))`).
+//!
+//! RedReg per step (`train.rs`, the only file that calls the crate): two noisy copies of the
+//! undropped input (sigma 0.03) through each encoder; the per-step statistics (`p_m`,
+//! redundancy ratios, `pos_sim`) by the crate's fused statistics plan through
+//! `redreg::candle::stats`; `Controller::observe`; projection of the suppressed encoder's
+//! drift into its gradients (`redreg::candle`, `DeviceBackend`). Where `p_m` and `pos_sim`
+//! come from is the **pipeline** (`--pipelines`):
 //! - `script`: the authors' script exactly — the main forward pass, whose input has modality
 //!   dropout applied (so on a batch where A is zeroed, B "leads" and is suppressed);
 //! - `clean`: the trainer-side fix — an undropped forward pass (no gradient) on batches with
 //!   a dropped modality;
 //! - `skip-dropped`: the script's statistics, no suppression applied on dropped batches.
 //!
-//! Per seed, with the same data, initialisation, data order and dropout draws: baseline (no
-//! RedReg), RedReg with each pipeline, and B alone (only `L_b`: the reference for the
-//! imbalance). Prints per-epoch tables (means over the seeds), the final-epoch summary with
-//! paired differences, the step's cost, and writes `out/balance.svg` (`plot.rs`).
+//! The comparator (`ogm.rs`): OGM-GE (Peng et al., CVPR 2022) as in its authors' `main.py`.
+//!
+//! Per seed and loss, with the same data, initialisation, data order and dropout draws:
+//! baseline, RedReg with each pipeline, OGM-GE, and B alone (only `L_b`: the reference for
+//! the imbalance). Prints per-epoch tables (means over the seeds), the final-epoch summary
+//! with paired differences, the step's cost, and writes the plot (`plot.rs`; one per loss).
 
+mod args;
 mod data;
+mod mfeat;
 mod model;
+mod ogm;
 mod plot;
 mod report;
+mod screen;
 mod train;
 
+use args::{Args, DatasetKind};
 use candle_core::Device;
-use data::{make_data, Res};
+use data::{mfeat_data, synthetic_data, Dataset, Res};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 use std::time::Instant;
-use train::{train, Mode, Pipeline, RunLog};
+use train::{train, Loss, Mode, RunLog};
 
 // ---------------------------------------------------------------- device
 /// Where the model trains: the first CUDA GPU when the example is built with feature
@@ -87,159 +103,198 @@ fn gpu_device() -> (Device, String) {
     )
 }
 
-// ---------------------------------------------------------------- arguments
-pub struct Args {
-    epochs: usize,
-    seed: u64,
-    seeds: usize,
-    lr: f64,
-    k: usize,
-    out: String,
-    pipelines: Vec<Pipeline>,
-    script_loss: bool,
-    no_dropout: bool,
-    cpu: bool,
+// ---------------------------------------------------------------- machine
+/// The 1-minute load average (Linux `/proc/loadavg`; "?" elsewhere): printed with every
+/// timing, so that a reader knows how loaded the machine was.
+pub fn machine_load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
-const USAGE: &str = "balance [--epochs N (16)] [--seed S (7)] [--seeds N (5)] [--lr LR (0.02)] \
-    [--k K (1)] [--pipelines LIST (script,clean; also skip-dropped)] [--out PATH (out/balance.svg)] \
-    [--script-loss] [--no-dropout] [--cpu]";
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
+}
 
-fn parse_args() -> Res<Args> {
-    let mut a = Args {
-        epochs: 16,
-        seed: 7,
-        seeds: 5,
-        lr: 0.02,
-        k: 1,
-        out: "out/balance.svg".into(),
-        pipelines: vec![Pipeline::Script, Pipeline::Clean],
-        script_loss: false,
-        no_dropout: false,
-        cpu: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--epochs" => a.epochs = val()?.parse()?,
-            "--seed" => a.seed = val()?.parse()?,
-            "--seeds" => a.seeds = val()?.parse()?,
-            "--lr" => a.lr = val()?.parse()?,
-            "--k" => a.k = val()?.parse()?,
-            "--out" => a.out = val()?,
-            "--pipelines" => {
-                a.pipelines = val()?
-                    .split(',')
-                    .map(|s| Pipeline::parse(s).ok_or(format!("unknown pipeline {s:?} ({USAGE})")))
-                    .collect::<Result<_, _>>()?
+/// CPU seconds (user + system, all threads) this process has used: with the wall time and
+/// the load average, what the run would take on an idle machine. Linux `/proc/self/stat`
+/// (fields 14 and 15, in USER_HZ = 100 ticks per second); "?" elsewhere.
+pub fn cpu_seconds() -> String {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    match (
+        f.get(11).and_then(|u| u.parse::<f64>().ok()),
+        f.get(12).and_then(|s| s.parse::<f64>().ok()),
+    ) {
+        (Some(u), Some(s)) => format!("{:.1}", (u + s) / 100.0),
+        _ => "?".into(),
+    }
+}
+
+/// The closing line: wall and CPU time, the machine and its load, the reproduce command.
+fn closing(args: &Args, start: Instant, load_start: &str, device: &str) {
+    println!(
+        "\ntotal {:.1} s wall, {} s CPU (user + system) on {} CPU(s), load average {load_start} at start, {} at end; \
+         device: {device}\nreproduce: {}",
+        start.elapsed().as_secs_f64(),
+        cpu_seconds(),
+        cpus(),
+        machine_load(),
+        args.repro()
+    );
+}
+
+// ---------------------------------------------------------------- run
+/// The data of every seed.
+enum Source {
+    Mfeat(Vec<mfeat::View>),
+    Synthetic,
+}
+
+impl Source {
+    fn dataset(&self, args: &Args, seed: u64) -> Res<Dataset> {
+        match self {
+            Source::Synthetic => Ok(synthetic_data(seed)),
+            Source::Mfeat(views) => {
+                let get = |name: &str| screen::find(views, name);
+                Ok(mfeat_data(
+                    [get(&args.views[0])?, get(&args.views[1])?],
+                    seed,
+                ))
             }
-            "--script-loss" => a.script_loss = true,
-            "--no-dropout" => a.no_dropout = true,
-            "--cpu" => a.cpu = true,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown flag {other} ({USAGE})").into()),
         }
     }
-    if a.epochs == 0 || a.seeds == 0 || a.k == 0 || a.k > 8 || !(a.lr > 0.0 && a.lr.is_finite()) {
-        return Err("need --epochs >= 1, --seeds >= 1, 0 < --lr < inf and 1 <= --k <= 8".into());
-    }
-    if a.pipelines.is_empty() {
-        return Err("--pipelines needs at least one pipeline".into());
-    }
-    Ok(a)
 }
 
-/// The flags that differ from the defaults, for the reproduce line.
-fn repro(a: &Args) -> String {
-    let mut s = String::from("cargo run --release --features candle --example balance");
-    let mut f = Vec::new();
-    if a.epochs != 16 {
-        f.push(format!("--epochs {}", a.epochs));
+/// A progress bar on a terminal; off a terminal (a log) one line per finished run.
+pub struct Progress {
+    bar: ProgressBar,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total_epochs: usize) -> Res<Self> {
+        let bar =
+            ProgressBar::with_draw_target(Some(total_epochs as u64), ProgressDrawTarget::stderr());
+        bar.set_style(ProgressStyle::with_template(
+            "{msg:<40} [{bar:30}] {pos}/{len} epochs, {elapsed}",
+        )?);
+        Ok(Self {
+            bar,
+            tty: std::io::stderr().is_terminal(),
+        })
     }
-    if a.seed != 7 {
-        f.push(format!("--seed {}", a.seed));
-    }
-    if a.seeds != 5 {
-        f.push(format!("--seeds {}", a.seeds));
-    }
-    if a.lr != 0.02 {
-        f.push(format!("--lr {}", a.lr));
-    }
-    if a.k != 1 {
-        f.push(format!("--k {}", a.k));
-    }
-    if a.pipelines != [Pipeline::Script, Pipeline::Clean] {
-        let p: Vec<_> = a.pipelines.iter().map(|p| p.name()).collect();
-        f.push(format!("--pipelines {}", p.join(",")));
-    }
-    for (on, flag) in [
-        (a.script_loss, "--script-loss"),
-        (a.no_dropout, "--no-dropout"),
-        (a.cpu, "--cpu"),
-    ] {
-        if on {
-            f.push(flag.into());
+    /// Runs `f` under the label `what` and reports it when done.
+    pub fn run<T>(&self, what: &str, f: impl FnOnce(&ProgressBar) -> Res<T>) -> Res<T> {
+        self.bar.set_message(what.to_string());
+        let t = Instant::now();
+        let out = f(&self.bar)?;
+        if !self.tty {
+            eprintln!("{what} done in {:.1} s", t.elapsed().as_secs_f64());
         }
+        Ok(out)
     }
-    if !f.is_empty() {
-        s += " -- ";
-        s += &f.join(" ");
+    fn finish(&self) {
+        self.bar.finish_and_clear();
     }
-    s
 }
 
-fn main() -> Res<()> {
-    let args = parse_args()?;
+/// Errors are printed with their message (a bad file: its path and line), not as `Debug`.
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Res<()> {
+    let args = Args::parse()?;
     let start = Instant::now();
+    let load_start = machine_load();
     let device = choose_device(args.cpu);
-    report::header(&args, &device);
+    let source = match args.dataset {
+        DatasetKind::Mfeat => {
+            let names: Vec<&str> = mfeat::VIEWS.iter().map(|v| v.0).collect();
+            Source::Mfeat(mfeat::load_views(&args.data, &names)?)
+        }
+        DatasetKind::Synthetic => Source::Synthetic,
+    };
+    let first = source.dataset(&args, args.seed)?;
+    report::header(&args, &first, &device);
+
     let mut modes = vec![Mode::Baseline];
     modes.extend(args.pipelines.iter().map(|&p| Mode::RedReg(p)));
-    modes.push(Mode::BAlone);
-    // A progress bar on a terminal; off a terminal (a log) one line per finished run.
-    let total = (args.seeds * modes.len() * args.epochs) as u64;
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    bar.set_style(ProgressStyle::with_template(
-        "{msg:<28} [{bar:30}] {pos}/{len} epochs, {elapsed}",
-    )?);
-    let tty = std::io::stderr().is_terminal();
-    // runs[mode][seed]
-    let mut runs: Vec<Vec<RunLog>> = modes.iter().map(|_| Vec::new()).collect();
-    for si in 0..args.seeds {
-        let seed = args.seed + si as u64;
-        let data = make_data(seed);
-        for (mi, &mode) in modes.iter().enumerate() {
-            bar.set_message(format!("seed {seed}: {}", mode.label()));
-            let t = Instant::now();
-            runs[mi].push(train(mode, &args, seed, &data, &bar)?);
-            if !tty {
-                eprintln!(
-                    "seed {seed}: {} done in {:.1} s",
-                    mode.label(),
-                    t.elapsed().as_secs_f64()
-                );
+    if args.ogm {
+        modes.push(Mode::OgmGe);
+    }
+    // On mfeat the screen trains every view alone, the weak one included: its runs are the
+    // main runs' "B alone".
+    let mut total = match (args.screen, &source) {
+        (true, _) => 0,
+        (false, Source::Mfeat(_)) => args.seeds * modes.len() * args.losses.len() * args.epochs,
+        (false, Source::Synthetic) => {
+            args.seeds * (modes.len() * args.losses.len() + 1) * args.epochs
+        }
+    };
+    if let Source::Mfeat(views) = &source {
+        total += screen::epochs(&args, views);
+    }
+    let progress = Progress::new(total)?;
+
+    let mut alone: Vec<RunLog> = Vec::new();
+    if let Source::Mfeat(views) = &source {
+        match screen::run(&args, views, &progress)? {
+            screen::Screen::Continue { weak_alone } => alone = weak_alone,
+            screen::Screen::Stop => {
+                progress.finish();
+                closing(&args, start, &load_start, &device);
+                return Ok(());
             }
         }
     }
-    bar.finish_and_clear();
-    let named: Vec<(Mode, &[RunLog])> = modes
+
+    // runs[loss][mode][seed]; B alone does not depend on the loss form: once per seed.
+    let mut runs: Vec<Vec<Vec<RunLog>>> = args
+        .losses
         .iter()
-        .zip(&runs)
-        .map(|(m, r)| (*m, r.as_slice()))
+        .map(|_| modes.iter().map(|_| Vec::new()).collect())
         .collect();
-    report::per_epoch(&args, &named);
-    report::summary(&args, &named);
-    report::timing(&named);
-    plot::write(&args.out, &named)?;
-    println!(
-        "plot: {}  (total {:.1} s)\nreproduce: {}",
-        args.out,
-        start.elapsed().as_secs_f64(),
-        repro(&args)
-    );
+    for si in 0..args.seeds {
+        let seed = args.seed + si as u64;
+        let data = source.dataset(&args, seed)?;
+        for (li, &loss) in args.losses.iter().enumerate() {
+            for (mi, &mode) in modes.iter().enumerate() {
+                let what = format!("seed {seed}, {} loss: {}", loss.name(), mode.label());
+                let log = progress.run(&what, |bar| train(mode, loss, &args, seed, &data, bar))?;
+                runs[li][mi].push(log);
+            }
+        }
+        if let Source::Synthetic = source {
+            let what = format!("seed {seed}: B alone");
+            let log = progress.run(&what, |bar| {
+                train(Mode::BAlone, Loss::Script, &args, seed, &data, bar)
+            })?;
+            alone.push(log);
+        }
+    }
+    progress.finish();
+    for (li, &loss) in args.losses.iter().enumerate() {
+        let mut named: Vec<(Mode, &[RunLog])> = modes
+            .iter()
+            .zip(&runs[li])
+            .map(|(m, r)| (*m, r.as_slice()))
+            .collect();
+        named.push((Mode::BAlone, alone.as_slice()));
+        println!("\n======== {} loss ({})", loss.name(), loss.describe());
+        report::per_epoch(&args, &named);
+        report::summary(&args, &named);
+        report::timing(&named);
+        let path = args.plot_path(loss);
+        plot::write(&path, &args, &first, loss, &named)?;
+        println!("plot: {path}");
+    }
+    closing(&args, start, &load_start, &device);
     Ok(())
 }

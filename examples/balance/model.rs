@@ -1,12 +1,11 @@
 //! The model: two MLP encoders, a fused linear head, one linear head per modality; SGD.
 
-use super::data::{Res, Rng, CLASSES, DIM_A, DIM_B};
+use super::data::{Dataset, Res, Rng};
 use super::dev;
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{Tensor, Var, D};
 
-pub const HID_A: usize = 32;
-pub const HID_B: usize = 128;
+/// Width of each encoder's output (the pooled features).
 pub const FEAT: usize = 32;
 pub const MOMENTUM: f64 = 0.9;
 pub const WEIGHT_DECAY: f64 = 1e-4;
@@ -59,6 +58,11 @@ impl Encoder {
         v.extend(self.l2.vars());
         v
     }
+    /// The weight matrices (no biases): what OGM-GE modulates, as the original modulates
+    /// only the encoders' 4-D (convolution) weights.
+    pub fn weights(&self) -> [Var; 2] {
+        [self.l1.w.clone(), self.l2.w.clone()]
+    }
 }
 
 /// One forward pass: fused logits, unimodal logits `[A, B]`, pooled features `[A, B]`.
@@ -75,19 +79,38 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn new(seed: u64) -> Res<Self> {
-        let mut rng = Rng(seed ^ 0x5EED);
+    /// Encoders `dims[m] → hidden[m] → FEAT` (ReLU), heads to the dataset's classes. Every
+    /// part is drawn from its own stream, so B's encoder and head start the same whatever A
+    /// is (a view trained alone in the screen is the same run as "B alone" for that view).
+    pub fn new(seed: u64, ds: &Dataset) -> Res<Self> {
+        let rng = |part: u64| Rng(seed ^ 0x5EED ^ (part << 40));
+        let (dims, hid, classes) = (ds.dims(), ds.hidden, ds.classes);
         Ok(Self {
             enc: [
-                Encoder::new(&mut rng, DIM_A, HID_A)?,
-                Encoder::new(&mut rng, DIM_B, HID_B)?,
+                Encoder::new(&mut rng(1), dims[0], hid[0])?,
+                Encoder::new(&mut rng(2), dims[1], hid[1])?,
             ],
-            head: Linear::new(&mut rng, 2 * FEAT, CLASSES)?,
+            head: Linear::new(&mut rng(3), 2 * FEAT, classes)?,
             uni: [
-                Linear::new(&mut rng, FEAT, CLASSES)?,
-                Linear::new(&mut rng, FEAT, CLASSES)?,
+                Linear::new(&mut rng(4), FEAT, classes)?,
+                Linear::new(&mut rng(5), FEAT, classes)?,
             ],
         })
+    }
+    /// B's encoder and unimodal head only (the "B alone" run: A is not computed).
+    pub fn forward_b(&self, xb: &Tensor) -> Res<Tensor> {
+        self.uni[1].forward(&self.enc[1].forward(xb)?)
+    }
+    /// OGM-GE's per-modality logits: each modality's half of the fused head,
+    /// `z_m · W[:, half_m]ᵀ + b/2` (the original's `out_a`, `out_v` for concat fusion).
+    pub fn fused_halves(&self, feat: &[Tensor; 2]) -> Res<[Tensor; 2]> {
+        let w = self.head.w.as_tensor();
+        let half_b = (self.head.b.as_tensor() * 0.5)?;
+        let part = |m: usize| -> Res<Tensor> {
+            let wm = w.narrow(D::Minus1, m * FEAT, FEAT)?;
+            Ok(feat[m].matmul(&wm.t()?)?.broadcast_add(&half_b)?)
+        };
+        Ok([part(0)?, part(1)?])
     }
     /// `probe`: the unimodal heads read detached features (linear probes).
     pub fn forward(&self, xa: &Tensor, xb: &Tensor, probe: bool) -> Res<Forward> {

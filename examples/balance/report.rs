@@ -1,34 +1,53 @@
 //! The printed report: header, per-epoch tables, final-epoch summary, the step's cost.
 
-use super::data::{CLASSES, DIM_A, DIM_B, N_TEST, N_TRAIN, P_A};
-use super::model::MOMENTUM;
-use super::train::{Mode, RunLog, BATCH};
-use super::Args;
+use super::args::{Args, DatasetKind};
+use super::data::{Dataset, SYN_P_A};
+use super::model::{FEAT, MOMENTUM};
+use super::train::{EpochLog, Mode, Pipeline, RunLog, Timing};
 use redreg::controller::DropoutSchedule;
 
-pub fn header(a: &Args, device: &str) {
+pub fn header(a: &Args, ds: &Dataset, device: &str) {
+    let [na, nb] = &ds.names;
+    let [da, db] = ds.dims();
+    let [ha, hb] = ds.hidden;
+    let (tr, te) = (ds.train.len(), ds.test.len());
+    match a.dataset {
+        DatasetKind::Mfeat => println!(
+            "balance on mfeat (UCI Multiple Features handwritten digits, data/mfeat/): {tr} train / {te} test \
+             images per seed (stratified seeded split), {} classes; A = {na} ({da} features, the strong view), \
+             B = {nb} ({db} features, the weak view); features standardised with the training rows' statistics",
+            ds.classes
+        ),
+        DatasetKind::Synthetic => println!(
+            "balance on synthetic data: {tr} train / {te} test samples, {} classes; A = {da}-dim low-noise code of \
+             the class in {:.0}% of samples (noise otherwise); B = {db}-dim code of the class with a random sign \
+             (not linearly separable)",
+            ds.classes,
+            100.0 * SYN_P_A
+        ),
+    }
     println!(
-        "balance: {N_TRAIN} train / {N_TEST} test samples, {CLASSES} classes; A = {DIM_A}-dim low-noise code of \
-         the class in {:.0}% of samples (noise otherwise); B = {DIM_B}-dim code of the class with a random sign \
-         (not linearly separable); {} epochs, seeds {}..{}, k = {}, batch {BATCH}, SGD lr {} momentum {MOMENTUM}",
-        100.0 * P_A,
+        "encoders A {da}→{ha}→{FEAT}, B {db}→{hb}→{FEAT} (ReLU); {} epochs, seeds {}..{}, k = {}, batch {}, SGD lr {} \
+         momentum {MOMENTUM}; modality dropout: {}; OGM-GE: {}",
         a.epochs,
         a.seed,
         a.seed + a.seeds as u64 - 1,
         a.k,
-        a.lr
-    );
-    println!(
-        "unimodal heads: {}; modality dropout: {}",
-        if a.script_loss {
-            "trained on the encoders' features, L_a + L_b reach the encoders (the script's loss)"
-        } else {
-            "linear probes on detached features (the encoders learn from L_mm)"
-        },
+        a.batch,
+        a.lr,
         if a.no_dropout {
             "off (--no-dropout)"
         } else {
             "the script's (0.6 -> 0.1 over max(1, int(0.3 epochs)) epochs)"
+        },
+        if a.ogm {
+            format!(
+                "alpha = {} (the OGM-GE README's value for CREMA-D), modulation in epochs 1..={}",
+                a.ogm_alpha,
+                a.epochs / 2 + 1
+            )
+        } else {
+            "off (--no-ogm)".into()
         }
     );
     println!("device: {device}");
@@ -52,34 +71,59 @@ fn ms(v: &[f64]) -> String {
 }
 
 /// Mean over the seeds of `f(epoch log)` at epoch `e`.
-pub fn epoch_mean(runs: &[RunLog], e: usize, f: impl Fn(&super::train::EpochLog) -> f64) -> f64 {
+pub fn epoch_mean(runs: &[RunLog], e: usize, f: impl Fn(&EpochLog) -> f64) -> f64 {
     runs.iter().map(|r| f(&r.epochs[e])).sum::<f64>() / runs.len() as f64
 }
 
-pub fn per_epoch(a: &Args, named: &[(Mode, &[RunLog])]) {
+/// One column per run, one row per epoch: `f` averaged over the seeds.
+fn epoch_table(a: &Args, title: &str, named: &[(Mode, &[RunLog])], f: fn(&EpochLog) -> f64) {
     let n = named[0].1.len();
-    println!("\nB-probe test accuracy per epoch (mean over {n} seed(s))");
+    println!("\n{title} (mean over {n} seed(s))");
     let heads: Vec<String> = named
         .iter()
-        .map(|(m, _)| format!("{:>20}", m.label()))
+        .map(|(m, _)| format!("{:>16}", m.label()))
         .collect();
     println!("epoch | {}", heads.join(" | "));
     for e in 0..a.epochs {
         let cols: Vec<String> = named
             .iter()
-            .map(|(_, r)| format!("{:>20.3}", epoch_mean(r, e, |l| l.acc[1])))
+            .map(|(_, r)| format!("{:>16.3}", epoch_mean(r, e, f)))
             .collect();
         println!("{:>5} | {}", e + 1, cols.join(" | "));
     }
+}
+
+pub fn per_epoch(a: &Args, named: &[(Mode, &[RunLog])]) {
+    epoch_table(
+        a,
+        "B-only test accuracy per epoch (B's unimodal head)",
+        named,
+        |l| l.acc[1],
+    );
+    let fused: Vec<(Mode, &[RunLog])> = named
+        .iter()
+        .filter(|(m, _)| *m != Mode::BAlone)
+        .copied()
+        .collect();
+    epoch_table(
+        a,
+        "fused training loss L_mm per epoch (mean over the epoch's steps, main forward pass: \
+         what is left for B's encoder to learn from)",
+        &fused,
+        |l| l.loss_mm / l.steps.max(1) as f64,
+    );
     let sched = DropoutSchedule::default();
     for (mode, runs) in named {
+        if *mode == Mode::OgmGe {
+            ogm_per_epoch(a, runs);
+        }
         let Mode::RedReg(p) = mode else { continue };
         println!(
             "\nRedReg ({}) per epoch, mean over seeds: steps whose decision suppressed A or B, on batches \
              without + with a dropped modality{}; mean β of those steps; gate-open fraction; the smallest r \
              of the leading modality (over seeds; the monitor blocks only below R = 0.15)",
             p.name(),
-            if *p == super::train::Pipeline::SkipDropped {
+            if *p == Pipeline::SkipDropped {
                 " (skip-dropped: those on dropped batches are not applied)"
             } else {
                 ""
@@ -117,7 +161,34 @@ pub fn per_epoch(a: &Args, named: &[(Mode, &[RunLog])]) {
     }
 }
 
-fn finals(runs: &[RunLog], f: impl Fn(&super::train::EpochLog) -> f64) -> Vec<f64> {
+/// OGM-GE per epoch: how often each modality was the modulated one, its mean coefficient.
+fn ogm_per_epoch(a: &Args, runs: &[RunLog]) {
+    println!(
+        "\nOGM-GE per epoch, mean over seeds: steps whose coefficient for A or B was below 1 (inside the \
+         modulation window; noise is added to both encoders' weights there), mean coefficient over all steps \
+         (computed on every step, applied only inside the window)"
+    );
+    println!("epoch | modulated A | modulated B | mean coeff A | mean coeff B | B acc");
+    for e in 0..a.epochs {
+        let c = |m: usize| {
+            epoch_mean(runs, e, |l| {
+                (l.suppressed[m][0] + l.suppressed[m][1]) as f64
+            })
+        };
+        let k = |m: usize| epoch_mean(runs, e, |l| l.coeff_sum[m] / l.steps.max(1) as f64);
+        println!(
+            "{:>5} | {:>11.1} | {:>11.1} | {:>12.3} | {:>12.3} | {:.3}",
+            e + 1,
+            c(0),
+            c(1),
+            k(0),
+            k(1),
+            epoch_mean(runs, e, |l| l.acc[1])
+        );
+    }
+}
+
+fn finals(runs: &[RunLog], f: impl Fn(&EpochLog) -> f64) -> Vec<f64> {
     runs.iter()
         .filter_map(|r| r.epochs.last().map(&f))
         .collect()
@@ -132,7 +203,7 @@ pub fn summary(a: &Args, named: &[(Mode, &[RunLog])]) {
     );
     println!(
         "{:<22} | {:>13} | {:>13} | {:>13}",
-        "run", "fused acc", "A-only", "B-only (probe)"
+        "run", "fused acc", "A-only", "B-only"
     );
     for (mode, runs) in named {
         let (fu, aa) = if *mode == Mode::BAlone {
@@ -150,10 +221,25 @@ pub fn summary(a: &Args, named: &[(Mode, &[RunLog])]) {
         );
     }
     let base = named[0].1;
-    println!("\npaired by seed, RedReg − baseline at the final epoch:");
+    if let Some((_, alone)) = named.iter().find(|(m, _)| *m == Mode::BAlone) {
+        let d: Vec<f64> = finals(base, |l| l.acc[1])
+            .iter()
+            .zip(finals(alone, |l| l.acc[1]))
+            .map(|(b, w)| b - w)
+            .collect();
+        let (m, s) = mean_std(&d);
+        println!(
+            "\nimbalance, paired by seed: the baseline's B-only accuracy − B trained alone = {m:+.3} ± {s:.3} \
+             ({} of {n} seeds below B alone)",
+            d.iter().filter(|x| **x < 0.0).count()
+        );
+    }
+    println!("\npaired by seed, method − baseline at the final epoch:");
     for (mode, runs) in named {
-        let Mode::RedReg(_) = mode else { continue };
-        let diff = |f: &dyn Fn(&super::train::EpochLog) -> f64| -> Vec<f64> {
+        if !matches!(mode, Mode::RedReg(_) | Mode::OgmGe) {
+            continue;
+        }
+        let diff = |f: &dyn Fn(&EpochLog) -> f64| -> Vec<f64> {
             finals(runs, f)
                 .iter()
                 .zip(finals(base, f))
@@ -165,7 +251,7 @@ pub fn summary(a: &Args, named: &[(Mode, &[RunLog])]) {
         let (m, s) = mean_std(&db);
         let (mf, sf) = mean_std(&df);
         println!(
-            "  {:<20} B-probe {m:+.3} ± {s:.3} ({} of {n} seeds better), fused {mf:+.3} ± {sf:.3} ({} of {n} better)",
+            "  {:<20} B-only {m:+.3} ± {s:.3} ({} of {n} seeds better), fused {mf:+.3} ± {sf:.3} ({} of {n} better)",
             mode.label(),
             db.iter().filter(|d| **d > 0.0).count(),
             df.iter().filter(|d| **d > 0.0).count(),
@@ -174,12 +260,11 @@ pub fn summary(a: &Args, named: &[(Mode, &[RunLog])]) {
 }
 
 pub fn timing(named: &[(Mode, &[RunLog])]) {
-    println!("\ntime per training step (mean over all steps of all seeds):");
+    println!("\ntime per training step (mean over all steps of all seeds; this run, on the machine and load of the last line):");
     for (mode, runs) in named {
-        let sum =
-            |f: &dyn Fn(&super::train::Timing) -> f64| runs.iter().map(|r| f(&r.time)).sum::<f64>();
+        let sum = |f: &dyn Fn(&Timing) -> f64| runs.iter().map(|r| f(&r.time)).sum::<f64>();
         let steps = sum(&|t| t.steps as f64).max(1.0);
-        let per = |f: &dyn Fn(&super::train::Timing) -> f64| 1e3 * sum(f) / steps;
+        let per = |f: &dyn Fn(&Timing) -> f64| 1e3 * sum(f) / steps;
         let total = per(&|t| t.total);
         if let Mode::RedReg(_) = mode {
             let (fw, st, ct, pr) = (
@@ -199,6 +284,12 @@ pub fn timing(named: &[(Mode, &[RunLog])]) {
                 100.0 * (st + ct + pr) / total,
                 1e3 * sum(&|t| t.projection) / projected,
                 100.0 * np / steps
+            );
+        } else if *mode == Mode::OgmGe {
+            println!(
+                "  {:<22} {total:.3} ms: OGM-GE's scores, coefficients and noisy gradients {:.3} ms",
+                mode.label(),
+                per(&|t| t.ogm)
             );
         } else {
             println!("  {:<22} {total:.3} ms", mode.label());

@@ -1,8 +1,10 @@
-//! One training run (baseline, RedReg with one of its pipelines, or B alone) and what it
-//! logs per epoch.
+//! One training run (baseline, RedReg with one of its pipelines, OGM-GE, or B alone) and
+//! what it logs per epoch. The example's calls into the crate (statistics plan, controller,
+//! projection, candle adapter) are all in this file.
 
-use super::data::{batch, Data, Res, Rng, N_TEST, N_TRAIN};
+use super::data::{batch, Data, Dataset, Res, Rng};
 use super::model::{sgd_step, Forward, Model};
+use super::ogm::Ogm;
 use super::{dev, Args};
 use candle_core::{Tensor, D};
 use indicatif::ProgressBar;
@@ -12,7 +14,6 @@ use redreg::controller::{Config, Controller, DropoutSchedule, Dropped, RedRegSta
 use redreg::stats::StatsPlan;
 use std::time::Instant;
 
-pub const BATCH: usize = 64;
 /// Sigma of the Gaussian noise of the two noisy copies (the script's 0.03).
 pub const NOISE_SIGMA: f32 = 0.03;
 
@@ -46,10 +47,47 @@ impl Pipeline {
     }
 }
 
+/// Which losses reach the encoders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// The authors' script: `L_mm + L_a + L_b`, all reaching the encoders.
+    Script,
+    /// `L_mm` reaches the encoders; the unimodal heads are linear probes on detached
+    /// features (trained by `L_a + L_b`), so B-only accuracy measures what B's encoder
+    /// learned from the joint objective.
+    Probe,
+}
+
+impl Loss {
+    pub fn name(self) -> &'static str {
+        match self {
+            Loss::Script => "script",
+            Loss::Probe => "probe",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [Loss::Script, Loss::Probe]
+            .into_iter()
+            .find(|l| l.name() == s)
+    }
+    pub fn describe(self) -> &'static str {
+        match self {
+            Loss::Script => {
+                "the script's loss: L_mm + L_a + L_b, the unimodal heads' losses reach the encoders"
+            }
+            Loss::Probe => {
+                "probe loss: L_mm reaches the encoders; the unimodal heads are linear probes on detached features"
+            }
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Baseline,
     RedReg(Pipeline),
+    /// OGM-GE (`ogm.rs`) with its α.
+    OgmGe,
     BAlone,
 }
 
@@ -58,6 +96,7 @@ impl Mode {
         match self {
             Mode::Baseline => "baseline".into(),
             Mode::RedReg(p) => format!("RedReg ({})", p.name()),
+            Mode::OgmGe => "OGM-GE".into(),
             Mode::BAlone => "B alone".into(),
         }
     }
@@ -69,14 +108,19 @@ pub struct EpochLog {
     /// Test accuracy of the unimodal heads `[A, B]`.
     pub acc: [f64; 2],
     /// Steps whose decision suppressed modality m, on batches `[without, with]` a dropped
-    /// modality (applied or not: see `Pipeline::SkipDropped`).
+    /// modality (applied or not: see `Pipeline::SkipDropped`); OGM-GE: steps whose
+    /// coefficient for m is below 1.
     pub suppressed: [[usize; 2]; 2],
+    /// OGM-GE: sum over the steps of each modality's coefficient.
+    pub coeff_sum: [f64; 2],
     /// Sum of β over the suppressed steps.
     pub beta_sum: f64,
     /// Steps with the co-information gate open.
     pub gate_open: usize,
     /// The smallest `r` of the leading modality (what the monitor compares with R).
     pub min_r: f64,
+    /// Sum over the steps of the fused training loss `L_mm` (of the main forward pass).
+    pub loss_mm: f64,
     pub steps: usize,
 }
 
@@ -86,9 +130,11 @@ impl EpochLog {
             fused: 0.0,
             acc: [0.0; 2],
             suppressed: [[0; 2]; 2],
+            coeff_sum: [0.0; 2],
             beta_sum: 0.0,
             gate_open: 0,
             min_r: f64::INFINITY,
+            loss_mm: 0.0,
             steps: 0,
         }
     }
@@ -112,6 +158,8 @@ pub struct Timing {
     pub projection: f64,
     /// Steps that ran the projection.
     pub projected: usize,
+    /// OGM-GE: scores, coefficients and the modulated gradients (with the noise).
+    pub ogm: f64,
 }
 
 pub struct RunLog {
@@ -125,7 +173,7 @@ fn accuracy(logits: &Tensor, y: &[u32]) -> Res<f64> {
 }
 
 fn evaluate(m: &Model, test: &Data) -> Res<(f64, [f64; 2])> {
-    let idx: Vec<usize> = (0..N_TEST).collect();
+    let idx: Vec<usize> = (0..test.len()).collect();
     let (xa, xb, _) = batch(test, &idx)?;
     let f = m.forward(&xa, &xb, true)?;
     let acc = |t: &Tensor| accuracy(t, &test.y);
@@ -143,13 +191,14 @@ struct RedReg {
 
 pub fn train(
     mode: Mode,
+    loss_form: Loss,
     args: &Args,
     seed: u64,
-    data: &(Data, Data),
+    data: &Dataset,
     bar: &ProgressBar,
 ) -> Res<RunLog> {
-    let (train_d, test_d) = data;
-    let model = Model::new(seed)?;
+    let (train_d, test_d) = (&data.train, &data.test);
+    let model = Model::new(seed, data)?;
     let vars = model.all_vars();
     let enc_vars = [model.enc[0].vars(), model.enc[1].vars()];
     let mut mom: Vec<Option<Tensor>> = vec![None; vars.len()];
@@ -165,13 +214,15 @@ pub fn train(
         }),
         _ => None,
     };
+    let mut ogm = (mode == Mode::OgmGe).then(|| Ogm::new(args.ogm_alpha, seed));
     let backend = DeviceBackend::for_device(dev())?;
     // Same data order and dropout draws in every run of a seed (paired runs).
     let mut order_rng = Rng(seed ^ 0x0D0E);
-    let steps_per_epoch = N_TRAIN / BATCH;
+    let n_train = train_d.len();
+    let steps_per_epoch = n_train / args.batch;
     let mut time = Timing::default();
     let mut log = Vec::new();
-    let probe = !args.script_loss && mode != Mode::BAlone;
+    let probe = loss_form == Loss::Probe && mode != Mode::BAlone;
     for epoch in 0..args.epochs {
         let theta0 = [
             redreg::candle::snapshot(&enc_vars[0])?,
@@ -185,26 +236,54 @@ pub fn train(
         } else {
             dropout.probability(epoch, args.epochs)?
         };
-        let perm = order_rng.permutation(N_TRAIN);
+        let perm = order_rng.permutation(n_train);
         let mut el = EpochLog::new();
         for s in 0..steps_per_epoch {
             let t0 = Instant::now();
-            let (xa, xb, y) = batch(train_d, &perm[s * BATCH..(s + 1) * BATCH])?;
+            let (xa, xb, y) = batch(train_d, &perm[s * args.batch..(s + 1) * args.batch])?;
             let dropped = DropoutSchedule::decide(p_drop, order_rng.uniform());
             let (fa, fb) = match dropped {
                 Dropped::First => (xa.zeros_like()?, xb.clone()),
                 Dropped::Second => (xa.clone(), xb.zeros_like()?),
                 Dropped::None => (xa.clone(), xb.clone()),
             };
-            let f = model.forward(&fa, &fb, probe)?;
             let ce = |l: &Tensor| candle_nn::loss::cross_entropy(l, &y);
-            let loss = match mode {
-                Mode::BAlone => ce(&f.uni[1])?,
-                _ => ((ce(&f.out)? + ce(&f.uni[0])?)? + ce(&f.uni[1])?)?,
-            };
+            if mode == Mode::BAlone {
+                // Only B's encoder and head: L_b alone.
+                let grads = ce(&model.forward_b(&fb)?)?.backward()?;
+                sgd_step(&vars, &grads, &mut mom, args.lr)?;
+                time.total += t0.elapsed().as_secs_f64();
+                time.steps += 1;
+                el.steps += 1;
+                continue;
+            }
+            let f = model.forward(&fa, &fb, probe)?;
+            let l_mm = ce(&f.out)?;
+            el.loss_mm += l_mm.to_scalar::<f32>()? as f64;
+            let loss = ((l_mm + ce(&f.uni[0])?)? + ce(&f.uni[1])?)?;
             let mut grads = loss.backward()?;
+            let was_dropped = dropped != Dropped::None;
+            if let Some(o) = ogm.as_mut() {
+                let t = Instant::now();
+                // OGM-GE has no modality dropout: on a dropped batch its scores come from
+                // an undropped pass, so that dropout does not decide its ratio.
+                let clean;
+                let src = if was_dropped {
+                    clean = model.forward(&xa, &xb, probe)?;
+                    &clean
+                } else {
+                    &f
+                };
+                let st = o.step(&model, src, &y, &mut grads, epoch, args.epochs)?;
+                for m in 0..2 {
+                    el.coeff_sum[m] += st.coeff[m];
+                    if st.coeff[m] < 1.0 && st.applied {
+                        el.suppressed[m][was_dropped as usize] += 1;
+                    }
+                }
+                time.ogm += t.elapsed().as_secs_f64();
+            }
             if let Some(r) = rr.as_mut() {
-                let was_dropped = dropped != Dropped::None;
                 let d = r.decide(
                     &model,
                     &f,

@@ -193,7 +193,7 @@ fn cuda_list<T: CandleCudaElement>(
             .collect();
         let mut p = Projection::new(
             v,
-            &basis,
+            basis,
             Output::Write {
                 base: typed::<T>(&basev)?,
                 out,

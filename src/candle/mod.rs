@@ -466,7 +466,7 @@ fn cpu_list<T: CandleElement>(
         let out: TensorList<&mut [T]> = outs.iter_mut().map(|o| &mut o[..]).collect();
         let mut p = Projection::new(
             v,
-            &basis,
+            basis,
             Output::Write {
                 base: slices::<T>(&basev)?,
                 out,

@@ -8,10 +8,10 @@
 //! step reads θ, θ₀ and g twice and writes g once — 7 element passes, no scratch, 2
 //! launches on CUDA — identically on the host and on the device.
 
-use crate::backend::{Backend, Memory, Src};
+use crate::backend::{Backend, Memory, ProjectionOf, Src};
 use crate::dtype::Element;
 use crate::error::{check_count, invalid, Result};
-use crate::project::{Buffer, Output, ProjectOptions, Projection};
+use crate::project::{Output, ProjectOptions, Projection};
 use crate::segments::Segments;
 
 use super::decision::{Decision, StepInputs};
@@ -47,24 +47,6 @@ pub struct Encoder<'a, S, D> {
     pub basis: JointBasis<'a, S>,
 }
 
-impl<S: Buffer, D: Buffer> Encoder<'_, S, D> {
-    fn check(&self) -> Result<()> {
-        self.segs.check_buffer("theta", self.theta.len())?;
-        self.segs.check_buffer("theta0", self.theta0.len())?;
-        self.segs.check_buffer("grad", self.grad.len())?;
-        let extra = match self.basis {
-            JointBasis::Gradient => &[][..],
-            JointBasis::GradientAnd(b) | JointBasis::Explicit(b) => b,
-        };
-        let k = extra.len() + usize::from(!matches!(self.basis, JointBasis::Explicit(_)));
-        crate::project::check_k(k)?;
-        for b in extra {
-            self.segs.check_buffer("basis", b.len())?;
-        }
-        Ok(())
-    }
-}
-
 /// An encoder of host slices; as a struct literal (`HostEncoder { theta: &vec, .. }`) the
 /// field types are known, so `&Vec<T>` coerces to `&[T]`.
 pub type HostEncoder<'a, T> = Encoder<'a, &'a [T], &'a mut [T]>;
@@ -77,6 +59,32 @@ pub type DeviceEncoder<'a, T> =
 /// An encoder on backend `B` with elements `T`.
 pub type EncoderOf<'a, B, T> = Encoder<'a, Src<'a, B, T>, crate::backend::Dst<'a, B, T>>;
 
+/// The projection of one encoder's update: `grad += beta · (d - P d)`, `d = theta -
+/// theta0` in f64, `P` onto its joint basis (the gradient as the implicit basis vector
+/// unless the basis is explicit). The one place the step's projection is built: the
+/// checks before a step and the step itself use it.
+fn encoder_projection<'e, 'a: 'e, T: Element, B: Backend>(
+    enc: &'e mut EncoderOf<'a, B, T>,
+    beta: f64,
+    opts: &ProjectOptions,
+) -> ProjectionOf<'e, 'e, B, T> {
+    let (explicit, extra) = match enc.basis {
+        JointBasis::Gradient => (false, &[][..]),
+        JointBasis::GradientAnd(b) => (false, b),
+        JointBasis::Explicit(b) => (true, b),
+    };
+    let extra = extra.iter().map(|s| <B::Memory as Memory>::share(s));
+    let theta = <B::Memory as Memory>::share(&enc.theta);
+    let theta0 = <B::Memory as Memory>::share(&enc.theta0);
+    let grad = <B::Memory as Memory>::reborrow(&mut enc.grad);
+    let p = if explicit {
+        Projection::new(theta, extra, Output::Accumulate(grad)).minus(theta0)
+    } else {
+        Projection::drift(theta, theta0, extra, grad)
+    };
+    p.beta(beta).opts(*opts)
+}
+
 /// Applies `decision` to the encoders (one per modality, in the controller's order): for
 /// the suppressed modality only, per tensor, `grad += beta · (d - P d)` with
 /// `d = theta - theta_0` (in f64) and `P` the projector onto the joint basis
@@ -85,15 +93,26 @@ pub type EncoderOf<'a, B, T> = Encoder<'a, Src<'a, B, T>, crate::backend::Dst<'a
 /// per-tensor ranks, or `None` when nothing is suppressed. On CUDA asynchronous (the ranks
 /// are a `DeviceRanks`).
 ///
-/// `Err` (no buffer touched) on a wrong encoder count or buffers that do not cover their
-/// segments.
+/// `Err` (no buffer touched) on a wrong encoder count or when any encoder's projection
+/// fails the backend's checks ([`Backend::check`]: lengths, and on CUDA device contexts
+/// and aliasing).
 pub fn step<'a, T: Element, B: Backend>(
     backend: &B,
     decision: &Decision,
     encoders: &mut [EncoderOf<'a, B, T>],
     opts: &ProjectOptions,
 ) -> Result<Option<B::Ranks>> {
-    check_encoders(decision.modalities.len(), encoders)?;
+    check_encoders(backend, decision.modalities.len(), encoders, opts)?;
+    step_checked(backend, decision, encoders, opts)
+}
+
+/// [`step`] on encoders that passed [`check_encoders`].
+fn step_checked<'a, T: Element, B: Backend>(
+    backend: &B,
+    decision: &Decision,
+    encoders: &mut [EncoderOf<'a, B, T>],
+    opts: &ProjectOptions,
+) -> Result<Option<B::Ranks>> {
     let Some(m) = decision.suppressed else {
         return Ok(None);
     };
@@ -104,31 +123,24 @@ pub fn step<'a, T: Element, B: Backend>(
             format!("suppressed modality {m} but only {n_enc} encoders"),
         )
     })?;
-    let (explicit, extra) = match enc.basis {
-        JointBasis::Gradient => (false, &[][..]),
-        JointBasis::GradientAnd(b) => (false, b),
-        JointBasis::Explicit(b) => (true, b),
-    };
-    let extra: Vec<Src<'_, B, T>> = extra
-        .iter()
-        .map(|s| <B::Memory as Memory>::share(s))
-        .collect();
-    let theta = <B::Memory as Memory>::share(&enc.theta);
-    let theta0 = <B::Memory as Memory>::share(&enc.theta0);
-    let grad = <B::Memory as Memory>::reborrow(&mut enc.grad);
-    let p = if explicit {
-        Projection::new(theta, &extra, Output::Accumulate(grad)).minus(theta0)
-    } else {
-        Projection::drift(theta, theta0, &extra, grad)
-    };
-    let ranks = backend.project_out(enc.segs, p.beta(decision.beta).opts(*opts))?;
+    let segs = enc.segs;
+    let ranks = backend.project_out(segs, encoder_projection::<T, B>(enc, decision.beta, opts))?;
     Ok(Some(ranks))
 }
 
-fn check_encoders<S: Buffer, D: Buffer>(m: usize, encoders: &[Encoder<'_, S, D>]) -> Result<()> {
+/// `Err` unless there are `m` encoders and every encoder's projection passes the backend's
+/// checks (with β = 1: the decision's β is finite by construction).
+fn check_encoders<'a, T: Element, B: Backend>(
+    backend: &B,
+    m: usize,
+    encoders: &mut [EncoderOf<'a, B, T>],
+    opts: &ProjectOptions,
+) -> Result<()> {
     check_count("encoders (one per modality)", m, encoders.len())?;
-    for (i, e) in encoders.iter().enumerate() {
-        e.check()
+    for (i, e) in encoders.iter_mut().enumerate() {
+        let segs = e.segs;
+        backend
+            .check(segs, &encoder_projection::<T, B>(e, 1.0, opts))
             .map_err(|err| invalid("encoders", format!("encoder {i}: {err}")))?;
     }
     Ok(())
@@ -137,18 +149,19 @@ fn check_encoders<S: Buffer, D: Buffer>(m: usize, encoders: &[Encoder<'_, S, D>]
 impl Controller {
     /// One whole step: [`Controller::observe`] then [`step`] with the config's projection
     /// options, on any backend. Returns the decision and the suppressed encoder's ranks.
-    /// The encoders are checked first, so an `Err` leaves both the controller's state and
-    /// the buffers unchanged.
+    /// Every encoder's projection passes the backend's checks ([`Backend::check`]: lengths,
+    /// and on CUDA device contexts and aliasing) before the state changes, so an `Err`
+    /// leaves both the controller's state and the buffers unchanged.
     pub fn step<'a, T: Element, B: Backend>(
         &mut self,
         inputs: &StepInputs,
         backend: &B,
         encoders: &mut [EncoderOf<'a, B, T>],
     ) -> Result<(Decision, Option<B::Ranks>)> {
-        check_encoders(self.modalities(), encoders)?;
-        let decision = self.observe(inputs)?;
         let opts = self.config().project;
-        let ranks = step(backend, &decision, encoders, &opts)?;
+        check_encoders(backend, self.modalities(), encoders, &opts)?;
+        let decision = self.observe(inputs)?;
+        let ranks = step_checked(backend, &decision, encoders, &opts)?;
         Ok((decision, ranks))
     }
 }

@@ -26,7 +26,7 @@
 //!     )
 //! };
 //! let basis = [gb.view()];
-//! let p = Projection::new(d.view(), &basis, Output::Accumulate(out.view_mut()));
+//! let p = Projection::new(d.view(), basis, Output::Accumulate(out.view_mut()));
 //! backend.project_out(&segs, p.beta(1.5))?;
 //! backend.synchronize()?;
 //! drop((d, gb, out)); // never frees the foreign memory

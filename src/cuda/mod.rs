@@ -12,7 +12,7 @@
 //! `backend.function("foo", "foo_kernel_f32")` and nothing else.
 //!
 //! Every constant the kernels share with this crate (chunk size, threads per block, modes,
-//! table layouts) comes from [`crate::abi`]: the kernels include the header `build.rs`
+//! table layouts) comes from the one ABI table (`src/abi.rs`): the kernels include the header `build.rs`
 //! generates from it (`redreg_abi.cuh`, on nvcc's include path, inlined for NVRTC).
 //!
 //! # Probing
@@ -57,7 +57,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Elements per chunk task (one thread block) and threads per block of the chunk kernels:
-/// the kernels' `RR_CHUNK` and `RR_THREADS`, from the one ABI table ([`crate::abi`]).
+/// the kernels' `RR_CHUNK` and `RR_THREADS`, from the one ABI table (`src/abi.rs`).
 pub use crate::abi::{CHUNK, THREADS};
 
 /// One kernel module as embedded by `build.rs`.

@@ -2,7 +2,7 @@
 //! one all-reduce of the packed partials, pass 2 on every rank — on any [`Backend`].
 
 use super::{agree, AllReduce};
-use crate::backend::{Backend, Memory, ProjectionOf, Src};
+use crate::backend::{Backend, ProjectionOf};
 use crate::dtype::Element;
 use crate::error::{invalid, Result};
 use crate::segments::Segments;
@@ -23,15 +23,9 @@ pub fn project_sharded<'a, T: Element, B: Backend, A: AllReduce + ?Sized>(
     segs: &Segments,
     p: ProjectionOf<'_, 'a, B, T>,
 ) -> Result<B::Ranks> {
-    let local = p.validate(segs).and_then(|_| {
-        let mut basis: Vec<Src<'_, B, T>> = Vec::with_capacity(p.k());
-        if p.out_in_basis {
-            basis.push(<B::Memory as Memory>::view(p.out.out()));
-        }
-        basis.extend(p.basis.iter().map(|b| <B::Memory as Memory>::share(b)));
-        let v0 = p.v0.as_ref().map(|b| <B::Memory as Memory>::share(b));
-        backend.partials(segs, <B::Memory as Memory>::share(&p.v), v0, &basis)
-    });
+    let local = backend
+        .check(segs, &p)
+        .and_then(|_| backend.partials(segs, &p));
     // A rank whose arguments are invalid announces u64::MAX, so the group disagrees.
     let shape = match &local {
         Ok(p) => [p.k() as u64, p.num_segments() as u64],

@@ -3,6 +3,7 @@
 //! [`Output`], [`Beta`], [`ProjectOptions`], the split form's [`Partials`], and the buffer
 //! traits that let host slices and device views share them.
 
+use crate::abi::{MODE_B0_OUT, MODE_BASE, MODE_INPLACE, MODE_NONE};
 use crate::error::{check_count, check_len, invalid, Error, Result};
 use crate::project::solve::{partial_stride, rhs_index, tri_index, MAX_K};
 use crate::segments::Segments;
@@ -12,7 +13,7 @@ use crate::segments::Segments;
 pub struct ProjectOptions {
     /// Rank threshold: a basis vector whose residual norm (after removing the span of the
     /// earlier kept vectors) is ≤ `tol` × its own norm is dropped. `0 <= tol < 1`.
-    /// Default `1e-7` (see [`crate::project::solve`] for why it should not be smaller).
+    /// Default `1e-7` (`src/project/solve.rs` and `docs/numerics.md` say why it should not be smaller).
     pub tol: f64,
     /// Added to the diagonal of the Gram matrix before the solve. Default `1e-12`: the
     /// authors' script divides by `g·g + 1e-12`, and k = 1 reproduces it exactly. Use
@@ -40,12 +41,7 @@ impl ProjectOptions {
 
     /// `Err` unless `0 <= tol < 1` and `ridge` is finite and `>= 0`.
     pub fn validate(&self) -> Result<()> {
-        if !(0.0..1.0).contains(&self.tol) {
-            return Err(invalid(
-                "tol",
-                format!("must be in [0, 1), got {}", self.tol),
-            ));
-        }
+        check_tol(self.tol)?;
         if !(self.ridge.is_finite() && self.ridge >= 0.0) {
             return Err(invalid(
                 "ridge",
@@ -214,7 +210,7 @@ impl<B: Buffer> Buffer for TensorList<B> {
 
 /// Where a projection writes `alpha·base + beta·(v - P v)`. `S` is a read-only buffer,
 /// `D` the destination: `&[T]` / `&mut [T]` on the host, `CudaView` / `CudaViewMut` on
-/// CUDA.
+/// CUDA, or a [`TensorList`] of either.
 #[derive(Debug)]
 pub enum Output<S, D> {
     /// `out = alpha·base + beta·(v - P v)`; with `base = None`, `out = beta·(v - P v)`.
@@ -229,27 +225,7 @@ pub enum Output<S, D> {
     Accumulate(D),
 }
 
-/// What the apply pass adds to `beta·(v - P v)`: nothing, `alpha·base`, or `alpha·out`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum BaseMode<S> {
-    /// `out = beta·(v - P v)`.
-    None,
-    /// `out = alpha·base + beta·(v - P v)`.
-    Slice(S),
-    /// `out = alpha·out + beta·(v - P v)`.
-    InPlace,
-}
-
 impl<S, D> Output<S, D> {
-    /// Splits into the base mode and the destination.
-    pub(crate) fn split(self) -> (BaseMode<S>, D) {
-        match self {
-            Output::Write { base: None, out } => (BaseMode::None, out),
-            Output::Write { base: Some(b), out } => (BaseMode::Slice(b), out),
-            Output::Accumulate(out) => (BaseMode::InPlace, out),
-        }
-    }
-
     /// The destination.
     pub fn out(&self) -> &D {
         match self {
@@ -264,19 +240,68 @@ impl<S, D> Output<S, D> {
             Output::Accumulate(_) => None,
         }
     }
+
+    /// The destination and the base, apart.
+    pub(crate) fn into_parts(self) -> (D, Option<S>) {
+        match self {
+            Output::Write { base, out } => (out, base),
+            Output::Accumulate(out) => (out, None),
+        }
+    }
+
+    /// The base-term bits of the kernels' apply mode (ABI `MODE_NONE`, `MODE_BASE`,
+    /// `MODE_INPLACE`).
+    fn mode(&self) -> i32 {
+        match self {
+            Output::Write { base: None, .. } => MODE_NONE,
+            Output::Write { base: Some(_), .. } => MODE_BASE,
+            Output::Accumulate(_) => MODE_INPLACE,
+        }
+    }
 }
 
-/// The arguments of one projection (`project_out`, the split form's `partials` and
-/// `apply`) on any backend: per segment
+/// A basis vector that a projection takes from one of its own operands instead of from
+/// [`Projection::basis`]. It is basis vector 0 (before `basis`). One variant per kind, so a
+/// new kind is a variant here, its flag in the ABI table, and its line in each kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Implicit {
+    /// The destination's values before the call (needs [`Output::Accumulate`]): the
+    /// script's "project the drift off the gradient, add it to the gradient" with no copy
+    /// of the gradient. Each element's basis value is read before that element is written.
+    Out,
+}
+
+impl Implicit {
+    /// Its flag in the kernels' apply mode (ABI table).
+    fn mode_flag(self) -> i32 {
+        match self {
+            Implicit::Out => MODE_B0_OUT,
+        }
+    }
+}
+
+/// Where one basis vector of a projection is read from: a buffer of its own, or (an
+/// [`Implicit`] vector) the destination.
+#[derive(Debug)]
+pub(crate) enum BasisRef<'p, S, D> {
+    /// A read-only buffer.
+    Src(&'p S),
+    /// The destination, read before it is written.
+    Out(&'p D),
+}
+
+/// The arguments of one projection (`project_out`, `project_list`, the split form's
+/// `partials` and `apply`) on any backend: per segment
 ///
 /// ```text
 /// out = alpha·base + beta·(x - P x),   x = v        (or v - v0, formed in f64)
 /// ```
 ///
-/// with `P` the projector onto the span of the segment's basis vectors — the destination's
-/// own values before the call first when [`Projection::out_in_basis`] is set, then
-/// `basis`. Made with [`Projection::new`] and the builder methods; the defaults are the
-/// script's (`alpha = 1`, `beta = 1`, [`ProjectOptions::default`]).
+/// with `P` the projector onto the span of the segment's basis vectors — the
+/// [`Implicit`] one first (when set), then `basis`. Made with [`Projection::new`] and the
+/// builder methods; the defaults are the script's (`alpha = 1`, `beta = 1`,
+/// [`ProjectOptions::default`]). Every backend takes it whole; [`Projection::map`] turns
+/// its buffers into another kind (flat ↔ tensor list, host ↔ device views) in one place.
 #[derive(Debug)]
 pub struct Projection<'a, S, D> {
     /// The vector to project.
@@ -284,13 +309,10 @@ pub struct Projection<'a, S, D> {
     /// When set, the vector is `v - v0`, formed in f64 inside both passes (the RedReg
     /// drift `theta - theta0` with no drift buffer and no rounding of the difference).
     pub v0: Option<S>,
-    /// Basis vectors (after the destination's own values with `out_in_basis`).
-    pub basis: &'a [S],
-    /// The destination's values before the call are basis vector 0 (the script's
-    /// "project the drift off the gradient, add it to the gradient", with no copy of the
-    /// gradient). Needs [`Output::Accumulate`]; each element's basis value is read before
-    /// that element is written.
-    pub out_in_basis: bool,
+    /// A basis vector taken from the projection's own operands (basis vector 0).
+    pub implicit: Option<Implicit>,
+    /// Basis vectors (after the implicit one).
+    pub basis: Vec<S>,
     /// Where the result goes.
     pub out: Output<S, D>,
     /// Factor of the base term.
@@ -303,13 +325,13 @@ pub struct Projection<'a, S, D> {
 
 impl<'a, S, D> Projection<'a, S, D> {
     /// `out = 1·base + 1·(v - P v)` with the default options; change them with the builder
-    /// methods.
-    pub fn new(v: S, basis: &'a [S], out: Output<S, D>) -> Self {
+    /// methods. `basis`: any list of buffers (`[a, b]`, a `Vec`, `[]`).
+    pub fn new(v: S, basis: impl IntoIterator<Item = S>, out: Output<S, D>) -> Self {
         Self {
             v,
             v0: None,
-            basis,
-            out_in_basis: false,
+            implicit: None,
+            basis: basis.into_iter().collect(),
             out,
             alpha: 1.0,
             beta: Beta::Scalar(1.0),
@@ -321,10 +343,10 @@ impl<'a, S, D> Projection<'a, S, D> {
     /// `d = theta - theta0` (formed in f64) and `P` the projector onto
     /// `span{grad, extra…}` — 3 element reads in pass 1, 3 reads and 1 write in pass 2, no
     /// scratch buffer.
-    pub fn drift(theta: S, theta0: S, extra: &'a [S], grad: D) -> Self {
+    pub fn drift(theta: S, theta0: S, extra: impl IntoIterator<Item = S>, grad: D) -> Self {
         Self::new(theta, extra, Output::Accumulate(grad))
             .minus(theta0)
-            .with_out_in_basis()
+            .implicit(Implicit::Out)
     }
 
     /// Projects `v - v0` instead of `v`.
@@ -333,9 +355,9 @@ impl<'a, S, D> Projection<'a, S, D> {
         self
     }
 
-    /// The destination's values before the call become basis vector 0.
-    pub fn with_out_in_basis(mut self) -> Self {
-        self.out_in_basis = true;
+    /// Takes basis vector 0 from the projection's own operands ([`Implicit`]).
+    pub fn implicit(mut self, implicit: Implicit) -> Self {
+        self.implicit = Some(implicit);
         self
     }
 
@@ -357,25 +379,142 @@ impl<'a, S, D> Projection<'a, S, D> {
         self
     }
 
-    /// Number of basis vectors, `basis.len()` plus one with `out_in_basis`.
+    /// Number of basis vectors: `basis.len()`, plus one with an implicit vector.
     pub fn k(&self) -> usize {
-        self.basis.len() + usize::from(self.out_in_basis)
+        self.basis.len() + usize::from(self.implicit.is_some())
+    }
+
+    /// The same projection over other buffers: `src` maps every read-only buffer (`v`,
+    /// `v0`, each basis vector, `base`), `dst` the destination. The one place where a
+    /// projection changes its kind of buffer (cut per segment, packed, device views of
+    /// tensors): every field travels, none is copied by hand.
+    pub fn map<S2, D2>(
+        self,
+        mut src: impl FnMut(S) -> S2,
+        dst: impl FnOnce(D) -> D2,
+    ) -> Projection<'a, S2, D2> {
+        let out = match self.out {
+            Output::Write { base, out } => Output::Write {
+                base: base.map(&mut src),
+                out: dst(out),
+            },
+            Output::Accumulate(out) => Output::Accumulate(dst(out)),
+        };
+        Projection {
+            v: src(self.v),
+            v0: self.v0.map(&mut src),
+            implicit: self.implicit,
+            basis: self.basis.into_iter().map(&mut src).collect(),
+            out,
+            alpha: self.alpha,
+            beta: self.beta,
+            opts: self.opts,
+        }
+    }
+
+    /// [`Projection::map`] with conversions that can fail (the first `Err` is returned).
+    pub fn try_map<S2, D2>(
+        self,
+        mut src: impl FnMut(S) -> Result<S2>,
+        dst: impl FnOnce(D) -> Result<D2>,
+    ) -> Result<Projection<'a, S2, D2>> {
+        let out = match self.out {
+            Output::Write { base, out } => Output::Write {
+                base: base.map(&mut src).transpose()?,
+                out: dst(out)?,
+            },
+            Output::Accumulate(out) => Output::Accumulate(dst(out)?),
+        };
+        Ok(Projection {
+            v: src(self.v)?,
+            v0: self.v0.map(&mut src).transpose()?,
+            implicit: self.implicit,
+            basis: self
+                .basis
+                .into_iter()
+                .map(&mut src)
+                .collect::<Result<_>>()?,
+            out,
+            alpha: self.alpha,
+            beta: self.beta,
+            opts: self.opts,
+        })
+    }
+
+    /// The projection borrowed (its buffers as references), to map without giving it up.
+    pub fn as_ref(&self) -> Projection<'a, &S, &D> {
+        let out = match &self.out {
+            Output::Write { base, out } => Output::Write {
+                base: base.as_ref(),
+                out,
+            },
+            Output::Accumulate(out) => Output::Accumulate(out),
+        };
+        Projection {
+            v: &self.v,
+            v0: self.v0.as_ref(),
+            implicit: self.implicit,
+            basis: self.basis.iter().collect(),
+            out,
+            alpha: self.alpha,
+            beta: self.beta,
+            opts: self.opts,
+        }
+    }
+
+    /// The projection with its sources borrowed and its destination lent, to map without
+    /// giving it up (for example to run it on buffers derived from its own).
+    pub fn as_mut(&mut self) -> Projection<'a, &S, &mut D> {
+        let out = match &mut self.out {
+            Output::Write { base, out } => Output::Write {
+                base: base.as_ref(),
+                out,
+            },
+            Output::Accumulate(out) => Output::Accumulate(out),
+        };
+        Projection {
+            v: &self.v,
+            v0: self.v0.as_ref(),
+            implicit: self.implicit,
+            basis: self.basis.iter().collect(),
+            out,
+            alpha: self.alpha,
+            beta: self.beta,
+            opts: self.opts,
+        }
+    }
+
+    /// The basis vectors in order, the implicit one first, each with where it is read.
+    pub(crate) fn basis_refs(&self) -> impl Iterator<Item = BasisRef<'_, S, D>> + '_ {
+        let implicit = self.implicit.map(|i| match i {
+            Implicit::Out => BasisRef::Out(self.out.out()),
+        });
+        implicit
+            .into_iter()
+            .chain(self.basis.iter().map(BasisRef::Src))
+    }
+
+    /// The kernels' apply mode (ABI `MODE_*`): the base term's mode and the implicit
+    /// vector's flag. The CUDA and the CPU kernels both read it.
+    pub(crate) fn mode(&self) -> i32 {
+        self.out.mode() | self.implicit.map_or(0, Implicit::mode_flag)
     }
 }
 
 impl<'a, T> Projection<'a, &'a [T], &'a mut [T]> {
     /// [`Projection::new`] with the host buffer types spelled out, so that `&vec` and
     /// `&mut vec` coerce to slices at the call site (a generic `new` infers `&Vec<T>`).
-    pub fn host(v: &'a [T], basis: &'a [&'a [T]], out: Output<&'a [T], &'a mut [T]>) -> Self {
-        Self::new(v, basis, out)
+    pub fn host(v: &'a [T], basis: &[&'a [T]], out: Output<&'a [T], &'a mut [T]>) -> Self {
+        Self::new(v, basis.iter().copied(), out)
     }
 }
 
 impl<S: Buffer, D: Buffer> Projection<'_, S, D> {
     /// Checks everything against the layout before any data is touched (the one
-    /// validation of every backend): `k <= 8`, every buffer covers `segs`, `alpha`, `beta`
-    /// and the options are valid, `out_in_basis` only with [`Output::Accumulate`].
-    /// Returns k.
+    /// validation of every backend; the backends add their own, e.g. device contexts and
+    /// aliasing on CUDA: [`crate::Backend::check`]): `k <= 8`, every buffer covers `segs`,
+    /// `alpha`, `beta` and the options are valid, [`Implicit::Out`] only with
+    /// [`Output::Accumulate`]. Returns k.
     pub fn validate(&self, segs: &Segments) -> Result<usize> {
         self.validate_inputs(segs)?;
         self.out.out().check_layout("out", segs)?;
@@ -388,26 +527,57 @@ impl<S: Buffer, D: Buffer> Projection<'_, S, D> {
         Ok(self.k())
     }
 
-    /// The inputs pass 1 reads: `v`, `v0`, the basis (and the destination when it is in
-    /// the basis).
-    pub(crate) fn validate_inputs(&self, segs: &Segments) -> Result<usize> {
+    /// The checks of what pass 1 reads ([`crate::Backend::partials`]): `k <= 8`; `v`,
+    /// `v0` and every basis vector (the destination too when it is one) cover `segs`.
+    pub fn validate_inputs(&self, segs: &Segments) -> Result<usize> {
         check_k(self.k())?;
-        check_inputs(segs, &self.v, self.v0.as_ref(), self.basis)?;
-        if self.out_in_basis {
-            if !matches!(self.out, Output::Accumulate(_)) {
-                return Err(invalid(
-                    "out_in_basis",
-                    "the destination can be a basis vector only with Output::Accumulate",
-                ));
+        self.v.check_layout("v", segs)?;
+        if let Some(v0) = &self.v0 {
+            v0.check_layout("v0", segs)?;
+        }
+        for b in self.basis_refs() {
+            match b {
+                BasisRef::Src(b) => b.check_layout("basis", segs)?,
+                BasisRef::Out(o) => o.check_layout("out", segs)?,
             }
-            self.out.out().check_layout("out", segs)?;
+        }
+        if self.implicit == Some(Implicit::Out) && !matches!(self.out, Output::Accumulate(_)) {
+            return Err(invalid(
+                "implicit",
+                "the destination can be a basis vector (Implicit::Out) only with \
+                 Output::Accumulate",
+            ));
         }
         Ok(self.k())
     }
 }
 
+/// The checks of `orthonormalize` on every backend: `0 <= tol < 1`, `k <= 8`, every basis
+/// vector covers `segs`. Returns k.
+pub(crate) fn check_orthonormalize<B: Buffer>(
+    segs: &Segments,
+    basis: &[B],
+    tol: f64,
+) -> Result<usize> {
+    check_tol(tol)?;
+    check_k(basis.len())?;
+    for b in basis {
+        b.check_layout("basis", segs)?;
+    }
+    Ok(basis.len())
+}
+
+/// `Err` unless `0 <= tol < 1`: the rank threshold of `orthonormalize` (and of
+/// [`ProjectOptions`]).
+pub(crate) fn check_tol(tol: f64) -> Result<()> {
+    if (0.0..1.0).contains(&tol) {
+        return Ok(());
+    }
+    Err(invalid("tol", format!("must be in [0, 1), got {tol}")))
+}
+
 /// Per-segment partial sums of the split form: for each segment the packed upper triangle
-/// of the Gram matrix `BᵀB` followed by `Bᵀv` ([`crate::project::solve::partial_stride`] values,
+/// of the Gram matrix `BᵀB` followed by `Bᵀv` (`k(k+1)/2 + k` values,
 /// f64). Partials of shards of the same segments add up ([`Partials::add`], or an
 /// all-reduce sum over [`Partials::as_mut_slice`]) to the partials of the whole.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -429,6 +599,12 @@ impl Partials {
             segments,
             data: vec![0.0; n],
         })
+    }
+
+    /// Wraps values of the right length (crate-internal: the backends' pass 1).
+    pub(crate) fn from_parts(k: usize, segments: usize, data: Vec<f64>) -> Self {
+        debug_assert_eq!(data.len(), partial_stride(k) * segments);
+        Self { k, segments, data }
     }
 
     /// Wraps raw values (for example received from an all-reduce).
@@ -514,22 +690,8 @@ impl Partials {
     }
 }
 
-/// `Err` unless `k = basis.len() <= MAX_K` and `v`, `v0` and every basis vector cover
-/// `segs`: the checks of pass 1 ([`crate::Backend::partials`]).
-pub fn check_inputs<S: Buffer>(segs: &Segments, v: &S, v0: Option<&S>, basis: &[S]) -> Result<()> {
-    check_k(basis.len())?;
-    v.check_layout("v", segs)?;
-    if let Some(v0) = v0 {
-        v0.check_layout("v0", segs)?;
-    }
-    for b in basis {
-        b.check_layout("basis", segs)?;
-    }
-    Ok(())
-}
-
 /// `Err` unless `k <= MAX_K`.
-pub fn check_k(k: usize) -> Result<()> {
+pub(crate) fn check_k(k: usize) -> Result<()> {
     if k > MAX_K {
         return Err(Error::CountMismatch {
             name: "basis vectors (k must be <= MAX_K = 8)",

@@ -2,7 +2,7 @@
 //!
 //! # Parallel layout and determinism
 //! Every buffer is cut into the fixed chunk table of [`crate::segments::chunk_tasks`]
-//! (default [`DEFAULT_CHUNK`] elements). Pass 1 computes one f64 partial per chunk with a
+//! (default [`CpuBackend::DEFAULT_CHUNK`] elements). Pass 1 computes one f64 partial per chunk with a
 //! fixed summation pattern (4 interleaved lanes, combined pairwise), then sums the chunk
 //! partials of each segment in chunk order. Which thread computes which chunk does not
 //! change a single bit, so results are identical run to run and for any thread count.
@@ -17,33 +17,52 @@
 //!   intermediate (f16/bf16). Four passes over the basis for any k.
 
 use super::cpu_kernels as kernels;
+use crate::backend::{host_copy, Backend, Host};
 use crate::cpu::CpuBackend;
-
-use crate::backend::Backend;
 use crate::dtype::Element;
-use crate::error::{invalid, Result};
-use crate::project::solve::{orth_segment, partial_stride, solve_segment, MAX_K};
-use crate::project::{check_k, BaseMode, Beta, Partials, ProjectOptions, Projection, TensorList};
+use crate::error::Result;
+use crate::project::reference::HostProjection;
+use crate::project::solve::{orth_segment, partial_stride, solve_segment};
+use crate::project::{check_orthonormalize, BasisRef, Partials, Projection, TensorList};
 use crate::segments::{chunk_tasks, ChunkTask, Segments};
 use crate::sum::Acc;
 use rayon::prelude::*;
 
+/// A projection's buffers cut per segment (`[s]` = segment s's elements): the one form the
+/// CPU loops take. A flat buffer is cut at the segment offsets, a tensor list is already
+/// one buffer per segment ([`Projection::map`] does either).
+type Cut<'a, 'b, T> = Projection<'a, Vec<&'b [T]>, Vec<&'b mut [T]>>;
+
+/// The basis of a cut projection as pass 1 reads it, the implicit vector first (`out`
+/// reads the destination).
+fn pass1_basis<'p, T, D>(
+    c: &'p Projection<'_, Vec<&'p [T]>, D>,
+    out: impl Fn(&'p D) -> Vec<&'p [T]>,
+) -> Vec<Vec<&'p [T]>> {
+    c.basis_refs()
+        .map(|b| match b {
+            BasisRef::Src(s) => s.clone(),
+            BasisRef::Out(o) => out(o),
+        })
+        .collect()
+}
+
 impl CpuBackend {
-    /// Pass 1 ([`Backend::partials`]) of a projection cut per segment.
-    fn partials_of<T: Element>(
+    /// Pass 1 of a validated projection cut per segment.
+    fn partials_of<T: Element, D>(
         &self,
         segs: &Segments,
         tasks: &[ChunkTask],
-        c: &Cut<'_, '_, T>,
-        k: usize,
-    ) -> Result<Partials> {
-        let mut parts = Partials::zeros(k, segs.len())?;
-        let outs: Vec<&[T]> = c.out.iter().map(|o| &**o).collect();
-        let mut basis: Vec<&[&[T]]> = Vec::with_capacity(k);
-        if c.b0_out {
-            basis.push(&outs);
-        }
-        basis.extend(c.basis.iter().map(|b| &b[..]));
+        c: &Projection<'_, Vec<&[T]>, D>,
+        out: impl Fn(&D) -> Vec<&[T]>,
+    ) -> Partials {
+        let basis = pass1_basis(c, out);
+        let basis: Vec<&[&[T]]> = basis.iter().map(|b| &b[..]).collect();
+        let mut parts = Partials::from_parts(
+            basis.len(),
+            segs.len(),
+            vec![0.0; partial_stride(basis.len()) * segs.len()],
+        );
         self.partials_into(
             segs,
             tasks,
@@ -51,7 +70,7 @@ impl CpuBackend {
             &basis,
             &mut parts,
         );
-        Ok(parts)
+        parts
     }
 
     /// Chunk partials in parallel, then per-segment sums in chunk order. Every operand is
@@ -103,85 +122,57 @@ impl CpuBackend {
         }
     }
 
-    /// Pass 2 of a projection cut per segment; `cap_by_len` also caps each rank at the
-    /// segment's length (the partials are the segment's own, `crate::project::solve`).
+    /// Pass 2 of a validated projection cut per segment; `cap_by_len` also caps each rank
+    /// at the segment's length (the partials are the segment's own, `crate::project::solve`).
     fn apply_capped<T: Element>(
         &self,
         segs: &Segments,
         tasks: &[ChunkTask],
         partials: &Partials,
         c: Cut<'_, '_, T>,
-        k: usize,
         cap_by_len: bool,
     ) -> Result<Vec<u32>> {
+        let k = c.k();
         partials.check_shape(segs, k)?;
         let mut coef = vec![0.0f64; segs.len() * k];
         let ranks: Vec<u32> = (0..segs.len())
             .map(|s| {
-                solve_segment(
-                    k,
-                    partials.seg(s),
-                    if cap_by_len {
-                        segs.seg_len(s).min(k)
-                    } else {
-                        k
-                    },
-                    c.opts.tol,
-                    c.opts.ridge,
-                    &mut coef[s * k..(s + 1) * k],
-                )
+                let cap = if cap_by_len {
+                    segs.seg_len(s).min(k)
+                } else {
+                    k
+                };
+                let w = &mut coef[s * k..(s + 1) * k];
+                solve_segment(k, partials.seg(s), cap, c.opts.tol, c.opts.ridge, w)
             })
             .collect();
-        let Cut {
-            v,
-            v0,
-            basis,
-            base,
-            out,
-            b0_out,
-            alpha,
-            beta,
-            ..
-        } = c;
+        // The kernels' apply mode (the base term, the implicit vector's flag), as on CUDA.
+        let mode = c.mode();
+        let (alpha, beta, v, v0, basis) = (c.alpha, c.beta, c.v, c.v0, c.basis);
+        let (out, base) = c.out.into_parts();
         let outs = split_by_tasks(out, tasks);
         self.run(|| {
             tasks.par_iter().zip(outs).for_each(|(t, o)| {
                 let (s, r) = (t.seg, local(segs, t));
                 let bs: Vec<&[T]> = basis.iter().map(|b| &b[s][r.clone()]).collect();
-                let mode = match &base {
-                    BaseMode::Slice(b) => BaseMode::Slice(&b[s][r.clone()]),
-                    BaseMode::None => BaseMode::None,
-                    BaseMode::InPlace => BaseMode::InPlace,
-                };
                 let x = kernels::ApplyIn {
                     v: &v[s][r.clone()],
                     v0: v0.as_ref().map(|v0| &v0[s][r.clone()]),
                     basis: &bs,
-                    b0_out,
-                };
-                kernels::chunk_apply(
-                    x,
-                    &coef[t.seg * k..(t.seg + 1) * k],
-                    alpha,
-                    beta.at(t.seg),
+                    base: base.as_ref().map(|b| &b[s][r.clone()]),
                     mode,
-                    o,
-                );
+                };
+                kernels::chunk_apply(x, &coef[s * k..(s + 1) * k], alpha, beta.at(s), o);
             })
         });
         Ok(ranks)
     }
 
     /// Both passes of a validated projection cut per segment.
-    fn project_cut<T: Element>(
-        &self,
-        segs: &Segments,
-        c: Cut<'_, '_, T>,
-        k: usize,
-    ) -> Result<Vec<u32>> {
+    fn project_cut<T: Element>(&self, segs: &Segments, c: Cut<'_, '_, T>) -> Result<Vec<u32>> {
         let tasks = chunk_tasks(segs, self.chunk())?;
-        let parts = self.partials_of(segs, &tasks, &c, k)?;
-        self.apply_capped(segs, &tasks, &parts, c, k, true)
+        let parts = self.partials_of(segs, &tasks, &c, |o| o.iter().map(|x| &**x).collect());
+        self.apply_capped(segs, &tasks, &parts, c, true)
     }
 
     /// CholQR2 (see the module docs).
@@ -191,14 +182,7 @@ impl CpuBackend {
         basis: &mut [&mut [T]],
         tol: f64,
     ) -> Result<Vec<u32>> {
-        if !(0.0..1.0).contains(&tol) {
-            return Err(invalid("tol", format!("must be in [0, 1), got {tol}")));
-        }
-        let k = basis.len();
-        check_k(k)?;
-        for b in basis.iter() {
-            segs.check_buffer("basis", b.len())?;
-        }
+        let k = check_orthonormalize(segs, basis, tol)?;
         let tasks = chunk_tasks(segs, self.chunk())?;
         let mut p = Partials::zeros(k, segs.len())?;
         let mut m = vec![0.0f64; segs.len() * k * k];
@@ -239,17 +223,23 @@ impl CpuBackend {
 }
 
 /// Host slices; `project_out` = pass 1 + pass 2 (module docs), `orthonormalize` = CholQR2.
+/// Flat buffers and tensor lists are both cut per segment ([`Projection::map`]) and run
+/// the same loops.
 impl Backend for CpuBackend {
-    type Memory = crate::backend::Host;
+    type Memory = Host;
     type Ranks = Vec<u32>;
 
-    fn project_out<'a, T: Element>(
+    fn check<T: Element>(&self, segs: &Segments, p: &HostProjection<'_, T>) -> Result<usize> {
+        p.validate(segs)
+    }
+
+    fn project_out<T: Element>(
         &self,
         segs: &Segments,
-        p: Projection<'_, &'a [T], &'a mut [T]>,
+        p: HostProjection<'_, T>,
     ) -> Result<Vec<u32>> {
-        let k = p.validate(segs)?;
-        self.project_cut(segs, Cut::flat(segs, p), k)
+        p.validate(segs)?;
+        self.project_cut(segs, p.map(|s| cut(segs, s), |d| cut_mut(segs, d)))
     }
 
     /// The same chunks and loops as [`CpuBackend::project_out`], each task reading its
@@ -259,36 +249,27 @@ impl Backend for CpuBackend {
         segs: &Segments,
         p: Projection<'_, TensorList<&'a [T]>, TensorList<&'a mut [T]>>,
     ) -> Result<Vec<u32>> {
-        let k = p.validate(segs)?;
-        self.project_cut(segs, Cut::list(p), k)
+        p.validate(segs)?;
+        self.project_cut(segs, p.map(|l| l.0, |l| l.0))
     }
 
-    fn partials<'a, T: Element>(
-        &self,
-        segs: &Segments,
-        v: &'a [T],
-        v0: Option<&'a [T]>,
-        basis: &[&'a [T]],
-    ) -> Result<Partials> {
-        crate::project::check_inputs(segs, &v, v0.as_ref(), basis)?;
+    fn partials<T: Element>(&self, segs: &Segments, p: &HostProjection<'_, T>) -> Result<Partials> {
+        p.validate_inputs(segs)?;
         let tasks = chunk_tasks(segs, self.chunk())?;
-        let mut parts = Partials::zeros(basis.len(), segs.len())?;
-        let (v, v0) = (cut(segs, v), v0.map(|v0| cut(segs, v0)));
-        let basis: Vec<Vec<&[T]>> = basis.iter().map(|b| cut(segs, b)).collect();
-        let basis: Vec<&[&[T]]> = basis.iter().map(|b| &b[..]).collect();
-        self.partials_into(segs, &tasks, Some((&v, v0.as_deref())), &basis, &mut parts);
-        Ok(parts)
+        let c = p.as_ref().map(|s| cut(segs, s), |d| cut(segs, d));
+        Ok(self.partials_of(segs, &tasks, &c, |o| o.clone()))
     }
 
-    fn apply<'a, T: Element>(
+    fn apply<T: Element>(
         &self,
         segs: &Segments,
         partials: &Partials,
-        p: Projection<'_, &'a [T], &'a mut [T]>,
+        p: HostProjection<'_, T>,
     ) -> Result<Vec<u32>> {
-        let k = p.validate(segs)?;
+        p.validate(segs)?;
         let tasks = chunk_tasks(segs, self.chunk())?;
-        self.apply_capped(segs, &tasks, partials, Cut::flat(segs, p), k, false)
+        let c = p.map(|s| cut(segs, s), |d| cut_mut(segs, d));
+        self.apply_capped(segs, &tasks, partials, c, false)
     }
 
     fn orthonormalize<T: Element>(
@@ -301,7 +282,7 @@ impl Backend for CpuBackend {
     }
 
     fn copy<'a, T: Element>(&self, src: &'a [T], dst: &'a mut [T]) -> Result<()> {
-        crate::backend::host_copy(src, dst)
+        host_copy(src, dst)
     }
 }
 
@@ -341,62 +322,4 @@ fn split_by_tasks<'a, T>(mut segs: Vec<&'a mut [T]>, tasks: &[ChunkTask]) -> Vec
     pieces
 }
 
-/// A projection's buffers cut per segment (`[s]` = segment s's elements): the one form
-/// the CPU loops take. A flat buffer is cut at the segment offsets; a tensor list is
-/// already one buffer per segment.
-struct Cut<'a, 'b, T> {
-    v: Vec<&'b [T]>,
-    v0: Option<Vec<&'b [T]>>,
-    /// The basis after the destination (with `b0_out`).
-    basis: Vec<Vec<&'b [T]>>,
-    base: BaseMode<Vec<&'b [T]>>,
-    out: Vec<&'b mut [T]>,
-    b0_out: bool,
-    alpha: f64,
-    beta: Beta<'a>,
-    opts: ProjectOptions,
-}
-
-impl<'a, 'b, T> Cut<'a, 'b, T> {
-    /// A flat projection (validated against `segs`).
-    fn flat(segs: &Segments, p: Projection<'a, &'b [T], &'b mut [T]>) -> Self {
-        let (base, out) = p.out.split();
-        Self {
-            v: cut(segs, p.v),
-            v0: p.v0.map(|v0| cut(segs, v0)),
-            basis: p.basis.iter().map(|b| cut(segs, b)).collect(),
-            base: match base {
-                BaseMode::Slice(b) => BaseMode::Slice(cut(segs, b)),
-                BaseMode::None => BaseMode::None,
-                BaseMode::InPlace => BaseMode::InPlace,
-            },
-            out: cut_mut(segs, out),
-            b0_out: p.out_in_basis,
-            alpha: p.alpha,
-            beta: p.beta,
-            opts: p.opts,
-        }
-    }
-
-    /// A tensor-list projection (validated against `segs`).
-    fn list(p: Projection<'a, TensorList<&'b [T]>, TensorList<&'b mut [T]>>) -> Self {
-        let (base, out) = p.out.split();
-        Self {
-            v: p.v.0,
-            v0: p.v0.map(|v0| v0.0),
-            basis: p.basis.iter().map(|b| b.0.clone()).collect(),
-            base: match base {
-                BaseMode::Slice(b) => BaseMode::Slice(b.0),
-                BaseMode::None => BaseMode::None,
-                BaseMode::InPlace => BaseMode::InPlace,
-            },
-            out: out.0,
-            b0_out: p.out_in_basis,
-            alpha: p.alpha,
-            beta: p.beta,
-            opts: p.opts,
-        }
-    }
-}
-
-const _: () = assert!(kernels::MAX_STRIDE == partial_stride(MAX_K));
+const _: () = assert!(kernels::MAX_STRIDE == partial_stride(crate::project::solve::MAX_K));

@@ -16,9 +16,9 @@
 // Index loops on purpose: this code mirrors the CUDA C kernels line for line.
 #![allow(clippy::needless_range_loop)]
 
+use crate::abi::{MODE_B0_OUT, MODE_INPLACE, MODE_MASK};
 use crate::dtype::{DType, Element};
 use crate::project::solve::{partial_stride, MAX_K};
-use crate::project::BaseMode;
 use crate::sum::Acc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -295,14 +295,16 @@ fn partial_kv<T: Element, const K: usize, const V: bool>(
 }
 
 /// The operands of one chunk of pass 2: `x = v` or `v - v0`, the basis slices (after the
-/// destination itself when `b0_out`).
+/// destination itself with `MODE_B0_OUT`), the base, and the kernels' apply mode (ABI
+/// `MODE_*`, [`crate::Projection`]'s `mode`: the same bits the CUDA kernel reads).
 #[derive(Clone, Copy)]
 pub(crate) struct ApplyIn<'a, T> {
     pub v: &'a [T],
     pub v0: Option<&'a [T]>,
     pub basis: &'a [&'a [T]],
-    /// Basis vector 0 is the destination's value before the write (needs `InPlace`).
-    pub b0_out: bool,
+    /// The base term's buffer (`MODE_BASE`).
+    pub base: Option<&'a [T]>,
+    pub mode: i32,
 }
 
 /// `out = base_term + beta·(x - Σ_i w_i b_i)` over one chunk, in f64, one rounding.
@@ -311,23 +313,29 @@ pub(crate) fn chunk_apply<T: Element>(
     w: &[f64],
     alpha: f64,
     beta: f64,
-    mode: BaseMode<&[T]>,
     out: &mut [T],
 ) {
-    match x.basis.len() + usize::from(x.b0_out) {
-        0 => apply_mv::<T, 0>(x, w, alpha, beta, mode, out),
-        1 => apply_mv::<T, 1>(x, w, alpha, beta, mode, out),
-        2 => apply_mv::<T, 2>(x, w, alpha, beta, mode, out),
-        3 => apply_mv::<T, 3>(x, w, alpha, beta, mode, out),
-        4 => apply_mv::<T, 4>(x, w, alpha, beta, mode, out),
-        5 => apply_mv::<T, 5>(x, w, alpha, beta, mode, out),
-        6 => apply_mv::<T, 6>(x, w, alpha, beta, mode, out),
-        7 => apply_mv::<T, 7>(x, w, alpha, beta, mode, out),
-        _ => apply_mv::<T, 8>(x, w, alpha, beta, mode, out),
+    match x.basis.len() + usize::from(x.mode & MODE_B0_OUT != 0) {
+        0 => apply_mv::<T, 0>(x, w, alpha, beta, out),
+        1 => apply_mv::<T, 1>(x, w, alpha, beta, out),
+        2 => apply_mv::<T, 2>(x, w, alpha, beta, out),
+        3 => apply_mv::<T, 3>(x, w, alpha, beta, out),
+        4 => apply_mv::<T, 4>(x, w, alpha, beta, out),
+        5 => apply_mv::<T, 5>(x, w, alpha, beta, out),
+        6 => apply_mv::<T, 6>(x, w, alpha, beta, out),
+        7 => apply_mv::<T, 7>(x, w, alpha, beta, out),
+        _ => apply_mv::<T, 8>(x, w, alpha, beta, out),
     }
 }
 
-multiversion!(apply_mv, apply_k, (x: ApplyIn<'_, T>, w: &[f64], alpha: f64, beta: f64, mode: BaseMode<&[T]>, out: &mut [T]) -> ());
+multiversion!(apply_mv, apply_k, (x: ApplyIn<'_, T>, w: &[f64], alpha: f64, beta: f64, out: &mut [T]) -> ());
+
+/// What pass 2 adds to `beta·(x - P x)`, from the apply mode.
+enum BaseTerm<'a, T> {
+    None,
+    Slice(&'a [T]),
+    InPlace,
+}
 
 #[inline(always)]
 fn apply_k<T: Element, const K: usize>(
@@ -335,13 +343,17 @@ fn apply_k<T: Element, const K: usize>(
     w: &[f64],
     alpha: f64,
     beta: f64,
-    mode: BaseMode<&[T]>,
     out: &mut [T],
 ) {
     let n = out.len();
     let v = &x.v[..n];
     let v0 = x.v0.map(|v0| &v0[..n]);
-    let off = usize::from(x.b0_out);
+    let off = usize::from(x.mode & MODE_B0_OUT != 0);
+    let mode = match (x.base, x.mode & MODE_MASK) {
+        (Some(b), _) => BaseTerm::Slice(b),
+        (None, MODE_INPLACE) => BaseTerm::InPlace,
+        (None, _) => BaseTerm::None,
+    };
     let empty: &[T] = &[];
     // Slot i < off is the destination (read from `o` below), never from `bs`.
     let bs: [&[T]; K] = std::array::from_fn(|i| {
@@ -373,7 +385,7 @@ fn apply_k<T: Element, const K: usize>(
     let zeros = [0.0f64; LANES];
     let full = n - n % LANES;
     match mode {
-        BaseMode::None => {
+        BaseTerm::None => {
             for e in (0..full).step_by(LANES) {
                 let y = perp_block(e, &zeros);
                 let o: &mut [T; LANES] = (&mut out[e..e + LANES]).try_into().expect("block");
@@ -385,7 +397,7 @@ fn apply_k<T: Element, const K: usize>(
                 out[e] = narrow::<T>(beta * perp(e, 0.0));
             }
         }
-        BaseMode::Slice(base) => {
+        BaseTerm::Slice(base) => {
             let base = &base[..n];
             for e in (0..full).step_by(LANES) {
                 let y = perp_block(e, &zeros);
@@ -399,7 +411,7 @@ fn apply_k<T: Element, const K: usize>(
                 out[e] = narrow::<T>(alpha * widen(base[e]) + beta * perp(e, 0.0));
             }
         }
-        BaseMode::InPlace => {
+        BaseTerm::InPlace => {
             for e in (0..full).step_by(LANES) {
                 let o: &mut [T; LANES] = (&mut out[e..e + LANES]).try_into().expect("block");
                 let ob: [f64; LANES] = std::array::from_fn(|l| widen(o[l]));

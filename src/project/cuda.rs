@@ -4,20 +4,22 @@
 //! `CudaViewMut<T>` (`slice.as_view_mut()`), the basis a slice of views. Every buffer must
 //! cover the layout exactly (`segs.total()` elements).
 
-use crate::abi::{
-    FIN_CAP, FIN_ORTH1, FIN_ORTH2, FIN_SOLVE, MODE_B0_OUT, MODE_BASE, MODE_INPLACE, MODE_NONE,
-};
+use crate::abi::{FIN_CAP, FIN_ORTH1, FIN_ORTH2, FIN_SOLVE, MODE_B0_OUT};
 use crate::abi::{PTR_B0, PTR_BASE, PTR_OUT, PTR_V, PTR_V0, PTR_WORDS};
 use crate::backend::Backend;
-use crate::cuda::{byte_range, check_no_alias, drv, CudaBackend, DeviceRanks, CHUNK, THREADS};
+use crate::cuda::{
+    byte_range, check_list_alias, check_no_alias, drv, ByteRange, CudaBackend, DeviceRanks, CHUNK,
+    THREADS,
+};
 use crate::dtype::Element;
 use crate::error::{check_len, invalid, Result};
 use crate::project::solve::{partial_stride, MAX_K};
-use crate::project::TensorList;
-use crate::project::{check_inputs, check_k, Beta, Output, Partials, Projection};
+use crate::project::{
+    check_orthonormalize, BasisRef, Beta, Buffer, Partials, Projection, TensorList,
+};
 use crate::segments::{chunk_tasks, Segments};
 use cudarc::driver::{
-    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig,
+    CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig,
     PushKernelArg, SyncOnDrop,
 };
 
@@ -26,7 +28,7 @@ const MAX_STRIDE: usize = partial_stride(MAX_K);
 
 /// A projection's arguments on device views (what [`CudaBackend`] takes as a
 /// [`Backend`]).
-pub type CudaProjection<'a, T> = Projection<'a, CudaView<'a, T>, CudaViewMut<'a, T>>;
+pub type CudaProjection<'a, 'b, T> = Projection<'a, CudaView<'b, T>, CudaViewMut<'b, T>>;
 
 /// Layouts whose workspace the backend keeps (least recently used evicted beyond).
 const MAX_LAYOUTS: usize = 16;
@@ -74,57 +76,17 @@ struct Operands {
     table: u64,
     v: u64,
     v0: u64,
-    /// b0..b7 of pass 1 (the destination first with `b0_out`).
+    /// b0..b7 of pass 1 (an implicit vector first).
     basis: [u64; MAX_K],
     base: u64,
     out: u64,
-    /// Basis vectors, including the destination with `b0_out`.
+    /// Basis vectors, the implicit one included.
     k: usize,
-    b0_out: bool,
+    /// The apply mode ([`Projection::mode`]).
+    mode: i32,
 }
 
 impl Operands {
-    /// The operands of flat buffers, recording cudarc's stream events in `guards` (read
-    /// for the inputs, write for `out`), which the caller holds until after the launches.
-    #[allow(clippy::too_many_arguments)]
-    fn flat<'g, T>(
-        stream: &'g CudaStream,
-        guards: &mut Vec<SyncOnDrop<'g>>,
-        v: &'g CudaView<'_, T>,
-        v0: Option<&'g CudaView<'_, T>>,
-        basis: &'g [CudaView<'_, T>],
-        base: Option<&'g CudaView<'_, T>>,
-        out: Option<&'g mut CudaViewMut<'_, T>>,
-        b0_out: bool,
-    ) -> Self {
-        let mut addr = |b: &'g CudaView<'_, T>| {
-            let (a, g) = b.device_ptr(stream);
-            guards.push(g);
-            a
-        };
-        let mut ops = Operands {
-            v: addr(v),
-            v0: v0.map(&mut addr).unwrap_or(0),
-            base: base.map(&mut addr).unwrap_or(0),
-            k: basis.len() + usize::from(b0_out),
-            b0_out,
-            ..Self::default()
-        };
-        let first = usize::from(b0_out);
-        for (i, b) in basis.iter().enumerate() {
-            ops.basis[first + i] = addr(b);
-        }
-        if let Some(out) = out {
-            let (a, g) = out.device_ptr_mut(stream);
-            guards.push(g);
-            ops.out = a;
-            if b0_out {
-                ops.basis[0] = a;
-            }
-        }
-        ops
-    }
-
     /// Tensor list: every present operand's parameter becomes the table's address.
     fn with_table(mut self, table: u64) -> Self {
         let mark = |a: &mut u64| {
@@ -139,6 +101,156 @@ impl Operands {
         mark(&mut self.base);
         mark(&mut self.out);
         self
+    }
+}
+
+/// An operand of a projection as the kernels take it: a flat device buffer (one address
+/// for every segment) or a [`TensorList`] (one buffer, hence one pointer-table entry, per
+/// segment). The one difference between the flat and the list calls.
+pub(crate) trait Operand<T> {
+    /// Its device buffers.
+    type Buf: DevicePtr<T> + DeviceSlice<T>;
+    /// A tensor list (else one flat buffer).
+    const LIST: bool;
+    /// The buffers: one (flat) or one per segment (list).
+    fn bufs(&self) -> &[Self::Buf];
+    /// The same, to write.
+    fn bufs_mut(&mut self) -> &mut [Self::Buf];
+}
+
+impl<'a, T> Operand<T> for CudaView<'a, T> {
+    type Buf = CudaView<'a, T>;
+    const LIST: bool = false;
+    fn bufs(&self) -> &[Self::Buf] {
+        std::slice::from_ref(self)
+    }
+    fn bufs_mut(&mut self) -> &mut [Self::Buf] {
+        std::slice::from_mut(self)
+    }
+}
+
+impl<'a, T> Operand<T> for CudaViewMut<'a, T> {
+    type Buf = CudaViewMut<'a, T>;
+    const LIST: bool = false;
+    fn bufs(&self) -> &[Self::Buf] {
+        std::slice::from_ref(self)
+    }
+    fn bufs_mut(&mut self) -> &mut [Self::Buf] {
+        std::slice::from_mut(self)
+    }
+}
+
+impl<T, B: DevicePtr<T> + DeviceSlice<T>> Operand<T> for TensorList<B> {
+    type Buf = B;
+    const LIST: bool = true;
+    fn bufs(&self) -> &[B] {
+        &self.0
+    }
+    fn bufs_mut(&mut self) -> &mut [B] {
+        &mut self.0
+    }
+}
+
+/// How a launch uses the destination.
+enum Dest<'g, D> {
+    /// Written (cudarc's write event, checked against every input).
+    Write(&'g mut D),
+    /// Only checked as a destination ([`Backend::check`]): nothing is launched.
+    Check(&'g D),
+    /// Only read, as an implicit basis vector (pass 1 of the split form).
+    Read(&'g D),
+}
+
+/// Collects the addresses of a projection's buffers: checks each buffer's context, keeps
+/// cudarc's guards until after the launches, fills the pointer table of a tensor list and
+/// the byte ranges of the alias checks.
+struct Collect<'g, 'b> {
+    backend: &'g CudaBackend,
+    segs: &'b Segments,
+    /// Bytes per element.
+    size: u64,
+    guards: &'b mut Vec<SyncOnDrop<'g>>,
+    /// Tensor lists: `segs * PTR_WORDS` words.
+    table: Option<Vec<u64>>,
+    inputs: Vec<(&'static str, ByteRange)>,
+    outs: Vec<ByteRange>,
+}
+
+impl<'g> Collect<'g, '_> {
+    /// Keeps the guard of one buffer at `a` (segment `s` of a list, or the flat buffer)
+    /// and writes its address, biased by the segment's offset, into the table slots.
+    fn keep(&mut self, slots: &[usize], s: usize, a: u64, g: SyncOnDrop<'g>) {
+        self.guards.push(g);
+        if let Some(t) = &mut self.table {
+            let biased = a.wrapping_sub(self.segs.offsets()[s] as u64 * self.size);
+            slots.iter().for_each(|&w| t[s * PTR_WORDS + w] = biased);
+        }
+    }
+
+    /// A read-only operand in the table slots `slots`; returns its kernel parameter (its
+    /// address; 1, "present", for a list).
+    fn src<T, S: Operand<T>>(
+        &mut self,
+        name: &'static str,
+        slots: &[usize],
+        op: &'g S,
+    ) -> Result<u64>
+    where
+        S::Buf: 'g,
+    {
+        let backend = self.backend;
+        let mut param = 1;
+        for (s, b) in op.bufs().iter().enumerate() {
+            backend.check_context(name, b)?;
+            let bytes = b.len() as u64 * self.size;
+            let (a, g) = b.device_ptr(&backend.stream);
+            self.keep(slots, s, a, g);
+            self.inputs.push((name, (a, bytes)));
+            if !S::LIST {
+                param = a;
+            }
+        }
+        Ok(param)
+    }
+
+    /// The destination in the table slots `slots`; returns its kernel parameter.
+    fn dst<T, D: Operand<T>>(&mut self, slots: &[usize], d: Dest<'g, D>) -> Result<u64>
+    where
+        D::Buf: DevicePtrMut<T> + 'g,
+    {
+        let backend = self.backend;
+        let is_out = !matches!(d, Dest::Read(_));
+        let mut ranges = Vec::new();
+        match d {
+            Dest::Write(d) => {
+                for (s, b) in d.bufs_mut().iter_mut().enumerate() {
+                    backend.check_context("out", &*b)?;
+                    let bytes = b.len() as u64 * self.size;
+                    let (a, g) = b.device_ptr_mut(&backend.stream);
+                    self.keep(slots, s, a, g);
+                    ranges.push((a, bytes));
+                }
+            }
+            Dest::Check(d) | Dest::Read(d) => {
+                for (s, b) in d.bufs().iter().enumerate() {
+                    backend.check_context("out", b)?;
+                    let bytes = b.len() as u64 * self.size;
+                    let (a, g) = b.device_ptr(&backend.stream);
+                    self.keep(slots, s, a, g);
+                    ranges.push((a, bytes));
+                }
+            }
+        }
+        let param = match (D::LIST, ranges.first()) {
+            (false, Some(r)) => r.0,
+            _ => 1,
+        };
+        if is_out {
+            self.outs.extend(ranges);
+        } else {
+            self.inputs.extend(ranges.into_iter().map(|r| ("out", r)));
+        }
+        Ok(param)
     }
 }
 
@@ -244,17 +356,6 @@ impl CudaBackend {
             beta: s.alloc_zeros(n(l)).map_err(drv)?,
             ptrs: None,
         })
-    }
-
-    fn check_basis(segs: &Segments, v_len: Option<usize>, basis: &[usize]) -> Result<()> {
-        check_k(basis.len())?;
-        if let Some(n) = v_len {
-            segs.check_buffer("v", n)?;
-        }
-        for &b in basis {
-            segs.check_buffer("basis", b)?;
-        }
-        Ok(())
     }
 
     /// Pass 1 (k >= 1) with the finish folded in: chunk partials; the last block of each
@@ -376,7 +477,6 @@ impl CudaBackend {
         &self,
         ws: &mut Workspace,
         ops: &Operands,
-        mode: i32,
         alpha: f64,
         beta: &Beta<'_>,
     ) -> Result<()> {
@@ -401,10 +501,10 @@ impl CudaBackend {
         let name = format!("project_apply_{list}{}_k{k}", T::DTYPE.name());
         let f = self.function(MODULE, &name)?;
         let null = 0u64;
-        let mode = if ops.b0_out { mode | MODE_B0_OUT } else { mode };
+        let mode = ops.mode;
         // Pass 2 takes basis vector 0 from the destination's value with B0_OUT: b0 null.
         let mut basis = ops.basis;
-        if ops.b0_out {
+        if mode & MODE_B0_OUT != 0 {
             basis[0] = 0;
         }
         let mut b = self.stream.launch_builder(&f);
@@ -434,42 +534,6 @@ impl CudaBackend {
         // out (checked by validate_device / validate_list).
         unsafe { b.launch(cfg(grid(ws.n_tasks, "chunk tasks")?, THREADS)) }.map_err(drv)?;
         Ok(())
-    }
-
-    /// The projection's checks on the device: [`Projection::validate`], every buffer in this
-    /// backend's context, no overlap between the destination and any input. Returns k.
-    fn validate_device<T: Element>(
-        &self,
-        segs: &Segments,
-        p: &CudaProjection<'_, T>,
-        with_out: bool,
-    ) -> Result<usize> {
-        let k = if with_out {
-            p.validate(segs)?
-        } else {
-            p.validate_inputs(segs)?
-        };
-        let s = &*self.stream;
-        self.check_context("v", &p.v)?;
-        let mut inputs = vec![("v", byte_range(&p.v, s))];
-        if let Some(v0) = &p.v0 {
-            self.check_context("v0", v0)?;
-            inputs.push(("v0", byte_range(v0, s)));
-        }
-        for b in p.basis {
-            self.check_context("basis", b)?;
-            inputs.push(("basis", byte_range(b, s)));
-        }
-        if let Some(b) = p.out.base() {
-            self.check_context("base", b)?;
-            inputs.push(("base", byte_range(b, s)));
-        }
-        if with_out || p.out_in_basis {
-            let out = p.out.out();
-            self.check_context("out", out)?;
-            check_no_alias("out", byte_range(out, s), &inputs)?;
-        }
-        Ok(k)
     }
 
     /// One Gram pass of orthonormalize with the per-segment finish folded in: transform =
@@ -586,11 +650,7 @@ impl CudaBackend {
         basis: &mut [CudaViewMut<'_, T>],
         tol: f64,
     ) -> Result<DeviceRanks> {
-        if !(0.0..1.0).contains(&tol) {
-            return Err(invalid("tol", format!("must be in [0, 1), got {tol}")));
-        }
-        let lens: Vec<usize> = basis.iter().map(|b| b.len()).collect();
-        Self::check_basis(segs, None, &lens)?;
+        check_orthonormalize(segs, basis, tol)?;
         for b in basis.iter() {
             self.check_context("basis", b)?;
         }
@@ -617,24 +677,84 @@ impl CudaBackend {
         })?;
         Ok(ranks)
     }
+}
 
-    /// Both passes of a validated projection: pass 1 with the solve folded in (k >= 1),
-    /// pass 2; with `table` (a tensor list) the pointer table is uploaded first when it
-    /// changed. 2 launches (1 for k = 0), plus one host-to-device copy for a new table.
-    #[allow(clippy::too_many_arguments)]
-    fn run_projection<T: Element>(
+impl CudaBackend {
+    /// The kernel operands of a projection (flat buffers or tensor lists) whose buffers are
+    /// lent for `'g`: every buffer in this backend's context, the destination overlapping no
+    /// input (nor, in a list, another destination), a list's pointer table filled
+    /// (`PTR_WORDS` per segment, addresses biased by the segment's offset, src/abi.rs).
+    /// The guards go to `guards`, which the caller holds until after the launches. The
+    /// implicit basis vector is resolved here, from [`Projection::basis_refs`], for flat
+    /// and list calls alike. Returns the operands and the table (lists).
+    fn operands<'g, T: Element, S: Operand<T>, D: Operand<T>>(
+        &'g self,
+        segs: &Segments,
+        p: Projection<'_, &'g S, Dest<'g, D>>,
+        guards: &mut Vec<SyncOnDrop<'g>>,
+    ) -> Result<(Operands, Option<Vec<u64>>)>
+    where
+        S::Buf: 'g,
+        D::Buf: DevicePtrMut<T> + 'g,
+    {
+        let mut c = Collect {
+            backend: self,
+            segs,
+            size: std::mem::size_of::<T>() as u64,
+            guards,
+            table: S::LIST.then(|| vec![0u64; segs.len() * PTR_WORDS]),
+            inputs: Vec::new(),
+            outs: Vec::new(),
+        };
+        let mut ops = Operands {
+            k: p.k(),
+            mode: p.mode(),
+            ..Operands::default()
+        };
+        ops.v = c.src("v", &[PTR_V], p.v)?;
+        if let Some(v0) = p.v0 {
+            ops.v0 = c.src("v0", &[PTR_V0], v0)?;
+        }
+        // Basis slots that read the destination (an implicit vector) get its address.
+        let mut out_slots = vec![PTR_OUT];
+        for (i, b) in p.basis_refs().enumerate() {
+            match b {
+                BasisRef::Src(s) => ops.basis[i] = c.src("basis", &[PTR_B0 + i], *s)?,
+                BasisRef::Out(_) => out_slots.push(PTR_B0 + i),
+            }
+        }
+        let (dest, base) = p.out.into_parts();
+        if let Some(b) = base {
+            ops.base = c.src("base", &[PTR_BASE], b)?;
+        }
+        if !matches!(dest, Dest::Read(_)) || out_slots.len() > 1 {
+            ops.out = c.dst(&out_slots, dest)?;
+            for &w in &out_slots[1..] {
+                ops.basis[w - PTR_B0] = ops.out;
+            }
+        }
+        check_list_alias("out", &c.outs, &c.inputs)?;
+        Ok((ops, c.table))
+    }
+
+    /// Both passes of a projection on flat buffers or tensor lists: validation, pass 1 with
+    /// the solve folded in (k >= 1), pass 2; a list's pointer table is uploaded first when
+    /// it changed. 2 launches (1 for k = 0), plus one host-to-device copy for a new table.
+    fn project<T: Element, S: Operand<T> + Buffer, D: Operand<T> + Buffer>(
         &self,
         segs: &Segments,
-        ops: Operands,
-        table: Option<&[u64]>,
-        mode: i32,
-        alpha: f64,
-        beta: &Beta<'_>,
-        opts: &crate::ProjectOptions,
-    ) -> Result<DeviceRanks> {
+        mut p: Projection<'_, S, D>,
+    ) -> Result<DeviceRanks>
+    where
+        D::Buf: DevicePtrMut<T>,
+    {
+        p.validate(segs)?;
+        let (alpha, beta, opts) = (p.alpha, p.beta, p.opts);
+        let mut guards = Vec::new();
+        let (ops, table) = self.operands(segs, p.as_mut().map(|s| s, Dest::Write), &mut guards)?;
         let mut ranks = DeviceRanks::zeros(&self.stream, segs.len())?;
         self.with_workspace(segs, |ws| {
-            let ops = match table {
+            let ops = match &table {
                 Some(t) => ops.with_table(self.upload_table(ws, t)?),
                 None => ops,
             };
@@ -642,7 +762,7 @@ impl CudaBackend {
                 let solve = Some((opts.tol, opts.ridge, &mut ranks));
                 self.launch_partials::<T>(ws, &ops, solve)?;
             }
-            self.launch_apply::<T>(ws, &ops, mode, alpha, beta)
+            self.launch_apply::<T>(ws, &ops, alpha, &beta)
         })?;
         Ok(ranks)
     }
@@ -668,82 +788,6 @@ impl CudaBackend {
         }
     }
 
-    /// Checks of a tensor-list projection ([`Projection::validate`] per tensor, every
-    /// buffer in this backend's context, no destination tensor overlapping an input or
-    /// another destination) and its operands: the pointer table (`PTR_WORDS` per segment,
-    /// addresses biased by the segment's offset, src/abi.rs) and the presence of each
-    /// operand. Guards as [`Operands::flat`].
-    #[allow(clippy::too_many_arguments)]
-    fn list_operands<'g, T: Element>(
-        &'g self,
-        segs: &Segments,
-        guards: &mut Vec<SyncOnDrop<'g>>,
-        v: &'g TensorList<CudaView<'_, T>>,
-        v0: Option<&'g TensorList<CudaView<'_, T>>>,
-        basis: &'g [TensorList<CudaView<'_, T>>],
-        base: Option<&'g TensorList<CudaView<'_, T>>>,
-        out: &'g mut TensorList<CudaViewMut<'_, T>>,
-        b0_out: bool,
-    ) -> Result<(Operands, Vec<u64>)> {
-        let stream: &'g CudaStream = &self.stream;
-        let n = segs.len();
-        let size = std::mem::size_of::<T>() as u64;
-        let mut table = vec![0u64; n * PTR_WORDS];
-        let mut inputs: Vec<(&'static str, crate::cuda::ByteRange)> = Vec::new();
-        let mut put = |name: &'static str,
-                       list: &'g TensorList<CudaView<'_, T>>,
-                       slot: usize,
-                       guards: &mut Vec<SyncOnDrop<'g>>|
-         -> Result<()> {
-            for (s, b) in list.0.iter().enumerate() {
-                self.check_context(name, b)?;
-                let (a, g) = b.device_ptr(stream);
-                guards.push(g);
-                inputs.push((name, (a, b.len() as u64 * size)));
-                let off = segs.offsets()[s] as u64;
-                table[s * PTR_WORDS + slot] = a.wrapping_sub(off * size);
-            }
-            Ok(())
-        };
-        put("v", v, PTR_V, guards)?;
-        if let Some(v0) = v0 {
-            put("v0", v0, PTR_V0, guards)?;
-        }
-        let first = usize::from(b0_out);
-        for (i, b) in basis.iter().enumerate() {
-            put("basis", b, PTR_B0 + first + i, guards)?;
-        }
-        if let Some(b) = base {
-            put("base", b, PTR_BASE, guards)?;
-        }
-        let mut outs = Vec::with_capacity(n);
-        for (s, o) in out.0.iter_mut().enumerate() {
-            self.check_context("out", o)?;
-            let len = o.len() as u64 * size;
-            let (a, g) = o.device_ptr_mut(stream);
-            guards.push(g);
-            outs.push((a, len));
-            let biased = a.wrapping_sub(segs.offsets()[s] as u64 * size);
-            table[s * PTR_WORDS + PTR_OUT] = biased;
-            if b0_out {
-                table[s * PTR_WORDS + PTR_B0] = biased;
-            }
-        }
-        crate::cuda::check_list_alias("out", &outs, &inputs)?;
-        // Presence only (replaced by the table's address once uploaded): 1 = present.
-        let mut ops = Operands {
-            v: 1,
-            v0: u64::from(v0.is_some()),
-            base: u64::from(base.is_some()),
-            out: 1,
-            k: basis.len() + first,
-            b0_out,
-            ..Operands::default()
-        };
-        ops.basis[..ops.k].iter_mut().for_each(|b| *b = 1);
-        Ok((ops, table))
-    }
-
     /// Loads every kernel of module `project` (fails on the first missing symbol): at
     /// start-up, so the first training step does not pay for loading (or NVRTC).
     pub fn preload_project(&self) -> Result<()> {
@@ -754,35 +798,34 @@ impl CudaBackend {
     }
 }
 
-/// Device views; `project_out` = 2 launches (pass 1 with the per-segment reduce and solve
-/// folded in, pass 2), 1 for k = 0; `apply` = solve + pass 2; `partials` = 1 launch and a
-/// synchronising copy; `orthonormalize` = 3 launches. All asynchronous on
+/// Device views; `project_out` / `project_list` = 2 launches (pass 1 with the per-segment
+/// reduce and solve folded in, pass 2), 1 for k = 0; `apply` = solve + pass 2; `partials`
+/// = 1 launch and a synchronising copy; `orthonormalize` = 3 launches. All asynchronous on
 /// [`CudaBackend::stream`] unless said otherwise; each call returns its own
 /// [`DeviceRanks`].
 impl Backend for CudaBackend {
     type Memory = crate::cuda::Device;
     type Ranks = DeviceRanks;
 
+    /// [`Projection::validate`], every buffer in this backend's context, the destination
+    /// overlapping no input. Launches nothing.
+    fn check<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        p: &CudaProjection<'_, 'a, T>,
+    ) -> Result<usize> {
+        let k = p.validate(segs)?;
+        let mut guards = Vec::new();
+        self.operands(segs, p.as_ref().map(|s| s, Dest::Check), &mut guards)?;
+        Ok(k)
+    }
+
     fn project_out<'a, T: Element>(
         &self,
         segs: &Segments,
-        p: Projection<'_, CudaView<'a, T>, CudaViewMut<'a, T>>,
+        p: CudaProjection<'_, 'a, T>,
     ) -> Result<DeviceRanks> {
-        let k = self.validate_device(segs, &p, true)?;
-        let (mode, base, mut out) = split_output(p.out);
-        let mut guards = Vec::new();
-        let ops = Operands::flat(
-            &self.stream,
-            &mut guards,
-            &p.v,
-            p.v0.as_ref(),
-            p.basis,
-            base.as_ref(),
-            Some(&mut out),
-            p.out_in_basis,
-        );
-        debug_assert_eq!(ops.k, k);
-        self.run_projection::<T>(segs, ops, None, mode, p.alpha, &p.beta, &p.opts)
+        self.project(segs, p)
     }
 
     /// The flat kernels with a per-segment pointer table: the same 2 launches (1 for k = 0)
@@ -794,54 +837,21 @@ impl Backend for CudaBackend {
         segs: &Segments,
         p: Projection<'_, TensorList<CudaView<'a, T>>, TensorList<CudaViewMut<'a, T>>>,
     ) -> Result<DeviceRanks> {
-        let k = p.validate(segs)?;
-        let (mode, base, mut out) = split_output(p.out);
-        let mut guards = Vec::new();
-        let (ops, table) = self.list_operands(
-            segs,
-            &mut guards,
-            &p.v,
-            p.v0.as_ref(),
-            p.basis,
-            base.as_ref(),
-            &mut out,
-            p.out_in_basis,
-        )?;
-        debug_assert_eq!(ops.k, k);
-        self.run_projection::<T>(segs, ops, Some(&table), mode, p.alpha, &p.beta, &p.opts)
+        self.project(segs, p)
     }
 
     /// One launch, then a copy to the host: **synchronises** the stream.
     fn partials<'a, T: Element>(
         &self,
         segs: &Segments,
-        v: CudaView<'a, T>,
-        v0: Option<CudaView<'a, T>>,
-        basis: &[CudaView<'a, T>],
+        p: &CudaProjection<'_, 'a, T>,
     ) -> Result<Partials> {
-        check_inputs(segs, &v, v0.as_ref(), basis)?;
-        self.check_context("v", &v)?;
-        if let Some(v0) = &v0 {
-            self.check_context("v0", v0)?;
-        }
-        for b in basis {
-            self.check_context("basis", b)?;
-        }
-        let k = basis.len();
+        let k = p.validate_inputs(segs)?;
+        let mut guards = Vec::new();
+        let (ops, _) = self.operands(segs, p.as_ref().map(|s| s, Dest::Read), &mut guards)?;
         if k == 0 || segs.is_empty() {
             return Partials::zeros(k, segs.len());
         }
-        let mut guards = Vec::new();
-        let ops = Operands::flat(
-            &self.stream,
-            &mut guards,
-            &v,
-            v0.as_ref(),
-            basis,
-            None,
-            None,
-            false,
-        );
         self.with_workspace(segs, |ws| {
             // One launch: the fold reduces each segment's chunks (no solve).
             self.launch_partials::<T>(ws, &ops, None)?;
@@ -867,38 +877,28 @@ impl Backend for CudaBackend {
         &self,
         segs: &Segments,
         partials: &Partials,
-        p: Projection<'_, CudaView<'a, T>, CudaViewMut<'a, T>>,
+        mut p: CudaProjection<'_, 'a, T>,
     ) -> Result<DeviceRanks> {
-        let k = self.validate_device(segs, &p, true)?;
+        let k = p.validate(segs)?;
         partials.check_shape(segs, k)?;
         check_len(
             "partials",
             segs.len() * partial_stride(k),
             partials.as_slice().len(),
         )?;
-        let mut ranks = DeviceRanks::zeros(&self.stream, segs.len())?;
-        let (tol, ridge) = (p.opts.tol, p.opts.ridge);
-        let (mode, base, mut out) = split_output(p.out);
+        let (alpha, beta, opts) = (p.alpha, p.beta, p.opts);
         let mut guards = Vec::new();
-        let ops = Operands::flat(
-            &self.stream,
-            &mut guards,
-            &p.v,
-            p.v0.as_ref(),
-            p.basis,
-            base.as_ref(),
-            Some(&mut out),
-            p.out_in_basis,
-        );
+        let (ops, _) = self.operands(segs, p.as_mut().map(|s| s, Dest::Write), &mut guards)?;
+        let mut ranks = DeviceRanks::zeros(&self.stream, segs.len())?;
         self.with_workspace(segs, |ws| {
             if k > 0 && !segs.is_empty() {
                 let n = partials.as_slice().len();
                 self.stream
                     .memcpy_htod(partials.as_slice(), &mut ws.seg_partials.slice_mut(0..n))
                     .map_err(drv)?;
-                self.launch_finish(ws, k, FIN_SOLVE, tol, ridge, Some(&mut ranks))?;
+                self.launch_finish(ws, k, FIN_SOLVE, opts.tol, opts.ridge, Some(&mut ranks))?;
             }
-            self.launch_apply::<T>(ws, &ops, mode, p.alpha, &p.beta)
+            self.launch_apply::<T>(ws, &ops, alpha, &beta)
         })?;
         Ok(ranks)
     }
@@ -925,15 +925,6 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         self.stream.memcpy_dtod(&src, &mut dst).map_err(drv)
-    }
-}
-
-/// The apply mode, base and destination of an output.
-fn split_output<S, D>(out: Output<S, D>) -> (i32, Option<S>, D) {
-    match out {
-        Output::Write { base: None, out } => (MODE_NONE, None, out),
-        Output::Write { base: Some(b), out } => (MODE_BASE, Some(b), out),
-        Output::Accumulate(out) => (MODE_INPLACE, None, out),
     }
 }
 

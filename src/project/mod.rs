@@ -1,5 +1,5 @@
 //! The projection, one operation in one place: its arguments ([`Projection`]), the f64
-//! oracle ([`reference`]), the shared per-segment solve, the CPU kernels and the CUDA
+//! oracle ([`mod@reference`]), the shared per-segment solve, the CPU kernels and the CUDA
 //! wrapper (the kernels are `kernels/project.cu`).
 
 mod args;
@@ -8,10 +8,12 @@ mod cpu_kernels;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod reference;
-pub mod solve;
+pub(crate) mod solve;
 
 pub use args::*;
+pub(crate) use args::{check_k, check_orthonormalize, check_tol, BasisRef};
 #[cfg(feature = "cuda")]
 pub use cuda::CudaProjection;
 #[cfg(feature = "cuda")]
 pub(crate) use cuda::{project_kernel_names, Workspaces};
+pub use reference::Reference;

@@ -4,23 +4,26 @@
 //! - [`partials`] / [`apply`]: the split form of the projection (pass 1 and pass 2).
 //! - [`project_out`]: both passes, `out = alpha·base + beta·(x - P x)` per segment
 //!   ([`Projection`]: `x = v` or `v - v0`, the destination optionally basis vector 0).
-//!
-//! [`crate::Reference`] is this module as a [`crate::Backend`].
 //! - [`orthonormalize`]: classical Gram-Schmidt with one re-orthogonalisation (CGS2).
 //! - [`residual_cgs2`]: `v - QQᵀv` through explicit CGS2 in f64 — an independent check of
 //!   the Gram-matrix method that [`project_out`] uses.
+//!
+//! [`Reference`] is this module as a [`Backend`].
 
+use crate::backend::{host_copy, Backend, Host};
 use crate::dtype::Element;
-use crate::error::{invalid, Result};
+use crate::error::Result;
 use crate::project::solve::{
     orth_segment, partial_stride, rhs_index, solve_segment, tri_index, MAX_K,
 };
-use crate::project::{BaseMode, Partials, Projection};
+use crate::project::{
+    check_orthonormalize, check_tol, BasisRef, Output, Partials, Projection, TensorList,
+};
 use crate::segments::Segments;
 use crate::sum::Acc;
 
-/// A projection's arguments on host slices (what [`crate::Reference`] and
-/// [`crate::CpuBackend`] take).
+/// A projection's arguments on host slices (what [`Reference`] and [`crate::CpuBackend`]
+/// take).
 pub type HostProjection<'a, T> = Projection<'a, &'a [T], &'a mut [T]>;
 
 /// `x_e = v_e` or `v_e - v0_e`, in f64.
@@ -32,32 +35,33 @@ pub(crate) fn x_at<T: Element>(v: &[T], v0: Option<&[T]>, e: usize) -> f64 {
     }
 }
 
-/// The basis of a projection as slices, the destination first with `out_in_basis`.
-fn basis_of<'s, T>(p: &'s HostProjection<'_, T>) -> Vec<&'s [T]> {
-    let mut b: Vec<&[T]> = Vec::with_capacity(p.k());
-    if p.out_in_basis {
-        b.push(&**p.out.out());
-    }
-    b.extend(p.basis.iter().map(|s| &**s));
-    b
+/// Pass 1: per segment, the Gram matrix of the basis (the implicit vector first) and the
+/// projections of `x`, summed sequentially with compensated f64 sums (TwoSum).
+pub fn partials<T: Element>(segs: &Segments, p: &HostProjection<'_, T>) -> Result<Partials> {
+    p.validate_inputs(segs)?;
+    let basis: Vec<&[T]> = p
+        .basis_refs()
+        .map(|b| match b {
+            BasisRef::Src(s) => &**s,
+            BasisRef::Out(o) => &**o,
+        })
+        .collect();
+    Ok(partials_of(segs, Some((p.v, p.v0)), &basis))
 }
 
-/// Pass 1: per segment, the Gram matrix of the basis and the projections of `x`, summed
-/// sequentially with compensated f64 sums ([`crate::sum::Acc`]).
-pub fn partials<T: Element>(
+/// Pass 1 over validated slices (`x = None`: the Gram matrix only, `Bᵀx` zero).
+fn partials_of<T: Element>(
     segs: &Segments,
-    v: &[T],
-    v0: Option<&[T]>,
+    x: Option<(&[T], Option<&[T]>)>,
     basis: &[&[T]],
-) -> Result<Partials> {
-    crate::project::check_inputs(segs, &v, v0.as_ref(), basis)?;
+) -> Partials {
     let k = basis.len();
-    let mut parts = Partials::zeros(k, segs.len())?;
     let st = partial_stride(k);
+    let mut data = vec![0.0; st * segs.len()];
     for (s, r) in segs.iter().enumerate() {
         let mut acc = vec![Acc::default(); st];
         for e in r {
-            let x = x_at(v, v0, e);
+            let x = x.map_or(0.0, |(v, v0)| x_at(v, v0, e));
             for i in 0..k {
                 let bi = basis[i][e].to_f64();
                 for j in i..k {
@@ -66,10 +70,10 @@ pub fn partials<T: Element>(
                 acc[rhs_index(k, i)].add(bi * x);
             }
         }
-        let seg = &mut parts.as_mut_slice()[s * st..(s + 1) * st];
+        let seg = &mut data[s * st..(s + 1) * st];
         seg.iter_mut().zip(&acc).for_each(|(o, a)| *o = a.value());
     }
-    Ok(parts)
+    Partials::from_parts(k, segs.len(), data)
 }
 
 /// Pass 2: solves each segment from `partials` (possibly summed over shards) and writes
@@ -96,9 +100,10 @@ fn apply_capped<T: Element>(
     partials.check_shape(segs, k)?;
     let mut ranks = vec![0u32; segs.len()];
     let mut w = [0.0f64; MAX_K];
-    let (v, v0, extra, first) = (p.v, p.v0, p.basis, usize::from(p.out_in_basis));
-    let (alpha, beta) = (p.alpha, p.beta);
-    let (mode, out) = p.out.split();
+    let first = usize::from(p.implicit.is_some());
+    let (v, v0, extra, alpha, beta) = (p.v, p.v0, p.basis, p.alpha, p.beta);
+    let in_place = matches!(p.out, Output::Accumulate(_));
+    let (out, base) = p.out.into_parts();
     for (s, r) in segs.iter().enumerate() {
         let max_rank = if cap_by_len { r.len().min(k) } else { k };
         ranks[s] = solve_segment(
@@ -121,10 +126,10 @@ fn apply_capped<T: Element>(
             for (i, bi) in extra.iter().enumerate() {
                 y -= w[first + i] * bi[e].to_f64();
             }
-            let z = match mode {
-                BaseMode::None => b * y,
-                BaseMode::Slice(base) => alpha * base[e].to_f64() + b * y,
-                BaseMode::InPlace => alpha * o + b * y,
+            let z = match (base, in_place) {
+                (Some(base), _) => alpha * base[e].to_f64() + b * y,
+                (None, true) => alpha * o + b * y,
+                (None, false) => b * y,
             };
             out[e] = T::from_f64(z);
         }
@@ -135,9 +140,91 @@ fn apply_capped<T: Element>(
 /// Both passes: `out = alpha·base + beta·(x - P x)` per segment, where `P` projects onto
 /// the span of the segment's basis vectors. Returns the rank of each segment's basis.
 pub fn project_out<T: Element>(segs: &Segments, p: HostProjection<'_, T>) -> Result<Vec<u32>> {
-    p.validate(segs)?;
-    let parts = partials(segs, p.v, p.v0, &basis_of(&p))?;
+    let parts = partials(segs, &p)?;
     apply_capped(segs, &parts, p, true)
+}
+
+/// [`project_out`] over tensor lists, by definition: every list packed into one flat
+/// buffer, the flat projection, the destination unpacked. The other backends' lists are
+/// tested against it.
+pub fn project_list<T: Element>(
+    segs: &Segments,
+    p: Projection<'_, TensorList<&[T]>, TensorList<&mut [T]>>,
+) -> Result<Vec<u32>> {
+    p.validate(segs)?;
+    let mut packed = p.map(
+        |l| l.0.concat(),
+        |o| {
+            let flat: Vec<T> = o.0.iter().flat_map(|t| t.iter().copied()).collect();
+            (o, flat)
+        },
+    );
+    let ranks = project_out(
+        segs,
+        packed.as_mut().map(|s| &s[..], |(_, flat)| &mut flat[..]),
+    )?;
+    let (list, flat) = packed.out.into_parts().0;
+    for (o, r) in list.0.into_iter().zip(segs.iter()) {
+        o.copy_from_slice(&flat[r]);
+    }
+    Ok(ranks)
+}
+
+/// The f64 oracle of this module as a [`Backend`]: single-threaded, slow, written to be
+/// obviously correct (tests, and a fallback).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reference;
+
+impl Backend for Reference {
+    type Memory = Host;
+    type Ranks = Vec<u32>;
+
+    fn check<T: Element>(&self, segs: &Segments, p: &HostProjection<'_, T>) -> Result<usize> {
+        p.validate(segs)
+    }
+
+    fn project_out<T: Element>(
+        &self,
+        segs: &Segments,
+        p: HostProjection<'_, T>,
+    ) -> Result<Vec<u32>> {
+        project_out(segs, p)
+    }
+
+    /// Packs, projects, unpacks: the definition ([`project_list`]).
+    fn project_list<'a, T: Element>(
+        &self,
+        segs: &Segments,
+        p: Projection<'_, TensorList<&'a [T]>, TensorList<&'a mut [T]>>,
+    ) -> Result<Vec<u32>> {
+        project_list(segs, p)
+    }
+
+    fn partials<T: Element>(&self, segs: &Segments, p: &HostProjection<'_, T>) -> Result<Partials> {
+        partials(segs, p)
+    }
+
+    fn apply<T: Element>(
+        &self,
+        segs: &Segments,
+        partials: &Partials,
+        p: HostProjection<'_, T>,
+    ) -> Result<Vec<u32>> {
+        apply(segs, partials, p)
+    }
+
+    fn orthonormalize<T: Element>(
+        &self,
+        segs: &Segments,
+        basis: &mut [&mut [T]],
+        tol: f64,
+    ) -> Result<Vec<u32>> {
+        orthonormalize(segs, basis, tol)
+    }
+
+    fn copy<'a, T: Element>(&self, src: &'a [T], dst: &'a mut [T]) -> Result<()> {
+        host_copy(src, dst)
+    }
 }
 
 /// CGS2 on f64 vectors of one segment, in place: for j = 1..k, subtract the projections
@@ -194,14 +281,6 @@ fn norm(a: &[f64]) -> f64 {
     dot(a, a).sqrt()
 }
 
-fn check_tol(tol: f64) -> Result<()> {
-    if (0.0..1.0).contains(&tol) {
-        Ok(())
-    } else {
-        Err(invalid("tol", format!("must be in [0, 1), got {tol}")))
-    }
-}
-
 /// Orthonormalises the k basis vectors of every segment in place by CGS2 (f64
 /// arithmetic, one rounding to `T` at the end). Dropped vectors are written as zeros.
 /// Returns the rank of each segment.
@@ -210,11 +289,7 @@ pub fn orthonormalize<T: Element>(
     basis: &mut [&mut [T]],
     tol: f64,
 ) -> Result<Vec<u32>> {
-    check_tol(tol)?;
-    crate::project::check_k(basis.len())?;
-    for b in basis.iter() {
-        segs.check_buffer("basis", b.len())?;
-    }
+    check_orthonormalize(segs, basis, tol)?;
     let mut ranks = Vec::with_capacity(segs.len());
     for r in segs.iter() {
         let mut vs: Vec<Vec<f64>> = basis
@@ -272,10 +347,8 @@ pub fn orth_coefficients<T: Element>(
     basis: &[&[T]],
     tol: f64,
 ) -> Result<(Vec<f64>, Vec<u32>)> {
-    check_tol(tol)?;
-    let k = basis.len();
-    let zeros = vec![T::default(); segs.total()];
-    let p = partials(segs, &zeros, None, basis)?;
+    let k = check_orthonormalize(segs, basis, tol)?;
+    let p = partials_of(segs, None, basis);
     let mut m = vec![0.0; k * k * segs.len()];
     let ranks = (0..segs.len())
         .map(|s| {

@@ -410,7 +410,7 @@ pub fn sharded<A: AllReduce>(comm: &A, rank: usize, size: usize, k: usize, ck: &
 
     // The same by hand: the summed partials must be bit-identical on every rank, and pass 2
     // on them gives project_sharded's output exactly.
-    let mut p = be.partials(&lsegs, &lv, None, &lviews).unwrap();
+    let mut p = super::host_partials(&be, &lsegs, &lv, None, &lviews).unwrap();
     comm.all_reduce_sum_checked(p.as_mut_slice()).unwrap();
     let bits: Vec<u64> = p.as_slice().iter().map(|x| x.to_bits()).collect();
     ck.check(agree(comm, &bits).unwrap(), || {

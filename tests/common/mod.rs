@@ -143,7 +143,7 @@ impl Mode {
         self,
         v: S,
         v0: S,
-        basis: &'a [S],
+        basis: Vec<S>,
         base: S,
         out: D,
     ) -> redreg::Projection<'a, S, D> {
@@ -162,4 +162,25 @@ impl Mode {
             Mode::Drift => Projection::drift(v, v0, basis, out),
         }
     }
+}
+
+/// Pass 1 of the split form for `x = v` (or `v - v0`) against `basis` on a host backend:
+/// the partials of a projection whose destination is a scratch buffer (pass 1 never reads
+/// it).
+#[allow(dead_code)]
+pub fn host_partials<B: redreg::Backend<Memory = redreg::Host>, T: Element>(
+    be: &B,
+    segs: &Segments,
+    v: &[T],
+    v0: Option<&[T]>,
+    basis: &[&[T]],
+) -> redreg::Result<redreg::Partials> {
+    let mut scratch = vec![T::default(); v.len()];
+    let out = redreg::Output::Write {
+        base: None,
+        out: &mut scratch[..],
+    };
+    let mut p = redreg::Projection::host(v, basis, out);
+    p.v0 = v0;
+    be.partials(segs, &p)
 }

@@ -5,7 +5,7 @@
 //! and any rank above `min(length, k)`, fails.
 #![allow(dead_code)]
 
-use redreg::solve::decision_margin;
+use redreg::testing::solve::decision_margin;
 use redreg::{Partials, Segments};
 
 /// A decision is borderline when `max(q, 1/q) < BORDERLINE` for `q = d_j/(threshold·G_jj)`
