@@ -23,7 +23,7 @@ mod imp {
         step, Config, Controller, DeviceEncoder, JointBasis, Redundancy, StepInputs,
     };
     use redreg::cuda::CudaBackend;
-    use redreg::stats::{CudaStats, StatsPlan};
+    use redreg::stats::{CudaStats, StatHandle, Stats, StatsPlan};
     use redreg::testing::{elements, layouts};
     use redreg::{bf16, f16, DType, ProjectOptions, Segments};
     use redreg::{Backend, Element, Output, Projection};
@@ -198,6 +198,8 @@ mod imp {
     /// The statistics plan of one ResNet-18 AV step (batch 64): features of two noisy
     /// copies, noisy inputs, unimodal logits, pooled features, both encoders' gradients
     /// (sums with the Fisher accumulator). Bytes: every input once, the accumulator twice.
+    /// Also the last, smaller batch of an epoch (40 of the declared 64 rows; the gradient
+    /// statistics unchanged): the same plan, launch and copies.
     fn stats(bn: &mut Bench<'_>) {
         let b = bn.b;
         let (audio, visual) = av_pair();
@@ -207,17 +209,18 @@ mod imp {
         );
         let bsz = if smoke() { 2 } else { 64 };
         let classes = 31;
-        let (za, zv) = (bsz * 512 * 9 * 6, bsz * 512 * 7 * 7);
+        // Elements per sample.
+        let (za, zv) = (512 * 9 * 6, 512 * 7 * 7);
         let (xa, xv) = if smoke() {
-            (bsz * 257 * 8, bsz * 3 * 16 * 16)
+            (257 * 8, 3 * 16 * 16)
         } else {
-            (bsz * 257 * 188, bsz * 3 * 224 * 224)
+            (257 * 188, 3 * 224 * 224)
         };
         let mut plan = StatsPlan::new();
-        let h_za = plan.sq_diff_mean("z_a", DType::F32, za).unwrap();
-        let h_zv = plan.sq_diff_mean("z_v", DType::F32, zv).unwrap();
-        let h_xa = plan.sq_diff_mean("x_a", DType::F32, xa).unwrap();
-        let h_xv = plan.sq_diff_mean("x_v", DType::F32, xv).unwrap();
+        let h_za = plan.sq_diff_mean("z_a", DType::F32, bsz, za).unwrap();
+        let h_zv = plan.sq_diff_mean("z_v", DType::F32, bsz, zv).unwrap();
+        let h_xa = plan.sq_diff_mean("x_a", DType::F32, bsz, xa).unwrap();
+        let h_xv = plan.sq_diff_mean("x_v", DType::F32, bsz, xv).unwrap();
         let h_pa = plan
             .true_prob_mean("p_a", DType::F32, bsz, classes)
             .unwrap();
@@ -229,8 +232,18 @@ mod imp {
         let h_gv = plan.seg_sums("grad_v", DType::F32, &sv, true).unwrap();
         let mut exec = CudaStats::new(b, &plan).expect("stats plan");
         let d = |n, seed| rand_dev::<f32>(b, n, seed, 1.0);
-        let (za1, za2, zv1, zv2) = (d(za, 1), d(za, 2), d(zv, 3), d(zv, 4));
-        let (xa1, xa2, xv1, xv2) = (d(xa, 5), d(xa, 6), d(xv, 7), d(xv, 8));
+        let (za1, za2, zv1, zv2) = (
+            d(bsz * za, 1),
+            d(bsz * za, 2),
+            d(bsz * zv, 3),
+            d(bsz * zv, 4),
+        );
+        let (xa1, xa2, xv1, xv2) = (
+            d(bsz * xa, 5),
+            d(bsz * xa, 6),
+            d(bsz * xv, 7),
+            d(bsz * xv, 8),
+        );
         let (la, lv, fa, fv) = (
             d(bsz * classes, 9),
             d(bsz * classes, 10),
@@ -248,28 +261,34 @@ mod imp {
         let (ga, gv) = (d(sa.total(), 13), d(sv.total(), 14));
         let mut acc_a = b.stream().alloc_zeros::<f32>(sa.total()).unwrap();
         let mut acc_v = b.stream().alloc_zeros::<f32>(sv.total()).unwrap();
-        let elems = 2 * (za + zv + xa + xv)
-            + 2 * bsz * classes
-            + 2 * bsz * 512
-            + 3 * (sa.total() + sv.total());
-        bn.case(
-            "stats_plan/resnet18_av_step/f32",
-            4.0 * elems as f64 + 8.0 * bsz as f64,
-            &mut || {
-                exec.run(&mut [
-                    h_za.bind(&za1, &za2),
-                    h_zv.bind(&zv1, &zv2),
-                    h_xa.bind(&xa1, &xa2),
-                    h_xv.bind(&xv1, &xv2),
-                    h_pa.bind(&la, labels.slice(..)),
-                    h_pv.bind(&lv, labels.slice(..)),
-                    h_sim.bind(&fa, &fv),
-                    h_ga.bind_acc(&ga, acc_a.slice_mut(..)),
-                    h_gv.bind_acc(&gv, acc_v.slice_mut(..)),
-                ])
-                .expect("stats run");
-            },
-        );
+        let short = if smoke() { 1 } else { 40 };
+        for (name, n) in [
+            ("resnet18_av_step", bsz),
+            ("resnet18_av_step_last_40_of_64", short),
+        ] {
+            let elems = 2 * n * (za + zv + xa + xv)
+                + 2 * n * classes
+                + 2 * n * 512
+                + 3 * (sa.total() + sv.total());
+            bn.case(
+                &format!("stats_plan/{name}/f32"),
+                4.0 * elems as f64 + 8.0 * n as f64,
+                &mut || {
+                    exec.run(&mut [
+                        h_za.bind((za1.slice(..n * za), za2.slice(..n * za))),
+                        h_zv.bind((zv1.slice(..n * zv), zv2.slice(..n * zv))),
+                        h_xa.bind((xa1.slice(..n * xa), xa2.slice(..n * xa))),
+                        h_xv.bind((xv1.slice(..n * xv), xv2.slice(..n * xv))),
+                        h_pa.bind((la.slice(..n * classes), labels.slice(..n))),
+                        h_pv.bind((lv.slice(..n * classes), labels.slice(..n))),
+                        h_sim.bind((fa.slice(..n * 512), fv.slice(..n * 512))),
+                        h_ga.bind_acc(&ga, acc_a.slice_mut(..)),
+                        h_gv.bind_acc(&gv, acc_v.slice_mut(..)),
+                    ])
+                    .expect("stats run");
+                },
+            );
+        }
     }
 
     /// The controller's full CUDA step on the ResNet-18 AV pair (decision on the host from

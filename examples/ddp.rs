@@ -22,7 +22,7 @@ use redreg::controller::{
     Config, Controller, HostEncoder, JointBasis, ModalityShapes, RedRegStats,
 };
 use redreg::dist::{agree, AllReduce, MpiComm};
-use redreg::stats::{CpuStats, ReducibleStats, StatsPlan};
+use redreg::stats::{CpuStats, ReducibleStats, StatHandle, Stats, StatsPlan};
 use redreg::testing::Rng;
 use redreg::{Backend, CpuBackend, DType, Segments};
 
@@ -243,13 +243,13 @@ fn main() -> Res<()> {
             let z1: [Vec<f32>; 2] = std::array::from_fn(|m| encode(&enc[m], &x1[m], DIMS[m]));
             let z2: [Vec<f32>; 2] = std::array::from_fn(|m| encode(&enc[m], &x2[m], DIMS[m]));
             let run = exec.run(&mut [
-                h.score[0].bind(&lm[0], &y),
-                h.score[1].bind(&lm[1], &y),
-                h.feature_diff[0].bind(&z1[0], &z2[0]),
-                h.feature_diff[1].bind(&z1[1], &z2[1]),
-                h.input_diff[0].bind(&x1[0], &x2[0]),
-                h.input_diff[1].bind(&x1[1], &x2[1]),
-                h.agreement[0].bind(&z[0], &z[1]),
+                h.score[0].bind((&lm[0], &y)),
+                h.score[1].bind((&lm[1], &y)),
+                h.feature_diff[0].bind((&z1[0], &z2[0])),
+                h.feature_diff[1].bind((&z1[1], &z2[1])),
+                h.input_diff[0].bind((&x1[0], &x2[0])),
+                h.input_diff[1].bind((&x1[1], &x2[1])),
+                h.agreement[0].bind((&z[0], &z[1])),
             ]);
             if let Err(e) = run {
                 // Label faults still go through the all-reduce (every rank must call it);

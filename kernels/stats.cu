@@ -1,15 +1,17 @@
 // redreg: fused redundancy statistics (issue 4), module `stats`.
 //
-// One launch of `stats_tasks` runs every task of a plan (one block per task, the same task
-// table as the CPU executor, src/stats/cpu.rs), writing 4 f64 partials per task; one launch
-// of `stats_finish` (one thread per statistic) combines the partials of each statistic in
-// task order — the CPU's finishing pass line for line — into the result buffer, which the
-// host copies back once. Every reduction has a fixed order: results are bitwise identical
-// run to run. Arithmetic in f64; accumulator update acc = f32(f64(acc) + x^2) as on the CPU.
+// One launch of `stats_tasks` runs a whole plan: one block per task (the same task table as
+// the CPU executor, src/stats/cpu.rs, built for the declared rows; a run with fewer rows has
+// them in its descriptors, and the tasks beyond them do nothing: st_clip), each writing 4
+// f64 partials; the last block of each statistic (an integer ticket) combines the
+// statistic's partials in task order — the CPU's finishing pass line for line, st_finish —
+// into the result buffer, which the host copies back once. Every reduction has a fixed
+// order: results are bitwise identical run to run. Arithmetic in f64; accumulator update acc = f32(f64(acc) + x^2) as on the CPU.
 //
 // Tables (u64; word counts and order from redreg_abi.cuh):
 // task t = tasks[5t..5t+5] = {entry, mode, a, start, end};
-// entry i = desc[8i..8i+8] = {kind, dtype, p0, p1, p2, n1, n2, out};
+// entry i = desc[8i..8i+8] = {kind, dtype, p0, p1, p2, n1, n2, out}, uploaded every run
+// (n1 of a row statistic: this run's elements (SQDIFF) or rows (COS, PROB));
 // entry_tasks[2i..2i+2] = {first task, end task}.
 #include "common.cuh"
 
@@ -248,22 +250,19 @@ __device__ void run_task(const rr_u64* __restrict__ d, rr_u64 mode, rr_u64 a, rr
     }
 }
 
-extern "C" __global__ void __launch_bounds__(RR_THREADS)
-    stats_tasks(const rr_u64* __restrict__ tasks, const rr_u64* __restrict__ desc,
-                double* __restrict__ partials) {
-    const rr_u64 t = blockIdx.x;
-    const rr_u64* tk = tasks + RR_ST_TASK_WORDS * t;
-    const rr_u64* d = desc + RR_ST_DESC_WORDS * tk[RR_ST_TASK_ENTRY];
-    double* out = partials + RR_ST_PARTIALS * t;
-    if (threadIdx.x < RR_ST_PARTIALS) out[threadIdx.x] = 0.0;
-    __syncthreads();
-#define ST_TASK_ARGS tk[RR_ST_TASK_MODE], tk[RR_ST_TASK_A], tk[RR_ST_TASK_START], tk[RR_ST_TASK_END]
-    switch (d[RR_ST_DESC_DTYPE]) {
-        case RR_DT_F32: run_task<rr_f32>(d, ST_TASK_ARGS, out); break;
-        case RR_DT_F16: run_task<rr_f16>(d, ST_TASK_ARGS, out); break;
-        default: run_task<rr_bf16>(d, ST_TASK_ARGS, out); break;
-    }
-#undef ST_TASK_ARGS
+// This run's part of task (mode, a, start, end) of a statistic of `kind` whose descriptor
+// holds this run's N1 (src/stats/cpu.rs, Task::clip, line for line): false when the task
+// lies wholly beyond the run's rows (a short batch), else true with `end` cut at the last
+// row. SQDIFF: N1 elements; COS, PROB: N1 rows (a row piece belongs to row `a`); the
+// per-segment statistics always run as declared. A statistic's tasks are in row order, so
+// those that remain are a prefix of them.
+__device__ __forceinline__ bool st_clip(rr_u64 kind, rr_u64 n1, rr_u64 mode, rr_u64 a,
+                                        rr_u64 start, rr_u64* end) {
+    if (kind == RR_ST_SUMS || kind == RR_ST_DOTS) return true;
+    if (mode == RR_ST_MODE_PIECE) return a < n1;
+    if (start >= n1) return false;
+    if (*end > n1) *end = n1;
+    return true;
 }
 
 __device__ double ld_any(rr_u64 dt, rr_u64 p, rr_u64 i) {
@@ -285,20 +284,25 @@ __device__ void write_prob(double* v, double mean, rr_i64 row, rr_i64 label) {
     }
 }
 
-// One thread per statistic: the CPU's `finish` (src/stats/cpu.rs).
-extern "C" __global__ void stats_finish(const rr_u64* __restrict__ entry_tasks,
-                                        const rr_u64* __restrict__ tasks,
-                                        const rr_u64* __restrict__ desc,
-                                        const double* __restrict__ partials,
-                                        double* __restrict__ results, rr_u64 n_entries) {
-    const rr_u64 e = (rr_u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= n_entries) return;
+// The finish of statistic e, by one thread: the CPU's `finish` (src/stats/cpu.rs) line for
+// line, over the partials of this run's tasks in task order. The partials were written by
+// other blocks: read through volatile loads (no stale L1 line).
+__device__ void st_finish(rr_u64 e, const rr_u64* __restrict__ entry_tasks,
+                          const rr_u64* __restrict__ tasks, const rr_u64* __restrict__ desc,
+                          const volatile double* partials, double* __restrict__ results) {
     const rr_u64* d = desc + RR_ST_DESC_WORDS * e;
     const rr_u64 kind = d[RR_ST_DESC_KIND], dt = d[RR_ST_DESC_DTYPE], n1 = d[RR_ST_DESC_N1],
                  n2 = d[RR_ST_DESC_N2];
     double* v = results + d[RR_ST_DESC_OUT];
-    const rr_u64 t0 = entry_tasks[RR_ST_ENTRY_WORDS * e + RR_ST_ENTRY_FIRST],
-                 t1 = entry_tasks[RR_ST_ENTRY_WORDS * e + RR_ST_ENTRY_END];
+    const rr_u64 t0 = entry_tasks[RR_ST_ENTRY_WORDS * e + RR_ST_ENTRY_FIRST];
+    // This run's tasks: the prefix that st_clip keeps (a short batch has fewer rows).
+    rr_u64 t1 = t0;
+    for (const rr_u64 tn = entry_tasks[RR_ST_ENTRY_WORDS * e + RR_ST_ENTRY_END]; t1 < tn; t1++) {
+        const rr_u64* tk = tasks + RR_ST_TASK_WORDS * t1;
+        rr_u64 end = tk[RR_ST_TASK_END];
+        if (!st_clip(kind, n1, tk[RR_ST_TASK_MODE], tk[RR_ST_TASK_A], tk[RR_ST_TASK_START], &end))
+            break;
+    }
     if (kind == RR_ST_SQDIFF) {
         double s = 0.0;
         for (rr_u64 t = t0; t < t1; t++) s += partials[RR_ST_PARTIALS * t];
@@ -314,7 +318,7 @@ extern "C" __global__ void stats_finish(const rr_u64* __restrict__ entry_tasks,
         double s = 0.0, cd = 0.0, ca = 0.0, cb = 0.0;
         rr_i64 row = -1;
         for (rr_u64 t = t0; t < t1; t++) {
-            const double* p = partials + RR_ST_PARTIALS * t;
+            const volatile double* p = partials + RR_ST_PARTIALS * t;
             if (tasks[RR_ST_TASK_WORDS * t + RR_ST_TASK_MODE] == RR_ST_MODE_PIECE) {
                 const rr_i64 r = (rr_i64)tasks[RR_ST_TASK_WORDS * t + RR_ST_TASK_A];
                 if (r == row) {
@@ -342,7 +346,7 @@ extern "C" __global__ void stats_finish(const rr_u64* __restrict__ entry_tasks,
             const bool piece =
                 t < t1 && tasks[RR_ST_TASK_WORDS * t + RR_ST_TASK_MODE] == RR_ST_MODE_PIECE;
             const rr_i64 r = t < t1 ? (rr_i64)tasks[RR_ST_TASK_WORDS * t + RR_ST_TASK_A] : -2;
-            const double* p = partials + RR_ST_PARTIALS * t;
+            const volatile double* p = partials + RR_ST_PARTIALS * t;
             if (piece && r == row) {
                 const double nm = st_max(m, p[0]);
                 const double a = m == st_ninf() ? 0.0 : z * exp(m - nm);
@@ -378,4 +382,55 @@ extern "C" __global__ void stats_finish(const rr_u64* __restrict__ entry_tasks,
         }
         write_prob(v, s / (double)n1, frow, flab);
     }
+}
+
+// stats_tasks: the whole run in one launch. Launch: grid = (n_tasks of the table), block =
+// (RR_THREADS). Block t runs task t (or, beyond this run's rows, nothing: zero partials),
+// then takes a ticket of its statistic (atomicAdd on counts[entry], after a __threadfence
+// that publishes its partials device-wide); the block that draws the statistic's last
+// ticket resets the counter to 0 for the next run and finishes the statistic (st_finish,
+// thread 0) into `results`, which the host copies back once. The finish reads the partials
+// in task order, so the result does not depend on which block came last. A statistic with
+// no task at all (no elements) is never touched here: its constant results are written when
+// the executor is made (src/stats/cuda.rs). counts[n_entries] (u32): 0 on entry and on exit.
+extern "C" __global__ void __launch_bounds__(RR_THREADS)
+    stats_tasks(const rr_u64* __restrict__ tasks, const rr_u64* __restrict__ entry_tasks,
+                const rr_u64* __restrict__ desc, double* partials, rr_u32* counts,
+                double* __restrict__ results) {
+    const rr_u64 t = blockIdx.x;
+    const rr_u64* tk = tasks + RR_ST_TASK_WORDS * t;
+    const rr_u64 e = tk[RR_ST_TASK_ENTRY];
+    const rr_u64* d = desc + RR_ST_DESC_WORDS * e;
+    double* out = partials + RR_ST_PARTIALS * t;
+    if (threadIdx.x < RR_ST_PARTIALS) out[threadIdx.x] = 0.0;
+    __syncthreads();
+    rr_u64 end = tk[RR_ST_TASK_END];
+    // Beyond this run's rows the zero partials stay (and st_finish stops before them); the
+    // block still takes its ticket.
+    if (st_clip(d[RR_ST_DESC_KIND], d[RR_ST_DESC_N1], tk[RR_ST_TASK_MODE], tk[RR_ST_TASK_A],
+                tk[RR_ST_TASK_START], &end)) {  // block-uniform
+#define ST_TASK_ARGS tk[RR_ST_TASK_MODE], tk[RR_ST_TASK_A], tk[RR_ST_TASK_START], end
+        switch (d[RR_ST_DESC_DTYPE]) {
+            case RR_DT_F32: run_task<rr_f32>(d, ST_TASK_ARGS, out); break;
+            case RR_DT_F16: run_task<rr_f16>(d, ST_TASK_ARGS, out); break;
+            default: run_task<rr_bf16>(d, ST_TASK_ARGS, out); break;
+        }
+#undef ST_TASK_ARGS
+    }
+    __shared__ rr_u32 last;
+    __threadfence();  // this block's partials, visible to the statistic's last block
+    __syncthreads();  // every writer has fenced
+    if (threadIdx.x == 0) {
+        const rr_u64 n = entry_tasks[RR_ST_ENTRY_WORDS * e + RR_ST_ENTRY_END] -
+                         entry_tasks[RR_ST_ENTRY_WORDS * e + RR_ST_ENTRY_FIRST];
+        const rr_u32 ticket = atomicAdd(counts + e, 1u);
+        const bool is_last = ticket == (rr_u32)(n - 1);
+        // Every other block of the statistic has taken its ticket: reset for the next run.
+        if (is_last) counts[e] = 0u;
+        last = is_last ? 1u : 0u;
+    }
+    __syncthreads();
+    if (last == 0u) return;  // block-uniform
+    __threadfence();          // order the reads below after the ticket
+    if (threadIdx.x == 0) st_finish(e, entry_tasks, tasks, desc, partials, results);
 }

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use helpers::flat;
 use redreg::candle::stats::{labels_i64, modality_shapes, step_inputs, ModalityTensors};
 use redreg::controller::{RedRegStats, StepInputs};
-use redreg::stats::{CpuStats, StatsPlan};
+use redreg::stats::{CpuStats, StatHandle, Stats, StatsPlan};
 
 const B: usize = 6;
 const C: usize = 4;
@@ -155,11 +155,11 @@ fn step_inputs_match_the_plan_on_host_slices_and_the_f64_formulas() {
         .collect();
     let mut inputs = Vec::new();
     for (i, v) in host.iter().enumerate() {
-        inputs.push(h.score[i].bind(&v[0], &yi[..]));
-        inputs.push(h.feature_diff[i].bind(&v[1], &v[2]));
-        inputs.push(h.input_diff[i].bind(&v[3], &v[4]));
+        inputs.push(h.score[i].bind((&v[0], &yi[..])));
+        inputs.push(h.feature_diff[i].bind((&v[1], &v[2])));
+        inputs.push(h.input_diff[i].bind((&v[3], &v[4])));
     }
-    inputs.push(h.agreement[0].bind(&host[0][5], &host[1][5]));
+    inputs.push(h.agreement[0].bind((&host[0][5], &host[1][5])));
     let want = h.inputs(exec.run(&mut inputs).unwrap()).unwrap();
     assert_eq!(got, want);
 }
@@ -225,4 +225,75 @@ fn rejected_inputs_are_errors() {
     let mut bad = ok[0];
     bad.x1 = &half;
     assert!(modality_shapes(&bad).is_err());
+}
+
+/// The first `n` samples of every tensor of `m` (contiguous views: `narrow` on the rows).
+fn first_rows(m: &Mod, n: usize) -> Mod {
+    let r = |x: &Tensor| x.narrow(0, 0, n).unwrap();
+    Mod {
+        logits: r(&m.logits),
+        z1: r(&m.z1),
+        z2: r(&m.z2),
+        x1: r(&m.x1),
+        x2: r(&m.x2),
+        pooled: r(&m.pooled),
+    }
+}
+
+/// Declared from a full batch of B = 6, the plan takes the last, smaller batch of an epoch
+/// (5 samples, and 1): each statistic is the f64 formula over the samples given (not the
+/// full batch's value). More samples than declared, and labels that do not match the
+/// logits' rows, are errors.
+#[test]
+fn the_last_smaller_batch_runs() {
+    let mods = [Mod::new(70, 7, 5, 3), Mod::new(80, 11, 9, 3)];
+    let (mut exec, h) = setup(&mods);
+    let y = labels();
+    let yi = [0i64, 3, 1, 2, 2, 0];
+    let full = step_inputs(&mut exec, &h, &y, &[mods[0].tensors(), mods[1].tensors()]).unwrap();
+    for n in [5, 1] {
+        let short = [first_rows(&mods[0], n), first_rows(&mods[1], n)];
+        let yn = y.narrow(0, 0, n).unwrap();
+        let got = step_inputs(
+            &mut exec,
+            &h,
+            &yn,
+            &[short[0].tensors(), short[1].tensors()],
+        )
+        .unwrap();
+        check_against_oracle(&got, &short, &yi[..n], 3, 1e-12);
+        assert_ne!(got.scores, full.scores, "{n} samples");
+        assert_ne!(got.agreement, full.agreement, "{n} samples");
+    }
+    // 7 samples for a plan declared with 6.
+    let big = |seed, w| t(seed, &[B + 1, w]);
+    let more = [
+        Mod {
+            logits: big(90, C),
+            z1: big(91, 7),
+            z2: big(92, 7),
+            x1: big(93, 5),
+            x2: big(94, 5),
+            pooled: big(95, 3),
+        },
+        Mod {
+            logits: big(96, C),
+            z1: big(97, 11),
+            z2: big(98, 11),
+            x1: big(99, 9),
+            x2: big(100, 9),
+            pooled: big(101, 3),
+        },
+    ];
+    let y7 = Tensor::new(&[0u32, 3, 1, 2, 2, 0, 1], &Device::Cpu).unwrap();
+    let e = step_inputs(&mut exec, &h, &y7, &[more[0].tensors(), more[1].tensors()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("more than the 6 rows declared"), "{e}");
+    // 5 samples of every tensor, 6 labels.
+    let short = [first_rows(&mods[0], 5), first_rows(&mods[1], 5)];
+    let e = step_inputs(&mut exec, &h, &y, &[short[0].tensors(), short[1].tensors()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`labels` has 6 elements, expected 5"), "{e}");
 }

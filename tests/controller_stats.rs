@@ -3,7 +3,7 @@
 //! computed by hand below.
 
 use redreg::controller::{Config, Controller, ModalityBufs, ModalityShapes, RedRegStats};
-use redreg::stats::{CpuStats, StatsPlan};
+use redreg::stats::{CpuStats, StatHandle, Stats, StatsPlan};
 use redreg::DType;
 
 #[test]
@@ -36,13 +36,13 @@ fn plan_results_drive_the_decision() {
 
     let r = exec
         .run(&mut [
-            h.score[0].bind(&la[..], &labels),
-            h.score[1].bind(&lv[..], &labels),
-            h.feature_diff[0].bind(&za1[..], &za2[..]),
-            h.feature_diff[1].bind(&zv1[..], &zv2[..]),
-            h.input_diff[0].bind(&x1[..], &x2[..]),
-            h.input_diff[1].bind(&x1[..], &x2[..]),
-            h.agreement[0].bind(&fa[..], &fv[..]),
+            h.score[0].bind((&la[..], &labels)),
+            h.score[1].bind((&lv[..], &labels)),
+            h.feature_diff[0].bind((&za1[..], &za2[..])),
+            h.feature_diff[1].bind((&zv1[..], &zv2[..])),
+            h.input_diff[0].bind((&x1[..], &x2[..])),
+            h.input_diff[1].bind((&x1[..], &x2[..])),
+            h.agreement[0].bind((&fa[..], &fv[..])),
         ])
         .unwrap();
     let inputs = h.inputs(r).unwrap();
@@ -72,6 +72,33 @@ fn plan_results_drive_the_decision() {
     assert!((inputs.redundancy[0].value(1e-12).unwrap() - 0.5 / (0.25 + 1e-12)).abs() < 1e-12);
     assert!((inputs.redundancy[1].value(1e-12).unwrap() - 1.0 / (0.25 + 1e-12)).abs() < 1e-12);
     assert_eq!(inputs.agreement, vec![0.5]);
+
+    // The last, smaller batch (1 of the 2 declared samples): the means over that sample.
+    let (la1, lv1, fa1, fv1) = (&la[..2], &lv[..2], &fa[..2], &fv[..2]);
+    let one = [
+        ModalityBufs {
+            logits: la1.into(),
+            z1: (&za1[..2]).into(),
+            z2: (&za2[..2]).into(),
+            x1: (&x1[..1]).into(),
+            x2: (&x2[..1]).into(),
+            pooled: fa1.into(),
+        },
+        ModalityBufs {
+            logits: lv1.into(),
+            z1: (&zv1[..2]).into(),
+            z2: (&zv2[..2]).into(),
+            x1: (&x1[..1]).into(),
+            x2: (&x2[..1]).into(),
+            pooled: fv1.into(),
+        },
+    ];
+    let s1 = h.run(&mut exec, &&labels[..1], &one).unwrap();
+    assert!((s1.scores[0] - 0.5).abs() < 1e-7 && (s1.scores[1] - 0.75).abs() < 1e-7);
+    // (1 + 0)/2 over (0.5 - 0)^2; (4 + 0)/2 over the same.
+    assert!((s1.redundancy[0].value(1e-12).unwrap() - 0.5 / (0.25 + 1e-12)).abs() < 1e-12);
+    assert!((s1.redundancy[1].value(1e-12).unwrap() - 2.0 / (0.25 + 1e-12)).abs() < 1e-12);
+    assert_eq!(s1.agreement, vec![1.0]);
 
     // First step of epoch 0: red_norm = 10 (EMA quirk) > R, p_a < p_v -> visual
     // suppressed with beta = exp(0.9 tanh(0.25)); gate: 0.5 > 0.2.
@@ -107,4 +134,15 @@ fn declare_rejects_bad_shapes() {
     assert!(RedRegStats::declare(&mut StatsPlan::new(), &[a, c]).is_err());
     let m3 = RedRegStats::declare(&mut StatsPlan::new(), &[a, a, a]).unwrap();
     assert_eq!(m3.agreement.len(), 3);
+    // Features and inputs are whole samples of the batch (a step may have fewer samples).
+    let d = ModalityShapes { features: 9, ..a };
+    let e = RedRegStats::declare(&mut StatsPlan::new(), &[a, d])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("features has 9 elements") && e.contains("batch of 2"),
+        "{e}"
+    );
+    let z = ModalityShapes { batch: 0, ..a };
+    assert!(RedRegStats::declare(&mut StatsPlan::new(), &[z, z]).is_err());
 }

@@ -3,7 +3,7 @@
 //! agreement header.
 
 use redreg::dist::{agree, check_same_len, AllReduce};
-use redreg::stats::{CpuStats, ReducibleStats, StatsPlan};
+use redreg::stats::{CpuStats, ReducibleStats, StatHandle, Stats, StatsPlan};
 use redreg::{DType, Segments};
 
 /// A "group" of one rank whose sum adds fixed contributions of other simulated ranks.
@@ -23,7 +23,7 @@ impl AllReduce for Simulated {
 fn sums_and_counts_layout_and_means() {
     let segs = Segments::from_lengths(&[2, 0, 1]).unwrap();
     let mut plan = StatsPlan::new();
-    let sq = plan.sq_diff_mean("sq", DType::F32, 4).unwrap();
+    let sq = plan.sq_diff_mean("sq", DType::F32, 1, 4).unwrap();
     let cos = plan.row_cos_mean("cos", DType::F32, 2, 2).unwrap();
     let p = plan.true_prob_mean("p", DType::F32, 2, 2).unwrap();
     let ss = plan.seg_sums("ss", DType::F32, &segs, false).unwrap();
@@ -31,11 +31,11 @@ fn sums_and_counts_layout_and_means() {
     let mut exec = CpuStats::new(&plan).unwrap();
     let g = 3f32.ln();
     exec.run(&mut [
-        sq.bind(&[1f32, 2.0, 3.0, 4.0], &[1f32, 2.0, 3.0, 6.0]),
-        cos.bind(&[1f32, 0.0, 0.0, 1.0], &[1f32, 0.0, 1.0, 0.0]),
-        p.bind(&[g, 0.0, 0.0, g], &[0i64, 1]),
+        sq.bind((&[1f32, 2.0, 3.0, 4.0], &[1f32, 2.0, 3.0, 6.0])),
+        cos.bind((&[1f32, 0.0, 0.0, 1.0], &[1f32, 0.0, 1.0, 0.0])),
+        p.bind((&[g, 0.0, 0.0, g], &[0i64, 1])),
         ss.bind(&[1f32, -2.0, 3.0]),
-        dots.bind(&[1f32, 2.0, 3.0], &[2f32, 2.0, 2.0]),
+        dots.bind((&[1f32, 2.0, 3.0], &[2f32, 2.0, 2.0])),
     ])
     .unwrap();
     let s = exec.results().to_sums(&plan).unwrap();
@@ -69,11 +69,11 @@ fn sums_and_counts_layout_and_means() {
 fn label_faults_are_flags_and_empty_shards_count_zero() {
     let mut plan = StatsPlan::new();
     let p = plan.true_prob_mean("p", DType::F32, 2, 2).unwrap();
-    let e = plan.sq_diff_mean("empty", DType::F32, 0).unwrap();
+    let e = plan.sq_diff_mean("empty", DType::F32, 1, 0).unwrap();
     let mut exec = CpuStats::new(&plan).unwrap();
     let r = exec.run(&mut [
-        p.bind(&[0f32; 4], &[0i64, 5]),
-        e.bind(&[0f32; 0], &[0f32; 0]),
+        p.bind((&[0f32; 4], &[0i64, 5])),
+        e.bind((&[0f32; 0], &[0f32; 0])),
     ]);
     assert!(r.is_err());
     let s = exec.results().to_sums(&plan).unwrap();

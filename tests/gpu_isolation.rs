@@ -10,7 +10,7 @@ use common::gpu;
 
 use cudarc::driver::{CudaContext, CudaSlice, DevicePtr};
 use redreg::cuda::{CudaBackend, ForeignSlice};
-use redreg::stats::{CudaStats, StatsPlan};
+use redreg::stats::{CudaStats, StatHandle, Stats, StatsPlan};
 use redreg::{Backend, Output, Projection};
 use redreg::{DType, ProjectOptions, Segments};
 use std::sync::Arc;
@@ -166,16 +166,16 @@ fn stats_buffers_of_another_context_are_rejected() {
     }
     let other = CudaBackend::new(1).unwrap();
     let mut plan = StatsPlan::new();
-    let h = plan.sq_diff_mean("x", DType::F32, 16).unwrap();
+    let h = plan.sq_diff_mean("x", DType::F32, 1, 16).unwrap();
     let mut stats = CudaStats::new(b, &plan).unwrap();
     let mine: CudaSlice<f32> = b.stream().clone_htod(&[1f32; 16]).unwrap();
     let theirs: CudaSlice<f32> = other.stream().clone_htod(&[1f32; 16]).unwrap();
     let e = stats
-        .run(&mut [h.bind(&mine, &theirs)])
+        .run(&mut [h.bind((&mine, &theirs))])
         .unwrap_err()
         .to_string();
     assert!(e.contains("context"), "{e}");
     // The same statistic on this device's buffers runs.
-    let r = stats.run(&mut [h.bind(&mine, &mine)]).unwrap();
+    let r = stats.run(&mut [h.bind((&mine, &mine))]).unwrap();
     assert_eq!(r.get(h).unwrap(), 0.0);
 }

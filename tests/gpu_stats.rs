@@ -4,13 +4,24 @@
 
 mod common;
 
+use common::emu::Counters;
 use common::gpu;
 
 use cudarc::driver::CudaSlice;
-use redreg::stats::{reference, CpuStats, CudaStats, StatsPlan, REDUNDANCY_EPS, STATS_CHUNK};
+use redreg::stats::{
+    reference, CpuStats, CudaStats, StatHandle, Stats, StatsPlan, REDUNDANCY_EPS, STATS_CHUNK,
+};
 use redreg::testing::from_f64_vec;
 use redreg::testing::signed_vec;
 use redreg::{bf16, f16, DType, Error, Segments};
+use std::sync::{Mutex, MutexGuard};
+
+/// Every test of this binary holds it: the launch and copy counts asserted on the emulated
+/// driver are process-wide, so no other test may launch meanwhile.
+fn serial() -> MutexGuard<'static, ()> {
+    static M: Mutex<()> = Mutex::new(());
+    M.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 #[test]
 fn nvrtc_compiles_stats_module() {
@@ -22,10 +33,14 @@ fn nvrtc_compiles_stats_module() {
         );
         return;
     }
+    let _s = serial();
     let ptx = redreg::cuda::nvrtc_compile("stats", "compute_75").unwrap();
-    for k in ["stats_tasks", "stats_finish"] {
-        assert!(ptx.contains(&format!(".entry {k}(")), "PTX lacks {k}");
-    }
+    // One kernel: the finish is folded into the task kernel (one launch per run).
+    assert!(ptx.contains(".entry stats_tasks("), "PTX lacks stats_tasks");
+    assert!(
+        !ptx.contains("stats_finish"),
+        "a separate finish kernel is back"
+    );
 }
 
 #[track_caller]
@@ -69,6 +84,7 @@ fn same(what: &str, g: f64, c: f64) {
 
 #[test]
 fn gpu_plan_matches_cpu_and_is_deterministic() {
+    let _s = serial();
     let Some(be) = gpu::backend("gpu_plan_matches_cpu_and_is_deterministic") else {
         return;
     };
@@ -102,8 +118,8 @@ fn gpu_plan_matches_cpu_and_is_deterministic() {
         .collect();
 
     let mut plan = StatsPlan::new();
-    let num = plan.sq_diff_mean("z", DType::F16, 4 * b * d).unwrap();
-    let den = plan.sq_diff_mean("x", DType::F32, 3001).unwrap();
+    let num = plan.sq_diff_mean("z", DType::F16, 1, 4 * b * d).unwrap();
+    let den = plan.sq_diff_mean("x", DType::F32, 1, 3001).unwrap();
     let sim = plan.row_cos_mean("sim", DType::BF16, b, d).unwrap();
     let simw = plan.row_cos_mean("simw", DType::F32, 2, wide).unwrap();
     let p = plan.true_prob_mean("p", DType::F32, b, c).unwrap();
@@ -116,15 +132,15 @@ fn gpu_plan_matches_cpu_and_is_deterministic() {
     let mut acc_cpu = acc0.clone();
     let mut cpu = CpuStats::new(&plan).unwrap();
     cpu.run(&mut [
-        num.bind(&z1, &z2),
-        den.bind(&x1, &x2),
-        sim.bind(&fa, &fv),
-        simw.bind(&wa, &wb),
-        p.bind(&logits, &labels),
-        pw.bind(&wl, &wlab),
+        num.bind((&z1, &z2)),
+        den.bind((&x1, &x2)),
+        sim.bind((&fa, &fv)),
+        simw.bind((&wa, &wb)),
+        p.bind((&logits, &labels)),
+        pw.bind((&wl, &wlab)),
         sums.bind_acc(&g, &mut acc_cpu),
         sums16.bind(&gh),
-        dots.bind(&dr, &dr),
+        dots.bind((&dr, &dr)),
     ])
     .unwrap();
     let cpu_vals = cpu.results().as_slice().to_vec();
@@ -148,13 +164,13 @@ fn gpu_plan_matches_cpu_and_is_deterministic() {
     for _ in 0..3 {
         let r = gpu
             .run(&mut [
-                dots.bind(&ddr, &ddr),
-                num.bind(&dz1, &dz2),
-                den.bind(&dx1, &dx2),
-                sim.bind(&dfa, &dfv),
-                simw.bind(&dwa, &dwb),
-                p.bind(&dl, dlab.as_view()),
-                pw.bind(&dwl, dwlab.as_view()),
+                dots.bind((&ddr, &ddr)),
+                num.bind((&dz1, &dz2)),
+                den.bind((&dx1, &dx2)),
+                sim.bind((&dfa, &dfv)),
+                simw.bind((&dwa, &dwb)),
+                p.bind((&dl, dlab.as_view())),
+                pw.bind((&dwl, dwlab.as_view())),
                 sums.bind_acc(&dg, dacc.as_view_mut()),
                 sums16.bind(&dgh),
             ])
@@ -207,13 +223,13 @@ fn gpu_plan_matches_cpu_and_is_deterministic() {
     let dbad = s.clone_htod(&bad).unwrap();
     let e = gpu
         .run(&mut [
-            dots.bind(&ddr, &ddr),
-            num.bind(&dz1, &dz2),
-            den.bind(&dx1, &dx2),
-            sim.bind(&dfa, &dfv),
-            simw.bind(&dwa, &dwb),
-            p.bind(&dl, dlab.as_view()),
-            pw.bind(&dwl, dbad.as_view()),
+            dots.bind((&ddr, &ddr)),
+            num.bind((&dz1, &dz2)),
+            den.bind((&dx1, &dx2)),
+            sim.bind((&dfa, &dfv)),
+            simw.bind((&dwa, &dwb)),
+            p.bind((&dl, dlab.as_view())),
+            pw.bind((&dwl, dbad.as_view())),
             sums.bind_acc(&dg, dacc.as_view_mut()),
             sums16.bind(&dgh),
         ])
@@ -230,7 +246,7 @@ fn gpu_plan_matches_cpu_and_is_deterministic() {
     );
 
     // validation before launch
-    let e = gpu.run(&mut [num.bind(&dz1, &dz2)]).unwrap_err();
+    let e = gpu.run(&mut [num.bind((&dz1, &dz2))]).unwrap_err();
     assert!(e.to_string().contains("expected 9"), "{e}");
 
     // the oracle agrees with the CPU on this plan (sanity of the comparison itself)
@@ -239,15 +255,15 @@ fn gpu_plan_matches_cpu_and_is_deterministic() {
     let _ = reference::run(
         &plan,
         &mut [
-            num.bind(&z1, &z2),
-            den.bind(&x1, &x2),
-            sim.bind(&fa, &fv),
-            simw.bind(&wa, &wb),
-            p.bind(&logits, &labels),
-            pw.bind(&wl, &wlab),
+            num.bind((&z1, &z2)),
+            den.bind((&x1, &x2)),
+            sim.bind((&fa, &fv)),
+            simw.bind((&wa, &wb)),
+            p.bind((&logits, &labels)),
+            pw.bind((&wl, &wlab)),
             sums.bind_acc(&g, &mut acc_ref),
             sums16.bind(&gh),
-            dots.bind(&dr, &dr),
+            dots.bind((&dr, &dr)),
         ],
         &mut out,
     );
@@ -266,6 +282,7 @@ fn gpu_plan_matches_cpu_and_is_deterministic() {
 /// inexact and another order would show; the accumulator is compared too.
 #[test]
 fn results_do_not_depend_on_alignment() {
+    let _s = serial();
     let Some(be) = gpu::backend("results_do_not_depend_on_alignment") else {
         return;
     };
@@ -277,7 +294,7 @@ fn results_do_not_depend_on_alignment() {
     let h: Vec<bf16> = from_f64_vec(&signed_vec(n, 23, 1.0));
     let acc0: Vec<f32> = from_f64_vec(&signed_vec(n, 24, 1.0));
     let mut plan = StatsPlan::new();
-    let sq = plan.sq_diff_mean("sq", DType::F32, n).unwrap();
+    let sq = plan.sq_diff_mean("sq", DType::F32, 1, n).unwrap();
     let dots = plan.seg_dots("dots", DType::F32, &segs).unwrap();
     let sums = plan.seg_sums("sums", DType::BF16, &segs, true).unwrap();
     let cos = plan.row_cos_mean("cos", DType::F32, 1, n).unwrap();
@@ -295,10 +312,10 @@ fn results_do_not_depend_on_alignment() {
         let mut dacc = up32(&acc0, oy);
         let r = gpu
             .run(&mut [
-                sq.bind(dx.slice(ox..), dy.slice(oy..)),
-                dots.bind(dx.slice(ox..), dy.slice(oy..)),
+                sq.bind((dx.slice(ox..), dy.slice(oy..))),
+                dots.bind((dx.slice(ox..), dy.slice(oy..))),
                 sums.bind_acc(dh.slice(ox..), dacc.slice_mut(oy..)),
-                cos.bind(dx.slice(ox..), dy.slice(oy..)),
+                cos.bind((dx.slice(ox..), dy.slice(oy..))),
             ])
             .unwrap();
         let bits: Vec<u64> = r.as_slice().iter().map(|v| v.to_bits()).collect();
@@ -319,6 +336,248 @@ fn results_do_not_depend_on_alignment() {
             r.1 == runs[0].1,
             "offsets {:?}: other accumulator bits",
             r.2
+        );
+    }
+}
+
+// ---- any batch size up to the declared one (issue #26) -----------------------------------
+
+const MAX_ROWS: usize = 37;
+const WIDE_ROWS: usize = 3;
+const FEAT: usize = 1000; // 37 000 elements: 3 chunks, cut inside one by a short batch
+const DIM: usize = 512; // 32 rows per cosine task
+const CLASSES: usize = 10;
+const WIDE: usize = STATS_CHUNK + 17; // a row longer than a chunk: row pieces
+
+struct RowPlan {
+    plan: StatsPlan,
+    sq: redreg::stats::SqDiffMean,
+    cos: redreg::stats::RowCosMean,
+    prob: redreg::stats::TrueProbMean,
+    wcos: redreg::stats::RowCosMean,
+    wprob: redreg::stats::TrueProbMean,
+    sums: redreg::stats::SegSums,
+}
+
+/// Every row statistic, declared for `rows` narrow and `wide` wide rows (f16 and bf16 among
+/// them), and a per-segment statistic with an accumulator.
+fn row_plan(rows: usize, wide: usize, segs: &Segments) -> RowPlan {
+    let mut plan = StatsPlan::new();
+    RowPlan {
+        sq: plan.sq_diff_mean("z1-z2", DType::F16, rows, FEAT).unwrap(),
+        cos: plan.row_cos_mean("pos_sim", DType::F32, rows, DIM).unwrap(),
+        prob: plan.true_prob_mean("p", DType::F32, rows, CLASSES).unwrap(),
+        wcos: plan
+            .row_cos_mean("wide cos", DType::BF16, wide, WIDE)
+            .unwrap(),
+        wprob: plan
+            .true_prob_mean("wide p", DType::F32, wide, WIDE)
+            .unwrap(),
+        sums: plan.seg_sums("g", DType::F32, segs, true).unwrap(),
+        plan,
+    }
+}
+
+/// The step's buffers at the declared maxima (runs take prefixes): f16, f32, bf16 and
+/// label buffers, on the host (`Vec`) or the device (`CudaSlice`).
+struct Batch<H, F, B, I> {
+    z: [H; 2],
+    a: [F; 2],
+    l: F,
+    y: I,
+    wa: [B; 2],
+    wl: F,
+    wy: I,
+    g: F,
+}
+type Host = Batch<Vec<f16>, Vec<f32>, Vec<bf16>, Vec<i64>>;
+type Dev = Batch<CudaSlice<f16>, CudaSlice<f32>, CudaSlice<bf16>, CudaSlice<i64>>;
+
+fn host_inputs<'a>(
+    p: &RowPlan,
+    h: &'a Host,
+    n: usize,
+    w: usize,
+    acc: &'a mut [f32],
+) -> Vec<redreg::stats::Input<'a>> {
+    vec![
+        p.sq.bind((&h.z[0][..n * FEAT], &h.z[1][..n * FEAT])),
+        p.cos.bind((&h.a[0][..n * DIM], &h.a[1][..n * DIM])),
+        p.prob.bind((&h.l[..n * CLASSES], &h.y[..n])),
+        p.wcos.bind((&h.wa[0][..w * WIDE], &h.wa[1][..w * WIDE])),
+        p.wprob.bind((&h.wl[..w * WIDE], &h.wy[..w])),
+        p.sums.bind_acc(&h.g[..], acc),
+    ]
+}
+
+fn dev_inputs<'a>(
+    p: &RowPlan,
+    d: &'a Dev,
+    n: usize,
+    w: usize,
+    acc: &'a mut CudaSlice<f32>,
+) -> Vec<redreg::stats::Input<'a, redreg::cuda::Device>> {
+    vec![
+        p.sq.bind((d.z[0].slice(..n * FEAT), d.z[1].slice(..n * FEAT))),
+        p.cos
+            .bind((d.a[0].slice(..n * DIM), d.a[1].slice(..n * DIM))),
+        p.prob.bind((d.l.slice(..n * CLASSES), d.y.slice(..n))),
+        p.wcos
+            .bind((d.wa[0].slice(..w * WIDE), d.wa[1].slice(..w * WIDE))),
+        p.wprob.bind((d.wl.slice(..w * WIDE), d.wy.slice(..w))),
+        p.sums.bind_acc(&d.g, acc.as_view_mut()),
+    ]
+}
+
+/// Short batches on the device (1 row up to the declared 37; wide rows 1 to 3): every value
+/// matches the CPU executor's run on the same rows (within the f64 summation-order
+/// tolerance of docs/numerics.md), equals bit for bit the device run of a plan declared
+/// with exactly those rows, and differs from the full batch's; the per-segment statistic
+/// and its accumulator are unaffected. On the emulated driver, a run of any size is one
+/// launch, one host-to-device and one device-to-host copy, and a rejected one is none.
+#[test]
+fn short_batches_match_the_cpu_in_one_launch() {
+    let _s = serial();
+    let Some(be) = gpu::backend("short_batches_match_the_cpu_in_one_launch") else {
+        return;
+    };
+    let s = be.stream();
+    let counters = Counters::open().ok(); // the emulated driver only
+    let segs = Segments::from_lengths(&[700, 0, STATS_CHUNK + 5]).unwrap();
+    let v = |n, seed, scale| signed_vec(n, seed, scale);
+    let h = Host {
+        z: [
+            from_f64_vec(&v(MAX_ROWS * FEAT, 31, 1.0)),
+            from_f64_vec(&v(MAX_ROWS * FEAT, 32, 1.0)),
+        ],
+        a: [
+            from_f64_vec(&v(MAX_ROWS * DIM, 33, 1.0)),
+            from_f64_vec(&v(MAX_ROWS * DIM, 34, 1.0)),
+        ],
+        l: from_f64_vec(&v(MAX_ROWS * CLASSES, 35, 4.0)),
+        y: (0..MAX_ROWS as i64)
+            .map(|i| (i * 7) % CLASSES as i64)
+            .collect(),
+        wa: [
+            from_f64_vec(&v(WIDE_ROWS * WIDE, 36, 1.0)),
+            from_f64_vec(&v(WIDE_ROWS * WIDE, 37, 1.0)),
+        ],
+        wl: from_f64_vec(&v(WIDE_ROWS * WIDE, 38, 20.0)),
+        wy: vec![3, WIDE as i64 - 1, 0],
+        g: from_f64_vec(&v(segs.total(), 39, 1.0)),
+    };
+    let d = Dev {
+        z: [
+            s.clone_htod(&h.z[0]).unwrap(),
+            s.clone_htod(&h.z[1]).unwrap(),
+        ],
+        a: [
+            s.clone_htod(&h.a[0]).unwrap(),
+            s.clone_htod(&h.a[1]).unwrap(),
+        ],
+        l: s.clone_htod(&h.l).unwrap(),
+        y: s.clone_htod(&h.y).unwrap(),
+        wa: [
+            s.clone_htod(&h.wa[0]).unwrap(),
+            s.clone_htod(&h.wa[1]).unwrap(),
+        ],
+        wl: s.clone_htod(&h.wl).unwrap(),
+        wy: s.clone_htod(&h.wy).unwrap(),
+        g: s.clone_htod(&h.g).unwrap(),
+    };
+    let max = row_plan(MAX_ROWS, WIDE_ROWS, &segs);
+    let mut cpu = CpuStats::new(&max.plan).unwrap();
+    let mut gpu = CudaStats::new(be, &max.plan).unwrap();
+    let (mut acc_h, mut acc_d) = (
+        vec![0.5f32; segs.total()],
+        s.alloc_zeros::<f32>(segs.total()).unwrap(),
+    );
+    s.memcpy_htod(&acc_h, &mut acc_d).unwrap();
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let mut full: Option<redreg::stats::StatsResults> = None;
+    for n in [MAX_ROWS, 33, 32, 31, 2, 1] {
+        let w = n.min(WIDE_ROWS);
+        let want = cpu
+            .run(&mut host_inputs(&max, &h, n, w, &mut acc_h))
+            .unwrap()
+            .as_slice()
+            .to_vec();
+        let c0 = counters.as_ref().map(|c| c.now());
+        let got = gpu
+            .run(&mut dev_inputs(&max, &d, n, w, &mut acc_d))
+            .unwrap()
+            .as_slice()
+            .to_vec();
+        if let (Some(c), Some(c0)) = (&counters, c0) {
+            let dc = c.now() - c0;
+            assert_eq!(
+                (dc.launches, dc.htod, dc.dtoh, dc.dtod),
+                (1, 1, 1, 0),
+                "{n} rows: launches and copies"
+            );
+        }
+        for (i, (g, c)) in got.iter().zip(&want).enumerate() {
+            if g.to_bits() != c.to_bits() {
+                same(&format!("{n} rows, value {i}"), *g, *c);
+            }
+        }
+        // Bit for bit the device run of a plan declared with exactly n (w) rows.
+        let exact = row_plan(n, w, &segs);
+        let mut acc_e = s.clone_htod(&vec![0.5f32; segs.total()]).unwrap();
+        let e = CudaStats::new(be, &exact.plan)
+            .unwrap()
+            .run(&mut dev_inputs(&exact, &d, n, w, &mut acc_e))
+            .unwrap()
+            .as_slice()
+            .to_vec();
+        assert_eq!(
+            bits(&got),
+            bits(&e),
+            "{n} rows: vs a plan declared with {n} rows"
+        );
+        // A short batch is not the full batch (the comparisons above can fail); the
+        // per-segment statistic of the same run is.
+        let r = gpu.results();
+        let means = |r: &redreg::stats::StatsResults| {
+            [r.get(max.sq), r.get(max.cos), r.get(max.prob)].map(|m| m.unwrap())
+        };
+        match &full {
+            None => full = Some(r.clone()),
+            Some(f) => {
+                let (m, mf) = (means(r), means(f));
+                assert!(
+                    (0..3).all(|i| m[i] != mf[i]),
+                    "{n} rows: {m:?} vs the full {mf:?}"
+                );
+                assert_eq!(r.get(max.sums).unwrap().sum, f.get(max.sums).unwrap().sum);
+            }
+        }
+    }
+    let acc_back = s.clone_dtoh(&acc_d).unwrap();
+    assert_eq!(
+        first_difference_nan_any(&acc_back, &acc_h),
+        None,
+        "accumulators after 6 runs"
+    );
+    // More rows than declared: Err before anything runs.
+    let big = s.alloc_zeros::<f16>((MAX_ROWS + 1) * FEAT).unwrap();
+    let c0 = counters.as_ref().map(|c| c.now());
+    let mut inputs = dev_inputs(&max, &d, 5, 1, &mut acc_d);
+    inputs[0] = max.sq.bind((&big, &big));
+    let e = gpu.run(&mut inputs).unwrap_err().to_string();
+    assert!(
+        e.contains("38 rows of 1000, more than the 37 rows declared"),
+        "{e}"
+    );
+    let mut inputs = dev_inputs(&max, &d, 5, 1, &mut acc_d);
+    inputs[2] = max.prob.bind((d.l.slice(..4 * CLASSES), d.y.slice(..5)));
+    let e = gpu.run(&mut inputs).unwrap_err().to_string();
+    assert!(e.contains("`labels` has 5 elements, expected 4"), "{e}");
+    if let (Some(c), Some(c0)) = (&counters, c0) {
+        assert_eq!(
+            c.now() - c0,
+            Default::default(),
+            "a rejected run launched or copied"
         );
     }
 }

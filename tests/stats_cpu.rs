@@ -1,7 +1,9 @@
 //! CPU statistics plan (issue 4) against plain f64 computations written here, independent
 //! of the crate's code.
 
-use redreg::stats::{reference, Buf, CpuStats, StatsPlan, REDUNDANCY_EPS, STATS_CHUNK};
+use redreg::stats::{
+    reference, Buf, CpuStats, StatHandle, Stats, StatsPlan, REDUNDANCY_EPS, STATS_CHUNK,
+};
 use redreg::testing::Rng;
 use redreg::testing::{from_f64_vec, to_f64_vec};
 use redreg::{bf16, f16, DType, Element, Error, Segments};
@@ -168,9 +170,9 @@ fn sq_diff_case<T: Element>(len: usize, rng: &mut Rng) {
     let (x, xw) = data::<T>(rng, len, 1.0);
     let (y, yw) = data::<T>(rng, len, 1.0);
     let mut plan = StatsPlan::new();
-    let h = plan.sq_diff_mean("d", T::DTYPE, len).unwrap();
+    let h = plan.sq_diff_mean("d", T::DTYPE, 1, len).unwrap();
     let mut ex = CpuStats::new(&plan).unwrap();
-    let got = run1(&mut ex, &mut [h.bind(buf(&x), buf(&y))])
+    let got = run1(&mut ex, &mut [h.bind((buf(&x), buf(&y)))])
         .get(h)
         .unwrap();
     let want = o_sqd(&xw, &yw);
@@ -215,7 +217,7 @@ fn cos_case<T: Element>(rows: usize, dim: usize, rng: &mut Rng) {
     let mut plan = StatsPlan::new();
     let h = plan.row_cos_mean("c", T::DTYPE, rows, dim).unwrap();
     let mut ex = CpuStats::new(&plan).unwrap();
-    let got = run1(&mut ex, &mut [h.bind(buf(&a), buf(&b))])
+    let got = run1(&mut ex, &mut [h.bind((buf(&a), buf(&b)))])
         .get(h)
         .unwrap();
     let want = o_cos(&aw, &bw, rows, dim);
@@ -239,7 +241,7 @@ fn prob_case<T: Element>(rows: usize, c: usize, scale: f64, rng: &mut Rng) {
     let mut plan = StatsPlan::new();
     let h = plan.true_prob_mean("p", T::DTYPE, rows, c).unwrap();
     let mut ex = CpuStats::new(&plan).unwrap();
-    let got = run1(&mut ex, &mut [h.bind(buf(&l), &labels)])
+    let got = run1(&mut ex, &mut [h.bind((buf(&l), &labels))])
         .get(h)
         .unwrap();
     let want = o_prob(&lw, &labels, rows, c);
@@ -290,7 +292,7 @@ fn seg_case<T: Element>(segs: &Segments, rng: &mut Rng) {
         &mut ex,
         &mut [
             hs.bind_acc(buf(&x), &mut acc),
-            hd.bind(buf(&x), buf(&y)),
+            hd.bind((buf(&x), buf(&y))),
             hn.bind(buf(&x)),
         ],
     );
@@ -340,7 +342,7 @@ fn large_inputs_match_f64() {
     let mut acc = vec![0.5f32; n];
 
     let mut plan = StatsPlan::new();
-    let hq = plan.sq_diff_mean("q", DType::F32, n).unwrap();
+    let hq = plan.sq_diff_mean("q", DType::F32, 1, n).unwrap();
     let hc = plan.row_cos_mean("c", DType::F32, rows, c).unwrap();
     let hp = plan.true_prob_mean("p", DType::F32, rows, c).unwrap();
     let hs = plan.seg_sums("s", DType::F32, &segs, true).unwrap();
@@ -349,11 +351,11 @@ fn large_inputs_match_f64() {
     let r = run1(
         &mut ex,
         &mut [
-            hq.bind(&x, &y),
-            hc.bind(&x[..rows * c], &y[..rows * c]),
-            hp.bind(&y[..rows * c], &labels),
+            hq.bind((&x, &y)),
+            hc.bind((&x[..rows * c], &y[..rows * c])),
+            hp.bind((&y[..rows * c], &labels)),
             hs.bind_acc(&x, &mut acc),
-            hd.bind(&x, &y),
+            hd.bind((&x, &y)),
         ],
     );
     let want = o_sqd(&xw, &yw);
@@ -428,8 +430,8 @@ fn mixed_plan_reuse_and_reference_agree() {
     let _g = shared();
     let segs = mixed_segs();
     let mut plan = StatsPlan::new();
-    let num = plan.sq_diff_mean("z_a", DType::F16, 4 * B * D).unwrap();
-    let den = plan.sq_diff_mean("x_a", DType::F32, 3000).unwrap();
+    let num = plan.sq_diff_mean("z_a", DType::F16, 1, 4 * B * D).unwrap();
+    let den = plan.sq_diff_mean("x_a", DType::F32, 1, 3000).unwrap();
     let sim = plan.row_cos_mean("pos_sim", DType::BF16, B, D).unwrap();
     let p = plan.true_prob_mean("p_a", DType::F32, B, C).unwrap();
     let sums = plan.seg_sums("grad_a", DType::BF16, &segs, true).unwrap();
@@ -443,24 +445,24 @@ fn mixed_plan_reuse_and_reference_agree() {
         let r = ex
             .run(&mut [
                 // any order
-                dots.bind(&m.d, &m.g),
-                num.bind(&m.z1, &m.z2),
+                dots.bind((&m.d, &m.g)),
+                num.bind((&m.z1, &m.z2)),
                 sums.bind_acc(&m.g, &mut m.acc),
-                sim.bind(&m.fa, &m.fv),
-                den.bind(&m.x1, &m.x2),
-                p.bind(&m.logits, &m.labels),
+                sim.bind((&m.fa, &m.fv)),
+                den.bind((&m.x1, &m.x2)),
+                p.bind((&m.logits, &m.labels)),
             ])
             .unwrap();
         // the crate's oracle on the same plan
         reference::run(
             &plan,
             &mut [
-                num.bind(&m.z1, &m.z2),
-                den.bind(&m.x1, &m.x2),
-                sim.bind(&m.fa, &m.fv),
-                p.bind(&m.logits, &m.labels),
+                num.bind((&m.z1, &m.z2)),
+                den.bind((&m.x1, &m.x2)),
+                sim.bind((&m.fa, &m.fv)),
+                p.bind((&m.logits, &m.labels)),
                 sums.bind_acc(&m.g, &mut acc_ref),
-                dots.bind(&m.d, &m.g),
+                dots.bind((&m.d, &m.g)),
             ],
             &mut oracle,
         )
@@ -517,7 +519,7 @@ fn plan_reuse_allocates_nothing() {
     let _g = EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner());
     let segs = mixed_segs();
     let mut plan = StatsPlan::new();
-    let num = plan.sq_diff_mean("z", DType::F16, 4 * B * D).unwrap();
+    let num = plan.sq_diff_mean("z", DType::F16, 1, 4 * B * D).unwrap();
     let sim = plan.row_cos_mean("sim", DType::BF16, B, D).unwrap();
     let p = plan.true_prob_mean("p", DType::F32, B, C).unwrap();
     let sums = plan.seg_sums("g", DType::BF16, &segs, true).unwrap();
@@ -540,11 +542,11 @@ fn plan_reuse_allocates_nothing() {
             TRACK.store(step >= 2, Ordering::SeqCst); // two warm-up runs
             let before = ALLOCS.load(Ordering::SeqCst);
             ex.run(&mut [
-                num.bind(&m.z1, &m.z2),
-                sim.bind(&m.fa, &m.fv),
-                p.bind(&m.logits, &m.labels),
+                num.bind((&m.z1, &m.z2)),
+                sim.bind((&m.fa, &m.fv)),
+                p.bind((&m.logits, &m.labels)),
                 sums.bind_acc(&m.g, &mut m.acc),
-                dots.bind(&m.d, &m.g),
+                dots.bind((&m.d, &m.g)),
             ])
             .unwrap();
             counted += ALLOCS.load(Ordering::SeqCst) - before;
@@ -567,7 +569,7 @@ fn label_out_of_range_is_an_error_after_the_run() {
         let g = [3.0f32, 4.0];
         let mut acc = [1.0f32, 1.0];
         let mut plan = StatsPlan::new();
-        let q = plan.sq_diff_mean("q", DType::F32, 2).unwrap();
+        let q = plan.sq_diff_mean("q", DType::F32, 1, 2).unwrap();
         let p = plan.true_prob_mean("p_v", DType::F32, rows, c).unwrap();
         let s = plan.seg_sums("s", DType::F32, &segs, true).unwrap();
         let mut ex = CpuStats::new(&plan).unwrap();
@@ -579,8 +581,8 @@ fn label_out_of_range_is_an_error_after_the_run() {
         ] {
             let e = ex
                 .run(&mut [
-                    q.bind(&g, &[0.0f32, 0.0]),
-                    p.bind(&logits, &labels),
+                    q.bind((&g, &[0.0f32, 0.0])),
+                    p.bind((&logits, &labels)),
                     s.bind_acc(&g, &mut acc),
                 ])
                 .unwrap_err();
@@ -618,8 +620,8 @@ fn label_out_of_range_is_an_error_after_the_run() {
         let labels = vec![0i64; rows];
         let r = ex
             .run(&mut [
-                q.bind(&g, &g),
-                p.bind(&logits, &labels),
+                q.bind((&g, &g)),
+                p.bind((&logits, &labels)),
                 s.bind_acc(&g, &mut acc),
             ])
             .unwrap();
@@ -629,7 +631,7 @@ fn label_out_of_range_is_an_error_after_the_run() {
     let mut plan = StatsPlan::new();
     let p = plan.true_prob_mean("p", DType::F32, 2, 0).unwrap();
     let mut ex = CpuStats::new(&plan).unwrap();
-    let e = ex.run(&mut [p.bind(&[] as &[f32], &[0, 0])]).unwrap_err();
+    let e = ex.run(&mut [p.bind((&[] as &[f32], &[0, 0]))]).unwrap_err();
     assert!(
         matches!(
             e,
@@ -671,7 +673,7 @@ fn extreme<T: Element>() {
     let one = plan.true_prob_mean("one", T::DTYPE, 18, 1).unwrap();
     let mut ex = CpuStats::new(&plan).unwrap();
     let r = ex
-        .run(&mut [p.bind(buf(&l), &labels), one.bind(buf(&l), &[0; 18])])
+        .run(&mut [p.bind((buf(&l), &labels)), one.bind((buf(&l), &[0; 18]))])
         .unwrap();
     let got = r.get(p).unwrap();
     assert!(got.is_finite(), "{}: {got}", T::DTYPE);
@@ -705,14 +707,17 @@ fn zero_rows_have_cosine_zero() {
     let h = plan.row_cos_mean("c", DType::F32, 4, 2).unwrap();
     let mut ex = CpuStats::new(&plan).unwrap();
     // rows: a zero -> 0; cos = 1; both zero -> 0; cos = -1
-    let got = ex.run(&mut [h.bind(&a, &b)]).unwrap().get(h).unwrap();
+    let got = ex.run(&mut [h.bind((&a, &b))]).unwrap().get(h).unwrap();
     close("zero rows", got, 0.0, 1.0);
     let b2 = [1.0f32, 2.0, 2.0, 0.0, 5.0, 5.0, 1.0, 1.0];
-    let got = ex.run(&mut [h.bind(&a, &b2)]).unwrap().get(h).unwrap();
+    let got = ex.run(&mut [h.bind((&a, &b2))]).unwrap().get(h).unwrap();
     close("zero rows", got, 0.5, 1.0);
     // all zero
     let z = [0.0f32; 8];
-    assert_eq!(ex.run(&mut [h.bind(&z, &z)]).unwrap().get(h).unwrap(), 0.0);
+    assert_eq!(
+        ex.run(&mut [h.bind((&z, &z))]).unwrap().get(h).unwrap(),
+        0.0
+    );
 }
 
 fn nan_isolation<T: Element>(bad: f64) {
@@ -731,8 +736,8 @@ fn nan_isolation<T: Element>(bad: f64) {
     l[31] = T::from_f64(bad); // row 3
     let mut acc = vec![0.0f32; n];
     let mut plan = StatsPlan::new();
-    let q_bad = plan.sq_diff_mean("q_bad", T::DTYPE, n).unwrap();
-    let q_ok = plan.sq_diff_mean("q_ok", T::DTYPE, n).unwrap();
+    let q_bad = plan.sq_diff_mean("q_bad", T::DTYPE, 1, n).unwrap();
+    let q_ok = plan.sq_diff_mean("q_ok", T::DTYPE, 1, n).unwrap();
     let c_bad = plan.row_cos_mean("c_bad", T::DTYPE, 4, 8).unwrap();
     let c_ok = plan.row_cos_mean("c_ok", T::DTYPE, 4, 8).unwrap();
     let p_bad = plan.true_prob_mean("p_bad", T::DTYPE, 4, 8).unwrap();
@@ -742,14 +747,14 @@ fn nan_isolation<T: Element>(bad: f64) {
     let mut ex = CpuStats::new(&plan).unwrap();
     let r = ex
         .run(&mut [
-            q_bad.bind(buf(&x), buf(&y)),
-            q_ok.bind(buf(&y), buf(&y)),
-            c_bad.bind(buf(&fa), buf(&fb)),
-            c_ok.bind(buf(&fb), buf(&fb)),
-            p_bad.bind(buf(&l), &labels),
-            p_ok.bind(buf(&l2), &labels),
+            q_bad.bind((buf(&x), buf(&y))),
+            q_ok.bind((buf(&y), buf(&y))),
+            c_bad.bind((buf(&fa), buf(&fb))),
+            c_ok.bind((buf(&fb), buf(&fb))),
+            p_bad.bind((buf(&l), &labels)),
+            p_ok.bind((buf(&l2), &labels)),
             s.bind_acc(buf(&x), &mut acc),
-            d.bind(buf(&y), buf(&x)),
+            d.bind((buf(&y), buf(&x))),
         ])
         .unwrap();
     let what = format!("{} with {bad}", T::DTYPE);
@@ -802,7 +807,7 @@ fn bitwise_identical_across_thread_counts_and_runs() {
     let labels = labels(&mut rng, 300, 1000);
     let (wide, _) = data::<bf16>(&mut rng, 2 * (2 * STATS_CHUNK + 5), 3.0);
     let mut plan = StatsPlan::new();
-    let hq = plan.sq_diff_mean("q", DType::F32, n).unwrap();
+    let hq = plan.sq_diff_mean("q", DType::F32, 1, n).unwrap();
     let hc = plan.row_cos_mean("c", DType::F16, 300, 1000).unwrap();
     let hcw = plan
         .row_cos_mean("cw", DType::BF16, 2, 2 * STATS_CHUNK + 5)
@@ -824,13 +829,13 @@ fn bitwise_identical_across_thread_counts_and_runs() {
             let mut ex = CpuStats::new(&plan).unwrap();
             let r = ex
                 .run(&mut [
-                    hq.bind(&x, &y),
-                    hc.bind(&h, &h2),
-                    hcw.bind(&wide, &wide[..]),
-                    hp.bind(&h, &labels),
-                    hpw.bind(&wide, &[1, 2 * STATS_CHUNK as i64 + 4]),
+                    hq.bind((&x, &y)),
+                    hc.bind((&h, &h2)),
+                    hcw.bind((&wide, &wide[..])),
+                    hp.bind((&h, &labels)),
+                    hpw.bind((&wide, &[1, 2 * STATS_CHUNK as i64 + 4])),
                     hs.bind_acc(&x, &mut acc),
-                    hd.bind(&x, &y),
+                    hd.bind((&x, &y)),
                 ])
                 .unwrap();
             r.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
@@ -853,7 +858,7 @@ fn validation_errors_name_the_numbers() {
     let _g = shared();
     let segs = Segments::from_lengths(&[2, 3]).unwrap();
     let mut plan = StatsPlan::new();
-    let q = plan.sq_diff_mean("z_a", DType::F16, 4).unwrap();
+    let q = plan.sq_diff_mean("z_a", DType::F16, 1, 4).unwrap();
     let p = plan.true_prob_mean("p_a", DType::F32, 2, 3).unwrap();
     let s = plan.seg_sums("g", DType::F32, &segs, true).unwrap();
     let s2 = plan.seg_sums("g2", DType::F32, &segs, false).unwrap();
@@ -873,13 +878,13 @@ fn validation_errors_name_the_numbers() {
         }
     };
     expect(
-        ex.run(&mut [q.bind(&h4, &h4)]).unwrap_err(),
+        ex.run(&mut [q.bind((&h4, &h4))]).unwrap_err(),
         &["expected 4", "got 1"],
     );
     expect(
         ex.run(&mut [
-            q.bind(&h4, &h3),
-            p.bind(&f6, &lab),
+            q.bind((&h4, &h3)),
+            p.bind((&f6, &lab)),
             s.bind_acc(&f5, &mut acc5),
             s2.bind(&f5),
         ])
@@ -888,8 +893,8 @@ fn validation_errors_name_the_numbers() {
     );
     expect(
         ex.run(&mut [
-            q.bind(&f4, &f4),
-            p.bind(&f6, &lab),
+            q.bind((&f4, &f4)),
+            p.bind((&f6, &lab)),
             s.bind_acc(&f5, &mut acc5),
             s2.bind(&f5),
         ])
@@ -898,8 +903,8 @@ fn validation_errors_name_the_numbers() {
     );
     expect(
         ex.run(&mut [
-            q.bind(&h4, &h4),
-            p.bind(&f6, &lab[..1]),
+            q.bind((&h4, &h4)),
+            p.bind((&f6, &lab[..1])),
             s.bind_acc(&f5, &mut acc5),
             s2.bind(&f5),
         ])
@@ -908,18 +913,22 @@ fn validation_errors_name_the_numbers() {
     );
     expect(
         ex.run(&mut [
-            q.bind(&h4, &h4),
-            p.bind(&f5, &lab),
+            q.bind((&h4, &h4)),
+            p.bind((&f5, &lab)),
             s.bind_acc(&f5, &mut acc5),
             s2.bind(&f5),
         ])
         .unwrap_err(),
-        &["p_a", "2x3", "`logits` has 5 elements, expected 6"],
+        &[
+            "p_a",
+            "2x3",
+            "`logits` has 5 elements, not a whole number of rows of 3",
+        ],
     );
     expect(
         ex.run(&mut [
-            q.bind(&h4, &h4),
-            p.bind(&f6, &lab),
+            q.bind((&h4, &h4)),
+            p.bind((&f6, &lab)),
             s.bind_acc(&f5, &mut acc4),
             s2.bind(&f5),
         ])
@@ -928,8 +937,8 @@ fn validation_errors_name_the_numbers() {
     );
     expect(
         ex.run(&mut [
-            q.bind(&h4, &h4),
-            p.bind(&f6, &lab),
+            q.bind((&h4, &h4)),
+            p.bind((&f6, &lab)),
             s.bind(&f5),
             s2.bind(&f5),
         ])
@@ -938,8 +947,8 @@ fn validation_errors_name_the_numbers() {
     );
     expect(
         ex.run(&mut [
-            q.bind(&h4, &h4),
-            p.bind(&f6, &lab),
+            q.bind((&h4, &h4)),
+            p.bind((&f6, &lab)),
             s.bind_acc(&f5, &mut acc5),
             s2.bind_acc(&f5, &mut acc4),
         ])
@@ -948,9 +957,9 @@ fn validation_errors_name_the_numbers() {
     );
     expect(
         ex.run(&mut [
-            q.bind(&h4, &h4),
-            p.bind(&f6, &lab),
-            q.bind(&h4, &h4),
+            q.bind((&h4, &h4)),
+            p.bind((&f6, &lab)),
+            q.bind((&h4, &h4)),
             s2.bind(&f5),
         ])
         .unwrap_err(),
@@ -958,11 +967,11 @@ fn validation_errors_name_the_numbers() {
     );
     // a handle of another plan
     let mut other = StatsPlan::new();
-    let oq = other.sq_diff_mean("o", DType::F16, 4).unwrap();
+    let oq = other.sq_diff_mean("o", DType::F16, 1, 4).unwrap();
     expect(
         ex.run(&mut [
-            oq.bind(&h4, &h4),
-            p.bind(&f6, &lab),
+            oq.bind((&h4, &h4)),
+            p.bind((&f6, &lab)),
             s.bind_acc(&f5, &mut acc5),
             s2.bind(&f5),
         ])
@@ -971,11 +980,11 @@ fn validation_errors_name_the_numbers() {
     );
     assert!(ex.results().get(oq).is_err());
     // a statistic declared after the executor was built
-    let late = plan.sq_diff_mean("late", DType::F16, 4).unwrap();
+    let late = plan.sq_diff_mean("late", DType::F16, 1, 4).unwrap();
     expect(
         ex.run(&mut [
-            late.bind(&h4, &h4),
-            p.bind(&f6, &lab),
+            late.bind((&h4, &h4)),
+            p.bind((&f6, &lab)),
             s.bind_acc(&f5, &mut acc5),
             s2.bind(&f5),
         ])
@@ -993,7 +1002,7 @@ fn validation_errors_name_the_numbers() {
         .is_err());
     // the crate's oracle validates the same way
     let mut out = plan.new_results();
-    assert!(reference::run(&plan, &mut [q.bind(&h4, &h4)], &mut out).is_err());
+    assert!(reference::run(&plan, &mut [q.bind((&h4, &h4))], &mut out).is_err());
 }
 
 #[test]
@@ -1039,4 +1048,363 @@ fn crate_reference_matches_independent_oracle() {
             ..
         })
     ));
+}
+
+// ---- any batch size up to the declared one (issue #26) -----------------------------------
+
+/// Declared maxima of the short-batch plan: narrow rows (several rows per task; the
+/// squared difference spans chunks, a cut falls inside a chunk) and wide rows (a row longer
+/// than a chunk: row pieces).
+const MAX_ROWS: usize = 37;
+const WIDE_ROWS: usize = 3;
+const FEAT: usize = 1000; // per row of the squared difference: 37 000 elements, 3 chunks
+const DIM: usize = 512; // 32 rows per cosine task
+const CLASSES: usize = 10;
+const WIDE: usize = STATS_CHUNK + 17;
+
+/// One step's buffers at the declared maxima (runs take prefixes of them).
+struct Batch<T> {
+    z: [(Vec<T>, Vec<f64>); 2],
+    a: [(Vec<T>, Vec<f64>); 2],
+    l: (Vec<T>, Vec<f64>),
+    y: Vec<i64>,
+    wa: [(Vec<T>, Vec<f64>); 2],
+    wl: (Vec<T>, Vec<f64>),
+    wy: Vec<i64>,
+    g: Vec<T>,
+}
+
+fn batch<T: Element>(rng: &mut Rng, segs: &Segments) -> Batch<T> {
+    let mut two = |n, s| [data::<T>(rng, n, s), data::<T>(rng, n, s)];
+    let (z, a, wa) = (
+        two(MAX_ROWS * FEAT, 1.0),
+        two(MAX_ROWS * DIM, 1.0),
+        two(WIDE_ROWS * WIDE, 1.0),
+    );
+    Batch {
+        z,
+        a,
+        wa,
+        l: data::<T>(rng, MAX_ROWS * CLASSES, 4.0),
+        y: labels(rng, MAX_ROWS, CLASSES),
+        wl: data::<T>(rng, WIDE_ROWS * WIDE, 20.0),
+        wy: labels(rng, WIDE_ROWS, WIDE),
+        g: data::<T>(rng, segs.total(), 1.0).0,
+    }
+}
+
+/// The plan of every row statistic (declared for `rows` narrow and `wide` wide rows) plus a
+/// per-segment statistic, and its handles.
+struct RowPlan {
+    plan: StatsPlan,
+    sq: redreg::stats::SqDiffMean,
+    cos: redreg::stats::RowCosMean,
+    prob: redreg::stats::TrueProbMean,
+    wcos: redreg::stats::RowCosMean,
+    wprob: redreg::stats::TrueProbMean,
+    sums: redreg::stats::SegSums,
+}
+
+fn row_plan(dt: DType, rows: usize, wide: usize, segs: &Segments) -> RowPlan {
+    let mut plan = StatsPlan::new();
+    let sq = plan.sq_diff_mean("z1-z2", dt, rows, FEAT).unwrap();
+    let cos = plan.row_cos_mean("pos_sim", dt, rows, DIM).unwrap();
+    let prob = plan.true_prob_mean("p", dt, rows, CLASSES).unwrap();
+    let wcos = plan.row_cos_mean("wide cos", dt, wide, WIDE).unwrap();
+    let wprob = plan.true_prob_mean("wide p", dt, wide, WIDE).unwrap();
+    let sums = plan.seg_sums("g", dt, segs, true).unwrap();
+    RowPlan {
+        plan,
+        sq,
+        cos,
+        prob,
+        wcos,
+        wprob,
+        sums,
+    }
+}
+
+/// The inputs of `p` for the first `n` narrow and `w` wide rows of `b`.
+fn row_inputs<'a, T: Element>(
+    p: &RowPlan,
+    b: &'a Batch<T>,
+    n: usize,
+    w: usize,
+    acc: &'a mut [f32],
+) -> Vec<redreg::stats::Input<'a>> {
+    vec![
+        p.sq.bind((buf(&b.z[0].0[..n * FEAT]), buf(&b.z[1].0[..n * FEAT]))),
+        p.cos
+            .bind((buf(&b.a[0].0[..n * DIM]), buf(&b.a[1].0[..n * DIM]))),
+        p.prob.bind((buf(&b.l.0[..n * CLASSES]), &b.y[..n])),
+        p.wcos
+            .bind((buf(&b.wa[0].0[..w * WIDE]), buf(&b.wa[1].0[..w * WIDE]))),
+        p.wprob.bind((buf(&b.wl.0[..w * WIDE]), &b.wy[..w])),
+        p.sums.bind_acc(buf(&b.g), acc),
+    ]
+}
+
+fn short_batches<T: Element>(seed: u64) {
+    let mut rng = Rng::new(seed);
+    let segs = Segments::from_lengths(&[700, 0, STATS_CHUNK + 5]).unwrap();
+    let b = batch::<T>(&mut rng, &segs);
+    let max = row_plan(T::DTYPE, MAX_ROWS, WIDE_ROWS, &segs);
+    let mut exec = CpuStats::new(&max.plan).unwrap();
+    let mut acc = vec![0.0f32; segs.total()];
+    let full = exec
+        .run(&mut row_inputs(&max, &b, MAX_ROWS, WIDE_ROWS, &mut acc))
+        .unwrap()
+        .clone();
+    let full_sums = full.get(max.sums).unwrap().sum.to_vec();
+    // 32: a cosine task boundary; 31, 33: one row either side; 1: the smallest batch.
+    for n in [MAX_ROWS, 33, 32, 31, 2, 1] {
+        let w = n.min(WIDE_ROWS);
+        let what = format!("{} rows (wide {w})", n);
+        let r = exec.run(&mut row_inputs(&max, &b, n, w, &mut acc)).unwrap();
+        // The independent f64 formulas over the rows given.
+        let sq = o_sqd(&b.z[0].1[..n * FEAT], &b.z[1].1[..n * FEAT]);
+        close(&format!("{what}: sq"), r.get(max.sq).unwrap(), sq, sq);
+        let cos = o_cos(&b.a[0].1, &b.a[1].1, n, DIM);
+        close(&format!("{what}: cos"), r.get(max.cos).unwrap(), cos, 1.0);
+        let p = o_prob(&b.l.1, &b.y, n, CLASSES);
+        close(&format!("{what}: prob"), r.get(max.prob).unwrap(), p, 1.0);
+        let wcos = o_cos(&b.wa[0].1, &b.wa[1].1, w, WIDE);
+        close(
+            &format!("{what}: wide cos"),
+            r.get(max.wcos).unwrap(),
+            wcos,
+            1.0,
+        );
+        let wp = o_prob(&b.wl.1, &b.wy, w, WIDE);
+        close(
+            &format!("{what}: wide prob"),
+            r.get(max.wprob).unwrap(),
+            wp,
+            1.0,
+        );
+        // A short batch is not the full batch (the checks above can fail).
+        let means = |r: &redreg::stats::StatsResults| {
+            [r.get(max.sq), r.get(max.cos), r.get(max.prob)].map(|m| m.unwrap())
+        };
+        let (m, mf) = (means(r), means(&full));
+        assert!(
+            n == MAX_ROWS || (0..3).all(|i| m[i] != mf[i]),
+            "{what}: {m:?} vs {mf:?}"
+        );
+        // The per-segment statistic of the same run keeps its layout and values.
+        assert_eq!(r.get(max.sums).unwrap().sum, &full_sums[..], "{what}");
+        let short = r.as_slice().to_vec();
+
+        // Bit for bit the run of a plan declared with exactly these rows.
+        let exact = row_plan(T::DTYPE, n, w, &segs);
+        let mut acc2 = vec![0.0f32; segs.total()];
+        let e = CpuStats::new(&exact.plan)
+            .unwrap()
+            .run(&mut row_inputs(&exact, &b, n, w, &mut acc2))
+            .unwrap()
+            .as_slice()
+            .to_vec();
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&short),
+            bits(&e),
+            "{what}: vs a plan declared with {n} rows"
+        );
+
+        // The crate's oracle takes short batches the same way.
+        let mut out = max.plan.new_results();
+        let mut acc3 = vec![0.0f32; segs.total()];
+        reference::run(
+            &max.plan,
+            &mut row_inputs(&max, &b, n, w, &mut acc3),
+            &mut out,
+        )
+        .unwrap();
+        close(
+            &format!("{what}: oracle sq"),
+            out.get(max.sq).unwrap(),
+            sq,
+            sq,
+        );
+        close(
+            &format!("{what}: oracle cos"),
+            out.get(max.cos).unwrap(),
+            cos,
+            1.0,
+        );
+        close(
+            &format!("{what}: oracle p"),
+            out.get(max.prob).unwrap(),
+            p,
+            1.0,
+        );
+        close(
+            &format!("{what}: oracle wide p"),
+            out.get(max.wprob).unwrap(),
+            wp,
+            1.0,
+        );
+
+        // Sums and counts for an all-reduce count the rows of this run.
+        let red = r.to_sums(&max.plan).unwrap();
+        let v = red.as_slice();
+        assert_eq!((v[1], v[3], v[5]), ((n * FEAT) as f64, n as f64, n as f64));
+        assert_eq!((v[8], v[10]), (w as f64, w as f64));
+    }
+}
+
+#[test]
+fn any_batch_size_up_to_the_declared_one() {
+    let _g = shared();
+    short_batches::<f32>(0x5407);
+    short_batches::<bf16>(0x5408);
+}
+
+/// Two data-parallel ranks with batches of 20 and 17 rows (one declared maximum of 37):
+/// their summed sums and counts give the means of all 37 rows.
+#[test]
+fn uneven_batches_reduce_to_the_whole_batch() {
+    let _g = shared();
+    let mut rng = Rng::new(0x5409);
+    let segs = Segments::from_lengths(&[5]).unwrap();
+    let b = batch::<f32>(&mut rng, &segs);
+    let p = row_plan(DType::F32, MAX_ROWS, WIDE_ROWS, &segs);
+    let mut exec = CpuStats::new(&p.plan).unwrap();
+    let mut acc = vec![0.0f32; segs.total()];
+    let whole = exec
+        .run(&mut row_inputs(&p, &b, MAX_ROWS, WIDE_ROWS, &mut acc))
+        .unwrap()
+        .clone();
+    // Rank 0: rows 0..20 (wide 0..2); rank 1: rows 20..37 (wide 2..3).
+    let (n0, w0) = (20, 2);
+    let r0 = exec
+        .run(&mut row_inputs(&p, &b, n0, w0, &mut acc))
+        .unwrap()
+        .to_sums(&p.plan)
+        .unwrap();
+    let tail = |x: &(Vec<f32>, Vec<f64>), from: usize| (x.0[from..].to_vec(), x.1.clone());
+    let b1 = Batch {
+        z: [tail(&b.z[0], n0 * FEAT), tail(&b.z[1], n0 * FEAT)],
+        a: [tail(&b.a[0], n0 * DIM), tail(&b.a[1], n0 * DIM)],
+        l: tail(&b.l, n0 * CLASSES),
+        y: b.y[n0..].to_vec(),
+        wa: [tail(&b.wa[0], w0 * WIDE), tail(&b.wa[1], w0 * WIDE)],
+        wl: tail(&b.wl, w0 * WIDE),
+        wy: b.wy[w0..].to_vec(),
+        g: b.g.clone(),
+    };
+    let mut sum = exec
+        .run(&mut row_inputs(
+            &p,
+            &b1,
+            MAX_ROWS - n0,
+            WIDE_ROWS - w0,
+            &mut acc,
+        ))
+        .unwrap()
+        .to_sums(&p.plan)
+        .unwrap();
+    for (s, x) in sum.as_mut_slice().iter_mut().zip(r0.as_slice()) {
+        *s += x;
+    }
+    let m = sum.means().unwrap();
+    for (what, got, want) in [
+        ("sq", m.get(p.sq), whole.get(p.sq)),
+        ("cos", m.get(p.cos), whole.get(p.cos)),
+        ("prob", m.get(p.prob), whole.get(p.prob)),
+        ("wide cos", m.get(p.wcos), whole.get(p.wcos)),
+        ("wide prob", m.get(p.wprob), whole.get(p.wprob)),
+    ] {
+        let (got, want) = (got.unwrap(), want.unwrap());
+        close(what, got, want, want.abs().max(1.0));
+    }
+}
+
+/// More rows than declared, no rows, a length that is not a whole number of rows, buffers
+/// of different lengths, labels that do not match the logits' rows: each a clear `Err`
+/// before anything is read or written (the accumulator and the last results stay).
+#[test]
+fn short_batch_errors_name_the_numbers() {
+    let _g = shared();
+    let mut rng = Rng::new(0x540a);
+    let segs = Segments::from_lengths(&[9]).unwrap();
+    let b = batch::<f32>(&mut rng, &segs);
+    let p = row_plan(DType::F32, MAX_ROWS, WIDE_ROWS, &segs);
+    let mut exec = CpuStats::new(&p.plan).unwrap();
+    let mut acc = vec![1.0f32; segs.total()];
+    exec.run(&mut row_inputs(&p, &b, 5, 1, &mut acc)).unwrap();
+    let (before, acc_before) = (exec.results().as_slice().to_vec(), acc.clone());
+    let more_z: Vec<f32> = vec![0.0; (MAX_ROWS + 1) * FEAT];
+    let more_l: Vec<f32> = vec![0.0; (MAX_ROWS + 1) * CLASSES];
+    let more_y = vec![0i64; MAX_ROWS + 1];
+    macro_rules! check {
+        ($i:expr, $bad:expr, $parts:expr $(,)?) => {{
+            let mut inputs = row_inputs(&p, &b, 5, 1, &mut acc);
+            inputs[$i] = $bad;
+            let m = exec.run(&mut inputs).unwrap_err().to_string();
+            for part in $parts {
+                assert!(m.contains(part), "`{m}` lacks `{part}`");
+            }
+        }};
+    }
+    check!(
+        0,
+        p.sq.bind((buf(&more_z), buf(&more_z))),
+        &["z1-z2", "38 rows of 1000, more than the 37 rows declared"],
+    );
+    check!(
+        0,
+        p.sq.bind((
+            buf(&b.z[0].0[..5 * FEAT + 1]),
+            buf(&b.z[1].0[..5 * FEAT + 1])
+        )),
+        &[
+            "z1-z2",
+            "`x` has 5001 elements, not a whole number of rows of 1000"
+        ],
+    );
+    check!(
+        0,
+        p.sq.bind((buf(&b.z[0].0[..0]), buf(&b.z[1].0[..0]))),
+        &["z1-z2", "`x` is empty", "1 to 37 rows"]
+    );
+    check!(
+        0,
+        p.sq.bind((buf(&b.z[0].0[..5 * FEAT]), buf(&b.z[1].0[..4 * FEAT]))),
+        &["`y` has 4000 elements, expected 5000"],
+    );
+    check!(
+        1,
+        p.cos
+            .bind((buf(&b.a[0].0[..DIM + 1]), buf(&b.a[1].0[..DIM + 1]))),
+        &["pos_sim", "not a whole number of rows of 512"],
+    );
+    check!(
+        2,
+        p.prob.bind((buf(&more_l), &more_y)),
+        &["`p`", "38 rows of 10, more than the 37 rows declared"],
+    );
+    check!(
+        2,
+        p.prob.bind((buf(&b.l.0[..4 * CLASSES]), &b.y[..5])),
+        &["`p`", "`labels` has 5 elements, expected 4"],
+    );
+    check!(
+        4,
+        p.wprob.bind((buf(&b.wl.0[..0]), &b.wy[..0])),
+        &["wide p", "`logits` is empty"],
+    );
+    assert_eq!(acc, acc_before, "a rejected run wrote the accumulator");
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(exec.results().as_slice()),
+        bits(&before),
+        "a rejected run wrote results"
+    );
+    // The oracle refuses the same way.
+    let mut out = p.plan.new_results();
+    let mut acc2 = acc.clone();
+    let mut inputs = row_inputs(&p, &b, 5, 1, &mut acc2);
+    inputs[0] = p.sq.bind((buf(&more_z), buf(&more_z)));
+    assert!(reference::run(&p.plan, &mut inputs, &mut out).is_err());
 }

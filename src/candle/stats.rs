@@ -3,7 +3,10 @@
 //! trainer's tensors, read in place, on the device the tensors are on: [`CpuStats`] for CPU
 //! tensors, (feature `candle-cuda`) `CudaStats` for CUDA tensors (as cudarc views of
 //! candle's storage, on candle's stream), or [`DeviceStats`], chosen from a
-//! `candle_core::Device`.
+//! `candle_core::Device`. One generic path serves them all: the tensors are read as the
+//! buffers of the executor's memory family ([`TensorMemory`]) and bound by
+//! [`RedRegStats::run`]. Any batch of 1 to the declared B samples runs (the last, smaller
+//! batch of an epoch).
 //!
 //! ```ignore
 //! let shapes = [modality_shapes(&a)?, modality_shapes(&b)?];   // from a first batch
@@ -93,18 +96,26 @@ pub fn modality_shapes(m: &ModalityTensors<'_>) -> Result<ModalityShapes> {
 mod sealed {
     pub trait Sealed {}
     impl Sealed for crate::backend::Host {}
-    impl Sealed for crate::stats::CpuStats {}
-    impl Sealed for super::DeviceStats {}
     #[cfg(feature = "candle-cuda")]
     impl Sealed for crate::cuda::Device {}
-    #[cfg(feature = "candle-cuda")]
-    impl Sealed for crate::stats::CudaStats {}
 }
 
 /// The memory families whose buffers are read from candle tensors in place: [`Host`] (CPU
 /// tensors, [`cpu_view`]) and, with feature `candle-cuda`, `cuda::Device` (CUDA tensors,
-/// `cuda_view`). Sealed.
+/// `cuda_view`), each with the statistics executor that reads them ([`CpuStats`],
+/// `CudaStats`). Sealed: [`step_inputs`] is the interface.
 pub trait TensorMemory: Memory + Sized + sealed::Sealed {
+    /// The statistics executor of this memory.
+    type Stats: Stats<Memory = Self>;
+
+    /// True for device memory (CUDA tensors).
+    #[doc(hidden)]
+    const CUDA: bool;
+
+    /// `Err` unless `exec` can read `t` (on CUDA: a CUDA tensor on the executor's stream).
+    #[doc(hidden)]
+    fn check(exec: &Self::Stats, what: &'static str, t: &Tensor) -> Result<()>;
+
     /// The tensor's elements in place (`Err` for storage of another device, a
     /// non-contiguous tensor or an unsupported dtype).
     #[doc(hidden)]
@@ -120,6 +131,13 @@ pub trait TensorMemory: Memory + Sized + sealed::Sealed {
 }
 
 impl TensorMemory for Host {
+    type Stats = CpuStats;
+    const CUDA: bool = false;
+
+    fn check(_: &CpuStats, _: &'static str, _: &Tensor) -> Result<()> {
+        Ok(()) // tensor_view refuses any storage but the CPU's
+    }
+
     fn tensor_view(t: &Tensor) -> Result<TensorView<'_>> {
         cpu_view(t)
     }
@@ -144,6 +162,29 @@ impl TensorMemory for Host {
 
 #[cfg(feature = "candle-cuda")]
 impl TensorMemory for crate::cuda::Device {
+    type Stats = crate::stats::CudaStats;
+    const CUDA: bool = true;
+
+    fn check(exec: &crate::stats::CudaStats, what: &'static str, t: &Tensor) -> Result<()> {
+        let d = t.device().as_cuda_device().map_err(|_| {
+            invalid(
+                what,
+                format!(
+                    "a tensor on {:?} was given to the CUDA statistics executor",
+                    t.device().location()
+                ),
+            )
+        })?;
+        if d.cuda_stream().cu_stream() != exec.stream().cu_stream() {
+            return Err(invalid(
+                what,
+                "the tensor's device runs on another CUDA stream than this executor; \
+                 make its backend with redreg::candle::cuda_backend(&device)",
+            ));
+        }
+        Ok(())
+    }
+
     fn tensor_view(t: &Tensor) -> Result<TensorView<'_>> {
         super::cuda_view(t)
     }
@@ -209,26 +250,27 @@ pub fn labels_i64(labels: &Tensor) -> Result<Vec<i64>> {
     t.to_vec1::<i64>().map_err(candle_err("labels"))
 }
 
-/// One step on executor `exec` of memory `M`: the tensors read in place as `M`'s buffers
-/// (`check` first vets each tensor's device), bound by [`RedRegStats::run`].
-fn step_on<'m, S: Stats>(
+/// One step of the statistics on `exec` (the one path for every memory family): the
+/// tensors read in place as its memory's buffers (each vetted by [`TensorMemory::check`]),
+/// bound and run by [`RedRegStats::run`].
+fn step_on<'m, S>(
     exec: &mut S,
     handles: &RedRegStats,
     labels: &Tensor,
     mods: &[ModalityTensors<'m>],
-    check: impl Fn(&'static str, &Tensor) -> Result<()>,
 ) -> Result<StepInputs>
 where
-    S::Memory: TensorMemory,
+    S: Stats,
+    S::Memory: TensorMemory<Stats = S>,
 {
     handles.check_modalities(mods.len())?;
-    check("labels", labels)?;
+    S::Memory::check(exec, "labels", labels)?;
     let labels = labels_tensor(labels)?;
     let (storage, layout) = labels.storage_and_layout();
     let start = layout.start_offset();
     let labels = S::Memory::labels(&storage, start..start + labels.elem_count())?;
     let view = |what: &'static str, t: &'m Tensor| -> Result<TensorView<'m>> {
-        check(what, t)?;
+        S::Memory::check(exec, what, t)?;
         S::Memory::tensor_view(t)
     };
     let views = mods
@@ -260,11 +302,16 @@ where
     handles.run(exec, &labels, &bufs)
 }
 
-/// The executors that compute a step's statistics from candle tensors: [`CpuStats`] (CPU
-/// tensors), with feature `candle-cuda` `CudaStats` (CUDA tensors on its stream: make its
-/// backend with `redreg::candle::cuda_backend(&device)`), and [`DeviceStats`] (either,
-/// chosen from the device). Sealed: [`step_inputs`] is the interface.
-pub trait TensorStats: sealed::Sealed {
+mod exec_sealed {
+    pub trait Sealed {}
+}
+
+/// The executors [`step_inputs`] runs: every [`Stats`] executor of a [`TensorMemory`]
+/// ([`CpuStats`] for CPU tensors; with feature `candle-cuda`, `CudaStats` for CUDA tensors
+/// on its stream: make its backend with `redreg::candle::cuda_backend(&device)`), and
+/// [`DeviceStats`] (either, chosen from the device). Implemented once for all of them;
+/// sealed.
+pub trait TensorStats: exec_sealed::Sealed + std::fmt::Debug + Send {
     /// See [`step_inputs`].
     #[doc(hidden)]
     fn step(
@@ -273,76 +320,70 @@ pub trait TensorStats: sealed::Sealed {
         labels: &Tensor,
         mods: &[ModalityTensors<'_>],
     ) -> Result<StepInputs>;
+
+    /// [`Stats::plan`] (of the executor a [`DeviceStats`] holds).
+    #[doc(hidden)]
+    fn stats_plan(&self) -> &StatsPlan;
+
+    /// [`Stats::results`] (of the executor a [`DeviceStats`] holds).
+    #[doc(hidden)]
+    fn stats_results(&self) -> &StatsResults;
+
+    /// True for an executor of CUDA tensors.
+    #[doc(hidden)]
+    fn on_cuda(&self) -> bool;
 }
 
-impl TensorStats for CpuStats {
+impl<S> exec_sealed::Sealed for S
+where
+    S: Stats,
+    S::Memory: TensorMemory<Stats = S>,
+{
+}
+
+impl<S> TensorStats for S
+where
+    S: Stats + std::fmt::Debug + Send,
+    S::Memory: TensorMemory<Stats = S>,
+{
     fn step(
         &mut self,
         handles: &RedRegStats,
         labels: &Tensor,
         mods: &[ModalityTensors<'_>],
     ) -> Result<StepInputs> {
-        step_on(self, handles, labels, mods, |_, _| Ok(()))
+        step_on(self, handles, labels, mods)
     }
-}
 
-#[cfg(feature = "candle-cuda")]
-impl TensorStats for crate::stats::CudaStats {
-    /// As on the CPU, plus: every tensor must be a CUDA tensor on this executor's stream.
-    fn step(
-        &mut self,
-        handles: &RedRegStats,
-        labels: &Tensor,
-        mods: &[ModalityTensors<'_>],
-    ) -> Result<StepInputs> {
-        let mine = self.stream().cu_stream();
-        let check = |what: &'static str, t: &Tensor| -> Result<()> {
-            let d = t.device().as_cuda_device().map_err(|_| {
-                invalid(
-                    what,
-                    format!(
-                        "a tensor on {:?} was given to the CUDA statistics executor",
-                        t.device().location()
-                    ),
-                )
-            })?;
-            if d.cuda_stream().cu_stream() != mine {
-                return Err(invalid(
-                    what,
-                    "the tensor's device runs on another CUDA stream than this executor; \
-                     make its backend with redreg::candle::cuda_backend(&device)",
-                ));
-            }
-            Ok(())
-        };
-        step_on(self, handles, labels, mods, check)
+    fn stats_plan(&self) -> &StatsPlan {
+        self.plan()
+    }
+
+    fn stats_results(&self) -> &StatsResults {
+        self.results()
+    }
+
+    fn on_cuda(&self) -> bool {
+        S::Memory::CUDA
     }
 }
 
 /// The statistics executor for a candle device: [`CpuStats`] for `Device::Cpu`, with
-/// feature `candle-cuda` `CudaStats` on candle's stream for a CUDA device — the
-/// counterpart of [`DeviceBackend`] for the plan. Pass it to [`step_inputs`].
+/// feature `candle-cuda` `CudaStats` on candle's stream for a CUDA device — the executor
+/// of the device a [`DeviceBackend`] was made for. Pass it to [`step_inputs`]. Made once
+/// per plan and kept.
 #[derive(Debug)]
-// Made once per plan and kept (not moved per step): the size of the CUDA variant is moot,
-// and matching on the executor itself beats a Box.
-#[allow(clippy::large_enum_variant)]
-pub enum DeviceStats {
-    /// CPU tensors.
-    Cpu(CpuStats),
-    /// CUDA tensors, on the device's candle stream.
-    #[cfg(feature = "candle-cuda")]
-    Cuda(crate::stats::CudaStats),
-}
+pub struct DeviceStats(Box<dyn TensorStats>);
 
 impl DeviceStats {
     /// The executor of `plan` on `backend`'s device (on CUDA: on its stream, sharing its
     /// loaded kernels).
     pub fn new(backend: &DeviceBackend, plan: &StatsPlan) -> Result<Self> {
-        match backend {
-            DeviceBackend::Cpu(_) => Ok(Self::Cpu(CpuStats::new(plan)?)),
+        Ok(Self(match backend {
+            DeviceBackend::Cpu(_) => Box::new(CpuStats::new(plan)?),
             #[cfg(feature = "candle-cuda")]
-            DeviceBackend::Cuda(b) => Ok(Self::Cuda(crate::stats::CudaStats::new(b, plan)?)),
-        }
+            DeviceBackend::Cuda(b) => Box::new(crate::stats::CudaStats::new(b, plan)?),
+        }))
     }
 
     /// The executor of `plan` for tensors on `device` (`Err` for a device other than the
@@ -354,22 +395,22 @@ impl DeviceStats {
 
     /// The plan it runs.
     pub fn plan(&self) -> &StatsPlan {
-        match self {
-            Self::Cpu(e) => e.plan(),
-            #[cfg(feature = "candle-cuda")]
-            Self::Cuda(e) => e.plan(),
-        }
+        self.0.stats_plan()
     }
 
     /// The results of the last run (NaN before the first).
     pub fn results(&self) -> &StatsResults {
-        match self {
-            Self::Cpu(e) => e.results(),
-            #[cfg(feature = "candle-cuda")]
-            Self::Cuda(e) => e.results(),
-        }
+        self.0.stats_results()
+    }
+
+    /// True when it runs on CUDA tensors (`CudaStats`), false on CPU tensors
+    /// ([`CpuStats`]).
+    pub fn is_cuda(&self) -> bool {
+        self.0.on_cuda()
     }
 }
+
+impl exec_sealed::Sealed for DeviceStats {}
 
 impl TensorStats for DeviceStats {
     fn step(
@@ -378,11 +419,19 @@ impl TensorStats for DeviceStats {
         labels: &Tensor,
         mods: &[ModalityTensors<'_>],
     ) -> Result<StepInputs> {
-        match self {
-            Self::Cpu(e) => e.step(handles, labels, mods),
-            #[cfg(feature = "candle-cuda")]
-            Self::Cuda(e) => e.step(handles, labels, mods),
-        }
+        self.0.step(handles, labels, mods)
+    }
+
+    fn stats_plan(&self) -> &StatsPlan {
+        self.0.stats_plan()
+    }
+
+    fn stats_results(&self) -> &StatsResults {
+        self.0.stats_results()
+    }
+
+    fn on_cuda(&self) -> bool {
+        self.0.on_cuda()
     }
 }
 
@@ -390,13 +439,15 @@ impl TensorStats for DeviceStats {
 /// one step's tensors, in one pass, on the executor's device ([`CpuStats`], `CudaStats`,
 /// [`DeviceStats`]), and returns the controller's inputs. `labels` are the batch's class
 /// indices (a rank-1 u8, u32 or i64 tensor on the same device); `mods` one entry per
-/// modality, in the order of the declaration.
+/// modality, in the order of the declaration. The batch may be smaller than the declared
+/// one (1 to B samples, the same in every tensor): the statistics are then the means over
+/// the samples given.
 ///
 /// `Err` (before anything is computed) for a tensor on another device (or, on CUDA,
-/// another stream), a non-contiguous tensor, an unsupported dtype, a modality count or
-/// element count that differs from the declaration; `Err` after the run for a label
-/// outside `0..C`.
-pub fn step_inputs<S: TensorStats>(
+/// another stream), a non-contiguous tensor, an unsupported dtype, a modality count that
+/// differs from the declaration, more samples than declared or tensors that are not a
+/// whole number of samples; `Err` after the run for a label outside `0..C`.
+pub fn step_inputs<S: TensorStats + ?Sized>(
     exec: &mut S,
     handles: &RedRegStats,
     labels: &Tensor,

@@ -5,24 +5,27 @@ use crate::backend::{Host, Memory};
 use crate::dtype::DType;
 use crate::error::{check_count, Result};
 use crate::stats::{
-    Buf, Input, ReducibleStats, RowCosMean, SqDiffMean, Stats, StatsPlan, StatsResults,
-    TrueProbMean,
+    Buf, Input, Labels, ReducibleStats, RowCosMean, SqDiffMean, StatHandle, Stats, StatsPlan,
+    StatsResults, TrueProbMean,
 };
 
 use super::decision::{Redundancy, StepInputs};
 
-/// Shapes of one modality's per-step statistics inputs.
+/// Shapes of one modality's per-step statistics inputs, at the largest batch (the
+/// declared batch size is a maximum: any batch of 1 to `batch` samples runs, see
+/// [`RedRegStats::declare`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ModalityShapes {
     /// Element type of every buffer of this modality.
     pub dtype: DType,
-    /// Batch size B.
+    /// Batch size B (the largest: a step may have fewer samples).
     pub batch: usize,
     /// Classes C of the unimodal head's logits (B×C).
     pub classes: usize,
-    /// Elements of the unpooled encoder features `z1`, `z2` of the two noisy copies.
+    /// Elements of the unpooled encoder features `z1`, `z2` of the two noisy copies of a
+    /// batch of B samples (a multiple of B).
     pub features: usize,
-    /// Elements of the noisy inputs `x1`, `x2`.
+    /// Elements of the noisy inputs `x1`, `x2` of B samples (a multiple of B).
     pub inputs: usize,
     /// Dimension D of the pooled features (B×D) used for the agreement `pos_sim`.
     pub pooled: usize,
@@ -76,7 +79,12 @@ pub struct RedRegStats {
 
 impl RedRegStats {
     /// Declares every statistic of one RedReg step in `plan` (M ≥ 2 modalities; the pooled
-    /// features of a pair must have the same B and D).
+    /// features of a pair must have the same B and D; `features` and `inputs` whole
+    /// multiples of B ≥ 1).
+    ///
+    /// B is the largest batch: a step's buffers may hold any number of samples from 1 to B
+    /// (the last, smaller batch of an epoch; the same number for every buffer of the step),
+    /// and every statistic is then the mean over the samples given.
     pub fn declare(plan: &mut StatsPlan, modalities: &[ModalityShapes]) -> Result<Self> {
         let m = modalities.len();
         if m < 2 {
@@ -92,6 +100,24 @@ impl RedRegStats {
             agreement: Vec::new(),
         };
         for (i, sh) in modalities.iter().enumerate() {
+            // Per sample: the squared differences accept whole samples, up to B of them.
+            let per_sample = |what: &str, n: usize| -> Result<usize> {
+                if sh.batch == 0 || n % sh.batch != 0 {
+                    return Err(crate::error::invalid(
+                        "modalities",
+                        format!(
+                            "modality {i}: {what} has {n} elements, not a whole number of \
+                             samples of a batch of {} (at least 1)",
+                            sh.batch
+                        ),
+                    ));
+                }
+                Ok(n / sh.batch)
+            };
+            let (z, x) = (
+                per_sample("features", sh.features)?,
+                per_sample("inputs", sh.inputs)?,
+            );
             s.score.push(plan.true_prob_mean(
                 &format!("p[{i}]"),
                 sh.dtype,
@@ -101,10 +127,11 @@ impl RedRegStats {
             s.feature_diff.push(plan.sq_diff_mean(
                 &format!("z1-z2[{i}]"),
                 sh.dtype,
-                sh.features,
+                sh.batch,
+                z,
             )?);
             s.input_diff
-                .push(plan.sq_diff_mean(&format!("x1-x2[{i}]"), sh.dtype, sh.inputs)?);
+                .push(plan.sq_diff_mean(&format!("x1-x2[{i}]"), sh.dtype, sh.batch, x)?);
         }
         for i in 0..m {
             for j in i + 1..m {
@@ -147,7 +174,7 @@ impl RedRegStats {
     /// order of the declaration) `p_m` ← (logits, `labels`), the two squared differences ←
     /// (z1, z2), (x1, x2); per pair `pos_sim` ← (pooled_i, pooled_j). `Err` for a
     /// modality count that differs from the declaration; shapes and dtypes are checked by
-    /// the executor's `run`.
+    /// the executor's `run` (any batch of 1 to the declared B samples).
     pub fn bind<'a, 'l: 'a, 'm: 'a, M: Memory>(
         &self,
         labels: &'a M::Src<'l, i64>,
@@ -156,15 +183,15 @@ impl RedRegStats {
         self.check_modalities(mods.len())?;
         let mut inputs = Vec::with_capacity(3 * mods.len() + self.agreement.len());
         for (i, b) in mods.iter().enumerate() {
-            inputs.push(self.score[i].bind(b.logits.share(), M::share(labels)));
-            inputs.push(self.feature_diff[i].bind(b.z1.share(), b.z2.share()));
-            inputs.push(self.input_diff[i].bind(b.x1.share(), b.x2.share()));
+            inputs.push(self.score[i].bind((b.logits.share(), Labels(M::share(labels)))));
+            inputs.push(self.feature_diff[i].bind((b.z1.share(), b.z2.share())));
+            inputs.push(self.input_diff[i].bind((b.x1.share(), b.x2.share())));
         }
         let mut k = 0;
         for i in 0..mods.len() {
             for j in i + 1..mods.len() {
                 let (a, b) = (mods[i].pooled.share(), mods[j].pooled.share());
-                inputs.push(self.agreement[k].bind(a, b));
+                inputs.push(self.agreement[k].bind((a, b)));
                 k += 1;
             }
         }

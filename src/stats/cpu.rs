@@ -49,8 +49,32 @@ pub(crate) struct Task {
     pub end: usize,
 }
 
+impl Task {
+    /// This task in a run of a row statistic over `rows` rows (the task table is built for
+    /// the declared maximum): `None` when it lies wholly beyond them, else cut at the last
+    /// row. The per-segment statistics run as declared. A statistic's tasks are in row
+    /// order, so the ones that remain are a prefix of its tasks, and they are exactly the
+    /// task table of a plan declared with `rows` rows (chunk boundaries do not depend on the
+    /// total): a short run gives the bits of that plan. `kernels/stats.cu` (`st_clip`)
+    /// does the same.
+    pub(crate) fn clip(&self, decl: &Decl, rows: usize) -> Option<Task> {
+        let limit = match (decl, self.mode) {
+            (Decl::SqDiff { row_len, .. }, _) => rows * row_len,
+            (Decl::RowCos { .. } | Decl::TrueProb { .. }, Mode::RowPiece) => {
+                return (self.a < rows).then_some(*self)
+            }
+            (Decl::RowCos { .. } | Decl::TrueProb { .. }, _) => rows,
+            (Decl::SegSums { .. } | Decl::SegDots { .. }, _) => return Some(*self),
+        };
+        (self.start < limit).then(|| Task {
+            end: self.end.min(limit),
+            ..*self
+        })
+    }
+}
+
 /// The f32 accumulator of one statistic during one run, written by disjoint ranges from
-/// several threads. Made in [`CpuStats::run`] from the `&mut [f32]` its input holds (the
+/// several threads. Made in `run` from the `&mut [f32]` its input holds (the
 /// inputs are borrowed mutably for the whole run) and never used after the run.
 #[derive(Clone, Copy, Debug)]
 struct AccPtr {
@@ -95,6 +119,8 @@ pub struct CpuStats {
     entry_tasks: Vec<Range<usize>>,
     partials: Vec<f64>,
     order: Vec<usize>,
+    /// Per statistic, the rows of the current run (0 for the per-segment statistics).
+    rows: Vec<usize>,
     /// Per statistic, its accumulator during a run (`None` otherwise).
     accs: Vec<Option<AccPtr>>,
     results: StatsResults,
@@ -115,7 +141,7 @@ fn plan_elements(plan: &StatsPlan) -> usize {
     plan.entries
         .iter()
         .map(|e| match &e.decl {
-            Decl::SqDiff { len } => 2 * len,
+            Decl::SqDiff { rows, row_len } => 2 * rows.saturating_mul(*row_len),
             Decl::RowCos { rows, dim } => 2 * rows.saturating_mul(*dim),
             Decl::TrueProb { rows, classes } => rows.saturating_mul(*classes),
             Decl::SegSums { segs, .. } => segs.total(),
@@ -166,10 +192,11 @@ pub(crate) fn build_tasks(plan: &StatsPlan) -> Result<(Vec<Task>, Vec<Range<usiz
     for (i, e) in plan.entries.iter().enumerate() {
         let first = tasks.len();
         match &e.decl {
-            Decl::SqDiff { len } => {
+            Decl::SqDiff { rows, row_len } => {
+                let len = rows * row_len; // checked when declared
                 let mut s = 0;
-                while s < *len {
-                    let end = (s + STATS_CHUNK).min(*len);
+                while s < len {
+                    let end = (s + STATS_CHUNK).min(len);
                     tasks.push(Task {
                         entry: i,
                         mode: Mode::Elems,
@@ -210,6 +237,7 @@ impl CpuStats {
             plan: plan.clone(),
             partials: vec![0.0; n],
             order: vec![usize::MAX; plan.len()],
+            rows: vec![0; plan.len()],
             accs: vec![None; plan.len()],
             results: plan.new_results(),
             inline: plan_elements(plan) <= INLINE_ELEMENTS,
@@ -217,27 +245,23 @@ impl CpuStats {
             entry_tasks,
         })
     }
+}
 
-    /// The plan this executor runs.
-    pub fn plan(&self) -> &StatsPlan {
+impl super::Stats for CpuStats {
+    type Memory = Host;
+
+    fn plan(&self) -> &StatsPlan {
         &self.plan
     }
 
-    /// The results of the last run (NaN before the first).
-    pub fn results(&self) -> &StatsResults {
+    fn results(&self) -> &StatsResults {
         &self.results
     }
 
-    /// Executes every statistic of the plan on `inputs` (one per declared statistic, any
-    /// order, each made by its handle's `bind`).
-    ///
-    /// Validation comes first: on a count, plan, dtype, shape or accumulator mismatch
-    /// nothing is read or written. Then everything runs (accumulators included); if a
-    /// label was out of range the call returns `Err(LabelOutOfRange)` for the first such
-    /// statistic (first offending row), whose mean reads NaN, while all other results in
-    /// [`CpuStats::results`] are valid.
-    pub fn run(&mut self, inputs: &mut [Input<'_, Host>]) -> Result<&StatsResults> {
-        self.plan.resolve(inputs, &mut self.order)?;
+    /// See [`super::Stats::run`]. Runs on the calling thread for plans of at most
+    /// [`INLINE_ELEMENTS`] elements, else on rayon's pool; the results are the same bits.
+    fn run(&mut self, inputs: &mut [Input<'_, Host>]) -> Result<&StatsResults> {
+        self.plan.resolve(inputs, &mut self.order, &mut self.rows)?;
         self.accs.iter_mut().for_each(|a| *a = None);
         for inp in inputs.iter_mut() {
             if let Bound::Sums(_, Some(acc)) = &mut inp.data {
@@ -245,11 +269,19 @@ impl CpuStats {
             }
         }
         let inputs = &*inputs;
-        let (plan, order, accs) = (&self.plan, &self.order, &self.accs);
+        let (plan, order, rows, accs) = (&self.plan, &self.order, &self.rows, &self.accs);
         let one = |(t, slot): (&Task, &mut [f64])| {
             let e = &plan.entries[t.entry];
-            let data = &inputs[order[t.entry]].data;
-            run_task(t, &e.decl, data, accs[t.entry].as_ref(), slot);
+            match t.clip(&e.decl, rows[t.entry]) {
+                Some(t) => run_task(
+                    &t,
+                    &e.decl,
+                    &inputs[order[t.entry]].data,
+                    accs[t.entry].as_ref(),
+                    slot,
+                ),
+                None => slot.iter_mut().for_each(|v| *v = 0.0), // beyond this run's rows
+            }
         };
         if self.inline {
             self.tasks
@@ -264,34 +296,25 @@ impl CpuStats {
         }
         for (i, e) in self.plan.entries.iter().enumerate() {
             let r = self.entry_tasks[i].clone();
+            // The tasks of this run: a prefix of the statistic's (Task::clip).
+            let n = self.tasks[r.clone()]
+                .iter()
+                .take_while(|t| t.clip(&e.decl, self.rows[i]).is_some())
+                .count();
             let v = &mut self.results.values[e.out..e.out + e.n_values()];
             finish(
                 &e.decl,
+                e.decl.count(self.rows[i]),
                 &inputs[self.order[i]].data,
-                &self.tasks[r.clone()],
-                &self.partials[r.start * P..r.end * P],
+                &self.tasks[r.start..r.start + n],
+                &self.partials[r.start * P..(r.start + n) * P],
                 v,
             );
         }
+        self.results.rows.copy_from_slice(&self.rows);
         self.accs.iter_mut().for_each(|a| *a = None);
         self.plan.label_error(&self.results)?;
         Ok(&self.results)
-    }
-}
-
-impl super::Stats for CpuStats {
-    type Memory = Host;
-
-    fn plan(&self) -> &StatsPlan {
-        CpuStats::plan(self)
-    }
-
-    fn results(&self) -> &StatsResults {
-        CpuStats::results(self)
-    }
-
-    fn run(&mut self, inputs: &mut [Input<'_, Host>]) -> Result<&StatsResults> {
-        CpuStats::run(self, inputs)
     }
 }
 
@@ -458,12 +481,21 @@ fn run_task(t: &Task, decl: &Decl, data: &Bound<'_, Host>, acc: Option<&AccPtr>,
     }
 }
 
-fn finish(decl: &Decl, data: &Bound<'_, Host>, tasks: &[Task], parts: &[f64], v: &mut [f64]) {
+/// Combines the partials of one statistic's `tasks` (this run's) in task order into its
+/// values `v`; the means divide by `count` ([`Decl::count`] of this run's rows).
+fn finish(
+    decl: &Decl,
+    count: usize,
+    data: &Bound<'_, Host>,
+    tasks: &[Task],
+    parts: &[f64],
+    v: &mut [f64],
+) {
     let slots = || tasks.iter().zip(parts.chunks_exact(P));
     match decl {
-        Decl::SqDiff { len } => {
+        Decl::SqDiff { .. } => {
             let s: f64 = slots().map(|(_, p)| p[0]).fold(0.0, |a, b| a + b);
-            v[0] = s / *len as f64;
+            v[0] = s / count as f64;
         }
         Decl::SegDots { .. } => {
             v.iter_mut().for_each(|x| *x = 0.0);
@@ -480,7 +512,7 @@ fn finish(decl: &Decl, data: &Bound<'_, Host>, tasks: &[Task], parts: &[f64], v:
                 v[2 * l + t.a] += p[2];
             }
         }
-        Decl::RowCos { rows, .. } => {
+        Decl::RowCos { .. } => {
             let mut s = 0.0;
             let mut cur: Option<(usize, [f64; 3])> = None;
             for (t, p) in slots() {
@@ -502,9 +534,9 @@ fn finish(decl: &Decl, data: &Bound<'_, Host>, tasks: &[Task], parts: &[f64], v:
             if let Some((_, [d, na, nb])) = cur {
                 s += cos_from_sums(d, na, nb);
             }
-            v[0] = s / *rows as f64;
+            v[0] = s / count as f64;
         }
-        Decl::TrueProb { rows, classes } => {
+        Decl::TrueProb { classes, .. } => {
             let Bound::Prob(logits, labels) = data else {
                 unreachable!("input kinds are validated before execution")
             };
@@ -552,7 +584,7 @@ fn finish(decl: &Decl, data: &Bound<'_, Host>, tasks: &[Task], parts: &[f64], v:
                 }
             }
             close(cur, &mut s, &mut fault);
-            write_prob(v, s / *rows as f64, fault);
+            write_prob(v, s / count as f64, fault);
         }
     }
 }

@@ -1,18 +1,21 @@
 //! CUDA executor of a statistics plan (feature `cuda`, module `stats`, `kernels/stats.cu`).
 //!
-//! A run is: one small host-to-device copy of the step's buffer addresses (8 u64 per
-//! statistic, from preallocated host storage into a preallocated device table), one launch
-//! of `stats_tasks` (one block per task of the same task table as the CPU executor), one
-//! launch of `stats_finish` (one thread per statistic, the CPU's finishing pass), and one
-//! device-to-host copy of all results, then one stream synchronisation. No device memory
-//! is allocated after [`CudaStats::new`].
+//! A run is: one small host-to-device copy of the step's descriptors (8 u64 per statistic:
+//! its buffer addresses and this run's rows, from preallocated page-locked host storage into
+//! a preallocated device table), one launch of `stats_tasks` (one block per task of the
+//! same task table as the CPU executor, built once for the declared rows; the last block of
+//! each statistic runs the CPU's finishing pass), one device-to-host copy of all results,
+//! then one stream synchronisation. No device memory is allocated after [`CudaStats::new`];
+//! a run with fewer rows than declared has the same launch, grid and copies (the tasks
+//! beyond its rows do nothing).
 //!
-//! Results are bitwise identical run to run (fixed block and finishing orders, no atomics).
+//! Results are bitwise identical run to run (fixed block and finishing orders; the only
+//! atomic is an integer ticket per statistic that elects the block that finishes it).
 //! They equal the CPU executor's up to f64 summation order inside a task (relative
 //! differences ~1e-15 of Σ|terms|); the accumulator update is bitwise the CPU's.
 
 use super::cpu::{build_tasks, Mode};
-use super::plan::{Bound, Buf, Decl, Input, StatsPlan, StatsResults};
+use super::plan::{write_prob, Bound, Buf, Decl, Input, Labels, StatsPlan, StatsResults};
 use crate::abi::{
     DT_BF16, DT_F16, DT_F32, ST_COS, ST_DESC_DTYPE, ST_DESC_KIND, ST_DESC_N1, ST_DESC_N2,
     ST_DESC_OUT, ST_DESC_P0, ST_DESC_P1, ST_DESC_P2, ST_DESC_WORDS, ST_DOTS, ST_ENTRY_END,
@@ -81,6 +84,18 @@ devbuf_from!(f32, F32);
 devbuf_from!(f16, F16);
 devbuf_from!(bf16, BF16);
 
+impl<'a> From<CudaView<'a, i64>> for Labels<'a, Device> {
+    fn from(s: CudaView<'a, i64>) -> Self {
+        Labels(s)
+    }
+}
+
+impl<'a> From<&'a CudaSlice<i64>> for Labels<'a, Device> {
+    fn from(s: &'a CudaSlice<i64>) -> Self {
+        Labels(s.as_view())
+    }
+}
+
 impl Input<'_, Device> {
     /// `Err` unless every buffer belongs to `ctx` and the accumulator (the only device
     /// buffer a run writes) does not overlap the gradient it accumulates.
@@ -111,17 +126,20 @@ pub struct CudaStats {
     plan: StatsPlan,
     stream: Arc<CudaStream>,
     f_tasks: CudaFunction,
-    f_finish: CudaFunction,
     n_tasks: usize,
     tasks: CudaSlice<u64>,
     entry_tasks: CudaSlice<u64>,
     desc: CudaSlice<u64>,
     partials: CudaSlice<f64>,
     values: CudaSlice<f64>,
+    /// One ticket counter per statistic (0 between runs: the kernel's last block resets it).
+    counts: CudaSlice<u32>,
     /// The descriptors' host copy in page-locked memory: the per-run upload is one
     /// asynchronous copy (from pageable memory the driver would stage it first).
     desc_host: PinnedHostSlice<u64>,
     order: Vec<usize>,
+    /// Per statistic, the rows of the current run (0 for the per-segment statistics).
+    rows: Vec<usize>,
     results: StatsResults,
 }
 
@@ -131,6 +149,17 @@ impl std::fmt::Debug for CudaStats {
             .field("statistics", &self.plan.len())
             .field("tasks", &self.n_tasks)
             .finish()
+    }
+}
+
+/// The results of a statistic with no elements (no tasks): what the CPU's finishing pass
+/// gives over no tasks — 0 for the per-segment sums and dots, NaN for a mean (without a
+/// label fault).
+fn empty_values(decl: &Decl, v: &mut [f64]) {
+    match decl {
+        Decl::SegSums { .. } | Decl::SegDots { .. } => v.fill(0.0),
+        Decl::TrueProb { .. } => write_prob(v, f64::NAN, None),
+        Decl::SqDiff { .. } | Decl::RowCos { .. } => v[0] = f64::NAN,
     }
 }
 
@@ -181,12 +210,23 @@ impl CudaStats {
         let n = |x: usize| x.max(1);
         Ok(Self {
             f_tasks: backend.function(MODULE, "stats_tasks")?,
-            f_finish: backend.function(MODULE, "stats_finish")?,
+            counts: s.alloc_zeros(n(plan.len())).map_err(drv)?,
             tasks: s.clone_htod(&tt).map_err(drv)?,
             entry_tasks: s.clone_htod(&et).map_err(drv)?,
             desc: s.alloc_zeros(n(ST_DESC_WORDS * plan.len())).map_err(drv)?,
             partials: s.alloc_zeros(n(ST_PARTIALS * n_tasks)).map_err(drv)?,
-            values: s.alloc_zeros(n(plan.values_len)).map_err(drv)?,
+            // A statistic without tasks (no elements) is never finished by the kernel: its
+            // constant results (as the CPU's finish of no tasks) are written here, once.
+            values: {
+                let mut v = plan.new_results().values;
+                for (e, r) in plan.entries.iter().zip(&entry_tasks) {
+                    if r.is_empty() {
+                        empty_values(&e.decl, &mut v[e.out..e.out + e.n_values()]);
+                    }
+                }
+                v.resize(n(v.len()), 0.0);
+                s.clone_htod(&v).map_err(drv)?
+            },
             desc_host: {
                 // SAFETY: the memory is zeroed below before anything reads it.
                 let mut h = unsafe {
@@ -198,6 +238,7 @@ impl CudaStats {
                 h
             },
             order: vec![usize::MAX; plan.len()],
+            rows: vec![0; plan.len()],
             results: plan.new_results(),
             plan: plan.clone(),
             stream: s,
@@ -205,26 +246,27 @@ impl CudaStats {
         })
     }
 
-    /// The plan this executor runs.
-    pub fn plan(&self) -> &StatsPlan {
-        &self.plan
-    }
-
-    /// The results of the last run (NaN before the first).
-    pub fn results(&self) -> &StatsResults {
-        &self.results
-    }
-
     /// The stream it runs on (its backend's).
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
+}
 
-    /// Executes every statistic on the step's device buffers (one per declared statistic,
-    /// any order) and copies the results back; returns after one stream synchronisation.
-    /// Same validation and label-fault semantics as [`crate::stats::CpuStats::run`].
-    pub fn run(&mut self, inputs: &mut [Input<'_, Device>]) -> Result<&StatsResults> {
-        self.plan.resolve(inputs, &mut self.order)?;
+impl super::Stats for CudaStats {
+    type Memory = Device;
+
+    fn plan(&self) -> &StatsPlan {
+        &self.plan
+    }
+
+    fn results(&self) -> &StatsResults {
+        &self.results
+    }
+
+    /// See [`super::Stats::run`]: one upload of the descriptors (this run's buffers and
+    /// rows), the launches, one device-to-host copy of the results, one synchronisation.
+    fn run(&mut self, inputs: &mut [Input<'_, Device>]) -> Result<&StatsResults> {
+        self.plan.resolve(inputs, &mut self.order, &mut self.rows)?;
         if self.plan.is_empty() {
             return Ok(&self.results);
         }
@@ -242,10 +284,13 @@ impl CudaStats {
         for inp in inputs.iter_mut() {
             let i = inp.id.idx as usize;
             let e = &self.plan.entries[i];
+            // A row statistic's N1 is this run's: the kernels skip the tasks beyond it and
+            // divide by it (st_clip, the CPU's Task::clip).
+            let rows = self.rows[i];
             let (kind, n1, n2) = match &e.decl {
-                Decl::SqDiff { len } => (ST_SQDIFF, *len, 0),
-                Decl::RowCos { rows, dim } => (ST_COS, *rows, *dim),
-                Decl::TrueProb { rows, classes } => (ST_PROB, *rows, *classes),
+                Decl::SqDiff { row_len, .. } => (ST_SQDIFF, rows * row_len, 0),
+                Decl::RowCos { dim, .. } => (ST_COS, rows, *dim),
+                Decl::TrueProb { classes, .. } => (ST_PROB, rows, *classes),
                 Decl::SegSums { segs, .. } => (ST_SUMS, segs.len(), 0),
                 Decl::SegDots { segs } => (ST_DOTS, segs.len(), 0),
             };
@@ -282,11 +327,17 @@ impl CudaStats {
             .map_err(drv)?;
         if self.n_tasks > 0 {
             let mut b = s.launch_builder(&self.f_tasks);
-            b.arg(&self.tasks).arg(&self.desc).arg(&mut self.partials);
+            b.arg(&self.tasks)
+                .arg(&self.entry_tasks)
+                .arg(&self.desc)
+                .arg(&mut self.partials)
+                .arg(&mut self.counts)
+                .arg(&mut self.values);
             // SAFETY: argument types match `stats_tasks`; the grid has one block per task
-            // of the uploaded table; every address in `desc` was validated to cover the
-            // declared shape and stays borrowed (with its stream guard) until after the
-            // launch.
+            // of the uploaded table (the tickets count them: `entry_tasks`); every address
+            // in `desc` was validated to cover this run's shape and stays borrowed (with
+            // its stream guard) until after the launch; the last block of a statistic
+            // writes only that statistic's result range of `values`.
             unsafe {
                 b.launch(LaunchConfig {
                     grid_dim: (self.n_tasks as u32, 1, 1),
@@ -296,24 +347,6 @@ impl CudaStats {
             }
             .map_err(drv)?;
         }
-        let ne = self.plan.len() as u64;
-        let mut b = s.launch_builder(&self.f_finish);
-        b.arg(&self.entry_tasks)
-            .arg(&self.tasks)
-            .arg(&self.desc)
-            .arg(&self.partials)
-            .arg(&mut self.values)
-            .arg(&ne);
-        // SAFETY: argument types match `stats_finish`; one thread per statistic, each
-        // writing only its own result range of `values`.
-        unsafe {
-            b.launch(LaunchConfig {
-                grid_dim: (self.plan.len().div_ceil(64) as u32, 1, 1),
-                block_dim: (64, 1, 1),
-                shared_mem_bytes: 0,
-            })
-        }
-        .map_err(drv)?;
         drop(guards);
         let nv = self.plan.values_len;
         if nv > 0 {
@@ -321,23 +354,8 @@ impl CudaStats {
                 .map_err(drv)?;
         }
         s.synchronize().map_err(drv)?;
+        self.results.rows.copy_from_slice(&self.rows);
         self.plan.label_error(&self.results)?;
         Ok(&self.results)
-    }
-}
-
-impl super::Stats for CudaStats {
-    type Memory = Device;
-
-    fn plan(&self) -> &StatsPlan {
-        CudaStats::plan(self)
-    }
-
-    fn results(&self) -> &StatsResults {
-        CudaStats::results(self)
-    }
-
-    fn run(&mut self, inputs: &mut [Input<'_, Device>]) -> Result<&StatsResults> {
-        CudaStats::run(self, inputs)
     }
 }

@@ -3,20 +3,20 @@
 //!
 //! # Use
 //! ```
-//! use redreg::stats::{CpuStats, StatsPlan, REDUNDANCY_EPS};
+//! use redreg::stats::{CpuStats, StatHandle, Stats, StatsPlan, REDUNDANCY_EPS};
 //! use redreg::{DType, Segments};
 //! # fn main() -> redreg::Result<()> {
 //! let segs = Segments::from_lengths(&[3, 2])?;
 //! let mut plan = StatsPlan::new();
-//! let num = plan.sq_diff_mean("z_a", DType::F32, 4)?;
-//! let den = plan.sq_diff_mean("x_a", DType::F32, 2)?;
+//! let num = plan.sq_diff_mean("z_a", DType::F32, 2, 2)?; // up to 2 rows of 2 features
+//! let den = plan.sq_diff_mean("x_a", DType::F32, 2, 1)?;
 //! let sim = plan.row_cos_mean("pos_sim", DType::F32, 2, 2)?;
 //! let p_a = plan.true_prob_mean("p_a", DType::F32, 2, 3)?;
 //! let fisher = plan.seg_sums("grad_a", DType::F32, &segs, true)?;
 //! let drift = plan.seg_dots("drift.grad", DType::F32, &segs)?;
 //! let mut exec = CpuStats::new(&plan)?; // all storage allocated here, once
 //!
-//! // Every step: bind the step's buffers through the handles and run.
+//! // Every step: bind the step's buffers through the handles (`StatHandle::bind`) and run.
 //! let (z1, z2) = ([1.0f32, 2.0, 3.0, 4.0], [1.0f32, 2.0, 3.0, 5.0]);
 //! let (x1, x2) = ([0.5f32, 0.5], [0.5f32, 0.0]);
 //! let (fa, fv) = ([1.0f32, 0.0, 0.0, 1.0], [1.0f32, 0.0, 0.0, -1.0]);
@@ -24,12 +24,12 @@
 //! let (g, d) = ([1.0f32, -2.0, 3.0, 4.0, 0.0], [1.0f32; 5]);
 //! let mut acc = vec![0.0f32; 5];
 //! let r = exec.run(&mut [
-//!     num.bind(&z1, &z2),
-//!     den.bind(&x1, &x2),
-//!     sim.bind(&fa, &fv),
-//!     p_a.bind(&logits, &labels),
+//!     num.bind((&z1, &z2)),
+//!     den.bind((&x1, &x2)),
+//!     sim.bind((&fa, &fv)),
+//!     p_a.bind((&logits, &labels)),
 //!     fisher.bind_acc(&g, &mut acc),
-//!     drift.bind(&d, &g),
+//!     drift.bind((&d, &g)),
 //! ])?;
 //! assert_eq!(r.get(num)?, 0.25);
 //! assert_eq!(r.redundancy(num, den, REDUNDANCY_EPS)?, 0.25 / (0.125 + 1e-12));
@@ -39,6 +39,19 @@
 //! assert_eq!(r.get(drift)?, &[2.0, 4.0]);
 //! # drop(r);
 //! assert_eq!(acc, [1.0, 4.0, 9.0, 16.0, 0.0]);
+//!
+//! // The last, smaller batch (1 row of the 2 declared): the means over the rows given.
+//! let r = exec.run(&mut [
+//!     num.bind((&z1[..2], &z2[..2])),
+//!     den.bind((&x1[..1], &x2[..1])),
+//!     sim.bind((&fa[..2], &fv[..2])),
+//!     p_a.bind((&logits[..3], &labels[..1])),
+//!     fisher.bind_acc(&g, &mut acc),
+//!     drift.bind((&d, &g)),
+//! ])?;
+//! assert_eq!(r.get(num)?, 0.0);
+//! assert_eq!(r.get(sim)?, 1.0);
+//! assert!((r.get(p_a)? - 1.0 / 3.0).abs() < 1e-12);
 //! # Ok(()) }
 //! ```
 //!
@@ -63,7 +76,17 @@
 //!   sum, identical on every backend).
 //! - **per-segment dot products** ⟨x, y⟩.
 //!
-//! The mean over zero elements or zero rows is NaN (as `torch.mean` of an empty tensor).
+//! # Batch size
+//! A row statistic (`sq_diff_mean`, `row_cos_mean`, `true_prob_mean`) is declared with the
+//! largest number of rows it will see (the batch size); that maximum sizes every buffer an
+//! executor allocates, once. Each run accepts any whole number of rows from 1 to it (the
+//! last, smaller batch of an epoch) and gives the mean over the rows given — bit for bit the
+//! result of a plan declared with exactly that many rows. More rows than declared, no
+//! rows, or a length that is not a whole number of rows is an `Err` before anything runs.
+//! The per-segment statistics keep their declared layout.
+//!
+//! The mean over zero elements (rows of zero elements) is NaN (as `torch.mean` of an
+//! empty tensor).
 //!
 //! # Non-finite input
 //! A NaN or ±Inf in an input makes NaN (or ±Inf) only the statistics that read that
@@ -89,10 +112,14 @@
 //! # Memory
 //! Inputs are [`Buf`]s of a memory family ([`crate::Memory`]): host slices
 //! ([`crate::Host`], the default type parameter) for [`CpuStats`], cudarc views
-//! (`redreg::cuda::Device`) for `CudaStats`. Every handle has one `bind`, generic over the
-//! memory and inferred from the buffers (`From` impls for `&[f32]`, `&Vec<f16>`,
-//! `&[bf16; N]`, `CudaView<T>`, `&CudaSlice<T>`); labels are `&[i64]` / `CudaView<i64>`,
-//! the accumulator `&mut [f32]` / `CudaViewMut<f32>`. Both executors implement [`Stats`].
+//! (`redreg::cuda::Device`) for `CudaStats`. Every handle binds through the one
+//! [`StatHandle::bind`], which takes the statistic's operands as one value ([`Operands`]:
+//! `(x, y)`, `(logits, labels)`, or `x`), generic over the memory and inferred from the
+//! buffers (`From` impls for `&[f32]`, `&Vec<f16>`, `&[bf16; N]`, `CudaView<T>`,
+//! `&CudaSlice<T>`); labels are [`Labels`] (`&[i64]`, `CudaView<i64>`, …), the accumulator
+//! of [`SegSums::bind_acc`] `&mut [f32]` / `CudaViewMut<f32>`. Both executors implement
+//! [`Stats`], the only place their `plan`, `results` and `run` are defined: import the
+//! trait to call them.
 //!
 //! # Validation
 //! An input count, dtype, length, handle or accumulator mismatch is an `Err` that names the
@@ -110,8 +137,9 @@ pub use cpu::CpuStats;
 #[cfg(feature = "cuda")]
 pub use cuda::CudaStats;
 pub use plan::{
-    redundancy_ratio, Buf, Input, RowCosMean, SegDots, SegSums, SegSumsRef, SqDiffMean, StatHandle,
-    StatKind, StatsPlan, StatsResults, TrueProbMean, REDUNDANCY_EPS, STATS_CHUNK,
+    redundancy_ratio, Buf, Input, Labels, Operands, RowCosMean, SegDots, SegSums, SegSumsRef,
+    SqDiffMean, StatHandle, StatKind, StatsPlan, StatsResults, TrueProbMean, REDUNDANCY_EPS,
+    STATS_CHUNK,
 };
 pub use reduce::ReducibleStats;
 
@@ -132,10 +160,13 @@ pub trait Stats {
     fn results(&self) -> &StatsResults;
 
     /// Executes every statistic of the plan on `inputs` (one per declared statistic, any
-    /// order, each made by its handle's `bind`). Validation first: on a count, plan, dtype,
-    /// shape or accumulator mismatch (on a device also: another context, an accumulator
-    /// overlapping its input) nothing is read or written. A label out of range gives
-    /// `Err(LabelOutOfRange)` after the run, with every other result valid.
+    /// order, each made by [`StatHandle::bind`]); a row statistic over the rows it is given
+    /// (1 up to the declared number, see the module docs). Validation first: on a count,
+    /// plan, dtype, shape or accumulator mismatch (on a device also: another context, an
+    /// accumulator overlapping its input) nothing is read or written. Then everything runs
+    /// (accumulators included); a label out of range gives `Err(LabelOutOfRange)` for the
+    /// first such statistic (first offending row), whose mean reads NaN, while every other
+    /// result in [`Stats::results`] is valid.
     fn run(&mut self, inputs: &mut [Input<'_, Self::Memory>]) -> Result<&StatsResults>;
 }
 

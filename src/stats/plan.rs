@@ -160,7 +160,7 @@ impl StatKind {
 /// Shape of one declared statistic.
 #[derive(Clone, Debug)]
 pub(crate) enum Decl {
-    SqDiff { len: usize },
+    SqDiff { rows: usize, row_len: usize },
     RowCos { rows: usize, dim: usize },
     TrueProb { rows: usize, classes: usize },
     SegSums { segs: Arc<Segments>, acc: bool },
@@ -175,6 +175,29 @@ pub(crate) struct Entry {
     pub decl: Decl,
     /// Offset of its values in [`StatsResults`].
     pub out: usize,
+}
+
+impl Decl {
+    /// A row statistic's declared (maximum) rows and elements per row; `None` for the
+    /// per-segment statistics (fixed layout).
+    pub(crate) fn rows_and_width(&self) -> Option<(usize, usize)> {
+        match *self {
+            Decl::SqDiff { rows, row_len } => Some((rows, row_len)),
+            Decl::RowCos { rows, dim } => Some((rows, dim)),
+            Decl::TrueProb { rows, classes } => Some((rows, classes)),
+            Decl::SegSums { .. } | Decl::SegDots { .. } => None,
+        }
+    }
+
+    /// What one run's mean divides by, for `rows` rows: elements for a squared-difference
+    /// mean, rows for the row means (0 for the per-segment statistics).
+    pub(crate) fn count(&self, rows: usize) -> usize {
+        match *self {
+            Decl::SqDiff { row_len, .. } => rows * row_len,
+            Decl::RowCos { .. } | Decl::TrueProb { .. } => rows,
+            Decl::SegSums { .. } | Decl::SegDots { .. } => 0,
+        }
+    }
 }
 
 impl Entry {
@@ -201,9 +224,9 @@ impl Entry {
 
     fn header(&self, idx: usize) -> String {
         let shape = match &self.decl {
-            Decl::SqDiff { len } => format!("{len} elements"),
-            Decl::RowCos { rows, dim } => format!("{rows}x{dim}"),
-            Decl::TrueProb { rows, classes } => format!("{rows}x{classes}"),
+            Decl::SqDiff { rows, row_len } => format!("up to {rows} rows of {row_len} elements"),
+            Decl::RowCos { rows, dim } => format!("up to {rows}x{dim}"),
+            Decl::TrueProb { rows, classes } => format!("up to {rows}x{classes}"),
             Decl::SegSums { segs, acc } => format!(
                 "{} segments, {} elements{}",
                 segs.len(),
@@ -249,6 +272,44 @@ fn mul(name: &'static str, a: usize, b: usize) -> Result<usize> {
         .ok_or_else(|| invalid(name, format!("{a} x {b} overflows usize")))
 }
 
+/// The rows of one run of a row statistic declared with at most `max` rows of `width`
+/// elements, from a buffer `name` of `n` elements: `Ok(None)` when `width = 0` and the
+/// buffer is empty (any number of empty rows); else `Err` (the message) unless `n` is a
+/// whole number of rows, from 1 to `max` (0 only when `max = 0`).
+fn rows_in(
+    name: &str,
+    n: usize,
+    width: usize,
+    max: usize,
+) -> std::result::Result<Option<usize>, String> {
+    if width == 0 {
+        return if n == 0 {
+            Ok(None)
+        } else {
+            Err(format!(
+                "`{name}` has {n} elements, expected 0 (rows of 0 elements)"
+            ))
+        };
+    }
+    if n % width != 0 {
+        return Err(format!(
+            "`{name}` has {n} elements, not a whole number of rows of {width}"
+        ));
+    }
+    let rows = n / width;
+    if rows > max {
+        return Err(format!(
+            "`{name}` has {n} elements = {rows} rows of {width}, more than the {max} rows declared"
+        ));
+    }
+    if rows == 0 && max > 0 {
+        return Err(format!(
+            "`{name}` is empty: a run needs 1 to {max} rows of {width} elements"
+        ));
+    }
+    Ok(Some(rows))
+}
+
 impl StatsPlan {
     /// An empty plan.
     pub fn new() -> Self {
@@ -287,13 +348,35 @@ impl StatsPlan {
         Ok(idx)
     }
 
-    /// Declares `mean((x - y)^2)` over two buffers of `len` elements of `dtype`.
-    pub fn sq_diff_mean(&mut self, name: &str, dtype: DType, len: usize) -> Result<SqDiffMean> {
-        let idx = self.push(name, dtype, Decl::SqDiff { len })?;
+    /// Declares `mean((x - y)^2)` over two buffers of `rows` rows of `row_len` elements
+    /// each (a batch of `rows` samples of `row_len` elements: `z1`, `z2` of B×… features).
+    ///
+    /// `rows` is the maximum: it sizes everything the executors allocate, and a run accepts
+    /// any whole number of rows from 1 to `rows` (the last, smaller batch of an epoch); the
+    /// mean is then over the `n·row_len` elements given. `Err` at run time for more rows than
+    /// declared, no rows, a length that is not a whole number of rows, or `x` and `y` of
+    /// different lengths (with `row_len = 0` only empty buffers are accepted; the mean over
+    /// zero elements is NaN). `Err` here if `rows × row_len` overflows.
+    pub fn sq_diff_mean(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        rows: usize,
+        row_len: usize,
+    ) -> Result<SqDiffMean> {
+        mul("rows x row_len", rows, row_len)?;
+        let idx = self.push(name, dtype, Decl::SqDiff { rows, row_len })?;
         Ok(SqDiffMean(HandleId { plan: self.id, idx }))
     }
 
-    /// Declares `mean_i cos(a_i, b_i)` over two row-major `rows x dim` matrices.
+    /// Declares `mean_i cos(a_i, b_i)` over two row-major matrices of up to `rows` rows of
+    /// `dim` elements.
+    ///
+    /// `rows` is the maximum (the batch size; it sizes every buffer once): a run accepts any
+    /// whole number of rows `n` from 1 to `rows` and gives the mean over those `n` rows.
+    /// `Err` at run time for more rows than declared, no rows, a length that is not a whole
+    /// number of rows, or `a` and `b` of different lengths. `Err` here if `rows × dim`
+    /// overflows.
     pub fn row_cos_mean(
         &mut self,
         name: &str,
@@ -306,8 +389,14 @@ impl StatsPlan {
         Ok(RowCosMean(HandleId { plan: self.id, idx }))
     }
 
-    /// Declares `mean_i softmax(logits_i)[label_i]` over row-major `rows x classes` logits
-    /// and `rows` labels (`i64`).
+    /// Declares `mean_i softmax(logits_i)[label_i]` over row-major logits of up to `rows`
+    /// rows of `classes` and one `i64` label per row.
+    ///
+    /// `rows` is the maximum (the batch size): a run accepts any whole number of rows `n`
+    /// from 1 to `rows` (`n·classes` logits, `n` labels) and gives the mean over those `n`
+    /// rows. `Err` at run time for more rows than declared, no rows, logits that are not a
+    /// whole number of rows, or a label count other than the logits' rows. `Err` here if
+    /// `rows × classes` overflows.
     pub fn true_prob_mean(
         &mut self,
         name: &str,
@@ -352,6 +441,11 @@ impl StatsPlan {
         StatsResults {
             plan: self.id,
             values: vec![f64::NAN; self.values_len],
+            rows: self
+                .entries
+                .iter()
+                .map(|e| e.decl.rows_and_width().map_or(0, |(r, _)| r))
+                .collect(),
             slots: self
                 .entries
                 .iter()
@@ -365,36 +459,25 @@ impl StatsPlan {
     }
 
     /// Validates `inputs` against the declarations and writes, for every statistic, the
-    /// position of its input into `order` (`order.len() == self.len()`). Checks: the
-    /// number of inputs, that every input belongs to this plan, that every statistic is
-    /// bound exactly once, dtypes, lengths and the presence of the accumulator.
+    /// position of its input into `order` and the rows of this run into `rows` (0 for the
+    /// per-segment statistics; both of length `self.len()`). Checks: the number of inputs,
+    /// that every input belongs to this plan, that every statistic is bound exactly once,
+    /// dtypes, lengths (whole rows, at most the declared number) and the presence of the
+    /// accumulator.
     pub(crate) fn resolve<M: Memory>(
         &self,
         inputs: &[Input<'_, M>],
         order: &mut [usize],
-    ) -> Result<()> {
-        self.resolve_shapes(
-            inputs.len(),
-            |i| (inputs[i].id, inputs[i].data.shape()),
-            order,
-        )
-    }
-
-    /// [`StatsPlan::resolve`] on shapes only.
-    fn resolve_shapes(
-        &self,
-        n_inputs: usize,
-        input: impl Fn(usize) -> (HandleId, Shape),
-        order: &mut [usize],
+        rows: &mut [usize],
     ) -> Result<()> {
         check_count(
             "stats inputs (one per declared statistic)",
             self.len(),
-            n_inputs,
+            inputs.len(),
         )?;
         order.iter_mut().for_each(|o| *o = usize::MAX);
-        for pos in 0..n_inputs {
-            let (id, shape) = input(pos);
+        for (pos, input) in inputs.iter().enumerate() {
+            let id = input.id;
             if id.plan != self.id {
                 return Err(invalid(
                     "stats inputs",
@@ -423,39 +506,54 @@ impl StatsPlan {
                 ));
             }
             order[idx] = pos;
-            Self::check_input(idx, e, &shape)?;
+            rows[idx] = Self::check_input(idx, e, &input.data.shape())?;
         }
         Ok(())
     }
 
-    fn check_input(idx: usize, e: &Entry, shape: &Shape) -> Result<()> {
+    /// Checks one binding against its declaration; the rows of this run (0 for the
+    /// per-segment statistics).
+    fn check_input(idx: usize, e: &Entry, shape: &Shape) -> Result<usize> {
         let bad = |what: String| invalid("stats inputs", format!("{}: {what}", e.header(idx)));
-        let check_buf = |name: &str, (dt, n): (DType, usize), len: usize| -> Result<()> {
+        let check_dtype = |name: &str, dt: DType| -> Result<()> {
             if dt != e.dtype {
                 return Err(bad(format!("`{name}` is {dt}, declared {}", e.dtype)));
             }
+            Ok(())
+        };
+        let check_buf = |name: &str, (dt, n): (DType, usize), len: usize| -> Result<()> {
+            check_dtype(name, dt)?;
             if n != len {
                 return Err(bad(format!("`{name}` has {n} elements, expected {len}")));
             }
             Ok(())
         };
+        // Two buffers of equal length and dtype, in whole rows of `width`, at most `max`.
+        let pair = |(x, y): (&str, &str), a: (DType, usize), b: (DType, usize), max, width| {
+            check_dtype(x, a.0)?;
+            check_buf(y, b, a.1)?;
+            Ok(rows_in(x, a.1, width, max).map_err(bad)?.unwrap_or(max))
+        };
         match (&e.decl, *shape) {
-            (Decl::SqDiff { len }, Shape::Pair(x, y)) => {
-                check_buf("x", x, *len)?;
-                check_buf("y", y, *len)
+            (Decl::SqDiff { rows, row_len }, Shape::Pair(x, y)) => {
+                pair(("x", "y"), x, y, *rows, *row_len)
             }
-            (Decl::RowCos { rows, dim }, Shape::Pair(a, b)) => {
-                check_buf("a", a, rows * dim)?;
-                check_buf("b", b, rows * dim)
-            }
+            (Decl::RowCos { rows, dim }, Shape::Pair(a, b)) => pair(("a", "b"), a, b, *rows, *dim),
             (Decl::TrueProb { rows, classes }, Shape::Prob(l, labels)) => {
-                check_buf("logits", l, rows * classes)?;
-                if labels != *rows {
+                check_dtype("logits", l.0)?;
+                // Zero classes: only the labels say how many rows there are.
+                let n = match rows_in("logits", l.1, *classes, *rows).map_err(bad)? {
+                    Some(n) => n,
+                    None => rows_in("labels", labels, 1, *rows)
+                        .map_err(bad)?
+                        .unwrap_or(0),
+                };
+                if labels != n {
                     return Err(bad(format!(
-                        "`labels` has {labels} elements, expected {rows}"
+                        "`labels` has {labels} elements, expected {n} (one per row of `logits`)"
                     )));
                 }
-                Ok(())
+                Ok(n)
             }
             (Decl::SegSums { segs, acc }, Shape::Sums(x, a)) => {
                 check_buf("x", x, segs.total())?;
@@ -470,12 +568,13 @@ impl StatsPlan {
                         "`acc` has {a} elements, expected {}",
                         segs.total()
                     ))),
-                    _ => Ok(()),
+                    _ => Ok(0),
                 }
             }
             (Decl::SegDots { segs }, Shape::Pair(x, y)) => {
                 check_buf("x", x, segs.total())?;
-                check_buf("y", y, segs.total())
+                check_buf("y", y, segs.total())?;
+                Ok(0)
             }
             _ => Err(bad("input of the wrong kind".into())),
         }
@@ -550,9 +649,9 @@ pub(crate) enum Bound<'a, M: Memory> {
     Sums(Buf<'a, M>, Option<M::Dst<'a, f32>>),
 }
 
-/// One statistic's buffers in memory `M` for one execution, made by a handle's `bind` (or
-/// [`SegSums::bind_acc`], which holds the accumulator mutably borrowed until the input is
-/// dropped). Run by the executor of that memory: [`crate::stats::CpuStats`] for [`Host`],
+/// One statistic's buffers in memory `M` for one execution, made by [`StatHandle::bind`]
+/// (or [`SegSums::bind_acc`], which holds the accumulator mutably borrowed until the input
+/// is dropped). Run by the executor of that memory: [`crate::stats::CpuStats`] for [`Host`],
 /// `CudaStats` for `cuda::Device` ([`crate::stats::Stats`]).
 pub struct Input<'a, M: Memory = Host> {
     pub(crate) id: HandleId,
@@ -568,60 +667,98 @@ impl<M: Memory> std::fmt::Debug for Input<'_, M> {
     }
 }
 
-impl SqDiffMean {
-    /// Binds `x` and `y`.
-    pub fn bind<'a, M: Memory>(
-        self,
-        x: impl Into<Buf<'a, M>>,
-        y: impl Into<Buf<'a, M>>,
-    ) -> Input<'a, M> {
+/// Class labels as a [`TrueProbMean`] takes them: `i64` class indices in memory `M` (host
+/// slices by default; with feature `cuda`, cudarc views). Made with `From` (`&[i64]`,
+/// `&Vec<i64>`, `&[i64; N]`, or a `CudaView<i64>` / `&CudaSlice<i64>`), or from the
+/// memory's own buffer type (`Labels(view)`, for generic code).
+pub struct Labels<'a, M: Memory = Host>(pub M::Src<'a, i64>);
+
+impl<M: Memory> std::fmt::Debug for Labels<'_, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Labels")
+            .field("len", &self.0.len())
+            .finish()
+    }
+}
+
+impl<'a> From<&'a [i64]> for Labels<'a, Host> {
+    fn from(s: &'a [i64]) -> Self {
+        Labels(s)
+    }
+}
+
+impl<'a> From<&'a Vec<i64>> for Labels<'a, Host> {
+    fn from(s: &'a Vec<i64>) -> Self {
+        Labels(s.as_slice())
+    }
+}
+
+impl<'a, const N: usize> From<&'a [i64; N]> for Labels<'a, Host> {
+    fn from(s: &'a [i64; N]) -> Self {
+        Labels(s.as_slice())
+    }
+}
+
+/// The operands a handle of type `H` binds, as one value ([`StatHandle::bind`]):
+///
+/// | handle | operands | host example |
+/// |---|---|---|
+/// | [`SqDiffMean`] | `(x, y)` | `(&z1, &z2)` |
+/// | [`RowCosMean`] | `(a, b)`, row-major | `(&pooled_a, &pooled_b)` |
+/// | [`TrueProbMean`] | `(logits, labels)` | `(&logits, &labels)` |
+/// | [`SegSums`] | `x` | `&grad` |
+/// | [`SegDots`] | `(x, y)` | `(&drift, &grad)` |
+///
+/// Each buffer is anything that converts into a [`Buf`] of memory `M` (host slices,
+/// `&Vec`, arrays; cudarc views and `&CudaSlice`), labels anything that converts into
+/// [`Labels`]. The accumulator form of [`SegSums`] is [`SegSums::bind_acc`].
+pub trait Operands<'a, M: Memory, H> {
+    /// The input of statistic `h`.
+    #[doc(hidden)]
+    fn input(self, h: H) -> Input<'a, M>;
+}
+
+macro_rules! pair_operands {
+    ($($h:ty),*) => {$(
+        impl<'a, M: Memory, X: Into<Buf<'a, M>>, Y: Into<Buf<'a, M>>> Operands<'a, M, $h>
+            for (X, Y)
+        {
+            fn input(self, h: $h) -> Input<'a, M> {
+                Input {
+                    id: h.0,
+                    data: Bound::Pair(self.0.into(), self.1.into()),
+                }
+            }
+        }
+    )*};
+}
+pair_operands!(SqDiffMean, RowCosMean, SegDots);
+
+impl<'a, M: Memory, X: Into<Buf<'a, M>>, L: Into<Labels<'a, M>>> Operands<'a, M, TrueProbMean>
+    for (X, L)
+{
+    fn input(self, h: TrueProbMean) -> Input<'a, M> {
         Input {
-            id: self.0,
-            data: Bound::Pair(x.into(), y.into()),
+            id: h.0,
+            data: Bound::Prob(self.0.into(), self.1.into().0),
         }
     }
 }
 
-impl RowCosMean {
-    /// Binds the two row-major matrices.
-    pub fn bind<'a, M: Memory>(
-        self,
-        a: impl Into<Buf<'a, M>>,
-        b: impl Into<Buf<'a, M>>,
-    ) -> Input<'a, M> {
+impl<'a, M: Memory, X: Into<Buf<'a, M>>> Operands<'a, M, SegSums> for X {
+    fn input(self, h: SegSums) -> Input<'a, M> {
         Input {
-            id: self.0,
-            data: Bound::Pair(a.into(), b.into()),
-        }
-    }
-}
-
-impl TrueProbMean {
-    /// Binds the logits and the labels (`&[i64]` on the host, `CudaView<i64>` on a device).
-    pub fn bind<'a, M: Memory>(
-        self,
-        logits: impl Into<Buf<'a, M>>,
-        labels: M::Src<'a, i64>,
-    ) -> Input<'a, M> {
-        Input {
-            id: self.0,
-            data: Bound::Prob(logits.into(), labels),
+            id: h.0,
+            data: Bound::Sums(self.into(), None),
         }
     }
 }
 
 impl SegSums {
-    /// Binds the buffer (for a statistic declared without accumulator).
-    pub fn bind<'a, M: Memory>(self, x: impl Into<Buf<'a, M>>) -> Input<'a, M> {
-        Input {
-            id: self.0,
-            data: Bound::Sums(x.into(), None),
-        }
-    }
-
     /// Binds the buffer and the f32 accumulator that receives `acc += x^2` (for a
-    /// statistic declared with `accumulate = true`): `&mut [f32]` on the host,
-    /// `CudaViewMut<f32>` on a device.
+    /// statistic declared with `accumulate = true`; without one, [`StatHandle::bind`]):
+    /// `&mut [f32]` on the host, `CudaViewMut<f32>` on a device. The accumulator stays
+    /// mutably borrowed until the input is dropped.
     pub fn bind_acc<'a, M: Memory>(
         self,
         x: impl Into<Buf<'a, M>>,
@@ -630,20 +767,6 @@ impl SegSums {
         Input {
             id: self.0,
             data: Bound::Sums(x.into(), Some(acc)),
-        }
-    }
-}
-
-impl SegDots {
-    /// Binds `x` and `y`.
-    pub fn bind<'a, M: Memory>(
-        self,
-        x: impl Into<Buf<'a, M>>,
-        y: impl Into<Buf<'a, M>>,
-    ) -> Input<'a, M> {
-        Input {
-            id: self.0,
-            data: Bound::Pair(x.into(), y.into()),
         }
     }
 }
@@ -661,6 +784,9 @@ pub(crate) struct Slot {
 pub struct StatsResults {
     pub(crate) plan: u64,
     pub(crate) values: Vec<f64>,
+    /// Per statistic, the rows of the run that wrote `values` (the declared maximum before
+    /// the first run; 0 for the per-segment statistics).
+    pub(crate) rows: Vec<usize>,
     pub(crate) slots: Vec<Slot>,
 }
 
@@ -679,12 +805,21 @@ mod sealed {
     pub trait Sealed {}
 }
 
-/// A handle whose result can be read from [`StatsResults`] with [`StatsResults::get`].
+/// The handle of a declared statistic: [`StatHandle::bind`] binds the step's buffers to it,
+/// [`StatsResults::get`] reads its result. Sealed.
 pub trait StatHandle: Copy + sealed::Sealed {
     /// What reading gives.
     type Output<'r>;
     #[doc(hidden)]
     fn read(self, r: &StatsResults) -> Result<Self::Output<'_>>;
+
+    /// This statistic's input for one run: its operands as one value (see [`Operands`]:
+    /// `(x, y)`, `(logits, labels)`, or `x` alone), in any memory `M` — host slices for
+    /// [`crate::stats::CpuStats`], cudarc views for `CudaStats`. Shapes and dtypes are
+    /// checked by the executor's `run` (rows: up to the declared number).
+    fn bind<'a, M: Memory, O: Operands<'a, M, Self>>(self, operands: O) -> Input<'a, M> {
+        operands.input(self)
+    }
 }
 
 impl StatsResults {

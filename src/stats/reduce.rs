@@ -18,8 +18,11 @@ struct Layout {
     res: usize,
     /// Offset in the reducible buffer.
     off: usize,
-    /// Elements or rows the mean is taken over (means only).
-    count: usize,
+    /// Position in the plan.
+    idx: usize,
+    /// The mean's count per row of a run: elements per row for a squared-difference
+    /// mean, 1 for the row means (0 for the per-segment statistics).
+    per_row: usize,
     /// Values (segment statistics: as in the results).
     n: usize,
 }
@@ -34,8 +37,9 @@ struct Layout {
 ///   such ranks;
 /// - per-segment sums: `[Σx…, Σx²…, Σ|x|…]` (3 per segment); dots: one per segment.
 ///
-/// Ranks must declare the same statistics in the same order (their batch sizes may differ:
-/// uneven shards); the buffer's length then agrees, which
+/// Ranks must declare the same statistics in the same order; their batch sizes may differ
+/// (uneven shards, a last short batch): each count is that of the rank's run, not the
+/// declared maximum. The buffer's length then agrees, which
 /// [`crate::dist::AllReduce::all_reduce_sum_checked`] verifies collectively.
 #[derive(Clone, Debug)]
 pub struct ReducibleStats {
@@ -53,19 +57,20 @@ impl ReducibleStats {
         let layout = plan
             .entries
             .iter()
-            .map(|e| {
-                let (count, n) = match &e.decl {
-                    Decl::SqDiff { len } => (*len, 2),
-                    Decl::RowCos { rows, .. } => (*rows, 2),
-                    Decl::TrueProb { rows, .. } => (*rows, 3),
-                    Decl::SegSums { .. } | Decl::SegDots { .. } => (0, e.n_values()),
+            .enumerate()
+            .map(|(idx, e)| {
+                let n = match &e.decl {
+                    Decl::SqDiff { .. } | Decl::RowCos { .. } => 2,
+                    Decl::TrueProb { .. } => 3,
+                    Decl::SegSums { .. } | Decl::SegDots { .. } => e.n_values(),
                 };
                 let l = Layout {
                     kind: e.kind(),
                     name: e.name.clone(),
                     res: e.out,
                     off,
-                    count,
+                    idx,
+                    per_row: e.decl.count(1),
                     n,
                 };
                 off += n;
@@ -95,22 +100,24 @@ impl ReducibleStats {
         for l in &self.layout {
             let src = &r.values[l.res..];
             let dst = &mut self.values[l.off..l.off + l.n];
+            // What this run's mean was taken over (its rows: a short batch counts less).
+            let count = r.rows[l.idx] * l.per_row;
             let sum = |mean: f64| {
-                if l.count == 0 {
+                if count == 0 {
                     0.0
                 } else {
-                    mean * l.count as f64
+                    mean * count as f64
                 }
             };
             match l.kind {
                 StatKind::SqDiffMean | StatKind::RowCosMean => {
                     dst[0] = sum(src[0]);
-                    dst[1] = l.count as f64;
+                    dst[1] = count as f64;
                 }
                 StatKind::TrueProbMean => {
                     let fault = src[1].to_bits() != no_fault().to_bits();
                     dst[0] = if fault { f64::NAN } else { sum(src[0]) };
-                    dst[1] = l.count as f64;
+                    dst[1] = count as f64;
                     dst[2] = f64::from(u8::from(fault));
                 }
                 StatKind::SegSums | StatKind::SegDots => dst.copy_from_slice(&src[..l.n]),
@@ -160,6 +167,10 @@ impl ReducibleStats {
         let mut fault: Option<(&str, f64)> = None;
         for l in &self.layout {
             let src = &self.values[l.off..l.off + l.n];
+            if l.per_row > 0 {
+                // The rows of the whole batch (counts are exact integers in f64).
+                out.rows[l.idx] = (src[1] / l.per_row as f64) as usize;
+            }
             let dst = &mut out.values[l.res..];
             match l.kind {
                 StatKind::SqDiffMean | StatKind::RowCosMean => dst[0] = src[0] / src[1],

@@ -181,7 +181,8 @@ pub fn seg_dots<T: Element>(segs: &Segments, x: &[T], y: &[T]) -> Result<Vec<f64
 }
 
 /// Executes a whole plan with the oracle into `out` (from [`StatsPlan::new_results`]),
-/// with the same semantics as the backends: validation first (nothing touched on `Err`),
+/// with the same semantics as the backends (a row statistic over the rows given, up to
+/// the declared number): validation first (nothing touched on `Err`),
 /// then every statistic and accumulator, then `Err(LabelOutOfRange)` if a label was out of
 /// range (the other results and the accumulators are written regardless).
 pub fn run(plan: &StatsPlan, inputs: &mut [Input<'_, Host>], out: &mut StatsResults) -> Result<()> {
@@ -191,19 +192,19 @@ pub fn run(plan: &StatsPlan, inputs: &mut [Input<'_, Host>], out: &mut StatsResu
             "result storage of another plan",
         ));
     }
-    let mut order = vec![0; plan.len()];
-    plan.resolve(inputs, &mut order)?;
-    for (e, &pos) in plan.entries.iter().zip(&order) {
+    let (mut order, mut rows) = (vec![0; plan.len()], vec![0; plan.len()]);
+    plan.resolve(inputs, &mut order, &mut rows)?;
+    for ((e, &pos), &rows) in plan.entries.iter().zip(&order).zip(&rows) {
         let v = &mut out.values[e.out..e.out + e.n_values()];
         match (&e.decl, &mut inputs[pos].data) {
             (Decl::SqDiff { .. }, Bound::Pair(x, y)) => {
                 v[0] = with_pair!(x, y, |x, y| sq_diff_mean(x, y))?;
             }
-            (Decl::RowCos { rows, dim }, Bound::Pair(a, b)) => {
-                v[0] = with_pair!(a, b, |a, b| row_cos_mean(a, b, *rows, *dim))?;
+            (Decl::RowCos { dim, .. }, Bound::Pair(a, b)) => {
+                v[0] = with_pair!(a, b, |a, b| row_cos_mean(a, b, rows, *dim))?;
             }
-            (Decl::TrueProb { rows, classes }, Bound::Prob(l, labels)) => {
-                let (m, fault) = with_buf!(l, |l| prob_core(l, labels, *rows, *classes));
+            (Decl::TrueProb { classes, .. }, Bound::Prob(l, labels)) => {
+                let (m, fault) = with_buf!(l, |l| prob_core(l, labels, rows, *classes));
                 write_prob(v, m, fault);
             }
             (Decl::SegSums { segs, .. }, Bound::Sums(x, acc)) => {
@@ -220,5 +221,6 @@ pub fn run(plan: &StatsPlan, inputs: &mut [Input<'_, Host>], out: &mut StatsResu
             _ => unreachable!("input kinds are validated before execution"),
         }
     }
+    out.rows.copy_from_slice(&rows);
     plan.label_error(out)
 }

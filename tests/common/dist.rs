@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use redreg::controller::{Config, Controller, Decision, ModalityShapes, RedRegStats, StepInputs};
 use redreg::dist::{agree, project_sharded, AllReduce};
-use redreg::stats::{CpuStats, ReducibleStats, StatsPlan};
+use redreg::stats::{CpuStats, ReducibleStats, StatHandle, Stats as _, StatsPlan};
 use redreg::{reference, Beta, CpuBackend, DType, Output, ProjectOptions, Segments};
 
 use super::{eps, to_f64, Rng};
@@ -164,13 +164,13 @@ impl Stats {
         );
         let (pa, pv) = (s(&b.pooled[0], D), s(&b.pooled[1], D));
         let res = self.exec.run(&mut [
-            h.score[0].bind(&l0, labels),
-            h.score[1].bind(&l1, labels),
-            h.feature_diff[0].bind(&za1, &za2),
-            h.feature_diff[1].bind(&zv1, &zv2),
-            h.input_diff[0].bind(&xa1, &xa2),
-            h.input_diff[1].bind(&xv1, &xv2),
-            h.agreement[0].bind(&pa, &pv),
+            h.score[0].bind((&l0, labels)),
+            h.score[1].bind((&l1, labels)),
+            h.feature_diff[0].bind((&za1, &za2)),
+            h.feature_diff[1].bind((&zv1, &zv2)),
+            h.input_diff[0].bind((&xa1, &xa2)),
+            h.input_diff[1].bind((&xv1, &xv2)),
+            h.agreement[0].bind((&pa, &pv)),
         ]);
         match res {
             Ok(_) => false,
@@ -488,9 +488,9 @@ pub fn wrong_length<A: AllReduce>(comm: &A, rank: usize, size: usize, ck: &mut C
 
     // Data parallel with a plan that declares one more statistic on the last rank.
     let mut plan = StatsPlan::new();
-    plan.sq_diff_mean("a", DType::F32, 3).unwrap();
+    plan.sq_diff_mean("a", DType::F32, 1, 3).unwrap();
     if last {
-        plan.sq_diff_mean("extra", DType::F32, 3).unwrap();
+        plan.sq_diff_mean("extra", DType::F32, 1, 3).unwrap();
     }
     let mut sums = ReducibleStats::new(&plan);
     let r = comm.all_reduce_sum_checked(sums.as_mut_slice());
