@@ -1,8 +1,8 @@
 //! Exact conversions between the element types and f64, one element at a time and in
 //! blocks of [`BLOCK`] elements.
 //!
-//! The scalar functions here are the definition: every other implementation (the AVX2 +
-//! F16C blocks of [`super::simd`]) must give their bits for every input, NaN included.
+//! The scalar functions here are the definition: every other implementation (the blocks
+//! of [`super::avx2`]) must give their bits for every input, NaN included (`check`).
 //!
 //! # What a NaN becomes
 //! - Widening keeps NaN-ness and the payload; a signalling NaN comes out quiet (the f32 →
@@ -142,6 +142,154 @@ impl Convert for Scalar {
         for (o, &v) in out.iter_mut().zip(x) {
             *o = narrow::<T>(v);
         }
+    }
+}
+
+/// Checks every [`Convert`] implementation must pass: the scalar code's bits, for every
+/// input (the implementations' own tests call them with their token).
+#[cfg(test)]
+pub(crate) mod check {
+    use super::*;
+    use crate::testing::Rng;
+    use half::{bf16, f16};
+
+    /// All 2^16 f16 and bf16 values, 8 per block, widen to the scalar code's exact bits
+    /// (NaN payloads and quieting included).
+    pub(crate) fn widening_equals_scalar<C: Convert>(isa: C) {
+        for start in (0..=u16::MAX as usize).step_by(BLOCK) {
+            let h: [u16; BLOCK] = std::array::from_fn(|l| (start + l) as u16);
+            let f: [f16; BLOCK] = h.map(f16::from_bits);
+            let b: [bf16; BLOCK] = h.map(bf16::from_bits);
+            let (wf, wb) = (isa.widen_block(&f), isa.widen_block(&b));
+            for l in 0..BLOCK {
+                assert_eq!(wf[l].to_bits(), widen(f[l]).to_bits(), "f16 {:#x}", h[l]);
+                assert_eq!(wb[l].to_bits(), widen(b[l]).to_bits(), "bf16 {:#x}", h[l]);
+            }
+        }
+        let x: [f32; BLOCK] = std::array::from_fn(|l| 1.0 / (l as f32 + 0.3));
+        let w = isa.widen_block(&x);
+        assert!((0..BLOCK).all(|l| w[l].to_bits() == (x[l] as f64).to_bits()));
+    }
+
+    /// Inputs of every f64 class that the narrowing treats apart, shuffled into blocks so
+    /// that special lanes share blocks with ordinary ones.
+    pub(crate) fn narrowing_inputs() -> Vec<f64> {
+        let mut rng = Rng::new(0x5eed_c0de);
+        let mut xs = vec![
+            0.0,
+            f64::MIN_POSITIVE,
+            f64::from_bits(1),
+            f64::INFINITY,
+            f64::MAX,
+            65504.0,
+            65519.99,
+            65520.0,
+            65536.0,
+            2.0f64.powi(-24),
+            2.0f64.powi(-25),
+            2.0f64.powi(-14),
+            2.0f64.powi(-126),
+            2.0f64.powi(-133),
+            2.0f64.powi(-134),
+            2.0f64.powi(-149),
+            2.0f64.powi(-150),
+            2.0f64.powi(-151),
+            2.0f64.powi(128),
+            f32::MAX as f64,
+            bf16::MAX.to_f64(),
+            1.0 + 1.0 / 512.0,
+        ];
+        // NaNs: quiet and signalling, payloads in the kept and in the dropped bits.
+        for payload in [
+            1u64,
+            1 << 28,
+            1 << 29,
+            1 << 51,
+            (1 << 52) - 1,
+            0x000a_bcde_f012_3456,
+        ] {
+            xs.push(f64::from_bits(0x7ff0_0000_0000_0000 | payload));
+        }
+        // Every f16 and bf16 value, the ties between neighbours and one f64 ulp around.
+        for h in 0..u16::MAX {
+            for (v, up) in [
+                (f16::from_bits(h).to_f64(), f16::from_bits(h + 1).to_f64()),
+                (bf16::from_bits(h).to_f64(), bf16::from_bits(h + 1).to_f64()),
+            ] {
+                xs.push(v);
+                if v.is_finite() && up.is_finite() {
+                    let mid = (v + up) / 2.0;
+                    xs.extend([mid, f64::from_bits(mid.to_bits() + 1)]);
+                    xs.push(f64::from_bits(mid.to_bits().wrapping_sub(1)));
+                }
+            }
+        }
+        // f32's subnormal range (bf16's subnormals): ties of the bf16 grid, their
+        // neighbours, and f32 values rounded to odd there.
+        for m in 0..=256u64 {
+            let tie = (m as f64 + 0.5) * 2.0f64.powi(-133);
+            xs.extend([
+                tie,
+                f64::from_bits(tie.to_bits() + 1),
+                f64::from_bits(tie.to_bits() - 1),
+            ]);
+            let f32_tie = (m as f64 + 0.5) * 2.0f64.powi(-149);
+            xs.extend([f32_tie, f64::from_bits(f32_tie.to_bits() + 1)]);
+        }
+        for _ in 0..200_000 {
+            // Uniform bit patterns (every class), and values with random exponents around
+            // the interesting range and random low bits (sticky bits set or not).
+            xs.push(f64::from_bits(rng.next_u64()));
+            let e = (rng.next_u64() % 320) as i32 - 170;
+            let m = 1.0 + (rng.next_u64() >> 12) as f64 * 2.0f64.powi(-52);
+            let x = m * 2.0f64.powi(e);
+            let mask = if rng.next_u64() % 2 == 0 {
+                !((1u64 << 29) - 1)
+            } else {
+                !0
+            };
+            xs.push(f64::from_bits(x.to_bits() & mask));
+        }
+        let n = xs.len();
+        let mut all: Vec<f64> = xs.iter().flat_map(|&x| [x, -x]).collect();
+        for i in (1..all.len()).rev() {
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+            all.swap(i, j);
+        }
+        all.extend(xs.iter().take(n.min(64)));
+        while all.len() % BLOCK != 0 {
+            all.push(1.0);
+        }
+        all
+    }
+
+    fn compare<T: Element, C: Convert>(isa: C, xs: &[f64], bits: impl Fn(T) -> u64) {
+        for x in xs.chunks_exact(BLOCK) {
+            let x: &[f64; BLOCK] = x.try_into().expect("block");
+            let mut got = [T::default(); BLOCK];
+            let mut want = [T::default(); BLOCK];
+            isa.narrow_block(x, &mut got);
+            Scalar.narrow_block(x, &mut want);
+            for l in 0..BLOCK {
+                assert_eq!(
+                    bits(got[l]),
+                    bits(want[l]),
+                    "{} of {:e} ({:#018x})",
+                    T::DTYPE,
+                    x[l],
+                    x[l].to_bits()
+                );
+            }
+        }
+    }
+
+    /// f64 → f16 / bf16 / f32 blocks equal the scalar one-rounding code bit for bit, on
+    /// every class: ties, subnormal results, overflow to Inf, NaN payloads, ±0.
+    pub(crate) fn narrowing_equals_scalar<C: Convert>(isa: C) {
+        let xs = narrowing_inputs();
+        compare::<f16, C>(isa, &xs, |h| h.to_bits() as u64);
+        compare::<bf16, C>(isa, &xs, |h| h.to_bits() as u64);
+        compare::<f32, C>(isa, &xs, |h| h.to_bits() as u64);
     }
 }
 

@@ -4,9 +4,9 @@
 use crate::error::{Error, Result};
 use half::{bf16, f16};
 
-pub(crate) mod convert;
 #[cfg(target_arch = "x86_64")]
-pub(crate) mod simd;
+pub(crate) mod avx2;
+pub(crate) mod convert;
 
 use convert::{f64_to_bf16_bits, f64_to_f16_bits};
 

@@ -9,24 +9,26 @@
 //! are rounded once from f64 to the element type, a block at a time.
 //!
 //! # Instruction sets
-//! The same generic body is compiled twice: baseline x86-64 (conversions by the scalar
-//! code of [`crate::dtype::convert`], left to LLVM's vectoriser) and AVX2 + F16C (block
-//! conversions by intrinsics, [`crate::dtype::simd`]), chosen at run time by [`level`].
-//! AVX-512 would need Rust 1.89, above the crate's MSRV 1.80. Only IEEE
+//! The same generic body is compiled twice and chosen at run time by [`level`]: baseline
+//! x86-64 (conversions by the scalar code of [`crate::dtype::convert`], left to LLVM's
+//! vectoriser) and AVX2 + F16C (block conversions by intrinsics, [`crate::dtype::avx2`]).
+//! AVX-512 target features need Rust 1.89, above the crate's MSRV 1.80. Only IEEE
 //! add/sub/mul/convert are used (no FMA, no reassociation), on the same lanes in the same
 //! order, and the block conversions give the scalar code's bits, so every version gives
-//! the same bits (`levels_give_the_same_bits`).
+//! the same bits (`levels_give_the_same_bits`; a NaN's sign or payload excepted,
+//! `docs/numerics.md`).
 
 // Index loops on purpose: this code mirrors the CUDA C kernels line for line.
 #![allow(clippy::needless_range_loop)]
 
-use crate::dtype::convert::{narrow, widen, Convert, Scalar, BLOCK};
 #[cfg(target_arch = "x86_64")]
-use crate::dtype::simd::Avx2F16c;
+use crate::dtype::avx2::Avx2F16c;
+use crate::dtype::convert::{narrow, widen, Convert, Scalar, BLOCK};
 use crate::dtype::Element;
 use crate::project::solve::{partial_stride, MAX_K};
 use crate::project::BaseMode;
 use crate::sum::Acc;
+use std::sync::OnceLock;
 
 /// Partials of the largest supported k.
 pub(crate) const MAX_STRIDE: usize = partial_stride(MAX_K);
@@ -68,13 +70,25 @@ pub(crate) enum Level {
     Avx2(Avx2F16c),
 }
 
-/// The best instruction-set level of this machine (std caches the CPU's features).
+/// The best instruction-set level of this machine (std caches the CPU's features), capped
+/// by the environment variable `REDREG_CPU_LEVEL` = `base` or `avx2` (read once
+/// per process), so that the tests and benchmarks can run every level one machine has. A
+/// level the CPU lacks is never used; other values mean no cap. Every level gives the same
+/// bits, so the variable changes speed only.
 #[inline]
 pub(crate) fn level() -> Level {
+    static CAP: OnceLock<u8> = OnceLock::new();
+    let cap = *CAP.get_or_init(|| match std::env::var("REDREG_CPU_LEVEL").as_deref() {
+        Ok("base") => 0,
+        _ => 1,
+    });
     #[cfg(target_arch = "x86_64")]
-    if let Some(isa) = Avx2F16c::detect() {
-        return Level::Avx2(isa);
+    {
+        if let Some(isa) = Avx2F16c::detect().filter(|_| cap >= 1) {
+            return Level::Avx2(isa);
+        }
     }
+    let _ = cap;
     Level::Base
 }
 
@@ -83,13 +97,15 @@ pub(crate) fn level() -> Level {
 pub(crate) fn levels() -> Vec<Level> {
     let mut out = vec![Level::Base];
     #[cfg(target_arch = "x86_64")]
-    out.extend(Avx2F16c::detect().map(Level::Avx2));
+    {
+        out.extend(Avx2F16c::detect().map(Level::Avx2));
+    }
     out
 }
 
 /// Defines `$name`, which runs the inline body `$body` (same arguments after its
 /// conversion token, generic over `T`, `K` and the token's type) compiled for the given
-/// level: the AVX2 + F16C copy or the baseline one.
+/// level.
 macro_rules! multiversion {
     ($name:ident, $body:ident, ($($arg:ident : $ty:ty),*) -> $ret:ty) => {
         #[inline]

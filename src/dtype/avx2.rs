@@ -136,14 +136,20 @@ unsafe fn f16_lanes(x: &[f64; BLOCK]) -> __m128i {
     _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(odd_f32(x))
 }
 
+/// vcvtps2ph's NaN lanes (magnitude above Inf's 0x7c00) with the payload cleared, leaving
+/// the scalar code's `sign | 0x7e00` (the f32s here are quiet NaNs, so 0x0200 is set).
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn f16_canonical_nan(h: __m128i) -> __m128i {
+    let mag = _mm_and_si128(h, _mm_set1_epi16(0x7fff));
+    let nan = _mm_cmpgt_epi16(mag, _mm_set1_epi16(0x7c00));
+    _mm_andnot_si128(_mm_and_si128(nan, _mm_set1_epi16(0x01ff)), h)
+}
+
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn narrow_f16(x: &[f64; BLOCK], out: &mut [u16; BLOCK]) {
-    let h = f16_lanes(x);
-    // NaN lanes (magnitude above Inf's 0x7c00): clear the payload, leaving sign | 0x7e00.
-    let mag = _mm_and_si128(h, _mm_set1_epi16(0x7fff));
-    let nan = _mm_cmpgt_epi16(mag, _mm_set1_epi16(0x7c00));
-    let h = _mm_andnot_si128(_mm_and_si128(nan, _mm_set1_epi16(0x01ff)), h);
+    let h = f16_canonical_nan(f16_lanes(x));
     _mm_storeu_si128(out.as_mut_ptr().cast(), h);
 }
 
@@ -159,7 +165,7 @@ unsafe fn bf16_subnormal_lanes(u: __m256i) -> __m256i {
 /// The scalar `f32_to_bf16_bits` on 8 lanes of f32 bits.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn bf16_lanes(u: __m256i) -> __m128i {
+pub(super) unsafe fn bf16_lanes(u: __m256i) -> __m128i {
     let high = _mm256_srli_epi32::<16>(u);
     let lsb = _mm256_and_si256(high, _mm256_set1_epi32(1));
     let bias = _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb);
@@ -188,165 +194,36 @@ unsafe fn narrow_bf16(x: &[f64; BLOCK], out: &mut [u16; BLOCK]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::convert::{f64_to_f16_bits, f64_to_f32_odd, widen};
+    use super::super::convert::check;
+    use super::super::convert::{f64_to_f16_bits, f64_to_f32_odd};
     use super::*;
-    use crate::testing::Rng;
-    use half::{bf16, f16};
 
     fn isa() -> Option<Avx2F16c> {
         let isa = Avx2F16c::detect();
         if isa.is_none() {
-            println!("SKIP: this CPU lacks AVX2 or F16C (the scalar level is tested alone)");
+            println!("SKIP: this CPU lacks AVX2 or F16C");
         }
         isa
     }
 
-    /// All 2^16 f16 and bf16 values, 8 per block, widen to the scalar code's exact bits
-    /// (NaN payloads and quieting included).
     #[test]
     fn widening_is_exhaustively_equal() {
         let Some(isa) = isa() else { return };
-        for start in (0..=u16::MAX as usize).step_by(BLOCK) {
-            let h: [u16; BLOCK] = std::array::from_fn(|l| (start + l) as u16);
-            let f: [f16; BLOCK] = h.map(f16::from_bits);
-            let b: [bf16; BLOCK] = h.map(bf16::from_bits);
-            let (wf, wb) = (isa.widen_block(&f), isa.widen_block(&b));
-            for l in 0..BLOCK {
-                assert_eq!(wf[l].to_bits(), widen(f[l]).to_bits(), "f16 {:#x}", h[l]);
-                assert_eq!(wb[l].to_bits(), widen(b[l]).to_bits(), "bf16 {:#x}", h[l]);
-            }
-        }
+        check::widening_equals_scalar(isa);
     }
 
-    /// Inputs of every f64 class that the narrowing treats apart, shuffled into blocks so
-    /// that special lanes share blocks with ordinary ones.
-    fn narrowing_inputs() -> Vec<f64> {
-        let mut rng = Rng::new(0x5eed_c0de);
-        let mut xs = vec![
-            0.0,
-            f64::MIN_POSITIVE,
-            f64::from_bits(1),
-            f64::INFINITY,
-            f64::MAX,
-            65504.0,
-            65519.99,
-            65520.0,
-            65536.0,
-            2.0f64.powi(-24),
-            2.0f64.powi(-25),
-            2.0f64.powi(-14),
-            2.0f64.powi(-126),
-            2.0f64.powi(-133),
-            2.0f64.powi(-134),
-            2.0f64.powi(-149),
-            2.0f64.powi(-150),
-            2.0f64.powi(-151),
-            2.0f64.powi(128),
-            f32::MAX as f64,
-            bf16::MAX.to_f64(),
-            1.0 + 1.0 / 512.0,
-        ];
-        // NaNs: quiet and signalling, payloads in the kept and in the dropped bits.
-        for payload in [
-            1u64,
-            1 << 28,
-            1 << 29,
-            1 << 51,
-            (1 << 52) - 1,
-            0x000a_bcde_f012_3456,
-        ] {
-            xs.push(f64::from_bits(0x7ff0_0000_0000_0000 | payload));
-        }
-        // Every f16 and bf16 value, the ties between neighbours and one f64 ulp around.
-        for h in 0..u16::MAX {
-            for (v, up) in [
-                (f16::from_bits(h).to_f64(), f16::from_bits(h + 1).to_f64()),
-                (bf16::from_bits(h).to_f64(), bf16::from_bits(h + 1).to_f64()),
-            ] {
-                xs.push(v);
-                if v.is_finite() && up.is_finite() {
-                    let mid = (v + up) / 2.0;
-                    xs.extend([mid, f64::from_bits(mid.to_bits() + 1)]);
-                    xs.push(f64::from_bits(mid.to_bits().wrapping_sub(1)));
-                }
-            }
-        }
-        // f32's subnormal range (bf16's subnormals): ties of the bf16 grid, their
-        // neighbours, and f32 values rounded to odd there.
-        for m in 0..=256u64 {
-            let tie = (m as f64 + 0.5) * 2.0f64.powi(-133);
-            xs.extend([
-                tie,
-                f64::from_bits(tie.to_bits() + 1),
-                f64::from_bits(tie.to_bits() - 1),
-            ]);
-            let f32_tie = (m as f64 + 0.5) * 2.0f64.powi(-149);
-            xs.extend([f32_tie, f64::from_bits(f32_tie.to_bits() + 1)]);
-        }
-        for _ in 0..200_000 {
-            // Uniform bit patterns (every class), and values with random exponents around
-            // the interesting range and random low bits (sticky bits set or not).
-            xs.push(f64::from_bits(rng.next_u64()));
-            let e = (rng.next_u64() % 320) as i32 - 170;
-            let m = 1.0 + (rng.next_u64() >> 12) as f64 * 2.0f64.powi(-52);
-            let x = m * 2.0f64.powi(e);
-            let mask = if rng.next_u64() % 2 == 0 {
-                !((1u64 << 29) - 1)
-            } else {
-                !0
-            };
-            xs.push(f64::from_bits(x.to_bits() & mask));
-        }
-        let n = xs.len();
-        let mut all: Vec<f64> = xs.iter().flat_map(|&x| [x, -x]).collect();
-        for i in (1..all.len()).rev() {
-            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-            all.swap(i, j);
-        }
-        all.extend(xs.iter().take(n.min(64)));
-        while all.len() % BLOCK != 0 {
-            all.push(1.0);
-        }
-        all
-    }
-
-    fn compare_narrowing<T: Element>(isa: Avx2F16c, xs: &[f64], bits: impl Fn(T) -> u64) {
-        for x in xs.chunks_exact(BLOCK) {
-            let x: &[f64; BLOCK] = x.try_into().expect("block");
-            let mut got = [T::default(); BLOCK];
-            let mut want = [T::default(); BLOCK];
-            isa.narrow_block(x, &mut got);
-            Scalar.narrow_block(x, &mut want);
-            for l in 0..BLOCK {
-                assert_eq!(
-                    bits(got[l]),
-                    bits(want[l]),
-                    "{} of {:e} ({:#018x})",
-                    T::DTYPE,
-                    x[l],
-                    x[l].to_bits()
-                );
-            }
-        }
-    }
-
-    /// f64 → f16 / bf16 / f32 blocks equal the scalar one-rounding code bit for bit, on
-    /// every class: ties, subnormal results, overflow to Inf, NaN payloads, ±0.
     #[test]
     fn narrowing_equals_scalar_bitwise() {
         let Some(isa) = isa() else { return };
-        let xs = narrowing_inputs();
-        compare_narrowing::<f16>(isa, &xs, |h| h.to_bits() as u64);
-        compare_narrowing::<bf16>(isa, &xs, |h| h.to_bits() as u64);
-        compare_narrowing::<f32>(isa, &xs, |h| h.to_bits() as u64);
+        check::narrowing_equals_scalar(isa);
     }
 
-    /// The inputs above reach the cases the fix-ups exist for: without them the vector
-    /// results differ (so the comparison can fail), with them they agree.
+    /// The inputs of `check` reach the cases the fix-ups exist for: without them the
+    /// vector results differ (so the comparison can fail), with them they agree.
     #[test]
     fn fixups_are_needed_and_sufficient() {
         let Some(_) = isa() else { return };
-        let xs = narrowing_inputs();
+        let xs = check::narrowing_inputs();
         let (mut payload_kept, mut double_rounded, mut subnormal_blocks) = (0, 0, 0);
         for x in xs.chunks_exact(BLOCK) {
             let x: &[f64; BLOCK] = x.try_into().expect("block");
