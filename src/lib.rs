@@ -47,3 +47,9 @@ pub use segments::Segments;
 #[cfg(all(doctest, feature = "cuda"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// docs/distributed.md's code blocks, compiled (and run) as doc tests so they cannot drift
+/// from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/distributed.md")]
+pub struct DistributedDoctests;
