@@ -227,17 +227,14 @@ fn bad_lists_are_errors_and_write_nothing<B: TestBackend>(b: &B) {
     let (a, c) = (b.upload(&[1.0f32; 3]), b.upload(&[2.0f32; 4]));
     let short = b.upload(&[2.0f32; 3]);
     let (mut o1, mut o2) = (b.upload(&[9.0f32; 3]), b.upload(&[9.0f32; 4]));
-    let cases: Vec<(&str, Vec<&B::Buf<f32>>, Vec<usize>)> = vec![
-        ("missing tensor", vec![&a], vec![3]),
-        ("wrong length", vec![&a, &short], vec![3, 3]),
-        ("extra tensor", vec![&a, &c, &c], vec![3, 4, 4]),
+    // (what, the tensors of v with their lengths)
+    let cases = [
+        ("missing tensor", vec![(&a, 3)]),
+        ("wrong length", vec![(&a, 3), (&short, 3)]),
+        ("extra tensor", vec![(&a, 3), (&c, 4), (&c, 4)]),
     ];
-    for (what, v, lens) in cases {
-        let v: TensorList<_> = v
-            .iter()
-            .zip(&lens)
-            .map(|(x, &n)| B::view(x, 0..n))
-            .collect();
+    for (what, v) in cases {
+        let v: TensorList<_> = v.iter().map(|&(x, n)| B::view(x, 0..n)).collect();
         let basis = [TensorList(vec![B::view(&a, 0..3), B::view(&c, 0..4)])];
         let out = TensorList(vec![B::view_mut(&mut o1, 0..3), B::view_mut(&mut o2, 0..4)]);
         let p = Projection::new(v, basis, Output::Write { base: None, out });
@@ -332,7 +329,7 @@ mod cuda_only {
     use super::common::gpu;
     use cudarc::driver::{CudaSlice, CudaViewMut, DevicePtr};
     use redreg::cuda::ForeignSlice;
-    use redreg::{Backend, Output, Projection, RankList, Segments, TensorList};
+    use redreg::{Backend, Output, Projection, Segments, TensorList};
 
     #[test]
     fn overlapping_lists_are_errors() {
