@@ -47,3 +47,8 @@ pub use segments::Segments;
 #[cfg(all(doctest, feature = "cuda"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// docs/candle.md's code blocks are compiled and run as doc tests (they use candle).
+#[cfg(all(doctest, feature = "candle"))]
+#[doc = include_str!("../docs/candle.md")]
+pub struct CandleMdDoctests;

@@ -1,0 +1,104 @@
+//! The smallest complete candle trainer with RedReg: two modalities (A clear, B noisy), one
+//! MLP encoder each, a head on the concatenated features plus one unimodal head per
+//! modality, SGD, and 1,000 samples in batches of 64 — so the last batch of every epoch has
+//! 40 samples. Random data (candle's CPU random numbers are not seeded: the figures vary a
+//! little between runs).
+//!
+//! `cargo run --example minimal --no-default-features --features candle`
+use candle_core::{Device, Module, Tensor, D};
+use candle_nn::loss::cross_entropy;
+use candle_nn::{linear, Linear, Optimizer, VarBuilder, VarMap, SGD};
+use redreg::candle::{stats::ModalityTensors, RedReg, NOISE_SIGMA};
+use redreg::controller::Config;
+
+const N: usize = 1000;
+const BATCH: usize = 64;
+const CLASSES: usize = 4;
+const FEATURES: usize = 16; // pooled width: the same for both encoders (their cosine gates RedReg)
+const EPOCHS: usize = 5;
+
+/// input → 32 → FEATURES, ReLU after both layers.
+struct Encoder(Linear, Linear);
+
+impl Module for Encoder {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.1.forward(&self.0.forward(x)?.relu()?)?.relu()
+    }
+}
+
+fn encoder(map: &VarMap, inputs: usize, dev: &Device) -> candle_core::Result<Encoder> {
+    let vb = VarBuilder::from_varmap(map, candle_core::DType::F32, dev);
+    Ok(Encoder(linear(inputs, 32, vb.pp("l1"))?, linear(32, FEATURES, vb.pp("l2"))?))
+}
+
+/// Inputs of one modality: a random prototype per class plus Gaussian noise of `noise`.
+fn modality(y: &Tensor, width: usize, noise: f32, dev: &Device) -> candle_core::Result<Tensor> {
+    let protos = Tensor::randn(0f32, 1.0, (CLASSES, width), dev)?;
+    protos.index_select(y, 0)? + Tensor::randn(0f32, noise, (N, width), dev)?
+}
+
+fn main() -> redreg::Result<()> {
+    let dev = Device::Cpu;
+    let y = Tensor::new((0..N as u32).map(|i| i % CLASSES as u32).collect::<Vec<_>>(), &dev)?;
+    let x = [modality(&y, 20, 0.5, &dev)?, modality(&y, 12, 2.0, &dev)?];
+
+    // One VarMap per encoder: RedReg regulates the encoders; the heads have their own map.
+    let (maps, heads) = ([VarMap::new(), VarMap::new()], VarMap::new());
+    let enc = [encoder(&maps[0], 20, &dev)?, encoder(&maps[1], 12, &dev)?];
+    let vb = VarBuilder::from_varmap(&heads, candle_core::DType::F32, &dev);
+    let uni = [linear(FEATURES, CLASSES, vb.pp("a"))?, linear(FEATURES, CLASSES, vb.pp("b"))?];
+    let fused = linear(2 * FEATURES, CLASSES, vb.pp("fused"))?;
+    let mut vars = heads.all_vars();
+    vars.extend(maps.iter().flat_map(VarMap::all_vars));
+    let mut sgd = SGD::new(vars, 0.05)?;
+
+    // RedReg: declared once, from the encoders and the largest batch.
+    let mut redreg = RedReg::new(Config::new(EPOCHS), &[&maps[0], &maps[1]], BATCH)?;
+    for epoch in 0..EPOCHS {
+        redreg.begin_epoch(epoch)?; // θ₀: the drift d = θ − θ₀ starts at zero
+        let (mut suppressed, mut correct) = ([0; 2], 0.0);
+        for start in (0..N).step_by(BATCH) {
+            let len = BATCH.min(N - start); // 64, …, 64, 40
+            let y = y.narrow(0, start, len)?;
+            let x = [x[0].narrow(0, start, len)?, x[1].narrow(0, start, len)?];
+            let pooled = [enc[0].forward(&x[0])?, enc[1].forward(&x[1])?];
+            let logits = [uni[0].forward(&pooled[0])?, uni[1].forward(&pooled[1])?];
+            let out = fused.forward(&Tensor::cat(&pooled, D::Minus1)?)?;
+            let loss = (cross_entropy(&out, &y)? + cross_entropy(&logits[0], &y)?)?;
+            let mut grads = (loss + cross_entropy(&logits[1], &y)?)?.backward()?;
+            correct += out.argmax(D::Minus1)?.eq(&y)?.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+
+            // RedReg's redundancy: two noisy copies of each input (σ = 0.03) and their
+            // encoder features, without gradient.
+            let noisy = |x: &Tensor| x + Tensor::randn(0f32, NOISE_SIGMA as f32, x.dims(), &dev)?;
+            let x1 = [noisy(&x[0])?, noisy(&x[1])?];
+            let x2 = [noisy(&x[0])?, noisy(&x[1])?];
+            let z1 = [enc[0].forward(&x1[0])?.detach(), enc[1].forward(&x1[1])?.detach()];
+            let z2 = [enc[0].forward(&x2[0])?.detach(), enc[1].forward(&x2[1])?.detach()];
+            let mods: Vec<ModalityTensors> = (0..2)
+                .map(|m| ModalityTensors {
+                    logits: &logits[m],
+                    pooled: &pooled[m],
+                    x1: &x1[m],
+                    x2: &x2[m],
+                    z1: &z1[m],
+                    z2: &z2[m],
+                })
+                .collect();
+            // Statistics, decision, and grad += β·d⊥ for the dominant encoder, in place.
+            let decision = redreg.step(&y, &mods, &mut grads)?;
+            if let Some(m) = decision.suppressed {
+                suppressed[m] += 1;
+            }
+            sgd.step(&grads)?;
+        }
+        println!(
+            "epoch {epoch}: train accuracy {:.3}, steps suppressing A {}, B {} (of {})",
+            correct / N as f32,
+            suppressed[0],
+            suppressed[1],
+            N.div_ceil(BATCH)
+        );
+    }
+    Ok(())
+}
