@@ -5,7 +5,7 @@
 //! little between runs).
 //!
 //! `cargo run --example minimal --no-default-features --features candle`
-use candle_core::{Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::loss::cross_entropy;
 use candle_nn::{linear, Linear, Optimizer, VarBuilder, VarMap, SGD};
 use redreg::candle::{stats::ModalityTensors, RedReg, NOISE_SIGMA};
@@ -27,8 +27,11 @@ impl Module for Encoder {
 }
 
 fn encoder(map: &VarMap, inputs: usize, dev: &Device) -> candle_core::Result<Encoder> {
-    let vb = VarBuilder::from_varmap(map, candle_core::DType::F32, dev);
-    Ok(Encoder(linear(inputs, 32, vb.pp("l1"))?, linear(32, FEATURES, vb.pp("l2"))?))
+    let vb = VarBuilder::from_varmap(map, DType::F32, dev);
+    Ok(Encoder(
+        linear(inputs, 32, vb.pp("l1"))?,
+        linear(32, FEATURES, vb.pp("l2"))?,
+    ))
 }
 
 /// Inputs of one modality: a random prototype per class plus Gaussian noise of `noise`.
@@ -37,16 +40,22 @@ fn modality(y: &Tensor, width: usize, noise: f32, dev: &Device) -> candle_core::
     protos.index_select(y, 0)? + Tensor::randn(0f32, noise, (N, width), dev)?
 }
 
+/// `[f(0), f(1)]`: one value per modality.
+fn pair<T>(f: impl Fn(usize) -> candle_core::Result<T>) -> candle_core::Result<[T; 2]> {
+    Ok([f(0)?, f(1)?])
+}
+
 fn main() -> redreg::Result<()> {
     let dev = Device::Cpu;
-    let y = Tensor::new((0..N as u32).map(|i| i % CLASSES as u32).collect::<Vec<_>>(), &dev)?;
+    let labels: Vec<u32> = (0..N as u32).map(|i| i % CLASSES as u32).collect();
+    let y = Tensor::new(labels, &dev)?;
     let x = [modality(&y, 20, 0.5, &dev)?, modality(&y, 12, 2.0, &dev)?];
 
     // One VarMap per encoder: RedReg regulates the encoders; the heads have their own map.
     let (maps, heads) = ([VarMap::new(), VarMap::new()], VarMap::new());
     let enc = [encoder(&maps[0], 20, &dev)?, encoder(&maps[1], 12, &dev)?];
-    let vb = VarBuilder::from_varmap(&heads, candle_core::DType::F32, &dev);
-    let uni = [linear(FEATURES, CLASSES, vb.pp("a"))?, linear(FEATURES, CLASSES, vb.pp("b"))?];
+    let vb = VarBuilder::from_varmap(&heads, DType::F32, &dev);
+    let uni = pair(|m| linear(FEATURES, CLASSES, vb.pp(m.to_string())))?;
     let fused = linear(2 * FEATURES, CLASSES, vb.pp("fused"))?;
     let mut vars = heads.all_vars();
     vars.extend(maps.iter().flat_map(VarMap::all_vars));
@@ -60,23 +69,23 @@ fn main() -> redreg::Result<()> {
         for start in (0..N).step_by(BATCH) {
             let len = BATCH.min(N - start); // 64, …, 64, 40
             let y = y.narrow(0, start, len)?;
-            let x = [x[0].narrow(0, start, len)?, x[1].narrow(0, start, len)?];
-            let pooled = [enc[0].forward(&x[0])?, enc[1].forward(&x[1])?];
-            let logits = [uni[0].forward(&pooled[0])?, uni[1].forward(&pooled[1])?];
+            let x = pair(|m| x[m].narrow(0, start, len))?;
+            let pooled = pair(|m| enc[m].forward(&x[m]))?;
+            let logits = pair(|m| uni[m].forward(&pooled[m]))?;
             let out = fused.forward(&Tensor::cat(&pooled, D::Minus1)?)?;
             let loss = (cross_entropy(&out, &y)? + cross_entropy(&logits[0], &y)?)?;
             let mut grads = (loss + cross_entropy(&logits[1], &y)?)?.backward()?;
-            correct += out.argmax(D::Minus1)?.eq(&y)?.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+            let hits = out.argmax(D::Minus1)?.eq(&y)?.to_dtype(DType::F32)?;
+            correct += hits.sum_all()?.to_scalar::<f32>()?;
 
             // RedReg's redundancy: two noisy copies of each input (σ = 0.03) and their
             // encoder features, without gradient.
             let noisy = |x: &Tensor| x + Tensor::randn(0f32, NOISE_SIGMA as f32, x.dims(), &dev)?;
-            let x1 = [noisy(&x[0])?, noisy(&x[1])?];
-            let x2 = [noisy(&x[0])?, noisy(&x[1])?];
-            let z1 = [enc[0].forward(&x1[0])?.detach(), enc[1].forward(&x1[1])?.detach()];
-            let z2 = [enc[0].forward(&x2[0])?.detach(), enc[1].forward(&x2[1])?.detach()];
-            let mods: Vec<ModalityTensors> = (0..2)
-                .map(|m| ModalityTensors {
+            let (x1, x2) = (pair(|m| noisy(&x[m]))?, pair(|m| noisy(&x[m]))?);
+            let z1 = pair(|m| Ok(enc[m].forward(&x1[m])?.detach()))?;
+            let z2 = pair(|m| Ok(enc[m].forward(&x2[m])?.detach()))?;
+            let mods = pair(|m| {
+                Ok(ModalityTensors {
                     logits: &logits[m],
                     pooled: &pooled[m],
                     x1: &x1[m],
@@ -84,7 +93,7 @@ fn main() -> redreg::Result<()> {
                     z1: &z1[m],
                     z2: &z2[m],
                 })
-                .collect();
+            })?;
             // Statistics, decision, and grad += β·d⊥ for the dominant encoder, in place.
             let decision = redreg.step(&y, &mods, &mut grads)?;
             if let Some(m) = decision.suppressed {
@@ -92,12 +101,10 @@ fn main() -> redreg::Result<()> {
             }
             sgd.step(&grads)?;
         }
+        let [a, b] = suppressed;
+        let (acc, steps) = (correct / N as f32, N.div_ceil(BATCH));
         println!(
-            "epoch {epoch}: train accuracy {:.3}, steps suppressing A {}, B {} (of {})",
-            correct / N as f32,
-            suppressed[0],
-            suppressed[1],
-            N.div_ceil(BATCH)
+            "epoch {epoch}: train accuracy {acc:.3}, steps suppressing A {a}, B {b} (of {steps})"
         );
     }
     Ok(())

@@ -217,7 +217,10 @@ fn a_trainer_with_a_short_last_batch_runs_through_redreg() {
         oracle_ctl.begin_epoch(epoch).unwrap();
         for (s, start) in (0..50).step_by(16).enumerate() {
             let len = 16.min(50 - start);
-            let xb = [&x[0].narrow(0, start, len).unwrap(), &x[1].narrow(0, start, len).unwrap()];
+            let xb = [
+                &x[0].narrow(0, start, len).unwrap(),
+                &x[1].narrow(0, start, len).unwrap(),
+            ];
             let yb = y.narrow(0, start, len).unwrap();
             let (mut grads, t) = forward(&model, xb, &yb, 1000 + s as u64);
             let before = grads_of(&grads, &model.all_vars());
@@ -268,7 +271,9 @@ fn gradients_after_step_equal_the_f64_reference() {
     let mut ctl = Controller::new(Config::new(EPOCHS), 2).unwrap();
     ctl.begin_epoch(0).unwrap();
     let want: Decision = ctl.observe(&oracle_inputs(&t, &y)).unwrap();
-    let m = d.suppressed.expect("the leader's r > R and the gate is open");
+    let m = d
+        .suppressed
+        .expect("the leader's r > R and the gate is open");
     assert_eq!(Some(m), want.suppressed);
     close(d.beta, want.beta, 1e-9, "beta");
     assert!(d.beta > 1.0);
@@ -278,13 +283,19 @@ fn gradients_after_step_equal_the_f64_reference() {
     let after = grads_of(&grads, &model.all_vars());
     for (i, v) in vars[m].iter().enumerate() {
         let theta = flat::<f32>(v.as_tensor());
-        let mut want = before[first + i].clone().expect("every variable has a gradient");
+        let mut want = before[first + i]
+            .clone()
+            .expect("every variable has a gradient");
         let segs = Segments::from_lengths(&[theta.len()]).unwrap();
         let p = Projection::drift(&theta[..], &theta0[m][i][..], [], &mut want[..]).beta(d.beta);
         reference::project_out(&segs, p).unwrap();
         let got = after[first + i].clone().unwrap();
         redreg::testing::assert_close("projected gradient", &got, &want, 1e-6, 1e-5);
-        assert_ne!(after[first + i], before[first + i], "tensor {i} not projected");
+        assert_ne!(
+            after[first + i],
+            before[first + i],
+            "tensor {i} not projected"
+        );
     }
     // Everything else is bit for bit what backward gave.
     for i in (0..after.len()).filter(|i| !(first..first + vars[m].len()).contains(i)) {
@@ -306,10 +317,16 @@ fn first_suppressed_step_of_an_epoch_changes_nothing() {
             let (mut grads, t) = forward(&model, [&x[0], &x[1]], &y, 40 + s);
             let before = grads_of(&grads, &model.all_vars());
             let d = rr.step(&y, &t.views(), &mut grads).unwrap();
-            assert!(d.suppressed.is_some(), "epoch {epoch} step {s}: nothing suppressed");
+            assert!(
+                d.suppressed.is_some(),
+                "epoch {epoch} step {s}: nothing suppressed"
+            );
             let after = grads_of(&grads, &model.all_vars());
             if s == 0 {
-                assert_eq!(after, before, "epoch {epoch}: the first step changed a gradient");
+                assert_eq!(
+                    after, before,
+                    "epoch {epoch}: the first step changed a gradient"
+                );
             } else {
                 assert_ne!(after, before, "epoch {epoch} step {s}: no drift projected");
             }
@@ -321,7 +338,13 @@ fn first_suppressed_step_of_an_epoch_changes_nothing() {
 /// The state a failed call must leave as it was: the controller and θ₀.
 fn state(rr: &RedReg) -> (redreg::controller::ControllerState, Vec<Vec<f32>>) {
     let theta0 = (0..2)
-        .flat_map(|m| rr.theta0(m).unwrap_or(&[]).iter().map(flat::<f32>).collect::<Vec<_>>())
+        .flat_map(|m| {
+            rr.theta0(m)
+                .unwrap_or(&[])
+                .iter()
+                .map(flat::<f32>)
+                .collect::<Vec<_>>()
+        })
         .collect();
     (rr.controller().state().clone(), theta0)
 }
@@ -342,12 +365,26 @@ fn bad_inputs_are_errors_and_change_nothing() {
     assert!(RedReg::new(Config::new(0), &[a, b], 8).is_err());
 
     let mut rr = model.redreg(8);
-    let (mut grads, t) = forward(&model, [&x[0].narrow(0, 0, 8).unwrap(), &x[1].narrow(0, 0, 8).unwrap()], &y.narrow(0, 0, 8).unwrap(), 9);
+    let (mut grads, t) = forward(
+        &model,
+        [
+            &x[0].narrow(0, 0, 8).unwrap(),
+            &x[1].narrow(0, 0, 8).unwrap(),
+        ],
+        &y.narrow(0, 0, 8).unwrap(),
+        9,
+    );
     let y8 = y.narrow(0, 0, 8).unwrap();
-    let msg = rr.step(&y8, &t.views(), &mut grads).unwrap_err().to_string();
+    let msg = rr
+        .step(&y8, &t.views(), &mut grads)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("begin_epoch"), "{msg}");
     assert!(rr.begin_epoch(EPOCHS).is_err());
-    assert!(rr.theta0(0).is_none(), "a failed begin_epoch took a snapshot");
+    assert!(
+        rr.theta0(0).is_none(),
+        "a failed begin_epoch took a snapshot"
+    );
     rr.begin_epoch(0).unwrap();
 
     // A batch of 9 for a declared 8, and the other bad steps: Err, nothing changed.
@@ -364,9 +401,27 @@ fn bad_inputs_are_errors_and_change_nothing() {
         assert_eq!(grads_of(g, &vars), g0, "{msg}: the gradients changed");
     };
     check(&mut rr, &y, &t9.views(), &mut grads, "1 to 8");
-    check(&mut rr, &y8, &t.views()[..1], &mut grads, "1 modalities given");
-    check(&mut rr, &y.narrow(0, 0, 0).unwrap(), &t.views(), &mut grads, "a batch of 0");
-    check(&mut rr, &y.narrow(0, 0, 7).unwrap(), &t.views(), &mut grads, "the batch of the logits");
+    check(
+        &mut rr,
+        &y8,
+        &t.views()[..1],
+        &mut grads,
+        "1 modalities given",
+    );
+    check(
+        &mut rr,
+        &y.narrow(0, 0, 0).unwrap(),
+        &t.views(),
+        &mut grads,
+        "a batch of 0",
+    );
+    check(
+        &mut rr,
+        &y.narrow(0, 0, 7).unwrap(),
+        &t.views(),
+        &mut grads,
+        "the batch of the logits",
+    );
     let wide = tensor(3, &[8, 3], cpu());
     let mut v = t.views();
     v[0].z2 = &wide;
@@ -395,6 +450,19 @@ fn bad_inputs_are_errors_and_change_nothing() {
     check(&mut rr, &y8, &t.views(), &mut grads, "gradient");
     let mut v = t.views();
     v[0].logits = &five;
-    rr.step(&y8, &v, &mut forward(&model, [&x[0].narrow(0, 0, 8).unwrap(), &x[1].narrow(0, 0, 8).unwrap()], &y8, 9).0)
-        .unwrap();
+    rr.step(
+        &y8,
+        &v,
+        &mut forward(
+            &model,
+            [
+                &x[0].narrow(0, 0, 8).unwrap(),
+                &x[1].narrow(0, 0, 8).unwrap(),
+            ],
+            &y8,
+            9,
+        )
+        .0,
+    )
+    .unwrap();
 }

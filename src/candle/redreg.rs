@@ -129,10 +129,7 @@ impl RedReg {
             return Err(invalid("max_batch", "must be at least 1"));
         }
         if let Some(m) = encoders.iter().position(Vec::is_empty) {
-            return Err(invalid(
-                "encoders",
-                format!("encoder {m} has no variables"),
-            ));
+            return Err(invalid("encoders", format!("encoder {m} has no variables")));
         }
         let device = encoders[0][0].device().clone();
         for (m, vars) in encoders.iter().enumerate() {
@@ -393,7 +390,11 @@ impl RedReg {
 
 /// The plan for `max_batch` samples of the per-sample widths in `shapes` (one step's, at
 /// its own batch size), and its executor on the backend's device.
-fn declare(backend: &DeviceBackend, shapes: Vec<ModalityShapes>, max_batch: usize) -> Result<Stats> {
+fn declare(
+    backend: &DeviceBackend,
+    shapes: Vec<ModalityShapes>,
+    max_batch: usize,
+) -> Result<Stats> {
     let at_max = |n: usize, b: usize| {
         (n / b)
             .checked_mul(max_batch)
