@@ -425,7 +425,7 @@ fn bad_inputs_are_errors_and_change_nothing() {
     let wide = tensor(3, &[8, 3], cpu());
     let mut v = t.views();
     v[0].z2 = &wide;
-    check(&mut rr, &y8, &v, &mut grads, "z2 elements");
+    check(&mut rr, &y8, &v, &mut grads, "z2 has 24 elements");
     let mut v = t.views();
     v[1].pooled = &wide;
     check(&mut rr, &y8, &v, &mut grads, "pooled");

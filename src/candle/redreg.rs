@@ -290,32 +290,21 @@ impl RedReg {
             if s.batch != batch {
                 return Err(bad("the batch of the logits", s.batch, batch));
             }
-            for (what, n) in [
-                ("z1 elements", t.z1.elem_count()),
-                ("z2 elements", t.z2.elem_count()),
+            // Feature and input copies: equal, whole numbers of elements per sample.
+            for (what, n, first) in [
+                ("z1", t.z1.elem_count(), s.features),
+                ("z2", t.z2.elem_count(), s.features),
+                ("x1", t.x1.elem_count(), s.inputs),
+                ("x2", t.x2.elem_count(), s.inputs),
             ] {
-                if n != s.features || n % batch != 0 {
+                if n != first || n % batch != 0 {
                     return Err(invalid(
                         "modalities",
                         format!(
-                            "modality {i}: {what} = {n}, not {} = the same whole number \
-                             of elements per sample as z1 for {batch} samples",
-                            s.features
-                        ),
-                    ));
-                }
-            }
-            for (what, n) in [
-                ("x1 elements", t.x1.elem_count()),
-                ("x2 elements", t.x2.elem_count()),
-            ] {
-                if n != s.inputs || n % batch != 0 {
-                    return Err(invalid(
-                        "modalities",
-                        format!(
-                            "modality {i}: {what} = {n}, not {} = the same whole number \
-                             of elements per sample as x1 for {batch} samples",
-                            s.inputs
+                            "modality {i}: {what} has {n} elements; z1 and z2 ({} in z1), \
+                             and x1 and x2 ({} in x1), must hold the same whole number of \
+                             elements per sample for the {batch} samples",
+                            s.features, s.inputs
                         ),
                     ));
                 }
