@@ -19,6 +19,8 @@
 //!   measurement times).
 //! - `REDREG_BENCH_THREADS=T`: thread count (default: all cores).
 //! - `REDREG_BENCH_MEM_GIB=G`: memory cap for the buffers of one size/dtype (default 3.5).
+//! - `REDREG_CPU_LEVEL=base|avx2`: caps the CPU backend's instruction-set level (default:
+//!   the best this CPU has), to compare the levels on one machine.
 //!
 //! Besides criterion's own report, every bench prints one line
 //! `op size dtype k: min .. ms, median .. ms, GB/s (min), ratio = x` where the ratio is to
@@ -339,9 +341,10 @@ fn cpu(c: &mut Criterion) {
         .build()
         .expect("pool");
     println!(
-        "redreg CPU benches: {t} threads, chunk {} elements, quick = {}",
+        "redreg CPU benches: {t} threads, chunk {} elements, quick = {}, REDREG_CPU_LEVEL = {}",
         be.chunk(),
-        quick()
+        quick(),
+        std::env::var("REDREG_CPU_LEVEL").unwrap_or_else(|_| "(unset: best)".into())
     );
     for size in sizes() {
         bench_dtype::<f32>(c, &size, &be, &pool);

@@ -6,7 +6,7 @@
 #     selftest   f16 host conversions vs the compiler's IEEE binary16 (all 2^32 f32 values)
 #     negative   broken kernels each mode must catch (tests/emu/negative/run.sh)
 #     plain      every GPU test binary, REDREG_REQUIRE_GPU=1, default test threads, 2 devices;
-#                the NVRTC path (REDREG_FORCE_NVRTC=1) for the stats and controller binaries;
+#                the NVRTC path (REDREG_FORCE_NVRTC=1) for the stats binary;
 #                the GPU bench in smoke mode
 #     address    AddressSanitizer over the kernels (exact-size allocations, 0xA5 fill)
 #     race       ThreadSanitizer over the kernels (each CUDA thread a TSan fiber)
@@ -43,8 +43,10 @@ row() { echo "| $* |" >>"$RESULTS"; }
 section() { printf '\n== emu-check: %s\n' "$*"; }
 
 test_binaries() { # prints "name path" for each GPU test binary (builds them)
-    cargo test --features cuda --no-run --message-format=json \
-        --test gpu_project --test gpu_kernels --test gpu_stats --test gpu_controller --test gpu_reliability --test gpu_isolation --test gpu_launches --test gpu_errors --test gpu_tensor_list 2>"$LOGS/cargo-build.log" |
+    # With nvcc, REDREG_REQUIRE_NVCC=1 as check-kernels.sh builds: the same build-script
+    # environment, so cargo reuses its fatbins instead of running nvcc again (minutes).
+    ${NVCC:+env REDREG_REQUIRE_NVCC=1} cargo test --features cuda --no-run --message-format=json \
+        --test gpu_project --test gpu_kernels --test gpu_stats --test gpu_controller --test gpu_reliability --test gpu_isolation --test gpu_launches --test gpu_errors --test tensor_list 2>"$LOGS/cargo-build.log" |
         python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -174,14 +176,20 @@ for step in $STEPS; do
             fi
             section "$step mode"
             while read -r name bin; do
+                # NVRTC compiling every module (PTX and cubin) launches no kernel and is
+                # check-kernels.sh's step 3; here it cost ~5 min per mode on 2 cores.
+                skip_here=()
+                [ "$name" = gpu_project ] && skip_here=(--skip nvrtc_compiles_embedded_sources)
+                # Files of backend_tests! bodies (tests/common/backends.rs): the CUDA tests.
+                [ "$name" = tensor_list ] && skip_here=(cuda)
                 case "$mode" in
                     plain)
                         if [ "${EMU_FULL:-0}" = 1 ]; then
-                            REDREG_GPU_QUICK=0 run_bin plain "$name" "$bin"
+                            REDREG_GPU_QUICK=0 run_bin plain "$name" "$bin" "${skip_here[@]}"
                         else
-                            run_bin plain "$name" "$bin"
+                            run_bin plain "$name" "$bin" "${skip_here[@]}"
                         fi ;;
-                    asan) run_bin asan "$name" "$bin" ;;
+                    asan) run_bin asan "$name" "$bin" "${skip_here[@]}" ;;
                     tsan)
                         # TSan costs ~50x: every kernel at small sizes (gpu_kernels runs each
                         # project kernel once; gpu_project's large layouts are left to the
@@ -190,17 +198,20 @@ for step in $STEPS; do
                             # gpu_errors launches no kernel: plain and address modes only.
                             gpu_project | gpu_errors) ;;
                             gpu_reliability) run_bin tsan "$name" "$bin" --skip twenty_runs --skip two_backends ;;
-                            *) run_bin tsan "$name" "$bin" ;;
+                            *) run_bin tsan "$name" "$bin" "${skip_here[@]}" ;;
                         esac ;;
                 esac
             done <<<"$BINS"
             section "$step mode: kernels launched (every extern \"C\" __global__ of kernels/*.cu must run)"
             coverage "$mode" || status=1
             if [ "$mode" = plain ]; then
+                # One binary suffices for the loading path (module → NVRTC PTX → the emulated
+                # driver's module by name); the stats module compiles in seconds, the project
+                # module's 129 kernels in minutes (their NVRTC compile is check-kernels' step 3).
                 section "plain mode, the NVRTC path (REDREG_FORCE_NVRTC=1: PTX from the embedded sources)"
                 while read -r name bin; do
                     case "$name" in
-                        gpu_stats | gpu_controller) REDREG_FORCE_NVRTC=1 EMU_TAG=" (NVRTC)" run_bin plain "$name" "$bin" ;;
+                        gpu_stats) REDREG_FORCE_NVRTC=1 EMU_TAG=" (NVRTC)" run_bin plain "$name" "$bin" ;;
                     esac
                 done <<<"$BINS"
                 section "plain mode, the GPU bench in smoke mode (REDREG_BENCH_SMOKE=1: small layouts, one call per case)"

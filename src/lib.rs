@@ -48,6 +48,12 @@ pub use segments::Segments;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+/// docs/distributed.md's code blocks, compiled (and run) as doc tests so they cannot drift
+/// from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/distributed.md")]
+pub struct DistributedDoctests;
+
 /// docs/candle.md's code blocks are compiled and run as doc tests (they use candle).
 #[cfg(all(doctest, feature = "candle"))]
 #[doc = include_str!("../docs/candle.md")]

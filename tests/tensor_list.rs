@@ -1,239 +1,385 @@
-//! Tensor lists on the host backends (`Backend::project_list`): one buffer per segment,
-//! each its own allocation at its own alignment, against
-//! - the same backend's flat `project_out` on the tensors packed into one buffer: bit for
-//!   bit (the definition of the list operation), ranks equal;
-//! - the f64 oracle (`Reference::project_list`, which packs, projects and unpacks) within
-//!   rounding;
+//! Tensor lists (`Backend::project_list`: one buffer per segment) on every backend — the
+//! f64 `Reference`, the `CpuBackend` and, with feature `cuda`, the `CudaBackend` (the flat
+//! kernels reading a per-segment pointer table; a real GPU or the emulated driver, SKIP
+//! convention of tests/common/gpu.rs) — one body each, run by `backend_tests!`:
+//! - against the same backend's flat `project_out` on the tensors packed into one buffer:
+//!   bit for bit (the definition of the list operation), ranks equal — every tensor its own
+//!   allocation at its own misalignment (on CUDA some tensors take the 16-byte vector path
+//!   and others the scalar one), empty tensors and tensors of several chunks included; the
+//!   memory around every tensor untouched;
+//! - against the f64 oracle within rounding;
+//! - bad lists (a missing or extra tensor, a tensor of the wrong length) are `Err` with
+//!   nothing written; flat results do not depend on the buffers' alignment.
 //!
-//! and bad lists (a missing tensor, a tensor of the wrong length) are `Err` with nothing
-//! written.
+//! The CUDA-only checks (overlap found through raw pointers) are in `mod cuda_only`; the
+//! list past 2^31 elements runs on the CPU (4 GiB of host memory).
 
 mod common;
 
+use common::backends::{quick, TestBackend};
 use common::Mode;
 use redreg::testing::{assert_close, elements};
-/// A host tensor-list projection.
-type ListP<'a, 'b, T> = Projection<'a, TensorList<&'b [T]>, TensorList<&'b mut [T]>>;
-
 use redreg::{
     bf16, f16, Backend, Beta, CpuBackend, Element, Error, Output, ProjectOptions, Projection,
     Reference, Segments, TensorList,
 };
 
-/// Empty tensors, one-element ones, odd lengths, and ones of many chunks of the 64-element
-/// test chunk.
+const SENTINEL: f64 = 7.0;
+
+/// Empty tensors, tiny and odd ones, ones of many 64-element CPU test chunks, one of three
+/// CUDA chunks (RR_CHUNK = 16384), and thousands-long ones whose misalignment in the list
+/// differs from the packed buffer's (inexact sums: only the same summation order gives the
+/// same bits).
 fn layout() -> Segments {
-    Segments::from_lengths(&[5, 0, 1, 64, 3, 0, 257, 130, 7, 1000, 2]).unwrap()
+    Segments::from_lengths(&[
+        5,
+        0,
+        1,
+        64,
+        3,
+        0,
+        257,
+        130,
+        7,
+        1000,
+        2,
+        16384 * 2 + 5,
+        33,
+        3001,
+        4099,
+    ])
+    .unwrap()
 }
 
-/// One tensor per segment, each its own allocation, starting `s % 4` elements into it (so
-/// that neighbouring tensors have different alignments), holding `flat`'s segment.
-struct Tensors<T> {
-    storage: Vec<Vec<T>>,
+/// One allocation per tensor: `pad = s % 5` sentinel elements, the segment, one sentinel.
+struct Tensors<B: TestBackend, T: Element> {
+    bufs: Vec<B::Buf<T>>,
     pads: Vec<usize>,
+    lens: Vec<usize>,
 }
 
-impl<T: Element> Tensors<T> {
-    fn new(segs: &Segments, flat: &[T]) -> Self {
-        let mut storage = Vec::new();
-        let mut pads = Vec::new();
+impl<B: TestBackend, T: Element> Tensors<B, T> {
+    fn new(b: &B, segs: &Segments, flat: &[T]) -> Self {
+        let (mut bufs, mut pads, mut lens) = (Vec::new(), Vec::new(), Vec::new());
         for (s, r) in segs.iter().enumerate() {
-            let pad = s % 4;
-            let mut buf = vec![T::from_f64(7.0); pad + r.len() + 1];
-            buf[pad..pad + r.len()].copy_from_slice(&flat[r]);
-            storage.push(buf);
+            let pad = s % 5;
+            let mut host = vec![T::from_f64(SENTINEL); pad + r.len() + 1];
+            host[pad..pad + r.len()].copy_from_slice(&flat[r.clone()]);
+            bufs.push(b.upload(&host));
             pads.push(pad);
+            lens.push(r.len());
         }
-        Self { storage, pads }
+        Self { bufs, pads, lens }
     }
 
-    fn list(&self) -> TensorList<&[T]> {
-        self.storage
+    fn list(&self) -> TensorList<redreg::Src<'_, B, T>> {
+        self.bufs
             .iter()
-            .zip(&self.pads)
-            .map(|(b, &p)| &b[p..b.len() - 1])
+            .zip(self.pads.iter().zip(&self.lens))
+            .map(|(buf, (&p, &n))| B::view(buf, p..p + n))
             .collect()
     }
 
-    fn list_mut(&mut self) -> TensorList<&mut [T]> {
-        self.storage
+    fn list_mut(&mut self) -> TensorList<redreg::Dst<'_, B, T>> {
+        self.bufs
             .iter_mut()
-            .zip(&self.pads)
-            .map(|(b, &p)| {
-                let n = b.len() - 1;
-                &mut b[p..n]
-            })
+            .zip(self.pads.iter().zip(&self.lens))
+            .map(|(buf, (&p, &n))| B::view_mut(buf, p..p + n))
             .collect()
     }
 
-    fn packed(&self) -> Vec<T> {
-        self.list().0.concat()
-    }
-
-    /// The padding around every tensor is untouched.
-    fn check_padding(&self) {
-        for (b, &p) in self.storage.iter().zip(&self.pads) {
-            for x in b[..p].iter().chain(b.last()) {
-                assert_eq!(x.to_f64(), 7.0, "a list call wrote outside its tensor");
+    /// The tensors packed, after checking the sentinels around each.
+    fn packed(&self, b: &B) -> Vec<T> {
+        let mut flat = Vec::new();
+        for (buf, (&p, &n)) in self.bufs.iter().zip(self.pads.iter().zip(&self.lens)) {
+            let host = b.download(buf);
+            for x in host[..p].iter().chain(&host[p + n..]) {
+                assert_eq!(x.to_f64(), SENTINEL, "a list call wrote outside its tensor");
             }
+            flat.extend_from_slice(&host[p..p + n]);
         }
+        flat
     }
+}
+
+fn bits<T: Element>(x: &[T]) -> Vec<u64> {
+    x.iter().map(|e| e.to_f64().to_bits()).collect()
 }
 
 /// Runs `mode` with k basis vectors (k includes the destination for `Drift`) flat and as
-/// lists on `backend`, and through the oracle; returns (flat, list, oracle) outputs and
-/// ranks after checking the ranks agree.
-fn check<T: Element, B>(backend: &B, segs: &Segments, k: usize, mode: Mode)
-where
-    B: Backend<Memory = redreg::Host, Ranks = Vec<u32>>,
-{
+/// lists on `b`, and flat on the oracle: list = flat bit for bit, ranks equal, the oracle
+/// within rounding.
+fn check<B: TestBackend, T: Element>(b: &B, segs: &Segments, k: usize, mode: Mode) {
     let n = segs.total();
-    let seed = 100 + k as u64 * 10 + mode as u64;
+    let seed = 300 + k as u64 * 10 + mode as u64;
     let v: Vec<T> = elements(n, seed, 1.0);
     let v0: Vec<T> = elements(n, seed + 1, 1.0);
     let base: Vec<T> = elements(n, seed + 2, 1.0);
     let out0: Vec<T> = elements(n, seed + 3, 1.0);
     let drift = matches!(mode, Mode::Drift);
-    let n_basis = if drift { k - 1 } else { k };
-    let basis: Vec<Vec<T>> = (0..n_basis)
+    let basis: Vec<Vec<T>> = (0..k - usize::from(drift))
         .map(|i| elements(n, seed + 10 + i as u64, 1.0))
         .collect();
     let betas: Vec<f64> = (0..segs.len()).map(|s| 0.5 + s as f64 * 0.25).collect();
-    let beta: Beta<'_> = match mode {
+    let beta = match mode {
         Mode::Base => Beta::PerSegment(&betas),
         _ => Beta::Scalar(0.75),
     };
-
-    // Flat.
-    let mut flat_out = out0.clone();
-    let flat_ranks = {
-        let bs: Vec<&[T]> = basis.iter().map(|b| &b[..]).collect();
-        let p = mode.projection(&v[..], &v0[..], bs, &base[..], &mut flat_out[..]);
-        let p = p.alpha(1.25).beta(beta).opts(ProjectOptions::default());
-        backend.project_out(segs, p).unwrap()
-    };
-
-    // Lists (separate allocations, mixed alignments), on `backend` and on the oracle.
-    let run_list = |b: &dyn Fn(ListP<'_, '_, T>) -> Vec<u32>| {
-        let tv = Tensors::new(segs, &v);
-        let tv0 = Tensors::new(segs, &v0);
-        let tbase = Tensors::new(segs, &base);
-        let tb: Vec<Tensors<T>> = basis.iter().map(|x| Tensors::new(segs, x)).collect();
-        let mut tout = Tensors::new(segs, &out0);
-        let lb: Vec<TensorList<&[T]>> = tb.iter().map(|t| t.list()).collect();
-        let ranks = {
-            let out = tout.list_mut();
-            let p = mode.projection(tv.list(), tv0.list(), lb, tbase.list(), out);
-            b(p.alpha(1.25).beta(beta).opts(ProjectOptions::default()))
-        };
-        for t in [&tv, &tv0, &tbase, &tout].into_iter().chain(&tb) {
-            t.check_padding();
-        }
-        (tout.packed(), ranks)
-    };
-    let (list_out, list_ranks) = run_list(&|p| backend.project_list(segs, p).unwrap());
-    let (ref_out, ref_ranks) = run_list(&|p| Reference.project_list(segs, p).unwrap());
-
+    let (alpha, opts) = (1.25, ProjectOptions::default());
     let what = format!("{} k={k} {mode:?}", T::DTYPE.name());
+
+    // Flat, in the backend's memory.
+    let (dv, dv0, dbase) = (b.upload(&v), b.upload(&v0), b.upload(&base));
+    let dbasis: Vec<B::Buf<T>> = basis.iter().map(|x| b.upload(x)).collect();
+    let mut dout = b.upload(&out0);
+    let flat_ranks = {
+        let bv: Vec<_> = dbasis.iter().map(|x| B::view(x, 0..n)).collect();
+        let out = B::view_mut(&mut dout, 0..n);
+        let (v, v0, base) = (
+            B::view(&dv, 0..n),
+            B::view(&dv0, 0..n),
+            B::view(&dbase, 0..n),
+        );
+        let p = mode.projection(v, v0, bv, base, out);
+        let r = b.project_out(segs, p.alpha(alpha).beta(beta).opts(opts));
+        B::host_ranks(&r.unwrap())
+    };
+    let flat_out = b.download(&dout);
+
+    // The same as tensor lists.
+    let tv = Tensors::new(b, segs, &v);
+    let tv0 = Tensors::new(b, segs, &v0);
+    let tbase = Tensors::new(b, segs, &base);
+    let tb: Vec<Tensors<B, T>> = basis.iter().map(|x| Tensors::new(b, segs, x)).collect();
+    let mut tout = Tensors::new(b, segs, &out0);
+    let list_ranks = {
+        let lb: Vec<_> = tb.iter().map(|t| t.list()).collect();
+        let out = tout.list_mut();
+        let p = mode.projection(tv.list(), tv0.list(), lb, tbase.list(), out);
+        let r = b.project_list(segs, p.alpha(alpha).beta(beta).opts(opts));
+        B::host_ranks(&r.unwrap())
+    };
+    let list_out = tout.packed(b);
+    for t in [&tv, &tv0, &tbase].into_iter().chain(&tb) {
+        t.packed(b);
+    }
     assert_eq!(list_ranks, flat_ranks, "{what}: ranks, list vs flat");
-    assert_eq!(ref_ranks, flat_ranks, "{what}: ranks, oracle vs flat");
-    let bits = |x: &[T]| x.iter().map(|e| e.to_f64().to_bits()).collect::<Vec<_>>();
-    assert_eq!(
-        bits(&list_out),
-        bits(&flat_out),
-        "{what}: list vs flat, bit for bit"
+    assert!(
+        bits(&list_out) == bits(&flat_out),
+        "{what}: the list result differs from the flat one; first mismatch at {:?}",
+        bits(&list_out)
+            .iter()
+            .zip(bits(&flat_out))
+            .position(|(a, b)| *a != b)
     );
-    // The CPU backend sums in another order than the oracle: within a few roundings of T.
-    // (one rounding of T, relative, plus an absolute floor for cancellation near 0)
-    let u = match T::DTYPE.size() {
-        4 => 1.2e-7,
-        _ if T::DTYPE.name() == "bf16" => 7.9e-3,
-        _ => 9.8e-4,
+
+    // And the oracle within rounding: the backends sum in another order than the oracle,
+    // so within a few roundings of T (relative, plus an absolute floor for cancellation).
+    let mut ref_out = out0.clone();
+    let ref_ranks = {
+        let bs: Vec<&[T]> = basis.iter().map(|x| &x[..]).collect();
+        let p = mode.projection(&v[..], &v0[..], bs, &base[..], &mut ref_out[..]);
+        Reference
+            .project_out(segs, p.alpha(alpha).beta(beta).opts(opts))
+            .unwrap()
+    };
+    assert_eq!(list_ranks, ref_ranks, "{what}: ranks vs the oracle");
+    let u = match T::DTYPE {
+        redreg::DType::F32 => 1.2e-7,
+        redreg::DType::F16 => 9.8e-4,
+        redreg::DType::BF16 => 7.9e-3,
     };
     assert_close(&what, &list_out, &ref_out, 4.0 * u, 2.0 * u);
 }
 
-fn all_modes<T: Element>() {
+fn all<B: TestBackend, T: Element>(b: &B) {
     let segs = layout();
-    let cpu = CpuBackend::with_threads(2).unwrap().with_chunk(64).unwrap();
-    for k in [0usize, 1, 2, 3, 8] {
-        for mode in [Mode::Write, Mode::Base, Mode::Accumulate] {
-            check::<T, _>(&cpu, &segs, k, mode);
-        }
-        if k >= 1 {
-            check::<T, _>(&cpu, &segs, k, Mode::Drift);
-        }
+    let ks: &[usize] = if quick() { &[1, 3] } else { &[1, 2, 3, 8] };
+    check::<B, T>(b, &segs, 0, Mode::Write);
+    for &k in ks {
+        check::<B, T>(b, &segs, k, Mode::Drift);
+        check::<B, T>(b, &segs, k, Mode::Base);
+    }
+    check::<B, T>(b, &segs, 2, Mode::Write);
+    check::<B, T>(b, &segs, 1, Mode::Accumulate);
+    // Every k (on CUDA every list kernel, k = 0..8) once, also in quick mode.
+    for k in 0..=redreg::testing::solve::MAX_K {
+        check::<B, T>(b, &segs, k, Mode::Base);
     }
 }
 
-#[test]
-fn cpu_list_equals_flat_f32() {
-    all_modes::<f32>();
+fn list_equals_flat_f32<B: TestBackend>(b: &B) {
+    all::<B, f32>(b);
 }
 
-#[test]
-fn cpu_list_equals_flat_f16() {
-    all_modes::<f16>();
+fn list_equals_flat_f16<B: TestBackend>(b: &B) {
+    all::<B, f16>(b);
 }
 
-#[test]
-fn cpu_list_equals_flat_bf16() {
-    all_modes::<bf16>();
+fn list_equals_flat_bf16<B: TestBackend>(b: &B) {
+    all::<B, bf16>(b);
 }
 
-/// The oracle's list is its flat call on the packed buffers by construction; this pins
-/// that the CPU backend's flat call itself matches it (the chain list = flat ≈ oracle).
-#[test]
-fn reference_list_is_deterministic() {
-    let segs = layout();
-    check::<f32, _>(&Reference, &segs, 2, Mode::Drift);
-    check::<f32, _>(&Reference, &segs, 3, Mode::Base);
-}
-
-#[test]
-fn bad_lists_are_errors_and_write_nothing() {
+/// A missing or extra tensor, a tensor of the wrong length, a destination list of the
+/// wrong shape: `Err`, nothing written.
+fn bad_lists_are_errors_and_write_nothing<B: TestBackend>(b: &B) {
     let segs = Segments::from_lengths(&[3, 4]).unwrap();
-    let a = [1.0f32; 3];
-    let b = [2.0f32; 4];
-    let short = [2.0f32; 3];
-    let mut o1 = [9.0f32; 3];
-    let mut o2 = [9.0f32; 4];
-    let cpu = CpuBackend::new();
-    for backend_is_cpu in [true, false] {
-        let cases: Vec<(&str, TensorList<&[f32]>, usize)> = vec![
-            ("missing tensor", TensorList(vec![&a[..]]), 2),
-            ("wrong length", TensorList(vec![&a[..], &short[..]]), 2),
-            ("extra tensor", TensorList(vec![&a[..], &b[..], &b[..]]), 2),
-        ];
-        for (what, v, _) in cases {
-            let out = TensorList(vec![&mut o1[..], &mut o2[..]]);
-            let basis = [TensorList(vec![&a[..], &b[..]])];
-            let p = Projection::new(v, basis, Output::Write { base: None, out });
-            let r = if backend_is_cpu {
-                cpu.project_list(&segs, p)
-            } else {
-                Reference.project_list(&segs, p)
-            };
-            match r {
-                Err(Error::CountMismatch { .. }) | Err(Error::InvalidArgument { .. }) => {}
-                other => panic!("{what}: expected an Err, got {other:?}"),
-            }
+    let (a, c) = (b.upload(&[1.0f32; 3]), b.upload(&[2.0f32; 4]));
+    let short = b.upload(&[2.0f32; 3]);
+    let (mut o1, mut o2) = (b.upload(&[9.0f32; 3]), b.upload(&[9.0f32; 4]));
+    let cases: Vec<(&str, Vec<&B::Buf<f32>>, Vec<usize>)> = vec![
+        ("missing tensor", vec![&a], vec![3]),
+        ("wrong length", vec![&a, &short], vec![3, 3]),
+        ("extra tensor", vec![&a, &c, &c], vec![3, 4, 4]),
+    ];
+    for (what, v, lens) in cases {
+        let v: TensorList<_> = v
+            .iter()
+            .zip(&lens)
+            .map(|(x, &n)| B::view(x, 0..n))
+            .collect();
+        let basis = [TensorList(vec![B::view(&a, 0..3), B::view(&c, 0..4)])];
+        let out = TensorList(vec![B::view_mut(&mut o1, 0..3), B::view_mut(&mut o2, 0..4)]);
+        let p = Projection::new(v, basis, Output::Write { base: None, out });
+        match b.project_list(&segs, p) {
+            Err(Error::CountMismatch { .. }) | Err(Error::InvalidArgument { .. }) => {}
+            Err(e) => panic!("{what}: expected a count or argument error, got {e}"),
+            Ok(_) => panic!("{what}: accepted"),
         }
-        // A destination list of the wrong shape.
-        let v = TensorList(vec![&a[..], &b[..]]);
-        let out = TensorList(vec![&mut o1[..]]);
-        let p = Projection::new(v, [], Output::Write { base: None, out });
-        let r = if backend_is_cpu {
-            cpu.project_list(&segs, p)
-        } else {
-            Reference.project_list(&segs, p)
-        };
-        assert!(r.is_err(), "short destination list accepted");
     }
+    // A destination list of the wrong shape.
+    let v = TensorList(vec![B::view(&a, 0..3), B::view(&c, 0..4)]);
+    let out = TensorList(vec![B::view_mut(&mut o1, 0..3)]);
+    let p = Projection::new(v, [], Output::Write { base: None, out });
     assert!(
-        o1.iter().chain(&o2).all(|&x| x == 9.0),
-        "an Err wrote output"
+        b.project_list(&segs, p).is_err(),
+        "short destination list accepted"
     );
+    let written: Vec<f32> = [b.download(&o1), b.download(&o2)].concat();
+    assert!(written.iter().all(|&x| x == 9.0), "an Err wrote output");
+}
+
+/// The same projection on the same values at other addresses (1, 2, 3 elements into their
+/// allocations: on CUDA 16-byte vector loads impossible or possible) gives the same bits:
+/// pass 1 sums every chunk in one canonical order whatever the alignment. Segments of
+/// thousands of elements, so the sums are inexact and a different order would show.
+fn alignment_independent<B: TestBackend, T: Element>(b: &B) {
+    let segs = Segments::from_lengths(&[40_000, 777, 12_345]).unwrap();
+    let n = segs.total();
+    let theta: Vec<T> = elements(n, 71, 1.0);
+    let theta0: Vec<T> = elements(n, 72, 1.0);
+    let extra: Vec<T> = elements(n, 73, 1.0);
+    let g: Vec<T> = elements(n, 74, 1.0);
+    let mut results = Vec::new();
+    for off in 0..4usize {
+        let up = |x: &[T]| {
+            let mut h = vec![T::from_f64(SENTINEL); off + n];
+            h[off..].copy_from_slice(x);
+            b.upload(&h)
+        };
+        let (dt, dt0, de) = (up(&theta), up(&theta0), up(&extra));
+        let mut dg = up(&g);
+        // The f64 partials themselves (an output rounded to T would hide a last-bit change).
+        let mut scratch = up(&g);
+        let r = off..off + n;
+        let basis = [B::view(&dg, r.clone()), B::view(&de, r.clone())];
+        let out = Output::Write {
+            base: None,
+            out: B::view_mut(&mut scratch, r.clone()),
+        };
+        let p =
+            Projection::new(B::view(&dt, r.clone()), basis, out).minus(B::view(&dt0, r.clone()));
+        let parts = b.partials(&segs, &p).unwrap();
+        drop(p);
+        let part_bits: Vec<u64> = parts.as_slice().iter().map(|x| x.to_bits()).collect();
+        let ex = [B::view(&de, r.clone())];
+        let (t, t0) = (B::view(&dt, r.clone()), B::view(&dt0, r.clone()));
+        let p = Projection::drift(t, t0, ex, B::view_mut(&mut dg, r.clone()));
+        let ranks = B::host_ranks(&b.project_out(&segs, p.beta(0.5)).unwrap());
+        let out = b.download(&dg)[off..].to_vec();
+        results.push((part_bits, bits(&out), ranks));
+    }
+    for (off, r) in results.iter().enumerate().skip(1) {
+        assert!(
+            *r == results[0],
+            "{}: offset {off} gives other bits than offset 0 (first partial that differs: {:?})",
+            T::DTYPE.name(),
+            r.0.iter().zip(&results[0].0).position(|(a, b)| a != b)
+        );
+    }
+}
+
+fn flat_results_do_not_depend_on_alignment<B: TestBackend>(b: &B) {
+    alignment_independent::<B, f32>(b);
+    alignment_independent::<B, bf16>(b);
+    alignment_independent::<B, f16>(b);
+}
+
+backend_tests!(
+    list_equals_flat_f32,
+    list_equals_flat_f16,
+    list_equals_flat_bf16,
+    bad_lists_are_errors_and_write_nothing,
+    flat_results_do_not_depend_on_alignment,
+);
+
+/// On CUDA a destination tensor overlapping an input, or another destination tensor, is an
+/// `Err` (the kernels would read values they already overwrote, or two segments would
+/// write the same memory); nothing is written. Overlapping views come from the raw-pointer
+/// path (`ForeignSlice`), the only way to make them (safe Rust cannot alias on the host).
+#[cfg(feature = "cuda")]
+mod cuda_only {
+    use super::common::gpu;
+    use cudarc::driver::{CudaSlice, CudaViewMut, DevicePtr};
+    use redreg::cuda::ForeignSlice;
+    use redreg::{Backend, Output, Projection, RankList, Segments, TensorList};
+
+    #[test]
+    fn overlapping_lists_are_errors() {
+        let Some(b) = gpu::backend("cuda_only::overlapping_lists_are_errors") else {
+            return;
+        };
+        let s = b.stream();
+        let segs = Segments::from_lengths(&[4, 6]).unwrap();
+        let x = s.clone_htod(&[1.0f32; 10]).unwrap();
+        let y = s.clone_htod(&[2.0f32; 10]).unwrap();
+        let o = s.clone_htod(&[9.0f32; 20]).unwrap();
+        let addr = |c: &CudaSlice<f32>| c.device_ptr(s).0;
+        let (xa, ya, oa) = (addr(&x), addr(&y), addr(&o));
+        // SAFETY: every range lies inside x, y or o (10, 10 and 20 f32), alive until the end.
+        let wrap = |a: u64, off: u64, n: usize| {
+            unsafe { ForeignSlice::<f32>::new(b, a + 4 * off, n) }.unwrap()
+        };
+        let v = [wrap(xa, 0, 4), wrap(xa, 4, 6)];
+        let basis = [wrap(ya, 0, 4), wrap(ya, 4, 6)];
+        let run = |v: &[ForeignSlice<f32>],
+                   basis: &[ForeignSlice<f32>],
+                   outs: &mut [ForeignSlice<f32>]| {
+            let lb = [basis.iter().map(|f| f.view()).collect::<TensorList<_>>()];
+            let out: TensorList<CudaViewMut<'_, f32>> =
+                outs.iter_mut().map(|f| f.view_mut()).collect();
+            let lv: TensorList<_> = v.iter().map(|f| f.view()).collect();
+            b.project_list(
+                &segs,
+                Projection::new(lv, lb, Output::Write { base: None, out }),
+            )
+            .map(|r| r.to_vec().unwrap())
+        };
+        // Destination tensors overlapping each other: o[0..4] and o[2..8].
+        let mut outs = [wrap(oa, 0, 4), wrap(oa, 2, 6)];
+        let e = run(&v, &basis, &mut outs).unwrap_err();
+        assert!(e.to_string().contains("overlap"), "{e}");
+        // A destination tensor overlapping an input tensor (basis tensor 1 is o[10..16]).
+        let alias_basis = [wrap(ya, 0, 4), wrap(oa, 10, 6)];
+        let mut outs = [wrap(oa, 0, 4), wrap(oa, 12, 6)];
+        let e = run(&v, &alias_basis, &mut outs).unwrap_err();
+        assert!(e.to_string().contains("overlap"), "{e}");
+        let host = s.clone_dtoh(&o).unwrap();
+        assert!(host.iter().all(|&x| x == 9.0), "an Err wrote output");
+        // Disjoint tensors of one allocation are fine.
+        let mut outs = [wrap(oa, 0, 4), wrap(oa, 4, 6)];
+        assert_eq!(run(&v, &basis, &mut outs).unwrap().len(), 2);
+    }
 }
 
 /// A tensor list of more than 2^31 elements in all (65 tensors of 2^25 bf16 each, 4.1 GiB of

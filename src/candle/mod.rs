@@ -48,7 +48,6 @@
 //! never a panic, and nothing is written (the `GradStore` is only changed once every
 //! tensor has been computed).
 
-use crate::backend::Backend;
 use crate::dtype::Element;
 use crate::error::{check_count, invalid, Error, Result};
 use crate::project::{Beta, Output, ProjectOptions, Projection, TensorList};
@@ -59,11 +58,13 @@ use candle_core::{DType as CDType, Storage, StorageRef, Tensor, Var, WithDType};
 
 #[cfg(feature = "candle-cuda")]
 mod cuda;
+mod project;
 mod redreg;
 pub mod stats;
 pub use self::redreg::{RedReg, NOISE_SIGMA};
 #[cfg(feature = "candle-cuda")]
-pub use cuda::{cuda_backend, cuda_view, CandleCudaElement, CudaTensorView};
+pub use cuda::{cuda_backend, cuda_view};
+pub use project::TensorProjection;
 
 /// Something that is, or holds, a candle [`Tensor`] (`Tensor`, `&Tensor`, [`Var`], `&Var`).
 pub trait AsTensor {
@@ -90,7 +91,12 @@ impl<T: AsTensor + ?Sized> AsTensor for &T {
 }
 
 /// The element types shared by redreg and candle: `f32`, `f16`, `bf16`.
+#[cfg(not(feature = "candle-cuda"))]
 pub trait CandleElement: Element + WithDType {}
+/// The element types shared by redreg's kernels and candle's storage (with feature
+/// `candle-cuda`, candle's CUDA storage too).
+#[cfg(feature = "candle-cuda")]
+pub trait CandleElement: Element + WithDType + candle_core::cuda::CudaDType {}
 impl CandleElement for f32 {}
 impl CandleElement for half::f16 {}
 impl CandleElement for half::bf16 {}
@@ -138,9 +144,6 @@ pub struct TensorView<'a> {
     len: usize,
     dtype: crate::DType,
 }
-
-/// The view [`cpu_view`] returns.
-pub type CpuView<'a> = TensorView<'a>;
 
 impl std::fmt::Debug for TensorView<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -210,7 +213,7 @@ impl TensorView<'_> {
 /// (CUDA tensors: `cuda_view` with feature `candle-cuda`), is contiguous and is f32, f16
 /// or bf16. Holds candle's read lock on the storage while the view lives: do not update
 /// the same variable (`Var::set`, an optimizer step) before dropping it.
-pub fn cpu_view(t: &Tensor) -> Result<CpuView<'_>> {
+pub fn cpu_view(t: &Tensor) -> Result<TensorView<'_>> {
     let dtype = dtype_of(t.dtype())?;
     let (guard, layout) = t.storage_and_layout();
     match &*guard {
@@ -310,78 +313,21 @@ mod sealed {
     impl Sealed for super::DeviceBackend {}
 }
 
-/// One tensor's work for a [`TensorBackend`]: `alpha·base + beta·(v - P v)`, `P` the
-/// projector onto the span of `basis`. Built and checked (counts, shapes, dtypes,
-/// devices) by the adapter's functions; not constructible outside the crate.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct Job {
-    v: Tensor,
-    /// Subtracted from `v` in f64 inside the kernels (the drift `theta - theta0`).
-    v0: Option<Tensor>,
-    basis: Vec<Tensor>,
-    base: Option<Tensor>,
-    alpha: f64,
-    beta: f64,
-}
-
 /// The backends the adapter runs on: [`CpuBackend`] for tensors with CPU storage and, with
 /// feature `candle-cuda`, [`crate::cuda::CudaBackend`] for tensors with CUDA storage (make
-/// it with `cuda_backend`, so that it runs on the device's own stream). Sealed: the
-/// adapter's functions are the interface.
+/// it with `cuda_backend`, so that it runs on the device's own stream), or
+/// [`DeviceBackend`], either chosen at run time. Sealed: the adapter's functions are the
+/// interface.
 pub trait TensorBackend: sealed::Sealed {
-    /// Runs every job; the new tensors and each job's basis rank, in job order.
+    /// Runs the projection as one tensor-list projection; the new tensors and each
+    /// tensor's basis rank, in order.
     #[doc(hidden)]
-    fn project_jobs(&self, jobs: &[Job], opts: &ProjectOptions) -> Result<(Vec<Tensor>, Vec<u32>)>;
+    fn project_tensors(&self, p: &TensorProjection<'_>) -> Result<(Vec<Tensor>, Vec<u32>)>;
 }
 
 impl TensorBackend for CpuBackend {
-    fn project_jobs(&self, jobs: &[Job], opts: &ProjectOptions) -> Result<(Vec<Tensor>, Vec<u32>)> {
-        let Some(first) = jobs.first() else {
-            return Ok((Vec::new(), Vec::new()));
-        };
-        match dtype_of(first.v.dtype())? {
-            crate::DType::F32 => cpu_list::<f32>(self, jobs, opts),
-            crate::DType::F16 => cpu_list::<half::f16>(self, jobs, opts),
-            crate::DType::BF16 => cpu_list::<half::bf16>(self, jobs, opts),
-        }
-    }
-}
-
-/// What every job of one call shares (the adapter's functions build them so; checked).
-struct Common {
-    alpha: f64,
-    k: usize,
-    betas: Vec<f64>,
-}
-
-impl Common {
-    /// `Err` if the jobs differ in alpha, k, or whether they have v0 / a base.
-    fn of(jobs: &[Job]) -> Result<Self> {
-        let shape = |j: &Job| (j.alpha, j.basis.len(), j.v0.is_some(), j.base.is_some());
-        let first = shape(&jobs[0]);
-        if jobs.iter().any(|j| shape(j) != first) {
-            return Err(invalid(
-                "jobs",
-                "the tensors of one call differ in alpha, k, v0 or base (internal)",
-            ));
-        }
-        Ok(Self {
-            alpha: first.0,
-            k: first.1,
-            betas: jobs.iter().map(|j| j.beta).collect(),
-        })
-    }
-
-    /// The jobs' β: one value when they all agree (no per-tensor upload on CUDA), else one
-    /// per tensor.
-    fn beta(&self) -> Beta<'_> {
-        let b0 = self.betas[0];
-        if self.betas.iter().all(|b| b.to_bits() == b0.to_bits()) {
-            Beta::Scalar(b0)
-        } else {
-            Beta::PerSegment(&self.betas)
-        }
+    fn project_tensors(&self, p: &TensorProjection<'_>) -> Result<(Vec<Tensor>, Vec<u32>)> {
+        project::project_tensors(self, p)
     }
 }
 
@@ -425,74 +371,18 @@ impl DeviceBackend {
 }
 
 impl TensorBackend for DeviceBackend {
-    fn project_jobs(&self, jobs: &[Job], opts: &ProjectOptions) -> Result<(Vec<Tensor>, Vec<u32>)> {
+    fn project_tensors(&self, p: &TensorProjection<'_>) -> Result<(Vec<Tensor>, Vec<u32>)> {
         match self {
-            Self::Cpu(b) => b.project_jobs(jobs, opts),
+            Self::Cpu(b) => b.project_tensors(p),
             #[cfg(feature = "candle-cuda")]
-            Self::Cuda(b) => b.project_jobs(jobs, opts),
+            Self::Cuda(b) => b.project_tensors(p),
         }
     }
 }
 
-/// Every job as one [`CpuBackend::project_list`] call (each tensor read in place, one
-/// new host buffer per result).
-fn cpu_list<T: CandleElement>(
-    backend: &CpuBackend,
-    jobs: &[Job],
-    opts: &ProjectOptions,
-) -> Result<(Vec<Tensor>, Vec<u32>)> {
-    let c = Common::of(jobs)?;
-    let k = c.k;
-    fn slices<'a, T: CandleElement>(
-        vs: &'a Option<Vec<CpuView<'_>>>,
-    ) -> Result<Option<TensorList<&'a [T]>>> {
-        vs.as_ref()
-            .map(|vs| vs.iter().map(|v| v.as_slice::<T>()).collect::<Result<_>>())
-            .transpose()
-    }
-    let views = |f: &dyn Fn(&Job) -> Option<&Tensor>| -> Result<Option<Vec<CpuView<'_>>>> {
-        jobs.iter()
-            .map(|j| f(j).map(cpu_view).transpose())
-            .collect::<Result<Option<Vec<_>>>>()
-    };
-    let vv = views(&|j| Some(&j.v))?;
-    let v0v = views(&|j| j.v0.as_ref())?;
-    let basev = views(&|j| j.base.as_ref())?;
-    let bv: Vec<Option<Vec<CpuView<'_>>>> = (0..k)
-        .map(|i| views(&|j| Some(&j.basis[i])))
-        .collect::<Result<_>>()?;
-    let v = slices::<T>(&vv)?.unwrap_or_default();
-    let basis: Vec<TensorList<&[T]>> = bv
-        .iter()
-        .map(|b| slices::<T>(b).map(Option::unwrap_or_default))
-        .collect::<Result<_>>()?;
-    let lens: Vec<usize> = v.0.iter().map(|x| x.len()).collect();
-    let segs = Segments::from_lengths(&lens)?;
-    let mut outs: Vec<Vec<T>> = lens.iter().map(|&n| vec![T::default(); n]).collect();
-    let ranks = {
-        let out: TensorList<&mut [T]> = outs.iter_mut().map(|o| &mut o[..]).collect();
-        let mut p = Projection::new(
-            v,
-            basis,
-            Output::Write {
-                base: slices::<T>(&basev)?,
-                out,
-            },
-        )
-        .alpha(c.alpha)
-        .beta(c.beta())
-        .opts(*opts);
-        p.v0 = slices::<T>(&v0v)?;
-        backend.project_list(&segs, p)?
-    };
-    let tensors = outs
-        .into_iter()
-        .zip(jobs)
-        .map(|(o, j)| {
-            Tensor::from_vec(o, j.v.dims(), j.v.device()).map_err(candle_err("output tensor"))
-        })
-        .collect::<Result<_>>()?;
-    Ok((tensors, ranks))
+/// One list of the tensors' handles (cheap clones: candle tensors share their storage).
+fn list<T: AsTensor>(ts: &[T]) -> TensorList<Tensor> {
+    TensorList(ts.iter().map(|t| t.tensor().clone()).collect())
 }
 
 /// `out_i = alpha·base_i + beta_i·(v_i - P_i v_i)` for every tensor `i` of `v`, with `P_i`
@@ -526,7 +416,6 @@ pub fn project_out_tensors<Bk: TensorBackend, V: AsTensor, B: AsTensor>(
     if let Some(b) = base {
         check_count("base tensors (one per tensor of v)", v.len(), b.len())?;
     }
-    let mut jobs = Vec::with_capacity(v.len());
     for (i, vi) in v.iter().enumerate() {
         let vi = vi.tensor();
         dtype_of(vi.dtype())?;
@@ -537,16 +426,19 @@ pub fn project_out_tensors<Bk: TensorBackend, V: AsTensor, B: AsTensor>(
         if let Some(b) = base {
             check_same("base", i, vi, b[i].tensor())?;
         }
-        jobs.push(Job {
-            v: vi.clone(),
-            basis: basis.iter().map(|b| b[i].tensor().clone()).collect(),
-            base: base.map(|b| b[i].tensor().clone()),
-            alpha,
-            beta: beta.at(i),
-            v0: None,
-        });
     }
-    backend.project_jobs(&jobs, opts)
+    let p = Projection::new(
+        list(v),
+        basis.iter().map(|b| list(b)),
+        Output::Write {
+            base: base.map(list),
+            out: (),
+        },
+    )
+    .alpha(alpha)
+    .beta(beta)
+    .opts(*opts);
+    backend.project_tensors(&p)
 }
 
 /// The RedReg update of one encoder from candle: for every parameter tensor `i`,
@@ -584,7 +476,7 @@ pub fn project_drift_into_grads<Bk: TensorBackend, P: AsTensor, Q: AsTensor>(
             e.len(),
         )?;
     }
-    let mut jobs = Vec::with_capacity(params.len());
+    let mut grad = Vec::with_capacity(params.len());
     for (i, (p, p0)) in params.iter().zip(theta0).enumerate() {
         let (p, p0) = (p.tensor(), p0.tensor());
         dtype_of(p.dtype())?;
@@ -595,21 +487,25 @@ pub fn project_drift_into_grads<Bk: TensorBackend, P: AsTensor, Q: AsTensor>(
             None => p.zeros_like().map_err(candle_err("zero gradient"))?,
         };
         check_same("gradient", i, p, &g)?;
-        let mut basis = vec![g.clone()];
         for e in extra {
             check_same("extra basis", i, p, &e[i])?;
-            basis.push(e[i].clone());
         }
-        jobs.push(Job {
-            v: p.clone(),
-            v0: Some(p0.clone()),
-            basis,
-            base: Some(g),
-            alpha: 1.0,
-            beta,
-        });
+        grad.push(g);
     }
-    let (new, ranks) = backend.project_jobs(&jobs, opts)?;
+    let grad = TensorList(grad);
+    // grad + beta·(d - P d): the gradient is basis vector 0 and the base term.
+    let mut p = Projection::new(
+        list(params),
+        std::iter::once(grad.clone()).chain(extra.iter().map(|e| list(e))),
+        Output::Write {
+            base: Some(grad),
+            out: (),
+        },
+    )
+    .beta(beta)
+    .opts(*opts);
+    p.v0 = Some(list(theta0));
+    let (new, ranks) = backend.project_tensors(&p)?;
     for (p, g) in params.iter().zip(new) {
         grads.insert(p.tensor(), g);
     }

@@ -3,74 +3,51 @@
 //!
 //! # Layout of the loops
 //! Elements are processed in blocks of [`LANES`] = 8: every block is widened to f64 lanes
-//! (f32 by a cast, bf16 by a shift, f16 by a branch-free bit conversion — all exact), and
-//! every product keeps 8 independent compensated accumulators, one per lane, stored as
-//! separate `hi`/`lo` arrays so that one TwoSum is a handful of vector instructions. The
-//! lanes are merged 0, 1, …, 7 at the end, always in that order.
+//! (exactly) and every product keeps 8 independent compensated accumulators, one per lane,
+//! stored as separate `hi`/`lo` arrays so that one TwoSum is a handful of vector
+//! instructions. The lanes are merged 0, 1, …, 7 at the end, always in that order. Results
+//! are rounded once from f64 to the element type, a block at a time.
 //!
 //! # Instruction sets
-//! The same generic body is compiled twice: baseline x86-64 and AVX2, chosen at run time
-//! (AVX-512 target features need Rust 1.89, above the crate's MSRV 1.80). Only IEEE add/sub/mul/convert are used (no FMA, no reassociation), on the
-//! same lanes in the same order, so every version gives the same bits.
+//! The same generic body is compiled twice and chosen at run time by [`level`]: baseline
+//! x86-64 (conversions by the scalar code of [`crate::dtype::convert`], left to LLVM's
+//! vectoriser) and AVX2 + F16C (block conversions by intrinsics, [`crate::dtype::avx2`]).
+//! AVX-512 target features need Rust 1.89, above the crate's MSRV 1.80. Only IEEE
+//! add/sub/mul/convert are used (no FMA, no reassociation), on the same lanes in the same
+//! order, and the block conversions give the scalar code's bits, so every version gives
+//! the same bits (`levels_give_the_same_bits`; a NaN's sign or payload excepted,
+//! `docs/numerics.md`).
 
 // Index loops on purpose: this code mirrors the CUDA C kernels line for line.
 #![allow(clippy::needless_range_loop)]
 
+#[cfg(target_arch = "x86_64")]
 use crate::abi::{MODE_B0_OUT, MODE_INPLACE, MODE_MASK};
-use crate::dtype::{DType, Element};
+use crate::dtype::avx2::Avx2F16c;
+use crate::dtype::convert::{narrow, widen, Convert, Scalar, BLOCK};
+use crate::dtype::Element;
 use crate::project::solve::{partial_stride, MAX_K};
 use crate::sum::Acc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
 
 /// Partials of the largest supported k.
 pub(crate) const MAX_STRIDE: usize = partial_stride(MAX_K);
 
 /// Interleaved compensated accumulators per product (one per f64 lane of a block).
-const LANES: usize = 8;
-
-/// Exact widening of one element to f64, vectorisable (no runtime feature checks, no
-/// branches): f32 by a cast, bf16 by a shift, f16 through f32 bits.
-#[inline(always)]
-fn widen<T: Element>(x: T) -> f64 {
-    match T::DTYPE {
-        DType::F32 => bytemuck::cast::<T, f32>(x) as f64,
-        DType::BF16 => f32::from_bits((bytemuck::cast::<T, u16>(x) as u32) << 16) as f64,
-        DType::F16 => f32::from_bits(f16_bits_to_f32_bits(bytemuck::cast::<T, u16>(x))) as f64,
-    }
-}
-
-/// Exact f16 → f32 in integer arithmetic (branch-free selects): normals by rebiasing the
-/// exponent, subnormals as `mantissa · 2^-24` (a normal f32: no denormal operand ever, whose
-/// microcode assists made the float-multiply version 8× slower), Inf/NaN kept.
-#[inline(always)]
-fn f16_bits_to_f32_bits(h: u16) -> u32 {
-    let h = h as u32;
-    let sign = (h & 0x8000) << 16;
-    let em = h & 0x7fff;
-    let normal = (em << 13) + (112 << 23);
-    let sub = (em as f32 * f32::from_bits(0x3380_0000)).to_bits(); // em · 2^-24, em < 1024
-    let special = (em << 13) | 0x7f80_0000;
-    let bits = if em >= 0x7c00 {
-        special
-    } else if em >= 0x0400 {
-        normal
-    } else {
-        sub
-    };
-    bits | sign
-}
-
-/// One rounding from f64 to `T`: `Element::from_f64`, inlined so the loops vectorise.
-#[inline(always)]
-fn narrow<T: Element>(x: f64) -> T {
-    T::from_f64(x)
-}
+const LANES: usize = BLOCK;
 
 /// Widened block of `LANES` elements starting at `e`.
 #[inline(always)]
-fn block<T: Element>(s: &[T], e: usize) -> [f64; LANES] {
+fn block<T: Element, C: Convert>(cv: C, s: &[T], e: usize) -> [f64; LANES] {
     let b: &[T; LANES] = s[e..e + LANES].try_into().expect("block in range");
-    std::array::from_fn(|l| widen(b[l]))
+    cv.widen_block(b)
+}
+
+/// `LANES` values rounded once to `T` into `out[e..e + LANES]`.
+#[inline(always)]
+fn narrow_block<T: Element, C: Convert>(cv: C, x: &[f64; LANES], out: &mut [T], e: usize) {
+    let o: &mut [T; LANES] = (&mut out[e..e + LANES]).try_into().expect("block in range");
+    cv.narrow_block(x, o);
 }
 
 /// TwoSum of `x` into `(hi, lo)`, the same arithmetic as [`Acc::add`].
@@ -83,49 +60,68 @@ fn two_sum(hi: &mut f64, lo: &mut f64, x: f64) {
     *lo += err;
 }
 
-const LEVEL_UNKNOWN: u8 = 0;
-const LEVEL_BASE: u8 = 1;
-const LEVEL_AVX2: u8 = 2;
-static LEVEL: AtomicU8 = AtomicU8::new(LEVEL_UNKNOWN);
-
-/// The instruction-set level of this machine, detected once.
-#[inline]
-fn level() -> u8 {
-    let l = LEVEL.load(Ordering::Relaxed);
-    if l != LEVEL_UNKNOWN {
-        return l;
-    }
+/// An instruction-set level of this machine: what the kernels' conversions may use.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Level {
+    /// Baseline x86-64 (or any other architecture).
+    Base,
+    /// AVX2 and F16C, proven present by the token.
     #[cfg(target_arch = "x86_64")]
-    let l = if std::arch::is_x86_feature_detected!("avx2") {
-        LEVEL_AVX2
-    } else {
-        LEVEL_BASE
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let l = LEVEL_BASE;
-    LEVEL.store(l, Ordering::Relaxed);
-    l
+    Avx2(Avx2F16c),
 }
 
-/// Defines `$name` dispatching to AVX2 or baseline copies of the inline body
-/// `$body` (same signature, generic over `T` and `K`).
+/// The best instruction-set level of this machine (std caches the CPU's features), capped
+/// by the environment variable `REDREG_CPU_LEVEL` = `base` or `avx2` (read once
+/// per process), so that the tests and benchmarks can run every level one machine has. A
+/// level the CPU lacks is never used; other values mean no cap. Every level gives the same
+/// bits, so the variable changes speed only.
+#[inline]
+pub(crate) fn level() -> Level {
+    static CAP: OnceLock<u8> = OnceLock::new();
+    let cap = *CAP.get_or_init(|| match std::env::var("REDREG_CPU_LEVEL").as_deref() {
+        Ok("base") => 0,
+        _ => 1,
+    });
+    #[cfg(target_arch = "x86_64")]
+    {
+        if let Some(isa) = Avx2F16c::detect().filter(|_| cap >= 1) {
+            return Level::Avx2(isa);
+        }
+    }
+    let _ = cap;
+    Level::Base
+}
+
+/// Every level this machine has, baseline first (for the tests that compare them).
+#[cfg(test)]
+pub(crate) fn levels() -> Vec<Level> {
+    let mut out = vec![Level::Base];
+    #[cfg(target_arch = "x86_64")]
+    {
+        out.extend(Avx2F16c::detect().map(Level::Avx2));
+    }
+    out
+}
+
+/// Defines `$name`, which runs the inline body `$body` (same arguments after its
+/// conversion token, generic over `T`, `K` and the token's type) compiled for the given
+/// level.
 macro_rules! multiversion {
     ($name:ident, $body:ident, ($($arg:ident : $ty:ty),*) -> $ret:ty) => {
         #[inline]
-        fn $name<T: Element, const K: usize>($($arg: $ty),*) -> $ret {
+        fn $name<T: Element, const K: usize>(lv: Level, $($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx2,avx")]
-                unsafe fn avx2<T: Element, const K: usize>($($arg: $ty),*) -> $ret {
-                    $body::<T, K>($($arg),*)
+                #[target_feature(enable = "avx2,avx,f16c")]
+                unsafe fn avx2<T: Element, const K: usize>(cv: Avx2F16c, $($arg: $ty),*) -> $ret {
+                    $body::<T, K, Avx2F16c>(cv, $($arg),*)
                 }
-                match level() {
-                    // SAFETY: the CPU supports AVX2 (checked by `level`).
-                    LEVEL_AVX2 => return unsafe { avx2::<T, K>($($arg),*) },
-                    _ => {}
+                if let Level::Avx2(cv) = lv {
+                    // SAFETY: the token proves the CPU has AVX2 and F16C.
+                    return unsafe { avx2::<T, K>(cv, $($arg),*) };
                 }
             }
-            $body::<T, K>($($arg),*)
+            $body::<T, K, Scalar>(Scalar, $($arg),*)
         }
     };
 }
@@ -137,16 +133,26 @@ pub(crate) fn chunk_partial<T: Element>(
     v0: Option<&[T]>,
     basis: &[&[T]],
 ) -> [Acc; MAX_STRIDE] {
+    chunk_partial_at(level(), v, v0, basis)
+}
+
+/// [`chunk_partial`] at a given level.
+fn chunk_partial_at<T: Element>(
+    lv: Level,
+    v: Option<&[T]>,
+    v0: Option<&[T]>,
+    basis: &[&[T]],
+) -> [Acc; MAX_STRIDE] {
     match basis.len() {
         0 => [Acc::default(); MAX_STRIDE],
-        1 => partial_mv::<T, 1>(v, v0, basis),
-        2 => partial_mv::<T, 2>(v, v0, basis),
-        3 => partial_mv::<T, 3>(v, v0, basis),
-        4 => partial_mv::<T, 4>(v, v0, basis),
-        5 => partial_mv::<T, 5>(v, v0, basis),
-        6 => partial_mv::<T, 6>(v, v0, basis),
-        7 => partial_mv::<T, 7>(v, v0, basis),
-        _ => partial_mv::<T, 8>(v, v0, basis),
+        1 => partial_mv::<T, 1>(lv, v, v0, basis),
+        2 => partial_mv::<T, 2>(lv, v, v0, basis),
+        3 => partial_mv::<T, 3>(lv, v, v0, basis),
+        4 => partial_mv::<T, 4>(lv, v, v0, basis),
+        5 => partial_mv::<T, 5>(lv, v, v0, basis),
+        6 => partial_mv::<T, 6>(lv, v, v0, basis),
+        7 => partial_mv::<T, 7>(lv, v, v0, basis),
+        _ => partial_mv::<T, 8>(lv, v, v0, basis),
     }
 }
 
@@ -154,10 +160,10 @@ multiversion!(partial_mv, partial_k, (v: Option<&[T]>, v0: Option<&[T]>, basis: 
 
 /// Widened block of `v` (or `v - v0`, in f64) starting at `e`.
 #[inline(always)]
-fn x_block<T: Element>(v: &[T], v0: Option<&[T]>, e: usize) -> [f64; LANES] {
-    let mut x = block(v, e);
+fn x_block<T: Element, C: Convert>(cv: C, v: &[T], v0: Option<&[T]>, e: usize) -> [f64; LANES] {
+    let mut x = block(cv, v, e);
     if let Some(v0) = v0 {
-        let y = block(v0, e);
+        let y = block(cv, v0, e);
         for l in 0..LANES {
             x[l] -= y[l];
         }
@@ -223,19 +229,21 @@ fn flush(
 const RUN: usize = 16;
 
 #[inline(always)]
-fn partial_k<T: Element, const K: usize>(
+fn partial_k<T: Element, const K: usize, C: Convert>(
+    cv: C,
     v: Option<&[T]>,
     v0: Option<&[T]>,
     basis: &[&[T]],
 ) -> [Acc; MAX_STRIDE] {
     match v {
-        Some(v) => partial_kv::<T, K, true>(v, v0, basis),
-        None => partial_kv::<T, K, false>(&[], None, basis),
+        Some(v) => partial_kv::<T, K, true, C>(cv, v, v0, basis),
+        None => partial_kv::<T, K, false, C>(cv, &[], None, basis),
     }
 }
 
 #[inline(always)]
-fn partial_kv<T: Element, const K: usize, const V: bool>(
+fn partial_kv<T: Element, const K: usize, const V: bool, C: Convert>(
+    cv: C,
     v: &[T],
     v0: Option<&[T]>,
     basis: &[&[T]],
@@ -251,8 +259,12 @@ fn partial_kv<T: Element, const K: usize, const V: bool>(
     let mut e = 0;
     let mut in_run = 0;
     while e < full {
-        let b: [[f64; LANES]; K] = std::array::from_fn(|i| block(bs[i], e));
-        let x = if V { x_block(v, v0, e) } else { [0.0; LANES] };
+        let b: [[f64; LANES]; K] = std::array::from_fn(|i| block(cv, bs[i], e));
+        let x = if V {
+            x_block(cv, v, v0, e)
+        } else {
+            [0.0; LANES]
+        };
         accumulate::<K, V>(&mut acc, &b, &x);
         in_run += 1;
         if in_run == RUN {
@@ -307,6 +319,13 @@ pub(crate) struct ApplyIn<'a, T> {
     pub mode: i32,
 }
 
+/// What pass 2 adds to `beta·(x - P x)`, from the apply mode.
+enum BaseTerm<'a, T> {
+    None,
+    Slice(&'a [T]),
+    InPlace,
+}
+
 /// `out = base_term + beta·(x - Σ_i w_i b_i)` over one chunk, in f64, one rounding.
 pub(crate) fn chunk_apply<T: Element>(
     x: ApplyIn<'_, T>,
@@ -315,30 +334,82 @@ pub(crate) fn chunk_apply<T: Element>(
     beta: f64,
     out: &mut [T],
 ) {
+    chunk_apply_at(level(), x, w, alpha, beta, out)
+}
+
+/// [`chunk_apply`] at a given level.
+fn chunk_apply_at<T: Element>(
+    lv: Level,
+    x: ApplyIn<'_, T>,
+    w: &[f64],
+    alpha: f64,
+    beta: f64,
+    out: &mut [T],
+) {
     match x.basis.len() + usize::from(x.mode & MODE_B0_OUT != 0) {
-        0 => apply_mv::<T, 0>(x, w, alpha, beta, out),
-        1 => apply_mv::<T, 1>(x, w, alpha, beta, out),
-        2 => apply_mv::<T, 2>(x, w, alpha, beta, out),
-        3 => apply_mv::<T, 3>(x, w, alpha, beta, out),
-        4 => apply_mv::<T, 4>(x, w, alpha, beta, out),
-        5 => apply_mv::<T, 5>(x, w, alpha, beta, out),
-        6 => apply_mv::<T, 6>(x, w, alpha, beta, out),
-        7 => apply_mv::<T, 7>(x, w, alpha, beta, out),
-        _ => apply_mv::<T, 8>(x, w, alpha, beta, out),
+        0 => apply_mv::<T, 0>(lv, x, w, alpha, beta, out),
+        1 => apply_mv::<T, 1>(lv, x, w, alpha, beta, out),
+        2 => apply_mv::<T, 2>(lv, x, w, alpha, beta, out),
+        3 => apply_mv::<T, 3>(lv, x, w, alpha, beta, out),
+        4 => apply_mv::<T, 4>(lv, x, w, alpha, beta, out),
+        5 => apply_mv::<T, 5>(lv, x, w, alpha, beta, out),
+        6 => apply_mv::<T, 6>(lv, x, w, alpha, beta, out),
+        7 => apply_mv::<T, 7>(lv, x, w, alpha, beta, out),
+        _ => apply_mv::<T, 8>(lv, x, w, alpha, beta, out),
     }
 }
 
 multiversion!(apply_mv, apply_k, (x: ApplyIn<'_, T>, w: &[f64], alpha: f64, beta: f64, out: &mut [T]) -> ());
 
-/// What pass 2 adds to `beta·(x - P x)`, from the apply mode.
-enum BaseTerm<'a, T> {
-    None,
-    Slice(&'a [T]),
-    InPlace,
+/// `x - Σ w_i b_i` of pass 2, per element or per block. Functions rather than closures:
+/// a closure is compiled without the AVX2 copy's target features, and LLVM left it out of
+/// line (a call per block, results through the stack).
+struct Perp<'a, T, const K: usize> {
+    v: &'a [T],
+    v0: Option<&'a [T]>,
+    /// Slot i < `off` is the destination (its value is passed in), never read from here.
+    bs: [&'a [T]; K],
+    off: usize,
+    w: [f64; K],
+}
+
+impl<T: Element, const K: usize> Perp<'_, T, K> {
+    /// Element `e`; `o` is the destination's current value.
+    #[inline(always)]
+    fn elem(&self, e: usize, o: f64) -> f64 {
+        let mut y = x_elem(self.v, self.v0, e);
+        for i in 0..K {
+            y -= self.w[i]
+                * if i < self.off {
+                    o
+                } else {
+                    widen(self.bs[i][e])
+                };
+        }
+        y
+    }
+
+    /// The block at `e`; `o` holds the destination's current values.
+    #[inline(always)]
+    fn block<C: Convert>(&self, cv: C, e: usize, o: &[f64; LANES]) -> [f64; LANES] {
+        let mut y = x_block(cv, self.v, self.v0, e);
+        for i in 0..K {
+            let b = if i < self.off {
+                *o
+            } else {
+                block(cv, self.bs[i], e)
+            };
+            for l in 0..LANES {
+                y[l] -= self.w[i] * b[l];
+            }
+        }
+        y
+    }
 }
 
 #[inline(always)]
-fn apply_k<T: Element, const K: usize>(
+fn apply_k<T: Element, const K: usize, C: Convert>(
+    cv: C,
     x: ApplyIn<'_, T>,
     w: &[f64],
     alpha: f64,
@@ -346,8 +417,6 @@ fn apply_k<T: Element, const K: usize>(
     out: &mut [T],
 ) {
     let n = out.len();
-    let v = &x.v[..n];
-    let v0 = x.v0.map(|v0| &v0[..n]);
     let off = usize::from(x.mode & MODE_B0_OUT != 0);
     let mode = match (x.base, x.mode & MODE_MASK) {
         (Some(b), _) => BaseTerm::Slice(b),
@@ -355,74 +424,54 @@ fn apply_k<T: Element, const K: usize>(
         (None, _) => BaseTerm::None,
     };
     let empty: &[T] = &[];
-    // Slot i < off is the destination (read from `o` below), never from `bs`.
-    let bs: [&[T]; K] = std::array::from_fn(|i| {
-        if i < off {
-            empty
-        } else {
-            &x.basis[i - off][..n]
-        }
-    });
-    let w: [f64; K] = std::array::from_fn(|i| w[i]);
-    // x - Σ w_i b_i for element e; `o` is the destination's current value.
-    let perp = |e: usize, o: f64| {
-        let mut y = x_elem(v, v0, e);
-        for i in 0..K {
-            y -= w[i] * if i < off { o } else { widen(bs[i][e]) };
-        }
-        y
-    };
-    let perp_block = |e: usize, o: &[f64; LANES]| {
-        let mut y = x_block(v, v0, e);
-        for i in 0..K {
-            let b = if i < off { *o } else { block(bs[i], e) };
-            for l in 0..LANES {
-                y[l] -= w[i] * b[l];
+    let p = Perp::<T, K> {
+        v: &x.v[..n],
+        v0: x.v0.map(|v0| &v0[..n]),
+        bs: std::array::from_fn(|i| {
+            if i < off {
+                empty
+            } else {
+                &x.basis[i - off][..n]
             }
-        }
-        y
+        }),
+        off,
+        w: std::array::from_fn(|i| w[i]),
     };
     let zeros = [0.0f64; LANES];
     let full = n - n % LANES;
     match mode {
         BaseTerm::None => {
             for e in (0..full).step_by(LANES) {
-                let y = perp_block(e, &zeros);
-                let o: &mut [T; LANES] = (&mut out[e..e + LANES]).try_into().expect("block");
-                for l in 0..LANES {
-                    o[l] = narrow::<T>(beta * y[l]);
-                }
+                let y = p.block(cv, e, &zeros);
+                let r: [f64; LANES] = std::array::from_fn(|l| beta * y[l]);
+                narrow_block(cv, &r, out, e);
             }
             for e in full..n {
-                out[e] = narrow::<T>(beta * perp(e, 0.0));
+                out[e] = narrow::<T>(beta * p.elem(e, 0.0));
             }
         }
         BaseTerm::Slice(base) => {
             let base = &base[..n];
             for e in (0..full).step_by(LANES) {
-                let y = perp_block(e, &zeros);
-                let bb = block(base, e);
-                let o: &mut [T; LANES] = (&mut out[e..e + LANES]).try_into().expect("block");
-                for l in 0..LANES {
-                    o[l] = narrow::<T>(alpha * bb[l] + beta * y[l]);
-                }
+                let y = p.block(cv, e, &zeros);
+                let bb = block(cv, base, e);
+                let r: [f64; LANES] = std::array::from_fn(|l| alpha * bb[l] + beta * y[l]);
+                narrow_block(cv, &r, out, e);
             }
             for e in full..n {
-                out[e] = narrow::<T>(alpha * widen(base[e]) + beta * perp(e, 0.0));
+                out[e] = narrow::<T>(alpha * widen(base[e]) + beta * p.elem(e, 0.0));
             }
         }
         BaseTerm::InPlace => {
             for e in (0..full).step_by(LANES) {
-                let o: &mut [T; LANES] = (&mut out[e..e + LANES]).try_into().expect("block");
-                let ob: [f64; LANES] = std::array::from_fn(|l| widen(o[l]));
-                let y = perp_block(e, &ob);
-                for l in 0..LANES {
-                    o[l] = narrow::<T>(alpha * ob[l] + beta * y[l]);
-                }
+                let ob = block(cv, out, e);
+                let y = p.block(cv, e, &ob);
+                let r: [f64; LANES] = std::array::from_fn(|l| alpha * ob[l] + beta * y[l]);
+                narrow_block(cv, &r, out, e);
             }
             for e in full..n {
                 let o = widen(out[e]);
-                out[e] = narrow::<T>(alpha * o + beta * perp(e, o));
+                out[e] = narrow::<T>(alpha * o + beta * p.elem(e, o));
             }
         }
     }
@@ -430,23 +479,28 @@ fn apply_k<T: Element, const K: usize>(
 
 /// In place over one chunk: `q_j = Σ_{i<=j} m[i*k + j] · b_i` for every element.
 pub(crate) fn chunk_orth<T: Element>(basis: &mut [&mut [T]], m: &[f64]) {
+    chunk_orth_at(level(), basis, m)
+}
+
+/// [`chunk_orth`] at a given level.
+fn chunk_orth_at<T: Element>(lv: Level, basis: &mut [&mut [T]], m: &[f64]) {
     match basis.len() {
         0 => {}
-        1 => orth_mv::<T, 1>(basis, m),
-        2 => orth_mv::<T, 2>(basis, m),
-        3 => orth_mv::<T, 3>(basis, m),
-        4 => orth_mv::<T, 4>(basis, m),
-        5 => orth_mv::<T, 5>(basis, m),
-        6 => orth_mv::<T, 6>(basis, m),
-        7 => orth_mv::<T, 7>(basis, m),
-        _ => orth_mv::<T, 8>(basis, m),
+        1 => orth_mv::<T, 1>(lv, basis, m),
+        2 => orth_mv::<T, 2>(lv, basis, m),
+        3 => orth_mv::<T, 3>(lv, basis, m),
+        4 => orth_mv::<T, 4>(lv, basis, m),
+        5 => orth_mv::<T, 5>(lv, basis, m),
+        6 => orth_mv::<T, 6>(lv, basis, m),
+        7 => orth_mv::<T, 7>(lv, basis, m),
+        _ => orth_mv::<T, 8>(lv, basis, m),
     }
 }
 
 multiversion!(orth_mv, orth_k, (basis: &mut [&mut [T]], m: &[f64]) -> ());
 
 #[inline(always)]
-fn orth_k<T: Element, const K: usize>(basis: &mut [&mut [T]], m: &[f64]) {
+fn orth_k<T: Element, const K: usize, C: Convert>(cv: C, basis: &mut [&mut [T]], m: &[f64]) {
     let n = basis[0].len();
     let mut mm = [[0.0f64; K]; K];
     for i in 0..K {
@@ -459,9 +513,13 @@ fn orth_k<T: Element, const K: usize>(basis: &mut [&mut [T]], m: &[f64]) {
         let lanes = LANES.min(n - e);
         let mut b = [[0.0f64; LANES]; K];
         for i in 0..K {
-            let s = &basis[i][e..e + lanes];
-            for l in 0..lanes {
-                b[i][l] = widen(s[l]);
+            if lanes == LANES {
+                b[i] = block(cv, basis[i], e);
+            } else {
+                let s = &basis[i][e..e + lanes];
+                for l in 0..lanes {
+                    b[i][l] = widen(s[l]);
+                }
             }
         }
         for j in 0..K {
@@ -471,9 +529,13 @@ fn orth_k<T: Element, const K: usize>(basis: &mut [&mut [T]], m: &[f64]) {
                     q[l] += mm[i][j] * b[i][l];
                 }
             }
-            let d = &mut basis[j][e..e + lanes];
-            for l in 0..lanes {
-                d[l] = narrow::<T>(q[l]);
+            if lanes == LANES {
+                narrow_block(cv, &q, basis[j], e);
+            } else {
+                let d = &mut basis[j][e..e + lanes];
+                for l in 0..lanes {
+                    d[l] = narrow::<T>(q[l]);
+                }
             }
         }
         e += lanes;
@@ -483,17 +545,128 @@ fn orth_k<T: Element, const K: usize>(basis: &mut [&mut [T]], m: &[f64]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use half::f16;
+    use crate::abi::{MODE_BASE, MODE_NONE};
+    use crate::testing::Rng;
+    use half::{bf16, f16};
+
+    /// Random elements with every special class sprinkled in (±0, subnormals, ±Inf, NaN,
+    /// values near the type's overflow).
+    fn data<T: Element>(rng: &mut Rng, n: usize, specials: bool) -> Vec<T> {
+        let tiny = [1e-40, 3e-8, 6e-5, 1e-320];
+        (0..n)
+            .map(|_| {
+                let x = rng.signed(1.0);
+                T::from_f64(match rng.below(if specials { 40 } else { 1 }) {
+                    1 => 0.0,
+                    2 => -0.0,
+                    3 => f64::NAN,
+                    4 => f64::INFINITY,
+                    5 => tiny[rng.below(tiny.len())] * x,
+                    6 => 65000.0 * x,
+                    _ => x,
+                })
+            })
+            .collect()
+    }
+
+    /// The bits of `x`, any NaN as one: which NaN an arithmetic operation returns when
+    /// both operands are NaN depends on the operand order the compiler picked, which the
+    /// two copies of a loop may pick differently (`docs/numerics.md`, *NaN payloads*).
+    fn key(x: f64) -> u64 {
+        if x.is_nan() {
+            f64::NAN.to_bits()
+        } else {
+            x.to_bits()
+        }
+    }
+
+    fn bits<T: Element>(xs: &[T]) -> Vec<u64> {
+        xs.iter().map(|&x| key(widen(x))).collect()
+    }
+
+    fn acc_bits(p: &[Acc; MAX_STRIDE]) -> Vec<(u64, u64)> {
+        p.iter().map(|a| (key(a.hi), key(a.lo))).collect()
+    }
+
+    /// Every kernel at every level this machine has gives the baseline's bits: pass 1,
+    /// pass 2 in every mode (with and without `v0`, with the destination as basis 0), and
+    /// orthonormalize, over full blocks and a tail, with NaN, Inf and subnormals in the
+    /// data.
+    fn same_bits<T: Element>() {
+        let levels = levels();
+        if levels.len() == 1 {
+            println!("SKIP {}: only the baseline level on this CPU", T::DTYPE);
+        }
+        let mut rng = Rng::new(0xb175);
+        for k in 0..=MAX_K {
+            for (n, specials) in [
+                (8 * 37 + 5, false),
+                (8 * 37 + 5, true),
+                (8, true),
+                (3, true),
+            ] {
+                let v: Vec<T> = data(&mut rng, n, specials);
+                let v0: Vec<T> = data(&mut rng, n, specials);
+                let basis: Vec<Vec<T>> = (0..k).map(|_| data(&mut rng, n, specials)).collect();
+                let bs: Vec<&[T]> = basis.iter().map(|b| b.as_slice()).collect();
+                let base: Vec<T> = data(&mut rng, n, specials);
+                let w: Vec<f64> = (0..MAX_K).map(|_| rng.signed(2.0)).collect();
+                let m: Vec<f64> = (0..k * k).map(|_| rng.signed(2.0)).collect();
+                let run = |lv: Level| {
+                    let mut out = Vec::new();
+                    if k > 0 {
+                        for (vv, vv0) in [
+                            (None, None),
+                            (Some(&v[..]), None),
+                            (Some(&v[..]), Some(&v0[..])),
+                        ] {
+                            out.push(acc_bits(&chunk_partial_at(lv, vv, vv0, &bs)));
+                        }
+                    }
+                    let mut dests = Vec::new();
+                    for (i, b0_out) in [(0, false), (1, false), (2, false), (2, true)] {
+                        if b0_out && k == 0 {
+                            continue;
+                        }
+                        let (mode, base_buf) = match i {
+                            0 if !b0_out => (MODE_NONE, None),
+                            1 if !b0_out => (MODE_BASE, Some(&base[..])),
+                            _ => (MODE_INPLACE, None),
+                        };
+                        let x = ApplyIn {
+                            v: &v,
+                            v0: (i > 0).then_some(&v0[..]),
+                            basis: if b0_out { &bs[1..] } else { &bs },
+                            base: base_buf,
+                            mode: mode | if b0_out { MODE_B0_OUT } else { 0 },
+                        };
+                        let mut o = base.clone();
+                        chunk_apply_at(lv, x, &w[..k], 0.75, -1.5, &mut o);
+                        dests.push(bits(&o));
+                    }
+                    let mut ob = basis.clone();
+                    let mut views: Vec<&mut [T]> =
+                        ob.iter_mut().map(|b| b.as_mut_slice()).collect();
+                    chunk_orth_at(lv, &mut views, &m);
+                    dests.extend(ob.iter().map(|b| bits(b)));
+                    (out, dests)
+                };
+                let want = run(Level::Base);
+                for &lv in &levels[1..] {
+                    let got = run(lv);
+                    assert_eq!(got.0, want.0, "pass 1 {} k={k} n={n} at {lv:?}", T::DTYPE);
+                    for (g, w) in got.1.iter().zip(&want.1) {
+                        assert_eq!(g, w, "{} k={k} n={n} at {lv:?}", T::DTYPE);
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
-    fn f16_widening_is_exact() {
-        for h in 0..=u16::MAX {
-            let a = f32::from_bits(f16_bits_to_f32_bits(h));
-            let b = f16::from_bits(h).to_f32();
-            assert!(
-                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
-                "{h:#x}"
-            );
-        }
+    fn levels_give_the_same_bits() {
+        same_bits::<f32>();
+        same_bits::<f16>();
+        same_bits::<bf16>();
     }
 }

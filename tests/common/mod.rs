@@ -3,6 +3,7 @@
 //! `redreg::testing`'s ([`Rng`], [`assert_close`], [`check_close`]), re-exported here; the
 //! submodules hold what only some files need.
 //!
+//! - `backends`: one test body for every backend (`backend_tests!`, [`backends::TestBackend`]);
 //! - `candle` (feature `candle`): the candle adapter tests' data and reference;
 //! - `dist`: the distributed scenarios of `dist_threads.rs`, `mpi_dist.rs`, `nccl_dist.rs`;
 //! - `emu` (feature `cuda`): the emulated driver's launch and copy counters;
@@ -10,6 +11,7 @@
 //! - `ranks`: rank comparison across backends with the solve's decision margin.
 #![allow(dead_code)]
 
+pub mod backends;
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod dist;
@@ -123,7 +125,7 @@ pub fn gather<T: Copy>(buf: &[T], ranges: &[std::ops::Range<usize>]) -> Vec<T> {
         .collect()
 }
 
-/// The outputs the tensor-list tests run (`tests/tensor_list.rs`, `tests/gpu_tensor_list.rs`).
+/// The outputs the tensor-list tests run (`tests/tensor_list.rs`).
 #[derive(Clone, Copy, Debug)]
 pub enum Mode {
     /// out = beta·(v − Pv)

@@ -4,6 +4,12 @@
 use crate::error::{Error, Result};
 use half::{bf16, f16};
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2;
+pub(crate) mod convert;
+
+use convert::{f64_to_bf16_bits, f64_to_f16_bits};
+
 /// The element types every operation accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum DType {
@@ -139,57 +145,6 @@ impl Element for f32 {
     }
 }
 
-/// f64 → f32 rounded to odd: the f32 toward zero with its last bit set when inexact. A
-/// second rounding of that to a format with ≥ 2 fewer significand bits (f16: 11, bf16: 8)
-/// is the correctly rounded f64 result (the same trick as the CUDA kernels).
-#[inline(always)]
-pub(crate) fn f64_to_f32_odd(x: f64) -> f32 {
-    // Branch-free (selects only), so that loops over it vectorise.
-    let f = x as f32;
-    let back = f as f64;
-    let inexact = (back != x) & !x.is_nan();
-    let toward_zero = (back.abs() > x.abs()) & inexact;
-    f32::from_bits((f.to_bits() - toward_zero as u32) | inexact as u32)
-}
-
-/// f32 → bf16 bits, round to nearest even (NaN stays a quiet NaN, overflow gives ±Inf).
-#[inline(always)]
-pub(crate) fn f32_to_bf16_bits(f: f32) -> u16 {
-    let u = f.to_bits();
-    let rounded = (u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16;
-    let quiet_nan = ((u >> 16) | 0x0040) as u16;
-    if (u & 0x7fff_ffff) > 0x7f80_0000 {
-        quiet_nan
-    } else {
-        rounded
-    }
-}
-
-/// f32 → f16 bits, round to nearest even (NaN → quiet NaN, ≥ 65520 → ±Inf, subnormals
-/// rounded exactly). Every candidate is computed, then one is selected (vectorisable).
-#[inline(always)]
-pub(crate) fn f32_to_f16_bits(f: f32) -> u16 {
-    let x = f.to_bits();
-    let sign = (x >> 16) & 0x8000;
-    let ax = x & 0x7fff_ffff;
-    // Below 2^-14: the subnormal mantissa is |f|·2^24 rounded to nearest even (adding and
-    // removing 2^23 rounds an f32 below 2^23 to an integer, ties to even).
-    let v = f32::from_bits(ax.min(0x3880_0000)) * 16_777_216.0;
-    let sub = ((v + 8_388_608.0) - 8_388_608.0) as u32;
-    let m = ax.wrapping_sub(112 << 23);
-    let normal = m.wrapping_add(0x0fff + ((m >> 13) & 1)) >> 13;
-    let mag = if ax > 0x7f80_0000 {
-        0x7e00
-    } else if ax >= 0x477f_f000 {
-        0x7c00
-    } else if ax < 0x3880_0000 {
-        sub
-    } else {
-        normal
-    };
-    (sign | mag) as u16
-}
-
 impl Element for f16 {
     const DTYPE: DType = DType::F16;
     #[inline(always)]
@@ -204,7 +159,7 @@ impl Element for f16 {
     fn from_f64(x: f64) -> Self {
         // One rounding (round to odd through f32, then to nearest even); branch-light so
         // the CPU loops vectorise. Bitwise equal to `half`'s direct f64 -> f16.
-        f16::from_bits(f32_to_f16_bits(f64_to_f32_odd(x)))
+        f16::from_bits(f64_to_f16_bits(x))
     }
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
@@ -226,7 +181,7 @@ impl Element for bf16 {
     fn from_f64(x: f64) -> Self {
         // One rounding. (`half`'s bf16::from_f64 rounds twice, f64 -> f32 -> bf16, and is
         // off by one ulp when the f32 rounding lands on a bf16 tie.)
-        bf16::from_bits(f32_to_bf16_bits(f64_to_f32_odd(x)))
+        bf16::from_bits(f64_to_bf16_bits(x))
     }
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
