@@ -53,3 +53,8 @@ pub struct ReadmeDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/distributed.md")]
 pub struct DistributedDoctests;
+
+/// docs/candle.md's code blocks are compiled and run as doc tests (they use candle).
+#[cfg(all(doctest, feature = "candle"))]
+#[doc = include_str!("../docs/candle.md")]
+pub struct CandleMdDoctests;

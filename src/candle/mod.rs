@@ -1,6 +1,11 @@
 //! Adapters for [candle](https://github.com/huggingface/candle) tensors (feature `candle`;
 //! CUDA tensors with feature `candle-cuda`).
 //!
+//! **Start here:** [`RedReg`] — RedReg for a candle trainer in three calls (`new` from one
+//! `VarMap` per encoder and the largest batch, `begin_epoch`, `step` per batch); the
+//! complete trainer is `examples/minimal.rs`. The items below are the lower layers it is
+//! built on, public for trainers that need another arrangement.
+//!
 //! - [`segments`]: one segment per parameter tensor (in the order given).
 //! - [`cpu_view`] (and `cuda_view` with `candle-cuda`): the elements of a contiguous
 //!   f32/f16/bf16 tensor, read in place (no flattening, no copy): `storage_and_layout()` →
@@ -54,7 +59,9 @@ use candle_core::{DType as CDType, Storage, StorageRef, Tensor, Var, WithDType};
 #[cfg(feature = "candle-cuda")]
 mod cuda;
 mod project;
+mod redreg;
 pub mod stats;
+pub use self::redreg::{RedReg, NOISE_SIGMA};
 #[cfg(feature = "candle-cuda")]
 pub use cuda::{cuda_backend, cuda_view};
 pub use project::TensorProjection;

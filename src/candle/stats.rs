@@ -8,13 +8,32 @@
 //! [`RedRegStats::run`]. Any batch of 1 to the declared B samples runs (the last, smaller
 //! batch of an epoch).
 //!
-//! ```ignore
-//! let shapes = [modality_shapes(&a)?, modality_shapes(&b)?];   // from a first batch
+//! The plan is declared once for the largest batch (here from a first batch's tensors);
+//! [`crate::candle::RedReg`] does all of this, and the controller's step, for you:
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use redreg::candle::stats::{modality_shapes, step_inputs, DeviceStats, ModalityTensors};
+//! use redreg::controller::RedRegStats;
+//! use redreg::stats::StatsPlan;
+//! # fn main() -> redreg::Result<()> {
+//! let dev = Device::Cpu;
+//! let (b, c, d) = (8, 3, 5); // batch (the largest), classes, pooled width (equal for all)
+//! let mk = |cols: usize| Tensor::randn(0f32, 1.0, (b, cols), &dev);
+//! let [la, pa, xa1, xa2, za1, za2] = [mk(c)?, mk(d)?, mk(6)?, mk(6)?, mk(d)?, mk(d)?];
+//! let [lb, pb, xb1, xb2, zb1, zb2] = [mk(c)?, mk(d)?, mk(4)?, mk(4)?, mk(d)?, mk(d)?];
+//! let a = ModalityTensors { logits: &la, pooled: &pa, x1: &xa1, x2: &xa2, z1: &za1, z2: &za2 };
+//! let m_b = ModalityTensors { logits: &lb, pooled: &pb, x1: &xb1, x2: &xb2, z1: &zb1, z2: &zb2 };
+//! let labels = Tensor::new(&[0u32, 1, 2, 0, 1, 2, 0, 1], &dev)?;
+//!
+//! let shapes = [modality_shapes(&a)?, modality_shapes(&m_b)?]; // from a full batch
 //! let mut plan = StatsPlan::new();
 //! let handles = RedRegStats::declare(&mut plan, &shapes)?;
-//! let mut exec = DeviceStats::for_device(&device, &plan)?;     // CPU or CUDA
-//! // every step:
-//! let inputs = step_inputs(&mut exec, &handles, &labels, &[a, b])?;   // → Controller::observe
+//! let mut exec = DeviceStats::for_device(&dev, &plan)?; // CPU or CUDA
+//! // every step (any batch of 1 to 8 samples):
+//! let inputs = step_inputs(&mut exec, &handles, &labels, &[a, m_b])?; // → Controller::observe
+//! assert_eq!(inputs.scores.len(), 2);
+//! # Ok(()) }
 //! ```
 
 use super::{candle_err, cpu_view, dtype_of, DeviceBackend, TensorView};
@@ -25,20 +44,28 @@ use crate::stats::{Buf, CpuStats, Stats, StatsPlan, StatsResults};
 use candle_core::{DType as CDType, Device, Storage, Tensor};
 use std::ops::Range;
 
-/// One modality's tensors of one RedReg step.
+/// One modality's tensors of one RedReg step, all with the same B samples (1 up to the
+/// declared batch) and one dtype (f32, f16 or bf16).
 #[derive(Clone, Copy, Debug)]
 pub struct ModalityTensors<'a> {
     /// The unimodal head's logits, B×C.
     pub logits: &'a Tensor,
-    /// Encoder features of the two noisy copies (any shape, equal element counts).
+    /// Encoder features of the two noisy copies `x1`, `x2`, computed without gradient
+    /// (`detach()`); unpooled, any shape with the same whole number of elements per sample
+    /// in both.
     pub z1: &'a Tensor,
     /// See `z1`.
     pub z2: &'a Tensor,
-    /// The two noisy inputs (any shape, equal element counts).
+    /// Two noisy copies of the modality's (undropped) input, `x + n1` and `x + n2`, with
+    /// independent Gaussian noise of standard deviation 0.03 (the authors' script;
+    /// [`crate::candle::NOISE_SIGMA`]); any shape with the same whole number of elements
+    /// per sample in both. The redundancy is `mean((z1 - z2)^2) / (mean((x1 - x2)^2) +
+    /// eps)`.
     pub x1: &'a Tensor,
     /// See `x1`.
     pub x2: &'a Tensor,
-    /// Pooled features for the agreement `pos_sim`, B×D.
+    /// Pooled features for the agreement `pos_sim`, B×D; **D must be the same for every
+    /// modality** (the agreement is the per-sample cosine between two modalities' rows).
     pub pooled: &'a Tensor,
 }
 

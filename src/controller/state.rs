@@ -107,6 +107,11 @@ impl Controller {
     /// Epoch start: resets every score history and redundancy EMA (as the script does)
     /// and sets the agreement threshold of `epoch`. `Err` if `epoch >= config.epochs`;
     /// the state is then unchanged.
+    ///
+    /// Take the epoch's snapshot θ₀ of the encoders here too. Until the optimizer has
+    /// stepped, the drift `θ − θ₀` is zero, so a suppressed step right after it adds
+    /// `β·0`: the first step of an epoch leaves the gradients unchanged (the script's
+    /// behaviour, not a bug).
     pub fn begin_epoch(&mut self, epoch: usize) -> Result<()> {
         self.threshold = self.config.agreement_threshold(epoch)?;
         self.state.epoch = Some(epoch);

@@ -1,4 +1,4 @@
-//! Data-parallel and sharded training (issue 17): what to all-reduce, through any
+//! Data-parallel and sharded training: what to all-reduce, through any
 //! collective engine that can sum a contiguous `f64` buffer.
 //!
 //! - **Data parallel** (every rank a slice of the batch): the statistics plan's results as

@@ -1,5 +1,8 @@
-//! Fused redundancy statistics (issue 4): every per-step reduction of RedReg declared once
-//! as a plan and executed per step in one pass.
+//! Fused redundancy statistics: every per-step reduction of RedReg (the scores `p_m`, the
+//! redundancy ratios' squared-difference means, the agreement `pos_sim`) declared once as a
+//! plan and executed per step in one pass. A plan's batch size is a maximum: any batch of
+//! 1 up to it runs (the last, smaller batch of an epoch). From candle,
+//! `redreg::candle::RedReg` (feature `candle`) declares and runs it for you.
 //!
 //! # Use
 //! ```
