@@ -167,7 +167,8 @@ proptest! {
     }
 }
 
-/// Bitwise identical results for 1, 2 and 8 threads, and run to run.
+/// Bitwise identical results for 1, 2 and 8 threads, run to run, and on the calling thread
+/// (`with_inline_elements(usize::MAX)`: the inline path of small calls).
 #[test]
 fn deterministic_across_thread_counts() {
     let mut rng = Rng::new(99);
@@ -177,8 +178,10 @@ fn deterministic_across_thread_counts() {
     let basis: Vec<Vec<f32>> = (0..3).map(|_| to_t(&rng.normals(n))).collect();
     let grad = to_t::<f32>(&rng.normals(n));
     let mut results = Vec::new();
-    for threads in [1usize, 2, 8, 2] {
-        let be = CpuBackend::with_threads(threads).unwrap();
+    for (threads, inline) in [(1usize, 0), (2, 0), (8, 0), (2, 0), (2, usize::MAX)] {
+        let be = CpuBackend::with_threads(threads)
+            .unwrap()
+            .with_inline_elements(inline);
         let p = host_partials(&be, &segs, &v, None, &refs(&basis)).unwrap();
         let mut out = grad.clone();
         be.project_out(

@@ -26,7 +26,6 @@ use crate::project::solve::{orth_segment, partial_stride, solve_segment};
 use crate::project::{check_orthonormalize, BasisRef, Partials, Projection, TensorList};
 use crate::segments::{chunk_tasks, ChunkTask, Segments};
 use crate::sum::Acc;
-use rayon::prelude::*;
 
 /// A projection's buffers cut per segment (`[s]` = segment s's elements): the one form the
 /// CPU loops take. A flat buffer is cut at the segment offsets, a tensor list is already
@@ -86,20 +85,16 @@ impl CpuBackend {
     ) {
         let k = basis.len();
         let st = partial_stride(k);
-        let chunk_sums: Vec<[Acc; kernels::MAX_STRIDE]> = self.run(|| {
-            tasks
-                .par_iter()
-                .map(|t| {
-                    let (s, r) = (t.seg, local(segs, t));
-                    let bs: Vec<&[T]> = basis.iter().map(|b| &b[s][r.clone()]).collect();
-                    kernels::chunk_partial(
-                        v.map(|(v, _)| &v[s][r.clone()]),
-                        v.and_then(|(_, v0)| v0).map(|v0| &v0[s][r.clone()]),
-                        &bs,
-                    )
-                })
-                .collect()
-        });
+        let chunk_sums: Vec<[Acc; kernels::MAX_STRIDE]> =
+            self.map_tasks(segs.total(), tasks, |t| {
+                let (s, r) = (t.seg, local(segs, t));
+                let bs: Vec<&[T]> = basis.iter().map(|b| &b[s][r.clone()]).collect();
+                kernels::chunk_partial(
+                    v.map(|(v, _)| &v[s][r.clone()]),
+                    v.and_then(|(_, v0)| v0).map(|v0| &v0[s][r.clone()]),
+                    &bs,
+                )
+            });
         // Per segment, merge the chunk sums in chunk order, then round once to f64.
         let out = p.as_mut_slice();
         out.iter_mut().for_each(|x| *x = 0.0);
@@ -160,19 +155,17 @@ impl CpuBackend {
         let (alpha, beta, v, v0) = (c.alpha, c.beta, c.v, c.v0);
         let (out, base) = c.out.into_parts();
         let outs = split_by_tasks(out, tasks);
-        self.run(|| {
-            tasks.par_iter().zip(outs).for_each(|(t, o)| {
-                let (s, r) = (t.seg, local(segs, t));
-                let bs: Vec<&[T]> = basis.iter().map(|b| &b[s][r.clone()]).collect();
-                let x = kernels::ApplyIn {
-                    v: &v[s][r.clone()],
-                    v0: v0.as_ref().map(|v0| &v0[s][r.clone()]),
-                    basis: &bs,
-                    base: base.as_ref().map(|b| &b[s][r.clone()]),
-                    mode,
-                };
-                kernels::chunk_apply(x, &coef[s * k..(s + 1) * k], alpha, beta.at(s), o);
-            })
+        self.zip_tasks(segs.total(), tasks, outs, |t, o| {
+            let (s, r) = (t.seg, local(segs, t));
+            let bs: Vec<&[T]> = basis.iter().map(|b| &b[s][r.clone()]).collect();
+            let x = kernels::ApplyIn {
+                v: &v[s][r.clone()],
+                v0: v0.as_ref().map(|v0| &v0[s][r.clone()]),
+                basis: &bs,
+                base: base.as_ref().map(|b| &b[s][r.clone()]),
+                mode,
+            };
+            kernels::chunk_apply(x, &coef[s * k..(s + 1) * k], alpha, beta.at(s), o);
         });
         Ok(ranks)
     }
@@ -221,10 +214,8 @@ impl CpuBackend {
                 }
             }
             let m = &m;
-            self.run(|| {
-                tasks.par_iter().zip(per_task).for_each(|(t, mut bs)| {
-                    kernels::chunk_orth(&mut bs, &m[t.seg * k * k..(t.seg + 1) * k * k]);
-                })
+            self.zip_tasks(segs.total(), &tasks, per_task, |t, mut bs| {
+                kernels::chunk_orth(&mut bs, &m[t.seg * k * k..(t.seg + 1) * k * k]);
             });
         }
         Ok(ranks)

@@ -129,12 +129,10 @@ pub struct CpuStats {
     inline: bool,
 }
 
-/// Plans that read at most this many elements in all run on the calling thread. A
-/// per-step RedReg plan of a small model reads a few thousand elements (~20 µs of work);
-/// dispatching that to rayon's pool adds a thread hand-off, which on a loaded machine can
-/// cost milliseconds when the pool thread is descheduled. Results are unchanged (bitwise):
-/// the task table and the combination order are the same either way.
-pub const INLINE_ELEMENTS: usize = 1 << 16;
+/// Plans that read at most this many elements in all (every input buffer counted once per
+/// element) run on the calling thread, the rule of the CPU backend's projection too
+/// ([`crate::CpuBackend::with_inline_elements`]).
+pub use crate::cpu::INLINE_ELEMENTS;
 
 /// Elements one run of `plan` reads (every input buffer counted once per element).
 fn plan_elements(plan: &StatsPlan) -> usize {

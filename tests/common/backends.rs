@@ -1,7 +1,8 @@
 //! One test body for every backend, as candle's `test_device!` does for its devices: a body
 //! is a generic function over [`TestBackend`], and `backend_tests!(body, …)` makes one
 //! `#[test]` per backend from it — `reference::body` (the f64 oracle), `cpu::body`
-//! ([`CpuBackend`], 2 threads and a 64-element chunk, so small layouts span many chunks) and,
+//! ([`CpuBackend`], 2 threads, a 64-element chunk so small layouts span many chunks, and no
+//! inline path) and,
 //! with feature `cuda`, `cuda::body` ([`CudaBackend`] on a real GPU or the emulated driver,
 //! under the SKIP convention of `gpu.rs`). The emulated runs select the CUDA tests with the
 //! filter `cuda::`.
@@ -78,11 +79,13 @@ impl TestBackend for redreg::cuda::CudaBackend {
     }
 }
 
-/// The CPU backend of the shared tests: 2 threads, 64-element chunks.
+/// The CPU backend of the shared tests: 2 threads, 64-element chunks, every call on the
+/// pool (small test layouts would otherwise run on the calling thread).
 pub fn cpu() -> CpuBackend {
     CpuBackend::with_threads(2)
         .and_then(|b| b.with_chunk(64))
         .expect("CPU backend")
+        .with_inline_elements(0)
 }
 
 /// `REDREG_GPU_QUICK=1` (the emulated driver, sanitizers): the bodies' smaller variants.
