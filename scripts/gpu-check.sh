@@ -3,7 +3,7 @@
 #
 #   scripts/gpu-check.sh bundle   HERE (no GPU): builds the GPU test binaries with kernels
 #                                 for sm_90 (CUDA_COMPUTE_CAP, default 90) and
-#                                 REDREG_REQUIRE_NVCC=1, strips them into ./gpu-bundle/
+#                                 REDREG_REQUIRE_NVCC=1, strips and xz-packs them into ./gpu-bundle/
 #                                 (gitignored; must stay < 64 MiB).
 #   scripts/gpu-check.sh [run]    THERE (GPU, $OUT set): nvidia-smi, every bundled test binary
 #                                 with REDREG_REQUIRE_GPU=1 (default test threads), the
@@ -66,6 +66,33 @@ for line in open(os.path.join(bundle, ".cargo-bench.json")):
         shutil.copy(m["executable"], dst); print("bundled", dst)
 PY
     fi
+    if [ "${REDREG_BUNDLE_MUTANTS:-1}" = 1 ]; then
+        # The sanitizers' own check (a checker counts only once a planted bug makes it fail):
+        # gpu_kernels built against the real kernels deliberately broken by
+        # tests/emu/mutate.py, as the emulated driver's mutation step does. `run` requires
+        # memcheck to report `oob` and racecheck to report `barrier`.
+        local m src target="${CARGO_TARGET_DIR:-$PWD/target}"
+        for m in oob barrier; do
+            src="${TMPDIR:-/tmp}/redreg-mutant-$m"
+            rm -rf "$src" && mkdir -p "$src"
+            git ls-files -z | xargs -0 cp --parents -t "$src"
+            python3 tests/emu/mutate.py kernels "$src/kernels.mut" "$m"
+            rm -rf "$src/kernels" && mv "$src/kernels.mut" "$src/kernels"
+            (cd "$src" && CARGO_TARGET_DIR="$target" cargo test --features cuda --no-run \
+                --message-format=json --test gpu_kernels) >"$BUNDLE/.cargo-mutant.json"
+            python3 - "$BUNDLE" "$m" <<'PY'
+import json, shutil, sys, os
+bundle, m = sys.argv[1:3]
+for line in open(os.path.join(bundle, ".cargo-mutant.json")):
+    try: j = json.loads(line)
+    except ValueError: continue
+    if j.get("reason") == "compiler-artifact" and j.get("executable") and j["target"]["name"] == "gpu_kernels":
+        dst = os.path.join(bundle, f"mutant-{m}")
+        shutil.copy(j["executable"], dst); print("bundled", dst)
+PY
+            rm -rf "$src"
+        done
+    fi
     if [ "${REDREG_BUNDLE_CANDLE:-0}" = 1 ]; then
         # candle CUDA tensors (feature candle-cuda): candle-kernels takes ~12 min to build on
         # 2 cores; libcuda/cuBLAS/cuRAND are linked against stubs (real ones load there).
@@ -84,13 +111,14 @@ for line in open(os.path.join(bundle, ".cargo-candle.json")):
         dst = os.path.join(bundle, f"{kind}-{m['target']['name']}")
         shutil.copy(m["executable"], dst); print("bundled", dst)
 PY
-        # ~55 MB each stripped (candle's PTX and kernels): xz brings them to ~7 MB.
-        for f in "$BUNDLE"/test-gpu_candle "$BUNDLE"/example-balance; do
-            [ -f "$f" ] && strip "$f" && xz -T2 -6 -f "$f"
-        done
     fi
     rm -f "$BUNDLE"/.cargo*.json
-    strip "$BUNDLE"/test-* "$BUNDLE"/bench-* 2>/dev/null || true
+    # Stripped, the binaries are ~10 MB each (~55 MB with candle's PTX and kernels): xz
+    # brings them to ~2.5 MB (~8 MB) and the bundle under the 64 MiB carry; `run` unpacks.
+    local f
+    for f in "$BUNDLE"/test-* "$BUNDLE"/bench-* "$BUNDLE"/mutant-* "$BUNDLE"/example-*; do
+        [ -f "$f" ] && [ "${f%.xz}" = "$f" ] && strip "$f" && xz -T2 -6 -f "$f"
+    done
     git rev-parse HEAD >"$BUNDLE/COMMIT" 2>/dev/null || true
     local size
     size=$(du -sm "$BUNDLE" | cut -f1)
@@ -103,6 +131,17 @@ PY
 # 10 minutes per command). Each step gets min(its own timeout, what is left - a reserve for
 # the summary); a step that cannot get its minimum is skipped and says so.
 RUN_T0=$SECONDS
+# A compute-sanitizer log's verdict: the sum of its "ERROR SUMMARY: N errors" lines and, for
+# racecheck (which prints "RACECHECK SUMMARY: N hazards displayed (E errors, W warnings)"
+# instead), of its hazards; empty when the log holds no summary at all.
+sanitizer_errors() {
+    grep -oE "ERROR SUMMARY: [0-9]+ error|RACECHECK SUMMARY: [0-9]+ hazard" "$1" |
+        grep -oE "[0-9]+" | awk '{ s += $1; n++ } END { if (n) print s }'
+}
+# racecheck's default report missed the planted barrier race (tests/emu/mutate.py barrier:
+# "0 hazards displayed" on the first H200 run, 2026-12-04) that `--racecheck-report all`
+# reports (3,584 errors), with 0 hazards on the unbroken kernels.
+racecheck_flags() { [ "$1" = racecheck ] && echo "--racecheck-report all"; }
 budget_for() { # budget_for WANT MIN -> prints seconds to allow (0: skip)
     local left=$(( ${REDREG_GPU_BUDGET_S:-540} - (SECONDS - RUN_T0) - 15 ))
     local want=$1 min=$2
@@ -136,7 +175,7 @@ run() {
     done
     # cudarc's loader looks for libnccl.so, the nvidia-nccl wheels ship libnccl.so.2 only:
     # link it for tests/nccl_dist.rs (docs/distributed.md).
-    for d in ${LD_LIBRARY_PATH//:/ }; do
+    for d in ${LD_LIBRARY_PATH:+${LD_LIBRARY_PATH//:/ }}; do
         if [ -f "$d/libnccl.so.2" ] && [ ! -e "$d/libnccl.so" ]; then
             mkdir -p "${TMPDIR:-/tmp}/redreg-nccl"
             ln -sf "$d/libnccl.so.2" "${TMPDIR:-/tmp}/redreg-nccl/libnccl.so"
@@ -144,7 +183,7 @@ run() {
             break
         fi
     done
-    export LD_LIBRARY_PATH
+    export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}"
     local x
     for x in "$BUNDLE"/*.xz; do
         [ -f "$x" ] || continue
@@ -157,7 +196,7 @@ run() {
     for t in "$BUNDLE"/test-*; do
         [ -x "$t" ] || continue
         local n; n=$(basename "$t")
-        local tb; tb=$(budget_for "${REDREG_TEST_TIMEOUT:-150}" 20)
+        local tb; tb=$(budget_for "${REDREG_TEST_TIMEOUT:-200}" 20)
         if [ "$tb" = 0 ]; then
             echo "SKIP $n (time budget spent)" | tee -a "$summary"; status=1; continue
         fi
@@ -182,7 +221,8 @@ run() {
         local force
         for force in 1 ptx; do
             local flog="$OUT/kernel-path-force-$force.log"
-            REDREG_FORCE_NVRTC=$force REDREG_REQUIRE_GPU=1 timeout "$(tmo 60 10)" "$BUNDLE/test-gpu_project" \
+            # (NVRTC compiles all 127 kernels: over 60 s to cubin on the first H200 run.)
+            REDREG_FORCE_NVRTC=$force REDREG_REQUIRE_GPU=1 timeout "$(tmo 180 10)" "$BUNDLE/test-gpu_project" \
                 every_kernel_symbol_loads --nocapture >"$flog" 2>&1
             local frc=$?
             local fpath; fpath=$(grep -ho "KERNEL-PATH: .*" "$flog" | head -1)
@@ -213,16 +253,18 @@ run() {
             if [ "$sb" = 0 ]; then
                 echo "$tool: SKIP (time budget spent)" | tee -a "$summary"; status=1; continue
             fi
+            local tool_flags=()
+            read -ra tool_flags <<<"$(racecheck_flags "$tool")"
             # One test thread: the tools serialise anyway.
             {
                 REDREG_REQUIRE_GPU=1 REDREG_GPU_QUICK=1 timeout "$sb" \
-                    "$cs" --tool "$tool" "$target" --test-threads=1
+                    "$cs" --tool "$tool" "${tool_flags[@]}" "$target" --test-threads=1
                 [ -x "$BUNDLE/test-gpu_stats" ] && REDREG_REQUIRE_GPU=1 REDREG_GPU_QUICK=1 \
-                    timeout "$(tmo 60 10)" "$cs" --tool "$tool" "$BUNDLE/test-gpu_stats" --test-threads=1
+                    timeout "$(tmo 60 10)" "$cs" --tool "$tool" "${tool_flags[@]}" "$BUNDLE/test-gpu_stats" --test-threads=1
             } >"$slog" 2>&1
             local rc=$?
             local errs
-            errs=$(grep -oE "ERROR SUMMARY: [0-9]+ error" "$slog" | grep -oE "[0-9]+" | awk '{ s += $1; n++ } END { if (n) print s }')
+            errs=$(sanitizer_errors "$slog")
             local sverdict tverdict
             if [ -z "$errs" ]; then
                 sverdict="NO-VERDICT (rc $rc$([ $rc = 124 ] && echo ', timed out'); no ERROR SUMMARY)"
@@ -245,6 +287,32 @@ run() {
     else
         echo "SKIP compute-sanitizer (not found or no test-gpu_kernels)" | tee -a "$summary"
     fi
+    # --- the sanitizers' self-check: each planted bug must be reported by its tool, or the
+    # CLEAN verdicts above mean nothing.
+    echo "== sanitizer self-check (planted bugs, must be reported) ==" | tee -a "$summary"
+    local mt
+    for mt in oob:memcheck barrier:racecheck; do
+        local mut=${mt%%:*} tool=${mt#*:}
+        local mbin="$BUNDLE/mutant-$mut"
+        if [ -z "$cs" ] || [ ! -x "$mbin" ]; then
+            echo "mutant-$mut: SKIP (no compute-sanitizer or no mutant-$mut in the bundle)" | tee -a "$summary"; continue
+        fi
+        local mb; mb=$(budget_for 60 15)
+        if [ "$mb" = 0 ]; then
+            echo "mutant-$mut: SKIP (time budget spent)" | tee -a "$summary"; status=1; continue
+        fi
+        local mlog="$OUT/mutant-$mut-$tool.log"
+        REDREG_REQUIRE_GPU=1 REDREG_GPU_QUICK=1 timeout "$mb" "$cs" --tool "$tool" $(racecheck_flags "$tool") "$mbin" --test-threads=1 >"$mlog" 2>&1
+        local merrs
+        merrs=$(sanitizer_errors "$mlog")
+        merrs=${merrs:-0}
+        if [ "$merrs" -gt 0 ]; then
+            echo "mutant-$mut: caught by $tool ($merrs errors), as it must be" | tee -a "$summary"
+        else
+            echo "mutant-$mut: NOT caught by $tool (see $(basename "$mlog"))" | tee -a "$summary"; status=1
+        fi
+        grep -m2 -E "Invalid __global__|Race reported|hazard" "$mlog" >>"$summary"
+    done
     echo "== totals ==" | tee -a "$summary"
     echo "test failures: $test_failures (binaries or forced-NVRTC loads)" | tee -a "$summary"
     echo "sanitizer findings: $sanitizer_findings errors; sanitizer runs without a verdict: $sanitizer_no_verdict; runs whose tests failed under a sanitizer: $sanitizer_test_failures" | tee -a "$summary"
@@ -287,6 +355,13 @@ run() {
     fi
     echo "elapsed: $((SECONDS - RUN_T0)) s of a ${REDREG_GPU_BUDGET_S:-540} s budget" | tee -a "$summary"
     echo "overall: $([ $status = 0 ] && echo PASS || echo FAIL)" | tee -a "$summary"
+    # A lent machine returns at most 8 files: summary.txt, gpu-bench.md, the example's plot
+    # and one archive of every log.
+    # (Written outside $OUT first: tar fails on a folder that changes while it reads it.)
+    local tgz="${TMPDIR:-/tmp}/redreg-gpu-logs.tar.gz"
+    (cd "$OUT" && tar czf "$tgz" --exclude=summary.txt --exclude=gpu-bench.md --exclude='*.svg' . &&
+        mv "$tgz" logs.tar.gz &&
+        find . -type f ! -name logs.tar.gz ! -name summary.txt ! -name gpu-bench.md ! -name '*.svg' -delete)
     return $status
 }
 

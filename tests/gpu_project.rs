@@ -419,17 +419,22 @@ fn orth<T: Element>(b: &CudaBackend) {
             // borderline; those segments are left out of the element comparison, and
             // must stay rare.
             let got: Vec<Vec<f64>> = dbasis.iter().map(|d| download(b, d)).collect();
-            let kept_set = |vecs: &dyn Fn(usize) -> Vec<f64>, s: usize| -> Vec<bool> {
-                (0..k)
-                    .map(|i| vecs(i)[segs.range(s)].iter().any(|&x| x != 0.0))
+            // Each vector converted once: per segment only its own range is read (a copy per
+            // segment made the ResNet-18 layout quadratic, minutes on the first GPU run).
+            let want: Vec<Vec<f64>> = basis
+                .iter()
+                .map(|x| x.iter().map(|v| v.to_f64()).collect())
+                .collect();
+            let kept_set = |vecs: &[Vec<f64>], s: usize| -> Vec<bool> {
+                vecs.iter()
+                    .map(|v| v[segs.range(s)].iter().any(|&x| x != 0.0))
                     .collect()
             };
-            let want_f64 = |i: usize| basis[i].iter().map(|x| x.to_f64()).collect::<Vec<_>>();
             let mut skip = vec![false; n];
             let mut skipped = Vec::new();
             for s in 0..segs.len() {
-                let gpu_kept = kept_set(&|i| got[i].clone(), s);
-                if gpu_kept == kept_set(&want_f64, s) {
+                let gpu_kept = kept_set(&got, s);
+                if gpu_kept == kept_set(&want, s) {
                     continue;
                 }
                 let cap = segs.seg_len(s).min(k);
@@ -477,12 +482,12 @@ fn orth<T: Element>(b: &CudaBackend) {
                         .map(|(v, _)| v)
                         .collect()
                 };
-                let want = keep(want_f64(i));
+                let want_i = keep(want[i].clone());
                 // Orthonormal vectors of a long segment have tiny entries: scale atol.
                 assert_close(
                     &format!("orthonormalize {} {name} k={k} vector {i}", T::DTYPE),
                     &keep(got_i.clone()),
-                    &want,
+                    &want_i,
                     atol * 0.05,
                     rtol * 4.0,
                 );

@@ -234,7 +234,13 @@ impl Args {
                 f.push(flag.into());
             }
         }
-        let mut s = String::from("cargo run --release --features candle --example balance");
+        // The feature this binary was built with: a CUDA run reproduces on the GPU.
+        let feature = if cfg!(feature = "candle-cuda") {
+            "candle-cuda"
+        } else {
+            "candle"
+        };
+        let mut s = format!("cargo run --release --features {feature} --example balance");
         if !f.is_empty() {
             s += " -- ";
             s += &f.join(" ");

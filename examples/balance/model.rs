@@ -107,7 +107,9 @@ impl Model {
         let w = self.head.w.as_tensor();
         let half_b = (self.head.b.as_tensor() * 0.5)?;
         let part = |m: usize| -> Res<Tensor> {
-            let wm = w.narrow(D::Minus1, m * FEAT, FEAT)?;
+            // contiguous: candle's CUDA matmul (cuBLAS) rejects the strided half
+            // `[FEAT, classes]` with row stride 2·FEAT that the CPU matmul accepts.
+            let wm = w.narrow(D::Minus1, m * FEAT, FEAT)?.contiguous()?;
             Ok(feat[m].matmul(&wm.t()?)?.broadcast_add(&half_b)?)
         };
         Ok([part(0)?, part(1)?])
