@@ -284,104 +284,177 @@ __device__ void write_prob(double* v, double mean, rr_i64 row, rr_i64 label) {
     }
 }
 
-// The finish of statistic e, by one thread: the CPU's `finish` (src/stats/cpu.rs) line for
-// line, over the partials of this run's tasks in task order. The partials were written by
-// other blocks: read through volatile loads (no stale L1 line).
+// PROB: close row `row` (max m, scaled sum z): add its probability of the label, or record
+// the first row whose label is out of range (src/stats/cpu.rs, finish).
+__device__ void st_close_row(const rr_u64* d, rr_i64 row, double m, double z, double* s,
+                             rr_i64* frow, rr_i64* flab) {
+    const rr_u64 n2 = d[RR_ST_DESC_N2];
+    const rr_i64 lab = reinterpret_cast<const rr_i64*>(d[RR_ST_DESC_P1])[row];
+    if (lab < 0 || (rr_u64)lab >= n2) {
+        if (*frow < 0) {
+            *frow = row;
+            *flab = lab;
+        }
+    } else {
+        *s += exp(ld_any(d[RR_ST_DESC_DTYPE], d[RR_ST_DESC_P0], (rr_u64)row * n2 + (rr_u64)lab) - m) / z;
+    }
+}
+
+// The finish of statistic e: the CPU's `finish` (src/stats/cpu.rs) line for line, over the
+// partials of this run's tasks in task order. Called by every thread of the statistic's last
+// block. The partials are staged through shared memory RR_THREADS tasks at a time: each
+// thread loads one task's RR_ST_PARTIALS values (volatile: they were written by other
+// blocks, no stale L1 line), its row/segment and mode, and whether st_clip keeps it; then
+// thread 0 consumes the batch in task order. Every sum keeps the serial order (the results
+// are the same bits as a one-thread finish); only the loads run in parallel. A one-thread
+// finish waited an L2 round trip per partial: about 0.5 ms of a ResNet-18 step's 0.58 ms
+// plan on an H200 (docs/gpu-results.md, 2026-12-04).
+// One batch of staged tasks (shared memory, one per block: declared once in st_finish, not
+// per kind, or each instantiation would get its own).
+struct StStage {
+    double p[RR_THREADS * RR_ST_PARTIALS];
+    rr_u64 a[RR_THREADS];
+    int flags[RR_THREADS];  // bit 0: st_clip keeps the task; bit 1: a row piece
+    int done;
+};
+
+template <int KIND>
+__device__ void st_finish_kind(StStage* st, rr_u64 e, const rr_u64* __restrict__ entry_tasks,
+                               const rr_u64* __restrict__ tasks, const rr_u64* __restrict__ desc,
+                               const volatile double* partials, double* __restrict__ results) {
+    double* sp = st->p;
+    rr_u64* sa = st->a;
+    int* sflags = st->flags;
+    int& s_done = st->done;
+    const rr_u64* d = desc + RR_ST_DESC_WORDS * e;
+    const rr_u64 n1 = d[RR_ST_DESC_N1];
+    double* v = results + d[RR_ST_DESC_OUT];
+    const rr_u64 t0 = entry_tasks[RR_ST_ENTRY_WORDS * e + RR_ST_ENTRY_FIRST];
+    const rr_u64 tn = entry_tasks[RR_ST_ENTRY_WORDS * e + RR_ST_ENTRY_END];
+    constexpr int NV = KIND == RR_ST_SUMS ? 3 : 1;  // DOTS, SUMS: values per segment
+    // Thread 0's running state (the serial finish's locals), kept across batches.
+    double s = 0.0, acc[NV];
+    double cd = 0.0, ca = 0.0, cb = 0.0;  // COS: the open row's sums
+    double m = 0.0, z = 0.0;              // PROB: the open row's max and scaled sum
+    rr_i64 row = -1, frow = -1, flab = 0, cur = -1;
+    for (int k = 0; k < NV; k++) acc[k] = 0.0;
+    if (threadIdx.x == 0) {
+        s_done = 0;
+        if (KIND == RR_ST_DOTS || KIND == RR_ST_SUMS)
+            for (rr_u64 i = 0; i < (rr_u64)NV * n1; i++) v[i] = 0.0;
+    }
+    for (rr_u64 base = t0; base < tn; base += RR_THREADS) {
+        __syncthreads();    // the previous batch is consumed (and s_done is visible)
+        if (s_done) break;  // block-uniform
+        const rr_u64 t = base + threadIdx.x;
+        if (t < tn) {
+            const rr_u64* tk = tasks + RR_ST_TASK_WORDS * t;
+            rr_u64 end = tk[RR_ST_TASK_END];
+            const rr_u64 mode = tk[RR_ST_TASK_MODE];
+            sa[threadIdx.x] = tk[RR_ST_TASK_A];
+            sflags[threadIdx.x] =
+                (st_clip(KIND, n1, mode, tk[RR_ST_TASK_A], tk[RR_ST_TASK_START], &end) ? 1 : 0) |
+                (mode == RR_ST_MODE_PIECE ? 2 : 0);
+#pragma unroll
+            for (int k = 0; k < RR_ST_PARTIALS; k++)
+                sp[RR_ST_PARTIALS * threadIdx.x + k] = partials[RR_ST_PARTIALS * t + k];
+        }
+        __syncthreads();
+        if (threadIdx.x != 0) continue;
+        const rr_u64 bend = tn - base < (rr_u64)RR_THREADS ? tn - base : (rr_u64)RR_THREADS;
+        for (rr_u64 i = 0; i < bend; i++) {
+            if (!(sflags[i] & 1)) {  // this run's tasks are a prefix (a short batch has fewer rows)
+                s_done = 1;
+                break;
+            }
+            const double* p = sp + RR_ST_PARTIALS * i;
+            const bool piece = (sflags[i] & 2) != 0;
+            if (KIND == RR_ST_SQDIFF) {
+                s += p[0];
+            } else if (KIND == RR_ST_DOTS || KIND == RR_ST_SUMS) {
+                // v[k·n1 + seg] += p[k] in task order, with the segment's running sums held
+                // in registers between its (consecutive) tasks: the same additions.
+                const rr_i64 seg = (rr_i64)sa[i];
+                if (seg != cur) {
+                    if (cur >= 0)
+                        for (int k = 0; k < NV; k++) v[k * n1 + cur] = acc[k];
+                    cur = seg;
+                    for (int k = 0; k < NV; k++) acc[k] = v[k * n1 + seg];
+                }
+                for (int k = 0; k < NV; k++) acc[k] += p[k];
+            } else if (KIND == RR_ST_COS) {
+                if (piece) {
+                    const rr_i64 r = (rr_i64)sa[i];
+                    if (r == row) {
+                        cd += p[0];
+                        ca += p[1];
+                        cb += p[2];
+                    } else {
+                        if (row >= 0) s += st_cos(cd, ca, cb);
+                        row = r;
+                        cd = p[0];
+                        ca = p[1];
+                        cb = p[2];
+                    }
+                } else {
+                    s += p[0];
+                }
+            } else {  // RR_ST_PROB
+                const rr_i64 r = (rr_i64)sa[i];
+                if (piece && r == row) {
+                    const double nm = st_max(m, p[0]);
+                    const double a = m == st_ninf() ? 0.0 : z * exp(m - nm);
+                    const double b = p[0] == st_ninf() ? 0.0 : p[1] * exp(p[0] - nm);
+                    z = a + b;
+                    m = nm;
+                    continue;
+                }
+                if (row >= 0) {  // close the previous row
+                    st_close_row(d, row, m, z, &s, &frow, &flab);
+                    row = -1;
+                }
+                if (piece) {
+                    row = r;
+                    m = p[0];
+                    z = p[1];
+                } else {
+                    s += p[0];
+                    if (p[1] >= 0.0 && frow < 0) {
+                        frow = (rr_i64)p[1];
+                        flab = reinterpret_cast<const rr_i64*>(d[RR_ST_DESC_P1])[frow];
+                    }
+                }
+            }
+        }
+    }
+    if (threadIdx.x != 0) return;
+    if (KIND == RR_ST_SQDIFF) {
+        v[0] = s / (double)n1;
+    } else if (KIND == RR_ST_DOTS || KIND == RR_ST_SUMS) {
+        if (cur >= 0)
+            for (int k = 0; k < NV; k++) v[k * n1 + cur] = acc[k];
+    } else if (KIND == RR_ST_COS) {
+        if (row >= 0) s += st_cos(cd, ca, cb);
+        v[0] = s / (double)n1;
+    } else {  // RR_ST_PROB: close the last row
+        if (row >= 0) st_close_row(d, row, m, z, &s, &frow, &flab);
+        write_prob(v, s / (double)n1, frow, flab);
+    }
+}
+
 __device__ void st_finish(rr_u64 e, const rr_u64* __restrict__ entry_tasks,
                           const rr_u64* __restrict__ tasks, const rr_u64* __restrict__ desc,
                           const volatile double* partials, double* __restrict__ results) {
-    const rr_u64* d = desc + RR_ST_DESC_WORDS * e;
-    const rr_u64 kind = d[RR_ST_DESC_KIND], dt = d[RR_ST_DESC_DTYPE], n1 = d[RR_ST_DESC_N1],
-                 n2 = d[RR_ST_DESC_N2];
-    double* v = results + d[RR_ST_DESC_OUT];
-    const rr_u64 t0 = entry_tasks[RR_ST_ENTRY_WORDS * e + RR_ST_ENTRY_FIRST];
-    // This run's tasks: the prefix that st_clip keeps (a short batch has fewer rows).
-    rr_u64 t1 = t0;
-    for (const rr_u64 tn = entry_tasks[RR_ST_ENTRY_WORDS * e + RR_ST_ENTRY_END]; t1 < tn; t1++) {
-        const rr_u64* tk = tasks + RR_ST_TASK_WORDS * t1;
-        rr_u64 end = tk[RR_ST_TASK_END];
-        if (!st_clip(kind, n1, tk[RR_ST_TASK_MODE], tk[RR_ST_TASK_A], tk[RR_ST_TASK_START], &end))
-            break;
+    __shared__ StStage st;
+#define ST_FINISH_ARGS &st, e, entry_tasks, tasks, desc, partials, results
+    switch (desc[RR_ST_DESC_WORDS * e + RR_ST_DESC_KIND]) {  // block-uniform
+        case RR_ST_SQDIFF: st_finish_kind<RR_ST_SQDIFF>(ST_FINISH_ARGS); break;
+        case RR_ST_COS: st_finish_kind<RR_ST_COS>(ST_FINISH_ARGS); break;
+        case RR_ST_PROB: st_finish_kind<RR_ST_PROB>(ST_FINISH_ARGS); break;
+        case RR_ST_SUMS: st_finish_kind<RR_ST_SUMS>(ST_FINISH_ARGS); break;
+        default: st_finish_kind<RR_ST_DOTS>(ST_FINISH_ARGS); break;
     }
-    if (kind == RR_ST_SQDIFF) {
-        double s = 0.0;
-        for (rr_u64 t = t0; t < t1; t++) s += partials[RR_ST_PARTIALS * t];
-        v[0] = s / (double)n1;
-    } else if (kind == RR_ST_DOTS || kind == RR_ST_SUMS) {
-        const int nv = kind == RR_ST_SUMS ? 3 : 1;
-        for (rr_u64 i = 0; i < (rr_u64)nv * n1; i++) v[i] = 0.0;
-        for (rr_u64 t = t0; t < t1; t++) {
-            const rr_u64 seg = tasks[RR_ST_TASK_WORDS * t + RR_ST_TASK_A];
-            for (int k = 0; k < nv; k++) v[k * n1 + seg] += partials[RR_ST_PARTIALS * t + k];
-        }
-    } else if (kind == RR_ST_COS) {
-        double s = 0.0, cd = 0.0, ca = 0.0, cb = 0.0;
-        rr_i64 row = -1;
-        for (rr_u64 t = t0; t < t1; t++) {
-            const volatile double* p = partials + RR_ST_PARTIALS * t;
-            if (tasks[RR_ST_TASK_WORDS * t + RR_ST_TASK_MODE] == RR_ST_MODE_PIECE) {
-                const rr_i64 r = (rr_i64)tasks[RR_ST_TASK_WORDS * t + RR_ST_TASK_A];
-                if (r == row) {
-                    cd += p[0];
-                    ca += p[1];
-                    cb += p[2];
-                } else {
-                    if (row >= 0) s += st_cos(cd, ca, cb);
-                    row = r;
-                    cd = p[0];
-                    ca = p[1];
-                    cb = p[2];
-                }
-            } else {
-                s += p[0];
-            }
-        }
-        if (row >= 0) s += st_cos(cd, ca, cb);
-        v[0] = s / (double)n1;
-    } else {  // RR_ST_PROB
-        const rr_i64* labels = reinterpret_cast<const rr_i64*>(d[RR_ST_DESC_P1]);
-        double s = 0.0, m = 0.0, z = 0.0;
-        rr_i64 row = -1, frow = -1, flab = 0;
-        for (rr_u64 t = t0; t <= t1; t++) {
-            const bool piece =
-                t < t1 && tasks[RR_ST_TASK_WORDS * t + RR_ST_TASK_MODE] == RR_ST_MODE_PIECE;
-            const rr_i64 r = t < t1 ? (rr_i64)tasks[RR_ST_TASK_WORDS * t + RR_ST_TASK_A] : -2;
-            const volatile double* p = partials + RR_ST_PARTIALS * t;
-            if (piece && r == row) {
-                const double nm = st_max(m, p[0]);
-                const double a = m == st_ninf() ? 0.0 : z * exp(m - nm);
-                const double b = p[0] == st_ninf() ? 0.0 : p[1] * exp(p[0] - nm);
-                z = a + b;
-                m = nm;
-                continue;
-            }
-            if (row >= 0) {  // close the previous row
-                const rr_i64 lab = labels[row];
-                if (lab < 0 || (rr_u64)lab >= n2) {
-                    if (frow < 0) {
-                        frow = row;
-                        flab = lab;
-                    }
-                } else {
-                    s += exp(ld_any(dt, d[RR_ST_DESC_P0], (rr_u64)row * n2 + (rr_u64)lab) - m) / z;
-                }
-                row = -1;
-            }
-            if (t == t1) break;
-            if (piece) {
-                row = r;
-                m = p[0];
-                z = p[1];
-            } else {
-                s += p[0];
-                if (p[1] >= 0.0 && frow < 0) {
-                    frow = (rr_i64)p[1];
-                    flab = labels[frow];
-                }
-            }
-        }
-        write_prob(v, s / (double)n1, frow, flab);
-    }
+#undef ST_FINISH_ARGS
 }
 
 // stats_tasks: the whole run in one launch. Launch: grid = (n_tasks of the table), block =
@@ -389,11 +462,13 @@ __device__ void st_finish(rr_u64 e, const rr_u64* __restrict__ entry_tasks,
 // then takes a ticket of its statistic (atomicAdd on counts[entry], after a __threadfence
 // that publishes its partials device-wide); the block that draws the statistic's last
 // ticket resets the counter to 0 for the next run and finishes the statistic (st_finish,
-// thread 0) into `results`, which the host copies back once. The finish reads the partials
+// the whole block) into `results`, which the host copies back once. The finish reads the partials
 // in task order, so the result does not depend on which block came last. A statistic with
 // no task at all (no elements) is never touched here: its constant results are written when
 // the executor is made (src/stats/cuda.rs). counts[n_entries] (u32): 0 on entry and on exit.
-extern "C" __global__ void __launch_bounds__(RR_THREADS)
+// (4 resident blocks per SM, <= 64 registers, as before the block-wide finish: ptxas 13.0
+// gives 56-64 registers and no spills on sm_75-90.)
+extern "C" __global__ void __launch_bounds__(RR_THREADS, 4)
     stats_tasks(const rr_u64* __restrict__ tasks, const rr_u64* __restrict__ entry_tasks,
                 const rr_u64* __restrict__ desc, double* partials, rr_u32* counts,
                 double* __restrict__ results) {
@@ -432,5 +507,5 @@ extern "C" __global__ void __launch_bounds__(RR_THREADS)
     __syncthreads();
     if (last == 0u) return;  // block-uniform
     __threadfence();          // order the reads below after the ticket
-    if (threadIdx.x == 0) st_finish(e, entry_tasks, tasks, desc, partials, results);
+    st_finish(e, entry_tasks, tasks, desc, partials, results);  // the whole block
 }

@@ -441,9 +441,44 @@ fn short_batches_match_the_cpu_in_one_launch() {
     let Some(be) = gpu::backend("short_batches_match_the_cpu_in_one_launch") else {
         return;
     };
+    let segs = Segments::from_lengths(&[700, 0, STATS_CHUNK + 5]).unwrap();
+    let runs = [MAX_ROWS, 33, 32, 31, 2, 1].map(|n| (n, n.min(WIDE_ROWS)));
+    short_batches(be, WIDE_ROWS, &segs, &runs, true);
+}
+
+/// The same with statistics of more tasks than a block has threads: the finishing block
+/// stages the partials `RR_THREADS` (256) tasks at a time (kernels/stats.cu, st_finish), so
+/// here a per-segment statistic of 600 tasks and wide-row statistics of 300 row pieces span
+/// three and two batches, and the short batches cut the wide rows inside the second batch
+/// (139 rows: the first rejected piece is task 278).
+#[test]
+fn finishes_span_several_batches() {
+    let _s = serial();
+    let Some(be) = gpu::backend("finishes_span_several_batches") else {
+        return;
+    };
+    let lens: Vec<usize> = (0..600).map(|i| 1 + (i * 7) % 40).collect();
+    let segs = Segments::from_lengths(&lens).unwrap();
+    short_batches(
+        be,
+        150,
+        &segs,
+        &[(MAX_ROWS, 150), (31, 139), (1, 129), (2, 1)],
+        false,
+    );
+}
+
+/// Runs of (narrow rows, wide rows) against the CPU executor and exact-size plans; with
+/// `errors`, also the rejected runs.
+fn short_batches(
+    be: &redreg::cuda::CudaBackend,
+    wide_rows: usize,
+    segs: &Segments,
+    runs: &[(usize, usize)],
+    errors: bool,
+) {
     let s = be.stream();
     let counters = Counters::open().ok(); // the emulated driver only
-    let segs = Segments::from_lengths(&[700, 0, STATS_CHUNK + 5]).unwrap();
     let v = |n, seed, scale| signed_vec(n, seed, scale);
     let h = Host {
         z: [
@@ -459,11 +494,13 @@ fn short_batches_match_the_cpu_in_one_launch() {
             .map(|i| (i * 7) % CLASSES as i64)
             .collect(),
         wa: [
-            from_f64_vec(&v(WIDE_ROWS * WIDE, 36, 1.0)),
-            from_f64_vec(&v(WIDE_ROWS * WIDE, 37, 1.0)),
+            from_f64_vec(&v(wide_rows * WIDE, 36, 1.0)),
+            from_f64_vec(&v(wide_rows * WIDE, 37, 1.0)),
         ],
-        wl: from_f64_vec(&v(WIDE_ROWS * WIDE, 38, 20.0)),
-        wy: vec![3, WIDE as i64 - 1, 0],
+        wl: from_f64_vec(&v(wide_rows * WIDE, 38, 20.0)),
+        wy: (0..wide_rows as i64)
+            .map(|i| [3, WIDE as i64 - 1, 0][i as usize % 3])
+            .collect(),
         g: from_f64_vec(&v(segs.total(), 39, 1.0)),
     };
     let d = Dev {
@@ -485,7 +522,7 @@ fn short_batches_match_the_cpu_in_one_launch() {
         wy: s.clone_htod(&h.wy).unwrap(),
         g: s.clone_htod(&h.g).unwrap(),
     };
-    let max = row_plan(MAX_ROWS, WIDE_ROWS, &segs);
+    let max = row_plan(MAX_ROWS, wide_rows, segs);
     let mut cpu = CpuStats::new(&max.plan).unwrap();
     let mut gpu = CudaStats::new(be, &max.plan).unwrap();
     let (mut acc_h, mut acc_d) = (
@@ -495,8 +532,7 @@ fn short_batches_match_the_cpu_in_one_launch() {
     s.memcpy_htod(&acc_h, &mut acc_d).unwrap();
     let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     let mut full: Option<redreg::stats::StatsResults> = None;
-    for n in [MAX_ROWS, 33, 32, 31, 2, 1] {
-        let w = n.min(WIDE_ROWS);
+    for &(n, w) in runs {
         let want = cpu
             .run(&mut host_inputs(&max, &h, n, w, &mut acc_h))
             .unwrap()
@@ -522,7 +558,7 @@ fn short_batches_match_the_cpu_in_one_launch() {
             }
         }
         // Bit for bit the device run of a plan declared with exactly n (w) rows.
-        let exact = row_plan(n, w, &segs);
+        let exact = row_plan(n, w, segs);
         let mut acc_e = s.clone_htod(&vec![0.5f32; segs.total()]).unwrap();
         let e = CudaStats::new(be, &exact.plan)
             .unwrap()
@@ -557,8 +593,12 @@ fn short_batches_match_the_cpu_in_one_launch() {
     assert_eq!(
         first_difference_nan_any(&acc_back, &acc_h),
         None,
-        "accumulators after 6 runs"
+        "accumulators after {} runs",
+        runs.len()
     );
+    if !errors {
+        return;
+    }
     // More rows than declared: Err before anything runs.
     let big = s.alloc_zeros::<f16>((MAX_ROWS + 1) * FEAT).unwrap();
     let c0 = counters.as_ref().map(|c| c.now());
