@@ -189,7 +189,13 @@ for step in $STEPS; do
                         else
                             run_bin plain "$name" "$bin" "${skip_here[@]}"
                         fi ;;
-                    asan) run_bin asan "$name" "$bin" "${skip_here[@]}" ;;
+                    asan)
+                        # orthonormalize's kernels run under ASan in gpu_kernels (every dtype
+                        # x k, across chunk boundaries); gpu_project's version of that test
+                        # took 202 of ASan's ~540 s on 2 cores for more layouts of the same
+                        # kernels: left to the plain mode.
+                        [ "$name" = gpu_project ] && skip_here+=(--skip orthonormalize_matches_reference)
+                        run_bin asan "$name" "$bin" "${skip_here[@]}" ;;
                     tsan)
                         # TSan costs ~50x: every kernel at small sizes (gpu_kernels runs each
                         # project kernel once; gpu_project's large layouts are left to the
