@@ -26,6 +26,26 @@ cd "$(dirname "$0")/.."
 MODE="${1:-run}"
 BUNDLE="gpu-bundle"
 
+# collect [NAME]: copies the executables that cargo's JSON messages (stdin) announce into the
+# bundle as <kind>-<target> (kind: test, bench or example), or as NAME when given.
+collect() {
+    python3 -c '
+import json, os, shutil, sys
+bundle, name = sys.argv[1], sys.argv[2]
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    kind = next((k for k in ("bench", "example") if k in m["target"]["kind"]), "test")
+    dst = os.path.join(bundle, name or "%s-%s" % (kind, m["target"]["name"]))
+    shutil.copy(m["executable"], dst)
+    print("bundled", dst)
+' "$BUNDLE" "${1:-}"
+}
+
 bundle() {
     set -e
     local venv="${REDREG_CUDA_VENV:-$HOME/.cache/redreg-cuda-venv}"
@@ -36,35 +56,12 @@ bundle() {
     local args=()
     for t in $tests; do args+=(--test "$t"); done
     # nccl: the NCCL adapter test (tests/nccl_dist.rs; libnccl is loaded at run time only).
-    cargo test --features cuda,nccl --no-run --message-format=json "${args[@]}" >"$BUNDLE/.cargo.json"
-    python3 - "$BUNDLE" <<'PY'
-import json, shutil, sys, os
-bundle = sys.argv[1]
-for line in open(os.path.join(bundle, ".cargo.json")):
-    try: m = json.loads(line)
-    except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        name = m["target"]["name"]
-        kind = "bench" if "bench" in m["target"]["kind"] else "test"
-        dst = os.path.join(bundle, f"{kind}-{name}")
-        shutil.copy(m["executable"], dst)
-        print("bundled", dst)
-PY
+    cargo test --features cuda,nccl --no-run --message-format=json "${args[@]}" | collect
     local benches="${REDREG_BUNDLE_BENCHES-gpu}"
     if [ -n "$benches" ]; then
         local bargs=()
         for b in $benches; do bargs+=(--bench "$b"); done
-        cargo bench --features cuda --no-run --message-format=json "${bargs[@]}" >"$BUNDLE/.cargo-bench.json"
-        python3 - "$BUNDLE" <<'PY'
-import json, shutil, sys, os
-bundle = sys.argv[1]
-for line in open(os.path.join(bundle, ".cargo-bench.json")):
-    try: m = json.loads(line)
-    except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
-        dst = os.path.join(bundle, "bench-" + m["target"]["name"])
-        shutil.copy(m["executable"], dst); print("bundled", dst)
-PY
+        cargo bench --features cuda --no-run --message-format=json "${bargs[@]}" | collect
     fi
     if [ "${REDREG_BUNDLE_MUTANTS:-1}" = 1 ]; then
         # The sanitizers' own check (a checker counts only once a planted bug makes it fail):
@@ -79,17 +76,7 @@ PY
             python3 tests/emu/mutate.py kernels "$src/kernels.mut" "$m"
             rm -rf "$src/kernels" && mv "$src/kernels.mut" "$src/kernels"
             (cd "$src" && CARGO_TARGET_DIR="$target" cargo test --features cuda --no-run \
-                --message-format=json --test gpu_kernels) >"$BUNDLE/.cargo-mutant.json"
-            python3 - "$BUNDLE" "$m" <<'PY'
-import json, shutil, sys, os
-bundle, m = sys.argv[1:3]
-for line in open(os.path.join(bundle, ".cargo-mutant.json")):
-    try: j = json.loads(line)
-    except ValueError: continue
-    if j.get("reason") == "compiler-artifact" and j.get("executable") and j["target"]["name"] == "gpu_kernels":
-        dst = os.path.join(bundle, f"mutant-{m}")
-        shutil.copy(j["executable"], dst); print("bundled", dst)
-PY
+                --message-format=json --test gpu_kernels) | collect "mutant-$m"
             rm -rf "$src"
         done
     fi
@@ -98,26 +85,14 @@ PY
         # 2 cores; libcuda/cuBLAS/cuRAND are linked against stubs (real ones load there).
         eval "$(scripts/cuda-link-stubs.sh)"
         export PATH="$(dirname "$NVCC"):$PATH"
-        cargo test --features candle-cuda --no-run --message-format=json --test gpu_candle >"$BUNDLE/.cargo-candle.json"
-        cargo build --release --features candle-cuda --example balance --message-format=json >>"$BUNDLE/.cargo-candle.json"
-        python3 - "$BUNDLE" <<'PY'
-import json, shutil, sys, os
-bundle = sys.argv[1]
-for line in open(os.path.join(bundle, ".cargo-candle.json")):
-    try: m = json.loads(line)
-    except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        kind = "example" if "example" in m["target"]["kind"] else "test"
-        dst = os.path.join(bundle, f"{kind}-{m['target']['name']}")
-        shutil.copy(m["executable"], dst); print("bundled", dst)
-PY
+        cargo test --features candle-cuda --no-run --message-format=json --test gpu_candle | collect
+        cargo build --release --features candle-cuda --example balance --message-format=json | collect
     fi
-    rm -f "$BUNDLE"/.cargo*.json
     # Stripped, the binaries are ~10 MB each (~55 MB with candle's PTX and kernels): xz
     # brings them to ~2.5 MB (~8 MB) and the bundle under the 64 MiB carry; `run` unpacks.
     local f
     for f in "$BUNDLE"/test-* "$BUNDLE"/bench-* "$BUNDLE"/mutant-* "$BUNDLE"/example-*; do
-        [ -f "$f" ] && [ "${f%.xz}" = "$f" ] && strip "$f" && xz -T2 -6 -f "$f"
+        if [ -f "$f" ] && [ "${f%.xz}" = "$f" ]; then strip "$f" && xz -T2 -6 -f "$f"; fi
     done
     git rev-parse HEAD >"$BUNDLE/COMMIT" 2>/dev/null || true
     local size
