@@ -300,15 +300,6 @@ __device__ void st_close_row(const rr_u64* d, rr_i64 row, double m, double z, do
     }
 }
 
-// The finish of statistic e: the CPU's `finish` (src/stats/cpu.rs) line for line, over the
-// partials of this run's tasks in task order. Called by every thread of the statistic's last
-// block. The partials are staged through shared memory RR_THREADS tasks at a time: each
-// thread loads one task's RR_ST_PARTIALS values (volatile: they were written by other
-// blocks, no stale L1 line), its row/segment and mode, and whether st_clip keeps it; then
-// thread 0 consumes the batch in task order. Every sum keeps the serial order (the results
-// are the same bits as a one-thread finish); only the loads run in parallel. A one-thread
-// finish waited an L2 round trip per partial: about 0.5 ms of a ResNet-18 step's 0.58 ms
-// plan on an H200 (docs/gpu-results.md, 2026-12-04).
 // One batch of staged tasks (shared memory, one per block: declared once in st_finish, not
 // per kind, or each instantiation would get its own).
 struct StStage {
@@ -318,6 +309,15 @@ struct StStage {
     int done;
 };
 
+// The finish of statistic e: the CPU's `finish` (src/stats/cpu.rs) line for line, over the
+// partials of this run's tasks in task order. Called by every thread of the statistic's last
+// block. The partials are staged through shared memory RR_THREADS tasks at a time: each
+// thread loads one task's RR_ST_PARTIALS values (volatile: they were written by other
+// blocks, no stale L1 line), its row/segment and mode, and whether st_clip keeps it; then
+// thread 0 consumes the batch in task order. Every sum keeps the serial order (the results
+// are the same bits as a one-thread finish); only the loads run in parallel. A one-thread
+// finish waited an L2 round trip per partial: about 0.5 ms of a ResNet-18 step's 0.58 ms
+// plan on an H200; staged, the plan takes 0.22 ms (docs/gpu-results.md, 2026-12-04).
 template <int KIND>
 __device__ void st_finish_kind(StStage* st, rr_u64 e, const rr_u64* __restrict__ entry_tasks,
                                const rr_u64* __restrict__ tasks, const rr_u64* __restrict__ desc,
