@@ -9,19 +9,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${REDREG_CUDA_VENV:-$HOME/.cache/redreg-cuda-venv}"
-if [ -z "${NVCC:-}" ] && [ -f "$VENV/redreg-cuda-env.sh" ]; then
+if [ -f "$VENV/redreg-cuda-env.sh" ]; then
+    # NVCC (when unset: the same path .ci/run exports) and NVRTC's library path.
+    keep_nvcc="${NVCC:-}"
     # shellcheck disable=SC1091
     . "$VENV/redreg-cuda-env.sh"
+    NVCC="${keep_nvcc:-$NVCC}"
 fi
 : "${NVCC:?NVCC not set: run scripts/install-cuda-compiler.sh}"
 export NVCC
-CAPS="${CUDA_COMPUTE_CAP:-75,80,86,89,90}"
+CAPS="${REDREG_CHECK_CAPS:-75,80,86,89,90}"
 
 # The cargo build proves the build.rs pipeline (fatbin embedded, cfg set) for one arch;
 # step 2 compiles every kernel for every arch and checks spills, two nvcc jobs at a time.
-BUILD_CAP="${REDREG_CHECK_BUILD_CAP:-90}"
+# The feature set and environment are .ci/run's (the README's `--features candle`, sm_90,
+# REDREG_REQUIRE_NVCC=1): after its test build, steps 1 and 3 compile nothing new.
+BUILD_CAP="${CUDA_COMPUTE_CAP:-90}"
+export REDREG_REQUIRE_NVCC=1 CUDA_COMPUTE_CAP="$BUILD_CAP"
 echo "== 1. cargo build with REDREG_REQUIRE_NVCC=1 (CUDA_COMPUTE_CAP=$BUILD_CAP)"
-REDREG_REQUIRE_NVCC=1 CUDA_COMPUTE_CAP="$BUILD_CAP" cargo build --features cuda
+cargo build --features candle
 
 echo "== 2. ptxas resource usage ($CAPS)"
 tmp="$(mktemp -d)"
@@ -63,6 +69,5 @@ fi
 echo "no spills in $(wc -l <"$tmp/summary.txt") kernel compilations"
 
 echo "== 3. NVRTC compile of the embedded sources"
-REDREG_REQUIRE_NVRTC=1 REDREG_REQUIRE_NVCC=1 CUDA_COMPUTE_CAP="$BUILD_CAP" \
-    cargo test --features cuda --test gpu_project nvrtc_compiles_embedded_sources -- --nocapture
+REDREG_REQUIRE_NVRTC=1 cargo test --features candle --test gpu_project nvrtc_compiles_embedded_sources -- --nocapture
 echo "check-kernels: OK"

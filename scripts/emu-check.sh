@@ -43,9 +43,10 @@ row() { echo "| $* |" >>"$RESULTS"; }
 section() { printf '\n== emu-check: %s\n' "$*"; }
 
 test_binaries() { # prints "name path" for each GPU test binary (builds them)
-    # With nvcc, REDREG_REQUIRE_NVCC=1 as check-kernels.sh builds: the same build-script
-    # environment, so cargo reuses its fatbins instead of running nvcc again (minutes).
-    ${NVCC:+env REDREG_REQUIRE_NVCC=1} cargo test --features cuda --no-run --message-format=json \
+    # The README's feature set and, with nvcc, REDREG_REQUIRE_NVCC=1 as .ci/run and
+    # check-kernels.sh build: the same build-script environment, so cargo reuses the README
+    # test build (fatbins included) instead of building again (minutes).
+    ${NVCC:+env REDREG_REQUIRE_NVCC=1} cargo test --features candle --no-run --message-format=json \
         --test gpu_project --test gpu_kernels --test gpu_stats --test gpu_controller --test gpu_reliability --test gpu_isolation --test gpu_launches --test gpu_errors --test tensor_list 2>"$LOGS/cargo-build.log" |
         python3 -c '
 import json, sys
@@ -112,9 +113,10 @@ coverage() {
 }
 
 # The criterion GPU bench (benches/gpu.rs) end to end, every case once; timings meaningless.
-bench_smoke() {
-    local bench
-    bench=$(cargo bench --features cuda --bench gpu --no-run --message-format=json 2>>"$LOGS/cargo-build.log" |
+# Built by `cargo test` (the test profile: the README build's artifacts, where `cargo bench`
+# would build every dependency again in the release profile) and run with `--bench`.
+bench_binary() {
+    ${NVCC:+env REDREG_REQUIRE_NVCC=1} cargo test --features candle --bench gpu --no-run --message-format=json 2>>"$LOGS/cargo-build.log" |
         python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -122,7 +124,11 @@ for line in sys.stdin:
     except ValueError: continue
     if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
         print(m["executable"])
-') || { tail -n 20 "$LOGS/cargo-build.log"; return 1; }
+'
+}
+bench_smoke() {
+    local bench=$1
+    [ -n "$bench" ] || { echo "FAIL plain bench gpu, smoke: the bench did not build"; tail -n 20 "$LOGS/cargo-build.log"; return 1; }
     local log="$LOGS/plain-bench-gpu.log" t0=$SECONDS
     if LD_LIBRARY_PATH="$EMU/plain${BASE_LD:+:$BASE_LD}" EMU_COVERAGE_DIR="$EMU/coverage-plain" REDREG_REQUIRE_GPU=1 \
         REDREG_BENCH_SMOKE=1 timeout 600 "$bench" --bench >"$log" 2>&1 && grep -q '^| controller_step' "$log"; then
@@ -144,9 +150,51 @@ build_lib() {
     tail -n1 "$LOGS/build-$1.log"
 }
 
+# The candle-cuda test binary (tests/gpu_candle_list.rs). Link time: stand-ins for libcuda,
+# cuBLAS, cuBLASLt, cuRAND, links to NVRTC and cudart (candle's cudarc links them); run time:
+# the emulated driver's directory, which has libcuda.so.1 and the handle-only cuBLAS/cuRAND
+# first on the path. Writes the binary's path to $EMU/candle-bin.txt (empty on failure).
+candle_build() {
+    local stubs="$EMU/link-stubs"
+    : >"$EMU/candle-bin.txt"
+    eval "$(bash scripts/cuda-link-stubs.sh "$stubs" | grep '^export LIBRARY_PATH=')"
+    PATH="$(dirname "${NVCC:-nvcc}"):$PATH" cargo test --features candle-cuda --no-run --message-format=json \
+        --test gpu_candle_list 2>"$LOGS/cargo-build-candle.log" | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])
+' >"$EMU/candle-bin.txt"
+}
+
 echo "| mode | test binary | result | sanitizer / launch findings | time |" >"$RESULTS"
 echo "|---|---|---|---|---|" >>"$RESULTS"
 BINS=""
+BENCH=""
+# Every cargo build first (the GPU test binaries and the bench reuse the README's test build),
+# then the candle-cuda build (candle-kernels through nvcc: ~10 min on 2 cores) in the
+# background at low priority while the modes run: the emulated driver runs each launch on
+# one thread, so the modes leave a core mostly idle. Cargo's lock on the build directory is
+# free by then: nothing in the foreground builds until the candle step waits for it.
+case " $STEPS " in *" plain "* | *" address "* | *" race "* | *" mutation "*)
+    section "build the GPU test binaries and the GPU bench (cargo, features cuda + candle, nvcc fatbins for sm_$CUDA_COMPUTE_CAP)"
+    BINS="$(test_binaries)" || { cat "$LOGS/cargo-build.log"; exit 1; }
+    [ -n "$BINS" ] || { echo "no test binaries built"; cat "$LOGS/cargo-build.log"; exit 1; }
+    case " $STEPS " in *" plain "*) BENCH="$(bench_binary)" ;; esac
+    ;;
+esac
+case " $STEPS " in *" candle "*)
+    if [ "$STEPS" != candle ]; then
+        section "candle-cuda test binary: building in the background (log: $LOGS/cargo-build-candle.log)"
+        (renice -n 10 "$BASHPID" >/dev/null && candle_build) &
+        CANDLE_PID=$!
+        # An early exit must not leave cargo building (and holding the build directory's lock).
+        trap 'pkill -TERM -P "$CANDLE_PID" 2>/dev/null; kill "$CANDLE_PID" 2>/dev/null' EXIT
+    fi
+    ;;
+esac
 for step in $STEPS; do
     case "$step" in
         selftest)
@@ -169,11 +217,6 @@ for step in $STEPS; do
             [ "$mode" = race ] && mode=tsan
             build_lib "$mode"
             rm -rf "$EMU/coverage-$mode" && mkdir -p "$EMU/coverage-$mode"
-            if [ -z "$BINS" ]; then
-                section "build the GPU test binaries (cargo, feature cuda, nvcc fatbins for sm_$CUDA_COMPUTE_CAP)"
-                BINS="$(test_binaries)" || { cat "$LOGS/cargo-build.log"; exit 1; }
-                [ -n "$BINS" ] || { echo "no test binaries built"; cat "$LOGS/cargo-build.log"; exit 1; }
-            fi
             section "$step mode"
             while read -r name bin; do
                 # NVRTC compiling every module (PTX and cubin) launches no kernel and is
@@ -221,14 +264,11 @@ for step in $STEPS; do
                     esac
                 done <<<"$BINS"
                 section "plain mode, the GPU bench in smoke mode (REDREG_BENCH_SMOKE=1: small layouts, one call per case)"
-                bench_smoke || status=1
+                bench_smoke "$BENCH" || status=1
             fi
             ;;
         mutation)
             section "mutation tests: the real kernels, deliberately broken, must fail their mode"
-            if [ -z "$BINS" ]; then
-                BINS="$(test_binaries)" || { cat "$LOGS/cargo-build.log"; exit 1; }
-            fi
             kbin=$(awk '$1 == "gpu_kernels" { print $2 }' <<<"$BINS")
             for m in barrier:tsan:'ThreadSanitizer: data race' oob:asan:'AddressSanitizer: heap-buffer-overflow'; do
                 mut=${m%%:*} rest=${m#*:}
@@ -252,20 +292,13 @@ for step in $STEPS; do
             ;;
         candle)
             section "the candle adapter's CUDA path (feature candle-cuda) in plain, address and race modes"
-            # Link time: stand-ins for libcuda, cuBLAS, cuBLASLt, cuRAND, links to NVRTC and
-            # cudart (candle's cudarc links them); run time: the emulated driver's directory,
-            # which has libcuda.so.1 and the handle-only cuBLAS/cuRAND first on the path.
-            stubs="$EMU/link-stubs"
-            eval "$(bash scripts/cuda-link-stubs.sh "$stubs" | grep '^export LIBRARY_PATH=')"
-            cbin=$(PATH="$(dirname "${NVCC:-nvcc}"):$PATH" cargo test --features candle-cuda --no-run --message-format=json \
-                --test gpu_candle_list 2>"$LOGS/cargo-build-candle.log" | python3 -c '
-import json, sys
-for line in sys.stdin:
-    try: m = json.loads(line)
-    except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        print(m["executable"])
-')
+            if [ -n "${CANDLE_PID:-}" ]; then
+                echo "waiting for the background build of the candle-cuda test binary"
+                wait "$CANDLE_PID" || true
+            else
+                candle_build
+            fi
+            cbin=$(cat "$EMU/candle-bin.txt" 2>/dev/null)
             if [ -z "$cbin" ]; then
                 echo "FAIL candle: the candle-cuda test binary did not build"
                 tail -n 30 "$LOGS/cargo-build-candle.log"
