@@ -46,16 +46,9 @@ test_binaries() { # prints "name path" for each GPU test binary (builds them)
     # The README's feature set and, with nvcc, REDREG_REQUIRE_NVCC=1 as .ci/run and
     # check-kernels.sh build: the same build-script environment, so cargo reuses the README
     # test build (fatbins included) instead of building again (minutes).
-    ${NVCC:+env REDREG_REQUIRE_NVCC=1} cargo test --features candle --no-run --message-format=json \
-        --test gpu_project --test gpu_kernels --test gpu_stats --test gpu_controller --test gpu_reliability --test gpu_isolation --test gpu_launches --test gpu_errors --test tensor_list 2>"$LOGS/cargo-build.log" |
-        python3 -c '
-import json, sys
-for line in sys.stdin:
-    try: m = json.loads(line)
-    except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        print(m["target"]["name"], m["executable"])
-'
+    ${NVCC:+env REDREG_REQUIRE_NVCC=1} cargo xtask artifacts --log "$LOGS/cargo-build.log" -- test --features candle --no-run \
+        --test gpu_project --test gpu_kernels --test gpu_stats --test gpu_controller --test gpu_reliability --test gpu_isolation --test gpu_launches --test gpu_errors --test tensor_list |
+        awk '$2 == "test" { print $1, $3 }'
 }
 
 # run_bin MODE NAME PATH [extra args...]: runs one test binary on the emulated driver.
@@ -116,19 +109,12 @@ coverage() {
 # Built by `cargo test` (the test profile: the README build's artifacts, where `cargo bench`
 # would build every dependency again in the release profile) and run with `--bench`.
 bench_binary() {
-    ${NVCC:+env REDREG_REQUIRE_NVCC=1} cargo test --features candle --bench gpu --no-run --message-format=json 2>>"$LOGS/cargo-build.log" |
-        python3 -c '
-import json, sys
-for line in sys.stdin:
-    try: m = json.loads(line)
-    except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
-        print(m["executable"])
-'
+    ${NVCC:+env REDREG_REQUIRE_NVCC=1} cargo xtask artifacts --log "$LOGS/cargo-build-bench.log" -- test --features candle --bench gpu --no-run |
+        awk '$2 == "bench" { print $3 }'
 }
 bench_smoke() {
     local bench=$1
-    [ -n "$bench" ] || { echo "FAIL plain bench gpu, smoke: the bench did not build"; tail -n 20 "$LOGS/cargo-build.log"; return 1; }
+    [ -n "$bench" ] || { echo "FAIL plain bench gpu, smoke: the bench did not build"; tail -n 20 "$LOGS/cargo-build-bench.log"; return 1; }
     local log="$LOGS/plain-bench-gpu.log" t0=$SECONDS
     if LD_LIBRARY_PATH="$EMU/plain${BASE_LD:+:$BASE_LD}" EMU_COVERAGE_DIR="$EMU/coverage-plain" REDREG_REQUIRE_GPU=1 \
         REDREG_BENCH_SMOKE=1 timeout 600 "$bench" --bench >"$log" 2>&1 && grep -q '^| controller_step' "$log"; then
@@ -158,15 +144,8 @@ candle_build() {
     local stubs="$EMU/link-stubs"
     : >"$EMU/candle-bin.txt"
     eval "$(bash scripts/cuda-link-stubs.sh "$stubs" | grep '^export LIBRARY_PATH=')"
-    PATH="$(dirname "${NVCC:-nvcc}"):$PATH" cargo test --features candle-cuda --no-run --message-format=json \
-        --test gpu_candle_list 2>"$LOGS/cargo-build-candle.log" | python3 -c '
-import json, sys
-for line in sys.stdin:
-    try: m = json.loads(line)
-    except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        print(m["executable"])
-' >"$EMU/candle-bin.txt"
+    PATH="$(dirname "${NVCC:-nvcc}"):$PATH" cargo xtask artifacts --log "$LOGS/cargo-build-candle.log" -- \
+        test --features candle-cuda --no-run --test gpu_candle_list | awk '$2 == "test" { print $3 }' >"$EMU/candle-bin.txt"
 }
 
 echo "| mode | test binary | result | sanitizer / launch findings | time |" >"$RESULTS"

@@ -26,24 +26,16 @@ cd "$(dirname "$0")/.."
 MODE="${1:-run}"
 BUNDLE="gpu-bundle"
 
-# collect [NAME]: copies the executables that cargo's JSON messages (stdin) announce into the
-# bundle as <kind>-<target> (kind: test, bench or example), or as NAME when given.
+# collect NAME CARGO_ARGS...: builds with `cargo CARGO_ARGS` and copies each executable the
+# build made (cargo's JSON, read by `cargo xtask artifacts`) into the bundle as
+# <kind>-<target> (kind: test, bench or example), or as NAME when NAME is not empty.
 collect() {
-    python3 -c '
-import json, os, shutil, sys
-bundle, name = sys.argv[1], sys.argv[2]
-for line in sys.stdin:
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
-        continue
-    kind = next((k for k in ("bench", "example") if k in m["target"]["kind"]), "test")
-    dst = os.path.join(bundle, name or "%s-%s" % (kind, m["target"]["name"]))
-    shutil.copy(m["executable"], dst)
-    print("bundled", dst)
-' "$BUNDLE" "${1:-}"
+    local as=$1 out name kind path
+    shift
+    out=$(cargo xtask artifacts -- "$@") || return 1
+    while read -r name kind path; do
+        cp "$path" "$BUNDLE/${as:-$kind-$name}" && echo "bundled $BUNDLE/${as:-$kind-$name}"
+    done <<<"$out"
 }
 
 bundle() {
@@ -56,12 +48,12 @@ bundle() {
     local args=()
     for t in $tests; do args+=(--test "$t"); done
     # nccl: the NCCL adapter test (tests/nccl_dist.rs; libnccl is loaded at run time only).
-    cargo test --features cuda,nccl --no-run --message-format=json "${args[@]}" | collect
+    collect "" test --features cuda,nccl --no-run "${args[@]}"
     local benches="${REDREG_BUNDLE_BENCHES-gpu}"
     if [ -n "$benches" ]; then
         local bargs=()
         for b in $benches; do bargs+=(--bench "$b"); done
-        cargo bench --features cuda --no-run --message-format=json "${bargs[@]}" | collect
+        collect "" bench --features cuda --no-run "${bargs[@]}"
     fi
     if [ "${REDREG_BUNDLE_MUTANTS:-1}" = 1 ]; then
         # The sanitizers' own check (a checker counts only once a planted bug makes it fail):
@@ -75,8 +67,8 @@ bundle() {
             git ls-files -z | xargs -0 cp --parents -t "$src"
             python3 tests/emu/mutate.py kernels "$src/kernels.mut" "$m"
             rm -rf "$src/kernels" && mv "$src/kernels.mut" "$src/kernels"
-            (cd "$src" && CARGO_TARGET_DIR="$target" cargo test --features cuda --no-run \
-                --message-format=json --test gpu_kernels) | collect "mutant-$m"
+            CARGO_TARGET_DIR="$target" collect "mutant-$m" test --manifest-path "$src/Cargo.toml" \
+                --features cuda --no-run --test gpu_kernels
             rm -rf "$src"
         done
     fi
@@ -85,8 +77,8 @@ bundle() {
         # 2 cores; libcuda/cuBLAS/cuRAND are linked against stubs (real ones load there).
         eval "$(scripts/cuda-link-stubs.sh)"
         export PATH="$(dirname "$NVCC"):$PATH"
-        cargo test --features candle-cuda --no-run --message-format=json --test gpu_candle | collect
-        cargo build --release --features candle-cuda --example balance --message-format=json | collect
+        collect "" test --features candle-cuda --no-run --test gpu_candle
+        collect "" build --release --features candle-cuda --example balance
     fi
     # Stripped, the binaries are ~10 MB each (~55 MB with candle's PTX and kernels): xz
     # brings them to ~2.5 MB (~8 MB) and the bundle under the 64 MiB carry; `run` unpacks.

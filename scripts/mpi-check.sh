@@ -36,23 +36,14 @@ step "clippy with features mpi and nccl"
 cargo clippy --all-targets --features mpi,nccl -- -D warnings
 
 step "build: tests/mpi_dist.rs and examples/ddp.rs (features mpi, no CUDA)"
-json=$(mktemp)
-trap 'rm -f "$json"' EXIT
-cargo test --no-default-features --features mpi --test mpi_dist --no-run --message-format=json >"$json"
-cargo build --profile test --no-default-features --features mpi --example ddp --message-format=json >>"$json"
-read -r TEST EXAMPLE < <(python3 - "$json" <<'PY'
-import json, sys
-test = example = None
-for line in open(sys.argv[1]):
-    try: m = json.loads(line)
-    except ValueError: continue
-    if m.get("reason") != "compiler-artifact" or not m.get("executable"): continue
-    if m["target"]["name"] == "mpi_dist": test = m["executable"]
-    if m["target"]["name"] == "ddp" and "example" in m["target"]["kind"]: example = m["executable"]
-if not (test and example): sys.exit("mpi-check: test binary or example not found in cargo's output")
-print(test, example)
-PY
-)
+TEST=$(cargo xtask artifacts -- test --no-default-features --features mpi --test mpi_dist --no-run |
+    awk '$1 == "mpi_dist" && $2 == "test" { print $3 }')
+EXAMPLE=$(cargo xtask artifacts -- build --profile test --no-default-features --features mpi --example ddp |
+    awk '$1 == "ddp" && $2 == "example" { print $3 }')
+if [ -z "$TEST" ] || [ -z "$EXAMPLE" ]; then
+    echo "mpi-check: test binary or example not found in cargo's output" >&2
+    exit 1
+fi
 
 # OpenMPI refuses root without --allow-run-as-root; --oversubscribe: more ranks than cores.
 MPIRUN=(timeout 300 mpirun --allow-run-as-root --oversubscribe)
