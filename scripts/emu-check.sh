@@ -27,9 +27,13 @@ cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
 STEPS="${*:-selftest negative plain address race mutation candle}"
 VENV="${REDREG_CUDA_VENV:-$HOME/.cache/redreg-cuda-venv}"
-if [ -z "${NVCC:-}" ] && [ -f "$VENV/redreg-cuda-env.sh" ]; then
+if [ -f "$VENV/redreg-cuda-env.sh" ]; then
+    # NVCC (fatbins, as gpu-check builds them; when unset: the path .ci/run exports) and
+    # NVRTC on LD_LIBRARY_PATH (the NVRTC tests, REDREG_REQUIRE_NVRTC=1).
+    keep_nvcc="${NVCC:-}"
     # shellcheck disable=SC1091
-    . "$VENV/redreg-cuda-env.sh"  # NVCC (fatbins, as gpu-check builds them), NVRTC on LD_LIBRARY_PATH
+    . "$VENV/redreg-cuda-env.sh"
+    NVCC="${keep_nvcc:-$NVCC}"
 fi
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 EMU="$ROOT/target/emu"
