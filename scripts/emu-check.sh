@@ -148,7 +148,8 @@ candle_build() {
     local stubs="$EMU/link-stubs"
     : >"$EMU/candle-bin.txt"
     eval "$(bash scripts/cuda-link-stubs.sh "$stubs" | grep '^export LIBRARY_PATH=')"
-    PATH="$(dirname "${NVCC:-nvcc}"):$PATH" cargo xtask artifacts --log "$LOGS/cargo-build-candle.log" -- \
+    # CUDAFORGE_THREADS: candle-kernels' builder uses half the cores by default (one, here).
+    CUDAFORGE_THREADS="$(nproc)" PATH="$(dirname "${NVCC:-nvcc}"):$PATH" cargo xtask artifacts --log "$LOGS/cargo-build-candle.log" -- \
         test --features candle-cuda --no-run --test gpu_candle_list | awk '$2 == "test" { print $3 }' >"$EMU/candle-bin.txt"
 }
 

@@ -77,6 +77,7 @@ bundle() {
         # 2 cores; libcuda/cuBLAS/cuRAND are linked against stubs (real ones load there).
         eval "$(scripts/cuda-link-stubs.sh)"
         export PATH="$(dirname "$NVCC"):$PATH"
+        export CUDAFORGE_THREADS="$(nproc)" # candle-kernels' builder: half the cores by default
         collect "" test --features candle-cuda --no-run --test gpu_candle
         collect "" build --release --features candle-cuda --example balance
     fi
