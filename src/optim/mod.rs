@@ -11,7 +11,10 @@
 //! would double the optimizer's memory traffic for no gain the f32 parameters could hold.
 //! The arithmetic of a step is f64; each stored value (parameter, state) is rounded once.
 
+mod cpu;
 pub mod reference;
+
+pub use cpu::Optimizer;
 
 use crate::{Error, Result};
 
@@ -106,6 +109,25 @@ impl AdamW {
         unit("beta2", self.beta2)?;
         nonneg("eps", self.eps)?;
         nonneg("weight_decay", self.weight_decay)
+    }
+}
+
+/// Which update an [`Optimizer`] applies.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rule {
+    /// `torch.optim.SGD`.
+    Sgd(Sgd),
+    /// `torch.optim.AdamW`.
+    AdamW(AdamW),
+}
+
+impl Rule {
+    /// The rule's own check.
+    pub fn check(&self) -> Result<()> {
+        match self {
+            Rule::Sgd(p) => p.check(),
+            Rule::AdamW(p) => p.check(),
+        }
     }
 }
 
