@@ -143,7 +143,7 @@ fn another_layout_is_rejected() {
     assert!(e.contains("expected 4 elements, got 5"), "{e}");
     assert_eq!((a, b), (vec![1f32; 3], vec![1f32; 5]));
     assert_eq!(opt.steps(), 0);
-    let mut c = vec![1f32; 3];
+    let mut c = [1f32; 3];
     assert!(opt.step_cpu(&be, &mut [&mut c[..]], &[&g.0[..]]).is_err());
     assert!(Optimizer::new(Rule::Sgd(Sgd::new(-1.0)), &[3]).is_err());
     assert_eq!(opt.state(0).unwrap().0, &[0f32; 3][..]);
