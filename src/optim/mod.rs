@@ -1,8 +1,13 @@
-//! Optimizer steps over a model's tensors: SGD and AdamW with PyTorch's semantics, the
-//! RedReg correction to be folded in (issue #25, in progress on this branch).
+//! Optimizer steps over a model's tensors: SGD and AdamW with PyTorch's semantics, with the
+//! RedReg correction folded in (issue #25).
 //!
-//! This module holds the arguments ([`Sgd`], [`AdamW`]) and their checks; [`reference`] is
-//! the f64 oracle that every backend's pass is tested against.
+//! This module holds the arguments ([`Sgd`], [`AdamW`], [`Correction`]) and their checks;
+//! [`reference`] is the f64 oracle that every backend's pass is tested against; the CPU
+//! pass is [`Optimizer`]. A corrected step ([`Optimizer::step_cpu_corrected`]) runs the
+//! projection's pass 1 and per-tensor solve over the corrected encoder, then the same
+//! single pass as the plain step, which forms `g + β·(d − P d)` in f64 per element and uses
+//! it without writing it: pass 1 (θ, θ₀, g) plus the optimizer's own pass plus one read of
+//! θ₀, instead of the projection's 7 element passes plus the optimizer's.
 //!
 //! **State in f32.** Parameters may be f32, f16 or bf16; the optimizer's state (SGD's
 //! momentum buffer, AdamW's first and second moments) is f32 for every parameter type, as
@@ -11,9 +16,11 @@
 //! would double the optimizer's memory traffic for no gain the f32 parameters could hold.
 //! The arithmetic of a step is f64; each stored value (parameter, state) is rounded once.
 
+mod correction;
 mod cpu;
 pub mod reference;
 
+pub use correction::Correction;
 pub use cpu::Optimizer;
 
 use crate::{Error, Result};

@@ -10,7 +10,9 @@
 //! Nothing is written when an argument is rejected.
 
 use super::{AdamW, Sgd};
-use crate::{Element, Error, Result};
+use crate::project::solve::{solve_segment, MAX_K};
+use crate::project::TensorList;
+use crate::{Beta, Element, Error, Partials, ProjectOptions, Projection, Result, Segments};
 
 /// One SGD step at step count `t` (1 for the first step; PyTorch's `t`) on one tensor.
 /// `momentum_buf` holds the momentum buffer `b` (read from step 2 on, written when
@@ -93,6 +95,71 @@ pub fn adamw_step<T: Element>(
         theta[i] = T::from_f64(x - step);
     }
     Ok(())
+}
+
+/// The RedReg-corrected gradients of one encoder's tensors (one segment each), in f64 and
+/// never rounded — what the fused step feeds its update: per tensor `s`, the coefficients
+/// `w` solved from `partials.seg(s)` (the projection's solve, rank capped at
+/// `min(length, k)` as in `project_out`), then per element
+///
+/// ```text
+/// y = (θ − θ₀) − w₀·g − Σ_{j≥1} w_j·extra_{j−1}      (θ − θ₀ in f64)
+/// g + β_s·y
+/// ```
+///
+/// in the order of [`crate::reference::apply`] with `alpha = 1` (its rounding to `T` of
+/// this value is the projection's output; `tests/optim_fused.rs` checks that bitwise). Returns the gradients and the ranks; `Err` on
+/// the projection's bad inputs (lengths, k > 8, β or options).
+pub fn corrected_grads<T: Element>(
+    partials: &Partials,
+    theta: &[&[T]],
+    theta0: &[&[T]],
+    grad: &[&[T]],
+    extra: &[Vec<&[T]>],
+    beta: Beta<'_>,
+    opts: &ProjectOptions,
+) -> Result<(Vec<Vec<f64>>, Vec<u32>)> {
+    let lens: Vec<usize> = theta.iter().map(|t| t.len()).collect();
+    let segs = Segments::from_lengths(&lens)?;
+    let k = Projection::drift(
+        TensorList(theta.to_vec()),
+        TensorList(theta0.to_vec()),
+        extra.iter().map(|e| TensorList(e.clone())),
+        TensorList(grad.to_vec()),
+    )
+    .beta(beta)
+    .opts(*opts)
+    .validate(&segs)?;
+    partials.check_shape(&segs, k)?;
+    let mut out = Vec::with_capacity(segs.len());
+    let mut ranks = Vec::with_capacity(segs.len());
+    let mut w = [0.0f64; MAX_K];
+    for s in 0..segs.len() {
+        let n = lens[s];
+        ranks.push(solve_segment(
+            k,
+            partials.seg(s),
+            n.min(k),
+            opts.tol,
+            opts.ridge,
+            &mut w,
+        ));
+        let b = beta.at(s);
+        let g: Vec<f64> = (0..n)
+            .map(|e| {
+                let ge = grad[s][e].to_f64();
+                let mut y = theta[s][e].to_f64() - theta0[s][e].to_f64();
+                y -= w[0] * ge;
+                for (j, x) in extra.iter().enumerate() {
+                    y -= w[j + 1] * x[s][e].to_f64();
+                }
+                // The projection's `alpha·g + β·y` with alpha = 1: `1·g` is `g` exactly.
+                ge + b * y
+            })
+            .collect();
+        out.push(g);
+    }
+    Ok((out, ranks))
 }
 
 /// The exact f64 widening of a gradient (the plain step's `grad`).
