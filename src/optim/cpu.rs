@@ -42,6 +42,24 @@ impl Optimizer {
         })
     }
 
+    /// The rule.
+    pub fn rule(&self) -> &Rule {
+        &self.rule
+    }
+
+    /// Changes the learning rate (a schedule); `Err` (nothing changed) unless it is finite
+    /// and ≥ 0.
+    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+        let mut rule = self.rule;
+        match &mut rule {
+            Rule::Sgd(p) => p.lr = lr,
+            Rule::AdamW(p) => p.lr = lr,
+        }
+        rule.check()?;
+        self.rule = rule;
+        Ok(())
+    }
+
     /// Steps taken so far.
     pub fn steps(&self) -> u64 {
         self.t

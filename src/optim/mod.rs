@@ -129,6 +129,14 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// The learning rate.
+    pub fn lr(&self) -> f64 {
+        match self {
+            Rule::Sgd(p) => p.lr,
+            Rule::AdamW(p) => p.lr,
+        }
+    }
+
     /// The rule's own check.
     pub fn check(&self) -> Result<()> {
         match self {

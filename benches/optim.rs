@@ -1,0 +1,240 @@
+//! Criterion benches of the optimizer step on the CPU, ResNet-18 audio-visual pair (both
+//! encoders' 22.35 M f32 parameters in one optimizer; the audio encoder, tensors first, is
+//! the suppressed one), against a multi-threaded memcpy measured in the same run with the
+//! same thread count.
+//!
+//! Cases (AdamW, PyTorch's defaults), N elements in all, `n_a` in the corrected encoder,
+//! 4 bytes each; bytes counted as the minimal traffic of each algorithm:
+//! - `adamw_redreg_fused`: `Optimizer::step_cpu_corrected` — the projection's pass 1 over
+//!   the encoder (θ, θ₀, g: `3·n_a`), then one pass reading θ, g, m, v and writing θ, m, v
+//!   (`7·N`) plus θ₀ in the encoder (`n_a`): `4·(4·n_a + 7·N)` bytes.
+//! - `project_then_adamw` (unfused): `project_list` of the drift (`7·n_a`: pass 1, then θ,
+//!   θ₀, g read and g written), then `Optimizer::step_cpu` (`7·N`): `4·(7·n_a + 7·N)`.
+//! - `adamw_plain`: `Optimizer::step_cpu` alone, `4·7·N`.
+//! - `candle_nn_adamw` (feature `candle`): candle-nn's `AdamW::step` on the same parameters
+//!   as `Var`s with their gradients in a `GradStore`; counted with `adamw_plain`'s bytes
+//!   (the minimum; its composite tensor ops move several times more).
+//!
+//! Environment: `REDREG_BENCH_THREADS=T` (default: all cores), `REDREG_BENCH_QUICK=1`
+//! (short measurement times). Besides criterion's report every case prints
+//! `name: min .. ms, median .. ms, GB/s (min), ratio = x` (the ratio to the memcpy
+//! bandwidth), and the run ends with the speed-ups of the fused step (ratios of minimum
+//! times).
+
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use rayon::prelude::*;
+use redreg::optim::{AdamW, Correction, Optimizer, Rule};
+use redreg::testing::{layouts, Rng};
+use redreg::{Backend, CpuBackend, Projection, Segments, TensorList};
+use std::time::{Duration, Instant};
+
+fn quick() -> bool {
+    std::env::var("REDREG_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty())
+}
+
+fn threads() -> usize {
+    std::env::var("REDREG_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Multi-threaded memcpy bandwidth (read + write counted) over `bytes` bytes; best of 8.
+fn memcpy_gbs(pool: &rayon::ThreadPool, bytes: usize) -> f64 {
+    let n = bytes / 4;
+    let src = vec![1.0f32; n];
+    let mut dst = vec![0.0f32; n];
+    let mut best = f64::INFINITY;
+    for _ in 0..8 {
+        let t = Instant::now();
+        pool.install(|| {
+            dst.par_chunks_mut(1 << 16)
+                .zip(src.par_chunks(1 << 16))
+                .for_each(|(d, s)| d.copy_from_slice(s))
+        });
+        best = best.min(t.elapsed().as_secs_f64());
+        std::hint::black_box(&mut dst);
+    }
+    2.0 * 4.0 * n as f64 / best / 1e9
+}
+
+fn values(n: usize, seed: u64, scale: f64) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    (0..n).map(|_| r.signed(scale) as f32).collect()
+}
+
+/// Runs `f` under criterion, prints the GB/s line and returns the minimum time per call.
+fn timed(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    bytes: usize,
+    memcpy: f64,
+    f: &mut dyn FnMut(),
+) -> f64 {
+    let mut times = Vec::new();
+    g.throughput(Throughput::Bytes(bytes as u64));
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            let d = t.elapsed();
+            times.push(d.as_secs_f64() / iters as f64);
+            d
+        })
+    });
+    times.sort_by(f64::total_cmp);
+    let (min, med) = (times[0], times[times.len() / 2]);
+    let gbs = bytes as f64 / min / 1e9;
+    println!(
+        "  {name:<22} min {:>9.3} ms  median {:>9.3} ms  {gbs:>7.2} GB/s  ratio = {:.2}",
+        min * 1e3,
+        med * 1e3,
+        gbs / memcpy
+    );
+    min
+}
+
+fn cpu(c: &mut Criterion) {
+    let t = threads();
+    let be = CpuBackend::with_threads(t).expect("backend");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(t)
+        .build()
+        .expect("pool");
+    let (audio, visual) = layouts::resnet18_av_pair();
+    let lens: Vec<usize> = audio
+        .iter()
+        .chain(&visual)
+        .map(|s| s.iter().product())
+        .collect();
+    let na = audio.len();
+    let n_a: usize = lens[..na].iter().sum();
+    let n: usize = lens.iter().sum();
+    let memcpy = memcpy_gbs(&pool, 4 * n);
+    println!(
+        "redreg optimizer benches: {t} threads, chunk {}, ResNet-18 AV pair: {n} f32 \
+         parameters in {} tensors, {n_a} in the corrected encoder; memcpy {memcpy:.2} GB/s",
+        be.chunk(),
+        lens.len()
+    );
+
+    let mut params: Vec<Vec<f32>> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| values(l, 1 + i as u64, 0.05))
+        .collect();
+    // θ₀: the encoder a small drift ago.
+    let theta0: Vec<Vec<f32>> = params[..na]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let d = values(p.len(), 1000 + i as u64, 1e-3);
+            p.iter().zip(d).map(|(x, d)| x + d).collect()
+        })
+        .collect();
+    let mut grads: Vec<Vec<f32>> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| values(l, 2000 + i as u64, 1e-2))
+        .collect();
+    let segs_a = Segments::from_lengths(&lens[..na]).expect("segments");
+    let th0: Vec<&[f32]> = theta0.iter().map(|x| &x[..]).collect();
+    let rule = Rule::AdamW(AdamW::default());
+    let mut opt = Optimizer::new(rule, &lens).expect("optimizer");
+
+    let q = quick();
+    let mut g = c.benchmark_group("cpu/optim/resnet18_av/f32");
+    g.sampling_mode(SamplingMode::Flat);
+    g.sample_size(10);
+    g.warm_up_time(Duration::from_millis(if q { 200 } else { 1000 }));
+    g.measurement_time(Duration::from_millis(if q { 1000 } else { 5000 }));
+
+    let fused = timed(
+        &mut g,
+        "adamw_redreg_fused",
+        4 * (4 * n_a + 7 * n),
+        memcpy,
+        &mut || {
+            let c = Correction::new(0, th0.clone(), 1.0);
+            let gr: Vec<&[f32]> = grads.iter().map(|x| &x[..]).collect();
+            let mut pv: Vec<&mut [f32]> = params.iter_mut().map(|x| &mut x[..]).collect();
+            opt.step_cpu_corrected(&be, &mut pv, &gr, &c)
+                .expect("fused step");
+        },
+    );
+    let unfused = timed(
+        &mut g,
+        "project_then_adamw",
+        4 * (7 * n_a + 7 * n),
+        memcpy,
+        &mut || {
+            {
+                let th: Vec<&[f32]> = params[..na].iter().map(|x| &x[..]).collect();
+                let gm: Vec<&mut [f32]> = grads[..na].iter_mut().map(|x| &mut x[..]).collect();
+                let p = Projection::drift(
+                    TensorList(th),
+                    TensorList(th0.clone()),
+                    Vec::<TensorList<&[f32]>>::new(),
+                    TensorList(gm),
+                );
+                be.project_list(&segs_a, p).expect("projection");
+            }
+            let gr: Vec<&[f32]> = grads.iter().map(|x| &x[..]).collect();
+            let mut pv: Vec<&mut [f32]> = params.iter_mut().map(|x| &mut x[..]).collect();
+            opt.step_cpu(&be, &mut pv, &gr).expect("step");
+        },
+    );
+    let plain = timed(&mut g, "adamw_plain", 4 * 7 * n, memcpy, &mut || {
+        let gr: Vec<&[f32]> = grads.iter().map(|x| &x[..]).collect();
+        let mut pv: Vec<&mut [f32]> = params.iter_mut().map(|x| &mut x[..]).collect();
+        opt.step_cpu(&be, &mut pv, &gr).expect("step");
+    });
+    println!(
+        "  fused vs unfused: {:.2}x ({:+.0} % time); fused vs plain: {:.2}x",
+        unfused / fused,
+        100.0 * (fused / unfused - 1.0),
+        plain / fused
+    );
+    #[cfg(feature = "candle")]
+    {
+        let candle = candle_adamw(&mut g, &params, &grads, memcpy, 4 * 7 * n);
+        println!(
+            "  candle-nn AdamW alone / fused AdamW + RedReg: {:.2}x; / plain: {:.2}x",
+            candle / fused,
+            candle / plain
+        );
+    }
+    g.finish();
+}
+
+/// candle-nn's `AdamW::step` over the same parameters (their own copy, as `Var`s).
+#[cfg(feature = "candle")]
+fn candle_adamw(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    params: &[Vec<f32>],
+    grads: &[Vec<f32>],
+    memcpy: f64,
+    bytes: usize,
+) -> f64 {
+    use candle_core::{backprop::GradStore, Device, Tensor, Var};
+    use candle_nn::{Optimizer as _, ParamsAdamW};
+    let dev = Device::Cpu;
+    let vars: Vec<Var> = params
+        .iter()
+        .map(|p| Var::from_slice(p, p.len(), &dev).expect("var"))
+        .collect();
+    let mut store = GradStore::default();
+    for (v, gr) in vars.iter().zip(grads) {
+        let t = Tensor::from_slice(gr, gr.len(), &dev).expect("grad");
+        store.insert(v.as_tensor(), t);
+    }
+    let mut adam = candle_nn::AdamW::new(vars, ParamsAdamW::default()).expect("adamw");
+    timed(g, "candle_nn_adamw", bytes, memcpy, &mut || {
+        adam.step(&store).expect("candle step")
+    })
+}
+
+criterion_group!(benches, cpu);
+criterion_main!(benches);
