@@ -244,13 +244,12 @@ struct Corr<'a, T> {
 }
 
 impl<'a, T> Corr<'a, T> {
-    /// The monomorphised form for `K = k` (every slice cut to the chunk's length, so the
-    /// loop's bounds checks can go).
+    /// The monomorphised form for `K = k`.
+    #[inline(always)]
     fn drift<const K: usize>(&self) -> Drift<'a, T, K> {
-        let n = self.theta0.len();
         Drift {
             theta0: self.theta0,
-            bs: std::array::from_fn(|j| if j == 0 { self.bs[0] } else { &self.bs[j][..n] }),
+            bs: std::array::from_fn(|j| self.bs[j]),
             w: std::array::from_fn(|j| self.w[j]),
             beta: self.beta,
         }
@@ -288,13 +287,22 @@ enum Step {
 
 /// The gradient an update uses at element `i`, from the parameter `x` and the stored
 /// gradient `g` (both widened): `g` itself, or the corrected one.
-trait Grad {
+trait Grad: Copy {
+    /// The same with every slice cut to `n` elements (the chunk's length, so that the
+    /// loop's index needs no bounds check and vectorises).
+    fn fit(self, n: usize) -> Self;
     fn at(&self, i: usize, x: f64, g: f64) -> f64;
 }
 
+#[derive(Clone, Copy)]
 struct Plain;
 
 impl Grad for Plain {
+    #[inline(always)]
+    fn fit(self, _: usize) -> Self {
+        self
+    }
+
     #[inline(always)]
     fn at(&self, _: usize, _: f64, g: f64) -> f64 {
         g
@@ -303,6 +311,7 @@ impl Grad for Plain {
 
 /// `g + β·(d − Σ_j w_j b_j)`, `d = x − θ₀`, `b_0 = g`: the operations and order of the
 /// projection's pass 2 (`alpha = 1`, so its `alpha·g` is `g` exactly), monomorphised over k.
+#[derive(Clone, Copy)]
 struct Drift<'a, T, const K: usize> {
     theta0: &'a [T],
     bs: [&'a [T]; K],
@@ -311,6 +320,15 @@ struct Drift<'a, T, const K: usize> {
 }
 
 impl<T: Element, const K: usize> Grad for Drift<'_, T, K> {
+    #[inline(always)]
+    fn fit(self, n: usize) -> Self {
+        Drift {
+            theta0: &self.theta0[..n],
+            bs: std::array::from_fn(|j| if j == 0 { self.bs[0] } else { &self.bs[j][..n] }),
+            ..self
+        }
+    }
+
     #[inline(always)]
     fn at(&self, i: usize, x: f64, g: f64) -> f64 {
         let mut y = x - self.theta0[i].to_f64();
@@ -322,7 +340,39 @@ impl<T: Element, const K: usize> Grad for Drift<'_, T, K> {
     }
 }
 
-fn run_piece<T: Element>(step: &Step, mut pc: Piece<'_, T>) {
+/// One task, compiled for AVX2 when this CPU has it (and `REDREG_CPU_LEVEL` is not
+/// `base`, as for the projection's kernels): the same IEEE operations in the same order
+/// (Rust never contracts to FMA; `vdivpd`, `vsqrtpd` and the conversions round as the
+/// scalar instructions do), so the same bits, with 4 f64 lanes instead of SSE2's 2 — the
+/// pass's two divisions and square root per element made it compute-bound at 2 threads.
+fn run_piece<T: Element>(step: &Step, pc: Piece<'_, T>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,avx")]
+        unsafe fn avx2<T: Element>(step: &Step, pc: Piece<'_, T>) {
+            run_piece_any(step, pc)
+        }
+        if has_avx2() {
+            // SAFETY: `has_avx2` checked that this CPU has AVX2 and AVX.
+            return unsafe { avx2(step, pc) };
+        }
+    }
+    run_piece_any(step, pc)
+}
+
+/// AVX2 present and not capped by `REDREG_CPU_LEVEL=base` (read once per process).
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX2.get_or_init(|| {
+        std::env::var("REDREG_CPU_LEVEL").map_or(true, |v| v != "base")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("avx")
+    })
+}
+
+#[inline(always)]
+fn run_piece_any<T: Element>(step: &Step, mut pc: Piece<'_, T>) {
     let Some(c) = pc.corr.take() else {
         return run_rule(step, pc, &Plain);
     };
@@ -338,6 +388,7 @@ fn run_piece<T: Element>(step: &Step, mut pc: Piece<'_, T>) {
     }
 }
 
+#[inline(always)]
 fn run_rule<T: Element, G: Grad>(step: &Step, pc: Piece<'_, T>, grad: &G) {
     match step {
         Step::Sgd(p, t) => sgd_chunk(p, *t, pc.th, pc.g, pc.s0, grad),
@@ -345,10 +396,13 @@ fn run_rule<T: Element, G: Grad>(step: &Step, pc: Piece<'_, T>, grad: &G) {
     }
 }
 
+#[inline(always)]
 fn sgd_chunk<T: Element, G: Grad>(p: &Sgd, t: u64, th: &mut [T], g: &[T], b: &mut [f32], grad: &G) {
     let mom = p.momentum != 0.0;
-    let g = &g[..th.len()];
-    for i in 0..th.len() {
+    let n = th.len();
+    let (g, grad) = (&g[..n], grad.fit(n));
+    let b = if mom { &mut b[..n] } else { b };
+    for i in 0..n {
         let x = th[i].to_f64();
         let mut gi = grad.at(i, x, g[i].to_f64());
         if p.weight_decay != 0.0 {
@@ -368,6 +422,7 @@ fn sgd_chunk<T: Element, G: Grad>(p: &Sgd, t: u64, th: &mut [T], g: &[T], b: &mu
 }
 
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn adamw_chunk<T: Element, G: Grad>(
     p: &AdamW,
     bc1: f64,
@@ -379,7 +434,7 @@ fn adamw_chunk<T: Element, G: Grad>(
     grad: &G,
 ) {
     let n = th.len();
-    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    let (g, m, v, grad) = (&g[..n], &mut m[..n], &mut v[..n], grad.fit(n));
     for i in 0..n {
         let x0 = th[i].to_f64();
         let gi = grad.at(i, x0, g[i].to_f64());
