@@ -190,11 +190,14 @@ impl Optimizer {
         let idx: Vec<usize> = (0..pieces.len()).collect();
         let rule = match self.rule {
             Rule::Sgd(p) => Step::Sgd(p, t),
-            Rule::AdamW(p) => Step::AdamW {
-                p,
-                bc1: 1.0 - p.beta1.powf(t as f64),
-                bc2: 1.0 - p.beta2.powf(t as f64),
-            },
+            Rule::AdamW(p) => {
+                let (step_size, inv_root_bc2) = p.step_scalars(t);
+                Step::AdamW {
+                    p,
+                    step_size,
+                    inv_root_bc2,
+                }
+            }
         };
         be.zip_tasks(elements, &idx, pieces, |_, piece| run_piece(&rule, piece));
         self.t = t;
@@ -282,7 +285,11 @@ struct Piece<'a, T> {
 /// The rule of one step with its step-wide constants.
 enum Step {
     Sgd(Sgd, u64),
-    AdamW { p: AdamW, bc1: f64, bc2: f64 },
+    AdamW {
+        p: AdamW,
+        step_size: f64,
+        inv_root_bc2: f64,
+    },
 }
 
 /// The gradient an update uses at element `i`, from the parameter `x` and the stored
@@ -392,7 +399,20 @@ fn run_piece_any<T: Element>(step: &Step, mut pc: Piece<'_, T>) {
 fn run_rule<T: Element, G: Grad>(step: &Step, pc: Piece<'_, T>, grad: &G) {
     match step {
         Step::Sgd(p, t) => sgd_chunk(p, *t, pc.th, pc.g, pc.s0, grad),
-        Step::AdamW { p, bc1, bc2 } => adamw_chunk(p, *bc1, *bc2, pc.th, pc.g, pc.s0, pc.s1, grad),
+        Step::AdamW {
+            p,
+            step_size,
+            inv_root_bc2,
+        } => adamw_chunk(
+            p,
+            *step_size,
+            *inv_root_bc2,
+            pc.th,
+            pc.g,
+            pc.s0,
+            pc.s1,
+            grad,
+        ),
     }
 }
 
@@ -425,8 +445,8 @@ fn sgd_chunk<T: Element, G: Grad>(p: &Sgd, t: u64, th: &mut [T], g: &[T], b: &mu
 #[inline(always)]
 fn adamw_chunk<T: Element, G: Grad>(
     p: &AdamW,
-    bc1: f64,
-    bc2: f64,
+    step_size: f64,
+    inv_root_bc2: f64,
     th: &mut [T],
     g: &[T],
     m: &mut [f32],
@@ -443,6 +463,6 @@ fn adamw_chunk<T: Element, G: Grad>(
         let vi = p.beta2 * v[i] as f64 + (1.0 - p.beta2) * gi * gi;
         m[i] = mi as f32;
         v[i] = vi as f32;
-        th[i] = T::from_f64(x - p.lr * (mi / bc1) / ((vi / bc2).sqrt() + p.eps));
+        th[i] = T::from_f64(x - step_size * mi / (vi.sqrt() * inv_root_bc2 + p.eps));
     }
 }

@@ -109,6 +109,15 @@ impl Default for AdamW {
 }
 
 impl AdamW {
+    /// The per-step constants of step `t`: `step_size = γ/(1 − β₁ᵗ)` and
+    /// `1/√(1 − β₂ᵗ)` (the oracle and every backend use these bits). `β^t` by `powf`
+    /// (`powi`'s exponent is i32; beyond it `1 − β^t` is 1 anyway).
+    pub fn step_scalars(&self, t: u64) -> (f64, f64) {
+        let bc1 = 1.0 - self.beta1.powf(t as f64);
+        let bc2 = 1.0 - self.beta2.powf(t as f64);
+        (self.lr / bc1, 1.0 / bc2.sqrt())
+    }
+
     /// `Err` for a value PyTorch rejects or that has no meaning here.
     pub fn check(&self) -> Result<()> {
         nonneg("lr", self.lr)?;

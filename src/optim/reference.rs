@@ -68,6 +68,12 @@ pub fn sgd_step<T: Element>(
 /// v ← β₂·v + (1 − β₂)·g²
 /// θ ← θ − γ·(m / (1 − β₁ᵗ)) / (√(v / (1 − β₂ᵗ)) + ε)
 /// ```
+///
+/// evaluated in the form of PyTorch's implementation (`_single_tensor_adamw` and the fused
+/// kernel): `step_size = γ/(1 − β₁ᵗ)`, `denom = √v·(1/√(1 − β₂ᵗ)) + ε`,
+/// `θ ← θ − step_size·m/denom` — one root and one division per element
+/// ([`AdamW::step_scalars`]; PyTorch divides by `√(1 − β₂ᵗ)`, here a product with its
+/// reciprocal).
 pub fn adamw_step<T: Element>(
     p: &AdamW,
     t: u64,
@@ -81,9 +87,7 @@ pub fn adamw_step<T: Element>(
     same_len("grad", theta.len(), grad.len())?;
     same_len("m", theta.len(), m.len())?;
     same_len("v", theta.len(), v.len())?;
-    // β^t for t beyond i32: powf (powi's exponent is i32); 1 − β^t is 1 there anyway.
-    let bc1 = 1.0 - p.beta1.powf(t as f64);
-    let bc2 = 1.0 - p.beta2.powf(t as f64);
+    let (step_size, inv_root_bc2) = p.step_scalars(t);
     for i in 0..theta.len() {
         let g = grad[i];
         let x = theta[i].to_f64() * (1.0 - p.lr * p.weight_decay);
@@ -91,7 +95,7 @@ pub fn adamw_step<T: Element>(
         let vi = p.beta2 * v[i] as f64 + (1.0 - p.beta2) * g * g;
         m[i] = mi as f32;
         v[i] = vi as f32;
-        let step = p.lr * (mi / bc1) / ((vi / bc2).sqrt() + p.eps);
+        let step = step_size * mi / (vi.sqrt() * inv_root_bc2 + p.eps);
         theta[i] = T::from_f64(x - step);
     }
     Ok(())
