@@ -4,22 +4,11 @@
 
 use redreg::optim::reference::{adamw_step, sgd_step, widen};
 use redreg::optim::{AdamW, Optimizer, Rule, Sgd};
+use redreg::testing::elements;
 use redreg::{bf16, f16, CpuBackend, Element};
 
 /// Tensor lengths with empty, tiny and multi-chunk tensors.
 const LENS: [usize; 6] = [0, 1, 37, 1000, 5000, 64];
-
-fn vals<T: Element>(n: usize, seed: u64, scale: f64) -> Vec<T> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            T::from_f64(scale * ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5))
-        })
-        .collect()
-}
 
 fn rules() -> Vec<Rule> {
     vec![
@@ -63,7 +52,7 @@ fn check<T: Element>() {
             let mut params: Vec<Vec<T>> = LENS
                 .iter()
                 .enumerate()
-                .map(|(i, &n)| vals(n, 10 + i as u64, 2.0))
+                .map(|(i, &n)| elements(n, 10 + i as u64, 1.0))
                 .collect();
             let mut want = params.clone();
             let mut s0: Vec<Vec<f32>> = LENS.iter().map(|&n| vec![0.0; n]).collect();
@@ -72,7 +61,7 @@ fn check<T: Element>() {
                 let grads: Vec<Vec<T>> = LENS
                     .iter()
                     .enumerate()
-                    .map(|(i, &n)| vals(n, 100 * t + i as u64, 1.0))
+                    .map(|(i, &n)| elements(n, 100 * t + i as u64, 0.5))
                     .collect();
                 for i in 0..LENS.len() {
                     let g = widen(&grads[i]);
