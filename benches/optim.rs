@@ -15,6 +15,10 @@
 //! - `candle_nn_adamw` (feature `candle`): candle-nn's `AdamW::step` on the same parameters
 //!   as `Var`s with their gradients in a `GradStore`; counted with `adamw_plain`'s bytes
 //!   (the minimum; its composite tensor ops move several times more).
+//! - `candle_fused_adamw`, `candle_fused_redreg` (feature `candle`): the same steps through
+//!   `redreg::candle::FusedOptimizer` on its own copy of the `Var`s: the plain step and the
+//!   RedReg step (θ₀ as tensors), each with the adapter's copy of θ in and out
+//!   (`Var::set`): `4·11·N` and `4·(4·n_a + 11·N)` bytes.
 //!
 //! Environment: `REDREG_BENCH_THREADS=T` (default: all cores), `REDREG_BENCH_QUICK=1`
 //! (short measurement times). Besides criterion's report every case prints
@@ -160,13 +164,18 @@ fn layout(c: &mut Criterion, be: &CpuBackend, memcpy: f64, name: &str, lens: &[u
     let th0: Vec<&[f32]> = theta0.iter().map(|x| &x[..]).collect();
     let mut opt = Optimizer::new(Rule::AdamW(AdamW::default()), lens).expect("optimizer");
     #[cfg(feature = "candle")]
-    let mut candle = CandleAdamW::new(&params, &grads);
+    let mut candle = CandleAdamW::new(&params, &grads, &theta0, be);
 
     let mut names = vec!["adamw_redreg_fused", "project_then_adamw", "adamw_plain"];
     let mut bytes = vec![4 * (4 * n_a + 7 * n), 4 * (7 * n_a + 7 * n), 4 * 7 * n];
     if cfg!(feature = "candle") {
-        names.push("candle_nn_adamw");
-        bytes.push(4 * 7 * n);
+        names.extend([
+            "candle_nn_adamw",
+            "candle_fused_adamw",
+            "candle_fused_redreg",
+        ]);
+        // The adapter's own copies of θ in and out (`Var::set`): 4 more passes over θ.
+        bytes.extend([4 * 7 * n, 4 * 11 * n, 4 * (4 * n_a + 11 * n)]);
     }
     // One closure for every case, so that the interleaved rounds below can run them in turn.
     let mut run = |case: usize| match case {
@@ -195,7 +204,7 @@ fn layout(c: &mut Criterion, be: &CpuBackend, memcpy: f64, name: &str, lens: &[u
         }
         _ => {
             #[cfg(feature = "candle")]
-            candle.step();
+            candle.step(case - 3, na);
         }
     };
 
@@ -252,39 +261,76 @@ fn speedups(what: &str, t: &[f64]) {
             c / t[2]
         );
     }
+    if let (Some(c), Some(p), Some(r)) = (t.get(3), t.get(4), t.get(5)) {
+        print!(
+            "; through candle (FusedOptimizer): candle-nn AdamW / plain step {:.2}x, \
+             / RedReg step {:.2}x",
+            c / p,
+            c / r
+        );
+    }
     println!();
 }
 
-/// candle-nn's `AdamW` over the same parameters (their own copy, as `Var`s) with their
-/// gradients in a `GradStore`.
+/// candle-nn's `AdamW` and the crate's `FusedOptimizer` (plain and RedReg steps) over the
+/// same parameters (each its own copy, as `Var`s) with the same gradients in a `GradStore`.
 #[cfg(feature = "candle")]
 struct CandleAdamW {
     adam: candle_nn::AdamW,
+    fused: redreg::candle::FusedOptimizer,
+    theta0: Vec<candle_core::Tensor>,
     store: candle_core::backprop::GradStore,
 }
 
 #[cfg(feature = "candle")]
 impl CandleAdamW {
-    fn new(params: &[Vec<f32>], grads: &[Vec<f32>]) -> Self {
+    fn new(params: &[Vec<f32>], grads: &[Vec<f32>], theta0: &[Vec<f32>], be: &CpuBackend) -> Self {
         use candle_core::{backprop::GradStore, Device, Tensor, Var};
         use candle_nn::{Optimizer as _, ParamsAdamW};
         let dev = Device::Cpu;
-        let vars: Vec<Var> = params
-            .iter()
-            .map(|p| Var::from_slice(p, p.len(), &dev).expect("var"))
-            .collect();
+        let vars = || -> Vec<Var> {
+            params
+                .iter()
+                .map(|p| Var::from_slice(p, p.len(), &dev).expect("var"))
+                .collect()
+        };
+        let (ours, theirs) = (vars(), vars());
         let mut store = GradStore::default();
-        for (v, gr) in vars.iter().zip(grads) {
+        for ((a, b), gr) in ours.iter().zip(&theirs).zip(grads) {
             let t = Tensor::from_slice(gr, gr.len(), &dev).expect("grad");
-            store.insert(v.as_tensor(), t);
+            store.insert(a.as_tensor(), t.clone());
+            store.insert(b.as_tensor(), t);
         }
-        let adam = candle_nn::AdamW::new(vars, ParamsAdamW::default()).expect("adamw");
-        CandleAdamW { adam, store }
+        let theta0 = theta0
+            .iter()
+            .map(|x| Tensor::from_slice(x, x.len(), &dev).expect("theta0"))
+            .collect();
+        let adam = candle_nn::AdamW::new(theirs, ParamsAdamW::default()).expect("adamw");
+        let rule = ParamsAdamW::default().into();
+        let fused = redreg::candle::FusedOptimizer::with_backend(ours, rule, be.clone())
+            .expect("fused optimizer");
+        CandleAdamW {
+            adam,
+            fused,
+            theta0,
+            store,
+        }
     }
 
-    fn step(&mut self) {
+    /// 0: candle-nn's step, 1: the plain fused step, 2: the RedReg step (the first `na`
+    /// tensors corrected).
+    fn step(&mut self, which: usize, na: usize) {
         use candle_nn::Optimizer as _;
-        self.adam.step(&self.store).expect("candle step")
+        match which {
+            0 => self.adam.step(&self.store).expect("candle step"),
+            1 => self.fused.step(&self.store).expect("fused step"),
+            _ => {
+                let th0 = &self.theta0[..na];
+                self.fused
+                    .step_redreg(&self.store, 0, th0, 1.0)
+                    .expect("redreg step");
+            }
+        }
     }
 }
 
