@@ -15,6 +15,15 @@
 //! `β₂ = 0.999` averages over (8 bits of mantissa against the 10⁻³ step), and f64 state
 //! would double the optimizer's memory traffic for no gain the f32 parameters could hold.
 //! The arithmetic of a step is f64; each stored value (parameter, state) is rounded once.
+//!
+//! **Index arithmetic.** The CPU pass indexes with `usize` (64 bits on every supported
+//! target) and cuts each tensor into chunks of the backend's chunk size by slice splitting,
+//! so a tensor past 2³¹ elements needs no special case; a test at that size (4 GiB of f16
+//! parameters plus 16 GiB of f32 state) does not fit this project's 24 GiB test machine.
+//!
+//! **Instruction sets.** The pass is compiled a second time for AVX2 and chosen at run time
+//! (`REDREG_CPU_LEVEL=base` caps it, as for the projection's kernels); both give the same
+//! bits (the tests pass bit for bit at either level).
 
 mod correction;
 mod cpu;
