@@ -2,7 +2,7 @@
 //! RedReg correction folded in (issue #25).
 //!
 //! This module holds the arguments ([`Sgd`], [`AdamW`], [`Correction`]) and their checks;
-//! [`reference`] is the f64 oracle that every backend's pass is tested against; the CPU
+//! [`mod@reference`] is the f64 oracle that every backend's pass is tested against; the CPU
 //! pass is [`Optimizer`]. A corrected step ([`Optimizer::step_cpu_corrected`]) runs the
 //! projection's pass 1 and per-tensor solve over the corrected encoder, then the same
 //! single pass as the plain step, which forms `g + β·(d − P d)` in f64 per element and uses
