@@ -18,7 +18,11 @@
 //! - `candle_fused_adamw`, `candle_fused_redreg` (feature `candle`): the same steps through
 //!   `redreg::candle::FusedOptimizer` on its own copy of the `Var`s: the plain step and the
 //!   RedReg step (θ₀ as tensors), each with the adapter's copy of θ in and out
-//!   (`Var::set`): `4·11·N` and `4·(4·n_a + 11·N)` bytes.
+//!   (an in-place copy-back): `4·11·N` and `4·(4·n_a + 11·N)` bytes.
+//! - SGD on the pair: `sgd_plain` (PyTorch's defaults, no momentum: θ, g read, θ written,
+//!   `4·3·N`) against `candle_nn_sgd` (the same semantics; counted with the same bytes),
+//!   and `sgd_script_redreg_fused` (momentum 0.9, weight decay 1e-4, the correction folded
+//!   in: `4·(4·n_a + 5·N)`).
 //!
 //! Environment: `REDREG_BENCH_THREADS=T` (default: all cores), `REDREG_BENCH_QUICK=1`
 //! (short measurement times). Besides criterion's report every case prints
@@ -33,7 +37,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use rayon::prelude::*;
-use redreg::optim::{AdamW, Correction, Optimizer, Rule};
+use redreg::optim::{AdamW, Correction, Optimizer, Rule, Sgd};
 use redreg::testing::{layouts, Rng};
 use redreg::{Backend, CpuBackend, Projection, Segments, TensorList};
 use std::time::{Duration, Instant};
@@ -131,6 +135,79 @@ fn cpu(c: &mut Criterion) {
     // alone in its own optimizer.
     layout(c, &be, memcpy, "resnet18_av", &pair, audio.len());
     layout(c, &be, memcpy, "resnet18_audio", &enc, audio.len());
+    sgd(c, &be, memcpy, &pair, audio.len());
+}
+
+/// SGD on the pair: the plain step (PyTorch's defaults, candle-nn's semantics) against
+/// candle-nn's `SGD`, and the script's SGD (momentum 0.9, weight decay 1e-4) with the
+/// RedReg correction folded in.
+fn sgd(c: &mut Criterion, be: &CpuBackend, memcpy: f64, lens: &[usize], na: usize) {
+    let n_a: usize = lens[..na].iter().sum();
+    let n: usize = lens.iter().sum();
+    let mut params: Vec<Vec<f32>> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| values(l, 1 + i as u64, 0.05))
+        .collect();
+    let theta0: Vec<Vec<f32>> = params[..na].to_vec();
+    let grads: Vec<Vec<f32>> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| values(l, 2000 + i as u64, 1e-2))
+        .collect();
+    let th0: Vec<&[f32]> = theta0.iter().map(|x| &x[..]).collect();
+    let mut plain = Optimizer::new(Rule::Sgd(Sgd::new(0.01)), lens).expect("sgd");
+    let mut script = Optimizer::new(Rule::Sgd(Sgd::script(0.01)), lens).expect("sgd");
+    let q = quick();
+    let mut g = c.benchmark_group("cpu/optim_sgd/resnet18_av/f32");
+    g.sampling_mode(SamplingMode::Flat);
+    g.sample_size(10);
+    g.warm_up_time(Duration::from_millis(if q { 200 } else { 1000 }));
+    g.measurement_time(Duration::from_millis(if q { 1000 } else { 5000 }));
+    // Plain SGD reads θ and g and writes θ; with momentum the buffer is read and written.
+    let t_plain = timed(&mut g, "sgd_plain", 4 * 3 * n, memcpy, &mut || {
+        let gr: Vec<&[f32]> = grads.iter().map(|x| &x[..]).collect();
+        let mut pv: Vec<&mut [f32]> = params.iter_mut().map(|x| &mut x[..]).collect();
+        plain.step_cpu(be, &mut pv, &gr).expect("step");
+    });
+    let bytes = 4 * (4 * n_a + 5 * n);
+    timed(
+        &mut g,
+        "sgd_script_redreg_fused",
+        bytes,
+        memcpy,
+        &mut || {
+            let c = Correction::new(0, th0.clone(), 1.0);
+            let gr: Vec<&[f32]> = grads.iter().map(|x| &x[..]).collect();
+            let mut pv: Vec<&mut [f32]> = params.iter_mut().map(|x| &mut x[..]).collect();
+            script
+                .step_cpu_corrected(be, &mut pv, &gr, &c)
+                .expect("fused step");
+        },
+    );
+    #[cfg(feature = "candle")]
+    {
+        use candle_core::{backprop::GradStore, Device, Tensor, Var};
+        use candle_nn::Optimizer as _;
+        let dev = Device::Cpu;
+        let vars: Vec<Var> = params
+            .iter()
+            .map(|p| Var::from_slice(p, p.len(), &dev).expect("var"))
+            .collect();
+        let mut store = GradStore::default();
+        for (v, gr) in vars.iter().zip(&grads) {
+            let t = Tensor::from_slice(gr, gr.len(), &dev).expect("grad");
+            store.insert(v.as_tensor(), t);
+        }
+        let mut theirs = candle_nn::SGD::new(vars, 0.01).expect("sgd");
+        let t_candle = timed(&mut g, "candle_nn_sgd", 4 * 3 * n, memcpy, &mut || {
+            theirs.step(&store).expect("candle step")
+        });
+        println!("  candle-nn SGD / plain SGD: {:.2}x", t_candle / t_plain);
+    }
+    #[cfg(not(feature = "candle"))]
+    let _ = t_plain;
+    g.finish();
 }
 
 /// The cases on one layout: `lens` in one optimizer, the first `na` tensors corrected.
