@@ -24,6 +24,7 @@ pub mod cuda;
 pub mod dist;
 mod dtype;
 mod error;
+pub mod optim;
 pub mod project;
 mod segments;
 pub mod stats;

@@ -58,12 +58,14 @@ use candle_core::{DType as CDType, Storage, StorageRef, Tensor, Var, WithDType};
 
 #[cfg(feature = "candle-cuda")]
 mod cuda;
+mod optim;
 mod project;
 mod redreg;
 pub mod stats;
 pub use self::redreg::{RedReg, NOISE_SIGMA};
 #[cfg(feature = "candle-cuda")]
 pub use cuda::{cuda_backend, cuda_view};
+pub use optim::FusedOptimizer;
 pub use project::TensorProjection;
 
 /// Something that is, or holds, a candle [`Tensor`] (`Tensor`, `&Tensor`, [`Var`], `&Var`).

@@ -23,7 +23,9 @@ use crate::dtype::Element;
 use crate::error::Result;
 use crate::project::reference::HostProjection;
 use crate::project::solve::{orth_segment, partial_stride, solve_segment};
-use crate::project::{check_orthonormalize, BasisRef, Partials, Projection, TensorList};
+use crate::project::{
+    check_orthonormalize, BasisRef, Partials, ProjectOptions, Projection, TensorList,
+};
 use crate::segments::{chunk_tasks, ChunkTask, Segments};
 use crate::sum::Acc;
 
@@ -129,18 +131,7 @@ impl CpuBackend {
     ) -> Result<Vec<u32>> {
         let k = c.k();
         partials.check_shape(segs, k)?;
-        let mut coef = vec![0.0f64; segs.len() * k];
-        let ranks: Vec<u32> = (0..segs.len())
-            .map(|s| {
-                let cap = if cap_by_len {
-                    segs.seg_len(s).min(k)
-                } else {
-                    k
-                };
-                let w = &mut coef[s * k..(s + 1) * k];
-                solve_segment(k, partials.seg(s), cap, c.opts.tol, c.opts.ridge, w)
-            })
-            .collect();
+        let (coef, ranks) = solve_all(segs, partials, k, &c.opts, cap_by_len);
         // The kernels' apply mode (the base term, the implicit vector's flag), as on CUDA;
         // pass 2 reads every basis vector from its buffer except the destination
         // (`MODE_B0_OUT`: its value before the write, slot 0).
@@ -168,6 +159,23 @@ impl CpuBackend {
             kernels::chunk_apply(x, &coef[s * k..(s + 1) * k], alpha, beta.at(s), o);
         });
         Ok(ranks)
+    }
+
+    /// Pass 1 and the per-segment solve of a projection over tensor lists, without pass 2:
+    /// the coefficients (k per segment, segment after segment) and the ranks (capped as in
+    /// `project_out`). For an operation that forms `x − P x` inside its own pass — the fused
+    /// optimizer step ([`crate::optim`]) — so the projection's pass 1 and solve stay the
+    /// only ones. The whole projection is validated first (`beta`, options, layouts).
+    pub(crate) fn coefficients_list<T: Element>(
+        &self,
+        segs: &Segments,
+        p: &Projection<'_, TensorList<&[T]>, TensorList<&[T]>>,
+    ) -> Result<(Vec<f64>, Vec<u32>)> {
+        let k = p.validate(segs)?;
+        let tasks = chunk_tasks(segs, self.chunk())?;
+        let c = p.as_ref().map(|l| l.0.clone(), |o| o.0.clone());
+        let parts = self.partials_of(segs, &tasks, &c, |o| o.clone());
+        Ok(solve_all(segs, &parts, k, &p.opts, true))
     }
 
     /// Both passes of a validated projection cut per segment.
@@ -284,6 +292,30 @@ impl Backend for CpuBackend {
     fn copy<'a, T: Element>(&self, src: &'a [T], dst: &'a mut [T]) -> Result<()> {
         host_copy(src, dst)
     }
+}
+
+/// The per-segment solve of checked partials: k coefficients per segment and the ranks;
+/// `cap_by_len` also caps each rank at the segment's length.
+fn solve_all(
+    segs: &Segments,
+    partials: &Partials,
+    k: usize,
+    opts: &ProjectOptions,
+    cap_by_len: bool,
+) -> (Vec<f64>, Vec<u32>) {
+    let mut coef = vec![0.0f64; segs.len() * k];
+    let ranks = (0..segs.len())
+        .map(|s| {
+            let cap = if cap_by_len {
+                segs.seg_len(s).min(k)
+            } else {
+                k
+            };
+            let w = &mut coef[s * k..(s + 1) * k];
+            solve_segment(k, partials.seg(s), cap, opts.tol, opts.ridge, w)
+        })
+        .collect();
+    (coef, ranks)
 }
 
 /// A task's element range inside its own segment.

@@ -1,0 +1,468 @@
+//! The CPU pass of an optimizer step: every tensor of the list cut into chunks of the
+//! backend's chunk size, each chunk one task on the backend's pool (calls of at most
+//! `INLINE_ELEMENTS` elements on the calling thread). The update is elementwise, so the
+//! results do not depend on the chunking or the threads, bit for bit; they equal
+//! [`super::reference`]'s (the same f64 operations in the same order, no fused
+//! multiply-adds).
+
+use super::{AdamW, Correction, Rule, Sgd};
+use crate::project::solve::MAX_K;
+use crate::{Beta, CpuBackend, Element, Error, Result, Segments};
+
+/// An optimizer over a fixed list of tensors: the rule, the step count and the state
+/// (f32; one or two buffers per tensor, allocated once by [`Optimizer::new`]).
+#[derive(Clone, Debug)]
+pub struct Optimizer {
+    rule: Rule,
+    t: u64,
+    lens: Vec<usize>,
+    s0: Vec<Vec<f32>>,
+    s1: Vec<Vec<f32>>,
+}
+
+impl Optimizer {
+    /// An optimizer for tensors of the given lengths (the layout every step must match).
+    pub fn new(rule: Rule, lens: &[usize]) -> Result<Self> {
+        rule.check()?;
+        let bufs = |on: bool| -> Vec<Vec<f32>> {
+            lens.iter()
+                .map(|&n| if on { vec![0.0; n] } else { Vec::new() })
+                .collect()
+        };
+        let (a, b) = match &rule {
+            Rule::Sgd(p) => (p.momentum != 0.0, false),
+            Rule::AdamW(_) => (true, true),
+        };
+        Ok(Optimizer {
+            rule,
+            t: 0,
+            lens: lens.to_vec(),
+            s0: bufs(a),
+            s1: bufs(b),
+        })
+    }
+
+    /// The rule.
+    pub fn rule(&self) -> &Rule {
+        &self.rule
+    }
+
+    /// Changes the learning rate (a schedule); `Err` (nothing changed) unless it is finite
+    /// and ≥ 0.
+    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+        let mut rule = self.rule;
+        match &mut rule {
+            Rule::Sgd(p) => p.lr = lr,
+            Rule::AdamW(p) => p.lr = lr,
+        }
+        rule.check()?;
+        self.rule = rule;
+        Ok(())
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.t
+    }
+
+    /// The state of tensor `i`: SGD's momentum buffer (empty without momentum) or AdamW's
+    /// first moment, and AdamW's second moment (empty for SGD).
+    pub fn state(&self, i: usize) -> Option<(&[f32], &[f32])> {
+        Some((self.s0.get(i)?.as_slice(), self.s1.get(i)?.as_slice()))
+    }
+
+    /// One step: `params[i] ← update(params[i], grads[i])` for every tensor, on `be`'s
+    /// pool. `Err` (nothing written, the step count unchanged) when the list does not match
+    /// the layout.
+    pub fn step_cpu<T: Element>(
+        &mut self,
+        be: &CpuBackend,
+        params: &mut [&mut [T]],
+        grads: &[&[T]],
+    ) -> Result<()> {
+        self.check_lists(params, grads)?;
+        self.pass(be, params, grads, None);
+        Ok(())
+    }
+
+    /// One step with the RedReg correction folded in ([`Correction`]): the projection's
+    /// pass 1 and per-tensor solve over the encoder's tensors, then the same single pass as
+    /// [`Optimizer::step_cpu`], which uses `g + β·(d − P d)` (f64, never written) for the
+    /// encoder's tensors and `g` for the others. Returns the encoder's per-tensor ranks.
+    /// `Err` (nothing written, the step count unchanged) on a list of another layout or a
+    /// correction the projection rejects (β not finite, lengths, k > 8, options).
+    pub fn step_cpu_corrected<T: Element>(
+        &mut self,
+        be: &CpuBackend,
+        params: &mut [&mut [T]],
+        grads: &[&[T]],
+        c: &Correction<'_, T>,
+    ) -> Result<Vec<u32>> {
+        self.check_lists(params, grads)?;
+        let r = c.range(self.lens.len())?;
+        let segs = Segments::from_lengths(&self.lens[r.clone()])?;
+        let (coef, ranks) = {
+            let theta: Vec<&[T]> = params[r.clone()].iter().map(|p| &**p).collect();
+            let p = c.projection(theta, grads[r.clone()].to_vec());
+            be.coefficients_list(&segs, &p)?
+        };
+        let k = 1 + c.extra.len();
+        let fused = Fused {
+            first: r.start,
+            k,
+            coef: &coef,
+            theta0: &c.theta0,
+            extra: &c.extra,
+            beta: c.beta,
+        };
+        self.pass(be, params, grads, Some(fused));
+        Ok(ranks)
+    }
+
+    /// `Err` unless the lists match the layout.
+    fn check_lists<T>(&self, params: &[&mut [T]], grads: &[&[T]]) -> Result<()> {
+        if params.len() != self.lens.len() || grads.len() != self.lens.len() {
+            return Err(Error::CountMismatch {
+                name: "params/grads",
+                expected: self.lens.len(),
+                got: if params.len() != self.lens.len() {
+                    params.len()
+                } else {
+                    grads.len()
+                },
+            });
+        }
+        for (i, &n) in self.lens.iter().enumerate() {
+            for (name, got) in [("params", params[i].len()), ("grads", grads[i].len())] {
+                if got != n {
+                    return Err(Error::LengthMismatch {
+                        name,
+                        expected: n,
+                        got,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The one pass over checked lists: every tensor cut into chunks of the backend's chunk
+    /// size, each chunk a task; `fused` adds the correction to its tensors' chunks.
+    fn pass<T: Element>(
+        &mut self,
+        be: &CpuBackend,
+        params: &mut [&mut [T]],
+        grads: &[&[T]],
+        fused: Option<Fused<'_, '_, T>>,
+    ) {
+        let t = self.t + 1;
+        let chunk = be.chunk();
+        let mut pieces: Vec<Piece<'_, T>> = Vec::new();
+        for (i, (((p, g), s0), s1)) in params
+            .iter_mut()
+            .zip(grads)
+            .zip(self.s0.iter_mut())
+            .zip(self.s1.iter_mut())
+            .enumerate()
+        {
+            let mut p: &mut [T] = p;
+            let mut s0: &mut [f32] = s0;
+            let mut s1: &mut [f32] = s1;
+            let corr = fused.as_ref().and_then(|f| f.tensor(i));
+            let mut start = 0;
+            while !p.is_empty() {
+                let c = chunk.min(p.len());
+                let (ph, pt) = p.split_at_mut(c);
+                let (ah, at) = s0.split_at_mut(c.min(s0.len()));
+                let (bh, bt) = s1.split_at_mut(c.min(s1.len()));
+                pieces.push(Piece {
+                    th: ph,
+                    g: &g[start..start + c],
+                    s0: ah,
+                    s1: bh,
+                    corr: corr.as_ref().map(|c0| c0.slice(start..start + c)),
+                });
+                (p, s0, s1) = (pt, at, bt);
+                start += c;
+            }
+        }
+        let elements = self.lens.iter().sum();
+        let idx: Vec<usize> = (0..pieces.len()).collect();
+        let rule = match self.rule {
+            Rule::Sgd(p) => Step::Sgd(p, t),
+            Rule::AdamW(p) => {
+                let (step_size, inv_root_bc2) = p.step_scalars(t);
+                Step::AdamW {
+                    p,
+                    step_size,
+                    inv_root_bc2,
+                }
+            }
+        };
+        be.zip_tasks(elements, &idx, pieces, |_, piece| run_piece(&rule, piece));
+        self.t = t;
+    }
+}
+
+/// The solved correction of one step, borrowed by the pass.
+struct Fused<'c, 'a, T> {
+    first: usize,
+    k: usize,
+    coef: &'c [f64],
+    theta0: &'c [&'a [T]],
+    extra: &'c [Vec<&'a [T]>],
+    beta: Beta<'c>,
+}
+
+impl<'c, T> Fused<'c, '_, T> {
+    /// The correction of tensor `i` of the optimizer's list (`None` outside the encoder).
+    fn tensor(&self, i: usize) -> Option<Corr<'c, T>> {
+        let s = i
+            .checked_sub(self.first)
+            .filter(|&s| s < self.theta0.len())?;
+        let mut bs: [&[T]; MAX_K] = [&[]; MAX_K];
+        for (j, e) in self.extra.iter().enumerate() {
+            bs[j + 1] = e[s];
+        }
+        let mut w = [0.0; MAX_K];
+        w[..self.k].copy_from_slice(&self.coef[s * self.k..(s + 1) * self.k]);
+        Some(Corr {
+            k: self.k,
+            theta0: self.theta0[s],
+            bs,
+            w,
+            beta: self.beta.at(s),
+        })
+    }
+}
+
+/// One tensor's (or chunk's) correction: θ₀, the basis vectors after the gradient (slot 0
+/// unused: the gradient is basis vector 0), the coefficients and β.
+struct Corr<'a, T> {
+    k: usize,
+    theta0: &'a [T],
+    bs: [&'a [T]; MAX_K],
+    w: [f64; MAX_K],
+    beta: f64,
+}
+
+impl<'a, T> Corr<'a, T> {
+    /// The monomorphised form for `K = k`.
+    #[inline(always)]
+    fn drift<const K: usize>(&self) -> Drift<'a, T, K> {
+        Drift {
+            theta0: self.theta0,
+            bs: std::array::from_fn(|j| self.bs[j]),
+            w: std::array::from_fn(|j| self.w[j]),
+            beta: self.beta,
+        }
+    }
+
+    fn slice(&self, r: std::ops::Range<usize>) -> Corr<'a, T> {
+        let mut bs = self.bs;
+        for b in bs[1..self.k].iter_mut() {
+            *b = &b[r.clone()];
+        }
+        Corr {
+            k: self.k,
+            theta0: &self.theta0[r],
+            bs,
+            w: self.w,
+            beta: self.beta,
+        }
+    }
+}
+
+/// One task: a chunk of one tensor and its state (and correction).
+struct Piece<'a, T> {
+    th: &'a mut [T],
+    g: &'a [T],
+    s0: &'a mut [f32],
+    s1: &'a mut [f32],
+    corr: Option<Corr<'a, T>>,
+}
+
+/// The rule of one step with its step-wide constants.
+enum Step {
+    Sgd(Sgd, u64),
+    AdamW {
+        p: AdamW,
+        step_size: f64,
+        inv_root_bc2: f64,
+    },
+}
+
+/// The gradient an update uses at element `i`, from the parameter `x` and the stored
+/// gradient `g` (both widened): `g` itself, or the corrected one.
+trait Grad: Copy {
+    /// The same with every slice cut to `n` elements (the chunk's length, so that the
+    /// loop's index needs no bounds check and vectorises).
+    fn fit(self, n: usize) -> Self;
+    fn at(&self, i: usize, x: f64, g: f64) -> f64;
+}
+
+#[derive(Clone, Copy)]
+struct Plain;
+
+impl Grad for Plain {
+    #[inline(always)]
+    fn fit(self, _: usize) -> Self {
+        self
+    }
+
+    #[inline(always)]
+    fn at(&self, _: usize, _: f64, g: f64) -> f64 {
+        g
+    }
+}
+
+/// `g + β·(d − Σ_j w_j b_j)`, `d = x − θ₀`, `b_0 = g`: the operations and order of the
+/// projection's pass 2 (`alpha = 1`, so its `alpha·g` is `g` exactly), monomorphised over k.
+#[derive(Clone, Copy)]
+struct Drift<'a, T, const K: usize> {
+    theta0: &'a [T],
+    bs: [&'a [T]; K],
+    w: [f64; K],
+    beta: f64,
+}
+
+impl<T: Element, const K: usize> Grad for Drift<'_, T, K> {
+    #[inline(always)]
+    fn fit(self, n: usize) -> Self {
+        Drift {
+            theta0: &self.theta0[..n],
+            bs: std::array::from_fn(|j| if j == 0 { self.bs[0] } else { &self.bs[j][..n] }),
+            ..self
+        }
+    }
+
+    #[inline(always)]
+    fn at(&self, i: usize, x: f64, g: f64) -> f64 {
+        let mut y = x - self.theta0[i].to_f64();
+        y -= self.w[0] * g;
+        for j in 1..K {
+            y -= self.w[j] * self.bs[j][i].to_f64();
+        }
+        g + self.beta * y
+    }
+}
+
+/// One task, compiled for AVX2 when this CPU has it (and `REDREG_CPU_LEVEL` is not
+/// `base`, as for the projection's kernels): the same IEEE operations in the same order
+/// (Rust never contracts to FMA; `vdivpd`, `vsqrtpd` and the conversions round as the
+/// scalar instructions do), so the same bits, with 4 f64 lanes instead of SSE2's 2 — the
+/// pass's two divisions and square root per element made it compute-bound at 2 threads.
+fn run_piece<T: Element>(step: &Step, pc: Piece<'_, T>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,avx")]
+        unsafe fn avx2<T: Element>(step: &Step, pc: Piece<'_, T>) {
+            run_piece_any(step, pc)
+        }
+        if has_avx2() {
+            // SAFETY: `has_avx2` checked that this CPU has AVX2 and AVX.
+            return unsafe { avx2(step, pc) };
+        }
+    }
+    run_piece_any(step, pc)
+}
+
+/// AVX2 present and not capped by `REDREG_CPU_LEVEL=base` (read once per process).
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX2.get_or_init(|| {
+        std::env::var("REDREG_CPU_LEVEL").map_or(true, |v| v != "base")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("avx")
+    })
+}
+
+#[inline(always)]
+fn run_piece_any<T: Element>(step: &Step, mut pc: Piece<'_, T>) {
+    let Some(c) = pc.corr.take() else {
+        return run_rule(step, pc, &Plain);
+    };
+    match c.k {
+        1 => run_rule(step, pc, &c.drift::<1>()),
+        2 => run_rule(step, pc, &c.drift::<2>()),
+        3 => run_rule(step, pc, &c.drift::<3>()),
+        4 => run_rule(step, pc, &c.drift::<4>()),
+        5 => run_rule(step, pc, &c.drift::<5>()),
+        6 => run_rule(step, pc, &c.drift::<6>()),
+        7 => run_rule(step, pc, &c.drift::<7>()),
+        _ => run_rule(step, pc, &c.drift::<8>()),
+    }
+}
+
+#[inline(always)]
+fn run_rule<T: Element, G: Grad>(step: &Step, pc: Piece<'_, T>, grad: &G) {
+    match step {
+        Step::Sgd(p, t) => sgd_chunk(p, *t, pc.th, pc.g, pc.s0, grad),
+        Step::AdamW {
+            p,
+            step_size,
+            inv_root_bc2,
+        } => adamw_chunk(
+            p,
+            *step_size,
+            *inv_root_bc2,
+            pc.th,
+            pc.g,
+            pc.s0,
+            pc.s1,
+            grad,
+        ),
+    }
+}
+
+#[inline(always)]
+fn sgd_chunk<T: Element, G: Grad>(p: &Sgd, t: u64, th: &mut [T], g: &[T], b: &mut [f32], grad: &G) {
+    let mom = p.momentum != 0.0;
+    let n = th.len();
+    let (g, grad) = (&g[..n], grad.fit(n));
+    let b = if mom { &mut b[..n] } else { b };
+    for i in 0..n {
+        let x = th[i].to_f64();
+        let mut gi = grad.at(i, x, g[i].to_f64());
+        if p.weight_decay != 0.0 {
+            gi += p.weight_decay * x;
+        }
+        if mom {
+            let bi = if t == 1 {
+                gi
+            } else {
+                p.momentum * b[i] as f64 + (1.0 - p.dampening) * gi
+            };
+            b[i] = bi as f32;
+            gi = if p.nesterov { gi + p.momentum * bi } else { bi };
+        }
+        th[i] = T::from_f64(x - p.lr * gi);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn adamw_chunk<T: Element, G: Grad>(
+    p: &AdamW,
+    step_size: f64,
+    inv_root_bc2: f64,
+    th: &mut [T],
+    g: &[T],
+    m: &mut [f32],
+    v: &mut [f32],
+    grad: &G,
+) {
+    let n = th.len();
+    let (g, m, v, grad) = (&g[..n], &mut m[..n], &mut v[..n], grad.fit(n));
+    for i in 0..n {
+        let x0 = th[i].to_f64();
+        let gi = grad.at(i, x0, g[i].to_f64());
+        let x = x0 * (1.0 - p.lr * p.weight_decay);
+        let mi = p.beta1 * m[i] as f64 + (1.0 - p.beta1) * gi;
+        let vi = p.beta2 * v[i] as f64 + (1.0 - p.beta2) * gi * gi;
+        m[i] = mi as f32;
+        v[i] = vi as f32;
+        th[i] = T::from_f64(x - step_size * mi / (vi.sqrt() * inv_root_bc2 + p.eps));
+    }
+}
