@@ -112,7 +112,7 @@ pub fn adamw_step<T: Element>(
 /// ```
 ///
 /// in the order of [`crate::reference::apply`] with `alpha = 1` (its rounding to `T` of
-/// this value is the projection's output; `tests/optim_fused.rs` checks that bitwise). Returns the gradients and the ranks; `Err` on
+/// this value is the projection's output; `tests/optim/fused.rs` checks that bitwise). Returns the gradients and the ranks; `Err` on
 /// the projection's bad inputs (lengths, k > 8, β or options).
 pub fn corrected_grads<T: Element>(
     partials: &Partials,

@@ -1,0 +1,11 @@
+//! The fused optimizer step (`redreg::optim`), one test binary for the whole operation (one
+//! link instead of four): the oracle against closed forms (`reference`), the CPU pass
+//! against the oracle (`cpu`), the RedReg correction folded into the pass (`fused`), and
+//! the candle optimizer (`candle`, feature `candle`).
+
+mod cpu;
+mod fused;
+mod reference;
+
+#[cfg(feature = "candle")]
+mod candle;
