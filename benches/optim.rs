@@ -36,7 +36,6 @@
 //! the encoder alone (`n_a = N`).
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use rayon::prelude::*;
 use redreg::optim::{AdamW, Correction, Optimizer, Rule, Sgd};
 use redreg::testing::{layouts, Rng};
 use redreg::{Backend, CpuBackend, Projection, Segments, TensorList};
@@ -51,25 +50,6 @@ fn threads() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-/// Multi-threaded memcpy bandwidth (read + write counted) over `bytes` bytes; best of 8.
-fn memcpy_gbs(pool: &rayon::ThreadPool, bytes: usize) -> f64 {
-    let n = bytes / 4;
-    let src = vec![1.0f32; n];
-    let mut dst = vec![0.0f32; n];
-    let mut best = f64::INFINITY;
-    for _ in 0..8 {
-        let t = Instant::now();
-        pool.install(|| {
-            dst.par_chunks_mut(1 << 16)
-                .zip(src.par_chunks(1 << 16))
-                .for_each(|(d, s)| d.copy_from_slice(s))
-        });
-        best = best.min(t.elapsed().as_secs_f64());
-        std::hint::black_box(&mut dst);
-    }
-    2.0 * 4.0 * n as f64 / best / 1e9
 }
 
 fn values(n: usize, seed: u64, scale: f64) -> Vec<f32> {
@@ -126,7 +106,7 @@ fn cpu(c: &mut Criterion) {
     let numel = |s: &Vec<usize>| s.iter().product::<usize>();
     let pair: Vec<usize> = audio.iter().chain(&visual).map(numel).collect();
     let enc: Vec<usize> = audio.iter().map(numel).collect();
-    let memcpy = memcpy_gbs(&pool, 4 * pair.iter().sum::<usize>());
+    let memcpy = redreg::testing::memcpy_gbs(&pool, 4 * pair.iter().sum::<usize>());
     println!(
         "redreg optimizer benches: {t} threads, chunk {}, memcpy {memcpy:.2} GB/s",
         be.chunk()

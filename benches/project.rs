@@ -67,27 +67,6 @@ fn fill<T: Element>(buf: &mut [T], seed: u64, scale: f64) {
         });
 }
 
-/// Multi-threaded memcpy bandwidth (read + write counted) on `threads` threads, over a
-/// source of `bytes` bytes; best of a few runs.
-fn memcpy_gbs(pool: &rayon::ThreadPool, bytes: usize) -> f64 {
-    let n = (bytes / 4).max(1 << 12);
-    let src = vec![1.0f32; n];
-    let mut dst = vec![0.0f32; n];
-    let reps = if n < (1 << 22) { 200 } else { 8 };
-    let mut best = f64::INFINITY;
-    for _ in 0..reps {
-        let t = Instant::now();
-        pool.install(|| {
-            dst.par_chunks_mut(1 << 16)
-                .zip(src.par_chunks(1 << 16))
-                .for_each(|(d, s)| d.copy_from_slice(s))
-        });
-        best = best.min(t.elapsed().as_secs_f64());
-        std::hint::black_box(&mut dst);
-    }
-    2.0 * 4.0 * n as f64 / best / 1e9
-}
-
 struct Size {
     name: &'static str,
     segs: Segments,
@@ -207,7 +186,7 @@ fn bench_dtype<T: Element>(
 
     // memcpy over the op's working set (source = half of it), at least 4 × L2 when large.
     let ws = (kmax + 2) * n * s;
-    let memcpy = memcpy_gbs(pool, (ws / 2).min(1 << 30));
+    let memcpy = redreg::testing::memcpy_gbs(pool, (ws / 2).min(1 << 30));
     println!(
         "== {} ({} segments, {:.2} M elements) {dt}, {} threads: memcpy {:.2} GB/s",
         size.name,

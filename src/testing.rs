@@ -150,6 +150,29 @@ pub fn signed_vec(n: usize, seed: u64, scale: f64) -> Vec<f64> {
     Rng::new(seed).signed_vec(n, scale)
 }
 
+/// Multi-threaded memcpy bandwidth in GB/s (bytes read plus bytes written), on `pool`'s
+/// threads, over a source of `bytes` bytes (at least 16 KiB); the best of a few runs. The
+/// CPU benches report every case as a ratio to this rate measured in the same run.
+pub fn memcpy_gbs(pool: &rayon::ThreadPool, bytes: usize) -> f64 {
+    use rayon::prelude::*;
+    let n = (bytes / 4).max(1 << 12);
+    let src = vec![1.0f32; n];
+    let mut dst = vec![0.0f32; n];
+    let reps = if n < (1 << 22) { 200 } else { 8 };
+    let mut best = f64::INFINITY;
+    for _ in 0..reps {
+        let t = std::time::Instant::now();
+        pool.install(|| {
+            dst.par_chunks_mut(1 << 16)
+                .zip(src.par_chunks(1 << 16))
+                .for_each(|(d, s)| d.copy_from_slice(s))
+        });
+        best = best.min(t.elapsed().as_secs_f64());
+        std::hint::black_box(&mut dst);
+    }
+    2.0 * 4.0 * n as f64 / best / 1e9
+}
+
 /// [`signed_vec`] rounded once to `T`.
 pub fn elements<T: Element>(n: usize, seed: u64, scale: f64) -> Vec<T> {
     Rng::new(seed).elements(n, scale)
