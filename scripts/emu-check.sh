@@ -175,7 +175,7 @@ case " $STEPS " in *" candle "*)
         (renice -n 10 "$BASHPID" >/dev/null && candle_build) &
         CANDLE_PID=$!
         # An early exit must not leave cargo building (and holding the build directory's lock).
-        trap 'pkill -TERM -P "$CANDLE_PID" 2>/dev/null; kill "$CANDLE_PID" 2>/dev/null' EXIT
+        trap 'pkill -TERM -P "$CANDLE_PID" 2>/dev/null || true; kill "$CANDLE_PID" 2>/dev/null || true' EXIT
     fi
     ;;
 esac
