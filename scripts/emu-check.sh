@@ -221,11 +221,7 @@ for step in $STEPS; do
                         # x k, across chunk boundaries); gpu_project's version of that test
                         # took 202 of ASan's ~540 s on 2 cores for more layouts of the same
                         # kernels: left to the plain mode.
-                        # Likewise project_out's f16 and bf16 layouts (~55 s each under ASan):
-                        # gpu_kernels runs every kernel of each dtype across chunk boundaries and
-                        # tails under ASan; gpu_project keeps f32 and the split form here.
-                        [ "$name" = gpu_project ] && skip_here+=(--skip orthonormalize_matches_reference
-                            --skip project_out_matches_reference_f16 --skip project_out_matches_reference_bf16)
+                        [ "$name" = gpu_project ] && skip_here+=(--skip orthonormalize_matches_reference)
                         run_bin asan "$name" "$bin" "${skip_here[@]}" ;;
                     tsan)
                         # TSan costs ~50x: every kernel at small sizes (gpu_kernels runs each
@@ -233,10 +229,7 @@ for step in $STEPS; do
                         # other modes), and the reliability tests that are not repetitions.
                         case "$name" in
                             # gpu_errors launches no kernel: plain and address modes only.
-                            # gpu_controller launches no kernel the others do not launch here,
-                            # and no two at once (~60 s): its decisions are the plain and
-                            # address modes' to check.
-                            gpu_project | gpu_errors | gpu_controller) ;;
+                            gpu_project | gpu_errors) ;;
                             gpu_reliability) run_bin tsan "$name" "$bin" --skip twenty_runs --skip two_backends ;;
                             *) run_bin tsan "$name" "$bin" "${skip_here[@]}" ;;
                         esac ;;
