@@ -41,16 +41,7 @@ use redreg::testing::{layouts, Rng};
 use redreg::{Backend, CpuBackend, Projection, Segments, TensorList};
 use std::time::{Duration, Instant};
 
-fn quick() -> bool {
-    std::env::var("REDREG_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty())
-}
-
-fn threads() -> usize {
-    std::env::var("REDREG_BENCH_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
+use redreg::testing::{bench_quick as quick, bench_threads as threads};
 
 fn values(n: usize, seed: u64, scale: f64) -> Vec<f32> {
     let mut r = Rng::new(seed);

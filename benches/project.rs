@@ -36,16 +36,7 @@ use redreg::{Backend, Projection, TensorList};
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-fn quick() -> bool {
-    std::env::var("REDREG_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty())
-}
-
-fn threads() -> usize {
-    std::env::var("REDREG_BENCH_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
+use redreg::testing::{bench_quick as quick, bench_threads as threads};
 
 fn mem_cap() -> usize {
     let gib: f64 = std::env::var("REDREG_BENCH_MEM_GIB")

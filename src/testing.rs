@@ -150,6 +150,20 @@ pub fn signed_vec(n: usize, seed: u64, scale: f64) -> Vec<f64> {
     Rng::new(seed).signed_vec(n, scale)
 }
 
+/// `REDREG_BENCH_QUICK` set (and not `0`): the CPU benches' short mode (CI speed).
+pub fn bench_quick() -> bool {
+    std::env::var("REDREG_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty())
+}
+
+/// `REDREG_BENCH_THREADS`, else the machine's available parallelism: the CPU benches'
+/// thread count.
+pub fn bench_threads() -> usize {
+    std::env::var("REDREG_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// Multi-threaded memcpy bandwidth in GB/s (bytes read plus bytes written), on `pool`'s
 /// threads, over a source of `bytes` bytes (at least 16 KiB); the best of a few runs. The
 /// CPU benches report every case as a ratio to this rate measured in the same run.
