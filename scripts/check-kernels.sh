@@ -28,7 +28,7 @@ CAPS="${REDREG_CHECK_CAPS:-75,80,86,89,90}"
 BUILD_CAP="${CUDA_COMPUTE_CAP:-90}"
 export REDREG_REQUIRE_NVCC=1 CUDA_COMPUTE_CAP="$BUILD_CAP"
 echo "== 1. cargo build with REDREG_REQUIRE_NVCC=1 (CUDA_COMPUTE_CAP=$BUILD_CAP): the crate and step 3's test"
-cargo test --features candle --no-run --test gpu_project
+cargo test --features candle --no-run --test project
 
 tmp="$(mktemp -d)"
 nvrtc_pid=""
@@ -40,7 +40,7 @@ export tmp
 # Step 3 (one NVRTC thread, nothing left to build after step 1) runs beside step 2 (two nvcc
 # jobs, unevenly long: the project module's dominate), so both cores stay busy; its output
 # is printed after step 2.
-REDREG_REQUIRE_NVRTC=1 cargo test --features candle --test gpu_project nvrtc_compiles_embedded_sources \
+REDREG_REQUIRE_NVRTC=1 cargo test --features candle --test project nvrtc_compiles_embedded_sources \
     -- --nocapture >"$tmp/nvrtc.log" 2>&1 &
 nvrtc_pid=$!
 

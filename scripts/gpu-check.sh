@@ -44,7 +44,7 @@ bundle() {
     if [ -z "${NVCC:-}" ] && [ -f "$venv/redreg-cuda-env.sh" ]; then . "$venv/redreg-cuda-env.sh"; fi
     export NVCC REDREG_REQUIRE_NVCC=1 CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
     rm -rf "$BUNDLE" && mkdir -p "$BUNDLE"
-    local tests="${REDREG_BUNDLE_TESTS:-gpu_project gpu_kernels gpu_stats gpu_controller gpu_reliability gpu_isolation gpu_launches tensor_list nccl_dist}"
+    local tests="${REDREG_BUNDLE_TESTS:-project gpu_kernels gpu_stats gpu_controller gpu_reliability gpu_isolation gpu_launches tensor_list nccl_dist}"
     local args=()
     for t in $tests; do args+=(--test "$t"); done
     # nccl: the NCCL adapter test (tests/nccl_dist.rs; libnccl is loaded at run time only).
@@ -170,7 +170,7 @@ run() {
         fi
         # Files of backend_tests! bodies (tests/common/backends.rs): their CUDA tests only.
         local filter=()
-        [ "$n" = test-tensor_list ] && filter=(cuda)
+        case "$n" in test-tensor_list | test-project) filter=(cuda) ;; esac
         if REDREG_REQUIRE_GPU=1 timeout "$tb" "$t" "${filter[@]}" --nocapture >"$OUT/$n.log" 2>&1; then
             echo "PASS $n" | tee -a "$summary"
         else
@@ -180,17 +180,17 @@ run() {
         grep -E "^test result|SKIP|panicked|borderline" "$OUT/$n.log" | head -20 >>"$summary"
     done
     # --- kernel loading: which path each module took (fatbin / nvrtc-cubin / nvrtc-ptx),
-    # printed by gpu_project's every_kernel_symbol_loads; then the NVRTC fallback forced.
+    # printed by project's every_kernel_symbol_loads; then the NVRTC fallback forced.
     echo "== kernel loading ==" | tee -a "$summary"
     local kpath
-    kpath=$(grep -ho "KERNEL-PATH: .*" "$OUT"/test-gpu_project.log 2>/dev/null | head -1)
-    echo "default: ${kpath:-unknown (test-gpu_project did not report it)}" | tee -a "$summary"
-    if [ -x "$BUNDLE/test-gpu_project" ]; then
+    kpath=$(grep -ho "KERNEL-PATH: .*" "$OUT"/test-project.log 2>/dev/null | head -1)
+    echo "default: ${kpath:-unknown (test-project did not report it)}" | tee -a "$summary"
+    if [ -x "$BUNDLE/test-project" ]; then
         local force
         for force in 1 ptx; do
             local flog="$OUT/kernel-path-force-$force.log"
             # (NVRTC compiles all 127 kernels: over 60 s to cubin on the first H200 run.)
-            REDREG_FORCE_NVRTC=$force REDREG_REQUIRE_GPU=1 timeout "$(tmo 180 10)" "$BUNDLE/test-gpu_project" \
+            REDREG_FORCE_NVRTC=$force REDREG_REQUIRE_GPU=1 timeout "$(tmo 180 10)" "$BUNDLE/test-project" \
                 every_kernel_symbol_loads --nocapture >"$flog" 2>&1
             local frc=$?
             local fpath; fpath=$(grep -ho "KERNEL-PATH: .*" "$flog" | head -1)

@@ -18,7 +18,7 @@ use redreg::testing::{assert_close, elements};
 use redreg::{bf16, f16, reference, Beta, DType, Output, ProjectOptions, Segments};
 use redreg::{Backend, Element, Projection};
 
-/// A few units in the last place of the output type (as tests/gpu_project.rs).
+/// A few units in the last place of the output type (the first GPU tests' bounds; tests/project.rs holds every backend to one rounding).
 fn tol_of(dt: DType) -> (f64, f64) {
     match dt {
         DType::F32 => (2e-5, 1e-5),

@@ -79,7 +79,7 @@
 //! every operation as an explicitly rounded intrinsic (`__dmul_rn`, `__dadd_rn`, `__dsub_rn`,
 //! `__ddiv_rn`, `__dsqrt_rn`), which ptxas never fuses. The same partials therefore give the
 //! same rank and bit-identical coefficients on every backend (the split form feeds the same
-//! host partials to both: `tests/gpu_project.rs`). When the backends' Gram matrices differ
+//! host partials to both: `tests/project.rs`, `split_form_matches_reference`). When the backends' Gram matrices differ
 //! in the last bits (different summation orders in pass 1), a decision within a small
 //! factor of the threshold may still differ; [`decision_margin`] says how close a segment
 //! was, and the cross-backend tests accept rank differences only on such borderline segments.

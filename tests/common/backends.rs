@@ -27,6 +27,12 @@ pub trait TestBackend: Backend {
     fn host_ranks(r: &Self::Ranks) -> Vec<u32> {
         r.to_vec().expect("ranks")
     }
+    /// Whether a body runs its small variant of a case: on the host always (the full sizes
+    /// are a GPU's: chunks of 16384, occupancy, L2; the CPU's own random layouts are the
+    /// `cpu_only` tests of each file), on CUDA with `REDREG_GPU_QUICK=1` ([`quick`]).
+    fn quick() -> bool {
+        true
+    }
 }
 
 macro_rules! host_test_backend {
@@ -76,6 +82,9 @@ impl TestBackend for redreg::cuda::CudaBackend {
         r: Range<usize>,
     ) -> cudarc::driver::CudaViewMut<'_, T> {
         b.slice_mut(r)
+    }
+    fn quick() -> bool {
+        quick()
     }
 }
 
