@@ -1,12 +1,21 @@
 //! The RedReg controller against values worked out by hand from the formulas of
 //! `shared/redreg-algorithm.md` (the arithmetic is in the comments; nothing here is read
-//! back from the implementation), and an end-to-end step against the script's closed form.
+//! back from the implementation), and its step on every backend (`backend_tests!`:
+//! `reference::…`, `cpu::…`, `cuda::…` on a real GPU or the emulated driver, SKIP convention
+//! of tests/common/gpu.rs): against the script's closed form, a rank-2 basis, bad buffers
+//! (`Err`, state and buffers unchanged), and the ResNet-18 pair against the same step on
+//! the f64 oracle. `cuda_only`: CUDA's device checks (aliasing, another device) run before
+//! the state changes.
 
+mod common;
+
+use common::backends::TestBackend;
 use redreg::controller::{
-    step, Config, Controller, ControllerState, Decision, DropoutSchedule, Dropped, GateRule,
-    HostEncoder, JointBasis, Redundancy, StepInputs,
+    step, Config, Controller, ControllerState, Decision, DropoutSchedule, Dropped, Encoder,
+    EncoderOf, GateRule, JointBasis, Redundancy, StepInputs,
 };
-use redreg::{Backend, Error, Host, ProjectOptions, Reference, Segments};
+use redreg::testing::{assert_close, elements};
+use redreg::{bf16, Backend, Element, Error, ProjectOptions, Reference, Segments};
 
 #[track_caller]
 fn close(got: f64, want: f64, tol: f64) {
@@ -657,103 +666,132 @@ fn model() -> Model {
     }
 }
 
-fn run_step<B>(backend: &B)
-where
-    B: Backend<Memory = Host, Ranks = Vec<u32>>,
-{
-    let mut m = model();
-    let (grad_a0, grad_v0) = (m.grad[0].clone(), m.grad[1].clone());
+/// The kind of an encoder's [`JointBasis`] (the extras are the encoder's own).
+#[derive(Clone, Copy)]
+enum Kind {
+    Gradient,
+    GradientAnd,
+    Explicit,
+}
+const GRADIENT: [Kind; 2] = [Kind::Gradient; 2];
+
+/// Two encoders' buffers in a backend's memory: θ, θ₀, the gradient, extra basis vectors.
+/// Each buffer is viewed whole (`len`: its length), so that a wrong length reaches the step.
+struct Bufs<B: TestBackend, T: Element> {
+    theta: Vec<(B::Buf<T>, usize)>,
+    theta0: Vec<(B::Buf<T>, usize)>,
+    grad: Vec<(B::Buf<T>, usize)>,
+    extra: Vec<Vec<(B::Buf<T>, usize)>>,
+}
+
+impl<B: TestBackend, T: Element> Bufs<B, T> {
+    fn new(
+        b: &B,
+        theta: &[Vec<T>],
+        theta0: &[Vec<T>],
+        grad: &[Vec<T>],
+        extra: &[Vec<Vec<T>>],
+    ) -> Self {
+        let up = |x: &[Vec<T>]| x.iter().map(|v| (b.upload(v), v.len())).collect::<Vec<_>>();
+        Bufs {
+            theta: up(theta),
+            theta0: up(theta0),
+            grad: up(grad),
+            extra: extra.iter().map(|e| up(e)).collect(),
+        }
+    }
+
+    /// One controller step over the encoders, encoder m's basis of kind `basis[m]` over
+    /// its extras.
+    fn step(
+        &mut self,
+        b: &B,
+        c: &mut Controller,
+        segs: &[&Segments],
+        inputs: &StepInputs,
+        basis: [Kind; 2],
+    ) -> redreg::Result<(Decision, Option<Vec<u32>>)> {
+        // The bases borrow these views for as long as the views borrow the buffers. `Src` of
+        // a generic backend is an associated type the drop checker cannot see into, so the
+        // Vec is never dropped (ManuallyDrop): a few bytes leaked per call, in a test.
+        let extras: std::mem::ManuallyDrop<Vec<Vec<_>>> = std::mem::ManuallyDrop::new(
+            (self.extra.iter())
+                .map(|e| e.iter().map(|(x, n)| B::view(x, 0..*n)).collect())
+                .collect(),
+        );
+        let mut enc: Vec<EncoderOf<'_, B, T>> = (self.grad.iter_mut().enumerate())
+            .map(|(m, (g, n))| {
+                let (theta, theta0) = (&self.theta[m], &self.theta0[m]);
+                Encoder {
+                    segs: segs[m],
+                    theta: B::view(&theta.0, 0..theta.1),
+                    theta0: B::view(&theta0.0, 0..theta0.1),
+                    grad: B::view_mut(g, 0..*n),
+                    basis: match basis[m] {
+                        Kind::Gradient => JointBasis::Gradient,
+                        Kind::GradientAnd => JointBasis::GradientAnd(&extras[m]),
+                        Kind::Explicit => JointBasis::Explicit(&extras[m]),
+                    },
+                }
+            })
+            .collect();
+        let (d, r) = c.step(inputs, b, &mut enc)?;
+        Ok((d, r.map(|r| B::host_ranks(&r))))
+    }
+
+    fn grads(&self, b: &B) -> Vec<Vec<T>> {
+        self.grad.iter().map(|g| b.download(&g.0)).collect()
+    }
+}
+
+backend_tests!(
+    end_to_end_step_matches_closed_form,
+    rank_k_basis,
+    step_checks_buffers_before_touching_anything,
+    step_matches_oracle_f32,
+    step_matches_oracle_bf16,
+);
+
+fn end_to_end_step_matches_closed_form<B: TestBackend>(b: &B) {
+    let m = model();
     let want = closed_form(
         &m.segs,
         &m.theta[1],
         &m.theta0[1],
-        &grad_v0,
+        &m.grad[1],
         script_beta(0.4),
     );
     let mut c = controller(Config::new(3), 2, 0);
-    let [ga, gv] = &mut m.grad;
-    let mut enc = [
-        HostEncoder {
-            segs: &m.segs,
-            theta: &m.theta[0],
-            theta0: &m.theta0[0],
-            grad: ga,
-            basis: JointBasis::Gradient,
-        },
-        HostEncoder {
-            segs: &m.segs,
-            theta: &m.theta[1],
-            theta0: &m.theta0[1],
-            grad: gv,
-            basis: JointBasis::Gradient,
-        },
-    ];
+    let mut bufs = Bufs::<B, f32>::new(b, &m.theta, &m.theta0, &m.grad, &[vec![], vec![]]);
+    let segs = [&m.segs, &m.segs];
     // v dominates with β = exp(0.9·tanh(0.4)) (see visual_dominates_gate_open).
-    let (d, ranks) = c
-        .step::<f32, B>(&pair(0.3, 0.7, 1.0, 1.0, 0.4), backend, &mut enc)
-        .unwrap();
+    let x = pair(0.3, 0.7, 1.0, 1.0, 0.4);
+    let (d, ranks) = bufs.step(b, &mut c, &segs, &x, GRADIENT).unwrap();
     assert_eq!(d.suppressed, Some(1));
     close(d.beta, script_beta(0.4), 1e-15);
     assert_eq!(ranks, Some(vec![1, 0, 1]));
-    for (e, (&got, &w)) in m.grad[1].iter().zip(&want).enumerate() {
+    let got = bufs.grads(b);
+    for (e, (&g, &w)) in got[1].iter().zip(&want).enumerate() {
         assert!(
-            (got as f64 - w).abs() <= 1e-6 * (1.0 + w.abs()),
-            "element {e}: got {got}, want {w}"
+            (g as f64 - w).abs() <= 1e-6 * (1.0 + w.abs()),
+            "element {e}: got {g}, want {w}"
         );
     }
     // The zero-gradient tensor gets grad + β·d exactly as the script's `d_perp = d`:
     // d = (1.0 - 0.75, 0.0 - 0.125) = (0.25, -0.125).
-    close(m.grad[1][3] as f64, script_beta(0.4) * 0.25, 1e-6);
-    close(m.grad[1][4] as f64, script_beta(0.4) * -0.125, 1e-6);
+    close(got[1][3] as f64, script_beta(0.4) * 0.25, 1e-6);
+    close(got[1][4] as f64, script_beta(0.4) * -0.125, 1e-6);
     // The other encoder is untouched, bit for bit.
-    assert_eq!(m.grad[0], grad_a0);
+    assert_eq!(got[0], m.grad[0]);
 
     // Gate closed: nothing changes anywhere.
-    let [ga, gv] = &mut m.grad;
-    let before = gv.clone();
-    let mut enc = [
-        HostEncoder {
-            segs: &m.segs,
-            theta: &m.theta[0],
-            theta0: &m.theta0[0],
-            grad: ga,
-            basis: JointBasis::Gradient,
-        },
-        HostEncoder {
-            segs: &m.segs,
-            theta: &m.theta[1],
-            theta0: &m.theta0[1],
-            grad: gv,
-            basis: JointBasis::Gradient,
-        },
-    ];
-    let (d, ranks) = c
-        .step::<f32, B>(&pair(0.3, 0.7, 1.0, 1.0, 0.1), backend, &mut enc)
-        .unwrap();
+    let x = pair(0.3, 0.7, 1.0, 1.0, 0.1);
+    let (d, ranks) = bufs.step(b, &mut c, &segs, &x, GRADIENT).unwrap();
     assert_eq!((d.suppressed, ranks), (None, None));
-    assert_eq!(m.grad[1], before);
-    assert_eq!(m.grad[0], grad_a0);
+    assert_eq!(bufs.grads(b), got);
 }
 
-#[test]
-fn end_to_end_step_reference_backend_matches_closed_form() {
-    run_step(&Reference);
-}
-
-#[test]
-fn end_to_end_step_cpu_backend_matches_closed_form() {
-    run_step(&redreg::CpuBackend::new());
-    // Small chunks: several chunks per tensor.
-    run_step(
-        &redreg::CpuBackend::with_threads(2)
-            .unwrap()
-            .with_chunk(2)
-            .unwrap(),
-    );
-}
-
-#[test]
-fn rank_k_basis() {
+fn rank_k_basis<B: TestBackend>(b: &B) {
     // One tensor of 4: g = (1, 0, 0, 0), extra = (0, 2, 0, 0), d = (1, 1, 1, 1).
     // span{g, extra} = first two axes; with ridge 1e-12 on the diagonal of the (diagonal)
     // Gram matrix: coefficients 1/(1 + 1e-12) and 2/(4 + 1e-12) → d_perp ≈ (0, 0, 1, 1).
@@ -761,82 +799,163 @@ fn rank_k_basis() {
     let segs = Segments::from_lengths(&[4]).unwrap();
     let theta = [vec![0.0f32; 4], vec![2.0f32; 4]];
     let theta0 = [vec![0.0f32; 4], vec![1.0f32; 4]];
+    let grad = [vec![0.0f32; 4], vec![1.0f32, 0.0, 0.0, 0.0]];
     let extra = vec![0.0f32, 2.0, 0.0, 0.0];
-    let b = script_beta(0.4);
-    for basis in ["gradient+extra", "explicit"] {
-        let mut grads = [vec![0.0f32; 4], vec![1.0f32, 0.0, 0.0, 0.0]];
-        let g_copy = grads[1].clone();
-        let explicit = [g_copy.as_slice(), extra.as_slice()];
-        let extra_only = [extra.as_slice()];
-        let jb = if basis == "explicit" {
-            JointBasis::Explicit(&explicit)
+    let beta = script_beta(0.4);
+    for explicit in [false, true] {
+        // Explicit: the basis is a copy of the gradient and the extra.
+        let extras = if explicit {
+            [vec![], vec![grad[1].clone(), extra.clone()]]
         } else {
-            JointBasis::GradientAnd(&extra_only)
+            [vec![], vec![extra.clone()]]
         };
-        let [ga, gv] = &mut grads;
-        let mut enc = [
-            HostEncoder {
-                segs: &segs,
-                theta: &theta[0],
-                theta0: &theta0[0],
-                grad: ga,
-                basis: JointBasis::Gradient,
-            },
-            HostEncoder {
-                segs: &segs,
-                theta: &theta[1],
-                theta0: &theta0[1],
-                grad: gv,
-                basis: jb,
-            },
-        ];
+        let mut bufs = Bufs::<B, f32>::new(b, &theta, &theta0, &grad, &extras);
         let mut c = controller(Config::new(3), 2, 0);
-        let d = c.observe(&pair(0.3, 0.7, 1.0, 1.0, 0.4)).unwrap();
-        let ranks = step(&Reference, &d, &mut enc, &ProjectOptions::default())
-            .unwrap()
-            .unwrap();
-        assert_eq!(ranks, vec![2], "{basis}");
-        let want = [1.0, 0.0, b, b];
-        for (g, w) in grads[1].iter().zip(want) {
+        let segs = [&segs, &segs];
+        let kind = if explicit {
+            Kind::Explicit
+        } else {
+            Kind::GradientAnd
+        };
+        let basis = [Kind::Gradient, kind];
+        let x = pair(0.3, 0.7, 1.0, 1.0, 0.4);
+        let (_, ranks) = bufs.step(b, &mut c, &segs, &x, basis).unwrap();
+        assert_eq!(ranks, Some(vec![2]), "explicit: {explicit}");
+        let got = bufs.grads(b);
+        for (g, w) in got[1].iter().zip([1.0, 0.0, beta, beta]) {
             close(*g as f64, w, 1e-6);
         }
-        assert_eq!(grads[0], vec![0.0; 4]);
+        assert_eq!(got[0], vec![0.0; 4]);
     }
 }
 
-#[test]
-fn step_checks_buffers_before_touching_anything() {
+fn step_checks_buffers_before_touching_anything<B: TestBackend>(b: &B) {
     let m = model();
     let mut c = controller(Config::new(3), 2, 0);
     let before = c.state().clone();
-    let mut ga = m.grad[0].clone();
-    let mut short = vec![0.0f32; 8];
-    let mut enc = [
-        HostEncoder {
-            segs: &m.segs,
-            theta: &m.theta[0],
-            theta0: &m.theta0[0],
-            grad: &mut ga,
-            basis: JointBasis::Gradient,
-        },
-        HostEncoder {
-            segs: &m.segs,
-            theta: &m.theta[1],
-            theta0: &m.theta0[1],
-            grad: &mut short,
-            basis: JointBasis::Gradient,
-        },
-    ];
+    // Encoder 1's θ₀ one element short.
+    let mut theta0 = m.theta0.clone();
+    theta0[1].pop();
+    let mut bufs = Bufs::<B, f32>::new(b, &m.theta, &theta0, &m.grad, &[vec![], vec![]]);
+    let segs = [&m.segs, &m.segs];
     let x = pair(0.3, 0.7, 1.0, 1.0, 0.4);
-    assert!(c.step(&x, &Reference, &mut enc).is_err());
+    let e = bufs.step(b, &mut c, &segs, &x, GRADIENT).unwrap_err();
+    assert!(
+        e.to_string().contains("expected 9") && e.to_string().contains("got 8"),
+        "{e}"
+    );
     assert_eq!(c.state(), &before);
-    assert!(c.step(&x, &Reference, &mut enc[..1]).is_err());
+    assert_eq!(bufs.grads(b), m.grad, "an Err wrote");
+    // One encoder for two modalities.
+    let mut one = Bufs::<B, f32>::new(b, &m.theta[..1], &m.theta0[..1], &m.grad[..1], &[vec![]]);
+    let mut enc: Vec<EncoderOf<'_, B, f32>> = vec![Encoder {
+        segs: &m.segs,
+        theta: B::view(&one.theta[0].0, 0..9),
+        theta0: B::view(&one.theta0[0].0, 0..9),
+        grad: B::view_mut(&mut one.grad[0].0, 0..9),
+        basis: JointBasis::Gradient,
+    }];
+    assert!(c.step(&x, b, &mut enc).is_err());
     assert_eq!(c.state(), &before);
     // A hand-made decision naming a modality that does not exist: Err, not a panic.
     let mut d = c.observe(&x).unwrap();
     d.suppressed = Some(7);
     d.modalities.truncate(1);
-    assert!(step(&Reference, &d, &mut enc[..1], &ProjectOptions::default()).is_err());
+    assert!(step(b, &d, &mut enc, &ProjectOptions::default()).is_err());
+}
+
+/// The step on the backend against the same generic step on the f64 oracle, on the
+/// ResNet-18 audio-visual pair (in quick mode its first 30 tensors each): same decision,
+/// same ranks, the same gradient update within `rtol` (both form the drift in f64 and round
+/// once; they differ by the summation order, and on CUDA FMA, of the coefficients), the
+/// other encoder untouched. `explicit`: the basis is exactly the extras, else the gradient
+/// and the extras.
+fn step_matches_oracle<B: TestBackend, T: Element>(
+    b: &B,
+    k_extra: usize,
+    explicit: bool,
+    rtol: f64,
+) {
+    let (audio, visual) = redreg::testing::layouts::resnet18_av_pair();
+    let take = if B::quick() { 30 } else { usize::MAX };
+    let segs = [audio, visual].map(|l| Segments::from_shapes(&l[..take.min(l.len())]).unwrap());
+    let mk = |n: usize, seed: u64, sc: f64| -> Vec<T> { elements(n, seed, sc) };
+    let (mut theta, mut theta0, mut grad, mut extra) = (vec![], vec![], vec![], vec![]);
+    for (m, s) in segs.iter().enumerate() {
+        let n = s.total();
+        theta.push(mk(n, 10 + m as u64, 1.0));
+        theta0.push(mk(n, 20 + m as u64, 1.0));
+        grad.push(mk(n, 30 + m as u64, 1e-2));
+        extra.push(
+            (0..k_extra)
+                .map(|j| mk(n, 40 + j as u64, 1e-2))
+                .collect::<Vec<_>>(),
+        );
+    }
+    // Visual dominates (0.3 < 0.7, r_v = 10 > R at the epoch's first step), gate open.
+    let x = StepInputs::pair(
+        0.3,
+        0.7,
+        Redundancy::ratio(0.5),
+        Redundancy::ratio(0.5),
+        0.9,
+    );
+    let mut ctl_oracle = controller(Config::new(3), 2, 0);
+    let mut ctl = ctl_oracle.clone();
+    let segs = [&segs[0], &segs[1]];
+    let jb = [if explicit {
+        Kind::Explicit
+    } else {
+        Kind::GradientAnd
+    }; 2];
+    let mut want = Bufs::<Reference, T>::new(&Reference, &theta, &theta0, &grad, &extra);
+    let (dw, ranks_want) = want
+        .step(&Reference, &mut ctl_oracle, &segs, &x, jb)
+        .unwrap();
+    assert_eq!(dw.suppressed, Some(1));
+    let mut got = Bufs::<B, T>::new(b, &theta, &theta0, &grad, &extra);
+    let (dg, ranks_got) = got.step(b, &mut ctl, &segs, &x, jb).unwrap();
+    assert_eq!(
+        ranks_got.expect("a projection ran"),
+        ranks_want.expect("the oracle projected")
+    );
+    assert_eq!(dg.suppressed, dw.suppressed);
+    assert_eq!(dg.beta.to_bits(), dw.beta.to_bits());
+    let (got, want) = (got.grads(b), want.grads(&Reference));
+    for m in 0..2 {
+        let what = format!("encoder {m}");
+        assert_close(
+            &what,
+            &common::to_f64(&got[m]),
+            &common::to_f64(&want[m]),
+            1e-7,
+            rtol,
+        );
+    }
+    assert!(got[0] == grad[0], "the audio encoder must be untouched");
+}
+
+fn step_matches_oracle_f32<B: TestBackend>(b: &B) {
+    let r = 2.0 * f32::EPSILON as f64;
+    step_matches_oracle::<B, f32>(b, 0, false, r);
+    step_matches_oracle::<B, f32>(b, 2, false, r);
+    step_matches_oracle::<B, f32>(b, 2, true, r);
+}
+
+fn step_matches_oracle_bf16<B: TestBackend>(b: &B) {
+    // At most one bf16 rounding apart.
+    step_matches_oracle::<B, bf16>(b, 1, false, 7.8125e-3);
+}
+
+/// Several chunks per tensor of the end-to-end model (chunks of 2 elements).
+#[test]
+fn end_to_end_step_small_cpu_chunks() {
+    let be = redreg::CpuBackend::with_threads(2)
+        .unwrap()
+        .with_chunk(2)
+        .unwrap();
+    end_to_end_step_matches_closed_form(&be);
+    end_to_end_step_matches_closed_form(&redreg::CpuBackend::new());
 }
 
 #[test]
@@ -908,5 +1027,150 @@ proptest::proptest! {
                 Err(_) => proptest::prop_assert!(!ok),
             }
         }
+    }
+}
+
+/// CUDA's own checks: device contexts and aliasing.
+#[cfg(feature = "cuda")]
+mod cuda_only {
+    use super::common::gpu;
+    use cudarc::driver::CudaSlice;
+    use redreg::controller::{
+        Config, Controller, DeviceEncoder, JointBasis, Redundancy, StepInputs,
+    };
+    use redreg::cuda::CudaBackend;
+    use redreg::{Element, Segments};
+
+    fn up<T: Element>(b: &CudaBackend, x: &[T]) -> CudaSlice<T> {
+        b.stream().clone_htod(x).unwrap()
+    }
+
+    fn down<T: Element>(b: &CudaBackend, x: &CudaSlice<T>) -> Vec<T> {
+        b.stream().clone_dtoh(x).unwrap()
+    }
+
+    /// The device checks (another context, aliasing) run on every encoder before the state
+    /// changes: `Controller::step` returns `Err` with the state and every buffer unchanged.
+    #[test]
+    fn cuda_step_device_errors_leave_state_unchanged() {
+        use cudarc::driver::DevicePtr;
+        use redreg::cuda::ForeignSlice;
+        let Some(b) = gpu::backend("cuda_step_device_errors_leave_state_unchanged") else {
+            return;
+        };
+        let segs = Segments::from_lengths(&[4, 4]).unwrap();
+        let s = b.stream();
+        let theta = up(b, &[1f32, 2., 3., 4., 5., 6., 7., 8.]);
+        let theta0 = up(b, &[0f32; 8]);
+        let mut ctl = Controller::new(Config::new(2), 2).unwrap();
+        ctl.begin_epoch(0).unwrap();
+        // Visual dominates and the gate is open: the decision would suppress encoder 1, while
+        // the bad buffer is encoder 0's (never written by the step).
+        let inputs = StepInputs::pair(
+            0.3,
+            0.7,
+            Redundancy::ratio(0.5),
+            Redundancy::ratio(0.5),
+            0.9,
+        );
+        let check_unchanged = |ctl: &Controller, before: &str, e: redreg::Error, what: &str| {
+            assert!(e.to_string().contains(what), "{e}");
+            assert_eq!(
+                format!("{:?}", ctl.state()),
+                before,
+                "state must be unchanged"
+            );
+        };
+
+        // 1. A gradient that aliases theta (raw pointers of one allocation).
+        let mem: CudaSlice<f32> = up(b, &[1f32, 2., 3., 4., 5., 6., 7., 8.]);
+        let addr = mem.device_ptr(s).0;
+        // SAFETY: both views cover `mem` (8 f32), which outlives them.
+        let (t_alias, mut g_alias) = unsafe {
+            (
+                ForeignSlice::<f32>::new(b, addr, 8).unwrap(),
+                ForeignSlice::<f32>::new(b, addr, 8).unwrap(),
+            )
+        };
+        let mut g1 = up(b, &[0.5f32; 8]);
+        let before = format!("{:?}", ctl.state());
+        let e = {
+            let mut encs = [
+                DeviceEncoder {
+                    segs: &segs,
+                    theta: t_alias.view(),
+                    theta0: theta0.slice(..),
+                    grad: g_alias.view_mut(),
+                    basis: JointBasis::Gradient,
+                },
+                DeviceEncoder {
+                    segs: &segs,
+                    theta: theta.slice(..),
+                    theta0: theta0.slice(..),
+                    grad: g1.slice_mut(..),
+                    basis: JointBasis::Gradient,
+                },
+            ];
+            ctl.step(&inputs, b, &mut encs).unwrap_err()
+        };
+        check_unchanged(&ctl, &before, e, "overlaps");
+        assert_eq!(down(b, &g1), vec![0.5f32; 8], "no gradient may be written");
+
+        // 2. A buffer on another device (the emulated driver's EMU_DEVICES=2, or 2 GPUs).
+        let devices = cudarc::driver::CudaContext::device_count().unwrap_or(1);
+        if devices < 2 {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP: cuda_step_device_errors_leave_state_unchanged (another device): needs 2 devices, found {devices}"
+            );
+            return;
+        }
+        let other = CudaBackend::new(1).unwrap();
+        let theta0_other: CudaSlice<f32> = other.stream().clone_htod(&[0f32; 8]).unwrap();
+        let mut g0 = up(b, &[0.25f32; 8]);
+        let e = {
+            let mut encs = [
+                DeviceEncoder {
+                    segs: &segs,
+                    theta: theta.slice(..),
+                    theta0: theta0_other.slice(..),
+                    grad: g0.slice_mut(..),
+                    basis: JointBasis::Gradient,
+                },
+                DeviceEncoder {
+                    segs: &segs,
+                    theta: theta.slice(..),
+                    theta0: theta0.slice(..),
+                    grad: g1.slice_mut(..),
+                    basis: JointBasis::Gradient,
+                },
+            ];
+            ctl.step(&inputs, b, &mut encs).unwrap_err()
+        };
+        check_unchanged(&ctl, &before, e, "context");
+        assert_eq!(down(b, &g0), vec![0.25f32; 8]);
+        assert_eq!(down(b, &g1), vec![0.5f32; 8]);
+        // The same step with valid buffers runs and changes the state.
+        let mut encs = [
+            DeviceEncoder {
+                segs: &segs,
+                theta: theta.slice(..),
+                theta0: theta0.slice(..),
+                grad: g0.slice_mut(..),
+                basis: JointBasis::Gradient,
+            },
+            DeviceEncoder {
+                segs: &segs,
+                theta: theta.slice(..),
+                theta0: theta0.slice(..),
+                grad: g1.slice_mut(..),
+                basis: JointBasis::Gradient,
+            },
+        ];
+        let (d, _) = ctl.step(&inputs, b, &mut encs).unwrap();
+        assert_eq!(d.suppressed, Some(1));
+        assert_ne!(format!("{:?}", ctl.state()), before);
+        drop(mem);
     }
 }
