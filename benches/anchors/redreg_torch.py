@@ -181,10 +181,15 @@ def main():
     ap.add_argument("--beta-visual", type=float, default=1.5)
     args = ap.parse_args()
 
-    import torch
-
+    # Exit status 3 says SKIP (scripts/gpu-check.sh reports it as such, not as a failure).
+    try:
+        import torch
+    except ImportError:
+        print("SKIP: no PyTorch (import torch failed)")
+        raise SystemExit(3)
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("SKIP: --device cuda but torch.cuda.is_available() is False (use --device cpu)")
+        print("SKIP: --device cuda but torch.cuda.is_available() is False (use --device cpu)")
+        raise SystemExit(3)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     if args.device == "cpu" and args.iters == 50:
