@@ -1034,7 +1034,7 @@ proptest::proptest! {
 #[cfg(feature = "cuda")]
 mod cuda_only {
     use super::common::gpu;
-    use cudarc::driver::CudaSlice;
+    use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
     use redreg::controller::{
         Config, Controller, DeviceEncoder, JointBasis, Redundancy, StepInputs,
     };
@@ -1047,6 +1047,23 @@ mod cuda_only {
 
     fn down<T: Element>(b: &CudaBackend, x: &CudaSlice<T>) -> Vec<T> {
         b.stream().clone_dtoh(x).unwrap()
+    }
+
+    /// An encoder of these views with the rank-1 basis (its own gradient).
+    fn enc<'a>(
+        segs: &'a Segments,
+        theta: CudaView<'a, f32>,
+        theta0: CudaView<'a, f32>,
+        grad: CudaViewMut<'a, f32>,
+    ) -> DeviceEncoder<'a, f32> {
+        let basis = JointBasis::Gradient;
+        DeviceEncoder {
+            segs,
+            theta,
+            theta0,
+            grad,
+            basis,
+        }
     }
 
     /// The device checks (another context, aliasing) run on every encoder before the state
@@ -1096,20 +1113,8 @@ mod cuda_only {
         let before = format!("{:?}", ctl.state());
         let e = {
             let mut encs = [
-                DeviceEncoder {
-                    segs: &segs,
-                    theta: t_alias.view(),
-                    theta0: theta0.slice(..),
-                    grad: g_alias.view_mut(),
-                    basis: JointBasis::Gradient,
-                },
-                DeviceEncoder {
-                    segs: &segs,
-                    theta: theta.slice(..),
-                    theta0: theta0.slice(..),
-                    grad: g1.slice_mut(..),
-                    basis: JointBasis::Gradient,
-                },
+                enc(&segs, t_alias.view(), theta0.slice(..), g_alias.view_mut()),
+                enc(&segs, theta.slice(..), theta0.slice(..), g1.slice_mut(..)),
             ];
             ctl.step(&inputs, b, &mut encs).unwrap_err()
         };
@@ -1131,20 +1136,13 @@ mod cuda_only {
         let mut g0 = up(b, &[0.25f32; 8]);
         let e = {
             let mut encs = [
-                DeviceEncoder {
-                    segs: &segs,
-                    theta: theta.slice(..),
-                    theta0: theta0_other.slice(..),
-                    grad: g0.slice_mut(..),
-                    basis: JointBasis::Gradient,
-                },
-                DeviceEncoder {
-                    segs: &segs,
-                    theta: theta.slice(..),
-                    theta0: theta0.slice(..),
-                    grad: g1.slice_mut(..),
-                    basis: JointBasis::Gradient,
-                },
+                enc(
+                    &segs,
+                    theta.slice(..),
+                    theta0_other.slice(..),
+                    g0.slice_mut(..),
+                ),
+                enc(&segs, theta.slice(..), theta0.slice(..), g1.slice_mut(..)),
             ];
             ctl.step(&inputs, b, &mut encs).unwrap_err()
         };
@@ -1153,20 +1151,8 @@ mod cuda_only {
         assert_eq!(down(b, &g1), vec![0.5f32; 8]);
         // The same step with valid buffers runs and changes the state.
         let mut encs = [
-            DeviceEncoder {
-                segs: &segs,
-                theta: theta.slice(..),
-                theta0: theta0.slice(..),
-                grad: g0.slice_mut(..),
-                basis: JointBasis::Gradient,
-            },
-            DeviceEncoder {
-                segs: &segs,
-                theta: theta.slice(..),
-                theta0: theta0.slice(..),
-                grad: g1.slice_mut(..),
-                basis: JointBasis::Gradient,
-            },
+            enc(&segs, theta.slice(..), theta0.slice(..), g0.slice_mut(..)),
+            enc(&segs, theta.slice(..), theta0.slice(..), g1.slice_mut(..)),
         ];
         let (d, _) = ctl.step(&inputs, b, &mut encs).unwrap();
         assert_eq!(d.suppressed, Some(1));
