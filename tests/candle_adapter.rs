@@ -10,7 +10,7 @@ use common::candle as helpers;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use helpers::{flat, reference_one};
-use redreg::candle::{cpu_view, project_drift_into_grads, project_out_tensors, segments, snapshot};
+use redreg::candle::{project_drift_into_grads, project_out_tensors, segments, snapshot, view};
 use redreg::{Beta, CpuBackend, Element, ProjectOptions};
 
 fn t(seed: u64, shape: &[usize]) -> Tensor {
@@ -32,23 +32,23 @@ fn segments_follow_tensor_shapes() {
 }
 
 #[test]
-fn cpu_view_reads_in_place_with_offset() {
+fn view_reads_in_place_with_offset() {
     let x = t(4, &[6, 5]);
     let row = x.narrow(0, 2, 3).unwrap(); // contiguous, start offset 10
-    let v = cpu_view(&row).unwrap();
+    let v = view(&row).unwrap();
     assert_eq!(v.len(), 15);
     assert_eq!(v.as_slice::<f32>().unwrap(), &flat::<f32>(&x)[10..25]);
     assert!(v.as_slice::<half::f16>().is_err(), "wrong element type");
 }
 
 #[test]
-fn cpu_view_rejects_strided_and_integer_tensors() {
+fn view_rejects_strided_and_integer_tensors() {
     let x = t(5, &[4, 3]);
     let tr = x.t().unwrap();
-    assert!(cpu_view(&tr).is_err());
-    assert!(cpu_view(&tr.contiguous().unwrap()).is_ok());
+    assert!(view(&tr).is_err());
+    assert!(view(&tr.contiguous().unwrap()).is_ok());
     let u = Tensor::new(&[1u32, 2, 3], &Device::Cpu).unwrap();
-    assert!(cpu_view(&u).is_err());
+    assert!(view(&u).is_err());
 }
 
 fn check_project_dtype(dt: DType, tol: f64) {

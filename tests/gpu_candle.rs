@@ -12,9 +12,7 @@ use common::gpu;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use helpers::{assert_close, flat};
-use redreg::candle::{
-    cuda_backend, cuda_view, project_drift_into_grads, project_out_tensors, snapshot,
-};
+use redreg::candle::{cuda_backend, project_drift_into_grads, project_out_tensors, snapshot};
 use redreg::cuda::CudaBackend;
 use redreg::{Beta, CpuBackend, ProjectOptions};
 use std::sync::OnceLock;
@@ -170,8 +168,8 @@ fn wrong_device_or_stream_is_an_error() {
     assert!(err.to_string().contains("stream"), "{err}");
     // Strided and integer CUDA tensors.
     let m = t(2, &[4, 6], dev).t().unwrap();
-    assert!(cuda_view(&m).is_err());
-    assert!(cuda_view(&gpu_t[0].to_dtype(DType::U32).unwrap()).is_err());
+    assert!(redreg::candle::view(&m).is_err());
+    assert!(redreg::candle::view(&gpu_t[0].to_dtype(DType::U32).unwrap()).is_err());
     // Empty tensors next to a non-empty one: rank 0, empty output, no launch for it.
     match Tensor::zeros((0, 3), DType::F32, dev) {
         Ok(e) => {

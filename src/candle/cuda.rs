@@ -9,13 +9,15 @@
 //! `Err` (candle may run with cudarc's cross-stream event tracking turned off, and then the
 //! two streams would race).
 
-use super::project::TensorStorage;
-use super::{candle_err, dtype_of, CandleElement, TensorBackend, TensorProjection, TensorView};
+use super::{candle_err, CandleElement, TensorMemory, TensorView};
 use crate::cuda::{drv, CudaBackend};
 use crate::error::{invalid, Result};
+use crate::stats::CudaStats;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, Device, Storage, Tensor};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut};
+use std::ops::Range;
+use std::sync::Arc;
 
 /// A [`CudaBackend`] on candle's stream for `device` (`Err` for a non-CUDA device). Make it
 /// once per device and keep it: it caches the loaded kernels and a workspace per layout.
@@ -49,71 +51,69 @@ impl TensorView<'_> {
     }
 }
 
-/// In-place access to the device memory of `t`. `Err` unless `t` has CUDA storage, is
-/// contiguous and is f32, f16 or bf16. Holds candle's read lock on the storage while the
-/// view lives (do not update the same variable before dropping it).
-pub fn cuda_view(t: &Tensor) -> Result<TensorView<'_>> {
-    let dtype = dtype_of(t.dtype())?;
-    let (guard, layout) = t.storage_and_layout();
-    if !matches!(&*guard, Storage::Cuda(_)) {
-        return Err(invalid(
-            "tensor storage",
-            format!(
-                "a tensor on {:?} was given to the CUDA backend (use CpuBackend for CPU tensors)",
-                t.device().location()
-            ),
-        ));
-    }
-    super::check_contiguous(layout)?;
-    Ok(TensorView {
-        start: layout.start_offset(),
-        len: layout.shape().elem_count(),
-        dtype,
-        guard,
-    })
-}
-
-impl TensorBackend for CudaBackend {
-    /// One [`CudaBackend::project_list`] call on this backend's stream: 2 launches
-    /// whatever the number of tensors (1 for k = 0), the pointer table uploaded when the
-    /// tensors moved, the ranks read back with one device-to-host copy at the end (the only
-    /// synchronisation).
-    fn project_tensors(&self, p: &TensorProjection<'_>) -> Result<(Vec<Tensor>, Vec<u32>)> {
-        super::project::project_tensors(self, p)
-    }
-}
-
-/// CUDA tensors on this backend's stream, read in place as cudarc views of candle's
-/// `CudaSlice`s. Each result is a new device allocation (`max(len, 1)` elements: a
+/// CUDA tensors on the stream of the backend or executor, read in place as cudarc views of
+/// candle's `CudaSlice`s. Each result is a new device allocation (`max(len, 1)` elements: a
 /// zero-byte allocation is an error), written by the kernels and wrapped as candle storage
 /// without a copy; an empty tensor's result is the empty input itself. Not in place into
 /// the gradients: a candle tensor is an immutable value whose storage may be shared with
 /// every clone the caller holds (the `GradStore` entry, the caller's own handles), so
 /// writing into it would change tensors the caller never passed.
-impl TensorStorage for CudaBackend {
+impl TensorMemory for crate::cuda::Device {
+    type Backend = CudaBackend;
+    type Stats = CudaStats;
+    type Stream = Arc<CudaStream>;
     type Out<T: CandleElement> = CudaSlice<T>;
+    const CUDA: bool = true;
 
-    fn view<'t>(&self, t: &'t Tensor) -> Result<TensorView<'t>> {
-        let v = cuda_view(t)?;
-        let theirs = v.cuda_device()?.cuda_stream();
-        if theirs.cu_stream() != self.stream().cu_stream() {
+    fn backend_stream(b: &CudaBackend) -> &Arc<CudaStream> {
+        b.stream()
+    }
+
+    fn stats_stream(s: &CudaStats) -> &Arc<CudaStream> {
+        s.stream()
+    }
+
+    fn check(stream: &Arc<CudaStream>, what: &'static str, t: &Tensor) -> Result<()> {
+        let d = t.device().as_cuda_device().map_err(|_| {
+            invalid(
+                what,
+                format!(
+                    "a tensor on {:?} was given to the CUDA backend (use CpuBackend for CPU \
+                     tensors)",
+                    t.device().location()
+                ),
+            )
+        })?;
+        if d.cuda_stream().cu_stream() != stream.cu_stream() {
             return Err(invalid(
-                "tensor stream",
-                "the tensor's device runs on another CUDA stream than this backend; make                  the backend with redreg::candle::cuda_backend(&device)",
+                what,
+                "the tensor's device runs on another CUDA stream than this backend; make \
+                 the backend with redreg::candle::cuda_backend(&device)",
             ));
         }
-        Ok(v)
+        Ok(())
     }
 
     fn src<'a, T: CandleElement>(v: &'a TensorView<'_>) -> Result<CudaView<'a, T>> {
         v.view()
     }
 
-    fn alloc<T: CandleElement>(&self, n: usize) -> Result<CudaSlice<T>> {
+    fn labels(s: &Storage, r: Range<usize>) -> Result<CudaView<'_, i64>> {
+        let Storage::Cuda(cs) = s else {
+            return Err(invalid("labels", "not a CUDA tensor"));
+        };
+        let all = cs.as_cuda_slice::<i64>().map_err(candle_err("labels"))?;
+        if r.end > all.len() {
+            return Err(invalid("labels", "layout outside its storage"));
+        }
+        Ok(all.slice(r))
+    }
+
+    fn alloc<T: CandleElement>(b: &CudaBackend, n: usize) -> Result<CudaSlice<T>> {
         // SAFETY: the projection (`Output::Write`) writes every one of the first `n`
         // elements before anything reads them, on this stream; the spare element of an
         // empty tensor's buffer is never read.
-        unsafe { self.stream().alloc::<T>(n.max(1)) }.map_err(drv)
+        unsafe { b.stream().alloc::<T>(n.max(1)) }.map_err(drv)
     }
 
     fn dst<T: CandleElement>(o: &mut CudaSlice<T>, n: usize) -> CudaViewMut<'_, T> {

@@ -7,9 +7,11 @@
 //! built on, public for trainers that need another arrangement.
 //!
 //! - [`segments`]: one segment per parameter tensor (in the order given).
-//! - [`cpu_view`] (and `cuda_view` with `candle-cuda`): the elements of a contiguous
-//!   f32/f16/bf16 tensor, read in place (no flattening, no copy): `storage_and_layout()` →
+//! - [`view`]: the elements of a contiguous f32/f16/bf16 tensor on the CPU or (feature
+//!   `candle-cuda`) CUDA, read in place (no flattening, no copy): `storage_and_layout()` →
 //!   `Storage::Cpu` / `Storage::Cuda` → the slice from `layout.start_offset()`.
+//! - [`TensorMemory`]: what differs between CPU and CUDA tensors (reading them in place,
+//!   making results), for the one generic path of the projection and of the statistics.
 //! - [`project_out_tensors`]: `out_i = alpha·base_i + beta_i·(v_i - P_i v_i)` for a list of
 //!   tensors, `P_i` the projector onto the span of the basis tensors of tensor `i`.
 //! - [`project_drift_into_grads`]: the RedReg update of one encoder, `grad_i += beta ·
@@ -58,13 +60,15 @@ use candle_core::{DType as CDType, Storage, StorageRef, Tensor, Var, WithDType};
 
 #[cfg(feature = "candle-cuda")]
 mod cuda;
+mod memory;
 mod optim;
 mod project;
 mod redreg;
 pub mod stats;
 pub use self::redreg::{RedReg, NOISE_SIGMA};
 #[cfg(feature = "candle-cuda")]
-pub use cuda::{cuda_backend, cuda_view};
+pub use cuda::cuda_backend;
+pub use memory::{stats_buf, TensorMemory};
 pub use optim::FusedOptimizer;
 pub use project::TensorProjection;
 
@@ -138,8 +142,8 @@ fn candle_err(what: &'static str) -> impl Fn(candle_core::Error) -> Error {
     }
 }
 
-/// A read lock on a contiguous tensor's storage with its element range: see [`cpu_view`]
-/// and (feature `candle-cuda`) `cuda_view`.
+/// A read lock on a contiguous tensor's storage (CPU or CUDA) with its element range: see
+/// [`view`].
 pub struct TensorView<'a> {
     guard: StorageRef<'a>,
     start: usize,
@@ -203,41 +207,60 @@ impl TensorView<'_> {
     /// the storage is not on the CPU.
     pub fn as_slice<T: CandleElement>(&self) -> Result<&[T]> {
         self.check_dtype::<T>()?;
-        let Storage::Cpu(cs) = &*self.guard else {
-            return Err(invalid("tensor storage", "not CPU storage"));
-        };
-        let all = cs.as_slice::<T>().map_err(candle_err("tensor storage"))?;
+        let all = self
+            .cpu_storage()?
+            .as_slice::<T>()
+            .map_err(candle_err("tensor storage"))?;
         Ok(&all[self.range(all.len())?])
+    }
+
+    /// The storage of a CPU tensor (`Err`, saying what to use instead, for another one).
+    fn cpu_storage(&self) -> Result<&candle_core::CpuStorage> {
+        match &*self.guard {
+            Storage::Cpu(cs) => Ok(cs),
+            _ => Err(invalid(
+                "tensor storage",
+                format!("a tensor not on the CPU was given to the CPU backend; {CUDA_HINT}"),
+            )),
+        }
     }
 }
 
-/// Read access to the elements of `t` without a copy. `Err` unless `t` has CPU storage
-/// (CUDA tensors: `cuda_view` with feature `candle-cuda`), is contiguous and is f32, f16
-/// or bf16. Holds candle's read lock on the storage while the view lives: do not update
-/// the same variable (`Var::set`, an optimizer step) before dropping it.
-pub fn cpu_view(t: &Tensor) -> Result<TensorView<'_>> {
+/// What to do with a CUDA tensor that reached the CPU side.
+const CUDA_HINT: &str = if cfg!(feature = "candle-cuda") {
+    "use the CUDA backend (redreg::candle::cuda_backend(&device))"
+} else {
+    "CUDA tensors need redreg's feature `candle-cuda` (or pass their device memory to the \
+     CUDA backend's raw-pointer path)"
+};
+
+/// Read access to the elements of `t` without a copy, on the device they are on: CPU
+/// storage, and with feature `candle-cuda` CUDA storage. `Err` for storage of another
+/// device (or CUDA storage without `candle-cuda`), a tensor that is not contiguous, or a
+/// dtype other than f32, f16 and bf16. The typed elements: [`TensorView::as_slice`] (CPU)
+/// or, with `candle-cuda`, `TensorView::view` (CUDA). Holds candle's read lock on the
+/// storage while the view lives: do not update the same variable (`Var::set`, an optimizer
+/// step) before dropping it.
+pub fn view(t: &Tensor) -> Result<TensorView<'_>> {
     let dtype = dtype_of(t.dtype())?;
     let (guard, layout) = t.storage_and_layout();
     match &*guard {
         Storage::Cpu(_) => {}
-        Storage::Cuda(_) => {
-            return Err(invalid(
-                "tensor storage",
-                if cfg!(feature = "candle-cuda") {
-                    "a CUDA tensor was given to the CPU backend; use the CUDA backend \
-                     (redreg::candle::cuda_backend(&device))"
-                } else {
-                    "a CUDA tensor was given to the CPU backend; CUDA tensors need redreg's \
-                     feature `candle-cuda` (or pass their device memory to the CUDA \
-                     backend's raw-pointer path)"
-                },
-            ))
-        }
+        #[cfg(feature = "candle-cuda")]
+        Storage::Cuda(_) => {}
         #[allow(unreachable_patterns)]
         _ => {
             return Err(invalid(
                 "tensor storage",
-                format!("unsupported device {:?} (only CPU storage)", t.device()),
+                format!(
+                    "unsupported device {:?} (CPU{} storage is supported; {CUDA_HINT})",
+                    t.device().location(),
+                    if cfg!(feature = "candle-cuda") {
+                        " and CUDA"
+                    } else {
+                        ""
+                    },
+                ),
             ))
         }
     }
@@ -307,19 +330,11 @@ fn check_kind(name: &'static str, i: usize, first: &Tensor, t: &Tensor) -> Resul
     Ok(())
 }
 
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for crate::CpuBackend {}
-    #[cfg(feature = "candle-cuda")]
-    impl Sealed for crate::cuda::CudaBackend {}
-    impl Sealed for super::DeviceBackend {}
-}
-
 /// The backends the adapter runs on: [`CpuBackend`] for tensors with CPU storage and, with
 /// feature `candle-cuda`, [`crate::cuda::CudaBackend`] for tensors with CUDA storage (make
-/// it with `cuda_backend`, so that it runs on the device's own stream), or
-/// [`DeviceBackend`], either chosen at run time. Sealed: the adapter's functions are the
-/// interface.
+/// it with `cuda_backend`, so that it runs on the device's own stream) — every backend of a
+/// [`TensorMemory`] —, or [`DeviceBackend`], either chosen at run time. The adapter's
+/// functions are the interface (sealed).
 pub trait TensorBackend: sealed::Sealed {
     /// Runs the projection as one tensor-list projection; the new tensors and each
     /// tensor's basis rank, in order.
@@ -327,7 +342,22 @@ pub trait TensorBackend: sealed::Sealed {
     fn project_tensors(&self, p: &TensorProjection<'_>) -> Result<(Vec<Tensor>, Vec<u32>)>;
 }
 
-impl TensorBackend for CpuBackend {
+mod sealed {
+    pub trait Sealed {}
+    impl<B> Sealed for B
+    where
+        B: crate::Backend,
+        B::Memory: super::TensorMemory<Backend = B>,
+    {
+    }
+    impl Sealed for super::DeviceBackend {}
+}
+
+impl<B> TensorBackend for B
+where
+    B: crate::Backend,
+    B::Memory: TensorMemory<Backend = B>,
+{
     fn project_tensors(&self, p: &TensorProjection<'_>) -> Result<(Vec<Tensor>, Vec<u32>)> {
         project::project_tensors(self, p)
     }

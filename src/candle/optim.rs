@@ -13,7 +13,7 @@
 //! about 60). The gradients are read in place; the state (f32) and the host buffers are
 //! allocated once.
 
-use super::{check_kind, cpu_view, dtype_of, CandleElement, TensorView};
+use super::{check_kind, dtype_of, view, CandleElement, TensorView};
 use crate::error::{invalid, Error, Result};
 use crate::optim::{AdamW, Correction, Optimizer, Rule};
 use crate::{CpuBackend, Element};
@@ -199,12 +199,12 @@ impl FusedOptimizer {
         // copy-back below can take the write lock).
         let params = T::bufs(&mut self.host, &self.vars);
         for (v, p) in self.vars.iter().zip(params.iter_mut()) {
-            p.copy_from_slice(cpu_view(v.as_tensor())?.as_slice::<T>()?);
+            p.copy_from_slice(view(v.as_tensor())?.as_slice::<T>()?);
         }
         let ranks = {
             let gv = gts
                 .iter()
-                .map(|g| cpu_view(g))
+                .map(|g| view(g))
                 .collect::<Result<Vec<TensorView<'_>>>>()?;
             let gs = gv
                 .iter()
@@ -223,7 +223,7 @@ impl FusedOptimizer {
                         .enumerate()
                         .map(|(i, t)| {
                             check_kind("theta0", i, first, t)?;
-                            cpu_view(t)
+                            view(t)
                         })
                         .collect::<Result<Vec<TensorView<'_>>>>()?;
                     let ts = tv

@@ -36,13 +36,11 @@
 //! # Ok(()) }
 //! ```
 
-use super::{candle_err, cpu_view, dtype_of, DeviceBackend, TensorView};
-use crate::backend::{Host, Memory};
+use super::{candle_err, dtype_of, stats_buf, DeviceBackend, TensorMemory, TensorView};
 use crate::controller::{ModalityBufs, ModalityShapes, RedRegStats, StepInputs};
 use crate::error::{invalid, Result};
-use crate::stats::{Buf, CpuStats, Stats, StatsPlan, StatsResults};
-use candle_core::{DType as CDType, Device, Storage, Tensor};
-use std::ops::Range;
+use crate::stats::{CpuStats, Stats, StatsPlan, StatsResults};
+use candle_core::{DType as CDType, Device, Tensor};
 
 /// One modality's tensors of one RedReg step, all with the same B samples (1 up to the
 /// declared batch) and one dtype (f32, f16 or bf16).
@@ -120,128 +118,6 @@ pub fn modality_shapes(m: &ModalityTensors<'_>) -> Result<ModalityShapes> {
     })
 }
 
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for crate::backend::Host {}
-    #[cfg(feature = "candle-cuda")]
-    impl Sealed for crate::cuda::Device {}
-}
-
-/// The memory families whose buffers are read from candle tensors in place: [`Host`] (CPU
-/// tensors, [`cpu_view`]) and, with feature `candle-cuda`, `cuda::Device` (CUDA tensors,
-/// `cuda_view`), each with the statistics executor that reads them ([`CpuStats`],
-/// `CudaStats`). Sealed: [`step_inputs`] is the interface.
-pub trait TensorMemory: Memory + Sized + sealed::Sealed {
-    /// The statistics executor of this memory.
-    type Stats: Stats<Memory = Self>;
-
-    /// True for device memory (CUDA tensors).
-    #[doc(hidden)]
-    const CUDA: bool;
-
-    /// `Err` unless `exec` can read `t` (on CUDA: a CUDA tensor on the executor's stream).
-    #[doc(hidden)]
-    fn check(exec: &Self::Stats, what: &'static str, t: &Tensor) -> Result<()>;
-
-    /// The tensor's elements in place (`Err` for storage of another device, a
-    /// non-contiguous tensor or an unsupported dtype).
-    #[doc(hidden)]
-    fn tensor_view(t: &Tensor) -> Result<TensorView<'_>>;
-
-    /// The plan's buffer for a view of this memory (the view's dtype decides the variant).
-    #[doc(hidden)]
-    fn buf<'a>(v: &'a TensorView<'_>) -> Result<Buf<'a, Self>>;
-
-    /// The elements `r` of an i64 storage of this memory.
-    #[doc(hidden)]
-    fn labels(s: &Storage, r: Range<usize>) -> Result<Self::Src<'_, i64>>;
-}
-
-impl TensorMemory for Host {
-    type Stats = CpuStats;
-    const CUDA: bool = false;
-
-    fn check(_: &CpuStats, _: &'static str, _: &Tensor) -> Result<()> {
-        Ok(()) // tensor_view refuses any storage but the CPU's
-    }
-
-    fn tensor_view(t: &Tensor) -> Result<TensorView<'_>> {
-        cpu_view(t)
-    }
-
-    fn buf<'a>(v: &'a TensorView<'_>) -> Result<Buf<'a, Host>> {
-        Ok(match v.dtype() {
-            crate::DType::F32 => Buf::F32(v.as_slice()?),
-            crate::DType::F16 => Buf::F16(v.as_slice()?),
-            crate::DType::BF16 => Buf::BF16(v.as_slice()?),
-        })
-    }
-
-    fn labels(s: &Storage, r: Range<usize>) -> Result<&[i64]> {
-        let Storage::Cpu(cs) = s else {
-            return Err(invalid("labels", "not a CPU tensor"));
-        };
-        let all = cs.as_slice::<i64>().map_err(candle_err("labels"))?;
-        all.get(r)
-            .ok_or_else(|| invalid("labels", "layout outside its storage"))
-    }
-}
-
-#[cfg(feature = "candle-cuda")]
-impl TensorMemory for crate::cuda::Device {
-    type Stats = crate::stats::CudaStats;
-    const CUDA: bool = true;
-
-    fn check(exec: &crate::stats::CudaStats, what: &'static str, t: &Tensor) -> Result<()> {
-        let d = t.device().as_cuda_device().map_err(|_| {
-            invalid(
-                what,
-                format!(
-                    "a tensor on {:?} was given to the CUDA statistics executor",
-                    t.device().location()
-                ),
-            )
-        })?;
-        if d.cuda_stream().cu_stream() != exec.stream().cu_stream() {
-            return Err(invalid(
-                what,
-                "the tensor's device runs on another CUDA stream than this executor; \
-                 make its backend with redreg::candle::cuda_backend(&device)",
-            ));
-        }
-        Ok(())
-    }
-
-    fn tensor_view(t: &Tensor) -> Result<TensorView<'_>> {
-        super::cuda_view(t)
-    }
-
-    fn buf<'a>(v: &'a TensorView<'_>) -> Result<Buf<'a, Self>> {
-        Ok(match v.dtype() {
-            crate::DType::F32 => Buf::F32(v.view()?),
-            crate::DType::F16 => Buf::F16(v.view()?),
-            crate::DType::BF16 => Buf::BF16(v.view()?),
-        })
-    }
-
-    fn labels(s: &Storage, r: Range<usize>) -> Result<cudarc::driver::CudaView<'_, i64>> {
-        let Storage::Cuda(cs) = s else {
-            return Err(invalid("labels", "not a CUDA tensor"));
-        };
-        let all = cs.as_cuda_slice::<i64>().map_err(candle_err("labels"))?;
-        if r.end > all.len() {
-            return Err(invalid("labels", "layout outside its storage"));
-        }
-        Ok(all.slice(r))
-    }
-}
-
-/// The plan's buffer for a view of a tensor in memory `M` (`Host` for [`cpu_view`],
-/// `cuda::Device` for `cuda_view`; the view's dtype decides the variant).
-pub fn stats_buf<'a, M: TensorMemory>(v: &'a TensorView<'_>) -> Result<Buf<'a, M>> {
-    M::buf(v)
-}
-
 /// Class labels as the plan reads them: a rank-1 u8, u32 or i64 tensor as a contiguous i64
 /// tensor on the same device (the same tensor when it already is one; else one cast of B
 /// values on its device).
@@ -278,7 +154,7 @@ pub fn labels_i64(labels: &Tensor) -> Result<Vec<i64>> {
 }
 
 /// One step of the statistics on `exec` (the one path for every memory family): the
-/// tensors read in place as its memory's buffers (each vetted by [`TensorMemory::check`]),
+/// tensors read in place as its memory's buffers (each vetted by [`TensorMemory::tensor_view`]),
 /// bound and run by [`RedRegStats::run`].
 fn step_on<'m, S>(
     exec: &mut S,
@@ -290,15 +166,16 @@ where
     S: Stats,
     S::Memory: TensorMemory<Stats = S>,
 {
+    type M<S> = <S as Stats>::Memory;
     handles.check_modalities(mods.len())?;
-    S::Memory::check(exec, "labels", labels)?;
+    let stream = M::<S>::stats_stream(exec);
+    M::<S>::check(stream, "labels", labels)?;
     let labels = labels_tensor(labels)?;
     let (storage, layout) = labels.storage_and_layout();
     let start = layout.start_offset();
-    let labels = S::Memory::labels(&storage, start..start + labels.elem_count())?;
+    let labels = M::<S>::labels(&storage, start..start + labels.elem_count())?;
     let view = |what: &'static str, t: &'m Tensor| -> Result<TensorView<'m>> {
-        S::Memory::check(exec, what, t)?;
-        S::Memory::tensor_view(t)
+        M::<S>::tensor_view(stream, what, t)
     };
     let views = mods
         .iter()
@@ -317,12 +194,12 @@ where
         .iter()
         .map(|v| {
             Ok(ModalityBufs {
-                logits: S::Memory::buf(&v[0])?,
-                z1: S::Memory::buf(&v[1])?,
-                z2: S::Memory::buf(&v[2])?,
-                x1: S::Memory::buf(&v[3])?,
-                x2: S::Memory::buf(&v[4])?,
-                pooled: S::Memory::buf(&v[5])?,
+                logits: stats_buf::<S::Memory>(&v[0])?,
+                z1: stats_buf::<S::Memory>(&v[1])?,
+                z2: stats_buf::<S::Memory>(&v[2])?,
+                x1: stats_buf::<S::Memory>(&v[3])?,
+                x2: stats_buf::<S::Memory>(&v[4])?,
+                pooled: stats_buf::<S::Memory>(&v[5])?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
