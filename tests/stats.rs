@@ -160,8 +160,6 @@ fn close(what: &str, got: f64, want: f64, scale: f64) {
     );
 }
 
-
-
 /// The NaN policy of docs/numerics.md: values are compared bitwise, except that any NaN
 /// equals any NaN (the payload is not part of the contract: narrowing a NaN from f64 gives
 /// `0x7fffffff` on NVIDIA GPUs and `0x7fc00000` on the CPU). Returns the first index where
@@ -402,7 +400,11 @@ fn large_inputs_match_f64<S: TestStats>(s: &S) {
     let (x, xw) = data::<f32>(&mut rng, n, 1.0);
     let (y, yw) = data::<f32>(&mut rng, n, 1.0);
     // 4M elements: the exp-heavy oracle is the slow part
-    let (rows, c) = if quick() { (200, 1_000) } else { (4_000, 1_000) };
+    let (rows, c) = if quick() {
+        (200, 1_000)
+    } else {
+        (4_000, 1_000)
+    };
     let labels = labels(&mut rng, rows, c);
     let segs = Segments::from_lengths(&[n / 2, 3, n / 2 - 1003, 1000]).unwrap();
     let (dx, dy, dl) = (s.upload(&x), s.upload(&y), s.upload(&labels));
@@ -669,24 +671,28 @@ fn plan_matches_the_oracle_and_is_deterministic<S: TestStats>(s: &S) {
         s.upload(&wlab),
     );
     let (dg, dgh, ddr) = (s.upload(&g), s.upload(&gh), s.upload(&dr));
-    let mut ex = s.exec(&plan).unwrap();
-    let mut runs = Vec::new();
-    for _ in 0..3 {
-        // every run sees the same accumulator
-        let mut dacc = s.upload(&acc0);
-        let r = ex
-            .run(&mut [
+    // Every statistic's input; `$pw`: the wide statistic's labels.
+    macro_rules! inputs {
+        ($pw:expr, $acc:expr) => {
+            [
                 dots.bind((all::<S, bf16>(&ddr), all::<S, bf16>(&ddr))),
                 num.bind((all::<S, f16>(&dz1), all::<S, f16>(&dz2))),
                 den.bind((all::<S, f32>(&dx1), all::<S, f32>(&dx2))),
                 sim.bind((all::<S, bf16>(&dfa), all::<S, bf16>(&dfv))),
                 simw.bind((all::<S, f32>(&dwa), all::<S, f32>(&dwb))),
                 p.bind((all::<S, f32>(&dl), S::labels(&dlab, ..))),
-                pw.bind((all::<S, bf16>(&dwl), S::labels(&dwlab, ..))),
-                sums.bind_acc(all::<S, f32>(&dg), S::acc(&mut dacc, ..)),
+                pw.bind((all::<S, bf16>(&dwl), S::labels(&$pw, ..))),
+                sums.bind_acc(all::<S, f32>(&dg), S::acc(&mut $acc, ..)),
                 sums16.bind(all::<S, f16>(&dgh)),
-            ])
-            .unwrap();
+            ]
+        };
+    }
+    let mut ex = s.exec(&plan).unwrap();
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        // every run sees the same accumulator
+        let mut dacc = s.upload(&acc0);
+        let r = ex.run(&mut inputs!(dwlab, dacc)).unwrap();
         runs.push(r.as_slice().to_vec());
         if runs.len() == 1 {
             let acc = s.download(&dacc);
@@ -724,19 +730,7 @@ fn plan_matches_the_oracle_and_is_deterministic<S: TestStats>(s: &S) {
     // label out of range: Err after the run, flagged in the results
     let dbad = s.upload(&[0i64, wide as i64, -1]);
     let mut dacc = s.upload(&acc0);
-    let e = ex
-        .run(&mut [
-            dots.bind((all::<S, bf16>(&ddr), all::<S, bf16>(&ddr))),
-            num.bind((all::<S, f16>(&dz1), all::<S, f16>(&dz2))),
-            den.bind((all::<S, f32>(&dx1), all::<S, f32>(&dx2))),
-            sim.bind((all::<S, bf16>(&dfa), all::<S, bf16>(&dfv))),
-            simw.bind((all::<S, f32>(&dwa), all::<S, f32>(&dwb))),
-            p.bind((all::<S, f32>(&dl), S::labels(&dlab, ..))),
-            pw.bind((all::<S, bf16>(&dwl), S::labels(&dbad, ..))),
-            sums.bind_acc(all::<S, f32>(&dg), S::acc(&mut dacc, ..)),
-            sums16.bind(all::<S, f16>(&dgh)),
-        ])
-        .unwrap_err();
+    let e = ex.run(&mut inputs!(dbad, dacc)).unwrap_err();
     assert!(
         matches!(&e, Error::LabelOutOfRange { row: 1, label, classes, .. } if *label == wide as i64 && *classes == wide),
         "{e}"
@@ -781,7 +775,10 @@ fn results_do_not_depend_on_alignment<S: TestStats>(s: &S) {
         b
     }
     for (ox, oy) in [(0usize, 0usize), (1, 1), (2, 3), (3, 0)] {
-        let (dx, dy) = (s.upload(&padded(&x, ox, 0.0)), s.upload(&padded(&y, oy, 0.0)));
+        let (dx, dy) = (
+            s.upload(&padded(&x, ox, 0.0)),
+            s.upload(&padded(&y, oy, 0.0)),
+        );
         let dh = s.upload(&padded(&h, ox, bf16::ZERO));
         let mut dacc = s.upload(&padded(&acc0, oy, 0.0));
         let r = ex
@@ -1083,119 +1080,72 @@ fn validation_errors_name_the_numbers<S: TestStats>(s: &S) {
     };
     let c0 = s.counts();
     expect(
-        ex.run(&mut [q.bind((all::<S, f16>(&h4), all::<S, f16>(&h4)))]).unwrap_err(),
+        ex.run(&mut [q.bind((all::<S, f16>(&h4), all::<S, f16>(&h4)))])
+            .unwrap_err(),
         &["expected 4", "got 1"],
     );
-    expect(
-        ex.run(&mut [
-            q.bind((all::<S, f16>(&h4), all::<S, f16>(&h3))),
-            p.bind((all::<S, f32>(&f6), S::labels(&lab, ..))),
-            sh.bind_acc(all::<S, f32>(&f5), S::acc(&mut acc5, ..)),
-            s2.bind(all::<S, f32>(&f5)),
-        ])
-        .unwrap_err(),
-        &["z_a", "`y` has 3 elements, expected 4"],
+    // A good set of inputs with input `$i` replaced by `$bad`.
+    macro_rules! rejects {
+        ($i:expr, $bad:expr, $parts:expr $(,)?) => {{
+            let mut inputs = vec![
+                q.bind((all::<S, f16>(&h4), all::<S, f16>(&h4))),
+                p.bind((all::<S, f32>(&f6), S::labels(&lab, ..))),
+                sh.bind_acc(all::<S, f32>(&f5), S::acc(&mut acc5, ..)),
+                s2.bind(all::<S, f32>(&f5)),
+            ];
+            inputs[$i] = $bad;
+            expect(ex.run(&mut inputs).unwrap_err(), $parts);
+        }};
+    }
+    let (h, f) = (all::<S, f16>, all::<S, f32>);
+    rejects!(
+        0,
+        q.bind((h(&h4), h(&h3))),
+        &["z_a", "`y` has 3 elements, expected 4"]
     );
-    expect(
-        ex.run(&mut [
-            q.bind((all::<S, f32>(&f4), all::<S, f32>(&f4))),
-            p.bind((all::<S, f32>(&f6), S::labels(&lab, ..))),
-            sh.bind_acc(all::<S, f32>(&f5), S::acc(&mut acc5, ..)),
-            s2.bind(all::<S, f32>(&f5)),
-        ])
-        .unwrap_err(),
-        &["z_a", "`x` is f32, declared f16"],
+    rejects!(
+        0,
+        q.bind((f(&f4), f(&f4))),
+        &["z_a", "`x` is f32, declared f16"]
     );
-    expect(
-        ex.run(&mut [
-            q.bind((all::<S, f16>(&h4), all::<S, f16>(&h4))),
-            p.bind((all::<S, f32>(&f6), S::labels(&lab, ..1))),
-            sh.bind_acc(all::<S, f32>(&f5), S::acc(&mut acc5, ..)),
-            s2.bind(all::<S, f32>(&f5)),
-        ])
-        .unwrap_err(),
+    rejects!(
+        1,
+        p.bind((f(&f6), S::labels(&lab, ..1))),
         &["p_a", "`labels` has 1 elements, expected 2"],
     );
-    expect(
-        ex.run(&mut [
-            q.bind((all::<S, f16>(&h4), all::<S, f16>(&h4))),
-            p.bind((all::<S, f32>(&f5), S::labels(&lab, ..))),
-            sh.bind_acc(all::<S, f32>(&f5), S::acc(&mut acc5, ..)),
-            s2.bind(all::<S, f32>(&f5)),
-        ])
-        .unwrap_err(),
+    rejects!(
+        1,
+        p.bind((f(&f5), S::labels(&lab, ..))),
         &[
             "p_a",
             "2x3",
             "`logits` has 5 elements, not a whole number of rows of 3",
         ],
     );
-    expect(
-        ex.run(&mut [
-            q.bind((all::<S, f16>(&h4), all::<S, f16>(&h4))),
-            p.bind((all::<S, f32>(&f6), S::labels(&lab, ..))),
-            sh.bind_acc(all::<S, f32>(&f5), S::acc(&mut acc4, ..)),
-            s2.bind(all::<S, f32>(&f5)),
-        ])
-        .unwrap_err(),
+    rejects!(
+        2,
+        sh.bind_acc(f(&f5), S::acc(&mut acc4, ..)),
         &["`g`", "`acc` has 4 elements, expected 5"],
     );
-    expect(
-        ex.run(&mut [
-            q.bind((all::<S, f16>(&h4), all::<S, f16>(&h4))),
-            p.bind((all::<S, f32>(&f6), S::labels(&lab, ..))),
-            sh.bind(all::<S, f32>(&f5)),
-            s2.bind(all::<S, f32>(&f5)),
-        ])
-        .unwrap_err(),
-        &["`g`", "bound without one"],
-    );
-    expect(
-        ex.run(&mut [
-            q.bind((all::<S, f16>(&h4), all::<S, f16>(&h4))),
-            p.bind((all::<S, f32>(&f6), S::labels(&lab, ..))),
-            sh.bind_acc(all::<S, f32>(&f5), S::acc(&mut acc5, ..)),
-            s2.bind_acc(all::<S, f32>(&f5), S::acc(&mut acc4, ..)),
-        ])
-        .unwrap_err(),
+    rejects!(2, sh.bind(f(&f5)), &["`g`", "bound without one"]);
+    rejects!(
+        3,
+        s2.bind_acc(f(&f5), S::acc(&mut acc4, ..)),
         &["`g2`", "bound with one"],
     );
-    expect(
-        ex.run(&mut [
-            q.bind((all::<S, f16>(&h4), all::<S, f16>(&h4))),
-            p.bind((all::<S, f32>(&f6), S::labels(&lab, ..))),
-            q.bind((all::<S, f16>(&h4), all::<S, f16>(&h4))),
-            s2.bind(all::<S, f32>(&f5)),
-        ])
-        .unwrap_err(),
+    rejects!(
+        2,
+        q.bind((h(&h4), h(&h4))),
         &["z_a", "bound twice (inputs 0 and 2)"],
     );
     // a handle of another plan
     let mut other = StatsPlan::new();
     let oq = other.sq_diff_mean("o", DType::F16, 1, 4).unwrap();
-    expect(
-        ex.run(&mut [
-            oq.bind((all::<S, f16>(&h4), all::<S, f16>(&h4))),
-            p.bind((all::<S, f32>(&f6), S::labels(&lab, ..))),
-            sh.bind_acc(all::<S, f32>(&f5), S::acc(&mut acc5, ..)),
-            s2.bind(all::<S, f32>(&f5)),
-        ])
-        .unwrap_err(),
-        &["another plan"],
-    );
+    rejects!(0, oq.bind((h(&h4), h(&h4))), &["another plan"]);
     assert!(ex.results().get(oq).is_err());
     // a statistic declared after the executor was built
     let late = plan.sq_diff_mean("late", DType::F16, 1, 4).unwrap();
-    expect(
-        ex.run(&mut [
-            late.bind((all::<S, f16>(&h4), all::<S, f16>(&h4))),
-            p.bind((all::<S, f32>(&f6), S::labels(&lab, ..))),
-            sh.bind_acc(all::<S, f32>(&f5), S::acc(&mut acc5, ..)),
-            s2.bind(all::<S, f32>(&f5)),
-        ])
-        .unwrap_err(),
-        &["statistic 4", "knows 4"],
-    );
+    rejects!(0, late.bind((h(&h4), h(&h4))), &["statistic 4", "knows 4"]);
     assert!(ex.results().get(late).is_err());
     // nothing was launched, copied or written by the failed runs
     if let (Some(c0), Some(c1)) = (c0, s.counts()) {
@@ -1416,9 +1366,7 @@ fn short_batches<S: TestStats, Z: Elem, A: Elem, L: Elem, W: Elem>(
     for &(n, w) in runs {
         let what = format!("{} {}: {n} rows (wide {w})", Z::DTYPE, L::DTYPE);
         let c0 = s.counts();
-        let r = exec
-            .run(&mut row_inputs(&max, &d, n, w, &mut acc))
-            .unwrap();
+        let r = exec.run(&mut row_inputs(&max, &d, n, w, &mut acc)).unwrap();
         if let (Some(c0), Some(c1)) = (c0, s.counts()) {
             let dc: Vec<u64> = c1.iter().zip(c0).map(|(a, b)| a - b).collect();
             assert_eq!(dc, [1, 1, 1, 0], "{what}: launches and copies");
@@ -1716,7 +1664,8 @@ mod cpu_only {
     #[test]
     fn bitwise_identical_across_thread_counts_and_runs() {
         let _g = shared();
-        let segs = Segments::from_lengths(&[3 * STATS_CHUNK + 11, 0, 1000, 2 * STATS_CHUNK]).unwrap();
+        let segs =
+            Segments::from_lengths(&[3 * STATS_CHUNK + 11, 0, 1000, 2 * STATS_CHUNK]).unwrap();
         let n = segs.total();
         let mut rng = Rng::new(9);
         let (x, _) = data::<f32>(&mut rng, n, 1.0);

@@ -40,7 +40,10 @@ pub struct Guard(
 
 /// An element a test buffer holds (the statistics' element types, labels, accumulators).
 #[cfg(feature = "cuda")]
-pub trait Item: Copy + 'static + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits {}
+pub trait Item:
+    Copy + 'static + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits
+{
+}
 #[cfg(not(feature = "cuda"))]
 pub trait Item: Copy + 'static {}
 impl Item for f32 {}
@@ -132,7 +135,10 @@ impl Stats for Oracle {
         &self.out
     }
 
-    fn run(&mut self, inputs: &mut [redreg::stats::Input<'_, Host>]) -> redreg::Result<&StatsResults> {
+    fn run(
+        &mut self,
+        inputs: &mut [redreg::stats::Input<'_, Host>],
+    ) -> redreg::Result<&StatsResults> {
         reference::run(&self.plan, inputs, &mut self.out)?;
         Ok(&self.out)
     }
@@ -206,16 +212,10 @@ impl TestStats for redreg::cuda::CudaBackend {
         v.truncate(b.len);
         v
     }
-    fn buf<T: Elem>(
-        b: &DevBuf<T>,
-        r: impl RangeBounds<usize>,
-    ) -> Buf<'_, redreg::cuda::Device> {
+    fn buf<T: Elem>(b: &DevBuf<T>, r: impl RangeBounds<usize>) -> Buf<'_, redreg::cuda::Device> {
         T::device(b.s.slice(range(r, b.len)))
     }
-    fn labels(
-        b: &DevBuf<i64>,
-        r: impl RangeBounds<usize>,
-    ) -> Labels<'_, redreg::cuda::Device> {
+    fn labels(b: &DevBuf<i64>, r: impl RangeBounds<usize>) -> Labels<'_, redreg::cuda::Device> {
         Labels(b.s.slice(range(r, b.len)))
     }
     fn acc(
