@@ -6,7 +6,7 @@
 #     selftest   f16 host conversions vs the compiler's IEEE binary16 (all 2^32 f32 values)
 #     negative   broken kernels each mode must catch (tests/emu/negative/run.sh)
 #     plain      every GPU test binary, REDREG_REQUIRE_GPU=1, default test threads, 2 devices;
-#                the NVRTC path (REDREG_FORCE_NVRTC=1) for the stats binary;
+#                the NVRTC path (REDREG_FORCE_NVRTC=1) for the stats binary's CUDA tests;
 #                the GPU bench in smoke mode
 #     address    AddressSanitizer over the kernels (exact-size allocations, 0xA5 fill)
 #     race       ThreadSanitizer over the kernels (each CUDA thread a TSan fiber)
@@ -51,7 +51,7 @@ test_binaries() { # prints "name path" for each GPU test binary (builds them)
     # check-kernels.sh build: the same build-script environment, so cargo reuses the README
     # test build (fatbins included) instead of building again (minutes).
     ${NVCC:+env REDREG_REQUIRE_NVCC=1} cargo xtask artifacts --log "$LOGS/cargo-build.log" -- test --features candle --no-run \
-        --test project --test gpu_kernels --test gpu_stats --test controller --test gpu_reliability --test gpu_isolation --test gpu_launches --test gpu_errors --test tensor_list |
+        --test project --test gpu_kernels --test stats --test controller --test gpu_reliability --test gpu_isolation --test gpu_launches --test gpu_errors --test tensor_list |
         awk '$2 == "test" { print $1, $3 }'
 }
 
@@ -210,7 +210,7 @@ for step in $STEPS; do
                 # (`cuda::` and `cuda_only::`).
                 case "$name" in
                     project) skip_here=(cuda --skip nvrtc_compiles_embedded_sources) ;;
-                    tensor_list | controller) skip_here=(cuda) ;;
+                    tensor_list | controller | stats) skip_here=(cuda) ;;
                 esac
                 case "$mode" in
                     plain)
@@ -248,7 +248,7 @@ for step in $STEPS; do
                 section "plain mode, the NVRTC path (REDREG_FORCE_NVRTC=1: PTX from the embedded sources)"
                 while read -r name bin; do
                     case "$name" in
-                        gpu_stats) REDREG_FORCE_NVRTC=1 EMU_TAG=" (NVRTC)" run_bin plain "$name" "$bin" ;;
+                        stats) REDREG_FORCE_NVRTC=1 EMU_TAG=" (NVRTC)" run_bin plain "$name" "$bin" cuda ;;
                     esac
                 done <<<"$BINS"
                 section "plain mode, the GPU bench in smoke mode (REDREG_BENCH_SMOKE=1: small layouts, one call per case)"

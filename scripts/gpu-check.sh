@@ -10,7 +10,7 @@
 #                                 kernel-loading path (default, then NVRTC forced), and
 #                                 compute-sanitizer (memcheck, racecheck, initcheck,
 #                                 synccheck) over gpu_kernels (every projection kernel) and
-#                                 gpu_stats; logs and summary.txt under $OUT. The summary
+#                                 stats (its CUDA tests); logs and summary.txt under $OUT. The summary
 #                                 keeps test failures, sanitizer findings (each tool's ERROR
 #                                 SUMMARY) and the kernel path apart. The whole run fits in
 #                                 REDREG_GPU_BUDGET_S (default 540 s; a lent GPU allows 600 s
@@ -44,7 +44,7 @@ bundle() {
     if [ -z "${NVCC:-}" ] && [ -f "$venv/redreg-cuda-env.sh" ]; then . "$venv/redreg-cuda-env.sh"; fi
     export NVCC REDREG_REQUIRE_NVCC=1 CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
     rm -rf "$BUNDLE" && mkdir -p "$BUNDLE"
-    local tests="${REDREG_BUNDLE_TESTS:-project gpu_kernels gpu_stats controller gpu_reliability gpu_isolation gpu_launches tensor_list nccl_dist}"
+    local tests="${REDREG_BUNDLE_TESTS:-project gpu_kernels stats controller gpu_reliability gpu_isolation gpu_launches tensor_list nccl_dist}"
     local args=()
     for t in $tests; do args+=(--test "$t"); done
     # nccl: the NCCL adapter test (tests/nccl_dist.rs; libnccl is loaded at run time only).
@@ -170,7 +170,8 @@ run() {
         fi
         # Files of backend_tests! bodies (tests/common/backends.rs): their CUDA tests only.
         local filter=()
-        case "$n" in test-tensor_list | test-project | test-controller) filter=(cuda) ;; esac
+        # Files of backend_tests! bodies: their CUDA tests (`cuda::…`, `cuda_only::…`).
+        case "$n" in test-tensor_list | test-project | test-controller | test-stats) filter=(cuda) ;; esac
         if REDREG_REQUIRE_GPU=1 timeout "$tb" "$t" "${filter[@]}" --nocapture >"$OUT/$n.log" 2>&1; then
             echo "PASS $n" | tee -a "$summary"
         else
@@ -212,7 +213,7 @@ run() {
     local cs
     cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
     # gpu_kernels launches every projection kernel (each dtype x k) on a small layout and
-    # gpu_stats both statistics kernels: every kernel under every tool, in seconds.
+    # stats's CUDA tests the statistics kernel: every kernel under every tool, in seconds.
     local target="$BUNDLE/test-gpu_kernels"
     if [ -n "$cs" ] && [ -x "$target" ]; then
         for tool in memcheck racecheck initcheck synccheck; do
@@ -227,8 +228,8 @@ run() {
             {
                 REDREG_REQUIRE_GPU=1 REDREG_GPU_QUICK=1 timeout "$sb" \
                     "$cs" --tool "$tool" "${tool_flags[@]}" "$target" --test-threads=1
-                [ -x "$BUNDLE/test-gpu_stats" ] && REDREG_REQUIRE_GPU=1 REDREG_GPU_QUICK=1 \
-                    timeout "$(tmo 60 10)" "$cs" --tool "$tool" "${tool_flags[@]}" "$BUNDLE/test-gpu_stats" --test-threads=1
+                [ -x "$BUNDLE/test-stats" ] && REDREG_REQUIRE_GPU=1 REDREG_GPU_QUICK=1 \
+                    timeout "$(tmo 60 10)" "$cs" --tool "$tool" "${tool_flags[@]}" "$BUNDLE/test-stats" cuda --test-threads=1
             } >"$slog" 2>&1
             local rc=$?
             local errs

@@ -8,7 +8,8 @@
 //! - `dist`: the distributed scenarios of `dist_threads.rs`, `mpi_dist.rs`, `nccl_dist.rs`;
 //! - `emu` (feature `cuda`): the emulated driver's launch and copy counters;
 //! - `gpu` (feature `cuda`): the SKIP convention and the shared backend of the GPU tests;
-//! - `ranks`: rank comparison across backends with the solve's decision margin.
+//! - `ranks`: rank comparison across backends with the solve's decision margin;
+//! - `stats`: the statistics executors under `backend_tests!` ([`stats::TestStats`]).
 #![allow(dead_code)]
 
 pub mod backends;
@@ -20,6 +21,7 @@ pub mod emu;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod ranks;
+pub mod stats;
 
 #[allow(unused_imports)]
 pub use redreg::testing::{assert_close, check_close, Rng};

@@ -124,7 +124,7 @@ mod tests {
             "warning: not JSON\n",
             r#"{"reason":"build-script-executed","package_id":"x"}"#,
             "\n",
-            r#"{"reason":"compiler-artifact","target":{"name":"gpu_stats","kind":["test"]},"profile":{"test":true},"executable":"/t/gpu_stats-1"}"#,
+            r#"{"reason":"compiler-artifact","target":{"name":"stats","kind":["test"]},"profile":{"test":true},"executable":"/t/stats-1"}"#,
             "\n",
             r#"{"reason":"compiler-artifact","target":{"name":"gpu","kind":["bench"]},"executable":"/t/gpu-2"}"#,
             "\n",
@@ -135,7 +135,7 @@ mod tests {
         );
         let got = parse(lines);
         let want = [
-            ("gpu_stats", "test", "/t/gpu_stats-1"),
+            ("stats", "test", "/t/stats-1"),
             ("gpu", "bench", "/t/gpu-2"),
             ("ddp", "example", "/t/ddp"),
             ("redreg", "test", "/t/redreg-3"),
