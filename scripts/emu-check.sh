@@ -51,7 +51,7 @@ test_binaries() { # prints "name path" for each GPU test binary (builds them)
     # check-kernels.sh build: the same build-script environment, so cargo reuses the README
     # test build (fatbins included) instead of building again (minutes).
     ${NVCC:+env REDREG_REQUIRE_NVCC=1} cargo xtask artifacts --log "$LOGS/cargo-build.log" -- test --features candle --no-run \
-        --test gpu_project --test gpu_kernels --test gpu_stats --test gpu_controller --test gpu_reliability --test gpu_isolation --test gpu_launches --test gpu_errors --test tensor_list |
+        --test gpu_project --test gpu_kernels --test gpu_stats --test gpu_controller --test gpu_reliability --test gpu_isolation --test gpu_launches --test gpu_errors --test tensor_list --test optim |
         awk '$2 == "test" { print $1, $3 }'
 }
 
@@ -209,6 +209,8 @@ for step in $STEPS; do
                 [ "$name" = gpu_project ] && skip_here=(--skip nvrtc_compiles_embedded_sources)
                 # Files of backend_tests! bodies (tests/common/backends.rs): the CUDA tests.
                 [ "$name" = tensor_list ] && skip_here=(cuda)
+                # The optimizer's one test binary: its CUDA module (tests/optim/cuda.rs).
+                [ "$name" = optim ] && skip_here=(cuda::)
                 case "$mode" in
                     plain)
                         if [ "${EMU_FULL:-0}" = 1 ]; then
