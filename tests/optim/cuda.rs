@@ -154,7 +154,7 @@ fn oracle(
     }
 }
 
-fn check_state<T: Element>(
+fn check_state(
     b: &CudaBackend,
     opt: &CudaOptimizer,
     rule: &Rule,
@@ -203,7 +203,7 @@ fn plain<T: Element>(test: &str) {
             for i in 0..LENS.len() {
                 same(&got[i], &want[i], &format!("{what} step {t} tensor {i}"));
             }
-            check_state::<T>(b, &opt, &rule, &s0, &s1, &format!("{what} step {t}"));
+            check_state(b, &opt, &rule, &s0, &s1, &format!("{what} step {t}"));
         }
     }
 }
@@ -329,7 +329,7 @@ fn corrected<T: Element>(test: &str) {
                 for i in 0..LENS.len() {
                     same(&got[i], &want[i], &format!("{what} step {t} tensor {i}"));
                 }
-                check_state::<T>(b, &opt, &rule, &s0, &s1, &format!("{what} step {t}"));
+                check_state(b, &opt, &rule, &s0, &s1, &format!("{what} step {t}"));
             }
         }
     }
