@@ -51,7 +51,7 @@ test_binaries() { # prints "name path" for each GPU test binary (builds them)
     # check-kernels.sh build: the same build-script environment, so cargo reuses the README
     # test build (fatbins included) instead of building again (minutes).
     ${NVCC:+env REDREG_REQUIRE_NVCC=1} cargo xtask artifacts --log "$LOGS/cargo-build.log" -- test --features candle --no-run \
-        --test project --test gpu_kernels --test stats --test controller --test gpu_reliability --test gpu_isolation --test gpu_launches --test gpu_errors --test tensor_list |
+        --test project --test gpu_kernels --test stats --test controller --test gpu_reliability --test gpu_isolation --test gpu_launches --test gpu_errors --test tensor_list --test optim |
         awk '$2 == "test" { print $1, $3 }'
 }
 
@@ -211,6 +211,8 @@ for step in $STEPS; do
                 case "$name" in
                     project) skip_here=(cuda --skip nvrtc_compiles_embedded_sources) ;;
                     tensor_list | controller | stats) skip_here=(cuda) ;;
+                    # The optimizer's one test binary: its CUDA module (tests/optim/cuda.rs).
+                    optim) skip_here=(cuda::) ;;
                 esac
                 case "$mode" in
                     plain)

@@ -44,7 +44,7 @@ bundle() {
     if [ -z "${NVCC:-}" ] && [ -f "$venv/redreg-cuda-env.sh" ]; then . "$venv/redreg-cuda-env.sh"; fi
     export NVCC REDREG_REQUIRE_NVCC=1 CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
     rm -rf "$BUNDLE" && mkdir -p "$BUNDLE"
-    local tests="${REDREG_BUNDLE_TESTS:-project gpu_kernels stats controller gpu_reliability gpu_isolation gpu_launches tensor_list nccl_dist}"
+    local tests="${REDREG_BUNDLE_TESTS:-project gpu_kernels stats controller gpu_reliability gpu_isolation gpu_launches tensor_list optim nccl_dist}"
     local args=()
     for t in $tests; do args+=(--test "$t"); done
     # nccl: the NCCL adapter test (tests/nccl_dist.rs; libnccl is loaded at run time only).
@@ -171,7 +171,10 @@ run() {
         # Files of backend_tests! bodies (tests/common/backends.rs): their CUDA tests only.
         local filter=()
         # Files of backend_tests! bodies: their CUDA tests (`cuda::…`, `cuda_only::…`).
-        case "$n" in test-tensor_list | test-project | test-controller | test-stats) filter=(cuda) ;; esac
+        case "$n" in
+            test-tensor_list | test-project | test-controller | test-stats) filter=(cuda) ;;
+            test-optim) filter=(cuda::) ;;
+        esac
         if REDREG_REQUIRE_GPU=1 timeout "$tb" "$t" "${filter[@]}" --nocapture >"$OUT/$n.log" 2>&1; then
             echo "PASS $n" | tee -a "$summary"
         else

@@ -109,6 +109,34 @@ abi_table! {
         /// RedReg step: the gradient is basis and destination).
         MODE_B0_OUT: i32 = 4;
     }
+    "The optimizer step: the per-tensor pointer table and the flags of kernels/optim.cu (src/optim/cuda.rs)" {
+        /// u64 words per tensor of the optimizer's pointer table: OPT_PARAM, OPT_GRAD,
+        /// OPT_S0, OPT_S1, OPT_THETA0, OPT_B1 .. OPT_B1 + 6. Element operands are biased as
+        /// PTR_WORDS' are (`address - offset(tensor) * sizeof(element)`); the f32 state is
+        /// one flat buffer over the layout, so its word is the buffer's address.
+        OPT_WORDS: usize = 12;
+        /// Slot of the parameter (read and written).
+        OPT_PARAM: usize = 0;
+        /// Slot of the gradient (read only; basis vector 0 of the correction).
+        OPT_GRAD: usize = 1;
+        /// Slot of the first f32 state (SGD's momentum buffer, AdamW's m; 0 if none).
+        OPT_S0: usize = 2;
+        /// Slot of the second f32 state (AdamW's v; 0 if none).
+        OPT_S1: usize = 3;
+        /// Slot of θ₀ (0 for a tensor without the correction).
+        OPT_THETA0: usize = 4;
+        /// Slot of the correction's basis vector 1 (the first extra one); vector j at
+        /// OPT_B1 + j - 1.
+        OPT_B1: usize = 5;
+        /// Flag: SGD with momentum (a momentum buffer).
+        OPT_MOMENTUM: i32 = 1;
+        /// Flag: SGD's Nesterov momentum.
+        OPT_NESTEROV: i32 = 2;
+        /// Flag: the first step (t = 1: SGD's buffer starts as the gradient).
+        OPT_FIRST: i32 = 4;
+        /// Flag: SGD's weight decay term (λ ≠ 0).
+        OPT_DECAY: i32 = 8;
+    }
     "Statistic kinds (kernels/stats.cu, src/stats/cuda.rs)" {
         /// Mean of (x - y)^2.
         ST_SQDIFF: u64 = 0;
@@ -186,6 +214,7 @@ const _: () = {
     assert!(ST_TASK_A < ST_TASK_WORDS && ST_TASK_START < ST_TASK_WORDS);
     assert!(ST_TASK_END < ST_TASK_WORDS);
     assert!(PTR_B0 + MAX_K == PTR_BASE && PTR_OUT + 1 == PTR_WORDS && PTR_V0 + 1 == PTR_B0);
+    assert!(OPT_B1 + MAX_K - 1 == OPT_WORDS && OPT_WORDS as u32 <= THREADS);
     assert!(ST_DESC_KIND < ST_DESC_WORDS && ST_DESC_DTYPE < ST_DESC_WORDS);
     assert!(ST_DESC_P0 < ST_DESC_WORDS && ST_DESC_P1 < ST_DESC_WORDS);
     assert!(ST_DESC_P2 < ST_DESC_WORDS && ST_DESC_N1 < ST_DESC_WORDS);

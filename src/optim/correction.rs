@@ -5,7 +5,9 @@ use crate::project::{Beta, ProjectOptions, Projection, TensorList};
 use crate::{Error, Result};
 
 /// The RedReg correction of one step, for one encoder: the tensors
-/// `first .. first + theta0.len()` of the optimizer's list. The step uses, per tensor,
+/// `first .. first + theta0.len()` of the optimizer's list, each a buffer `B` of the
+/// optimizer's memory (`&[T]` for [`crate::optim::Optimizer`], `CudaView<'_, T>` for
+/// `CudaOptimizer`). The step uses, per tensor,
 ///
 /// ```text
 /// g + β·(d − P d),   d = θ − θ₀ (formed in f64),   P onto span{g, extra…}
@@ -15,24 +17,24 @@ use crate::{Error, Result};
 /// formed in f64 inside the optimizer's pass and never written (nor rounded). Pass 1 and the
 /// per-tensor solve are the projection's own (the same partials, coefficients and ranks).
 #[derive(Clone, Debug)]
-pub struct Correction<'a, T> {
+pub struct Correction<'a, B> {
     /// Index of the encoder's first tensor in the optimizer's list.
     pub first: usize,
     /// θ₀ (the parameters at the epoch start), one slice per encoder tensor.
-    pub theta0: Vec<&'a [T]>,
+    pub theta0: Vec<B>,
     /// Extra basis vectors after the gradient (each a list over the encoder's tensors):
     /// the controller's `JointBasis::GradientAnd`. Empty for the script's rank 1.
-    pub extra: Vec<Vec<&'a [T]>>,
+    pub extra: Vec<Vec<B>>,
     /// β: one value, or one per encoder tensor.
     pub beta: Beta<'a>,
     /// The projection's rank threshold and ridge.
     pub opts: ProjectOptions,
 }
 
-impl<'a, T> Correction<'a, T> {
+impl<'a, B> Correction<'a, B> {
     /// The script's correction (`P` onto `span{g}`, default options) with factor `beta`
     /// for the encoder whose tensors start at `first`.
-    pub fn new(first: usize, theta0: Vec<&'a [T]>, beta: impl Into<Beta<'a>>) -> Self {
+    pub fn new(first: usize, theta0: Vec<B>, beta: impl Into<Beta<'a>>) -> Self {
         Correction {
             first,
             theta0,
@@ -43,7 +45,7 @@ impl<'a, T> Correction<'a, T> {
     }
 
     /// Adds extra basis vectors (`span{g, extra…}`, at most 7).
-    pub fn extra(mut self, extra: Vec<Vec<&'a [T]>>) -> Self {
+    pub fn extra(mut self, extra: Vec<Vec<B>>) -> Self {
         self.extra = extra;
         self
     }
@@ -70,7 +72,9 @@ impl<'a, T> Correction<'a, T> {
             }),
         }
     }
+}
 
+impl<'a, T> Correction<'a, &[T]> {
     /// The projection this correction stands for, over the encoder's parameters `theta`
     /// and gradients `grad` (read only: pass 1 reads the gradient as basis vector 0).
     pub(crate) fn projection<'b>(

@@ -96,7 +96,7 @@ impl Optimizer {
         be: &CpuBackend,
         params: &mut [&mut [T]],
         grads: &[&[T]],
-        c: &Correction<'_, T>,
+        c: &Correction<'_, &[T]>,
     ) -> Result<Vec<u32>> {
         self.check_lists(params, grads)?;
         let r = c.range(self.lens.len())?;

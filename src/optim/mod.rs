@@ -3,7 +3,9 @@
 //!
 //! This module holds the arguments ([`Sgd`], [`AdamW`], [`Correction`]) and their checks;
 //! [`mod@reference`] is the f64 oracle that every backend's pass is tested against; the CPU
-//! pass is [`Optimizer`]. A corrected step ([`Optimizer::step_cpu_corrected`]) runs the
+//! pass is [`Optimizer`], the CUDA one `CudaOptimizer` (feature `cuda`, `kernels/optim.cu`:
+//! one launch for every tensor; a corrected step is the projection's pass 1 plus that
+//! launch), its twin with the state on the device. A corrected step ([`Optimizer::step_cpu_corrected`]) runs the
 //! projection's pass 1 and per-tensor solve over the corrected encoder, then the same
 //! single pass as the plain step, which forms `g + β·(d − P d)` in f64 per element and uses
 //! it without writing it: pass 1 (θ, θ₀, g) plus the optimizer's own pass plus one read of
@@ -27,10 +29,14 @@
 
 mod correction;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod reference;
 
 pub use correction::Correction;
 pub use cpu::Optimizer;
+#[cfg(feature = "cuda")]
+pub use cuda::CudaOptimizer;
 
 use crate::{Error, Result};
 

@@ -19,8 +19,8 @@ use crate::project::{
 };
 use crate::segments::{chunk_tasks, Segments};
 use cudarc::driver::{
-    CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig,
-    PushKernelArg, SyncOnDrop,
+    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceSlice,
+    LaunchConfig, PushKernelArg, SyncOnDrop,
 };
 
 const MODULE: &str = "project";
@@ -151,6 +151,35 @@ impl<T, B: DevicePtr<T> + DeviceSlice<T>> Operand<T> for TensorList<B> {
     }
 }
 
+/// A destination buffer: writable views give their address with cudarc's write event; a
+/// read-only view can stand as the destination only when nothing writes it (pass 1 of the
+/// optimizer's corrected step reads the gradient as the implicit basis vector 0: `Dest::Read`).
+pub(crate) trait DestBuf<T>: DevicePtr<T> + DeviceSlice<T> {
+    /// The address to write through, `None` for a read-only view.
+    fn ptr_mut<'s>(
+        &'s mut self,
+        stream: &'s std::sync::Arc<CudaStream>,
+    ) -> Option<(u64, SyncOnDrop<'s>)>;
+}
+
+impl<T> DestBuf<T> for CudaViewMut<'_, T> {
+    fn ptr_mut<'s>(
+        &'s mut self,
+        stream: &'s std::sync::Arc<CudaStream>,
+    ) -> Option<(u64, SyncOnDrop<'s>)> {
+        Some(self.device_ptr_mut(stream))
+    }
+}
+
+impl<T> DestBuf<T> for CudaView<'_, T> {
+    fn ptr_mut<'s>(
+        &'s mut self,
+        _: &'s std::sync::Arc<CudaStream>,
+    ) -> Option<(u64, SyncOnDrop<'s>)> {
+        None
+    }
+}
+
 /// How a launch uses the destination.
 enum Dest<'g, D> {
     /// Written (cudarc's write event, checked against every input).
@@ -216,7 +245,7 @@ impl<'g> Collect<'g, '_> {
     /// The destination in the table slots `slots`; returns its kernel parameter.
     fn dst<T, D: Operand<T>>(&mut self, slots: &[usize], d: Dest<'g, D>) -> Result<u64>
     where
-        D::Buf: DevicePtrMut<T> + 'g,
+        D::Buf: DestBuf<T> + 'g,
     {
         let backend = self.backend;
         let is_out = !matches!(d, Dest::Read(_));
@@ -226,7 +255,9 @@ impl<'g> Collect<'g, '_> {
                 for (s, b) in d.bufs_mut().iter_mut().enumerate() {
                     backend.check_context("out", &*b)?;
                     let bytes = b.len() as u64 * self.size;
-                    let (a, g) = b.device_ptr_mut(&backend.stream);
+                    let (a, g) = b
+                        .ptr_mut(&backend.stream)
+                        .ok_or_else(|| invalid("out", "a read-only buffer as the destination"))?;
                     self.keep(slots, s, a, g);
                     ranges.push((a, bytes));
                 }
@@ -695,7 +726,7 @@ impl CudaBackend {
     ) -> Result<(Operands, Option<Vec<u64>>)>
     where
         S::Buf: 'g,
-        D::Buf: DevicePtrMut<T> + 'g,
+        D::Buf: DestBuf<T> + 'g,
     {
         let mut c = Collect {
             backend: self,
@@ -746,7 +777,7 @@ impl CudaBackend {
         mut p: Projection<'_, S, D>,
     ) -> Result<DeviceRanks>
     where
-        D::Buf: DevicePtrMut<T>,
+        D::Buf: DestBuf<T>,
     {
         p.validate(segs)?;
         let (alpha, beta, opts) = (p.alpha, p.beta, p.opts);
@@ -786,6 +817,37 @@ impl CudaBackend {
             Some((_, dev)) => Ok(dev.device_ptr(&self.stream).0),
             None => Err(crate::Error::Cuda("internal: no pointer table".into())),
         }
+    }
+
+    /// Pass 1 of a tensor-list projection with the per-segment reduce and solve folded in
+    /// (one launch, `launch_partials` as in `project_list`), then `f` with the coefficients
+    /// on the device (k f64 per segment, segment order) while the layout's workspace is
+    /// held, so that `f` can queue a launch reading them. The CUDA twin of
+    /// `CpuBackend::coefficients_list` (the optimizer's corrected step, `src/optim/cuda.rs`).
+    /// Validation and the buffer checks run before anything is launched.
+    pub(crate) fn coefficients_list<'a, T: Element, R>(
+        &self,
+        segs: &Segments,
+        p: &Projection<'_, TensorList<CudaView<'a, T>>, TensorList<CudaView<'a, T>>>,
+        f: impl FnOnce(&CudaSlice<f64>) -> Result<R>,
+    ) -> Result<(R, DeviceRanks)> {
+        let k = p.validate(segs)?;
+        let opts = p.opts;
+        let mut guards = Vec::new();
+        let (ops, table) = self.operands(segs, p.as_ref().map(|s| s, Dest::Read), &mut guards)?;
+        let mut ranks = DeviceRanks::zeros(&self.stream, segs.len())?;
+        let r = self.with_workspace(segs, |ws| {
+            let ops = match &table {
+                Some(t) => ops.with_table(self.upload_table(ws, t)?),
+                None => ops,
+            };
+            if k > 0 {
+                let solve = Some((opts.tol, opts.ridge, &mut ranks));
+                self.launch_partials::<T>(ws, &ops, solve)?;
+            }
+            f(&ws.coef)
+        })?;
+        Ok((r, ranks))
     }
 
     /// Loads every kernel of module `project` (fails on the first missing symbol): at

@@ -422,7 +422,7 @@ fn bad_input_writes_nothing() {
         .collect();
     let wrong_beta = [1.0; 4];
     let nine: Vec<Vec<&[f32]>> = (0..8).map(|_| refs(&m.extra[0])).collect();
-    let bad: Vec<(&str, Correction<'_, f32>)> = vec![
+    let bad: Vec<(&str, Correction<'_, &[f32]>)> = vec![
         ("beta", Correction::new(FIRST, th0.clone(), f64::NAN)),
         ("beta", Correction::new(FIRST, th0.clone(), f64::INFINITY)),
         ("beta", Correction::new(FIRST, th0.clone(), &wrong_beta[..])),

@@ -1,0 +1,594 @@
+//! The CUDA optimizer step (`CudaOptimizer`, `kernels/optim.cu`) against the f64 oracle, on
+//! a GPU or the emulated driver (tests/emu); without either every test prints `SKIP`
+//! (`REDREG_REQUIRE_GPU=1` makes that fail: tests/common/gpu.rs).
+//!
+//! - Plain step: bit for bit `reference::{sgd_step, adamw_step}` for every dtype, SGD (no
+//!   momentum, momentum with dampening, Nesterov with weight decay, the script's) and
+//!   AdamW (two settings), steps 1..3, parameters and state.
+//! - Corrected step: bit for bit the oracle given the same pass-1 partials (the CUDA
+//!   projection's own, from `Backend::partials` on the encoder packed flat: the same chunk
+//!   table, hence the same bits as the tensor list), k = 1 and 3, scalar and per-tensor β;
+//!   the ranks are the oracle's; tensors outside the encoder take the plain step.
+//! - Repeated runs give the same bits; bad input is `Err` with nothing written; launch
+//!   counts on the emulated driver: 120 tensors, plain step 1 launch, corrected 2.
+//!
+//! The tests share one lock: the launch-count test reads process-wide counters.
+
+#[path = "../common/emu.rs"]
+mod emu;
+#[path = "../common/gpu.rs"]
+mod gpu;
+
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+use redreg::cuda::CudaBackend;
+use redreg::optim::reference::{adamw_step, corrected_grads, sgd_step, widen};
+use redreg::optim::{AdamW, Correction, CudaOptimizer, Rule, Sgd};
+use redreg::testing::elements;
+use redreg::{bf16, f16, Backend, Beta, Element, Partials, ProjectOptions, Projection, Segments};
+use std::sync::Mutex;
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Plain tensors around an encoder (tensors `FIRST..FIRST + ENC`) holding a one-element
+/// tensor (length ≤ k), an empty one and one of three chunks (RR_CHUNK = 16384).
+const LENS: [usize; 8] = [5, 0, 1, 37, 1000, 40000, 64, 300];
+const FIRST: usize = 2;
+const ENC: usize = 5;
+
+fn rules() -> Vec<Rule> {
+    vec![
+        Rule::Sgd(Sgd::new(0.05)),
+        Rule::Sgd(Sgd {
+            momentum: 0.9,
+            dampening: 0.1,
+            ..Sgd::new(0.05)
+        }),
+        Rule::Sgd(Sgd {
+            momentum: 0.8,
+            nesterov: true,
+            weight_decay: 1e-2,
+            ..Sgd::new(0.05)
+        }),
+        Rule::Sgd(Sgd::script(0.01)),
+        Rule::AdamW(AdamW::default()),
+        Rule::AdamW(AdamW {
+            lr: 0.02,
+            beta1: 0.5,
+            beta2: 0.9,
+            eps: 1e-6,
+            weight_decay: 0.1,
+        }),
+    ]
+}
+
+fn up<T: Element>(b: &CudaBackend, x: &[T]) -> CudaSlice<T> {
+    // A zero-length allocation is valid for cudarc; keep at least one element so that every
+    // tensor has its own address.
+    if x.is_empty() {
+        return b.stream().alloc_zeros::<T>(1).unwrap();
+    }
+    b.stream().clone_htod(x).unwrap()
+}
+
+fn down<T: Element>(b: &CudaBackend, x: &CudaSlice<T>, n: usize) -> Vec<T> {
+    if n == 0 {
+        return Vec::new();
+    }
+    b.stream().clone_dtoh(&x.slice(0..n)).unwrap()
+}
+
+fn ups<T: Element>(b: &CudaBackend, x: &[Vec<T>]) -> Vec<CudaSlice<T>> {
+    x.iter().map(|v| up(b, v)).collect()
+}
+
+fn views<'a, T>(x: &'a [CudaSlice<T>], lens: &[usize]) -> Vec<CudaView<'a, T>> {
+    x.iter().zip(lens).map(|(s, &n)| s.slice(0..n)).collect()
+}
+
+fn views_mut<'a, T>(x: &'a mut [CudaSlice<T>], lens: &[usize]) -> Vec<CudaViewMut<'a, T>> {
+    x.iter_mut()
+        .zip(lens)
+        .map(|(s, &n)| s.slice_mut(0..n))
+        .collect()
+}
+
+fn downs<T: Element>(b: &CudaBackend, x: &[CudaSlice<T>], lens: &[usize]) -> Vec<Vec<T>> {
+    x.iter().zip(lens).map(|(s, &n)| down(b, s, n)).collect()
+}
+
+fn refs<T>(x: &[Vec<T>]) -> Vec<&[T]> {
+    x.iter().map(|v| v.as_slice()).collect()
+}
+
+/// Bits of every element (f16/bf16 widen exactly, so f64 bits identify the value).
+fn bits<T: Element>(x: &[T]) -> Vec<u64> {
+    x.iter().map(|v| v.to_f64().to_bits()).collect()
+}
+
+fn same<T: Element>(got: &[T], want: &[T], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) =
+        (0..got.len()).find(|&i| got[i].to_f64().to_bits() != want[i].to_f64().to_bits())
+    {
+        panic!(
+            "{what}: element {i} of {}: got {}, want {}",
+            got.len(),
+            got[i].to_f64(),
+            want[i].to_f64()
+        );
+    }
+}
+
+fn grads<T: Element>(step: u64) -> Vec<Vec<T>> {
+    LENS.iter()
+        .enumerate()
+        .map(|(i, &n)| elements(n, 100 * step + i as u64, 0.2))
+        .collect()
+}
+
+fn theta<T: Element>() -> Vec<Vec<T>> {
+    LENS.iter()
+        .enumerate()
+        .map(|(i, &n)| elements(n, 10 + i as u64, 1.0))
+        .collect()
+}
+
+/// The oracle's step on every tensor with the given f64 gradients.
+fn oracle(
+    rule: &Rule,
+    t: u64,
+    th: &mut [Vec<impl Element>],
+    g: &[Vec<f64>],
+    s0: &mut [Vec<f32>],
+    s1: &mut [Vec<f32>],
+) {
+    for i in 0..th.len() {
+        match rule {
+            Rule::Sgd(p) => sgd_step(p, t, &mut th[i], &g[i], &mut s0[i]).unwrap(),
+            Rule::AdamW(p) => adamw_step(p, t, &mut th[i], &g[i], &mut s0[i], &mut s1[i]).unwrap(),
+        }
+    }
+}
+
+fn check_state(
+    b: &CudaBackend,
+    opt: &CudaOptimizer,
+    rule: &Rule,
+    s0: &[Vec<f32>],
+    s1: &[Vec<f32>],
+    what: &str,
+) {
+    for i in 0..LENS.len() {
+        let (a, c) = opt.state(b, i).unwrap().unwrap();
+        let has0 = !matches!(rule, Rule::Sgd(p) if p.momentum == 0.0);
+        if has0 {
+            same(&a, &s0[i], &format!("{what}: state 0 of tensor {i}"));
+        } else {
+            assert!(a.is_empty());
+        }
+        if matches!(rule, Rule::AdamW(_)) {
+            same(&c, &s1[i], &format!("{what}: state 1 of tensor {i}"));
+        } else {
+            assert!(c.is_empty());
+        }
+    }
+    assert!(opt.state(b, LENS.len()).unwrap().is_none());
+}
+
+fn plain<T: Element>(test: &str) {
+    let _l = lock();
+    let Some(b) = gpu::backend(test) else {
+        return;
+    };
+    for rule in rules() {
+        let what = format!("{} {rule:?}", T::DTYPE);
+        let mut opt = CudaOptimizer::new(b, rule, &LENS).unwrap();
+        let mut want = theta::<T>();
+        let mut dev = ups(b, &want);
+        let mut s0: Vec<Vec<f32>> = LENS.iter().map(|&n| vec![0.0; n]).collect();
+        let mut s1 = s0.clone();
+        for t in 1..=3u64 {
+            let g = grads::<T>(t);
+            let gw: Vec<Vec<f64>> = g.iter().map(|x| widen(x)).collect();
+            oracle(&rule, t, &mut want, &gw, &mut s0, &mut s1);
+            let gd = ups(b, &g);
+            let mut pv = views_mut(&mut dev, &LENS);
+            opt.step(b, &mut pv, &views(&gd, &LENS)).unwrap();
+            assert_eq!(opt.steps(), t);
+            let got = downs(b, &dev, &LENS);
+            for i in 0..LENS.len() {
+                same(&got[i], &want[i], &format!("{what} step {t} tensor {i}"));
+            }
+            check_state(b, &opt, &rule, &s0, &s1, &format!("{what} step {t}"));
+        }
+    }
+}
+
+#[test]
+fn plain_step_matches_the_oracle_f32() {
+    plain::<f32>("plain_step_matches_the_oracle_f32");
+}
+
+#[test]
+fn plain_step_matches_the_oracle_f16() {
+    plain::<f16>("plain_step_matches_the_oracle_f16");
+}
+
+#[test]
+fn plain_step_matches_the_oracle_bf16() {
+    plain::<bf16>("plain_step_matches_the_oracle_bf16");
+}
+
+/// The encoder's data: θ₀ near θ, extra basis vectors.
+struct Enc<T> {
+    theta0: Vec<Vec<T>>,
+    extra: Vec<Vec<Vec<T>>>,
+}
+
+fn enc<T: Element>(th: &[Vec<T>], extras: usize) -> Enc<T> {
+    let theta0 = (0..ENC)
+        .map(|s| {
+            let d: Vec<f64> = redreg::testing::signed_vec(LENS[FIRST + s], 50 + s as u64, 0.05);
+            th[FIRST + s]
+                .iter()
+                .zip(d)
+                .map(|(x, d)| T::from_f64(x.to_f64() + d))
+                .collect()
+        })
+        .collect();
+    let extra = (0..extras)
+        .map(|j| {
+            (0..ENC)
+                .map(|s| elements(LENS[FIRST + s], 70 + 10 * j as u64 + s as u64, 0.3))
+                .collect()
+        })
+        .collect();
+    Enc { theta0, extra }
+}
+
+/// The CUDA projection's pass-1 partials of the encoder's drift projection, on the encoder
+/// packed flat (bit for bit the tensor list's: the same chunk table, docs/numerics.md).
+fn cuda_partials<T: Element>(b: &CudaBackend, th: &[Vec<T>], e: &Enc<T>, g: &[Vec<T>]) -> Partials {
+    let segs = Segments::from_lengths(&LENS[FIRST..FIRST + ENC]).unwrap();
+    let r = FIRST..FIRST + ENC;
+    let flat = |x: &[Vec<T>]| -> CudaSlice<T> { up(b, &x.concat()) };
+    let (tv, t0v, mut gv) = (flat(&th[r.clone()]), flat(&e.theta0), flat(&g[r.clone()]));
+    let ex: Vec<CudaSlice<T>> = e.extra.iter().map(|x| flat(x)).collect();
+    let n = segs.total();
+    let p = Projection::drift(
+        tv.slice(0..n),
+        t0v.slice(0..n),
+        ex.iter().map(|x| x.slice(0..n)),
+        gv.slice_mut(0..n),
+    );
+    b.partials(&segs, &p).unwrap()
+}
+
+fn corrected<T: Element>(test: &str) {
+    let _l = lock();
+    let Some(b) = gpu::backend(test) else {
+        return;
+    };
+    let betas = [1.5, 0.0, 1.9, 1.2, 1.7];
+    for rule in rules() {
+        for (extras, per_tensor) in [(0, false), (2, true)] {
+            let what = format!(
+                "{} {rule:?} k={} per-tensor β {per_tensor}",
+                T::DTYPE,
+                extras + 1
+            );
+            let mut opt = CudaOptimizer::new(b, rule, &LENS).unwrap();
+            let mut want = theta::<T>();
+            let e = enc(&want, extras);
+            let mut dev = ups(b, &want);
+            let t0d = ups(b, &e.theta0);
+            let exd: Vec<Vec<CudaSlice<T>>> = e.extra.iter().map(|x| ups(b, x)).collect();
+            let beta = if per_tensor {
+                Beta::PerSegment(&betas)
+            } else {
+                Beta::Scalar(1.5)
+            };
+            let mut s0: Vec<Vec<f32>> = LENS.iter().map(|&n| vec![0.0; n]).collect();
+            let mut s1 = s0.clone();
+            for t in 1..=3u64 {
+                let g = grads::<T>(t);
+                let parts = cuda_partials(b, &want, &e, &g);
+                let r = FIRST..FIRST + ENC;
+                let exr: Vec<Vec<&[T]>> = e.extra.iter().map(|x| refs(x)).collect();
+                let (gc, ranks) = corrected_grads(
+                    &parts,
+                    &refs(&want[r.clone()]),
+                    &refs(&e.theta0),
+                    &refs(&g[r.clone()]),
+                    &exr,
+                    beta,
+                    &ProjectOptions::default(),
+                )
+                .unwrap();
+                let mut gw: Vec<Vec<f64>> = g.iter().map(|x| widen(x)).collect();
+                for (s, x) in gc.into_iter().enumerate() {
+                    gw[FIRST + s] = x;
+                }
+                oracle(&rule, t, &mut want, &gw, &mut s0, &mut s1);
+
+                let gd = ups(b, &g);
+                let c = Correction::new(FIRST, views(&t0d, &LENS[r.clone()]), beta)
+                    .extra(exd.iter().map(|x| views(x, &LENS[r.clone()])).collect());
+                let mut pv = views_mut(&mut dev, &LENS);
+                let got_ranks = opt
+                    .step_corrected(b, &mut pv, &views(&gd, &LENS), &c)
+                    .unwrap()
+                    .to_vec()
+                    .unwrap();
+                assert_eq!(got_ranks, ranks, "{what} step {t}: ranks");
+                let got = downs(b, &dev, &LENS);
+                for i in 0..LENS.len() {
+                    same(&got[i], &want[i], &format!("{what} step {t} tensor {i}"));
+                }
+                check_state(b, &opt, &rule, &s0, &s1, &format!("{what} step {t}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn corrected_step_matches_the_oracle_f32() {
+    corrected::<f32>("corrected_step_matches_the_oracle_f32");
+}
+
+#[test]
+fn corrected_step_matches_the_oracle_f16() {
+    corrected::<f16>("corrected_step_matches_the_oracle_f16");
+}
+
+#[test]
+fn corrected_step_matches_the_oracle_bf16() {
+    corrected::<bf16>("corrected_step_matches_the_oracle_bf16");
+}
+
+/// The same steps from the same start twice: the same bits (parameters and state).
+#[test]
+fn repeated_runs_give_the_same_bits() {
+    let _l = lock();
+    let Some(b) = gpu::backend("repeated_runs_give_the_same_bits") else {
+        return;
+    };
+    let run = || {
+        let rule = Rule::AdamW(AdamW::default());
+        let mut opt = CudaOptimizer::new(b, rule, &LENS).unwrap();
+        let th = theta::<bf16>();
+        let e = enc(&th, 1);
+        let mut dev = ups(b, &th);
+        let t0d = ups(b, &e.theta0);
+        let exd: Vec<Vec<CudaSlice<bf16>>> = e.extra.iter().map(|x| ups(b, x)).collect();
+        for t in 1..=3u64 {
+            let gd = ups(b, &grads::<bf16>(t));
+            let r = FIRST..FIRST + ENC;
+            let c = Correction::new(FIRST, views(&t0d, &LENS[r.clone()]), 1.5)
+                .extra(exd.iter().map(|x| views(x, &LENS[r.clone()])).collect());
+            let mut pv = views_mut(&mut dev, &LENS);
+            opt.step_corrected(b, &mut pv, &views(&gd, &LENS), &c)
+                .unwrap();
+        }
+        let states: Vec<_> = (0..LENS.len())
+            .map(|i| opt.state(b, i).unwrap().unwrap())
+            .collect();
+        (
+            downs(b, &dev, &LENS)
+                .iter()
+                .map(|x| bits(x))
+                .collect::<Vec<_>>(),
+            format!("{states:?}"),
+        )
+    };
+    let first = run();
+    for _ in 0..2 {
+        assert!(run() == first, "a repeated run changed the bits");
+    }
+}
+
+/// Bad input: `Err`, with the parameters, the state and the step count unchanged.
+#[test]
+fn bad_input_writes_nothing() {
+    use cudarc::driver::DevicePtr;
+    use redreg::cuda::ForeignSlice;
+    let _l = lock();
+    let Some(b) = gpu::backend("bad_input_writes_nothing") else {
+        return;
+    };
+    let rule = Rule::Sgd(Sgd::script(0.1));
+    let mut opt = CudaOptimizer::new(b, rule, &LENS).unwrap();
+    let th = theta::<f32>();
+    let e = enc(&th, 0);
+    let mut dev = ups(b, &th);
+    let gd = ups(b, &grads::<f32>(1));
+    let t0d = ups(b, &e.theta0);
+    // One good step first, so that the state holds something to keep.
+    {
+        let mut pv = views_mut(&mut dev, &LENS);
+        opt.step(b, &mut pv, &views(&gd, &LENS)).unwrap();
+    }
+    let before = downs(b, &dev, &LENS);
+    let state: Vec<_> = (0..LENS.len()).map(|i| opt.state(b, i).unwrap()).collect();
+    let unchanged = |opt: &CudaOptimizer, dev: &[CudaSlice<f32>], what: &str| {
+        assert_eq!(opt.steps(), 1, "{what}: step count");
+        let now = downs(b, dev, &LENS);
+        for i in 0..LENS.len() {
+            same(&now[i], &before[i], &format!("{what}: tensor {i}"));
+            assert!(opt.state(b, i).unwrap() == state[i], "{what}: state {i}");
+        }
+    };
+    let r = FIRST..FIRST + ENC;
+    let mut errs: Vec<(&str, redreg::Error)> = Vec::new();
+    {
+        // Lists of another layout.
+        let mut pv = views_mut(&mut dev, &LENS);
+        let gv = views(&gd, &LENS);
+        errs.push(("count", opt.step(b, &mut pv[1..], &gv[1..]).unwrap_err()));
+        let short = gd[4].slice(0..LENS[4] - 1);
+        let mut gv2 = views(&gd, &LENS);
+        gv2[4] = short;
+        errs.push(("length", opt.step(b, &mut pv, &gv2).unwrap_err()));
+        // Corrections the projection rejects, or that do not fit the list.
+        let bad: Vec<(&str, Correction<'_, CudaView<'_, f32>>)> = vec![
+            (
+                "beta NaN",
+                Correction::new(FIRST, views(&t0d, &LENS[r.clone()]), f64::NAN),
+            ),
+            (
+                "out of the list",
+                Correction::new(LENS.len() - 2, views(&t0d, &LENS[r.clone()]), 1.0),
+            ),
+            (
+                "theta0 length",
+                Correction::new(FIRST + 1, views(&t0d, &LENS[r.clone()]), 1.0),
+            ),
+            (
+                "k > 8",
+                Correction::new(FIRST, views(&t0d, &LENS[r.clone()]), 1.0)
+                    .extra((0..8).map(|_| views(&t0d, &LENS[r.clone()])).collect()),
+            ),
+        ];
+        for (what, c) in &bad {
+            errs.push((what, opt.step_corrected(b, &mut pv, &gv, c).unwrap_err()));
+        }
+    }
+    unchanged(&opt, &dev, "lists and corrections");
+    // A parameter that aliases a gradient (two views of one allocation).
+    {
+        let mem = up(b, &th[3]);
+        let addr = mem.device_ptr(b.stream()).0;
+        // SAFETY: both views cover `mem` (LENS[3] f32), which outlives them.
+        let (mut p_alias, g_alias) = unsafe {
+            (
+                ForeignSlice::<f32>::new(b, addr, LENS[3]).unwrap(),
+                ForeignSlice::<f32>::new(b, addr, LENS[3]).unwrap(),
+            )
+        };
+        let mut pv = views_mut(&mut dev, &LENS);
+        pv[3] = p_alias.view_mut();
+        let mut gv = views(&gd, &LENS);
+        gv[3] = g_alias.view();
+        let e = opt.step(b, &mut pv, &gv).unwrap_err();
+        assert!(e.to_string().contains("overlaps"), "{e}");
+        drop(pv);
+        assert_eq!(
+            down(b, &mem, LENS[3]),
+            th[3],
+            "the aliased parameter was written"
+        );
+    }
+    unchanged(&opt, &dev, "aliasing");
+    for (what, e) in &errs {
+        assert!(!e.to_string().is_empty(), "{what}");
+    }
+    // A buffer on another device (the emulated driver's EMU_DEVICES=2, or 2 GPUs).
+    let devices = cudarc::driver::CudaContext::device_count().unwrap_or(1);
+    if devices < 2 {
+        gpu::skip(
+            "bad_input_writes_nothing (another device)",
+            "REDREG_REQUIRE_2_DEVICES",
+            &format!("needs 2 devices, found {devices}"),
+        );
+        return;
+    }
+    let other = CudaBackend::new(1).unwrap();
+    let g_other = ups(&other, &grads::<f32>(1));
+    {
+        let mut pv = views_mut(&mut dev, &LENS);
+        let e = opt.step(b, &mut pv, &views(&g_other, &LENS)).unwrap_err();
+        assert!(e.to_string().contains("context"), "{e}");
+        // The optimizer's state lives on device 0: a step through device 1's backend is Err.
+        let e = opt.step(&other, &mut pv, &views(&gd, &LENS)).unwrap_err();
+        assert!(e.to_string().contains("context"), "{e}");
+    }
+    unchanged(&opt, &dev, "another device");
+}
+
+/// Launch counts on the emulated driver: 120 tensors of a ResNet-18 audio-visual pair's
+/// layout, plain step = 1 launch, corrected step (the audio encoder) = pass 1 + 1.
+#[test]
+fn launch_counts_on_the_emulated_driver() {
+    let _l = lock();
+    let Some(b) = gpu::backend("launch_counts_on_the_emulated_driver") else {
+        return;
+    };
+    let c = match emu::Counters::open() {
+        Ok(c) => c,
+        Err(reason) => {
+            gpu::skip(
+                "launch_counts_on_the_emulated_driver",
+                "REDREG_REQUIRE_EMU",
+                &reason,
+            );
+            return;
+        }
+    };
+    let (audio, visual) = redreg::testing::layouts::resnet18_av_pair();
+    let quick = std::env::var("REDREG_GPU_QUICK").is_ok_and(|v| v == "1");
+    // The tensor count is what is measured; quick mode shrinks each tensor (the same
+    // count) so that the emulator runs few blocks.
+    let lens: Vec<usize> = audio
+        .iter()
+        .chain(&visual)
+        .map(|s| {
+            let n: usize = s.iter().product();
+            if quick {
+                n.min(3000)
+            } else {
+                n
+            }
+        })
+        .take(120)
+        .collect();
+    assert_eq!(lens.len(), 120, "the layouts give at least 120 tensors");
+    let n_audio = audio.len().min(120);
+    let th: Vec<Vec<f32>> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| elements(n, i as u64, 1.0))
+        .collect();
+    let g: Vec<Vec<f32>> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| elements(n, 500 + i as u64, 0.1))
+        .collect();
+    let mut dev = ups(b, &th);
+    let gd = ups(b, &g);
+    let t0d = ups(b, &th[..n_audio]);
+    let mut opt = CudaOptimizer::new(b, Rule::AdamW(AdamW::default()), &lens).unwrap();
+    let mut pv = views_mut(&mut dev, &lens);
+    let gv = views(&gd, &lens);
+    // Warm-up: module loading, the pointer table's first upload.
+    opt.step(b, &mut pv, &gv).unwrap();
+    b.stream().synchronize().unwrap();
+    let c0 = c.now();
+    opt.step(b, &mut pv, &gv).unwrap();
+    b.stream().synchronize().unwrap();
+    let plain = c.now() - c0;
+    let corr = Correction::new(0, views(&t0d, &lens[..n_audio]), 1.5);
+    opt.step_corrected(b, &mut pv, &gv, &corr).unwrap();
+    b.stream().synchronize().unwrap();
+    let c1 = c.now();
+    opt.step_corrected(b, &mut pv, &gv, &corr).unwrap();
+    b.stream().synchronize().unwrap();
+    let corrected = c.now() - c1;
+    eprintln!(
+        "optimizer launches, 120 tensors ({n_audio} corrected): plain {plain:?}, corrected {corrected:?}"
+    );
+    assert_eq!(plain.launches, 1, "plain step: one launch for 120 tensors");
+    assert_eq!(
+        plain.htod + plain.dtoh,
+        0,
+        "plain step: no copy with unchanged pointers"
+    );
+    assert_eq!(
+        corrected.launches, 2,
+        "corrected step: pass 1 + the optimizer's launch"
+    );
+    assert_eq!(corrected.dtoh, 0, "corrected step: no device-to-host copy");
+}
