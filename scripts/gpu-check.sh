@@ -168,9 +168,9 @@ run() {
         if [ "$tb" = 0 ]; then
             echo "SKIP $n (time budget spent)" | tee -a "$summary"; status=1; continue
         fi
-        # Files of backend_tests! bodies (tests/common/backends.rs): their CUDA tests only.
+        # Files of backend_tests! bodies (tests/common/backends.rs): their CUDA tests only
+        # (`cuda::…`, `cuda_only::…`); the optimizer's binary: its `cuda::` module.
         local filter=()
-        # Files of backend_tests! bodies: their CUDA tests (`cuda::…`, `cuda_only::…`).
         case "$n" in
             test-tensor_list | test-project | test-controller | test-stats) filter=(cuda) ;;
             test-optim) filter=(cuda::) ;;
