@@ -26,9 +26,9 @@ mod sealed {
 /// functions are the interface.
 pub trait TensorMemory: Memory + Sized + sealed::Sealed {
     /// The projection backend of this memory ([`CpuBackend`], `CudaBackend`).
-    type Backend: Backend<Memory = Self>;
+    type Backend: Backend<Memory = Self> + std::fmt::Debug + Send;
     /// The statistics executor of this memory ([`CpuStats`], `CudaStats`).
-    type Stats: Stats<Memory = Self>;
+    type Stats: Stats<Memory = Self> + std::fmt::Debug + Send;
     /// What a tensor must run on besides its storage: nothing on the host, on CUDA the
     /// stream of the backend or executor.
     #[doc(hidden)]

@@ -20,7 +20,7 @@
 //! - [`stats`]: RedReg's per-step statistics (`p_m`, redundancy, `pos_sim`) from CPU or
 //!   CUDA tensors through the fused statistics plan ([`stats::DeviceStats`]).
 //!
-//! Both functions take a [`TensorBackend`]: [`CpuBackend`] for CPU tensors, (feature
+//! Both functions take a [`TensorBackend`]: [`CpuBackend`](crate::CpuBackend) for CPU tensors, (feature
 //! `candle-cuda`) a [`crate::cuda::CudaBackend`] made by `cuda_backend(&device)`, which runs
 //! on candle's own stream, or [`DeviceBackend::for_device`], which picks one of them for a
 //! `candle_core::Device` at run time.
@@ -54,12 +54,13 @@ use crate::dtype::Element;
 use crate::error::{check_count, invalid, Error, Result};
 use crate::project::{Beta, Output, ProjectOptions, Projection, TensorList};
 use crate::segments::Segments;
-use crate::CpuBackend;
+
 use candle_core::backprop::GradStore;
 use candle_core::{DType as CDType, Storage, StorageRef, Tensor, Var, WithDType};
 
 #[cfg(feature = "candle-cuda")]
 mod cuda;
+mod device;
 mod memory;
 mod optim;
 mod project;
@@ -68,6 +69,7 @@ pub mod stats;
 pub use self::redreg::{RedReg, NOISE_SIGMA};
 #[cfg(feature = "candle-cuda")]
 pub use cuda::cuda_backend;
+pub use device::{Backends, DeviceBackend, Executors, OnDevice, Role};
 pub use memory::{stats_buf, TensorMemory};
 pub use optim::FusedOptimizer;
 pub use project::TensorProjection;
@@ -330,7 +332,7 @@ fn check_kind(name: &'static str, i: usize, first: &Tensor, t: &Tensor) -> Resul
     Ok(())
 }
 
-/// The backends the adapter runs on: [`CpuBackend`] for tensors with CPU storage and, with
+/// The backends the adapter runs on: [`CpuBackend`](crate::CpuBackend) for tensors with CPU storage and, with
 /// feature `candle-cuda`, [`crate::cuda::CudaBackend`] for tensors with CUDA storage (make
 /// it with `cuda_backend`, so that it runs on the device's own stream) — every backend of a
 /// [`TensorMemory`] —, or [`DeviceBackend`], either chosen at run time. The adapter's
@@ -350,7 +352,6 @@ mod sealed {
         B::Memory: super::TensorMemory<Backend = B>,
     {
     }
-    impl Sealed for super::DeviceBackend {}
 }
 
 impl<B> TensorBackend for B
@@ -360,55 +361,6 @@ where
 {
     fn project_tensors(&self, p: &TensorProjection<'_>) -> Result<(Vec<Tensor>, Vec<u32>)> {
         project::project_tensors(self, p)
-    }
-}
-
-/// The backend for a candle device, chosen at run time: [`CpuBackend`] for `Device::Cpu`
-/// and, with feature `candle-cuda`, a [`crate::cuda::CudaBackend`] on candle's stream for a
-/// CUDA device (`cuda_backend`). A [`TensorBackend`], so the adapter's functions take it
-/// like either; [`stats::DeviceStats`] is its statistics executor. Make it once per device
-/// and keep it (on CUDA it caches the loaded kernels and a workspace per layout).
-#[derive(Debug)]
-pub enum DeviceBackend {
-    /// CPU tensors.
-    Cpu(CpuBackend),
-    /// CUDA tensors, on the device's candle stream.
-    #[cfg(feature = "candle-cuda")]
-    Cuda(crate::cuda::CudaBackend),
-}
-
-impl DeviceBackend {
-    /// The backend for tensors on `device`. `Err` for a device other than the CPU and (with
-    /// feature `candle-cuda`) CUDA, or when the CUDA backend cannot be made.
-    pub fn for_device(device: &candle_core::Device) -> Result<Self> {
-        match device {
-            candle_core::Device::Cpu => Ok(Self::Cpu(CpuBackend::new())),
-            #[cfg(feature = "candle-cuda")]
-            candle_core::Device::Cuda(_) => Ok(Self::Cuda(cuda_backend(device)?)),
-            #[allow(unreachable_patterns)]
-            other => Err(invalid(
-                "device",
-                format!(
-                    "{:?} is not supported ({})",
-                    other.location(),
-                    if cfg!(feature = "candle-cuda") {
-                        "CPU and CUDA devices are"
-                    } else {
-                        "CPU devices are; CUDA devices need redreg's feature `candle-cuda`"
-                    }
-                ),
-            )),
-        }
-    }
-}
-
-impl TensorBackend for DeviceBackend {
-    fn project_tensors(&self, p: &TensorProjection<'_>) -> Result<(Vec<Tensor>, Vec<u32>)> {
-        match self {
-            Self::Cpu(b) => b.project_tensors(p),
-            #[cfg(feature = "candle-cuda")]
-            Self::Cuda(b) => b.project_tensors(p),
-        }
     }
 }
 

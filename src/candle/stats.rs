@@ -1,6 +1,6 @@
 //! candle tensors as inputs of the fused statistics plan ([`crate::stats`]): RedReg's
 //! per-step statistics (`p_m`, the redundancy ratios, `pos_sim`) computed straight from a
-//! trainer's tensors, read in place, on the device the tensors are on: [`CpuStats`] for CPU
+//! trainer's tensors, read in place, on the device the tensors are on: [`CpuStats`](crate::stats::CpuStats) for CPU
 //! tensors, (feature `candle-cuda`) `CudaStats` for CUDA tensors (as cudarc views of
 //! candle's storage, on candle's stream), or [`DeviceStats`], chosen from a
 //! `candle_core::Device`. One generic path serves them all: the tensors are read as the
@@ -36,11 +36,12 @@
 //! # Ok(()) }
 //! ```
 
-use super::{candle_err, dtype_of, stats_buf, DeviceBackend, TensorMemory, TensorView};
+pub use super::device::DeviceStats;
+use super::{candle_err, dtype_of, stats_buf, TensorMemory, TensorView};
 use crate::controller::{ModalityBufs, ModalityShapes, RedRegStats, StepInputs};
 use crate::error::{invalid, Result};
-use crate::stats::{CpuStats, Stats, StatsPlan, StatsResults};
-use candle_core::{DType as CDType, Device, Tensor};
+use crate::stats::Stats;
+use candle_core::{DType as CDType, Tensor};
 
 /// One modality's tensors of one RedReg step, all with the same B samples (1 up to the
 /// declared batch) and one dtype (f32, f16 or bf16).
@@ -156,7 +157,7 @@ pub fn labels_i64(labels: &Tensor) -> Result<Vec<i64>> {
 /// One step of the statistics on `exec` (the one path for every memory family): the
 /// tensors read in place as its memory's buffers (each vetted by [`TensorMemory::tensor_view`]),
 /// bound and run by [`RedRegStats::run`].
-fn step_on<'m, S>(
+pub(super) fn step_on<'m, S>(
     exec: &mut S,
     handles: &RedRegStats,
     labels: &Tensor,
@@ -206,16 +207,15 @@ where
     handles.run(exec, &labels, &bufs)
 }
 
-mod exec_sealed {
+pub(super) mod exec_sealed {
     pub trait Sealed {}
 }
 
 /// The executors [`step_inputs`] runs: every [`Stats`] executor of a [`TensorMemory`]
-/// ([`CpuStats`] for CPU tensors; with feature `candle-cuda`, `CudaStats` for CUDA tensors
+/// ([`CpuStats`](crate::stats::CpuStats) for CPU tensors; with feature `candle-cuda`, `CudaStats` for CUDA tensors
 /// on its stream: make its backend with `redreg::candle::cuda_backend(&device)`), and
-/// [`DeviceStats`] (either, chosen from the device). Implemented once for all of them;
-/// sealed.
-pub trait TensorStats: exec_sealed::Sealed + std::fmt::Debug + Send {
+/// [`DeviceStats`] (either, chosen from the device). Sealed.
+pub trait TensorStats: exec_sealed::Sealed {
     /// See [`step_inputs`].
     #[doc(hidden)]
     fn step(
@@ -224,18 +224,6 @@ pub trait TensorStats: exec_sealed::Sealed + std::fmt::Debug + Send {
         labels: &Tensor,
         mods: &[ModalityTensors<'_>],
     ) -> Result<StepInputs>;
-
-    /// [`Stats::plan`] (of the executor a [`DeviceStats`] holds).
-    #[doc(hidden)]
-    fn stats_plan(&self) -> &StatsPlan;
-
-    /// [`Stats::results`] (of the executor a [`DeviceStats`] holds).
-    #[doc(hidden)]
-    fn stats_results(&self) -> &StatsResults;
-
-    /// True for an executor of CUDA tensors.
-    #[doc(hidden)]
-    fn on_cuda(&self) -> bool;
 }
 
 impl<S> exec_sealed::Sealed for S
@@ -247,7 +235,7 @@ where
 
 impl<S> TensorStats for S
 where
-    S: Stats + std::fmt::Debug + Send,
+    S: Stats,
     S::Memory: TensorMemory<Stats = S>,
 {
     fn step(
@@ -258,89 +246,10 @@ where
     ) -> Result<StepInputs> {
         step_on(self, handles, labels, mods)
     }
-
-    fn stats_plan(&self) -> &StatsPlan {
-        self.plan()
-    }
-
-    fn stats_results(&self) -> &StatsResults {
-        self.results()
-    }
-
-    fn on_cuda(&self) -> bool {
-        S::Memory::CUDA
-    }
-}
-
-/// The statistics executor for a candle device: [`CpuStats`] for `Device::Cpu`, with
-/// feature `candle-cuda` `CudaStats` on candle's stream for a CUDA device — the executor
-/// of the device a [`DeviceBackend`] was made for. Pass it to [`step_inputs`]. Made once
-/// per plan and kept.
-#[derive(Debug)]
-pub struct DeviceStats(Box<dyn TensorStats>);
-
-impl DeviceStats {
-    /// The executor of `plan` on `backend`'s device (on CUDA: on its stream, sharing its
-    /// loaded kernels).
-    pub fn new(backend: &DeviceBackend, plan: &StatsPlan) -> Result<Self> {
-        Ok(Self(match backend {
-            DeviceBackend::Cpu(_) => Box::new(CpuStats::new(plan)?),
-            #[cfg(feature = "candle-cuda")]
-            DeviceBackend::Cuda(b) => Box::new(crate::stats::CudaStats::new(b, plan)?),
-        }))
-    }
-
-    /// The executor of `plan` for tensors on `device` (`Err` for a device other than the
-    /// CPU and, with feature `candle-cuda`, CUDA). On CUDA this makes its own backend on
-    /// candle's stream; [`DeviceStats::new`] shares one.
-    pub fn for_device(device: &Device, plan: &StatsPlan) -> Result<Self> {
-        Self::new(&DeviceBackend::for_device(device)?, plan)
-    }
-
-    /// The plan it runs.
-    pub fn plan(&self) -> &StatsPlan {
-        self.0.stats_plan()
-    }
-
-    /// The results of the last run (NaN before the first).
-    pub fn results(&self) -> &StatsResults {
-        self.0.stats_results()
-    }
-
-    /// True when it runs on CUDA tensors (`CudaStats`), false on CPU tensors
-    /// ([`CpuStats`]).
-    pub fn is_cuda(&self) -> bool {
-        self.0.on_cuda()
-    }
-}
-
-impl exec_sealed::Sealed for DeviceStats {}
-
-impl TensorStats for DeviceStats {
-    fn step(
-        &mut self,
-        handles: &RedRegStats,
-        labels: &Tensor,
-        mods: &[ModalityTensors<'_>],
-    ) -> Result<StepInputs> {
-        self.0.step(handles, labels, mods)
-    }
-
-    fn stats_plan(&self) -> &StatsPlan {
-        self.0.stats_plan()
-    }
-
-    fn stats_results(&self) -> &StatsResults {
-        self.0.stats_results()
-    }
-
-    fn on_cuda(&self) -> bool {
-        self.0.on_cuda()
-    }
 }
 
 /// Runs the plan of `handles` (declared by [`RedRegStats::declare`] in `exec`'s plan) on
-/// one step's tensors, in one pass, on the executor's device ([`CpuStats`], `CudaStats`,
+/// one step's tensors, in one pass, on the executor's device ([`CpuStats`](crate::stats::CpuStats), `CudaStats`,
 /// [`DeviceStats`]), and returns the controller's inputs. `labels` are the batch's class
 /// indices (a rank-1 u8, u32 or i64 tensor on the same device); `mods` one entry per
 /// modality, in the order of the declaration. The batch may be smaller than the declared
