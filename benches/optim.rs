@@ -6,12 +6,12 @@
 //!
 //! Cases (AdamW, PyTorch's defaults), N elements in all, `n_a` in the corrected encoder,
 //! 4 bytes each; bytes counted as the minimal traffic of each algorithm:
-//! - `adamw_redreg_fused`: `Optimizer::step_cpu_corrected` — the projection's pass 1 over
+//! - `adamw_redreg_fused`: `Optimizer::step_corrected` — the projection's pass 1 over
 //!   the encoder (θ, θ₀, g: `3·n_a`), then one pass reading θ, g, m, v and writing θ, m, v
 //!   (`7·N`) plus θ₀ in the encoder (`n_a`): `4·(4·n_a + 7·N)` bytes.
 //! - `project_then_adamw` (unfused): `project_list` of the drift (`7·n_a`: pass 1, then θ,
-//!   θ₀, g read and g written), then `Optimizer::step_cpu` (`7·N`): `4·(7·n_a + 7·N)`.
-//! - `adamw_plain`: `Optimizer::step_cpu` alone, `4·7·N`.
+//!   θ₀, g read and g written), then `Optimizer::step` (`7·N`): `4·(7·n_a + 7·N)`.
+//! - `adamw_plain`: `Optimizer::step` alone, `4·7·N`.
 //! - `candle_nn_adamw` (feature `candle`): candle-nn's `AdamW::step` on the same parameters
 //!   as `Var`s with their gradients in a `GradStore`; counted with `adamw_plain`'s bytes
 //!   (the minimum; its composite tensor ops move several times more).
@@ -139,7 +139,7 @@ fn sgd(c: &mut Criterion, be: &CpuBackend, memcpy: f64, lens: &[usize], na: usiz
     let t_plain = timed(&mut g, "sgd_plain", 4 * 3 * n, memcpy, &mut || {
         let gr: Vec<&[f32]> = grads.iter().map(|x| &x[..]).collect();
         let mut pv: Vec<&mut [f32]> = params.iter_mut().map(|x| &mut x[..]).collect();
-        plain.step_cpu(be, &mut pv, &gr).expect("step");
+        plain.step(be, &mut pv, &gr).expect("step");
     });
     let bytes = 4 * (4 * n_a + 5 * n);
     timed(
@@ -152,7 +152,7 @@ fn sgd(c: &mut Criterion, be: &CpuBackend, memcpy: f64, lens: &[usize], na: usiz
             let gr: Vec<&[f32]> = grads.iter().map(|x| &x[..]).collect();
             let mut pv: Vec<&mut [f32]> = params.iter_mut().map(|x| &mut x[..]).collect();
             script
-                .step_cpu_corrected(be, &mut pv, &gr, &c)
+                .step_corrected(be, &mut pv, &gr, &c)
                 .expect("fused step");
         },
     );
@@ -231,7 +231,7 @@ fn layout(c: &mut Criterion, be: &CpuBackend, memcpy: f64, name: &str, lens: &[u
             let c = Correction::new(0, th0.clone(), 1.0);
             let gr: Vec<&[f32]> = grads.iter().map(|x| &x[..]).collect();
             let mut pv: Vec<&mut [f32]> = params.iter_mut().map(|x| &mut x[..]).collect();
-            opt.step_cpu_corrected(be, &mut pv, &gr, &c)
+            opt.step_corrected(be, &mut pv, &gr, &c)
                 .expect("fused step");
         }
         1 | 2 => {
@@ -248,7 +248,7 @@ fn layout(c: &mut Criterion, be: &CpuBackend, memcpy: f64, name: &str, lens: &[u
             }
             let gr: Vec<&[f32]> = grads.iter().map(|x| &x[..]).collect();
             let mut pv: Vec<&mut [f32]> = params.iter_mut().map(|x| &mut x[..]).collect();
-            opt.step_cpu(be, &mut pv, &gr).expect("step");
+            opt.step(be, &mut pv, &gr).expect("step");
         }
         _ => {
             #[cfg(feature = "candle")]

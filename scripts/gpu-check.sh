@@ -215,8 +215,9 @@ run() {
     local sanitizer_findings=0 sanitizer_no_verdict=0 sanitizer_test_failures=0
     local cs
     cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
-    # gpu_kernels launches every projection kernel (each dtype x k) on a small layout and
-    # stats's CUDA tests the statistics kernel: every kernel under every tool, in seconds.
+    # gpu_kernels launches every projection kernel (each dtype x k) on a small layout,
+    # stats's CUDA tests the statistics kernel and optim's the optimizer kernels: every
+    # kernel under every tool, in seconds.
     local target="$BUNDLE/test-gpu_kernels"
     if [ -n "$cs" ] && [ -x "$target" ]; then
         for tool in memcheck racecheck initcheck synccheck; do
@@ -233,6 +234,8 @@ run() {
                     "$cs" --tool "$tool" "${tool_flags[@]}" "$target" --test-threads=1
                 [ -x "$BUNDLE/test-stats" ] && REDREG_REQUIRE_GPU=1 REDREG_GPU_QUICK=1 \
                     timeout "$(tmo 60 10)" "$cs" --tool "$tool" "${tool_flags[@]}" "$BUNDLE/test-stats" cuda --test-threads=1
+                [ -x "$BUNDLE/test-optim" ] && REDREG_REQUIRE_GPU=1 REDREG_GPU_QUICK=1 \
+                    timeout "$(tmo 60 10)" "$cs" --tool "$tool" "${tool_flags[@]}" "$BUNDLE/test-optim" cuda:: --test-threads=1
             } >"$slog" 2>&1
             local rc=$?
             local errs

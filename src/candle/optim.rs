@@ -215,7 +215,7 @@ impl FusedOptimizer {
             match c {
                 None => self
                     .inner
-                    .step_cpu(&self.be, &mut pv, &gs)
+                    .step(&self.be, &mut pv, &gs)
                     .map(|_| Vec::new())?,
                 Some((start, theta0, beta)) => {
                     let tv = theta0
@@ -231,7 +231,7 @@ impl FusedOptimizer {
                         .map(|v| v.as_slice::<T>())
                         .collect::<Result<Vec<&[T]>>>()?;
                     let c = Correction::new(start, ts, beta);
-                    self.inner.step_cpu_corrected(&self.be, &mut pv, &gs, &c)?
+                    self.inner.step_corrected(&self.be, &mut pv, &gs, &c)?
                 }
             }
         };

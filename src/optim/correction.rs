@@ -6,8 +6,8 @@ use crate::{Error, Result};
 
 /// The RedReg correction of one step, for one encoder: the tensors
 /// `first .. first + theta0.len()` of the optimizer's list, each a buffer `B` of the
-/// optimizer's memory (`&[T]` for [`crate::optim::Optimizer`], `CudaView<'_, T>` for
-/// `CudaOptimizer`). The step uses, per tensor,
+/// optimizer's memory (`&[T]` for [`crate::optim::Optimizer`] on the CPU, `CudaView<'_, T>`
+/// on CUDA). The step uses, per tensor,
 ///
 /// ```text
 /// g + β·(d − P d),   d = θ − θ₀ (formed in f64),   P onto span{g, extra…}

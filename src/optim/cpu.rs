@@ -5,106 +5,55 @@
 //! [`super::reference`]'s (the same f64 operations in the same order, no fused
 //! multiply-adds).
 
-use super::{AdamW, Correction, Rule, Sgd};
+use super::{AdamW, Correction, OptimBackend, Rule, Sgd};
 use crate::project::solve::MAX_K;
 use crate::{Beta, CpuBackend, Element, Error, Result, Segments};
 
-/// An optimizer over a fixed list of tensors: the rule, the step count and the state
-/// (f32; one or two buffers per tensor, allocated once by [`Optimizer::new`]).
+/// The CPU's optimizer state: f32, one or two buffers per tensor (none without momentum),
+/// allocated once.
 #[derive(Clone, Debug)]
-pub struct Optimizer {
-    rule: Rule,
-    t: u64,
+pub struct HostState {
     lens: Vec<usize>,
     s0: Vec<Vec<f32>>,
     s1: Vec<Vec<f32>>,
 }
 
-impl Optimizer {
-    /// An optimizer for tensors of the given lengths (the layout every step must match).
-    pub fn new(rule: Rule, lens: &[usize]) -> Result<Self> {
-        rule.check()?;
-        let bufs = |on: bool| -> Vec<Vec<f32>> {
-            lens.iter()
-                .map(|&n| if on { vec![0.0; n] } else { Vec::new() })
-                .collect()
-        };
-        let (a, b) = match &rule {
-            Rule::Sgd(p) => (p.momentum != 0.0, false),
-            Rule::AdamW(_) => (true, true),
-        };
-        Ok(Optimizer {
-            rule,
-            t: 0,
-            lens: lens.to_vec(),
-            s0: bufs(a),
-            s1: bufs(b),
-        })
+impl OptimBackend for CpuBackend {
+    type State = HostState;
+
+    fn new_state(&self, rule: &Rule, lens: &[usize]) -> Result<HostState> {
+        Ok(HostState::new(rule, lens))
     }
 
-    /// The rule.
-    pub fn rule(&self) -> &Rule {
-        &self.rule
-    }
-
-    /// Changes the learning rate (a schedule); `Err` (nothing changed) unless it is finite
-    /// and ≥ 0.
-    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
-        let mut rule = self.rule;
-        match &mut rule {
-            Rule::Sgd(p) => p.lr = lr,
-            Rule::AdamW(p) => p.lr = lr,
-        }
-        rule.check()?;
-        self.rule = rule;
-        Ok(())
-    }
-
-    /// Steps taken so far.
-    pub fn steps(&self) -> u64 {
-        self.t
-    }
-
-    /// The state of tensor `i`: SGD's momentum buffer (empty without momentum) or AdamW's
-    /// first moment, and AdamW's second moment (empty for SGD).
-    pub fn state(&self, i: usize) -> Option<(&[f32], &[f32])> {
-        Some((self.s0.get(i)?.as_slice(), self.s1.get(i)?.as_slice()))
-    }
-
-    /// One step: `params[i] ← update(params[i], grads[i])` for every tensor, on `be`'s
-    /// pool. `Err` (nothing written, the step count unchanged) when the list does not match
-    /// the layout.
-    pub fn step_cpu<T: Element>(
-        &mut self,
-        be: &CpuBackend,
-        params: &mut [&mut [T]],
-        grads: &[&[T]],
+    fn optim_step<'a, T: Element>(
+        &self,
+        st: &mut HostState,
+        rule: &Rule,
+        t: u64,
+        params: &mut [&'a mut [T]],
+        grads: &[&'a [T]],
     ) -> Result<()> {
-        self.check_lists(params, grads)?;
-        self.pass(be, params, grads, None);
+        st.check_lists(params, grads)?;
+        st.pass(self, rule, t, params, grads, None);
         Ok(())
     }
 
-    /// One step with the RedReg correction folded in ([`Correction`]): the projection's
-    /// pass 1 and per-tensor solve over the encoder's tensors, then the same single pass as
-    /// [`Optimizer::step_cpu`], which uses `g + β·(d − P d)` (f64, never written) for the
-    /// encoder's tensors and `g` for the others. Returns the encoder's per-tensor ranks.
-    /// `Err` (nothing written, the step count unchanged) on a list of another layout or a
-    /// correction the projection rejects (β not finite, lengths, k > 8, options).
-    pub fn step_cpu_corrected<T: Element>(
-        &mut self,
-        be: &CpuBackend,
-        params: &mut [&mut [T]],
-        grads: &[&[T]],
-        c: &Correction<'_, &[T]>,
+    fn optim_step_corrected<'a, T: Element>(
+        &self,
+        st: &mut HostState,
+        rule: &Rule,
+        t: u64,
+        params: &mut [&'a mut [T]],
+        grads: &[&'a [T]],
+        c: &Correction<'_, &'a [T]>,
     ) -> Result<Vec<u32>> {
-        self.check_lists(params, grads)?;
-        let r = c.range(self.lens.len())?;
-        let segs = Segments::from_lengths(&self.lens[r.clone()])?;
+        st.check_lists(params, grads)?;
+        let r = c.range(st.lens.len())?;
+        let segs = Segments::from_lengths(&st.lens[r.clone()])?;
         let (coef, ranks) = {
             let theta: Vec<&[T]> = params[r.clone()].iter().map(|p| &**p).collect();
             let p = c.projection(theta, grads[r.clone()].to_vec());
-            be.coefficients_list(&segs, &p)?
+            self.coefficients_list(&segs, &p)?
         };
         let k = 1 + c.extra.len();
         let fused = Fused {
@@ -115,8 +64,33 @@ impl Optimizer {
             extra: &c.extra,
             beta: c.beta,
         };
-        self.pass(be, params, grads, Some(fused));
+        st.pass(self, rule, t, params, grads, Some(fused));
         Ok(ranks)
+    }
+}
+
+impl HostState {
+    /// Zeroed state for tensors of lengths `lens` under `rule`.
+    pub(super) fn new(rule: &Rule, lens: &[usize]) -> Self {
+        let bufs = |on: bool| -> Vec<Vec<f32>> {
+            lens.iter()
+                .map(|&n| if on { vec![0.0; n] } else { Vec::new() })
+                .collect()
+        };
+        let (a, b) = match rule {
+            Rule::Sgd(p) => (p.momentum != 0.0, false),
+            Rule::AdamW(_) => (true, true),
+        };
+        HostState {
+            lens: lens.to_vec(),
+            s0: bufs(a),
+            s1: bufs(b),
+        }
+    }
+
+    /// The state buffers of tensor `i`.
+    pub(super) fn get(&self, i: usize) -> Option<(&[f32], &[f32])> {
+        Some((self.s0.get(i)?.as_slice(), self.s1.get(i)?.as_slice()))
     }
 
     /// `Err` unless the lists match the layout.
@@ -151,11 +125,12 @@ impl Optimizer {
     fn pass<T: Element>(
         &mut self,
         be: &CpuBackend,
+        rule: &Rule,
+        t: u64,
         params: &mut [&mut [T]],
         grads: &[&[T]],
         fused: Option<Fused<'_, '_, T>>,
     ) {
-        let t = self.t + 1;
         let chunk = be.chunk();
         let mut pieces: Vec<Piece<'_, T>> = Vec::new();
         for (i, (((p, g), s0), s1)) in params
@@ -188,7 +163,7 @@ impl Optimizer {
         }
         let elements = self.lens.iter().sum();
         let idx: Vec<usize> = (0..pieces.len()).collect();
-        let rule = match self.rule {
+        let rule = match *rule {
             Rule::Sgd(p) => Step::Sgd(p, t),
             Rule::AdamW(p) => {
                 let (step_size, inv_root_bc2) = p.step_scalars(t);
@@ -200,7 +175,6 @@ impl Optimizer {
             }
         };
         be.zip_tasks(elements, &idx, pieces, |_, piece| run_piece(&rule, piece));
-        self.t = t;
     }
 }
 

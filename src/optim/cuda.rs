@@ -1,7 +1,8 @@
-//! The optimizer step on CUDA (module `optim`, `kernels/optim.cu`): [`CudaOptimizer`], the
-//! CUDA twin of [`super::Optimizer`] — the same [`Rule`], the same step count, the same
-//! [`Correction`] (over device views), the same results bit for bit given the same
-//! coefficients, with its f32 state on the device (allocated once, at construction).
+//! The optimizer step on CUDA (module `optim`, `kernels/optim.cu`): [`OptimBackend`] for
+//! [`CudaBackend`], so that [`super::Optimizer`]`<CudaBackend>` steps device tensors — the
+//! same [`Rule`], step count and [`Correction`] (over device views) as on the CPU, the same
+//! results bit for bit given the same coefficients, its f32 state on the device
+//! ([`CudaState`], allocated once, at construction).
 //!
 //! One launch for every tensor of the model (the projection's tensor-list machinery: the
 //! layout's chunk-task table, built once, and a per-tensor pointer table, uploaded only
@@ -10,7 +11,7 @@
 //! `CudaBackend::coefficients_list`), then the same launch reading the coefficients from
 //! the device: 2 launches, no host synchronisation.
 
-use super::{Correction, Rule};
+use super::{Correction, OptimBackend, Rule};
 use crate::abi::{OPT_B1, OPT_DECAY, OPT_FIRST, OPT_GRAD, OPT_MOMENTUM, OPT_NESTEROV};
 use crate::abi::{OPT_PARAM, OPT_S0, OPT_S1, OPT_THETA0, OPT_WORDS, TASK_WORDS};
 use crate::cuda::{check_list_alias, drv, ByteRange, CudaBackend, DeviceRanks, CHUNK, THREADS};
@@ -25,13 +26,10 @@ use cudarc::driver::{
 
 const MODULE: &str = "optim";
 
-/// An optimizer over a fixed list of device tensors: the rule, the step count, and the f32
-/// state on the device (one flat buffer per state over the layout; none for SGD without
-/// momentum), the layout's chunk-task table and the last pointer table, all allocated by
-/// [`CudaOptimizer::new`] on the backend's stream. Steps are asynchronous on that stream.
-pub struct CudaOptimizer {
-    rule: Rule,
-    t: u64,
+/// The optimizer's state on CUDA: the f32 state on the device (one flat buffer per state
+/// over the layout; none for SGD without momentum), the layout's chunk-task table and the
+/// last pointer table, all allocated once on the backend's stream ([`super::Optimizer::on`]).
+pub struct CudaState {
     segs: Segments,
     n_tasks: usize,
     /// (tensor, start, end) per chunk task, u64 (the projection's table format).
@@ -44,12 +42,12 @@ pub struct CudaOptimizer {
     table: Option<(Vec<u64>, CudaSlice<u64>)>,
 }
 
-impl std::fmt::Debug for CudaOptimizer {
+impl std::fmt::Debug for CudaState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CudaOptimizer")
-            .field("rule", &self.rule)
-            .field("steps", &self.t)
+        f.debug_struct("CudaState")
             .field("tensors", &self.segs.len())
+            .field("momentum", &self.s0.is_some())
+            .field("second_moment", &self.s1.is_some())
             .finish()
     }
 }
@@ -64,11 +62,11 @@ struct Corr<'c> {
     beta_scalar: f64,
 }
 
-impl CudaOptimizer {
-    /// An optimizer for device tensors of the given lengths (the layout every step must
-    /// match), its state zeroed on `be`'s device.
-    pub fn new(be: &CudaBackend, rule: Rule, lens: &[usize]) -> Result<Self> {
-        rule.check()?;
+impl OptimBackend for CudaBackend {
+    type State = CudaState;
+
+    fn new_state(&self, rule: &Rule, lens: &[usize]) -> Result<CudaState> {
+        let be = self;
         let segs = Segments::from_lengths(lens)?;
         let tasks = chunk_tasks(&segs, CHUNK)?;
         let n_tasks = tasks.len();
@@ -82,7 +80,7 @@ impl CudaOptimizer {
         }
         let s = be.stream();
         let total = segs.total().max(1);
-        let (a, b) = match &rule {
+        let (a, b) = match rule {
             Rule::Sgd(p) => (p.momentum != 0.0, false),
             Rule::AdamW(_) => (true, true),
         };
@@ -93,9 +91,7 @@ impl CudaOptimizer {
                 Ok(None)
             }
         };
-        Ok(CudaOptimizer {
-            rule,
-            t: 0,
+        Ok(CudaState {
             n_tasks,
             tasks: s.clone_htod(&table).map_err(drv)?,
             s0: state(a)?,
@@ -106,33 +102,33 @@ impl CudaOptimizer {
         })
     }
 
-    /// The rule.
-    pub fn rule(&self) -> &Rule {
-        &self.rule
+    fn optim_step<'a, T: Element>(
+        &self,
+        st: &mut CudaState,
+        rule: &Rule,
+        t: u64,
+        params: &mut [CudaViewMut<'a, T>],
+        grads: &[CudaView<'a, T>],
+    ) -> Result<()> {
+        st.step(self, rule, t, params, grads)
     }
 
-    /// Changes the learning rate (a schedule); `Err` (nothing changed) unless it is finite
-    /// and ≥ 0.
-    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
-        let mut rule = self.rule;
-        match &mut rule {
-            Rule::Sgd(p) => p.lr = lr,
-            Rule::AdamW(p) => p.lr = lr,
-        }
-        rule.check()?;
-        self.rule = rule;
-        Ok(())
+    fn optim_step_corrected<'a, T: Element>(
+        &self,
+        st: &mut CudaState,
+        rule: &Rule,
+        t: u64,
+        params: &mut [CudaViewMut<'a, T>],
+        grads: &[CudaView<'a, T>],
+        c: &Correction<'_, CudaView<'a, T>>,
+    ) -> Result<DeviceRanks> {
+        st.step_corrected(self, rule, t, params, grads, c)
     }
+}
 
-    /// Steps taken so far.
-    pub fn steps(&self) -> u64 {
-        self.t
-    }
-
-    /// The state of tensor `i`, copied to the host (**synchronises** the stream): SGD's
-    /// momentum buffer (empty without momentum) or AdamW's first moment, and AdamW's second
-    /// moment (empty for SGD). `None` for `i` out of range.
-    pub fn state(&self, be: &CudaBackend, i: usize) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+impl CudaState {
+    /// The state buffers of tensor `i`, copied to the host (synchronises the stream).
+    pub(super) fn get(&self, be: &CudaBackend, i: usize) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
         let Some(r) = self.segs.get(i) else {
             return Ok(None);
         };
@@ -147,36 +143,31 @@ impl CudaOptimizer {
         Ok(Some((get(&self.s0)?, get(&self.s1)?)))
     }
 
-    /// One step: `params[i] ← update(params[i], grads[i])` for every tensor, one launch.
-    /// `Err` (nothing written, the step count unchanged) when the lists do not match the
-    /// layout, a buffer belongs to another context, or a parameter overlaps another
-    /// parameter or any gradient.
-    pub fn step<T: Element>(
+    /// Step `t`: one launch ([`super::Optimizer::step`]).
+    fn step<T: Element>(
         &mut self,
         be: &CudaBackend,
+        rule: &Rule,
+        t: u64,
         params: &mut [CudaViewMut<'_, T>],
         grads: &[CudaView<'_, T>],
     ) -> Result<()> {
         self.check_lists(be, params, grads)?;
         let table = self.table_of(be, params, grads, None)?;
         let ptrs = self.upload_table(be, table)?;
-        self.launch::<T>(be, ptrs, None)?;
+        self.launch::<T>(be, rule, t, ptrs, None)?;
         mark_written(be, params, grads, None);
-        self.t += 1;
         Ok(())
     }
 
-    /// One step with the RedReg correction folded in ([`Correction`] over device views):
-    /// pass 1 of the projection with the per-tensor solve over the encoder's tensors (one
-    /// launch), then the same launch as [`CudaOptimizer::step`], which uses
-    /// `g + β·(d − P d)` (f64, never written) for the encoder's tensors and `g` for the
-    /// others. Returns the encoder's per-tensor ranks (on the device). `Err` (nothing
-    /// written, the step count unchanged) as [`CudaOptimizer::step`], and on a correction
-    /// the projection rejects (tensors out of the list, lengths, k > 8, β not finite,
-    /// options) or whose θ₀ / extra vectors overlap a parameter.
-    pub fn step_corrected<T: Element>(
+    /// Step `t` with the correction: pass 1 of the projection with the per-tensor solve over
+    /// the encoder's tensors (one launch), then the launch of [`CudaState::step`] reading
+    /// the coefficients on the device ([`super::Optimizer::step_corrected`]).
+    fn step_corrected<T: Element>(
         &mut self,
         be: &CudaBackend,
+        rule: &Rule,
+        t: u64,
         params: &mut [CudaViewMut<'_, T>],
         grads: &[CudaView<'_, T>],
         c: &Correction<'_, CudaView<'_, T>>,
@@ -227,12 +218,11 @@ impl CudaOptimizer {
                     per_tensor_beta,
                     beta_scalar,
                 };
-                self.launch::<T>(be, ptrs, Some(corr))
+                self.launch::<T>(be, rule, t, ptrs, Some(corr))
             })?;
             ranks
         };
         mark_written(be, params, grads, Some(c));
-        self.t += 1;
         Ok(ranks)
     }
 
@@ -357,27 +347,28 @@ impl CudaOptimizer {
     fn launch<T: Element>(
         &self,
         be: &CudaBackend,
+        rule: &Rule,
+        t: u64,
         ptrs: u64,
         corr: Option<Corr<'_>>,
     ) -> Result<()> {
         if self.n_tasks == 0 {
             return Ok(());
         }
-        let t = self.t + 1;
         let dt = T::DTYPE.name();
         let null = 0u64;
         let (first, count, k, beta_scalar) = match &corr {
             Some(c) => (c.first as u64, c.count as u64, c.k as i32, c.beta_scalar),
             None => (0, 0, 0, 0.0),
         };
-        let f = match self.rule {
+        let f = match *rule {
             Rule::Sgd(_) => be.function(MODULE, &format!("optim_sgd_{dt}"))?,
             Rule::AdamW(_) => be.function(MODULE, &format!("optim_adamw_{dt}"))?,
         };
         let mut b = be.stream().launch_builder(&f);
         b.arg(&self.tasks).arg(&ptrs);
         // Step-wide constants, computed as src/optim/cpu.rs computes them (same bits).
-        let (flags, h): (i32, Vec<f64>) = match self.rule {
+        let (flags, h): (i32, Vec<f64>) = match *rule {
             Rule::Sgd(p) => {
                 let flags = if p.momentum != 0.0 { OPT_MOMENTUM } else { 0 }
                     | if p.nesterov { OPT_NESTEROV } else { 0 }
@@ -403,7 +394,7 @@ impl CudaOptimizer {
                 (0, h)
             }
         };
-        if matches!(self.rule, Rule::Sgd(_)) {
+        if matches!(rule, Rule::Sgd(_)) {
             b.arg(&flags);
         }
         for x in &h {

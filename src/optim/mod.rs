@@ -2,10 +2,12 @@
 //! RedReg correction folded in (issue #25).
 //!
 //! This module holds the arguments ([`Sgd`], [`AdamW`], [`Correction`]) and their checks;
-//! [`mod@reference`] is the f64 oracle that every backend's pass is tested against; the CPU
-//! pass is [`Optimizer`], the CUDA one `CudaOptimizer` (feature `cuda`, `kernels/optim.cu`:
-//! one launch for every tensor; a corrected step is the projection's pass 1 plus that
-//! launch), its twin with the state on the device. A corrected step ([`Optimizer::step_cpu_corrected`]) runs the
+//! [`mod@reference`] is the f64 oracle that every backend's pass is tested against.
+//! [`Optimizer`]`<B>` is the one optimizer, generic over the backend it steps on
+//! ([`OptimBackend`]): on [`crate::CpuBackend`] (the default) one parallel pass with the
+//! state in host memory ([`HostState`]), on `CudaBackend` (feature `cuda`,
+//! `kernels/optim.cu`) one launch for every tensor with the state on the device
+//! (`CudaState`). A corrected step ([`Optimizer::step_corrected`]) runs the
 //! projection's pass 1 and per-tensor solve over the corrected encoder, then the same
 //! single pass as the plain step, which forms `g + β·(d − P d)` in f64 per element and uses
 //! it without writing it: pass 1 (θ, θ₀, g) plus the optimizer's own pass plus one read of
@@ -31,12 +33,14 @@ mod correction;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod optimizer;
 pub mod reference;
 
 pub use correction::Correction;
-pub use cpu::Optimizer;
+pub use cpu::HostState;
 #[cfg(feature = "cuda")]
-pub use cuda::CudaOptimizer;
+pub use cuda::CudaState;
+pub use optimizer::{OptimBackend, Optimizer};
 
 use crate::{Error, Result};
 

@@ -186,12 +186,10 @@ fn redreg_step_is_the_host_corrected_step() {
         let gs: Vec<&[f32]> = g.iter().map(|x| &x[..]).collect();
         let c = Correction::new(1, th0.iter().map(|x| &x[..]).collect(), 0.8);
         let mut pv: Vec<&mut [f32]> = host.iter_mut().map(|x| &mut x[..]).collect();
-        let want = reference
-            .step_cpu_corrected(&be(), &mut pv, &gs, &c)
-            .unwrap();
+        let want = reference.step_corrected(&be(), &mut pv, &gs, &c).unwrap();
         assert_eq!(ranks, want);
         let mut pv: Vec<&mut [f32]> = plain.iter_mut().map(|x| &mut x[..]).collect();
-        plain_opt.step_cpu(&be(), &mut pv, &gs).unwrap();
+        plain_opt.step(&be(), &mut pv, &gs).unwrap();
         for i in 0..vars.len() {
             assert_eq!(values::<f32>(&vars[i]), host[i], "step {t} var {i}");
         }

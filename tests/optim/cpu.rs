@@ -74,7 +74,7 @@ fn check<T: Element>() {
                 }
                 let mut pv: Vec<&mut [T]> = params.iter_mut().map(|p| p.as_mut_slice()).collect();
                 let gv: Vec<&[T]> = grads.iter().map(|g| g.as_slice()).collect();
-                opt.step_cpu(&be, &mut pv, &gv).unwrap();
+                opt.step(&be, &mut pv, &gv).unwrap();
                 for i in 0..LENS.len() {
                     assert_eq!(
                         bits(&params[i])
@@ -126,14 +126,14 @@ fn another_layout_is_rejected() {
     let (mut a, mut b) = (vec![1f32; 3], vec![1f32; 5]);
     let g = (vec![0.5f32; 3], vec![0.5f32; 5]);
     let e = opt
-        .step_cpu(&be, &mut [&mut a[..], &mut b[..]], &[&g.0[..], &g.1[..]])
+        .step(&be, &mut [&mut a[..], &mut b[..]], &[&g.0[..], &g.1[..]])
         .unwrap_err()
         .to_string();
     assert!(e.contains("expected 4 elements, got 5"), "{e}");
     assert_eq!((a, b), (vec![1f32; 3], vec![1f32; 5]));
     assert_eq!(opt.steps(), 0);
     let mut c = [1f32; 3];
-    assert!(opt.step_cpu(&be, &mut [&mut c[..]], &[&g.0[..]]).is_err());
+    assert!(opt.step(&be, &mut [&mut c[..]], &[&g.0[..]]).is_err());
     assert!(Optimizer::new(Rule::Sgd(Sgd::new(-1.0)), &[3]).is_err());
     assert_eq!(opt.state(0).unwrap().0, &[0f32; 3][..]);
 }

@@ -1,4 +1,4 @@
-//! The CUDA optimizer step (`CudaOptimizer`, `kernels/optim.cu`) against the f64 oracle, on
+//! The CUDA optimizer step (`Optimizer<CudaBackend>`, `kernels/optim.cu`) against the f64 oracle, on
 //! a GPU or the emulated driver (tests/emu); without either every test prints `SKIP`
 //! (`REDREG_REQUIRE_GPU=1` makes that fail: tests/common/gpu.rs).
 //!
@@ -22,7 +22,7 @@ mod gpu;
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use redreg::cuda::CudaBackend;
 use redreg::optim::reference::{adamw_step, corrected_grads, sgd_step, widen};
-use redreg::optim::{AdamW, Correction, CudaOptimizer, Rule, Sgd};
+use redreg::optim::{AdamW, Correction, Optimizer, Rule, Sgd};
 use redreg::testing::elements;
 use redreg::{bf16, f16, Backend, Beta, Element, Partials, ProjectOptions, Projection, Segments};
 use std::sync::Mutex;
@@ -156,7 +156,7 @@ fn oracle(
 
 fn check_state(
     b: &CudaBackend,
-    opt: &CudaOptimizer,
+    opt: &Optimizer<CudaBackend>,
     rule: &Rule,
     s0: &[Vec<f32>],
     s1: &[Vec<f32>],
@@ -186,7 +186,7 @@ fn plain<T: Element>(test: &str) {
     };
     for rule in rules() {
         let what = format!("{} {rule:?}", T::DTYPE);
-        let mut opt = CudaOptimizer::new(b, rule, &LENS).unwrap();
+        let mut opt = Optimizer::on(b, rule, &LENS).unwrap();
         let mut want = theta::<T>();
         let mut dev = ups(b, &want);
         let mut s0: Vec<Vec<f32>> = LENS.iter().map(|&n| vec![0.0; n]).collect();
@@ -281,7 +281,7 @@ fn corrected<T: Element>(test: &str) {
                 T::DTYPE,
                 extras + 1
             );
-            let mut opt = CudaOptimizer::new(b, rule, &LENS).unwrap();
+            let mut opt = Optimizer::on(b, rule, &LENS).unwrap();
             let mut want = theta::<T>();
             let e = enc(&want, extras);
             let mut dev = ups(b, &want);
@@ -359,7 +359,7 @@ fn repeated_runs_give_the_same_bits() {
     };
     let run = || {
         let rule = Rule::AdamW(AdamW::default());
-        let mut opt = CudaOptimizer::new(b, rule, &LENS).unwrap();
+        let mut opt = Optimizer::on(b, rule, &LENS).unwrap();
         let th = theta::<bf16>();
         let e = enc(&th, 1);
         let mut dev = ups(b, &th);
@@ -401,7 +401,7 @@ fn bad_input_writes_nothing() {
         return;
     };
     let rule = Rule::Sgd(Sgd::script(0.1));
-    let mut opt = CudaOptimizer::new(b, rule, &LENS).unwrap();
+    let mut opt = Optimizer::on(b, rule, &LENS).unwrap();
     let th = theta::<f32>();
     let e = enc(&th, 0);
     let mut dev = ups(b, &th);
@@ -414,7 +414,7 @@ fn bad_input_writes_nothing() {
     }
     let before = downs(b, &dev, &LENS);
     let state: Vec<_> = (0..LENS.len()).map(|i| opt.state(b, i).unwrap()).collect();
-    let unchanged = |opt: &CudaOptimizer, dev: &[CudaSlice<f32>], what: &str| {
+    let unchanged = |opt: &Optimizer<CudaBackend>, dev: &[CudaSlice<f32>], what: &str| {
         assert_eq!(opt.steps(), 1, "{what}: step count");
         let now = downs(b, dev, &LENS);
         for i in 0..LENS.len() {
@@ -560,7 +560,7 @@ fn launch_counts_on_the_emulated_driver() {
     let mut dev = ups(b, &th);
     let gd = ups(b, &g);
     let t0d = ups(b, &th[..n_audio]);
-    let mut opt = CudaOptimizer::new(b, Rule::AdamW(AdamW::default()), &lens).unwrap();
+    let mut opt = Optimizer::on(b, Rule::AdamW(AdamW::default()), &lens).unwrap();
     let mut pv = views_mut(&mut dev, &lens);
     let gv = views(&gd, &lens);
     // Warm-up: module loading, the pointer table's first upload.

@@ -1,4 +1,4 @@
-//! The fused RedReg optimizer step on the CPU (`Optimizer::step_cpu_corrected`) against the
+//! The fused RedReg optimizer step on the CPU (`Optimizer::step_corrected`) against the
 //! f64 oracle: the projection's pass 1, then `reference::corrected_grads` (the corrected
 //! gradient in f64, never rounded), then `reference::{sgd_step, adamw_step}`.
 //!
@@ -208,7 +208,7 @@ fn check<T: Element>() {
                         oracle_step(&rule, t, &parts, &mut want, &mut s0, &mut s1, &g, &m, beta);
                     let c = Correction::new(FIRST, refs(&m.theta0), beta).extra(refs2(&m.extra));
                     let mut pv: Vec<&mut [T]> = params.iter_mut().map(|p| &mut p[..]).collect();
-                    let ranks = opt.step_cpu_corrected(&be, &mut pv, &refs(&g), &c).unwrap();
+                    let ranks = opt.step_corrected(&be, &mut pv, &refs(&g), &c).unwrap();
                     assert_eq!(ranks, want_ranks, "{what} step {t}");
                     assert_eq!(ranks[0], 1, "{what}: a one-element tensor has rank 1");
                     for i in 0..LENS.len() {
@@ -229,7 +229,7 @@ fn check<T: Element>() {
                     // β ≠ 0) and equals it elsewhere.
                     let mut pv: Vec<&mut [T]> =
                         plain_params.iter_mut().map(|p| &mut p[..]).collect();
-                    plain.step_cpu(&be, &mut pv, &refs(&g)).unwrap();
+                    plain.step(&be, &mut pv, &refs(&g)).unwrap();
                     if t == 1 {
                         assert_ne!(bits(&plain_params[4]), bits(&params[4]), "{what}");
                         assert_eq!(bits(&plain_params[7]), bits(&params[7]), "{what}");
@@ -334,7 +334,7 @@ fn close_to_full_oracle<T: Element>(ulp: f64) {
             oracle_step(&rule, t, &parts, &mut want, &mut s0, &mut s1, &g, &m, beta);
             let c = Correction::new(FIRST, refs(&m.theta0), beta).extra(refs2(&m.extra));
             let mut pv: Vec<&mut [T]> = params.iter_mut().map(|p| &mut p[..]).collect();
-            opt.step_cpu_corrected(&be, &mut pv, &refs(&g), &c).unwrap();
+            opt.step_corrected(&be, &mut pv, &refs(&g), &c).unwrap();
             for i in 0..LENS.len() {
                 for (e, (a, b)) in params[i].iter().zip(&want[i]).enumerate() {
                     let (a, b) = (a.to_f64(), b.to_f64());
@@ -381,9 +381,9 @@ fn beta_zero_is_the_plain_step() {
         let g = grads::<bf16>(t);
         let c = Correction::new(FIRST, refs(&m.theta0), 0.0);
         let mut v: Vec<&mut [bf16]> = pa.iter_mut().map(|p| &mut p[..]).collect();
-        a.step_cpu_corrected(&be, &mut v, &refs(&g), &c).unwrap();
+        a.step_corrected(&be, &mut v, &refs(&g), &c).unwrap();
         let mut v: Vec<&mut [bf16]> = pb.iter_mut().map(|p| &mut p[..]).collect();
-        b.step_cpu(&be, &mut v, &refs(&g)).unwrap();
+        b.step(&be, &mut v, &refs(&g)).unwrap();
     }
     assert_eq!(pa, pb);
     for i in 0..LENS.len() {
@@ -404,7 +404,7 @@ fn bad_input_writes_nothing() {
     {
         let c = Correction::new(FIRST, refs(&m.theta0), 1.0);
         let mut pv: Vec<&mut [f32]> = params.iter_mut().map(|p| &mut p[..]).collect();
-        opt.step_cpu_corrected(&be, &mut pv, &gr, &c).unwrap();
+        opt.step_corrected(&be, &mut pv, &gr, &c).unwrap();
     }
     let snapshot = |o: &Optimizer| -> Vec<(Vec<f32>, Vec<f32>)> {
         (0..LENS.len())
@@ -451,7 +451,7 @@ fn bad_input_writes_nothing() {
     for (want, c) in &bad {
         let mut pv: Vec<&mut [f32]> = params.iter_mut().map(|p| &mut p[..]).collect();
         let e = opt
-            .step_cpu_corrected(&be, &mut pv, &gr, c)
+            .step_corrected(&be, &mut pv, &gr, c)
             .unwrap_err()
             .to_string();
         assert!(e.contains(want), "{want}: {e}");
@@ -461,12 +461,12 @@ fn bad_input_writes_nothing() {
     let mut other = params.clone();
     other[6].push(0.0);
     let mut pv: Vec<&mut [f32]> = other.iter_mut().map(|p| &mut p[..]).collect();
-    assert!(opt.step_cpu_corrected(&be, &mut pv, &gr, &c).is_err());
+    assert!(opt.step_corrected(&be, &mut pv, &gr, &c).is_err());
     let mut pv: Vec<&mut [f32]> = params.iter_mut().map(|p| &mut p[..]).collect();
-    assert!(opt.step_cpu_corrected(&be, &mut pv, &gr[1..], &c).is_err());
-    assert!(opt.step_cpu_corrected(&be, &mut pv[1..], &gr, &c).is_err());
+    assert!(opt.step_corrected(&be, &mut pv, &gr[1..], &c).is_err());
+    assert!(opt.step_corrected(&be, &mut pv[1..], &gr, &c).is_err());
     let mut fewer = Optimizer::new(Rule::AdamW(AdamW::default()), &LENS[..7]).unwrap();
-    assert!(fewer.step_cpu_corrected(&be, &mut pv, &gr, &c).is_err());
+    assert!(fewer.step_corrected(&be, &mut pv, &gr, &c).is_err());
     assert_eq!(params, p0);
     assert_eq!(snapshot(&opt), st0);
     assert_eq!(opt.steps(), 1);
