@@ -237,6 +237,13 @@ for step in $STEPS; do
                             # gpu_errors launches no kernel: plain and address modes only.
                             project | gpu_errors) ;;
                             gpu_reliability) run_bin tsan "$name" "$bin" --skip twenty_runs --skip two_backends ;;
+                            # The statistics kernel under TSan as before the merge of the stats
+                            # tests (gpu_stats): whole plans, several blocks and batches, every
+                            # alignment; the other bodies add host-side checks and oracle
+                            # arithmetic that the other modes run (154 s -> ~50 s on 2 cores).
+                            stats) run_bin tsan "$name" "$bin" cuda::plan_matches_the_oracle \
+                                cuda::results_do_not_depend_on_alignment cuda::finishes_span_several_batches \
+                                cuda::any_batch_size_up_to_the_declared_one ;;
                             *) run_bin tsan "$name" "$bin" "${skip_here[@]}" ;;
                         esac ;;
                 esac
