@@ -2,6 +2,7 @@
 //! momentum, Nesterov with weight decay, the script's settings) and AdamW, several steps,
 //! 1, 2 and 8 threads, chunk sizes that cut tensors anywhere; and a list of another layout.
 
+use super::rules;
 use redreg::optim::reference::{adamw_step, sgd_step, widen};
 use redreg::optim::{AdamW, Optimizer, Rule, Sgd};
 use redreg::testing::elements;
@@ -9,32 +10,6 @@ use redreg::{bf16, f16, CpuBackend, Element};
 
 /// Tensor lengths with empty, tiny and multi-chunk tensors.
 const LENS: [usize; 6] = [0, 1, 37, 1000, 5000, 64];
-
-fn rules() -> Vec<Rule> {
-    vec![
-        Rule::Sgd(Sgd::new(0.05)),
-        Rule::Sgd(Sgd {
-            momentum: 0.9,
-            dampening: 0.1,
-            ..Sgd::new(0.05)
-        }),
-        Rule::Sgd(Sgd {
-            momentum: 0.8,
-            nesterov: true,
-            weight_decay: 1e-2,
-            ..Sgd::new(0.05)
-        }),
-        Rule::Sgd(Sgd::script(0.01)),
-        Rule::AdamW(AdamW::default()),
-        Rule::AdamW(AdamW {
-            lr: 0.02,
-            beta1: 0.5,
-            beta2: 0.9,
-            eps: 1e-6,
-            weight_decay: 0.1,
-        }),
-    ]
-}
 
 fn bits<T: Element>(x: &[T]) -> Vec<f64> {
     x.iter().map(|v| v.to_f64()).collect()

@@ -19,6 +19,7 @@ mod emu;
 #[path = "../common/gpu.rs"]
 mod gpu;
 
+use super::rules;
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use redreg::cuda::CudaBackend;
 use redreg::optim::reference::{adamw_step, corrected_grads, sgd_step, widen};
@@ -38,32 +39,6 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 const LENS: [usize; 8] = [5, 0, 1, 37, 1000, 40000, 64, 300];
 const FIRST: usize = 2;
 const ENC: usize = 5;
-
-fn rules() -> Vec<Rule> {
-    vec![
-        Rule::Sgd(Sgd::new(0.05)),
-        Rule::Sgd(Sgd {
-            momentum: 0.9,
-            dampening: 0.1,
-            ..Sgd::new(0.05)
-        }),
-        Rule::Sgd(Sgd {
-            momentum: 0.8,
-            nesterov: true,
-            weight_decay: 1e-2,
-            ..Sgd::new(0.05)
-        }),
-        Rule::Sgd(Sgd::script(0.01)),
-        Rule::AdamW(AdamW::default()),
-        Rule::AdamW(AdamW {
-            lr: 0.02,
-            beta1: 0.5,
-            beta2: 0.9,
-            eps: 1e-6,
-            weight_decay: 0.1,
-        }),
-    ]
-}
 
 fn up<T: Element>(b: &CudaBackend, x: &[T]) -> CudaSlice<T> {
     // A zero-length allocation is valid for cudarc; keep at least one element so that every
@@ -230,23 +205,7 @@ struct Enc<T> {
 }
 
 fn enc<T: Element>(th: &[Vec<T>], extras: usize) -> Enc<T> {
-    let theta0 = (0..ENC)
-        .map(|s| {
-            let d: Vec<f64> = redreg::testing::signed_vec(LENS[FIRST + s], 50 + s as u64, 0.05);
-            th[FIRST + s]
-                .iter()
-                .zip(d)
-                .map(|(x, d)| T::from_f64(x.to_f64() + d))
-                .collect()
-        })
-        .collect();
-    let extra = (0..extras)
-        .map(|j| {
-            (0..ENC)
-                .map(|s| elements(LENS[FIRST + s], 70 + 10 * j as u64 + s as u64, 0.3))
-                .collect()
-        })
-        .collect();
+    let (theta0, extra) = super::encoder(th, FIRST, ENC, extras);
     Enc { theta0, extra }
 }
 

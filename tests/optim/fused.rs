@@ -59,24 +59,7 @@ fn model<T: Element>(extras: usize) -> Model<T> {
         .enumerate()
         .map(|(i, &n)| elements(n, 10 + i as u64, 1.0))
         .collect();
-    // θ₀ near θ: a drift of a few percent, as in training.
-    let theta0 = (0..ENC)
-        .map(|s| {
-            let d: Vec<f64> = redreg::testing::signed_vec(LENS[FIRST + s], 50 + s as u64, 0.05);
-            theta[FIRST + s]
-                .iter()
-                .zip(d)
-                .map(|(x, d)| T::from_f64(x.to_f64() + d))
-                .collect()
-        })
-        .collect();
-    let extra = (0..extras)
-        .map(|j| {
-            (0..ENC)
-                .map(|s| elements(LENS[FIRST + s], 70 + 10 * j as u64 + s as u64, 0.3))
-                .collect()
-        })
-        .collect();
+    let (theta0, extra) = super::encoder(&theta, FIRST, ENC, extras);
     Model {
         theta,
         theta0,

@@ -12,3 +12,66 @@ mod reference;
 mod candle;
 #[cfg(feature = "cuda")]
 mod cuda;
+
+use redreg::optim::{AdamW, Rule, Sgd};
+use redreg::testing::elements;
+use redreg::Element;
+
+/// The rules every backend's pass is checked with: SGD (plain, momentum with dampening,
+/// Nesterov with weight decay, the script's) and AdamW (PyTorch's defaults and another
+/// setting).
+fn rules() -> Vec<Rule> {
+    vec![
+        Rule::Sgd(Sgd::new(0.05)),
+        Rule::Sgd(Sgd {
+            momentum: 0.9,
+            dampening: 0.1,
+            ..Sgd::new(0.05)
+        }),
+        Rule::Sgd(Sgd {
+            momentum: 0.8,
+            nesterov: true,
+            weight_decay: 1e-2,
+            ..Sgd::new(0.05)
+        }),
+        Rule::Sgd(Sgd::script(0.01)),
+        Rule::AdamW(AdamW::default()),
+        Rule::AdamW(AdamW {
+            lr: 0.02,
+            beta1: 0.5,
+            beta2: 0.9,
+            eps: 1e-6,
+            weight_decay: 0.1,
+        }),
+    ]
+}
+
+/// An encoder's correction data for the tensors `first..first + n` of `theta`: θ₀ near θ
+/// (a drift of a few percent, as in training) and `extras` extra basis lists.
+#[allow(clippy::type_complexity)]
+fn encoder<T: Element>(
+    theta: &[Vec<T>],
+    first: usize,
+    n: usize,
+    extras: usize,
+) -> (Vec<Vec<T>>, Vec<Vec<Vec<T>>>) {
+    let len = |s: usize| theta[first + s].len();
+    let theta0 = (0..n)
+        .map(|s| {
+            let d: Vec<f64> = redreg::testing::signed_vec(len(s), 50 + s as u64, 0.05);
+            theta[first + s]
+                .iter()
+                .zip(d)
+                .map(|(x, d)| T::from_f64(x.to_f64() + d))
+                .collect()
+        })
+        .collect();
+    let extra = (0..extras)
+        .map(|j| {
+            (0..n)
+                .map(|s| elements(len(s), 70 + 10 * j as u64 + s as u64, 0.3))
+                .collect()
+        })
+        .collect();
+    (theta0, extra)
+}
