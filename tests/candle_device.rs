@@ -1,13 +1,13 @@
-//! The device-chosen candle path (`redreg::candle::DeviceBackend`,
-//! `redreg::candle::stats::DeviceStats`) on `Device::Cpu` against the explicit CPU path
+//! The device-chosen candle path (`redreg::candle::OnDevice<Backends>`,
+//! `OnDevice<Executors>`) on `Device::Cpu` against the explicit CPU path
 //! (`CpuBackend`, `CpuStats`): bitwise the same projections, ranks, gradients and
 //! statistics.
 #![cfg(feature = "candle")]
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
-use redreg::candle::stats::{modality_shapes, step_inputs, DeviceStats, ModalityTensors};
-use redreg::candle::{project_drift_into_grads, project_out_tensors, DeviceBackend};
+use redreg::candle::stats::{modality_shapes, step_inputs, ModalityTensors};
+use redreg::candle::{project_drift_into_grads, project_out_tensors, Backends, Executors, OnDevice};
 use redreg::controller::RedRegStats;
 use redreg::stats::{CpuStats, Stats, StatsPlan};
 use redreg::{Beta, CpuBackend, ProjectOptions};
@@ -41,8 +41,8 @@ fn bits(x: &Tensor) -> Vec<u32> {
 
 #[test]
 fn device_backend_for_cpu_is_the_cpu_backend() {
-    let be = DeviceBackend::for_device(&Device::Cpu).unwrap();
-    assert!(matches!(be, DeviceBackend::Cpu(_)));
+    let be = OnDevice::<Backends>::for_device(&Device::Cpu).unwrap();
+    assert!(matches!(be, OnDevice::Cpu(_)));
     let cpu = CpuBackend::new();
     let o = ProjectOptions::default();
     for dt in [DType::F32, DType::BF16] {
@@ -117,10 +117,10 @@ fn device_stats_for_cpu_equal_cpu_stats() {
     let mut plan = StatsPlan::new();
     let h = RedRegStats::declare(&mut plan, &shapes).unwrap();
     let mut cpu = CpuStats::new(&plan).unwrap();
-    let mut dev = DeviceStats::for_device(&Device::Cpu, &plan).unwrap();
+    let mut dev = OnDevice::<Executors>::for_device(&Device::Cpu, &plan).unwrap();
     assert!(!dev.is_cuda());
-    let be = DeviceBackend::for_device(&Device::Cpu).unwrap();
-    let mut shared = DeviceStats::new(&be, &plan).unwrap();
+    let be = OnDevice::<Backends>::for_device(&Device::Cpu).unwrap();
+    let mut shared = OnDevice::<Executors>::new(&be, &plan).unwrap();
     for labels in [
         Tensor::new(&[0u32, 3, 1, 2, 2, 0], &Device::Cpu).unwrap(),
         Tensor::new(&[1i64, 0, 0, 3, 2, 1], &Device::Cpu).unwrap(),

@@ -188,20 +188,20 @@ fn wrong_device_or_stream_is_an_error() {
     }
 }
 
-/// The device-chosen path on CUDA: `DeviceBackend` is the CUDA backend on candle's stream
-/// (bitwise the explicit one), and `DeviceStats` computes the step's statistics from CUDA
+/// The device-chosen path on CUDA: `OnDevice<Backends>` is the CUDA backend on candle's stream
+/// (bitwise the explicit one), and `OnDevice<Executors>` computes the step's statistics from CUDA
 /// tensors in place, equal to the CPU plan on the same values up to f64 summation order.
 #[test]
 fn device_backend_and_stats_on_cuda() {
-    use redreg::candle::stats::{modality_shapes, step_inputs, DeviceStats, ModalityTensors};
-    use redreg::candle::DeviceBackend;
+    use redreg::candle::stats::{modality_shapes, step_inputs, ModalityTensors};
+    use redreg::candle::{Backends, Executors, OnDevice};
     use redreg::controller::RedRegStats;
     use redreg::stats::{CpuStats, StatsPlan};
     let Some((dev, be)) = device("device_backend_and_stats_on_cuda") else {
         return;
     };
-    let dbe = DeviceBackend::for_device(dev).unwrap();
-    assert!(matches!(dbe, DeviceBackend::Cuda(_)));
+    let dbe = OnDevice::<Backends>::for_device(dev).unwrap();
+    assert!(matches!(dbe, OnDevice::Cuda(_)));
     let o = ProjectOptions::default();
     let v = [t(1, &[5, 4], dev)];
     let b = [t(2, &[5, 4], dev)];
@@ -243,7 +243,7 @@ fn device_backend_and_stats_on_cuda() {
     let mut plan = StatsPlan::new();
     let h = RedRegStats::declare(&mut plan, &shapes).unwrap();
     let mut cpu = CpuStats::new(&plan).unwrap();
-    let mut on_dev = DeviceStats::for_device(dev, &plan).unwrap();
+    let mut on_dev = OnDevice::<Executors>::for_device(dev, &plan).unwrap();
     assert!(on_dev.is_cuda());
     let y = [0u32, 3, 1, 2, 2, 0];
     let yh = Tensor::new(&y, &Device::Cpu).unwrap();

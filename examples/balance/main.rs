@@ -31,7 +31,7 @@
 //! undropped input (sigma 0.03) through each encoder; the per-step statistics (`p_m`,
 //! redundancy ratios, `pos_sim`) by the crate's fused statistics plan through
 //! `redreg::candle::stats`; `Controller::observe`; projection of the suppressed encoder's
-//! drift into its gradients (`redreg::candle`, `DeviceBackend`). Where `p_m` and `pos_sim`
+//! drift into its gradients (`redreg::candle`, `OnDevice<Backends>`). Where `p_m` and `pos_sim`
 //! come from is the **pipeline** (`--pipelines`):
 //! - `script`: the authors' script exactly — the main forward pass, whose input has modality
 //!   dropout applied (so on a batch where A is zeroed, B "leads" and is suppressed);

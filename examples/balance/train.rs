@@ -8,8 +8,8 @@ use super::ogm::Ogm;
 use super::{dev, Args};
 use candle_core::{Tensor, D};
 use indicatif::ProgressBar;
-use redreg::candle::stats::{modality_shapes, step_inputs, DeviceStats, ModalityTensors};
-use redreg::candle::{project_drift_into_grads, DeviceBackend};
+use redreg::candle::stats::{modality_shapes, step_inputs, ModalityTensors};
+use redreg::candle::{project_drift_into_grads, Backends, Executors, OnDevice};
 use redreg::controller::{Config, Controller, DropoutSchedule, Dropped, RedRegStats};
 use redreg::stats::StatsPlan;
 use std::time::Instant;
@@ -184,7 +184,7 @@ fn evaluate(m: &Model, test: &Data) -> Res<(f64, [f64; 2])> {
 struct RedReg {
     pipeline: Pipeline,
     ctl: Controller,
-    plan: Option<(DeviceStats, RedRegStats)>,
+    plan: Option<(OnDevice<Executors>, RedRegStats)>,
     noise: Rng,
     history: [Vec<Vec<Tensor>>; 2],
 }
@@ -215,7 +215,7 @@ pub fn train(
         _ => None,
     };
     let mut ogm = (mode == Mode::OgmGe).then(|| Ogm::new(args.ogm_alpha, seed));
-    let backend = DeviceBackend::for_device(dev())?;
+    let backend = OnDevice::<Backends>::for_device(dev())?;
     // Same data order and dropout draws in every run of a seed (paired runs).
     let mut order_rng = Rng(seed ^ 0x0D0E);
     let n_train = train_d.len();
@@ -340,7 +340,7 @@ impl RedReg {
         y: &Tensor,
         dropped: bool,
         probe: bool,
-        backend: &DeviceBackend,
+        backend: &OnDevice<Backends>,
         time: &mut Timing,
     ) -> Res<redreg::controller::Decision> {
         let t = Instant::now();
@@ -382,7 +382,7 @@ impl RedReg {
             let shapes = [modality_shapes(&mods[0])?, modality_shapes(&mods[1])?];
             let mut plan = StatsPlan::new();
             let handles = RedRegStats::declare(&mut plan, &shapes)?;
-            self.plan = Some((DeviceStats::new(backend, &plan)?, handles));
+            self.plan = Some((OnDevice::<Executors>::new(backend, &plan)?, handles));
         }
         let (exec, handles) = self.plan.as_mut().ok_or("statistics plan")?;
         let inputs = step_inputs(exec, handles, y, &mods)?;
@@ -404,7 +404,7 @@ impl RedReg {
         theta0: &[Tensor],
         grads: &mut candle_core::backprop::GradStore,
         d: &redreg::controller::Decision,
-        backend: &DeviceBackend,
+        backend: &OnDevice<Backends>,
     ) -> Res<()> {
         let own: Option<Vec<Tensor>> = if k > 1 {
             Some(

@@ -1,11 +1,14 @@
-//! A memory family's object chosen from a candle device at run time: [`OnDevice`], one enum
-//! for both the projection backend ([`DeviceBackend`]) and the statistics executor
-//! ([`DeviceStats`]), and one dispatch (`on_device!`) for every call through it.
+//! What the adapter's functions run on, in one mechanism for both roles — the projection
+//! backend ([`Backends`]) and the statistics executor ([`Executors`]): [`OnTensors`], the
+//! one trait of what a function accepts (a memory family's own object, or an
+//! [`OnDevice`]), [`OnDevice`], a memory family's object chosen from a candle device at
+//! run time, and one dispatch (`on_device!`) for every call through it.
 
 use super::memory::TensorMemory;
-use super::stats::{step_on, ModalityTensors, TensorStats};
-use super::{invalid, Result, TensorBackend, TensorProjection};
-use crate::backend::Host;
+use super::project::{project_tensors, TensorProjection};
+use super::stats::{step_on, ModalityTensors};
+use super::{invalid, Result};
+use crate::backend::{Backend, Host};
 use crate::controller::{RedRegStats, StepInputs};
 use crate::stats::{CpuStats, Stats, StatsPlan, StatsResults};
 use crate::CpuBackend;
@@ -15,32 +18,93 @@ mod sealed {
     pub trait Sealed {}
     impl Sealed for super::Backends {}
     impl Sealed for super::Executors {}
+    /// Seals [`super::OnTensors`]: only this crate can call or implement its method.
+    #[derive(Clone, Copy)]
+    pub struct Token;
 }
+pub(super) use sealed::Token;
 
-/// What an [`OnDevice`] holds of each memory family: [`Backends`] (its projection backend)
-/// or [`Executors`] (its statistics executor). Sealed.
+/// A role an object plays for the adapter: [`Backends`] (the projection backend of a
+/// memory family) or [`Executors`] (its statistics executor). Sealed.
 pub trait Role: sealed::Sealed {
     /// The object of memory family `M`.
     type Of<M: TensorMemory>: std::fmt::Debug + Send;
+    /// The operation's inputs.
+    #[doc(hidden)]
+    type Args<'a>;
+    /// The operation's result.
+    #[doc(hidden)]
+    type Output;
 }
 
-/// The projection backend of each memory family (`TensorMemory::Backend`).
+/// The projection backend of each memory family (`TensorMemory::Backend`); its operation
+/// is the tensor-list projection of [`super::project_out_tensors`] and
+/// [`super::project_drift_into_grads`].
 #[derive(Debug)]
 pub struct Backends;
 
-/// The statistics executor of each memory family (`TensorMemory::Stats`).
+/// The statistics executor of each memory family (`TensorMemory::Stats`); its operation is
+/// one step of [`super::stats::step_inputs`].
 #[derive(Debug)]
 pub struct Executors;
 
 impl Role for Backends {
     type Of<M: TensorMemory> = M::Backend;
+    type Args<'a> = &'a TensorProjection<'a>;
+    /// The new tensors and each tensor's basis rank, in order.
+    type Output = (Vec<Tensor>, Vec<u32>);
 }
 
 impl Role for Executors {
     type Of<M: TensorMemory> = M::Stats;
+    type Args<'a> = (&'a RedRegStats, &'a Tensor, &'a [ModalityTensors<'a>]);
+    type Output = StepInputs;
 }
 
-/// The object of role `R` for the memory family of a candle device, chosen at run time.
+/// What the adapter's functions accept in role `R`, by reference: a memory family's own
+/// object — `&CpuBackend` for CPU tensors and, with feature `candle-cuda`, `&CudaBackend`
+/// (made by `cuda_backend(&device)`, on candle's stream) for projections; `&mut CpuStats` /
+/// `&mut CudaStats` for statistics — or an [`OnDevice`] (`&OnDevice<Backends>`,
+/// `&mut OnDevice<Executors>`), either chosen at run time. Sealed: the adapter's functions
+/// are the interface.
+pub trait OnTensors<R: Role>: Sized {
+    /// Runs the role's operation on the tensors of `args` (the token: only the adapter
+    /// calls it).
+    #[doc(hidden)]
+    fn on_tensors(self, args: R::Args<'_>, _: Token) -> Result<R::Output>;
+}
+
+impl<B> OnTensors<Backends> for &B
+where
+    B: Backend,
+    B::Memory: TensorMemory<Backend = B>,
+{
+    fn on_tensors(self, p: &TensorProjection<'_>, _: Token) -> Result<(Vec<Tensor>, Vec<u32>)> {
+        project_tensors(self, p)
+    }
+}
+
+impl<S> OnTensors<Executors> for &mut S
+where
+    S: Stats,
+    S::Memory: TensorMemory<Stats = S>,
+{
+    fn on_tensors(
+        self,
+        (handles, labels, mods): (&RedRegStats, &Tensor, &[ModalityTensors<'_>]),
+        _: Token,
+    ) -> Result<StepInputs> {
+        step_on(self, handles, labels, mods)
+    }
+}
+
+/// The object of role `R` for the memory family of a candle device, chosen at run time:
+/// `OnDevice<Backends>` (make it with [`OnDevice::<Backends>::for_device`]) holds
+/// [`CpuBackend`] for `Device::Cpu` and, with feature `candle-cuda`, a
+/// [`crate::cuda::CudaBackend`] on candle's stream for a CUDA device; `OnDevice<Executors>`
+/// (made by [`OnDevice::<Executors>::new`] from the backend) holds [`CpuStats`] or
+/// `CudaStats` on the same stream. Make each once per device (and plan) and keep it: on
+/// CUDA it caches the loaded kernels and a workspace per layout.
 #[derive(Debug)]
 pub enum OnDevice<R: Role> {
     /// For CPU tensors.
@@ -49,19 +113,6 @@ pub enum OnDevice<R: Role> {
     #[cfg(feature = "candle-cuda")]
     Cuda(R::Of<crate::cuda::Device>),
 }
-
-/// The backend for a candle device, chosen at run time: [`CpuBackend`] for `Device::Cpu`
-/// and, with feature `candle-cuda`, a [`crate::cuda::CudaBackend`] on candle's stream for a
-/// CUDA device (`cuda_backend`). A [`TensorBackend`], so the adapter's functions take it
-/// like either; [`DeviceStats`] is its statistics executor. Make it once per device and
-/// keep it (on CUDA it caches the loaded kernels and a workspace per layout).
-pub type DeviceBackend = OnDevice<Backends>;
-
-/// The statistics executor for a candle device: [`CpuStats`] for `Device::Cpu`, with
-/// feature `candle-cuda` `CudaStats` on candle's stream for a CUDA device — the executor
-/// of the device a [`DeviceBackend`] was made for. Pass it to
-/// [`super::stats::step_inputs`]. Made once per plan and kept.
-pub type DeviceStats = OnDevice<Executors>;
 
 /// `$e` with `$x` bound to the object of whichever family `$v` holds (one expression,
 /// type-checked for each family).
@@ -82,7 +133,23 @@ impl<R: Role> OnDevice<R> {
     }
 }
 
-impl DeviceBackend {
+impl OnTensors<Backends> for &OnDevice<Backends> {
+    fn on_tensors(self, p: &TensorProjection<'_>, t: Token) -> Result<(Vec<Tensor>, Vec<u32>)> {
+        on_device!(self, b => b.on_tensors(p, t))
+    }
+}
+
+impl OnTensors<Executors> for &mut OnDevice<Executors> {
+    fn on_tensors(
+        self,
+        args: (&RedRegStats, &Tensor, &[ModalityTensors<'_>]),
+        t: Token,
+    ) -> Result<StepInputs> {
+        on_device!(self, s => s.on_tensors(args, t))
+    }
+}
+
+impl OnDevice<Backends> {
     /// The backend for tensors on `device`. `Err` for a device other than the CPU and (with
     /// feature `candle-cuda`) CUDA, or when the CUDA backend cannot be made.
     pub fn for_device(device: &Device) -> Result<Self> {
@@ -107,18 +174,10 @@ impl DeviceBackend {
     }
 }
 
-impl super::sealed::Sealed for DeviceBackend {}
-
-impl TensorBackend for DeviceBackend {
-    fn project_tensors(&self, p: &TensorProjection<'_>) -> Result<(Vec<Tensor>, Vec<u32>)> {
-        on_device!(self, b => b.project_tensors(p))
-    }
-}
-
-impl DeviceStats {
+impl OnDevice<Executors> {
     /// The executor of `plan` on `backend`'s device (on CUDA: on its stream, sharing its
     /// loaded kernels).
-    pub fn new(backend: &DeviceBackend, plan: &StatsPlan) -> Result<Self> {
+    pub fn new(backend: &OnDevice<Backends>, plan: &StatsPlan) -> Result<Self> {
         Ok(match backend {
             OnDevice::Cpu(_) => Self::Cpu(CpuStats::new(plan)?),
             #[cfg(feature = "candle-cuda")]
@@ -128,9 +187,9 @@ impl DeviceStats {
 
     /// The executor of `plan` for tensors on `device` (`Err` for a device other than the
     /// CPU and, with feature `candle-cuda`, CUDA). On CUDA this makes its own backend on
-    /// candle's stream; [`DeviceStats::new`] shares one.
+    /// candle's stream; [`OnDevice::<Executors>::new`] shares one.
     pub fn for_device(device: &Device, plan: &StatsPlan) -> Result<Self> {
-        Self::new(&DeviceBackend::for_device(device)?, plan)
+        Self::new(&OnDevice::<Backends>::for_device(device)?, plan)
     }
 
     /// The plan it runs.
@@ -141,18 +200,5 @@ impl DeviceStats {
     /// The results of the last run (NaN before the first).
     pub fn results(&self) -> &StatsResults {
         on_device!(self, s => s.results())
-    }
-}
-
-impl super::stats::exec_sealed::Sealed for DeviceStats {}
-
-impl TensorStats for DeviceStats {
-    fn step(
-        &mut self,
-        handles: &RedRegStats,
-        labels: &Tensor,
-        mods: &[ModalityTensors<'_>],
-    ) -> Result<StepInputs> {
-        on_device!(self, s => step_on(s, handles, labels, mods))
     }
 }

@@ -18,12 +18,14 @@
 //!   (d_i - P_i d_i)` with `d_i = theta_i - theta0_i` and the basis `span{grad_i, extra…}`,
 //!   written back into a [`GradStore`].
 //! - [`stats`]: RedReg's per-step statistics (`p_m`, redundancy, `pos_sim`) from CPU or
-//!   CUDA tensors through the fused statistics plan ([`stats::DeviceStats`]).
+//!   CUDA tensors through the fused statistics plan, on an `OnDevice<Executors>`.
 //!
-//! Both functions take a [`TensorBackend`]: [`CpuBackend`](crate::CpuBackend) for CPU tensors, (feature
-//! `candle-cuda`) a [`crate::cuda::CudaBackend`] made by `cuda_backend(&device)`, which runs
-//! on candle's own stream, or [`DeviceBackend::for_device`], which picks one of them for a
-//! `candle_core::Device` at run time.
+//! What they run on is one mechanism for both roles ([`OnTensors`]): the projection
+//! functions take a reference to a backend — [`CpuBackend`](crate::CpuBackend) for CPU
+//! tensors, (feature `candle-cuda`) a [`crate::cuda::CudaBackend`] made by
+//! `cuda_backend(&device)`, which runs on candle's own stream, or an [`OnDevice<Backends>`]
+//! from [`OnDevice::<Backends>::for_device`], which picks one of them for a
+//! `candle_core::Device` at run time; the statistics take `&mut` its executor the same way.
 //!
 //! # Launches and copies
 //! One call is one tensor-list projection ([`crate::Backend::project_list`]) over all its
@@ -69,7 +71,8 @@ pub mod stats;
 pub use self::redreg::{RedReg, NOISE_SIGMA};
 #[cfg(feature = "candle-cuda")]
 pub use cuda::cuda_backend;
-pub use device::{Backends, DeviceBackend, Executors, OnDevice, Role};
+use device::Token;
+pub use device::{Backends, Executors, OnDevice, OnTensors, Role};
 pub use memory::{stats_buf, TensorMemory};
 pub use optim::FusedOptimizer;
 pub use project::TensorProjection;
@@ -332,38 +335,6 @@ fn check_kind(name: &'static str, i: usize, first: &Tensor, t: &Tensor) -> Resul
     Ok(())
 }
 
-/// The backends the adapter runs on: [`CpuBackend`](crate::CpuBackend) for tensors with CPU storage and, with
-/// feature `candle-cuda`, [`crate::cuda::CudaBackend`] for tensors with CUDA storage (make
-/// it with `cuda_backend`, so that it runs on the device's own stream) — every backend of a
-/// [`TensorMemory`] —, or [`DeviceBackend`], either chosen at run time. The adapter's
-/// functions are the interface (sealed).
-pub trait TensorBackend: sealed::Sealed {
-    /// Runs the projection as one tensor-list projection; the new tensors and each
-    /// tensor's basis rank, in order.
-    #[doc(hidden)]
-    fn project_tensors(&self, p: &TensorProjection<'_>) -> Result<(Vec<Tensor>, Vec<u32>)>;
-}
-
-mod sealed {
-    pub trait Sealed {}
-    impl<B> Sealed for B
-    where
-        B: crate::Backend,
-        B::Memory: super::TensorMemory<Backend = B>,
-    {
-    }
-}
-
-impl<B> TensorBackend for B
-where
-    B: crate::Backend,
-    B::Memory: TensorMemory<Backend = B>,
-{
-    fn project_tensors(&self, p: &TensorProjection<'_>) -> Result<(Vec<Tensor>, Vec<u32>)> {
-        project::project_tensors(self, p)
-    }
-}
-
 /// One list of the tensors' handles (cheap clones: candle tensors share their storage).
 fn list<T: AsTensor>(ts: &[T]) -> TensorList<Tensor> {
     TensorList(ts.iter().map(|t| t.tensor().clone()).collect())
@@ -381,8 +352,8 @@ fn list<T: AsTensor>(ts: &[T]) -> TensorList<Tensor> {
 /// any number of tensors, a single device-to-host copy of the ranks at the end. All tensors
 /// must share the dtype and the backend's device (`Err` otherwise).
 #[allow(clippy::too_many_arguments)]
-pub fn project_out_tensors<Bk: TensorBackend, V: AsTensor, B: AsTensor>(
-    backend: &Bk,
+pub fn project_out_tensors<Bk: OnTensors<Backends>, V: AsTensor, B: AsTensor>(
+    backend: Bk,
     v: &[V],
     basis: &[&[B]],
     base: Option<&[B]>,
@@ -422,7 +393,7 @@ pub fn project_out_tensors<Bk: TensorBackend, V: AsTensor, B: AsTensor>(
     .alpha(alpha)
     .beta(beta)
     .opts(*opts);
-    backend.project_tensors(&p)
+    backend.on_tensors(&p, Token)
 }
 
 /// The RedReg update of one encoder from candle: for every parameter tensor `i`,
@@ -436,8 +407,8 @@ pub fn project_out_tensors<Bk: TensorBackend, V: AsTensor, B: AsTensor>(
 /// The new gradients are new tensors (one buffer each on the parameters' device; candle
 /// tensors are immutable) that replace the old ones in `grads`, inserted only after all of
 /// them were computed, so an `Err` leaves `grads` unchanged. Returns each tensor's rank.
-pub fn project_drift_into_grads<Bk: TensorBackend, P: AsTensor, Q: AsTensor>(
-    backend: &Bk,
+pub fn project_drift_into_grads<Bk: OnTensors<Backends>, P: AsTensor, Q: AsTensor>(
+    backend: Bk,
     params: &[P],
     theta0: &[Q],
     grads: &mut GradStore,
@@ -489,7 +460,7 @@ pub fn project_drift_into_grads<Bk: TensorBackend, P: AsTensor, Q: AsTensor>(
     .beta(beta)
     .opts(*opts);
     p.v0 = Some(list(theta0));
-    let (new, ranks) = backend.project_tensors(&p)?;
+    let (new, ranks) = backend.on_tensors(&p, Token)?;
     for (p, g) in params.iter().zip(new) {
         grads.insert(p.tensor(), g);
     }

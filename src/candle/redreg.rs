@@ -3,8 +3,8 @@
 //! `backward()` and the optimizer step.
 //!
 //! It owns what the lower layers need and a trainer would otherwise carry itself: the
-//! backend for the model's device ([`DeviceBackend`]), the [`Controller`], the fused
-//! statistics plan with its executor ([`DeviceStats`], [`RedRegStats`]) and the epoch
+//! backend for the model's device (an [`OnDevice<Backends>`]), the [`Controller`], the fused
+//! statistics plan with its executor (an [`OnDevice<Executors>`], [`RedRegStats`]) and the epoch
 //! snapshots θ₀ of every encoder. Everything it does goes through the public lower layers
 //! ([`step_inputs`], [`Controller::observe`], [`project_drift_into_grads`]), which stay
 //! available for trainers that need another arrangement.
@@ -12,8 +12,8 @@
 //! The complete trainer is `examples/minimal.rs` (two MLP encoders, a concatenation head,
 //! SGD, a short last batch).
 
-use super::stats::{modality_shapes, step_inputs, DeviceStats, ModalityTensors};
-use super::{project_drift_into_grads, snapshot, DeviceBackend};
+use super::stats::{modality_shapes, step_inputs, ModalityTensors};
+use super::{project_drift_into_grads, snapshot, Backends, Executors, OnDevice};
 use crate::controller::{Config, Controller, Decision, ModalityShapes, RedRegStats};
 use crate::error::{invalid, Result};
 use crate::stats::StatsPlan;
@@ -80,7 +80,7 @@ pub const NOISE_SIGMA: f64 = 0.03;
 #[derive(Debug)]
 pub struct RedReg {
     device: Device,
-    backend: DeviceBackend,
+    backend: OnDevice<Backends>,
     controller: Controller,
     encoders: Vec<Vec<Var>>,
     max_batch: usize,
@@ -93,7 +93,7 @@ pub struct RedReg {
 /// The statistics plan's executor, its handles and the declared shapes (at `max_batch`).
 #[derive(Debug)]
 struct Stats {
-    exec: DeviceStats,
+    exec: OnDevice<Executors>,
     handles: RedRegStats,
     shapes: Vec<ModalityShapes>,
 }
@@ -143,7 +143,7 @@ impl RedReg {
             }
         }
         Ok(Self {
-            backend: DeviceBackend::for_device(&device)?,
+            backend: OnDevice::<Backends>::for_device(&device)?,
             device,
             controller,
             encoders,
@@ -356,7 +356,7 @@ impl RedReg {
     }
 
     /// The backend the projection runs on (CPU, or CUDA on candle's stream).
-    pub fn backend(&self) -> &DeviceBackend {
+    pub fn backend(&self) -> &OnDevice<Backends> {
         &self.backend
     }
 
@@ -380,7 +380,7 @@ impl RedReg {
 /// The plan for `max_batch` samples of the per-sample widths in `shapes` (one step's, at
 /// its own batch size), and its executor on the backend's device.
 fn declare(
-    backend: &DeviceBackend,
+    backend: &OnDevice<Backends>,
     shapes: Vec<ModalityShapes>,
     max_batch: usize,
 ) -> Result<Stats> {
@@ -403,7 +403,7 @@ fn declare(
     let mut plan = StatsPlan::new();
     let handles = RedRegStats::declare(&mut plan, &shapes)?;
     Ok(Stats {
-        exec: DeviceStats::new(backend, &plan)?,
+        exec: OnDevice::<Executors>::new(backend, &plan)?,
         handles,
         shapes,
     })

@@ -2,7 +2,7 @@
 //! per-step statistics (`p_m`, the redundancy ratios, `pos_sim`) computed straight from a
 //! trainer's tensors, read in place, on the device the tensors are on: [`CpuStats`](crate::stats::CpuStats) for CPU
 //! tensors, (feature `candle-cuda`) `CudaStats` for CUDA tensors (as cudarc views of
-//! candle's storage, on candle's stream), or [`DeviceStats`], chosen from a
+//! candle's storage, on candle's stream), or an [`OnDevice<Executors>`](super::OnDevice), chosen from a
 //! `candle_core::Device`. One generic path serves them all: the tensors are read as the
 //! buffers of the executor's memory family ([`TensorMemory`]) and bound by
 //! [`RedRegStats::run`]. Any batch of 1 to the declared B samples runs (the last, smaller
@@ -13,7 +13,8 @@
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
-//! use redreg::candle::stats::{modality_shapes, step_inputs, DeviceStats, ModalityTensors};
+//! use redreg::candle::stats::{modality_shapes, step_inputs, ModalityTensors};
+//! use redreg::candle::{Executors, OnDevice};
 //! use redreg::controller::RedRegStats;
 //! use redreg::stats::StatsPlan;
 //! # fn main() -> redreg::Result<()> {
@@ -29,14 +30,14 @@
 //! let shapes = [modality_shapes(&a)?, modality_shapes(&m_b)?]; // from a full batch
 //! let mut plan = StatsPlan::new();
 //! let handles = RedRegStats::declare(&mut plan, &shapes)?;
-//! let mut exec = DeviceStats::for_device(&dev, &plan)?; // CPU or CUDA
+//! let mut exec = OnDevice::<Executors>::for_device(&dev, &plan)?; // CPU or CUDA
 //! // every step (any batch of 1 to 8 samples):
 //! let inputs = step_inputs(&mut exec, &handles, &labels, &[a, m_b])?; // → Controller::observe
 //! assert_eq!(inputs.scores.len(), 2);
 //! # Ok(()) }
 //! ```
 
-pub use super::device::DeviceStats;
+use super::device::{Executors, OnTensors, Token};
 use super::{candle_err, dtype_of, stats_buf, TensorMemory, TensorView};
 use crate::controller::{ModalityBufs, ModalityShapes, RedRegStats, StepInputs};
 use crate::error::{invalid, Result};
@@ -207,50 +208,9 @@ where
     handles.run(exec, &labels, &bufs)
 }
 
-pub(super) mod exec_sealed {
-    pub trait Sealed {}
-}
-
-/// The executors [`step_inputs`] runs: every [`Stats`] executor of a [`TensorMemory`]
-/// ([`CpuStats`](crate::stats::CpuStats) for CPU tensors; with feature `candle-cuda`, `CudaStats` for CUDA tensors
-/// on its stream: make its backend with `redreg::candle::cuda_backend(&device)`), and
-/// [`DeviceStats`] (either, chosen from the device). Sealed.
-pub trait TensorStats: exec_sealed::Sealed {
-    /// See [`step_inputs`].
-    #[doc(hidden)]
-    fn step(
-        &mut self,
-        handles: &RedRegStats,
-        labels: &Tensor,
-        mods: &[ModalityTensors<'_>],
-    ) -> Result<StepInputs>;
-}
-
-impl<S> exec_sealed::Sealed for S
-where
-    S: Stats,
-    S::Memory: TensorMemory<Stats = S>,
-{
-}
-
-impl<S> TensorStats for S
-where
-    S: Stats,
-    S::Memory: TensorMemory<Stats = S>,
-{
-    fn step(
-        &mut self,
-        handles: &RedRegStats,
-        labels: &Tensor,
-        mods: &[ModalityTensors<'_>],
-    ) -> Result<StepInputs> {
-        step_on(self, handles, labels, mods)
-    }
-}
-
 /// Runs the plan of `handles` (declared by [`RedRegStats::declare`] in `exec`'s plan) on
 /// one step's tensors, in one pass, on the executor's device ([`CpuStats`](crate::stats::CpuStats), `CudaStats`,
-/// [`DeviceStats`]), and returns the controller's inputs. `labels` are the batch's class
+/// `OnDevice<Executors>`), and returns the controller's inputs. `labels` are the batch's class
 /// indices (a rank-1 u8, u32 or i64 tensor on the same device); `mods` one entry per
 /// modality, in the order of the declaration. The batch may be smaller than the declared
 /// one (1 to B samples, the same in every tensor): the statistics are then the means over
@@ -260,11 +220,11 @@ where
 /// another stream), a non-contiguous tensor, an unsupported dtype, a modality count that
 /// differs from the declaration, more samples than declared or tensors that are not a
 /// whole number of samples; `Err` after the run for a label outside `0..C`.
-pub fn step_inputs<S: TensorStats + ?Sized>(
-    exec: &mut S,
+pub fn step_inputs<S: OnTensors<Executors>>(
+    exec: S,
     handles: &RedRegStats,
     labels: &Tensor,
     mods: &[ModalityTensors<'_>],
 ) -> Result<StepInputs> {
-    exec.step(handles, labels, mods)
+    exec.on_tensors((handles, labels, mods), Token)
 }

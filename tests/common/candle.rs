@@ -57,8 +57,8 @@ pub fn reference_one<T: Element>(
 /// `project_out_tensors` with k = 2 and a base term on four tensors of `dt` on `dev`
 /// against [`reference_one`]: one tensor has a start offset (a row of a bigger tensor), one
 /// a rank-deficient basis (rank 1), one is larger than a chunk; per-tensor β.
-pub fn check_project_dtype<B: redreg::candle::TensorBackend>(
-    be: &B,
+pub fn check_project_dtype(
+    be: impl redreg::candle::OnTensors<redreg::candle::Backends>,
     dev: &Device,
     dt: candle_core::DType,
     atol: f64,
