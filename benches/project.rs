@@ -9,7 +9,10 @@
 //! - `project_out` (both passes, in place): `(2k + 4)·n·s`.
 //! - `drift_step` (the fused RedReg step, k = 1: theta, theta0 and grad read in both
 //!   passes, grad written; no drift buffer, no gradient copy): `7·n·s`; `drift_step_list`
-//!   the same over a tensor list (`project_list`, one slice per segment).
+//!   the same over a tensor list (`project_list`, one slice per segment);
+//!   `drift_step_two_passes` the same without the cache-aware schedule
+//!   (`CpuBackend::with_cache_bytes(0)`: pass 1 over every tensor, then pass 2). Each
+//!   drift row also prints its time over the single-pass bound (4·n·s at memcpy).
 //! - `orthonormalize` (CholQR2, two rounds; each round's Gram pass reads the k vectors and
 //!   its apply pass reads and writes them): `2·3k·n·s`.
 //! - memcpy: reads and writes the same buffer size: `2·bytes`.
@@ -105,10 +108,11 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
-    fn report(&self, bytes: f64) {
+    /// Prints the row; returns the ratio to memcpy (NaN without times).
+    fn report(&self, bytes: f64) -> f64 {
         let mut t = self.times.borrow_mut();
         if t.is_empty() {
-            return;
+            return f64::NAN;
         }
         t.sort_by(f64::total_cmp);
         let min = t[0];
@@ -123,6 +127,7 @@ impl Runner<'_> {
             gbs / self.memcpy
         );
         t.clear();
+        gbs / self.memcpy
     }
 }
 
@@ -221,7 +226,16 @@ fn bench_dtype<T: Element>(
             label: format!("{name}/{k} {dt}"),
             times: &times,
         }
-        .report(bytes as f64);
+        .report(bytes as f64)
+    };
+    // The drift step's time over its single-pass bound: each operand read once and the
+    // gradient written once (4·n·s bytes) at this run's memcpy rate; counted over 7·n·s
+    // bytes, a ratio r to memcpy is 1.75 / r times the bound.
+    let bound = |name: &str, r: f64| {
+        println!(
+            "  {name:<40} {:.2} × the single-pass bound (4·n·s at memcpy)",
+            1.75 / r
+        )
     };
 
     for &k in &ks {
@@ -239,7 +253,7 @@ fn bench_dtype<T: Element>(
         if k == 1 {
             // The fused RedReg step (Projection::drift): theta (v), theta0 (basis 0) and
             // grad read in both passes, grad written: 7·n·s bytes, no scratch.
-            timed(&mut g, "drift_step", 1, 7 * n * s, &mut || {
+            let r = timed(&mut g, "drift_step", 1, 7 * n * s, &mut || {
                 be.project_out(
                     segs,
                     Projection::drift(&v[..], &basis[0][..], [], &mut grad[..])
@@ -248,6 +262,20 @@ fn bench_dtype<T: Element>(
                 )
                 .expect("drift_step");
             });
+            bound("drift_step/1", r);
+            // The same step without the cache-aware schedule (`with_cache_bytes(0)`): one
+            // pass 1 over every tensor, then one pass 2 (the same bits, more DRAM traffic).
+            let two = be.clone().with_cache_bytes(0);
+            let r = timed(&mut g, "drift_step_two_passes", 1, 7 * n * s, &mut || {
+                two.project_out(
+                    segs,
+                    Projection::drift(&v[..], &basis[0][..], [], &mut grad[..])
+                        .beta(beta)
+                        .opts(opts),
+                )
+                .expect("drift_step_two_passes");
+            });
+            bound("drift_step_two_passes/1", r);
             // The same step over a tensor list (one slice per segment): the same chunks
             // and loops, so the same bytes; this row shows the list's overhead.
             timed(&mut g, "drift_step_list", 1, 7 * n * s, &mut || {

@@ -7,7 +7,9 @@
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use redreg::candle::stats::{modality_shapes, step_inputs, ModalityTensors};
-use redreg::candle::{project_drift_into_grads, project_out_tensors, Backends, Executors, OnDevice};
+use redreg::candle::{
+    project_drift_into_grads, project_out_tensors, Backends, Executors, OnDevice,
+};
 use redreg::controller::RedRegStats;
 use redreg::stats::{CpuStats, Stats, StatsPlan};
 use redreg::{Beta, CpuBackend, ProjectOptions};

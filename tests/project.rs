@@ -560,6 +560,80 @@ mod cpu_only {
         }
     }
 
+    /// The cache-aware schedule (`with_cache_bytes`) changes no bit: every output, k and β
+    /// form, with budgets from a few elements (every tensor its own group, the larger ones
+    /// with pass 2 backwards) to everything in one group, against the same backend with
+    /// the schedule off (one pass 1 over all tensors, then one pass 2); `project_case`
+    /// also holds both to the oracle.
+    fn cache_groups_case<T: Element>(seed: u64, k: usize, m: usize, per_seg: bool, budget: usize) {
+        let mut rng = Rng::new(seed);
+        let segs = Segments::from_lengths(&random_lengths(&mut rng, 12, 3000)).unwrap();
+        let be = |bytes| {
+            CpuBackend::with_threads(2)
+                .unwrap()
+                .with_chunk(257)
+                .unwrap()
+                .with_inline_elements(0)
+                .with_cache_bytes(bytes)
+        };
+        let mode = [
+            common::Mode::Write,
+            common::Mode::Base,
+            common::Mode::Accumulate,
+        ][m];
+        let off =
+            project_case::<CpuBackend, T>(&be(0), "groups off", &segs, k, mode, per_seg, seed);
+        let on =
+            project_case::<CpuBackend, T>(&be(budget), "groups on", &segs, k, mode, per_seg, seed);
+        let bits = |x: &[T]| x.iter().map(|e| e.to_f64().to_bits()).collect::<Vec<_>>();
+        assert!(
+            bits(&off) == bits(&on),
+            "cache budget {budget} B changed the result"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        #[test]
+        fn cache_groups_change_no_bit_f32(seed in any::<u64>(), k in 0usize..=8, m in 0usize..3, pb in any::<bool>(), budget in 1usize..200_000) {
+            cache_groups_case::<f32>(seed >> 8, k, m, pb, budget)
+        }
+        #[test]
+        fn cache_groups_change_no_bit_bf16(seed in any::<u64>(), k in 0usize..=8, m in 0usize..3, pb in any::<bool>(), budget in 1usize..200_000) {
+            cache_groups_case::<bf16>(seed >> 8, k, m, pb, budget)
+        }
+    }
+
+    /// The drift step (θ − θ₀ against the gradient, written into the gradient: the
+    /// controller's step) with θ₀ ≠ θ, grouped and not: the same bits.
+    #[test]
+    fn cache_groups_keep_the_drift_step() {
+        let mut rng = Rng::new(7);
+        let segs = Segments::from_lengths(&[70_000, 3, 0, 5_000, 120_000, 1, 9_000]).unwrap();
+        let n = segs.total();
+        let theta = common::to_t::<f32>(&rng.normals(n));
+        let theta0 = common::to_t::<f32>(&rng.normals(n));
+        let grad = common::to_t::<f32>(&rng.normals(n));
+        let run = |bytes: usize| {
+            let be = CpuBackend::with_threads(2).unwrap().with_cache_bytes(bytes);
+            let mut g = grad.clone();
+            let p = Projection::drift(&theta[..], &theta0[..], Vec::new(), &mut g[..]).beta(0.7);
+            let ranks = be.project_out(&segs, p).unwrap();
+            (g.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), ranks)
+        };
+        let off = run(0);
+        // 200 KiB: the small tensors share groups; 70 000 and 120 000 elements (three
+        // operands of 4 bytes) run alone, pass 2 backwards.
+        for bytes in [1, 200 << 10, CpuBackend::DEFAULT_CACHE_BYTES] {
+            assert!(
+                run(bytes) == off,
+                "cache budget {bytes} B changed the drift step"
+            );
+        }
+        assert_ne!(off.0, grad.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    }
+
     /// Bitwise identical results for 1, 2 and 8 threads, run to run, and on the calling
     /// thread (`with_inline_elements(usize::MAX)`: the inline path of small calls).
     #[test]

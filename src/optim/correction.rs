@@ -57,6 +57,21 @@ impl<'a, B> Correction<'a, B> {
     }
 
     /// The encoder's tensors in a list of `count` tensors; `Err` when they do not fit.
+    /// The correction of tensors `r` of the encoder alone (its list's positions `r`), for
+    /// a step over a part of the encoder.
+    pub(crate) fn slice(&self, r: std::ops::Range<usize>) -> Self
+    where
+        B: Clone,
+    {
+        Correction {
+            first: self.first + r.start,
+            theta0: self.theta0[r.clone()].to_vec(),
+            extra: self.extra.iter().map(|e| e[r.clone()].to_vec()).collect(),
+            beta: self.beta.slice(r),
+            opts: self.opts,
+        }
+    }
+
     pub(crate) fn range(&self, count: usize) -> Result<std::ops::Range<usize>> {
         let end = self.first.checked_add(self.theta0.len());
         match end {

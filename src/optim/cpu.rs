@@ -6,6 +6,7 @@
 //! multiply-adds).
 
 use super::{AdamW, Correction, OptimBackend, Rule, Sgd};
+use crate::project::cache_groups;
 use crate::project::solve::MAX_K;
 use crate::{Beta, CpuBackend, Element, Error, Result, Segments};
 
@@ -34,7 +35,8 @@ impl OptimBackend for CpuBackend {
         grads: &[&'a [T]],
     ) -> Result<()> {
         st.check_lists(params, grads)?;
-        st.pass(self, rule, t, params, grads, None);
+        let all = 0..st.lens.len();
+        st.pass(self, rule, t, params, grads, None, &[all]);
         Ok(())
     }
 
@@ -48,23 +50,43 @@ impl OptimBackend for CpuBackend {
         c: &Correction<'_, &'a [T]>,
     ) -> Result<Vec<u32>> {
         st.check_lists(params, grads)?;
-        let r = c.range(st.lens.len())?;
+        let n = st.lens.len();
+        let r = c.range(n)?;
         let segs = Segments::from_lengths(&st.lens[r.clone()])?;
-        let (coef, ranks) = {
+        {
+            // The whole correction checked before anything is written.
             let theta: Vec<&[T]> = params[r.clone()].iter().map(|p| &**p).collect();
-            let p = c.projection(theta, grads[r.clone()].to_vec());
-            self.coefficients_list(&segs, &p)?
-        };
-        let k = 1 + c.extra.len();
-        let fused = Fused {
-            first: r.start,
-            k,
-            coef: &coef,
-            theta0: &c.theta0,
-            extra: &c.extra,
-            beta: c.beta,
-        };
-        st.pass(self, rule, t, params, grads, Some(fused));
+            c.projection(theta, grads[r.clone()].to_vec())
+                .validate(&segs)?;
+        }
+        // The tensors outside the encoder: the plain update.
+        st.pass(self, rule, t, params, grads, None, &[0..r.start, r.end..n]);
+        // The encoder cache group by cache group (`CpuBackend::with_cache_bytes`, as the
+        // projection's schedule): a group's pass 1 and solve, then its update while what
+        // pass 1 read (θ, θ₀, g) is still cached. Per tensor the same pass 1, solve and
+        // update, so the same bits as one pass 1 over the encoder and one update pass.
+        let per_element = (3 + c.extra.len()) * std::mem::size_of::<T>() + 4 * st.buffers();
+        let mut ranks = Vec::with_capacity(r.len());
+        for g in cache_groups(&segs, self.cache_elements(per_element)) {
+            let part = c.slice(g.clone());
+            let abs = part.range(n)?;
+            let (coef, part_ranks) = {
+                let gsegs = Segments::from_lengths(&st.lens[abs.clone()])?;
+                let theta: Vec<&[T]> = params[abs.clone()].iter().map(|p| &**p).collect();
+                let p = part.projection(theta, grads[abs.clone()].to_vec());
+                self.coefficients_list(&gsegs, &p)?
+            };
+            let fused = Fused {
+                first: abs.start,
+                k: 1 + c.extra.len(),
+                coef: &coef,
+                theta0: &part.theta0,
+                extra: &part.extra,
+                beta: part.beta,
+            };
+            st.pass(self, rule, t, params, grads, Some(fused), &[abs]);
+            ranks.extend(part_ranks);
+        }
         Ok(ranks)
     }
 }
@@ -86,6 +108,12 @@ impl HostState {
             s0: bufs(a),
             s1: bufs(b),
         }
+    }
+
+    /// The number of state buffers per tensor (0, 1 or 2).
+    fn buffers(&self) -> usize {
+        let on = |b: &[Vec<f32>]| usize::from(b.iter().any(|x| !x.is_empty()));
+        on(&self.s0) + on(&self.s1)
     }
 
     /// The state buffers of tensor `i`.
@@ -120,8 +148,9 @@ impl HostState {
         Ok(())
     }
 
-    /// The one pass over checked lists: every tensor cut into chunks of the backend's chunk
-    /// size, each chunk a task; `fused` adds the correction to its tensors' chunks.
+    /// The one pass over checked lists, over the tensors in `which`: every tensor cut into
+    /// chunks of the backend's chunk size, each chunk a task; `fused` adds the correction
+    /// to its tensors' chunks.
     fn pass<T: Element>(
         &mut self,
         be: &CpuBackend,
@@ -130,8 +159,10 @@ impl HostState {
         params: &mut [&mut [T]],
         grads: &[&[T]],
         fused: Option<Fused<'_, '_, T>>,
+        which: &[std::ops::Range<usize>],
     ) {
         let chunk = be.chunk();
+        let visits = |i: usize| which.iter().any(|r| r.contains(&i));
         let mut pieces: Vec<Piece<'_, T>> = Vec::new();
         for (i, (((p, g), s0), s1)) in params
             .iter_mut()
@@ -139,6 +170,7 @@ impl HostState {
             .zip(self.s0.iter_mut())
             .zip(self.s1.iter_mut())
             .enumerate()
+            .filter(|(i, _)| visits(*i))
         {
             let mut p: &mut [T] = p;
             let mut s0: &mut [f32] = s0;
@@ -161,7 +193,10 @@ impl HostState {
                 start += c;
             }
         }
-        let elements = self.lens.iter().sum();
+        let elements = (self.lens.iter().enumerate())
+            .filter(|(i, _)| visits(*i))
+            .map(|(_, n)| n)
+            .sum();
         let idx: Vec<usize> = (0..pieces.len()).collect();
         let rule = match *rule {
             Rule::Sgd(p) => Step::Sgd(p, t),

@@ -61,13 +61,21 @@ pub enum Beta<'a> {
     PerSegment(&'a [f64]),
 }
 
-impl Beta<'_> {
+impl<'a> Beta<'a> {
     /// β of segment `s` (after [`Beta::validate`], so `s` is in range).
     #[inline]
     pub(crate) fn at(&self, s: usize) -> f64 {
         match self {
             Beta::Scalar(b) => *b,
             Beta::PerSegment(b) => b[s],
+        }
+    }
+
+    /// β of the segments `r` (validated), for a projection over those segments alone.
+    pub(crate) fn slice(&self, r: std::ops::Range<usize>) -> Beta<'a> {
+        match self {
+            Beta::Scalar(b) => Beta::Scalar(*b),
+            Beta::PerSegment(b) => Beta::PerSegment(&b[r]),
         }
     }
 

@@ -128,6 +128,7 @@ impl CpuBackend {
         partials: &Partials,
         c: Cut<'_, '_, T>,
         cap_by_len: bool,
+        backwards: bool,
     ) -> Result<Vec<u32>> {
         let k = c.k();
         partials.check_shape(segs, k)?;
@@ -145,7 +146,15 @@ impl CpuBackend {
             .collect();
         let (alpha, beta, v, v0) = (c.alpha, c.beta, c.v, c.v0);
         let (out, base) = c.out.into_parts();
-        let outs = split_by_tasks(out, tasks);
+        let mut outs = split_by_tasks(out, tasks);
+        let reversed: Vec<ChunkTask>;
+        let tasks = if backwards {
+            outs.reverse();
+            reversed = tasks.iter().rev().cloned().collect();
+            &reversed[..]
+        } else {
+            tasks
+        };
         self.zip_tasks(segs.total(), tasks, outs, |t, o| {
             let (s, r) = (t.seg, local(segs, t));
             let bs: Vec<&[T]> = basis.iter().map(|b| &b[s][r.clone()]).collect();
@@ -178,11 +187,56 @@ impl CpuBackend {
         Ok(solve_all(segs, &parts, k, &p.opts, true))
     }
 
-    /// Both passes of a validated projection cut per segment.
+    /// Both passes of a validated projection cut per segment, cache group by cache group
+    /// ([`cache_groups`]): pass 2 of a group runs right after its pass 1, while the
+    /// group's operands are still in cache, so a step reads most of them from DRAM once
+    /// instead of twice. A group is a smaller projection over its own segments: the same
+    /// chunks (they start at each segment's start), the same per-segment sums and solve,
+    /// hence the same bits as one pass 1 over everything followed by one pass 2.
     fn project_cut<T: Element>(&self, segs: &Segments, c: Cut<'_, '_, T>) -> Result<Vec<u32>> {
+        let per_element = operands(&c) * std::mem::size_of::<T>();
+        let groups = cache_groups(segs, self.cache_elements(per_element));
+        if groups.len() <= 1 {
+            return self.project_group(segs, c, false);
+        }
+        let beta = c.beta;
+        let mut grouped = c.map(|b| split_groups(b, &groups), |d| split_groups(d, &groups));
+        let mut ranks = Vec::with_capacity(segs.len());
+        for (i, r) in groups.iter().enumerate() {
+            let mut sub = grouped
+                .as_mut()
+                .map(|b| b[i].clone(), |d| std::mem::take(&mut d[i]));
+            sub.beta = beta.slice(r.clone());
+            let lens: Vec<usize> = r.clone().map(|s| segs.seg_len(s)).collect();
+            let sub_segs = Segments::from_lengths(&lens)?;
+            // A segment larger than the budget is a group of its own: its pass 2 then runs
+            // backwards, so that it starts on the chunks pass 1 read last (still cached).
+            let backwards = sub_segs.total() > self.cache_elements(per_element);
+            ranks.extend(self.project_group(&sub_segs, sub, backwards)?);
+        }
+        Ok(ranks)
+    }
+
+    /// Both passes over the segments of one group (`backwards`: pass 2 in reverse chunk
+    /// order, the same values).
+    fn project_group<T: Element>(
+        &self,
+        segs: &Segments,
+        c: Cut<'_, '_, T>,
+        backwards: bool,
+    ) -> Result<Vec<u32>> {
         let tasks = chunk_tasks(segs, self.chunk())?;
         let parts = self.partials_of(segs, &tasks, &c, |o| o.iter().map(|x| &**x).collect());
-        self.apply_capped(segs, &tasks, &parts, c, true)
+        self.apply_capped(segs, &tasks, &parts, c, true, backwards)
+    }
+
+    /// How many elements of a projection with `per_element` bytes per element (over all
+    /// its operands) one cache group may hold; `usize::MAX` when grouping is off.
+    pub(crate) fn cache_elements(&self, per_element: usize) -> usize {
+        match self.cache_bytes() {
+            0 => usize::MAX,
+            b => (b / per_element.max(1)).max(1),
+        }
     }
 
     /// CholQR2 (see the module docs).
@@ -277,7 +331,7 @@ impl Backend for CpuBackend {
         p.validate(segs)?;
         let tasks = chunk_tasks(segs, self.chunk())?;
         let c = p.map(|s| cut(segs, s), |d| cut_mut(segs, d));
-        self.apply_capped(segs, &tasks, partials, c, false)
+        self.apply_capped(segs, &tasks, partials, c, false, false)
     }
 
     fn orthonormalize<T: Element>(
@@ -352,6 +406,41 @@ fn split_by_tasks<'a, T>(mut segs: Vec<&'a mut [T]>, tasks: &[ChunkTask]) -> Vec
         segs[t.seg] = tail;
     }
     pieces
+}
+
+/// The bytes per element of a projection's operands (each read-only buffer and the
+/// destination): what one element of a cache group costs in cache.
+fn operands<T>(c: &Cut<'_, '_, T>) -> usize {
+    2 + usize::from(c.v0.is_some()) + c.basis.len() + usize::from(c.out.base().is_some())
+}
+
+/// The segments cut into consecutive groups of at most `max` elements each (a longer
+/// segment is a group of its own); empty segments join the group they stand in. One group
+/// when everything fits.
+pub(crate) fn cache_groups(segs: &Segments, max: usize) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let (mut start, mut size) = (0, 0usize);
+    for (s, r) in segs.iter().enumerate() {
+        let n = r.len();
+        if size > 0 && size.saturating_add(n) > max {
+            groups.push(start..s);
+            (start, size) = (s, 0);
+        }
+        size += n;
+    }
+    if start < segs.len() || groups.is_empty() {
+        groups.push(start..segs.len());
+    }
+    groups
+}
+
+/// A per-segment buffer list cut into the groups' lists.
+fn split_groups<B>(bufs: Vec<B>, groups: &[std::ops::Range<usize>]) -> Vec<Vec<B>> {
+    let mut it = bufs.into_iter();
+    groups
+        .iter()
+        .map(|r| it.by_ref().take(r.len()).collect())
+        .collect()
 }
 
 const _: () = assert!(kernels::MAX_STRIDE == partial_stride(crate::project::solve::MAX_K));

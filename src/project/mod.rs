@@ -12,6 +12,7 @@ pub(crate) mod solve;
 
 pub use args::*;
 pub(crate) use args::{check_k, check_orthonormalize, check_tol, BasisRef};
+pub(crate) use cpu::cache_groups;
 #[cfg(all(feature = "cuda", feature = "testing"))]
 pub(crate) use cuda::project_kernel_names;
 #[cfg(feature = "cuda")]

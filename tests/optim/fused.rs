@@ -4,7 +4,8 @@
 //!
 //! - Bit for bit when the oracle is given the same pass-1 partials (the CPU's, for the
 //!   backend's chunk size): every dtype, SGD and AdamW, k = 1 and 3, scalar and per-tensor
-//!   β, first and later steps, 1/2/8 threads and several chunk sizes; tensors outside the
+//!   β, first and later steps, 1/2/8 threads, several chunk sizes and cache budgets (the
+//!   encoder in one group, or cut into groups); tensors outside the
 //!   encoder take the plain step in the same pass.
 //! - Within one rounding when the oracle runs its own pass 1 (`reference::partials`, another
 //!   summation order: `docs/numerics.md`, *The fused optimizer step*).
@@ -159,12 +160,17 @@ fn check<T: Element>() {
     let per_seg = [0.5, 1.0, 2.0, 0.0, 1.5];
     for rule in rules() {
         for (extras, beta) in [(0, Beta::Scalar(1.0)), (2, Beta::PerSegment(&per_seg))] {
-            for (threads, chunk) in [(1, 1 << 15), (2, 64), (8, 64), (8, 7)] {
+            // Cache budgets (bytes): the default (the encoder in one group), off, 1 (every
+            // tensor a group of its own) and 20 000 (the small tensors grouped, the
+            // 5000-element one alone).
+            let configs = [(1, 1 << 15, CpuBackend::DEFAULT_CACHE_BYTES), (2, 64, 0)];
+            for (threads, chunk, cache) in configs.into_iter().chain([(8, 64, 1), (8, 7, 20_000)]) {
                 let be = CpuBackend::with_threads(threads)
                     .unwrap()
                     .with_chunk(chunk)
                     .unwrap()
-                    .with_inline_elements(0);
+                    .with_inline_elements(0)
+                    .with_cache_bytes(cache);
                 let m = model::<T>(extras);
                 let mut opt = Optimizer::new(rule, &LENS).unwrap();
                 let mut plain = opt.clone();
@@ -174,7 +180,7 @@ fn check<T: Element>() {
                 let mut s0: Vec<Vec<f32>> = LENS.iter().map(|&n| vec![0.0; n]).collect();
                 let mut s1 = s0.clone();
                 let what = format!(
-                    "{:?} {rule:?} k={} {threads}t chunk {chunk}",
+                    "{:?} {rule:?} k={} {threads}t chunk {chunk} cache {cache} B",
                     T::DTYPE,
                     extras + 1
                 );
