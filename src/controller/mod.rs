@@ -83,6 +83,7 @@
 mod config;
 mod decision;
 mod from_stats;
+mod fused;
 mod monitor;
 mod state;
 mod step;

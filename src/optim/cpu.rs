@@ -36,8 +36,18 @@ impl OptimBackend for CpuBackend {
     ) -> Result<()> {
         st.check_lists(params, grads)?;
         let all = 0..st.lens.len();
-        st.pass(self, rule, t, params, grads, None, &[all]);
+        st.pass(self, &Step::new(rule, t), params, grads, None, &[all]);
         Ok(())
+    }
+
+    fn optim_check_corrected<'a, T: Element>(
+        &self,
+        st: &HostState,
+        params: &mut [&'a mut [T]],
+        grads: &[&'a [T]],
+        c: &Correction<'_, &'a [T]>,
+    ) -> Result<()> {
+        st.check_corrected(params, grads, c).map(|_| ())
     }
 
     fn optim_step_corrected<'a, T: Element>(
@@ -49,18 +59,12 @@ impl OptimBackend for CpuBackend {
         grads: &[&'a [T]],
         c: &Correction<'_, &'a [T]>,
     ) -> Result<Vec<u32>> {
-        st.check_lists(params, grads)?;
+        // The whole correction checked before anything is written.
+        let (r, segs) = st.check_corrected(params, grads, c)?;
         let n = st.lens.len();
-        let r = c.range(n)?;
-        let segs = Segments::from_lengths(&st.lens[r.clone()])?;
-        {
-            // The whole correction checked before anything is written.
-            let theta: Vec<&[T]> = params[r.clone()].iter().map(|p| &**p).collect();
-            c.projection(theta, grads[r.clone()].to_vec())
-                .validate(&segs)?;
-        }
         // The tensors outside the encoder: the plain update.
-        st.pass(self, rule, t, params, grads, None, &[0..r.start, r.end..n]);
+        let step = Step::new(rule, t);
+        st.pass(self, &step, params, grads, None, &[0..r.start, r.end..n]);
         // The encoder cache group by cache group (`CpuBackend::with_cache_bytes`, as the
         // projection's schedule): a group's pass 1 and solve, then its update while what
         // pass 1 read (θ, θ₀, g) is still cached. Per tensor the same pass 1, solve and
@@ -84,7 +88,7 @@ impl OptimBackend for CpuBackend {
                 extra: &part.extra,
                 beta: part.beta,
             };
-            st.pass(self, rule, t, params, grads, Some(fused), &[abs]);
+            st.pass(self, &step, params, grads, Some(fused), &[abs]);
             ranks.extend(part_ranks);
         }
         Ok(ranks)
@@ -92,6 +96,22 @@ impl OptimBackend for CpuBackend {
 }
 
 impl HostState {
+    /// The checks of a corrected step: the encoder's range in the list and its segments.
+    fn check_corrected<T>(
+        &self,
+        params: &[&mut [T]],
+        grads: &[&[T]],
+        c: &Correction<'_, &[T]>,
+    ) -> Result<(std::ops::Range<usize>, Segments)> {
+        self.check_lists(params, grads)?;
+        let r = c.range(self.lens.len())?;
+        let segs = Segments::from_lengths(&self.lens[r.clone()])?;
+        let theta: Vec<&[T]> = params[r.clone()].iter().map(|p| &**p).collect();
+        c.projection(theta, grads[r.clone()].to_vec())
+            .validate(&segs)?;
+        Ok((r, segs))
+    }
+
     /// Zeroed state for tensors of lengths `lens` under `rule`.
     pub(super) fn new(rule: &Rule, lens: &[usize]) -> Self {
         let bufs = |on: bool| -> Vec<Vec<f32>> {
@@ -154,8 +174,7 @@ impl HostState {
     fn pass<T: Element>(
         &mut self,
         be: &CpuBackend,
-        rule: &Rule,
-        t: u64,
+        step: &Step,
         params: &mut [&mut [T]],
         grads: &[&[T]],
         fused: Option<Fused<'_, '_, T>>,
@@ -198,18 +217,7 @@ impl HostState {
             .map(|(_, n)| n)
             .sum();
         let idx: Vec<usize> = (0..pieces.len()).collect();
-        let rule = match *rule {
-            Rule::Sgd(p) => Step::Sgd(p, t),
-            Rule::AdamW(p) => {
-                let (step_size, inv_root_bc2) = p.step_scalars(t);
-                Step::AdamW {
-                    p,
-                    step_size,
-                    inv_root_bc2,
-                }
-            }
-        };
-        be.zip_tasks(elements, &idx, pieces, |_, piece| run_piece(&rule, piece));
+        be.zip_tasks(elements, &idx, pieces, |_, piece| run_piece(step, piece));
     }
 }
 
@@ -299,6 +307,23 @@ enum Step {
         step_size: f64,
         inv_root_bc2: f64,
     },
+}
+
+impl Step {
+    /// Step `t` of `rule`.
+    fn new(rule: &Rule, t: u64) -> Self {
+        match *rule {
+            Rule::Sgd(p) => Step::Sgd(p, t),
+            Rule::AdamW(p) => {
+                let (step_size, inv_root_bc2) = p.step_scalars(t);
+                Step::AdamW {
+                    p,
+                    step_size,
+                    inv_root_bc2,
+                }
+            }
+        }
+    }
 }
 
 /// The gradient an update uses at element `i`, from the parameter `x` and the stored

@@ -124,6 +124,16 @@ impl OptimBackend for CudaBackend {
     ) -> Result<DeviceRanks> {
         st.step_corrected(self, rule, t, params, grads, c)
     }
+
+    fn optim_check_corrected<'a, T: Element>(
+        &self,
+        st: &CudaState,
+        params: &mut [CudaViewMut<'a, T>],
+        grads: &[CudaView<'a, T>],
+        c: &Correction<'_, CudaView<'a, T>>,
+    ) -> Result<()> {
+        st.check_corrected(self, params, grads, c).map(|_| ())
+    }
 }
 
 impl CudaState {
@@ -172,35 +182,15 @@ impl CudaState {
         grads: &[CudaView<'_, T>],
         c: &Correction<'_, CudaView<'_, T>>,
     ) -> Result<DeviceRanks> {
-        self.check_lists(be, params, grads)?;
-        let r = c.range(self.segs.len())?;
-        let lens: Vec<usize> = r.clone().map(|i| self.segs.seg_len(i)).collect();
-        let enc = Segments::from_lengths(&lens)?;
         // Validated (and its buffers checked) before anything is launched or uploaded.
+        let (table, r, enc) = self.check_corrected(be, params, grads, c)?;
         let k = c.extra.len() + 1;
-        let table = self.table_of(be, params, grads, Some(c))?;
         let (per_tensor_beta, beta_scalar) = match c.beta {
             Beta::Scalar(b) => (false, b),
             Beta::PerSegment(_) => (true, 0.0),
         };
         let ranks = {
-            let theta: Vec<CudaView<'_, T>> =
-                params[r.clone()].iter().map(|p| p.as_view()).collect();
-            let grad: Vec<CudaView<'_, T>> = grads[r.clone()].iter().map(|g| g.slice(..)).collect();
-            let theta0: Vec<CudaView<'_, T>> = c.theta0.iter().map(|v| v.slice(..)).collect();
-            let extra = c
-                .extra
-                .iter()
-                .map(|e| TensorList(e.iter().map(|v| v.slice(..)).collect::<Vec<_>>()));
-            let p = Projection::drift(
-                TensorList(theta),
-                TensorList(theta0),
-                extra,
-                TensorList(grad),
-            )
-            .beta(c.beta)
-            .opts(c.opts);
-            p.validate(&enc)?;
+            let p = encoder_projection(params, grads, c, r.clone());
             let ptrs = self.upload_table(be, table)?;
             if let Beta::PerSegment(bs) = c.beta {
                 if !bs.is_empty() {
@@ -224,6 +214,26 @@ impl CudaState {
         };
         mark_written(be, params, grads, Some(c));
         Ok(ranks)
+    }
+
+    /// The checks of a corrected step, nothing written: the lists, the pointer table (every
+    /// buffer's context, no parameter overlapping an input), the encoder's range and
+    /// segments, its projection (β, options, lengths).
+    #[allow(clippy::type_complexity)]
+    fn check_corrected<T: Element>(
+        &self,
+        be: &CudaBackend,
+        params: &mut [CudaViewMut<'_, T>],
+        grads: &[CudaView<'_, T>],
+        c: &Correction<'_, CudaView<'_, T>>,
+    ) -> Result<(Vec<u64>, std::ops::Range<usize>, Segments)> {
+        self.check_lists(be, params, grads)?;
+        let r = c.range(self.segs.len())?;
+        let lens: Vec<usize> = r.clone().map(|i| self.segs.seg_len(i)).collect();
+        let enc = Segments::from_lengths(&lens)?;
+        let table = self.table_of(be, params, grads, Some(c))?;
+        encoder_projection(params, grads, c, r.clone()).validate(&enc)?;
+        Ok((table, r, enc))
     }
 
     /// `Err` unless the lists match the layout and the optimizer's buffers are in `be`'s
@@ -450,6 +460,31 @@ fn mark_written<T>(
             drop(v.device_ptr(s));
         }
     }
+}
+
+/// The projection whose pass 1 and solve a corrected step runs: the drift of the encoder's
+/// tensors `r` against their gradients (and the extra basis), as views.
+fn encoder_projection<'v, T>(
+    params: &'v [CudaViewMut<'_, T>],
+    grads: &'v [CudaView<'_, T>],
+    c: &'v Correction<'_, CudaView<'_, T>>,
+    r: std::ops::Range<usize>,
+) -> Projection<'v, TensorList<CudaView<'v, T>>, TensorList<CudaView<'v, T>>> {
+    let theta: Vec<CudaView<'_, T>> = params[r.clone()].iter().map(|p| p.as_view()).collect();
+    let grad: Vec<CudaView<'_, T>> = grads[r].iter().map(|g| g.slice(..)).collect();
+    let theta0: Vec<CudaView<'_, T>> = c.theta0.iter().map(|v| v.slice(..)).collect();
+    let extra = c
+        .extra
+        .iter()
+        .map(|e| TensorList(e.iter().map(|v| v.slice(..)).collect::<Vec<_>>()));
+    Projection::drift(
+        TensorList(theta),
+        TensorList(theta0),
+        extra,
+        TensorList(grad),
+    )
+    .beta(c.beta)
+    .opts(c.opts)
 }
 
 fn grid(n: usize) -> Result<u32> {

@@ -39,6 +39,17 @@ pub trait OptimBackend: Backend + sealed::Sealed {
         grads: &[Src<'a, Self, T>],
         c: &Correction<'_, Src<'a, Self, T>>,
     ) -> Result<Self::Ranks>;
+
+    /// The checks of [`OptimBackend::optim_step_corrected`] alone: `Ok` when that step
+    /// would run, nothing written.
+    #[doc(hidden)]
+    fn optim_check_corrected<'a, T: Element>(
+        &self,
+        st: &Self::State,
+        params: &mut [Dst<'a, Self, T>],
+        grads: &[Src<'a, Self, T>],
+        c: &Correction<'_, Src<'a, Self, T>>,
+    ) -> Result<()>;
 }
 
 mod sealed {
@@ -141,6 +152,20 @@ impl<B: OptimBackend> Optimizer<B> {
             be.optim_step_corrected(&mut self.state, &self.rule, self.t + 1, params, grads, c)?;
         self.t += 1;
         Ok(ranks)
+    }
+
+    /// `Ok` when [`Optimizer::step_corrected`] with these arguments would run (the lists'
+    /// layout, the correction's range, lengths, β and options, and on CUDA the buffers'
+    /// context and aliasing); nothing written, the step count unchanged. For a caller that
+    /// must know before it changes other state ([`crate::Controller::step_optimizer`]).
+    pub fn check_corrected<'a, T: Element>(
+        &self,
+        be: &B,
+        params: &mut [Dst<'a, B, T>],
+        grads: &[Src<'a, B, T>],
+        c: &Correction<'_, Src<'a, B, T>>,
+    ) -> Result<()> {
+        be.optim_check_corrected(&self.state, params, grads, c)
     }
 }
 

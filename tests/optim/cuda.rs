@@ -551,3 +551,106 @@ fn launch_counts_on_the_emulated_driver() {
     );
     assert_eq!(corrected.dtoh, 0, "corrected step: no device-to-host copy");
 }
+
+/// `Controller::step_optimizer` on CUDA: the decision and ranks of the same step on the
+/// CPU, θ within f32 rounding (the pass-1 sums run over other chunks: docs/numerics.md);
+/// and an encoder whose θ₀ aliases a parameter is refused by the device checks *before*
+/// the controller observes: `Err`, with the controller's state, the optimizer and θ
+/// unchanged (the contract of `Controller::step`, #22).
+#[test]
+fn controller_fused_step_on_cuda() {
+    use cudarc::driver::DevicePtr;
+    use redreg::controller::{Config, Controller, Redundancy, StepInputs};
+    use redreg::cuda::ForeignSlice;
+    use redreg::CpuBackend;
+    let _l = lock();
+    let Some(b) = gpu::backend("controller_fused_step_on_cuda") else {
+        return;
+    };
+    let encs = [0..FIRST, FIRST..FIRST + ENC];
+    let inputs = StepInputs::pair(
+        0.3,
+        0.7,
+        Redundancy::ratio(1.0),
+        Redundancy::ratio(1.0),
+        0.4,
+    );
+    let controller = || {
+        let mut c = Controller::new(Config::new(3), 2).unwrap();
+        c.begin_epoch(0).unwrap();
+        c
+    };
+    let rule = Rule::AdamW(AdamW::default());
+    let th = theta::<f32>();
+    let g = grads::<f32>(1);
+    let (theta0, _) = super::encoder::<f32>(&th, 0, LENS.len(), 0);
+    // The CPU's step.
+    let cpu = CpuBackend::with_threads(2).unwrap();
+    let mut ctl_h = controller();
+    let mut opt_h = Optimizer::new(rule, &LENS).unwrap();
+    let mut p_h = th.clone();
+    let t0h: Vec<&[f32]> = theta0.iter().map(|x| &x[..]).collect();
+    let corr_h: Vec<Correction<'_, &[f32]>> = (encs.iter())
+        .map(|r| Correction::new(r.start, t0h[r.clone()].to_vec(), 0.0))
+        .collect();
+    let (d_h, r_h) = {
+        let mut pv: Vec<&mut [f32]> = p_h.iter_mut().map(|p| &mut p[..]).collect();
+        let gv: Vec<&[f32]> = g.iter().map(|x| &x[..]).collect();
+        ctl_h
+            .step_optimizer(&inputs, &cpu, &mut opt_h, &mut pv, &gv, &corr_h)
+            .unwrap()
+    };
+    // The same on CUDA.
+    let mut ctl = controller();
+    let mut opt = Optimizer::on(b, rule, &LENS).unwrap();
+    let mut dev = ups(b, &th);
+    let gd = ups(b, &g);
+    let t0d = ups(b, &theta0);
+    let (d, r) = {
+        let corr: Vec<Correction<'_, CudaView<'_, f32>>> = (encs.iter())
+            .map(|r| Correction::new(r.start, views(&t0d[r.clone()], &LENS[r.clone()]), 0.0))
+            .collect();
+        let mut pv = views_mut(&mut dev, &LENS);
+        let (d, r) = ctl
+            .step_optimizer(&inputs, b, &mut opt, &mut pv, &views(&gd, &LENS), &corr)
+            .unwrap();
+        (d, r.map(|r| r.to_vec().unwrap()))
+    };
+    assert_eq!(d, d_h, "decision");
+    assert_eq!(d.suppressed, Some(1));
+    assert_eq!(r, r_h, "ranks");
+    let now = downs(b, &dev, &LENS);
+    for i in 0..LENS.len() {
+        redreg::testing::assert_close(&format!("tensor {i}"), &now[i], &p_h[i], 1e-7, 1e-6);
+    }
+    // Encoder 1's θ₀ of tensor FIRST + 1 aliases parameter FIRST + 1: refused before the
+    // controller observes.
+    let (state, before) = (ctl.state().clone(), now);
+    let addr = dev[FIRST + 1].device_ptr(b.stream()).0;
+    // SAFETY: the view covers LENS[FIRST + 1] f32 of `dev[FIRST + 1]`, which outlives it.
+    let alias = unsafe { ForeignSlice::<f32>::new(b, addr, LENS[FIRST + 1]).unwrap() };
+    {
+        let mut corr: Vec<Correction<'_, CudaView<'_, f32>>> = (encs.iter())
+            .map(|r| Correction::new(r.start, views(&t0d[r.clone()], &LENS[r.clone()]), 0.0))
+            .collect();
+        corr[1].theta0[1] = alias.view();
+        let mut pv = views_mut(&mut dev, &LENS);
+        let e = ctl
+            .step_optimizer(&inputs, b, &mut opt, &mut pv, &views(&gd, &LENS), &corr)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("encoder 1") && e.to_string().contains("overlaps"),
+            "{e}"
+        );
+    }
+    assert_eq!(ctl.state(), &state, "controller state changed");
+    assert_eq!(opt.steps(), 1);
+    let after = downs(b, &dev, &LENS);
+    for i in 0..LENS.len() {
+        same(
+            &after[i],
+            &before[i],
+            &format!("tensor {i} after the refused step"),
+        );
+    }
+}

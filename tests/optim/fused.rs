@@ -460,3 +460,147 @@ fn bad_input_writes_nothing() {
     assert_eq!(snapshot(&opt), st0);
     assert_eq!(opt.steps(), 1);
 }
+
+/// `Controller::step_optimizer` (the controller's fused step) against its unfused form:
+/// `Controller::step` (the projection writes the corrected gradients) followed by the
+/// optimizer's plain step. Two encoders and a head in one optimizer list; the visual
+/// encoder suppressed (p_a = 0.3 < p_v = 0.7, β = exp(0.9·tanh 0.4), tests/controller.rs).
+/// The same decision and ranks; the suppressed encoder's θ and state within the rounding
+/// of the corrected gradient to f32 (the fused step never rounds it) and visibly moved by
+/// the correction; every other tensor bit for bit the plain step. Then an encoder outside
+/// the list: `Err`, with the controller, the optimizer and θ unchanged.
+#[test]
+fn controller_fused_step_is_step_then_optimizer() {
+    use redreg::controller::{Config, Controller, HostEncoder, JointBasis, Redundancy, StepInputs};
+    // The optimizer's list: audio = tensors 0..3, visual = 3..7, the head = 7.
+    const LIST: [usize; 8] = [5, 0, 1000, 37, 1, 5000, 64, 300];
+    let encs = [0..3, 3..7];
+    let be = CpuBackend::with_threads(2)
+        .unwrap()
+        .with_chunk(256)
+        .unwrap();
+    let theta: Vec<Vec<f32>> = (0..8)
+        .map(|i| elements(LIST[i], 10 + i as u64, 1.0))
+        .collect();
+    let grad: Vec<Vec<f32>> = (0..8)
+        .map(|i| elements(LIST[i], 30 + i as u64, 0.1))
+        .collect();
+    let (theta0, _) = super::encoder::<f32>(&theta, 0, 8, 0);
+    let inputs = StepInputs::pair(
+        0.3,
+        0.7,
+        Redundancy::ratio(1.0),
+        Redundancy::ratio(1.0),
+        0.4,
+    );
+    let controller = || {
+        let mut c = Controller::new(Config::new(3), 2).unwrap();
+        c.begin_epoch(0).unwrap();
+        c
+    };
+    let flat = |x: &[Vec<f32>], r: &std::ops::Range<usize>| x[r.clone()].concat();
+    for rule in [Rule::Sgd(Sgd::script(0.05)), Rule::AdamW(AdamW::default())] {
+        // Unfused: the controller's step on flat encoders, then the plain optimizer step.
+        let mut ctl_a = controller();
+        let mut opt_a = Optimizer::new(rule, &LIST).unwrap();
+        let mut th_a: Vec<Vec<f32>> = encs.iter().map(|r| flat(&theta, r)).collect();
+        th_a.push(theta[7].clone());
+        let mut g_a: Vec<Vec<f32>> = encs.iter().map(|r| flat(&grad, r)).collect();
+        g_a.push(grad[7].clone());
+        let segs: Vec<Segments> = (encs.iter())
+            .map(|r| Segments::from_lengths(&LIST[r.clone()]).unwrap())
+            .collect();
+        let th0: Vec<Vec<f32>> = encs.iter().map(|r| flat(&theta0, r)).collect();
+        let (d_a, ranks_a) = {
+            let (g0, g1) = g_a.split_at_mut(1);
+            let mut e = [
+                HostEncoder {
+                    segs: &segs[0],
+                    theta: &th_a[0],
+                    theta0: &th0[0],
+                    grad: &mut g0[0],
+                    basis: JointBasis::Gradient,
+                },
+                HostEncoder {
+                    segs: &segs[1],
+                    theta: &th_a[1],
+                    theta0: &th0[1],
+                    grad: &mut g1[0],
+                    basis: JointBasis::Gradient,
+                },
+            ];
+            ctl_a.step(&inputs, &be, &mut e).unwrap()
+        };
+        // Cut the flat buffers back into the optimizer's list.
+        let cut = |bufs: &mut Vec<Vec<f32>>| -> Vec<Vec<f32>> {
+            let mut out = Vec::new();
+            for (b, r) in bufs.iter().zip(&encs) {
+                let mut at = 0;
+                for &n in &LIST[r.clone()] {
+                    out.push(b[at..at + n].to_vec());
+                    at += n;
+                }
+            }
+            out.push(bufs[2].clone());
+            out
+        };
+        let mut p_a = cut(&mut th_a);
+        let g_corr = cut(&mut g_a);
+        {
+            let mut pv: Vec<&mut [f32]> = p_a.iter_mut().map(|p| &mut p[..]).collect();
+            opt_a.step(&be, &mut pv, &refs(&g_corr)).unwrap();
+        }
+        // Fused.
+        let mut ctl_b = controller();
+        let mut opt_b = Optimizer::new(rule, &LIST).unwrap();
+        let mut p_b = theta.clone();
+        let t0 = refs(&theta0);
+        let mut corr: Vec<Correction<'_, &[f32]>> = (encs.iter())
+            .map(|r| Correction::new(r.start, t0[r.clone()].to_vec(), 0.0))
+            .collect();
+        let (d_b, ranks_b) = {
+            let mut pv: Vec<&mut [f32]> = p_b.iter_mut().map(|p| &mut p[..]).collect();
+            ctl_b
+                .step_optimizer(&inputs, &be, &mut opt_b, &mut pv, &refs(&grad), &corr)
+                .unwrap()
+        };
+        // The plain step, for the tensors outside the suppressed encoder.
+        let mut opt_c = Optimizer::new(rule, &LIST).unwrap();
+        let mut p_c = theta.clone();
+        {
+            let mut pv: Vec<&mut [f32]> = p_c.iter_mut().map(|p| &mut p[..]).collect();
+            opt_c.step(&be, &mut pv, &refs(&grad)).unwrap();
+        }
+        assert_eq!(d_a, d_b, "{rule:?}: decisions");
+        assert_eq!(d_b.suppressed, Some(1));
+        assert_eq!(ranks_a, ranks_b, "{rule:?}: ranks");
+        for i in 0..8 {
+            let what = format!("{rule:?} tensor {i}");
+            if encs[1].contains(&i) {
+                redreg::testing::assert_close(&what, &p_b[i], &p_a[i], 1e-7, 1e-6);
+                let (sa, sb) = (opt_a.state(i).unwrap(), opt_b.state(i).unwrap());
+                redreg::testing::assert_close(&what, sb.0, sa.0, 1e-7, 1e-5);
+                redreg::testing::assert_close(&what, sb.1, sa.1, 1e-9, 1e-5);
+                if LIST[i] > 1 {
+                    assert_ne!(
+                        bits(&p_b[i]),
+                        bits(&p_c[i]),
+                        "{what}: the correction moved nothing"
+                    );
+                }
+            } else {
+                assert_eq!(bits(&p_b[i]), bits(&p_c[i]), "{what}: not the plain step");
+            }
+        }
+        // An encoder that does not fit the list: Err, nothing changed.
+        let (state, steps, before) = (ctl_b.state().clone(), opt_b.steps(), p_b.clone());
+        corr[0].first = 6;
+        let mut pv: Vec<&mut [f32]> = p_b.iter_mut().map(|p| &mut p[..]).collect();
+        let e = ctl_b.step_optimizer(&inputs, &be, &mut opt_b, &mut pv, &refs(&grad), &corr);
+        drop(pv);
+        assert!(e.unwrap_err().to_string().contains("encoder 0"));
+        assert_eq!(ctl_b.state(), &state, "{rule:?}: controller state changed");
+        assert_eq!(opt_b.steps(), steps);
+        assert_eq!(p_b, before);
+    }
+}
