@@ -560,7 +560,6 @@ fn launch_counts_on_the_emulated_driver() {
 #[test]
 fn controller_fused_step_on_cuda() {
     use cudarc::driver::DevicePtr;
-    use redreg::controller::{Config, Controller, Redundancy, StepInputs};
     use redreg::cuda::ForeignSlice;
     use redreg::CpuBackend;
     let _l = lock();
@@ -568,18 +567,7 @@ fn controller_fused_step_on_cuda() {
         return;
     };
     let encs = [0..FIRST, FIRST..FIRST + ENC];
-    let inputs = StepInputs::pair(
-        0.3,
-        0.7,
-        Redundancy::ratio(1.0),
-        Redundancy::ratio(1.0),
-        0.4,
-    );
-    let controller = || {
-        let mut c = Controller::new(Config::new(3), 2).unwrap();
-        c.begin_epoch(0).unwrap();
-        c
-    };
+    let (inputs, controller) = (super::suppress_visual(), super::controller);
     let rule = Rule::AdamW(AdamW::default());
     let th = theta::<f32>();
     let g = grads::<f32>(1);

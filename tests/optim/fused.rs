@@ -471,7 +471,7 @@ fn bad_input_writes_nothing() {
 /// the list: `Err`, with the controller, the optimizer and θ unchanged.
 #[test]
 fn controller_fused_step_is_step_then_optimizer() {
-    use redreg::controller::{Config, Controller, HostEncoder, JointBasis, Redundancy, StepInputs};
+    use redreg::controller::{HostEncoder, JointBasis};
     // The optimizer's list: audio = tensors 0..3, visual = 3..7, the head = 7.
     const LIST: [usize; 8] = [5, 0, 1000, 37, 1, 5000, 64, 300];
     let encs = [0..3, 3..7];
@@ -486,18 +486,7 @@ fn controller_fused_step_is_step_then_optimizer() {
         .map(|i| elements(LIST[i], 30 + i as u64, 0.1))
         .collect();
     let (theta0, _) = super::encoder::<f32>(&theta, 0, 8, 0);
-    let inputs = StepInputs::pair(
-        0.3,
-        0.7,
-        Redundancy::ratio(1.0),
-        Redundancy::ratio(1.0),
-        0.4,
-    );
-    let controller = || {
-        let mut c = Controller::new(Config::new(3), 2).unwrap();
-        c.begin_epoch(0).unwrap();
-        c
-    };
+    let (inputs, controller) = (super::suppress_visual(), super::controller);
     let flat = |x: &[Vec<f32>], r: &std::ops::Range<usize>| x[r.clone()].concat();
     for rule in [Rule::Sgd(Sgd::script(0.05)), Rule::AdamW(AdamW::default())] {
         // Unfused: the controller's step on flat encoders, then the plain optimizer step.

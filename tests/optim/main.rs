@@ -75,3 +75,24 @@ fn encoder<T: Element>(
         .collect();
     (theta0, extra)
 }
+
+/// A two-modality controller at epoch 0 of 3.
+fn controller() -> redreg::controller::Controller {
+    let mut c = redreg::controller::Controller::new(redreg::controller::Config::new(3), 2).unwrap();
+    c.begin_epoch(0).unwrap();
+    c
+}
+
+/// Inputs under which the controller suppresses the visual encoder (modality 1):
+/// p_a = 0.3 < p_v = 0.7, both redundancies high, pos_sim = 0.4 above epoch 0's
+/// threshold 0.2; β = exp(0.9·tanh 0.4) (tests/controller.rs `visual_dominates_gate_open`).
+fn suppress_visual() -> redreg::controller::StepInputs {
+    use redreg::controller::{Redundancy, StepInputs};
+    StepInputs::pair(
+        0.3,
+        0.7,
+        Redundancy::ratio(1.0),
+        Redundancy::ratio(1.0),
+        0.4,
+    )
+}
