@@ -255,4 +255,86 @@ fn candle_cuda_call_over_120_tensors() {
     project::<f16>(c, &be, &dev, false);
     project::<bf16>(c, &be, &dev, false);
     drift(c, &be, &dev);
+    fused_optimizer(c, &dev);
+}
+
+/// `FusedOptimizer` over 120 CUDA `Var`s against the same optimizer over the same values
+/// on the CPU: the plain AdamW step bit for bit (both backends equal the f64 oracle bit for
+/// bit, tests/optim), state included, in 1 launch; then the RedReg step on the first 60
+/// variables (pass 1 + the update: 2 launches, the ranks the one device-to-host copy): the
+/// same ranks, θ within f32 rounding (pass 1 sums over CUDA's chunk table,
+/// docs/numerics.md).
+fn fused_optimizer(c: Option<&Counters>, dev: &Device) {
+    use candle_core::Var;
+    use redreg::candle::FusedOptimizer;
+    use redreg::optim::{AdamW, Rule};
+    let shapes = shapes();
+    let host = |seed: u64| -> Vec<Vec<f32>> {
+        (shapes.iter().enumerate())
+            .map(|(i, s)| data(seed * 1000 + i as u64, s.iter().product()))
+            .collect()
+    };
+    let (theta, g, theta0) = (host(11), host(12), host(13));
+    let on = |d: &Device| {
+        let vars: Vec<Var> = (theta.iter().zip(&shapes))
+            .map(|(x, s)| Var::from_vec(x.clone(), &s[..], d).unwrap())
+            .collect();
+        let mut store = GradStore::default();
+        for ((v, x), s) in vars.iter().zip(&g).zip(&shapes) {
+            store.insert(
+                v.as_tensor(),
+                Tensor::from_vec(x.clone(), &s[..], d).unwrap(),
+            );
+        }
+        let t0: Vec<Tensor> = (theta0.iter().zip(&shapes))
+            .take(60)
+            .map(|(x, s)| Tensor::from_vec(x.clone(), &s[..], d).unwrap())
+            .collect();
+        (vars, store, t0)
+    };
+    let rule = Rule::AdamW(AdamW::default());
+    let (cv, cs, ct0) = on(&Device::Cpu);
+    let mut cpu = FusedOptimizer::for_vars(cv.clone(), rule).unwrap();
+    let (gv, gs, gt0) = on(dev);
+    let mut gpu = FusedOptimizer::for_vars(gv.clone(), rule).unwrap();
+    cpu.try_step(&cs).unwrap();
+    let before = c.map(Counters::now);
+    gpu.try_step(&gs).unwrap();
+    if let (Some(c), Some(b)) = (c, before) {
+        let n = c.now() - b;
+        assert_eq!(n.launches, 1, "plain step: one launch ({n:?})");
+        assert_eq!(n.dtoh, 0, "plain step: no device-to-host copy ({n:?})");
+    }
+    for i in 0..N {
+        assert_eq!(
+            flat::<f32>(gv[i].as_tensor()),
+            flat::<f32>(cv[i].as_tensor()),
+            "plain step: variable {i}"
+        );
+        assert_eq!(
+            gpu.state(i).unwrap(),
+            cpu.state(i).unwrap(),
+            "plain step: state {i}"
+        );
+    }
+    let want = cpu.step_redreg(&cs, 0, &ct0, 1.4).unwrap();
+    let before = c.map(Counters::now);
+    let got = gpu.step_redreg(&gs, 0, &gt0, 1.4).unwrap();
+    if let (Some(c), Some(b)) = (c, before) {
+        let n = c.now() - b;
+        assert_eq!(n.launches, 2, "RedReg step: pass 1 and the update ({n:?})");
+        assert_eq!(n.dtoh, 1, "RedReg step: the ranks ({n:?})");
+    }
+    assert_eq!(got, want, "RedReg step: ranks");
+    assert_eq!(gpu.steps(), 2);
+    for i in 0..N {
+        let what = format!("RedReg step: variable {i}");
+        assert_close(
+            &what,
+            &flat::<f32>(gv[i].as_tensor()),
+            &flat::<f32>(cv[i].as_tensor()),
+            1e-7,
+            1e-6,
+        );
+    }
 }

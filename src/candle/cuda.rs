@@ -120,6 +120,11 @@ impl TensorMemory for crate::cuda::Device {
         o.slice_mut(0..n)
     }
 
+    fn write_back<T: CandleElement>(var: &Tensor, from: &CudaSlice<T>, n: usize) -> Result<()> {
+        var.inplace_op1(&DeviceCopyBack(from.slice(0..n)))
+            .map_err(candle_err("optimizer copy-back"))
+    }
+
     fn into_tensor<T: CandleElement>(
         o: CudaSlice<T>,
         like: &Tensor,
@@ -135,5 +140,45 @@ impl TensorMemory for crate::cuda::Device {
             BackpropOp::none(),
             false,
         ))
+    }
+}
+
+/// Copies a device buffer into a variable's CUDA storage, in place (`Tensor::inplace_op1`),
+/// on the storage's stream (candle's: the optimizer's backend runs on it too).
+struct DeviceCopyBack<'a, T>(CudaView<'a, T>);
+
+impl<T: CandleElement> candle_core::InplaceOp1 for DeviceCopyBack<'_, T> {
+    fn name(&self) -> &'static str {
+        "redreg-optimizer-copy-back"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &mut candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        Err(candle_core::Error::Msg(
+            "optimizer copy-back: a CUDA buffer into CPU storage".into(),
+        ))
+    }
+
+    fn cuda_fwd(&self, s: &mut CudaStorage, l: &candle_core::Layout) -> candle_core::Result<()> {
+        let n = self.0.len();
+        if !l.is_contiguous() || l.shape().elem_count() != n {
+            return Err(candle_core::Error::Msg(
+                "optimizer copy-back: storage changed".into(),
+            ));
+        }
+        let stream = s.device.cuda_stream();
+        let all = s.as_cuda_slice_mut::<T>()?;
+        if l.start_offset() + n > all.len() {
+            return Err(candle_core::Error::Msg(
+                "optimizer copy-back: storage changed".into(),
+            ));
+        }
+        let mut dst = all.slice_mut(l.start_offset()..l.start_offset() + n);
+        stream
+            .memcpy_dtod(&self.0, &mut dst)
+            .map_err(|e| candle_core::Error::Msg(format!("optimizer copy-back: {e}")))
     }
 }

@@ -18,6 +18,7 @@ mod sealed {
     pub trait Sealed {}
     impl Sealed for super::Backends {}
     impl Sealed for super::Executors {}
+    impl Sealed for super::Optimizers {}
     /// Seals [`super::OnTensors`]: only this crate can call or implement its method.
     #[derive(Clone, Copy)]
     pub struct Token;
@@ -47,6 +48,18 @@ pub struct Backends;
 /// one step of [`super::stats::step_inputs`].
 #[derive(Debug)]
 pub struct Executors;
+
+/// The optimizer of each memory family ([`super::FusedOptimizer`]'s state: the family's
+/// backend, its [`crate::optim::Optimizer`] and parameter buffers).
+#[derive(Debug)]
+pub struct Optimizers;
+
+impl Role for Optimizers {
+    type Of<M: TensorMemory> = super::optim::Family<M>;
+    /// (No operation of its own through [`OnTensors`].)
+    type Args<'a> = ();
+    type Output = ();
+}
 
 impl Role for Backends {
     type Of<M: TensorMemory> = M::Backend;
@@ -125,6 +138,7 @@ macro_rules! on_device {
         }
     };
 }
+pub(super) use on_device;
 
 impl<R: Role> OnDevice<R> {
     /// True when it serves CUDA tensors, false for CPU tensors.

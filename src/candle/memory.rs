@@ -26,7 +26,7 @@ mod sealed {
 /// functions are the interface.
 pub trait TensorMemory: Memory + Sized + sealed::Sealed {
     /// The projection backend of this memory ([`CpuBackend`], `CudaBackend`).
-    type Backend: Backend<Memory = Self> + std::fmt::Debug + Send;
+    type Backend: Backend<Memory = Self> + crate::optim::OptimBackend + std::fmt::Debug + Send;
     /// The statistics executor of this memory ([`CpuStats`], `CudaStats`).
     type Stats: Stats<Memory = Self> + std::fmt::Debug + Send;
     /// What a tensor must run on besides its storage: nothing on the host, on CUDA the
@@ -35,7 +35,7 @@ pub trait TensorMemory: Memory + Sized + sealed::Sealed {
     type Stream;
     /// A result's buffer before it becomes a tensor.
     #[doc(hidden)]
-    type Out<T: CandleElement>;
+    type Out<T: CandleElement>: Send;
     /// True for device memory (CUDA tensors).
     #[doc(hidden)]
     const CUDA: bool;
@@ -79,6 +79,11 @@ pub trait TensorMemory: Memory + Sized + sealed::Sealed {
     /// The writable view of a result buffer's `n` elements.
     #[doc(hidden)]
     fn dst<T: CandleElement>(o: &mut Self::Out<T>, n: usize) -> Self::Dst<'_, T>;
+
+    /// Copies the first `n` elements of `from` into `var`'s storage, in place (an in-place
+    /// custom op: candle's write lock on the storage; `Err` if the storage changed).
+    #[doc(hidden)]
+    fn write_back<T: CandleElement>(var: &Tensor, from: &Self::Out<T>, n: usize) -> Result<()>;
 
     /// The result as a tensor of `like`'s shape on `like`'s device (`view`: `like`'s view).
     #[doc(hidden)]
@@ -149,11 +154,41 @@ impl TensorMemory for Host {
         &mut o[..n]
     }
 
+    fn write_back<T: CandleElement>(var: &Tensor, from: &Vec<T>, n: usize) -> Result<()> {
+        var.inplace_op1(&HostCopyBack(&from[..n]))
+            .map_err(candle_err("optimizer copy-back"))
+    }
+
     fn into_tensor<T: CandleElement>(
         o: Vec<T>,
         like: &Tensor,
         _: &TensorView<'_>,
     ) -> Result<Tensor> {
         Tensor::from_vec(o, like.dims(), like.device()).map_err(candle_err("output tensor"))
+    }
+}
+
+/// Copies a host buffer into a variable's CPU storage, in place (`Tensor::inplace_op1`).
+struct HostCopyBack<'a, T>(&'a [T]);
+
+impl<T: CandleElement> candle_core::InplaceOp1 for HostCopyBack<'_, T> {
+    fn name(&self) -> &'static str {
+        "redreg-optimizer-copy-back"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &mut candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let n = self.0.len();
+        let dst = T::host_storage_mut(s)
+            .and_then(|v| v.get_mut(l.start_offset()..l.start_offset() + n))
+            .filter(|_| l.is_contiguous() && l.shape().elem_count() == n)
+            .ok_or_else(|| {
+                candle_core::Error::Msg("optimizer copy-back: storage changed".into())
+            })?;
+        dst.copy_from_slice(self.0);
+        Ok(())
     }
 }

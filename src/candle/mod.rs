@@ -72,7 +72,7 @@ pub use self::redreg::{RedReg, NOISE_SIGMA};
 #[cfg(feature = "candle-cuda")]
 pub use cuda::cuda_backend;
 use device::Token;
-pub use device::{Backends, Executors, OnDevice, OnTensors, Role};
+pub use device::{Backends, Executors, OnDevice, OnTensors, Optimizers, Role};
 pub use memory::{stats_buf, TensorMemory};
 pub use optim::FusedOptimizer;
 pub use project::TensorProjection;
@@ -103,14 +103,34 @@ impl<T: AsTensor + ?Sized> AsTensor for &T {
 
 /// The element types shared by redreg and candle: `f32`, `f16`, `bf16`.
 #[cfg(not(feature = "candle-cuda"))]
-pub trait CandleElement: Element + WithDType {}
+pub trait CandleElement: Element + WithDType {
+    /// The elements of a CPU storage of this dtype, writable.
+    #[doc(hidden)]
+    fn host_storage_mut(s: &mut candle_core::CpuStorage) -> Option<&mut Vec<Self>>;
+}
 /// The element types shared by redreg's kernels and candle's storage (with feature
 /// `candle-cuda`, candle's CUDA storage too).
 #[cfg(feature = "candle-cuda")]
-pub trait CandleElement: Element + WithDType + candle_core::cuda::CudaDType {}
-impl CandleElement for f32 {}
-impl CandleElement for half::f16 {}
-impl CandleElement for half::bf16 {}
+pub trait CandleElement: Element + WithDType + candle_core::cuda::CudaDType {
+    /// The elements of a CPU storage of this dtype, writable.
+    #[doc(hidden)]
+    fn host_storage_mut(s: &mut candle_core::CpuStorage) -> Option<&mut Vec<Self>>;
+}
+macro_rules! candle_element {
+    ($t:ty, $v:ident) => {
+        impl CandleElement for $t {
+            fn host_storage_mut(s: &mut candle_core::CpuStorage) -> Option<&mut Vec<Self>> {
+                match s {
+                    candle_core::CpuStorage::$v(v) => Some(v),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+candle_element!(f32, F32);
+candle_element!(half::f16, F16);
+candle_element!(half::bf16, BF16);
 
 /// redreg's dtype of a candle dtype; `Err` for anything but f32, f16 and bf16.
 pub fn dtype_of(dt: CDType) -> Result<crate::DType> {

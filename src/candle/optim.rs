@@ -1,103 +1,95 @@
 //! candle-nn's [`candle_nn::Optimizer`] run by [`crate::optim::Optimizer`]: SGD or AdamW
 //! with PyTorch's semantics over a model's `Var`s (a `VarMap`'s `all_vars()`), every
-//! tensor in one parallel pass per step, optionally with the RedReg correction folded in
-//! ([`FusedOptimizer::step_redreg`]). A candle trainer swaps
-//! `candle_nn::AdamW::new(vars, params)` for `FusedOptimizer::new(vars, params.into())`.
+//! tensor in one pass per step (one parallel pass on the CPU, one launch on CUDA),
+//! optionally with the RedReg correction folded in ([`FusedOptimizer::step_redreg`]). A
+//! candle trainer swaps `candle_nn::AdamW::new(vars, params)` for
+//! `FusedOptimizer::new(vars, params.into())`.
 //!
-//! CPU storage for now. The pass needs every variable writable at once, and candle lends a
-//! storage mutably only to one in-place custom op at a time (`Tensor::inplace_op1`), so
-//! the new values are computed in host buffers owned by the optimizer and copied back into
-//! each variable's storage by an in-place op: one copy of θ in and one out per step,
-//! besides the pass, and no allocation (fresh buffers per step cost a page fault per
-//! 4 KiB: `Var::set` from a new tensor made the ResNet-18 pair's step 95 ms instead of
-//! about 60). The gradients are read in place; the state (f32) and the host buffers are
-//! allocated once.
+//! CPU and (feature `candle-cuda`) CUDA variables, through one generic path over the
+//! memory family ([`TensorMemory`]): the backend of the variables' device
+//! ([`OnDevice`]`<Optimizers>`). The pass needs every variable writable at once, and candle
+//! lends a storage mutably only to one in-place custom op at a time
+//! (`Tensor::inplace_op1`), so the new values are computed in buffers the optimizer owns
+//! (host buffers, or device buffers on candle's stream) and copied back into each
+//! variable's storage by an in-place op: one copy of θ in and one out per step, besides
+//! the pass, and no allocation after the first step (fresh buffers per step cost a page
+//! fault per 4 KiB on the CPU: `Var::set` from a new tensor made the ResNet-18 pair's step
+//! 95 ms instead of about 60). The gradients (and θ₀) are read in place; the state (f32)
+//! and the buffers are allocated once.
 
-use super::{check_kind, dtype_of, view, CandleElement, TensorView};
-use crate::error::{invalid, Error, Result};
+use super::device::{on_device, Optimizers};
+use super::{check_kind, dtype_of, CandleElement, OnDevice, TensorMemory, TensorView};
+use crate::backend::{Backend, Dst, RankList, Src};
+use crate::error::{invalid, Result};
 use crate::optim::{AdamW, Correction, Optimizer, Rule};
-use crate::{CpuBackend, Element};
+use crate::CpuBackend;
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use half::{bf16, f16};
 
-/// An optimizer over candle `Var`s with CPU storage, all of one dtype (f32, f16 or bf16).
-/// Like candle-nn's, it keeps only the floating-point variables it is given. Unlike
-/// candle-nn's (which skips a variable without a gradient), every step needs a gradient for
-/// every variable: one step count for all tensors, as in a step over one tensor list.
+/// An optimizer over candle `Var`s, all of one dtype (f32, f16 or bf16) on one device (the
+/// CPU or, with feature `candle-cuda`, one CUDA device). Like candle-nn's, it keeps only
+/// the floating-point variables it is given. Unlike candle-nn's (which skips a variable
+/// without a gradient), every step needs a gradient for every variable: one step count for
+/// all tensors, as in a step over one tensor list.
 #[derive(Debug)]
 pub struct FusedOptimizer {
     vars: Vec<Var>,
-    inner: Optimizer,
     lr: f64,
-    be: CpuBackend,
-    host: Host,
+    on: OnDevice<Optimizers>,
 }
 
-/// The host buffers the pass runs on, one per variable, of the variables' dtype.
-#[derive(Debug)]
-enum Host {
+/// A memory family's side of a [`FusedOptimizer`]: its backend, the optimizer (its state
+/// in that memory) and the parameter buffers its pass runs on.
+pub struct Family<M: TensorMemory> {
+    be: M::Backend,
+    opt: Optimizer<M::Backend>,
+    bufs: Bufs<M>,
+}
+
+impl<M: TensorMemory> std::fmt::Debug for Family<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Family")
+            .field("be", &self.be)
+            .field("opt", &self.opt)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The buffers the pass runs on, one per variable, of the variables' dtype (allocated at
+/// the first step, or when the dtype changed).
+enum Bufs<M: TensorMemory> {
     None,
-    F32(Vec<Vec<f32>>),
-    F16(Vec<Vec<f16>>),
-    BF16(Vec<Vec<bf16>>),
+    F32(Vec<M::Out<f32>>),
+    F16(Vec<M::Out<f16>>),
+    BF16(Vec<M::Out<bf16>>),
 }
 
-/// An element type of the optimizer's variables: its host buffers and its candle storage.
-trait HostElement: CandleElement {
-    /// The host buffers (allocated at the first call, or when the dtype changed).
-    fn bufs<'h>(h: &'h mut Host, vars: &[Var]) -> &'h mut Vec<Vec<Self>>;
-    /// The elements of a storage of this dtype.
-    fn storage(s: &mut CpuStorage) -> Option<&mut Vec<Self>>;
+/// An element type of the optimizer's variables: where its buffers are kept.
+trait ParamElement: CandleElement {
+    fn bufs<M: TensorMemory>(b: &mut Bufs<M>) -> Option<&mut Vec<M::Out<Self>>>;
+    fn wrap<M: TensorMemory>(v: Vec<M::Out<Self>>) -> Bufs<M>;
 }
 
-macro_rules! host_element {
+macro_rules! param_element {
     ($t:ty, $v:ident) => {
-        impl HostElement for $t {
-            fn bufs<'h>(h: &'h mut Host, vars: &[Var]) -> &'h mut Vec<Vec<Self>> {
-                if !matches!(h, Host::$v(_)) {
-                    let zero = <$t as Element>::from_f64(0.0);
-                    *h = Host::$v(vars.iter().map(|v| vec![zero; v.elem_count()]).collect());
-                }
-                match h {
-                    Host::$v(b) => b,
-                    _ => unreachable!("set just above"),
+        impl ParamElement for $t {
+            fn bufs<M: TensorMemory>(b: &mut Bufs<M>) -> Option<&mut Vec<M::Out<Self>>> {
+                match b {
+                    Bufs::$v(b) => Some(b),
+                    _ => None,
                 }
             }
 
-            fn storage(s: &mut CpuStorage) -> Option<&mut Vec<Self>> {
-                match s {
-                    CpuStorage::$v(v) => Some(v),
-                    _ => None,
-                }
+            fn wrap<M: TensorMemory>(v: Vec<M::Out<Self>>) -> Bufs<M> {
+                Bufs::$v(v)
             }
         }
     };
 }
-host_element!(f32, F32);
-host_element!(f16, F16);
-host_element!(bf16, BF16);
-
-/// Copies a host buffer into a variable's storage, in place (`Tensor::inplace_op1`).
-struct CopyBack<'a, T>(&'a [T]);
-
-impl<T: HostElement> InplaceOp1 for CopyBack<'_, T> {
-    fn name(&self) -> &'static str {
-        "redreg-optimizer-copy-back"
-    }
-
-    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
-        let n = self.0.len();
-        let dst = T::storage(s)
-            .and_then(|v| v.get_mut(l.start_offset()..l.start_offset() + n))
-            .filter(|_| l.is_contiguous() && l.shape().elem_count() == n)
-            .ok_or_else(|| {
-                candle_core::Error::Msg("optimizer copy-back: storage changed".into())
-            })?;
-        dst.copy_from_slice(self.0);
-        Ok(())
-    }
-}
+param_element!(f32, F32);
+param_element!(f16, F16);
+param_element!(bf16, BF16);
 
 /// candle-nn's AdamW parameters as the same rule (both follow `torch.optim.AdamW`).
 impl From<candle_nn::ParamsAdamW> for Rule {
@@ -113,17 +105,55 @@ impl From<candle_nn::ParamsAdamW> for Rule {
 }
 
 impl FusedOptimizer {
-    /// The optimizer on a given CPU backend (its thread pool and chunk size).
+    /// The optimizer on a given CPU backend (its thread pool and chunk size), for CPU
+    /// variables.
     pub fn with_backend(vars: Vec<Var>, rule: Rule, be: CpuBackend) -> Result<Self> {
+        Self::make(vars, rule, Some(be))
+    }
+
+    /// The optimizer for variables on their device: the CPU ([`CpuBackend::new`]) or, with
+    /// feature `candle-cuda`, a CUDA device (a backend on candle's stream, the state on the
+    /// device). `Err` for variables on several devices or another kind of device.
+    pub fn for_vars(vars: Vec<Var>, rule: Rule) -> Result<Self> {
+        Self::make(vars, rule, None)
+    }
+
+    fn make(vars: Vec<Var>, rule: Rule, cpu: Option<CpuBackend>) -> Result<Self> {
         let vars: Vec<Var> = vars.into_iter().filter(|v| v.dtype().is_float()).collect();
         let lens: Vec<usize> = vars.iter().map(|v| v.elem_count()).collect();
-        let inner = Optimizer::new(rule, &lens)?;
+        let device = vars.first().map_or(Device::Cpu, |v| v.device().clone());
+        if let Some(i) = vars.iter().position(|v| !v.device().same_device(&device)) {
+            return Err(invalid(
+                "vars",
+                format!("variable {i} is on another device than variable 0"),
+            ));
+        }
+        fn family<M: TensorMemory>(
+            be: M::Backend,
+            rule: Rule,
+            lens: &[usize],
+        ) -> Result<Family<M>> {
+            let opt = Optimizer::on(&be, rule, lens)?;
+            Ok(Family {
+                be,
+                opt,
+                bufs: Bufs::None,
+            })
+        }
+        let on = match (cpu, OnDevice::<super::Backends>::for_device(&device)?) {
+            (Some(be), OnDevice::Cpu(_)) => OnDevice::Cpu(family(be, rule, &lens)?),
+            (None, OnDevice::Cpu(be)) => OnDevice::Cpu(family(be, rule, &lens)?),
+            #[cfg(feature = "candle-cuda")]
+            (None, OnDevice::Cuda(be)) => OnDevice::Cuda(family(be, rule, &lens)?),
+            #[cfg(feature = "candle-cuda")]
+            (Some(_), OnDevice::Cuda(_)) => {
+                return Err(invalid("vars", "CUDA variables with a CPU backend"))
+            }
+        };
         Ok(FusedOptimizer {
             vars,
             lr: rule.lr(),
-            inner,
-            be,
-            host: Host::None,
+            on,
         })
     }
 
@@ -132,9 +162,19 @@ impl FusedOptimizer {
         &self.vars
     }
 
-    /// The underlying optimizer (its rule, step count and state).
-    pub fn inner(&self) -> &Optimizer {
-        &self.inner
+    /// The step count (completed steps).
+    pub fn steps(&self) -> u64 {
+        on_device!(&self.on, f => f.opt.steps())
+    }
+
+    /// The optimizer's state of variable `i` on the host (SGD's momentum buffer or AdamW's
+    /// moments, as [`Optimizer::state`]; on CUDA a copy, which synchronises the stream).
+    pub fn state(&self, i: usize) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+        match &self.on {
+            OnDevice::Cpu(f) => Ok(f.opt.state(i).map(|(a, b)| (a.to_vec(), b.to_vec()))),
+            #[cfg(feature = "candle-cuda")]
+            OnDevice::Cuda(f) => f.opt.state(&f.be, i),
+        }
     }
 
     /// One plain step. `Err` with no variable and no state changed when a gradient is
@@ -163,98 +203,114 @@ impl FusedOptimizer {
         let Some(first) = self.vars.first() else {
             return Ok(Vec::new());
         };
+        let (vars, lr) = (&self.vars[..], self.lr);
         match dtype_of(first.dtype())? {
-            crate::DType::F32 => self.run_t::<f32>(grads, c),
-            crate::DType::F16 => self.run_t::<f16>(grads, c),
-            crate::DType::BF16 => self.run_t::<bf16>(grads, c),
-        }
-    }
-
-    fn run_t<T: HostElement>(
-        &mut self,
-        grads: &GradStore,
-        c: Option<(usize, &[Tensor], f64)>,
-    ) -> Result<Vec<u32>> {
-        let first = self.vars[0].as_tensor();
-        let mut gts = Vec::with_capacity(self.vars.len());
-        for (i, v) in self.vars.iter().enumerate() {
-            let g = grads
-                .get(v.as_tensor())
-                .ok_or_else(|| invalid("grads", format!("variable {i} has no gradient")))?;
-            check_kind("vars", i, first, v.as_tensor())?;
-            check_kind("grads", i, first, g)?;
-            if g.dims() != v.dims() {
-                return Err(invalid(
-                    "grads",
-                    format!(
-                        "gradient {i} has shape {:?}, its variable {:?}",
-                        g.dims(),
-                        v.dims()
-                    ),
-                ));
+            crate::DType::F32 => {
+                on_device!(&mut self.on, f => run_on::<_, f32>(f, vars, lr, grads, c))
             }
-            gts.push(g);
-        }
-        // The current values into the host buffers (each read lock dropped at once, so the
-        // copy-back below can take the write lock).
-        let params = T::bufs(&mut self.host, &self.vars);
-        for (v, p) in self.vars.iter().zip(params.iter_mut()) {
-            p.copy_from_slice(view(v.as_tensor())?.as_slice::<T>()?);
-        }
-        let ranks = {
-            let gv = gts
-                .iter()
-                .map(|g| view(g))
-                .collect::<Result<Vec<TensorView<'_>>>>()?;
-            let gs = gv
-                .iter()
-                .map(|v| v.as_slice::<T>())
-                .collect::<Result<Vec<&[T]>>>()?;
-            let mut pv: Vec<&mut [T]> = params.iter_mut().map(|p| &mut p[..]).collect();
-            self.inner.set_lr(self.lr)?;
-            match c {
-                None => self
-                    .inner
-                    .step(&self.be, &mut pv, &gs)
-                    .map(|_| Vec::new())?,
-                Some((start, theta0, beta)) => {
-                    let tv = theta0
-                        .iter()
-                        .enumerate()
-                        .map(|(i, t)| {
-                            check_kind("theta0", i, first, t)?;
-                            view(t)
-                        })
-                        .collect::<Result<Vec<TensorView<'_>>>>()?;
-                    let ts = tv
-                        .iter()
-                        .map(|v| v.as_slice::<T>())
-                        .collect::<Result<Vec<&[T]>>>()?;
-                    let c = Correction::new(start, ts, beta);
-                    self.inner.step_corrected(&self.be, &mut pv, &gs, &c)?
-                }
+            crate::DType::F16 => {
+                on_device!(&mut self.on, f => run_on::<_, f16>(f, vars, lr, grads, c))
             }
-        };
-        for (v, p) in self.vars.iter().zip(params.iter()) {
-            v.as_tensor().inplace_op1(&CopyBack(&p[..])).map_err(cerr)?;
+            crate::DType::BF16 => {
+                on_device!(&mut self.on, f => run_on::<_, bf16>(f, vars, lr, grads, c))
+            }
         }
-        Ok(ranks)
     }
 }
 
-fn cerr(source: candle_core::Error) -> Error {
-    Error::Candle {
-        context: "optimizer step",
-        source,
+/// One step on a memory family: the checks, θ into the family's buffers, the pass, the
+/// buffers back into the variables.
+fn run_on<M: TensorMemory, T: ParamElement>(
+    f: &mut Family<M>,
+    vars: &[Var],
+    lr: f64,
+    grads: &GradStore,
+    c: Option<(usize, &[Tensor], f64)>,
+) -> Result<Vec<u32>> {
+    let stream = M::backend_stream(&f.be);
+    let first = vars[0].as_tensor();
+    let mut gts = Vec::with_capacity(vars.len());
+    for (i, v) in vars.iter().enumerate() {
+        let g = grads
+            .get(v.as_tensor())
+            .ok_or_else(|| invalid("grads", format!("variable {i} has no gradient")))?;
+        check_kind("vars", i, first, v.as_tensor())?;
+        check_kind("grads", i, first, g)?;
+        if g.dims() != v.dims() {
+            return Err(invalid(
+                "grads",
+                format!(
+                    "gradient {i} has shape {:?}, its variable {:?}",
+                    g.dims(),
+                    v.dims()
+                ),
+            ));
+        }
+        gts.push(g);
     }
+    let lens: Vec<usize> = vars.iter().map(|v| v.elem_count()).collect();
+    if T::bufs(&mut f.bufs).is_none() {
+        let bufs = (lens.iter())
+            .map(|&n| M::alloc::<T>(&f.be, n))
+            .collect::<Result<Vec<_>>>()?;
+        f.bufs = T::wrap(bufs);
+    }
+    let bufs = T::bufs(&mut f.bufs).ok_or_else(|| invalid("vars", "buffers of another dtype"))?;
+    // The current values into the buffers (each view's read lock dropped at once, so the
+    // copy-back below can take the write lock).
+    for ((v, b), &n) in vars.iter().zip(bufs.iter_mut()).zip(&lens) {
+        let tv = M::tensor_view(stream, "vars", v.as_tensor())?;
+        f.be.copy(M::src::<T>(&tv)?, M::dst(b, n))?;
+    }
+    let ranks = {
+        // θ₀'s views first: every view below borrows for the same lifetime (the buffer
+        // types are invariant in it), so they are dropped last.
+        let tv = match c {
+            None => Vec::new(),
+            Some((_, theta0, _)) => (theta0.iter().enumerate())
+                .map(|(i, t)| {
+                    check_kind("theta0", i, first, t)?;
+                    M::tensor_view(stream, "theta0", t)
+                })
+                .collect::<Result<Vec<TensorView<'_>>>>()?,
+        };
+        let gv = (gts.iter())
+            .map(|g| M::tensor_view(stream, "grads", g))
+            .collect::<Result<Vec<TensorView<'_>>>>()?;
+        let gs = (gv.iter())
+            .map(|v| M::src::<T>(v))
+            .collect::<Result<Vec<Src<'_, M::Backend, T>>>>()?;
+        let ts = (tv.iter())
+            .map(|v| M::src::<T>(v))
+            .collect::<Result<Vec<Src<'_, M::Backend, T>>>>()?;
+        let mut pv: Vec<Dst<'_, M::Backend, T>> = (bufs.iter_mut())
+            .zip(&lens)
+            .map(|(b, &n)| M::dst(b, n))
+            .collect();
+        f.opt.set_lr(lr)?;
+        match c {
+            None => {
+                f.opt.step(&f.be, &mut pv, &gs)?;
+                Vec::new()
+            }
+            Some((start, _, beta)) => {
+                let c = Correction::new(start, ts, beta);
+                f.opt.step_corrected(&f.be, &mut pv, &gs, &c)?.to_vec()?
+            }
+        }
+    };
+    for ((v, b), &n) in vars.iter().zip(bufs.iter()).zip(&lens) {
+        M::write_back::<T>(v.as_tensor(), b, n)?;
+    }
+    Ok(ranks)
 }
 
 impl candle_nn::Optimizer for FusedOptimizer {
     type Config = Rule;
 
-    /// On [`CpuBackend::new`] (all cores).
+    /// On the variables' device ([`FusedOptimizer::for_vars`]).
     fn new(vars: Vec<Var>, rule: Rule) -> candle_core::Result<Self> {
-        Self::with_backend(vars, rule, CpuBackend::new()).map_err(candle_core::Error::wrap)
+        Self::for_vars(vars, rule).map_err(candle_core::Error::wrap)
     }
 
     fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
