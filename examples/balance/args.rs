@@ -43,13 +43,16 @@ pub struct Args {
     /// mfeat: every candidate pair's fused baseline (the measurement behind the default pair).
     pub screen: bool,
     pub cpu: bool,
+    /// The optimizer step as candle tensor ops (`model::sgd_step`, the example's step
+    /// before redreg's `FusedOptimizer` replaced it) instead of the fused one.
+    pub candle_sgd: bool,
 }
 
 pub const USAGE: &str = "balance [--dataset mfeat|synthetic (mfeat)] [--views STRONG,WEAK (mfeat: pix,zer)] [--data DIR (mfeat: data/mfeat)] \
     [--epochs N] [--seed S (7)] [--seeds N (5)] [--lr LR] [--batch N] [--k K (1)] \
     [--pipelines LIST (script,clean; also skip-dropped)] [--loss LIST of probe, script (mfeat: probe,script; synthetic: probe)] \
     [--script-loss (= --loss script)] [--ogm-alpha A (0.8)] [--no-ogm] [--no-dropout] [--screen (mfeat)] \
-    [--out PATH] [--cpu]";
+    [--out PATH] [--cpu] [--candle-sgd]";
 
 impl Args {
     /// The defaults of `dataset` (the trainer-side settings differ; RedReg's are the paper's).
@@ -84,6 +87,7 @@ impl Args {
             ogm_alpha: ogm::DEFAULT_ALPHA,
             screen: false,
             cpu: false,
+            candle_sgd: false,
         }
     }
 
@@ -143,6 +147,7 @@ impl Args {
                 "--no-dropout" => a.no_dropout = true,
                 "--screen" => a.screen = true,
                 "--cpu" => a.cpu = true,
+                "--candle-sgd" => a.candle_sgd = true,
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -228,6 +233,7 @@ impl Args {
             (!self.ogm, "--no-ogm"),
             (self.no_dropout, "--no-dropout"),
             (self.screen, "--screen"),
+            (self.candle_sgd, "--candle-sgd"),
             (self.cpu, "--cpu"),
         ] {
             if on {

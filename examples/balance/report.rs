@@ -266,6 +266,18 @@ pub fn timing(named: &[(Mode, &[RunLog])]) {
         let steps = sum(&|t| t.steps as f64).max(1.0);
         let per = |f: &dyn Fn(&Timing) -> f64| 1e3 * sum(f) / steps;
         let total = per(&|t| t.total);
+        // The optimizer step: redreg's FusedOptimizer (on RedReg's projecting steps with
+        // the correction folded in) or, with --candle-sgd and for "B alone", candle ops.
+        let opt = per(&|t| t.optimizer);
+        let folded = sum(&|t| t.fused as f64);
+        let opt_note = if folded > 0.0 {
+            format!(
+                "; optimizer step {opt:.3} ms (the RedReg correction folded in on {:.0} % of steps)",
+                100.0 * folded / steps
+            )
+        } else {
+            format!("; optimizer step {opt:.3} ms")
+        };
         if let Mode::RedReg(_) = mode {
             let (fw, st, ct, pr) = (
                 per(&|t| t.forwards),
@@ -274,25 +286,33 @@ pub fn timing(named: &[(Mode, &[RunLog])]) {
                 per(&|t| t.projection),
             );
             let np = sum(&|t| t.projected as f64);
-            let projected = np.max(1.0);
+            // With the fused optimizer the projection runs inside the optimizer step: its
+            // own column is then the projections that did not fold in (none at k = 1).
+            let outside = np - folded;
+            let proj = if outside > 0.0 {
+                format!(
+                    "projection {pr:.3} ({:.3} ms on each of the {:.0} % of steps that project)",
+                    1e3 * sum(&|t| t.projection) / outside,
+                    100.0 * outside / steps
+                )
+            } else {
+                "the projection inside the optimizer step".to_string()
+            };
             println!(
                 "  {:<22} {total:.3} ms: extra candle forwards for the statistics {fw:.3} ms; the crate's part \
-                 {:.3} ms ({:.1} % of the step) = statistics plan {st:.3} + controller {ct:.4} + projection {pr:.3} \
-                 ({:.3} ms on each of the {:.0} % of steps that project)",
+                 {:.3} ms ({:.1} % of the step) = statistics plan {st:.3} + controller {ct:.4} + {proj}{opt_note}",
                 mode.label(),
                 st + ct + pr,
                 100.0 * (st + ct + pr) / total,
-                1e3 * sum(&|t| t.projection) / projected,
-                100.0 * np / steps
             );
         } else if *mode == Mode::OgmGe {
             println!(
-                "  {:<22} {total:.3} ms: OGM-GE's scores, coefficients and noisy gradients {:.3} ms",
+                "  {:<22} {total:.3} ms: OGM-GE's scores, coefficients and noisy gradients {:.3} ms{opt_note}",
                 mode.label(),
                 per(&|t| t.ogm)
             );
         } else {
-            println!("  {:<22} {total:.3} ms", mode.label());
+            println!("  {:<22} {total:.3} ms{opt_note}", mode.label());
         }
     }
 }

@@ -9,8 +9,10 @@ use super::{dev, Args};
 use candle_core::{Tensor, D};
 use indicatif::ProgressBar;
 use redreg::candle::stats::{modality_shapes, step_inputs, ModalityTensors};
+use redreg::candle::FusedOptimizer;
 use redreg::candle::{project_drift_into_grads, Backends, Executors, OnDevice};
 use redreg::controller::{Config, Controller, DropoutSchedule, Dropped, RedRegStats};
+use redreg::optim::{Rule, Sgd};
 use redreg::stats::StatsPlan;
 use std::time::Instant;
 
@@ -158,6 +160,11 @@ pub struct Timing {
     pub projection: f64,
     /// Steps that ran the projection.
     pub projected: usize,
+    /// The optimizer step (with `FusedOptimizer`, on a projecting step the projection's
+    /// pass 1 is inside it and `projection` stays 0).
+    pub optimizer: f64,
+    /// Steps whose RedReg correction the fused optimizer step folded in.
+    pub fused: usize,
     /// OGM-GE: scores, coefficients and the modulated gradients (with the noise).
     pub ogm: f64,
 }
@@ -201,7 +208,20 @@ pub fn train(
     let model = Model::new(seed, data)?;
     let vars = model.all_vars();
     let enc_vars = [model.enc[0].vars(), model.enc[1].vars()];
+    // The optimizer: redreg's FusedOptimizer (SGD with the script's momentum 0.9 and weight
+    // decay 1e-4, the same semantics as `sgd_step`; one pass over every variable, the RedReg
+    // correction folded in), or `--candle-sgd`'s candle tensor ops. "B alone" trains only
+    // B's side (A's variables get no gradient, which the fused optimizer refuses): candle's.
     let mut mom: Vec<Option<Tensor>> = vec![None; vars.len()];
+    let mut fused = match args.candle_sgd || mode == Mode::BAlone {
+        true => None,
+        false => Some(FusedOptimizer::for_vars(
+            vars.clone(),
+            Rule::Sgd(Sgd::script(args.lr)),
+        )?),
+    };
+    // Where each encoder's variables start in `vars` (the model's order: A, B, …).
+    let enc_first = [0, enc_vars[0].len()];
     let cfg = Config::new(args.epochs);
     let dropout: DropoutSchedule = cfg.dropout;
     let mut rr = match mode {
@@ -251,7 +271,9 @@ pub fn train(
             if mode == Mode::BAlone {
                 // Only B's encoder and head: L_b alone.
                 let grads = ce(&model.forward_b(&fb)?)?.backward()?;
+                let t = Instant::now();
                 sgd_step(&vars, &grads, &mut mom, args.lr)?;
+                time.optimizer += t.elapsed().as_secs_f64();
                 time.total += t0.elapsed().as_secs_f64();
                 time.steps += 1;
                 el.steps += 1;
@@ -262,6 +284,8 @@ pub fn train(
             el.loss_mm += l_mm.to_scalar::<f32>()? as f64;
             let loss = ((l_mm + ce(&f.uni[0])?)? + ce(&f.uni[1])?)?;
             let mut grads = loss.backward()?;
+            // Whether the RedReg step below already ran the optimizer (the fused form).
+            let mut stepped = false;
             let was_dropped = dropped != Dropped::None;
             if let Some(o) = ogm.as_mut() {
                 let t = Instant::now();
@@ -297,7 +321,20 @@ pub fn train(
                 if let Some(m) = d.suppressed {
                     el.suppressed[m][was_dropped as usize] += 1;
                     el.beta_sum += d.beta;
-                    if !(r.pipeline == Pipeline::SkipDropped && was_dropped) {
+                    if !(r.pipeline == Pipeline::SkipDropped && was_dropped) && args.k == 1 {
+                        if let Some(f) = fused.as_mut() {
+                            // The correction folded into the optimizer's pass: the
+                            // projection's pass 1, then one update pass (never written
+                            // into the gradients).
+                            let t = Instant::now();
+                            f.step_redreg(&grads, enc_first[m], &theta0[m], d.beta)?;
+                            time.optimizer += t.elapsed().as_secs_f64();
+                            time.projected += 1;
+                            time.fused += 1;
+                            stepped = true;
+                        }
+                    }
+                    if !(r.pipeline == Pipeline::SkipDropped && was_dropped) && !stepped {
                         let t = Instant::now();
                         r.project(
                             m,
@@ -315,7 +352,14 @@ pub fn train(
                 el.gate_open += (d.gate > 0.0) as usize;
                 el.min_r = el.min_r.min(d.modalities[d.leader].r);
             }
-            sgd_step(&vars, &grads, &mut mom, args.lr)?;
+            if !stepped {
+                let t = Instant::now();
+                match fused.as_mut() {
+                    Some(f) => f.try_step(&grads)?,
+                    None => sgd_step(&vars, &grads, &mut mom, args.lr)?,
+                }
+                time.optimizer += t.elapsed().as_secs_f64();
+            }
             time.total += t0.elapsed().as_secs_f64();
             time.steps += 1;
             el.steps += 1;
