@@ -321,7 +321,8 @@ pub fn train(
                 if let Some(m) = d.suppressed {
                     el.suppressed[m][was_dropped as usize] += 1;
                     el.beta_sum += d.beta;
-                    if !(r.pipeline == Pipeline::SkipDropped && was_dropped) && args.k == 1 {
+                    let apply = !(r.pipeline == Pipeline::SkipDropped && was_dropped);
+                    if apply && args.k == 1 {
                         if let Some(f) = fused.as_mut() {
                             // The correction folded into the optimizer's pass: the
                             // projection's pass 1, then one update pass (never written
@@ -334,7 +335,7 @@ pub fn train(
                             stepped = true;
                         }
                     }
-                    if !(r.pipeline == Pipeline::SkipDropped && was_dropped) && !stepped {
+                    if apply && !stepped {
                         let t = Instant::now();
                         r.project(
                             m,
