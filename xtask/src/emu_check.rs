@@ -4,14 +4,16 @@
 //! scripts/emu-check.sh (issue #22), which is now its entry point: each step's verdict is
 //! kept apart (a failing step does not stop the next), the table is written as it goes.
 
+mod builds;
 mod candle;
 mod coverage;
 mod filters;
 mod modes;
 mod mutation;
+mod selftest;
 mod test_run;
 
-use crate::{artifacts, cuda_env, proc, test_log};
+use crate::{cuda_env, proc, test_log};
 use candle::CandleBuild;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -21,20 +23,6 @@ use std::process::Command;
 /// Every step, in the order of a run without arguments.
 pub const STEPS: [&str; 7] = [
     "selftest", "negative", "plain", "address", "race", "mutation", "candle",
-];
-
-/// The GPU test binaries (the README's `--features candle` build).
-const TEST_BINARIES: [&str; 10] = [
-    "project",
-    "gpu_kernels",
-    "stats",
-    "controller",
-    "gpu_reliability",
-    "gpu_isolation",
-    "gpu_launches",
-    "gpu_errors",
-    "tensor_list",
-    "optim",
 ];
 
 /// An emulated driver's build mode (tests/emu/build.sh MODE).
@@ -202,12 +190,12 @@ pub fn main(args: &[String]) -> i32 {
         section(&format!(
             "build the GPU test binaries and the GPU bench (cargo, features cuda + candle, nvcc fatbins for sm_{cap})"
         ));
-        match test_binaries(&ctx.logs) {
+        match builds::test_binaries(&ctx.logs) {
             Some(bins) => ctx.bins = bins,
             None => return 1,
         }
         if has("plain") {
-            ctx.bench = bench_binary(&ctx.logs);
+            ctx.bench = builds::bench_binary(&ctx.logs);
         }
     }
     let mut candle = CandleBuild::NotStarted;
@@ -223,7 +211,7 @@ pub fn main(args: &[String]) -> i32 {
         match step.as_str() {
             "selftest" => {
                 section("f16 host conversions (all 2^32 f32 values)");
-                if !selftest(&ctx.emu) {
+                if !selftest::run(&ctx.emu) {
                     ctx.failed = true;
                 }
             }
@@ -250,7 +238,7 @@ pub fn main(args: &[String]) -> i32 {
                 mutation::run(&mut ctx);
             }
             "candle" => {
-                if !candle_step(&mut ctx, &mut candle) {
+                if !candle::step(&mut ctx, &mut candle) {
                     return 1;
                 }
             }
@@ -264,127 +252,6 @@ pub fn main(args: &[String]) -> i32 {
     );
     println!("emu-check: {}", if ctx.failed { "FAIL" } else { "PASS" });
     i32::from(ctx.failed)
-}
-
-/// cargo's build of the README's feature set with, when there is an nvcc,
-/// REDREG_REQUIRE_NVCC=1 as .ci/run and check-kernels build: the same build-script
-/// environment, so cargo reuses the README test build (fatbins included) instead of
-/// building again (minutes).
-fn cargo_build(
-    cargo_args: &[&str],
-    log: &Path,
-) -> Result<Vec<artifacts::Artifact>, artifacts::BuildFailure> {
-    let args: Vec<String> = cargo_args.iter().map(|s| s.to_string()).collect();
-    let nvcc = std::env::var("NVCC").is_ok_and(|n| !n.is_empty());
-    let configure = |cmd: &mut Command| {
-        if nvcc {
-            cmd.env("REDREG_REQUIRE_NVCC", "1");
-        }
-    };
-    artifacts::build(&args, Some(log), configure, |_| {})
-}
-
-/// (name, path) of each GPU test binary; `None` (the log printed) when the build failed.
-fn test_binaries(logs: &Path) -> Option<Vec<(String, String)>> {
-    let mut args = vec!["test", "--features", "candle", "--no-run"];
-    TEST_BINARIES
-        .iter()
-        .for_each(|t| args.extend(["--test", t]));
-    let log = logs.join("cargo-build.log");
-    let bins: Vec<(String, String)> = match cargo_build(&args, &log) {
-        Ok(found) => found
-            .into_iter()
-            .filter(|a| a.kind == "test")
-            .map(|a| (a.name, a.path))
-            .collect(),
-        Err(failure) => {
-            eprintln!("cargo xtask artifacts: {}", failure.message);
-            print!("{}", test_run::read_lossy(&log));
-            return None;
-        }
-    };
-    if bins.is_empty() {
-        println!("no test binaries built");
-        print!("{}", test_run::read_lossy(&log));
-        return None;
-    }
-    Some(bins)
-}
-
-/// The criterion GPU bench (benches/gpu.rs), built by `cargo test` (the test profile: the
-/// README build's artifacts, where `cargo bench` would build every dependency again in the
-/// release profile) and run with `--bench`. `None`: it did not build (the smoke run fails).
-fn bench_binary(logs: &Path) -> Option<String> {
-    let args = ["test", "--features", "candle", "--bench", "gpu", "--no-run"];
-    match cargo_build(&args, &logs.join("cargo-build-bench.log")) {
-        Ok(found) => found
-            .into_iter()
-            .find(|a| a.kind == "bench")
-            .map(|a| a.path),
-        Err(failure) => {
-            eprintln!("cargo xtask artifacts: {}", failure.message);
-            None
-        }
-    }
-}
-
-/// The f16 host conversions against the compiler's IEEE binary16, all 2^32 f32 values.
-fn selftest(emu: &Path) -> bool {
-    let abi = emu.join("abi");
-    let exe = emu.join("f16_check");
-    // kernels/common.cuh includes the generated ABI header (scripts/abi-header.sh).
-    if proc::run(Command::new("bash").arg("scripts/abi-header.sh").arg(&abi)) != 0 {
-        return false;
-    }
-    let mut gxx = Command::new("g++");
-    gxx.args(["-std=c++17", "-O2"]);
-    if cpu_has_flag("f16c") {
-        gxx.arg("-mf16c");
-    }
-    gxx.args(["-I", "tests/emu", "-I"])
-        .arg(&abi)
-        .arg("-o")
-        .arg(&exe)
-        .arg("tests/emu/f16_check.cpp");
-    proc::run(&mut gxx) == 0 && proc::run(&mut Command::new(&exe)) == 0
-}
-
-/// Whether /proc/cpuinfo names `flag` (as a whole word).
-fn cpu_has_flag(flag: &str) -> bool {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    info.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .any(|w| w == flag)
-}
-
-/// The candle adapter's CUDA path in the three modes; false when a driver did not build.
-fn candle_step(ctx: &mut Ctx, candle: &mut CandleBuild) -> bool {
-    section(
-        "the candle adapter's CUDA path (feature candle-cuda) in plain, address and race modes",
-    );
-    let Some(cbin) = candle.binary(ctx) else {
-        println!("FAIL candle: the candle-cuda test binary did not build");
-        let log = test_run::read_lossy(&ctx.logs.join("cargo-build-candle.log"));
-        test_log::tail(&log, 30)
-            .iter()
-            .for_each(|l| println!("{l}"));
-        ctx.failed = true;
-        return true;
-    };
-    for mode in [Mode::Plain, Mode::Asan, Mode::Tsan] {
-        // (the handle-only cuBLAS is part of the driver's build: a mode step built it)
-        let built = ctx.emu.join(mode.name()).join("libcublas.so.13").is_file();
-        if !built && !ctx.build_lib(mode) {
-            return false;
-        }
-        ctx.run_and_report(
-            mode,
-            "gpu_candle_list",
-            &cbin,
-            &[],
-            &test_run::RunOpts::default(),
-        );
-    }
-    true
 }
 
 #[cfg(test)]

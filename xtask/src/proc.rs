@@ -48,6 +48,8 @@ pub fn run_logged(cmd: &mut Command, log: &Path, limit: Option<Duration>) -> io:
     })
 }
 
+/// Waits for `child`; past `limit` it gets SIGTERM (as `timeout` sends: mpirun then ends
+/// its ranks) and the status is 124.
 fn wait_limited(mut child: Child, limit: Option<Duration>) -> io::Result<i32> {
     let Some(limit) = limit else {
         return child.wait().map(rc);
@@ -58,8 +60,10 @@ fn wait_limited(mut child: Child, limit: Option<Duration>) -> io::Result<i32> {
             return Ok(rc(status));
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            // SAFETY: kill has no memory effects; the child is not reaped yet, so its pid is
+            // still its own.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            child.wait()?;
             return Ok(124);
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -82,10 +86,11 @@ pub fn run(cmd: &mut Command) -> i32 {
 static BACKGROUND: AtomicI32 = AtomicI32::new(0);
 
 /// Makes `cmd` a background job: its own process group (so that it can be ended with
-/// everything it started: cargo's rustc and nvcc processes), at scheduling priority `nice`
-/// (absolute, as `renice -n`).
-pub fn background(cmd: &mut Command, nice: i32) {
+/// everything it started: cargo's rustc and nvcc processes, a test binary), at scheduling
+/// priority `nice` if given (absolute, as `renice -n`).
+pub fn background(cmd: &mut Command, nice: Option<i32>) {
     cmd.process_group(0);
+    let Some(nice) = nice else { return };
     // SAFETY: setpriority is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(move || {

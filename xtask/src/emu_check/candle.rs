@@ -5,8 +5,9 @@
 //! so with other steps to run it builds in the background at low priority while the modes
 //! run (the emulated driver runs each launch on one thread: a core is mostly idle).
 
-use super::Ctx;
-use crate::{artifacts, proc};
+use super::test_run::{self, RunOpts};
+use super::{section, Ctx, Mode};
+use crate::{artifacts, proc, test_log};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread::JoinHandle;
@@ -53,7 +54,7 @@ fn build(emu: &Path, logs: &Path, background: bool) -> Option<String> {
     let mut cmd = Command::new("bash");
     cmd.arg("scripts/cuda-link-stubs.sh").arg(&stubs);
     if background {
-        proc::background(&mut cmd, NICE);
+        proc::background(&mut cmd, Some(NICE));
     }
     // (its stderr is ours, as before; a failure shows as the link failing)
     let stub_dir = match cmd.output() {
@@ -104,7 +105,7 @@ fn build(emu: &Path, logs: &Path, background: bool) -> Option<String> {
             cmd.env("LIBRARY_PATH", lp);
         }
         if background {
-            proc::background(cmd, NICE);
+            proc::background(cmd, Some(NICE));
         }
     };
     let started = |child: &std::process::Child| {
@@ -130,6 +131,31 @@ fn build(emu: &Path, logs: &Path, background: bool) -> Option<String> {
     let text: String = paths.iter().map(|p| format!("{p}\n")).collect();
     let _ = std::fs::write(&bin_txt, &text);
     Some(text.trim_end().to_string()).filter(|p| !p.is_empty())
+}
+
+/// The candle adapter's CUDA path in the three modes; false when a driver did not build.
+pub fn step(ctx: &mut Ctx, candle: &mut CandleBuild) -> bool {
+    section(
+        "the candle adapter's CUDA path (feature candle-cuda) in plain, address and race modes",
+    );
+    let Some(cbin) = candle.binary(ctx) else {
+        println!("FAIL candle: the candle-cuda test binary did not build");
+        let log = test_run::read_lossy(&ctx.logs.join("cargo-build-candle.log"));
+        test_log::tail(&log, 30)
+            .iter()
+            .for_each(|l| println!("{l}"));
+        ctx.failed = true;
+        return true;
+    };
+    for mode in [Mode::Plain, Mode::Asan, Mode::Tsan] {
+        // (the handle-only cuBLAS is part of the driver's build: a mode step built it)
+        let built = ctx.emu.join(mode.name()).join("libcublas.so.13").is_file();
+        if !built && !ctx.build_lib(mode) {
+            return false;
+        }
+        ctx.run_and_report(mode, "gpu_candle_list", &cbin, &[], &RunOpts::default());
+    }
+    true
 }
 
 /// The folder of cuda-link-stubs.sh's `export LIBRARY_PATH="DIR${LIBRARY_PATH:+:...}"` line.
