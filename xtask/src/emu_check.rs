@@ -13,7 +13,7 @@ mod mutation;
 mod selftest;
 mod test_run;
 
-use crate::{cuda_env, proc, test_log};
+use crate::{cargo_run_env, cuda_env, proc, test_log};
 use candle::CandleBuild;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -152,6 +152,8 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("emu-check: {}: {e}", root.display());
         return 2;
     }
+    // The test binaries get the caller's LD_LIBRARY_PATH, not `cargo run`'s.
+    cargo_run_env::undo();
     // NVCC (fatbins, as gpu-check builds them; when unset: the path .ci/run exports) and
     // NVRTC on LD_LIBRARY_PATH (the NVRTC tests, REDREG_REQUIRE_NVRTC=1).
     cuda_env::import();

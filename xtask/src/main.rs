@@ -8,6 +8,7 @@
 //! point).
 
 mod artifacts;
+mod cargo_run_env;
 mod cuda_env;
 mod emu_check;
 mod gpu_host;
