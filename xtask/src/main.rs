@@ -5,10 +5,11 @@
 //! `scripts/gpu-check.sh run` needs on the GPU machine, where the bundle carries this binary
 //! (they were inline Python too); and `scripts/emu-check.sh` as a whole (`emu-check`: the
 //! steps, their environments, verdicts, coverage and table in code; the script is its entry
-//! point).
+//! point), and `scripts/check-kernels.sh` (`check-kernels`).
 
 mod artifacts;
 mod cargo_run_env;
+mod check_kernels;
 mod cuda_env;
 mod emu_check;
 mod gpu_host;
@@ -52,6 +53,17 @@ pub const USAGE: &str = "cargo xtask COMMAND [ARGS]
         library's unit tests count as test). cargo's own output goes to FILE (default: this
         process's stderr). Exit status: cargo's, or 1 when cargo succeeded but announced no
         executable.
+  check-kernels      (entry point: scripts/check-kernels.sh)
+        CI's check of the CUDA kernels, no GPU needed:
+          1. cargo build with REDREG_REQUIRE_NVCC=1 (a kernel that does not compile fails the
+             build); with .ci/run's environment and features it reuses the README test build;
+          2. ptxas -v resource usage of every kernel for every target arch
+             ($REDREG_CHECK_CAPS, default 75,80,86,89,90; $REDREG_NVCC_JOBS nvcc jobs,
+             default 2); fails on any spill;
+          3. the embedded sources compiled through NVRTC by the crate's own NVRTC path (test
+             nvrtc_compiles_embedded_sources with REDREG_REQUIRE_NVRTC=1), beside step 2.
+        Needs nvcc + NVRTC: run scripts/install-cuda-compiler.sh first (its env file is
+        sourced as for emu-check).
   unxz FILE.xz...
         decompresses each file beside itself (without .xz), executable, and removes the .xz;
         run on the GPU machine from the bundle (scripts/gpu-check.sh run), where there is no
@@ -67,6 +79,7 @@ fn main() {
     let code = match args.first().map(String::as_str) {
         Some("artifacts") => artifacts::main(&args[1..]),
         Some("emu-check") => emu_check::main(&args[1..]),
+        Some("check-kernels") => check_kernels::main(&args[1..]),
         Some("unxz") => gpu_host::unxz(&args[1..]),
         Some("nvidia-lib-dirs") => gpu_host::nvidia_lib_dirs(&args[1..]),
         None | Some("help" | "--help" | "-h") => {
