@@ -3,7 +3,8 @@
 use serde_json::Value;
 use std::fs::File;
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 
 /// One executable a cargo build made.
 #[derive(Debug, PartialEq)]
@@ -60,49 +61,13 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("cargo xtask artifacts: no cargo arguments after --");
         return 2;
     }
-    // CARGO: the cargo that runs us (`cargo run` sets it); the lock on the build directory
-    // is released before `cargo run` starts its binary, so this nested build does not wait.
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(rest)
-        .arg("--message-format=json-render-diagnostics")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit()); // (`output()` would capture it)
-    if let Some(path) = &log {
-        match File::create(path) {
-            Ok(f) => {
-                cmd.stderr(f);
-            }
-            Err(e) => {
-                eprintln!("cargo xtask artifacts: {path}: {e}");
-                return 2;
-            }
-        }
-    }
-    let out = match cmd.output() {
-        Ok(out) => out,
-        Err(e) => {
-            eprintln!("cargo xtask artifacts: cannot start cargo: {e}");
-            return 2;
+    let found = match build(rest, log.as_deref().map(Path::new), |_| {}, |_| {}) {
+        Ok(found) => found,
+        Err(failure) => {
+            eprintln!("cargo xtask artifacts: {}", failure.message);
+            return failure.code;
         }
     };
-    if !out.status.success() {
-        eprintln!(
-            "cargo xtask artifacts: `cargo {}` failed ({}){}",
-            rest.join(" "),
-            out.status,
-            log.map(|l| format!("; see {l}")).unwrap_or_default()
-        );
-        return out.status.code().unwrap_or(1);
-    }
-    let found = parse(&String::from_utf8_lossy(&out.stdout));
-    if found.is_empty() {
-        eprintln!(
-            "cargo xtask artifacts: `cargo {}` announced no executable",
-            rest.join(" ")
-        );
-        return 1;
-    }
     let mut stdout = std::io::stdout().lock();
     for a in found {
         if writeln!(stdout, "{} {} {}", a.name, a.kind, a.path).is_err() {
@@ -110,6 +75,71 @@ pub fn main(args: &[String]) -> i32 {
         }
     }
     0
+}
+
+/// Why [`build`] found no executable: `code` is the exit status to pass on (cargo's, 2 when
+/// cargo did not start, 1 when it built nothing executable).
+#[derive(Debug)]
+pub struct BuildFailure {
+    pub code: i32,
+    pub message: String,
+}
+
+/// Runs `cargo CARGO_ARGS --message-format=json-render-diagnostics` and returns the
+/// executables it announced. cargo's own output goes to `log` (default: our stderr);
+/// `configure` adds to the command (environment, priority) before it starts, `started` sees
+/// the running cargo (to end it on an early exit). Used by `cargo xtask artifacts` and,
+/// in-process, by `cargo xtask emu-check`.
+pub fn build(
+    cargo_args: &[String],
+    log: Option<&Path>,
+    configure: impl FnOnce(&mut Command),
+    started: impl FnOnce(&Child),
+) -> Result<Vec<Artifact>, BuildFailure> {
+    let fail = |code, message| Err(BuildFailure { code, message });
+    // CARGO: the cargo that runs us (`cargo run` sets it); the lock on the build directory
+    // is released before `cargo run` starts its binary, so this nested build does not wait.
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(cargo_args)
+        .arg("--message-format=json-render-diagnostics")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(path) = log {
+        match File::create(path) {
+            Ok(f) => {
+                cmd.stderr(f);
+            }
+            Err(e) => return fail(2, format!("{}: {e}", path.display())),
+        }
+    }
+    configure(&mut cmd);
+    let child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => return fail(2, format!("cannot start cargo: {e}")),
+    };
+    started(&child);
+    let out = match child.wait_with_output() {
+        Ok(out) => out,
+        Err(e) => return fail(2, format!("cargo's output: {e}")),
+    };
+    let command = cargo_args.join(" ");
+    if !out.status.success() {
+        let see = log.map(|l| format!("; see {}", l.display()));
+        return fail(
+            out.status.code().unwrap_or(1),
+            format!(
+                "`cargo {command}` failed ({}){}",
+                out.status,
+                see.unwrap_or_default()
+            ),
+        );
+    }
+    let found = parse(&String::from_utf8_lossy(&out.stdout));
+    if found.is_empty() {
+        return fail(1, format!("`cargo {command}` announced no executable"));
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -3,14 +3,49 @@
 //! `scripts/emu-check.sh`, `scripts/gpu-check.sh` and `scripts/mpi-check.sh` need to find the
 //! executables a build made (they had seven inline Python parsers for it), and what
 //! `scripts/gpu-check.sh run` needs on the GPU machine, where the bundle carries this binary
-//! (they were inline Python too).
+//! (they were inline Python too); and `scripts/emu-check.sh` as a whole (`emu-check`: the
+//! steps, their environments, verdicts, coverage and table in code; the script is its entry
+//! point), and `scripts/check-kernels.sh` (`check-kernels`).
 
 mod artifacts;
+mod cargo_run_env;
+mod check_kernels;
+mod cuda_env;
+mod emu_check;
 mod gpu_host;
+mod proc;
+mod test_log;
 
 use std::io::Write;
 
-const USAGE: &str = "cargo xtask COMMAND [ARGS]
+pub const USAGE: &str = "cargo xtask COMMAND [ARGS]
+
+  emu-check [STEP ...]      (entry point: scripts/emu-check.sh)
+        runs the crate's real CUDA kernels on the CPU, through the crate's own cudarc
+        wrappers, on the emulated CUDA driver of tests/emu (no GPU, no CUDA driver needed).
+        STEPS (default: all of them, in this order):
+          selftest   f16 host conversions vs the compiler's IEEE binary16 (all 2^32 f32 values)
+          negative   broken kernels each mode must catch (tests/emu/negative/run.sh)
+          plain      every GPU test binary, REDREG_REQUIRE_GPU=1, default test threads, 2
+                     devices; the NVRTC path (REDREG_FORCE_NVRTC=1) for the stats binary's
+                     CUDA tests; the GPU bench in smoke mode
+          address    AddressSanitizer over the kernels (exact-size allocations, 0xA5 fill)
+          race       ThreadSanitizer over the kernels (each CUDA thread a TSan fiber)
+          mutation   the REAL kernels, deliberately broken (tests/emu/mutate.py): a barrier
+                     removed must fail the race mode, an off-by-one loop bound the address mode
+          candle     the candle adapter's CUDA path (feature candle-cuda,
+                     tests/gpu_candle_list.rs) in the three modes; builds candle-kernels with
+                     nvcc (~12 min on 2 cores, in the background while other steps run) and
+                     links against scripts/cuda-link-stubs.sh's stand-ins
+        Sizes: REDREG_GPU_QUICK=1 (the tests' quick layouts) in every mode; the race mode runs
+        a subset (TSan costs ~50x) that still launches every kernel. EMU_FULL=1 runs the plain
+        mode at full size. Each mode fails unless every kernel of kernels/*.cu was launched.
+        Sources $REDREG_CUDA_VENV/redreg-cuda-env.sh (default venv ~/.cache/redreg-cuda-venv;
+        an NVCC already set is kept); CUDA_COMPUTE_CAP defaults to 90.
+        Results: target/emu/results.md (a table) and target/emu/logs/*.log; prints
+        `emu-check: PASS` (exit 0) or `emu-check: FAIL` (exit 1); 2: an unknown step.
+        Emulated is not real: these runs prove kernel logic, launch geometry, argument
+        passing, bounds, barriers and the wrappers end to end; their timings mean nothing.
 
   artifacts [--log FILE] -- CARGO_ARGS...
         runs `cargo CARGO_ARGS --message-format=json-render-diagnostics` and prints one line
@@ -18,6 +53,17 @@ const USAGE: &str = "cargo xtask COMMAND [ARGS]
         library's unit tests count as test). cargo's own output goes to FILE (default: this
         process's stderr). Exit status: cargo's, or 1 when cargo succeeded but announced no
         executable.
+  check-kernels      (entry point: scripts/check-kernels.sh)
+        CI's check of the CUDA kernels, no GPU needed:
+          1. cargo build with REDREG_REQUIRE_NVCC=1 (a kernel that does not compile fails the
+             build); with .ci/run's environment and features it reuses the README test build;
+          2. ptxas -v resource usage of every kernel for every target arch
+             ($REDREG_CHECK_CAPS, default 75,80,86,89,90; $REDREG_NVCC_JOBS nvcc jobs,
+             default 2); fails on any spill;
+          3. the embedded sources compiled through NVRTC by the crate's own NVRTC path (test
+             nvrtc_compiles_embedded_sources with REDREG_REQUIRE_NVRTC=1), beside step 2.
+        Needs nvcc + NVRTC: run scripts/install-cuda-compiler.sh first (its env file is
+        sourced as for emu-check).
   unxz FILE.xz...
         decompresses each file beside itself (without .xz), executable, and removes the .xz;
         run on the GPU machine from the bundle (scripts/gpu-check.sh run), where there is no
@@ -32,6 +78,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.first().map(String::as_str) {
         Some("artifacts") => artifacts::main(&args[1..]),
+        Some("emu-check") => emu_check::main(&args[1..]),
+        Some("check-kernels") => check_kernels::main(&args[1..]),
         Some("unxz") => gpu_host::unxz(&args[1..]),
         Some("nvidia-lib-dirs") => gpu_host::nvidia_lib_dirs(&args[1..]),
         None | Some("help" | "--help" | "-h") => {
