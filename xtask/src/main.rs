@@ -5,7 +5,8 @@
 //! `scripts/gpu-check.sh run` needs on the GPU machine, where the bundle carries this binary
 //! (they were inline Python too); and `scripts/emu-check.sh` as a whole (`emu-check`: the
 //! steps, their environments, verdicts, coverage and table in code; the script is its entry
-//! point), and `scripts/check-kernels.sh` (`check-kernels`).
+//! point), `scripts/check-kernels.sh` (`check-kernels`) and
+//! `scripts/mpi-check.sh` (`mpi-check`).
 
 mod artifacts;
 mod cargo_run_env;
@@ -13,6 +14,7 @@ mod check_kernels;
 mod cuda_env;
 mod emu_check;
 mod gpu_host;
+mod mpi_check;
 mod proc;
 mod test_log;
 
@@ -64,6 +66,17 @@ pub const USAGE: &str = "cargo xtask COMMAND [ARGS]
              nvrtc_compiles_embedded_sources with REDREG_REQUIRE_NVRTC=1), beside step 2.
         Needs nvcc + NVRTC: run scripts/install-cuda-compiler.sh first (its env file is
         sourced as for emu-check).
+  mpi-check      (entry point: scripts/mpi-check.sh)
+        the distributed checks on the CPU (issue 17), for CI on a fresh Debian 12 with Rust,
+        gcc and Python but no MPI:
+          1. installs OpenMPI 4.1 and libclang (rsmpi's bindgen) from Debian if missing (as
+             root);
+          2. clippy with features mpi and nccl (-D warnings): the MPI and NCCL adapters compile;
+          3. builds tests/mpi_dist.rs and examples/ddp.rs (features mpi, no CUDA);
+          4. runs the test binary at world size 1 (no mpirun), then under mpirun -n 2 and -n 3
+             (uneven shards), and the example under mpirun -n 2 and -n 3.
+        Every run is bounded by 300 s (a hang fails the check instead of blocking CI); the
+        first failing step ends the check with its status.
   unxz FILE.xz...
         decompresses each file beside itself (without .xz), executable, and removes the .xz;
         run on the GPU machine from the bundle (scripts/gpu-check.sh run), where there is no
@@ -80,6 +93,7 @@ fn main() {
         Some("artifacts") => artifacts::main(&args[1..]),
         Some("emu-check") => emu_check::main(&args[1..]),
         Some("check-kernels") => check_kernels::main(&args[1..]),
+        Some("mpi-check") => mpi_check::main(&args[1..]),
         Some("unxz") => gpu_host::unxz(&args[1..]),
         Some("nvidia-lib-dirs") => gpu_host::nvidia_lib_dirs(&args[1..]),
         None | Some("help" | "--help" | "-h") => {

@@ -70,6 +70,17 @@ fn wait_limited(mut child: Child, limit: Option<Duration>) -> io::Result<i32> {
     }
 }
 
+/// Runs `cmd` with our stdout and stderr, ended after `limit` (124, as `timeout`).
+pub fn run_limited(cmd: &mut Command, limit: Duration) -> i32 {
+    match cmd.spawn() {
+        Ok(child) => wait_limited(child, Some(limit)).unwrap_or(1),
+        Err(e) => {
+            eprintln!("cannot start {:?}: {e}", cmd.get_program());
+            127
+        }
+    }
+}
+
 /// Runs `cmd` with our stdout and stderr; its `$?` (127 when it cannot start).
 pub fn run(cmd: &mut Command) -> i32 {
     match cmd.status() {
