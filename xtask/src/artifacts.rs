@@ -60,22 +60,45 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("cargo xtask artifacts: no cargo arguments after --");
         return 2;
     }
+    let found = match build(rest, &[], log.as_deref()) {
+        Ok(found) => found,
+        Err(code) => return code,
+    };
+    let mut stdout = std::io::stdout().lock();
+    for a in found {
+        if writeln!(stdout, "{} {} {}", a.name, a.kind, a.path).is_err() {
+            return 1; // the reader went away
+        }
+    }
+    0
+}
+
+/// Runs `cargo CARGO_ARGS --message-format=json-render-diagnostics` (with `envs` added to its
+/// environment, cargo's own output to `log` or to this process's stderr) and returns the
+/// executables it made; Err: the exit status to give (cargo's, 1 when it announced none, 2
+/// when it could not start).
+pub fn build(
+    rest: &[String],
+    envs: &[(&str, &str)],
+    log: Option<&str>,
+) -> Result<Vec<Artifact>, i32> {
     // CARGO: the cargo that runs us (`cargo run` sets it); the lock on the build directory
     // is released before `cargo run` starts its binary, so this nested build does not wait.
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.args(rest)
+        .envs(envs.iter().copied())
         .arg("--message-format=json-render-diagnostics")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit()); // (`output()` would capture it)
-    if let Some(path) = &log {
+    if let Some(path) = log {
         match File::create(path) {
             Ok(f) => {
                 cmd.stderr(f);
             }
             Err(e) => {
                 eprintln!("cargo xtask artifacts: {path}: {e}");
-                return 2;
+                return Err(2);
             }
         }
     }
@@ -83,7 +106,7 @@ pub fn main(args: &[String]) -> i32 {
         Ok(out) => out,
         Err(e) => {
             eprintln!("cargo xtask artifacts: cannot start cargo: {e}");
-            return 2;
+            return Err(2);
         }
     };
     if !out.status.success() {
@@ -93,7 +116,7 @@ pub fn main(args: &[String]) -> i32 {
             out.status,
             log.map(|l| format!("; see {l}")).unwrap_or_default()
         );
-        return out.status.code().unwrap_or(1);
+        return Err(out.status.code().unwrap_or(1));
     }
     let found = parse(&String::from_utf8_lossy(&out.stdout));
     if found.is_empty() {
@@ -101,15 +124,9 @@ pub fn main(args: &[String]) -> i32 {
             "cargo xtask artifacts: `cargo {}` announced no executable",
             rest.join(" ")
         );
-        return 1;
+        return Err(1);
     }
-    let mut stdout = std::io::stdout().lock();
-    for a in found {
-        if writeln!(stdout, "{} {} {}", a.name, a.kind, a.path).is_err() {
-            return 1; // the reader went away
-        }
-    }
-    0
+    Ok(found)
 }
 
 #[cfg(test)]
