@@ -51,6 +51,15 @@ fn set_executable(_: &Path) -> Result<(), String> {
 }
 
 pub fn nvidia_lib_dirs(_args: &[String]) -> i32 {
+    let mut out = std::io::stdout().lock();
+    for d in wheel_lib_dirs() {
+        let _ = writeln!(out, "{}", d.display());
+    }
+    0
+}
+
+/// The lib folders `nvidia-lib-dirs` prints (also read in-process by `gpu-run`).
+pub fn wheel_lib_dirs() -> BTreeSet<PathBuf> {
     let env = |k: &str| std::env::var_os(k).map(PathBuf::from);
     let mut prefixes: Vec<PathBuf> = Vec::new();
     if let Some(path) = std::env::var_os("PATH") {
@@ -66,11 +75,7 @@ pub fn nvidia_lib_dirs(_args: &[String]) -> i32 {
     prefixes.extend(env("CONDA_PREFIX"));
     prefixes.extend(env("HOME").map(|h| h.join(".local")));
     prefixes.extend(["/usr", "/usr/local", "/opt/conda"].map(PathBuf::from));
-    let mut out = std::io::stdout().lock();
-    for d in lib_dirs(&prefixes) {
-        let _ = writeln!(out, "{}", d.display());
-    }
-    0
+    lib_dirs(&prefixes)
 }
 
 /// `PREFIX/lib/python3*/{site,dist}-packages/nvidia/*/lib` and `PREFIX/lib/python3/dist-packages/…`
