@@ -157,7 +157,7 @@ impl<B: OptimBackend> Optimizer<B> {
     /// `Ok` when [`Optimizer::step_corrected`] with these arguments would run (the lists'
     /// layout, the correction's range, lengths, β and options, and on CUDA the buffers'
     /// context and aliasing); nothing written, the step count unchanged. For a caller that
-    /// must know before it changes other state ([`crate::Controller::step_optimizer`]).
+    /// must know before it changes other state ([`crate::controller::Controller::step_optimizer`]).
     pub fn check_corrected<'a, T: Element>(
         &self,
         be: &B,
