@@ -1,8 +1,9 @@
 //! GPU benches (criterion, `iter_custom` timed with CUDA events — timing-enabled events,
 //! not the host clock): the projection (k = 1, 2, 4, 8; f32, bf16, f16; a working set
 //! ≥ 4 × L2 and the ResNet-18 / ViT-B/16 audio-visual pair layouts), its split form,
-//! orthonormalize, the statistics plan of one ResNet-18 AV step, and the controller's full
-//! CUDA step. Throughput is the minimal bytes each op moves (see `benches/project.rs` for
+//! orthonormalize, the statistics plan of one ResNet-18 AV step, the controller's full
+//! CUDA step, and the fused optimizer (AdamW plain, with the RedReg correction folded in,
+//! and unfused). Throughput is the minimal bytes each op moves (see `benches/project.rs` for
 //! the per-op formulas) against a device-to-device copy measured in the same run.
 //!
 //! Without a usable GPU it prints `SKIP gpu: <reason>` and exits successfully
@@ -383,6 +384,81 @@ mod imp {
         });
     }
 
+    /// The fused optimizer (`Optimizer<CudaBackend>`, kernels/optim.cu) over the whole
+    /// ResNet-18 AV pair, every tensor its own allocation, f32 parameters and state, AdamW
+    /// (PyTorch's defaults):
+    /// - `adamw`: the plain step, one launch. Bytes: θ read and written, g read, m and v
+    ///   read and written: 7·N·4.
+    /// - `adamw_redreg`: the audio encoder (n_a elements) suppressed, its correction folded
+    ///   in: pass 1 of the projection (θ, θ₀, g: 3·n_a) and the update, which also reads θ₀
+    ///   (n_a): (4·n_a + 7·N)·4.
+    /// - `drift_then_adamw`: the same without the fold, `project_list` of the drift
+    ///   (7·n_a) then the plain step: (7·n_a + 7·N)·4.
+    ///
+    /// The PyTorch rows to compare with: `benches/anchors/redreg_torch.py --optim`
+    /// (`torch.optim.AdamW(fused=True)` and `foreach=True` on the same layout).
+    fn optim_step(bn: &mut Bench<'_>) {
+        use redreg::optim::{AdamW, Correction, Optimizer, Rule};
+        use redreg::TensorList;
+        let b = bn.b;
+        let (audio, visual) = av_pair();
+        let shapes: Vec<Vec<usize>> = audio.iter().cloned().chain(visual).collect();
+        let segs = Segments::from_shapes(&shapes).unwrap();
+        let segs_a = Segments::from_shapes(&audio).unwrap();
+        let lens: Vec<usize> = segs.iter().map(|r| r.len()).collect();
+        let na = audio.len();
+        let per_tensor = |seed: u64, scale: f64| -> Vec<CudaSlice<f32>> {
+            lens.iter()
+                .enumerate()
+                .map(|(i, &n)| rand_dev::<f32>(b, n, seed * 1000 + i as u64, scale))
+                .collect()
+        };
+        let mut theta = per_tensor(1, 1.0);
+        let theta0 = per_tensor(2, 1.0);
+        let mut grads = per_tensor(3, 1e-2);
+        let rule = Rule::AdamW(AdamW::default());
+        let mut opt = Optimizer::on(b, rule, &lens).expect("optimizer");
+        let (n, n_a) = (segs.total() as f64, segs_a.total() as f64);
+        bn.case("adamw/resnet18_av/f32", 7.0 * n * 4.0, &mut || {
+            let mut pv: Vec<_> = theta.iter_mut().map(|t| t.slice_mut(..)).collect();
+            let gv: Vec<_> = grads.iter().map(|t| t.slice(..)).collect();
+            opt.step(b, &mut pv, &gv).expect("adamw");
+        });
+        bn.case(
+            "adamw_redreg/resnet18_av/f32",
+            (4.0 * n_a + 7.0 * n) * 4.0,
+            &mut || {
+                let c = Correction::new(0, theta0[..na].iter().map(|t| t.slice(..)).collect(), 0.5);
+                let mut pv: Vec<_> = theta.iter_mut().map(|t| t.slice_mut(..)).collect();
+                let gv: Vec<_> = grads.iter().map(|t| t.slice(..)).collect();
+                opt.step_corrected(b, &mut pv, &gv, &c)
+                    .expect("adamw_redreg");
+            },
+        );
+        bn.case(
+            "drift_then_adamw/resnet18_av/f32",
+            (7.0 * n_a + 7.0 * n) * 4.0,
+            &mut || {
+                let p = Projection::drift(
+                    theta[..na]
+                        .iter()
+                        .map(|t| t.slice(..))
+                        .collect::<TensorList<_>>(),
+                    theta0[..na]
+                        .iter()
+                        .map(|t| t.slice(..))
+                        .collect::<TensorList<_>>(),
+                    [],
+                    grads[..na].iter_mut().map(|t| t.slice_mut(..)).collect(),
+                );
+                b.project_list(&segs_a, p.beta(0.5)).expect("drift");
+                let mut pv: Vec<_> = theta.iter_mut().map(|t| t.slice_mut(..)).collect();
+                let gv: Vec<_> = grads.iter().map(|t| t.slice(..)).collect();
+                opt.step(b, &mut pv, &gv).expect("adamw");
+            },
+        );
+    }
+
     /// The ResNet-18 audio-visual pair's tensor shapes (its first 8 tensors in smoke mode).
     fn av_pair() -> (Vec<Vec<usize>>, Vec<Vec<usize>>) {
         let (a, v) = layouts::resnet18_av_pair();
@@ -459,6 +535,7 @@ mod imp {
         stats(&mut bn);
         full_step(&mut bn);
         drift_list(&mut bn);
+        optim_step(&mut bn);
 
         let mut md = String::new();
         if smoke() {

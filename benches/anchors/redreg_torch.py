@@ -13,6 +13,9 @@ Variants, one table row each (ms per step, CUDA events with timing enabled on a 
   (b) foreach - the best vectorised PyTorch: torch._foreach_* over all tensors, batched
                 per-tensor dot products (one small reduction per tensor), no host syncs in
                 the projection; statistics reduced on the device and read with one copy.
+  (c) optim   - the optimizer step after it, on every tensor: torch.optim.AdamW with
+                fused=True, foreach=True and the per-tensor loop; and (b)'s projection
+                followed by the fused AdamW (benches/gpu.rs `adamw*` rows compare).
 
 Usage:
   python3 benches/anchors/redreg_torch.py [--device cuda|cpu] [--iters N] [--warmup N]
@@ -171,6 +174,48 @@ def foreach_step(torch, enc, stats_in, betas, fisher):
     return torch.stack([s.float() for s in stats]).cpu()  # one device-to-host copy
 
 
+def optim_rows(torch, enc, timer, iters, warmup):
+    """(c) The optimizer after the projection, on every tensor of the pair: PyTorch's AdamW
+    (defaults, weight decay 1e-2) in its three implementations, and the (b) projection of
+    the visual encoder followed by the fused AdamW. benches/gpu.rs `adamw`, `adamw_redreg`
+    and `drift_then_adamw` are the crate's rows to compare with."""
+    params = [torch.nn.Parameter(t.clone()) for name in enc for t in enc[name][0]]
+    grads = [g for name in enc for g in enc[name][2]]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    rows = []
+    for label, kw in (
+        ("(c) AdamW(fused=True)", {"fused": True}),
+        ("(c) AdamW(foreach=True)", {"foreach": True}),
+        ("(c) AdamW(foreach=False): per-tensor loop", {"foreach": False}),
+    ):
+        try:
+            opt = torch.optim.AdamW(params, **kw)
+        except (RuntimeError, ValueError) as e:  # fused needs a GPU (or torch >= 2.4 on CPU)
+            rows.append((label + f" [unavailable: {e}]", float("nan"), float("nan")))
+            continue
+        lo, med = timer.time_ms(opt.step, iters, warmup)
+        rows.append((label, lo, med))
+    try:
+        opt = torch.optim.AdamW(params, fused=True)
+    except (RuntimeError, ValueError):
+        opt = torch.optim.AdamW(params, foreach=True)
+    theta, theta0, grad = enc["visual"]
+
+    def project_then_adamw():
+        d = torch._foreach_sub(theta, theta0)
+        dg = torch.stack([x.float().sum() for x in torch._foreach_mul(d, grad)])
+        gg = torch.stack([x.float().sum() for x in torch._foreach_mul(grad, grad)])
+        coefs = [c.to(grad[0].dtype) for c in (dg / (gg + 1e-12)).unbind(0)]
+        torch._foreach_sub_(d, torch._foreach_mul(grad, coefs))
+        torch._foreach_add_(grad, d, alpha=0.5)
+        opt.step()
+
+    lo, med = timer.time_ms(project_then_adamw, iters, warmup)
+    rows.append(("(c) (b)'s projection of the visual encoder, then AdamW (fused if it can)", lo, med))
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -223,6 +268,11 @@ def main():
     ):
         lo, med = timer.time_ms(fn, args.iters, args.warmup)
         rows.append((label, lo, med))
+
+    try:
+        rows += optim_rows(torch, enc, timer, args.iters, args.warmup)
+    except Exception as e:  # keep rows (a) and (b) whatever the optimizer rows hit
+        rows.append((f"(c) optimizer rows failed: {type(e).__name__}: {e}", float("nan"), float("nan")))
 
     dev_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"# RedReg step anchor: ResNet-18 AV pair, {n / 1e6:.2f} M params, {args.dtype}, {dev_name}, "
