@@ -186,9 +186,11 @@ impl Memcpy {
     /// Buffers for a source of `bytes` bytes (at least 16 KiB).
     pub fn new(bytes: usize) -> Self {
         let n = (bytes / 4).max(1 << 12);
+        // Both written now (not zeros): calloc's pages are mapped on first write, which
+        // would land in the first timed copy.
         Memcpy {
             src: vec![1.0f32; n],
-            dst: vec![0.5f32; n], // written now: a calloc page is mapped on first write, which would time the first copy
+            dst: vec![0.5f32; n],
         }
     }
 
