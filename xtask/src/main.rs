@@ -20,6 +20,7 @@ mod gpu_host;
 mod gpu_run;
 mod mpi_check;
 mod proc;
+mod repo;
 mod sanitizer;
 mod summary;
 mod test_log;
