@@ -17,6 +17,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TOOLS: [&str; 4] = ["memcheck", "racecheck", "initcheck", "synccheck"];
+/// The binaries each tool runs, each into its own log with its own verdict, and their
+/// arguments: gpu_kernels launches every projection kernel (each dtype x k) on a small
+/// layout, stats's CUDA tests the statistics kernel and optim's the optimizer kernels.
+const SANITIZED: [(&str, &[&str]); 3] = [
+    ("gpu_kernels", &[]),
+    ("stats", &["cuda"]),
+    ("optim", &["cuda::"]),
+];
 
 /// The arguments a bundled test binary runs with, before `--nocapture`.
 /// Files of backend_tests! bodies (tests/common/backends.rs): their CUDA tests only
@@ -334,7 +342,7 @@ impl Run {
         })
     }
 
-    /// `compute-sanitizer --tool TOOL [flags] BIN ARGS --test-threads=1`, appended to `log`.
+    /// `compute-sanitizer --tool TOOL [flags] BIN ARGS --test-threads=1`, into `log`.
     /// One test thread: the tools serialise anyway.
     fn sanitize(cs: &Path, tool: &str, bin: &Path, args: &[&str], secs: i64, log: &Path) -> i32 {
         run_logged(
@@ -351,11 +359,11 @@ impl Run {
         )
     }
 
-    // --- sanitizers: each tool's own verdict ("ERROR SUMMARY: N errors") apart from the
-    // verdict of the tests it ran (a test can fail without a memory error and vice versa).
-    // gpu_kernels launches every projection kernel (each dtype x k) on a small layout,
-    // stats's CUDA tests the statistics kernel and optim's the optimizer kernels: every
-    // kernel under every tool, in seconds.
+    // --- sanitizers: each (tool, binary) run's own verdict ("ERROR SUMMARY: N errors" in its
+    // own log) apart from the verdict of the tests it ran (a test can fail without a memory
+    // error and vice versa); a tool is CLEAN only when each of its binaries is (a run ended
+    // by its time limit, or without a summary, has no verdict). Every kernel under every
+    // tool, in seconds.
     fn sanitizers(&mut self) {
         self.say("== sanitizers ==");
         let target = self.bundle.join("test-gpu_kernels");
@@ -365,62 +373,51 @@ impl Run {
             return;
         };
         let want = crate::env_num("REDREG_SANITIZER_TIMEOUT", 90);
-        let stats = self.bundle.join("test-stats");
-        let optim = self.bundle.join("test-optim");
         for tool in TOOLS {
             let sb = self.budget.budget_for(want, 20);
             if sb == 0 {
                 self.fail(&format!("{tool}: SKIP (time budget spent)"));
                 continue;
             }
-            let slog = self.out.join(format!("sanitizer-{tool}.log"));
-            let _ = fs::remove_file(&slog);
-            Self::sanitize(&cs, tool, &target, &[], sb, &slog);
-            if is_executable(&stats) {
-                Self::sanitize(&cs, tool, &stats, &["cuda"], self.budget.tmo(60, 10), &slog);
-            }
-            // (rc: that of the last command, as the script's `{ …; }` gave it; 1 when the
-            // last binary is not in the bundle)
-            let rc = if is_executable(&optim) {
-                Self::sanitize(
-                    &cs,
-                    tool,
-                    &optim,
-                    &["cuda::"],
-                    self.budget.tmo(60, 10),
-                    &slog,
-                )
-            } else {
-                1
-            };
-            let text = read(&slog);
-            let verdict = Verdict::of(sanitizer::errors(&text));
-            match verdict {
-                Verdict::NoSummary => {
-                    self.totals.sanitizer_no_verdict += 1;
-                    self.status = 1;
+            let mut runs = Vec::new();
+            for (i, (name, args)) in SANITIZED.into_iter().enumerate() {
+                let bin = self.bundle.join(format!("test-{name}"));
+                if !is_executable(&bin) {
+                    self.say(&format!("{tool} {name}: SKIP (not in the bundle)"));
+                    continue;
                 }
-                Verdict::Clean => {}
-                Verdict::Findings(n) => {
-                    self.totals.sanitizer_findings += n;
-                    self.status = 1;
-                }
+                // (the first binary gets the tool's budget, the others what is left)
+                let secs = if i == 0 { sb } else { self.budget.tmo(60, 10) };
+                let log = format!("sanitizer-{tool}-{name}.log");
+                let path = self.out.join(&log);
+                let _ = fs::remove_file(&path);
+                let rc = Self::sanitize(&cs, tool, &bin, args, secs, &path);
+                let text = read(&path);
+                let run = sanitizer::Run::read(rc, &text);
+                self.count(&run);
+                self.say(&run.row(tool, name, &log));
+                let lines = summary::lines_where(&text, 5, |l| {
+                    l.starts_with("test result") || l.contains("panicked")
+                });
+                self.summary.add(&lines);
+                runs.push(run);
             }
-            let tverdict = if sanitizer::tests_passed(&text) {
-                "tests PASS"
-            } else {
-                self.totals.sanitizer_test_failures += 1;
-                self.status = 1;
-                "tests FAIL"
-            };
-            self.say(&format!(
-                "{tool}: sanitizer {}; {tverdict} (see sanitizer-{tool}.log)",
-                verdict.describe(rc)
-            ));
-            let lines = summary::lines_where(&text, 5, |l| {
-                l.starts_with("test result") || l.contains("panicked")
-            });
-            self.summary.add(&lines);
+            self.say(&sanitizer::describe_tool(tool, &runs));
+        }
+    }
+
+    /// A sanitizer run's part of the totals and of the exit status.
+    fn count(&mut self, run: &sanitizer::Run) {
+        match run.verdict() {
+            Verdict::Missing => self.totals.sanitizer_no_verdict += 1,
+            Verdict::Clean => {}
+            Verdict::Findings(n) => self.totals.sanitizer_findings += n,
+        }
+        if !run.tests_passed {
+            self.totals.sanitizer_test_failures += 1;
+        }
+        if run.verdict() != Verdict::Clean || !run.tests_passed {
+            self.status = 1;
         }
     }
 
