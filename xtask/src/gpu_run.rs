@@ -9,12 +9,13 @@
 //! (default 540 s; a lent GPU allows 600 s per command): steps that would not fit say SKIP.
 
 use crate::budget::Budget;
+use crate::proc;
 use crate::sanitizer::{self, Verdict};
 use crate::summary::{self, Summary, Totals};
-use crate::timeout::run_logged;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 const TOOLS: [&str; 4] = ["memcheck", "racecheck", "initcheck", "synccheck"];
 /// The binaries each tool runs, each into its own log with its own verdict, and their
@@ -145,6 +146,22 @@ impl Run {
         self.status = 1;
     }
 
+    /// Runs a step's command for at most `secs` seconds (at least 1), its stdout and stderr
+    /// in $OUT/`log` (made anew): its exit status (124: the limit ended it; 127: it could
+    /// not start) and the log's text.
+    fn run_step(&self, cmd: &mut Command, secs: i64, log: &str) -> (i32, String) {
+        let path = self.out.join(log);
+        let limit = Duration::from_secs(secs.max(1) as u64);
+        let rc = match proc::run_logged(cmd, &path, Some(limit)) {
+            Ok(outcome) => outcome.rc,
+            Err(e) => {
+                eprintln!("xtask gpu-run: {}: {e}", path.display());
+                127
+            }
+        };
+        (rc, read(&path))
+    }
+
     fn run(&mut self) -> i32 {
         let commit = fs::read_to_string(self.bundle.join("COMMIT"))
             .map(|c| c.trim_end().to_string())
@@ -186,26 +203,20 @@ impl Run {
 
     fn nvidia_smi(&mut self) {
         // (a hung nvidia-smi must not take the budget: 30 s each)
-        let _ = fs::remove_file(self.out.join("nvidia-smi.txt"));
-        run_logged(
-            &mut Command::new("nvidia-smi"),
-            30,
-            &self.out.join("nvidia-smi.txt"),
-        );
-        let q = self.out.join("nvidia-smi-query.txt");
-        let _ = fs::remove_file(&q);
-        run_logged(
+        self.run_step(&mut Command::new("nvidia-smi"), 30, "nvidia-smi.txt");
+        let q = "nvidia-smi-query.txt";
+        let (_, text) = self.run_step(
             Command::new("nvidia-smi").args([
                 "--query-gpu=name,driver_version,memory.total",
                 "--format=csv,noheader",
             ]),
             30,
-            &q,
+            q,
         );
-        for l in read(&q).lines() {
+        for l in text.lines() {
             self.say(l);
         }
-        let _ = fs::remove_file(&q);
+        let _ = fs::remove_file(self.out.join(q));
     }
 
     /// Binaries built with candle-cuda link libcublas.so.13, libcublasLt.so.13,
@@ -260,15 +271,13 @@ impl Run {
                 self.fail(&format!("SKIP {n} (time budget spent)"));
                 continue;
             }
-            let log = self.out.join(format!("{n}.log"));
-            let _ = fs::remove_file(&log);
-            let rc = run_logged(
+            let (rc, text) = self.run_step(
                 Command::new(&t)
                     .args(test_filter(&n))
                     .arg("--nocapture")
                     .env("REDREG_REQUIRE_GPU", "1"),
                 tb,
-                &log,
+                &format!("{n}.log"),
             );
             if rc == 0 {
                 self.say(&format!("PASS {n}"));
@@ -276,7 +285,6 @@ impl Run {
                 self.fail(&format!("FAIL {n} (see {n}.log)"));
                 self.totals.test_failures += 1;
             }
-            let text = read(&log);
             self.summary.add(&summary::test_lines(&text));
         }
     }
@@ -297,18 +305,15 @@ impl Run {
         if is_executable(&project) {
             for force in ["1", "ptx"] {
                 let name = format!("kernel-path-force-{force}.log");
-                let flog = self.out.join(&name);
-                let _ = fs::remove_file(&flog);
                 // (NVRTC compiles all 127 kernels: over 60 s to cubin on the first H200 run.)
-                let frc = run_logged(
+                let (frc, text) = self.run_step(
                     Command::new(&project)
                         .args(["every_kernel_symbol_loads", "--nocapture"])
                         .env("REDREG_FORCE_NVRTC", force)
                         .env("REDREG_REQUIRE_GPU", "1"),
                     self.budget.tmo(180, 10),
-                    &flog,
+                    &name,
                 );
-                let text = read(&flog);
                 let fpath = summary::kernel_path(&text).unwrap_or("");
                 if frc == 0 {
                     self.say(&format!("REDREG_FORCE_NVRTC={force}: PASS {fpath}"));
@@ -342,10 +347,18 @@ impl Run {
         })
     }
 
-    /// `compute-sanitizer --tool TOOL [flags] BIN ARGS --test-threads=1`, into `log`.
+    /// `compute-sanitizer --tool TOOL [flags] BIN ARGS --test-threads=1`, into $OUT/`log`.
     /// One test thread: the tools serialise anyway.
-    fn sanitize(cs: &Path, tool: &str, bin: &Path, args: &[&str], secs: i64, log: &Path) -> i32 {
-        run_logged(
+    fn sanitize(
+        &self,
+        cs: &Path,
+        tool: &str,
+        bin: &Path,
+        args: &[&str],
+        secs: i64,
+        log: &str,
+    ) -> (i32, String) {
+        self.run_step(
             Command::new(cs)
                 .args(["--tool", tool])
                 .args(sanitizer::tool_flags(tool))
@@ -389,10 +402,7 @@ impl Run {
                 // (the first binary gets the tool's budget, the others what is left)
                 let secs = if i == 0 { sb } else { self.budget.tmo(60, 10) };
                 let log = format!("sanitizer-{tool}-{name}.log");
-                let path = self.out.join(&log);
-                let _ = fs::remove_file(&path);
-                let rc = Self::sanitize(&cs, tool, &bin, args, secs, &path);
-                let text = read(&path);
+                let (rc, text) = self.sanitize(&cs, tool, &bin, args, secs, &log);
                 let run = sanitizer::Run::read(rc, &text);
                 self.count(&run);
                 self.say(&run.row(tool, name, &log));
@@ -440,10 +450,7 @@ impl Run {
                 continue;
             }
             let name = format!("mutant-{mutant}-{tool}.log");
-            let mlog = self.out.join(&name);
-            let _ = fs::remove_file(&mlog);
-            Self::sanitize(cs, tool, &mbin, &[], mb, &mlog);
-            let text = read(&mlog);
+            let (_, text) = self.sanitize(cs, tool, &mbin, &[], mb, &name);
             let merrs = sanitizer::errors(&text).unwrap_or(0);
             if merrs > 0 {
                 self.say(&format!(
@@ -476,15 +483,13 @@ impl Run {
                 self.say(&format!("SKIP {n} (time budget spent)"));
                 continue;
             }
-            let log = self.out.join(format!("{n}.log"));
-            let _ = fs::remove_file(&log);
-            let rc = run_logged(
+            let (rc, _) = self.run_step(
                 Command::new(&b)
                     .arg("--bench")
                     .env("REDREG_REQUIRE_GPU", "1")
                     .env("REDREG_BENCH_OUT", &self.out),
                 bb,
-                &log,
+                &format!("{n}.log"),
             );
             if rc == 0 {
                 self.say(&format!("RAN {n}"));
@@ -506,22 +511,19 @@ impl Run {
         if !is_executable(&ex) {
             return;
         }
-        let log = self.out.join("example-balance.log");
-        let _ = fs::remove_file(&log);
         let want = crate::env_num("REDREG_EXAMPLE_TIMEOUT", 120);
-        let rc = run_logged(
+        let (rc, text) = self.run_step(
             Command::new(&ex)
                 .args(["--seeds", "1", "--out"])
                 .arg(self.out.join("balance-gpu.svg")),
             self.budget.tmo(want, 30),
-            &log,
+            "example-balance.log",
         );
         if rc == 0 {
             self.say("RAN example-balance");
         } else {
             self.fail("FAIL example-balance (see example-balance.log)");
         }
-        let text = read(&log);
         let lines = summary::lines_where(&text, usize::MAX, |l| {
             l.starts_with("device") || l.contains("time per training step") || l.contains("final")
         });
@@ -535,15 +537,12 @@ impl Run {
     /// The anchor: what users would otherwise run (PyTorch, same GPU, same layout).
     /// (exit status 3: no PyTorch, or none with CUDA; a failure does not fail the run)
     fn anchor(&mut self) {
-        let log = self.out.join("anchor-torch.log");
-        let _ = fs::remove_file(&log);
         let want = crate::env_num("REDREG_ANCHOR_TIMEOUT", 90);
-        let rc = run_logged(
+        let (rc, text) = self.run_step(
             Command::new("python3").args(["benches/anchors/redreg_torch.py", "--device", "cuda"]),
             self.budget.tmo(want, 30),
-            &log,
+            "anchor-torch.log",
         );
-        let text = read(&log);
         match rc {
             0 => self.say("RAN anchor (PyTorch)"),
             3 => {

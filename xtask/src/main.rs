@@ -24,7 +24,6 @@ mod repo;
 mod sanitizer;
 mod summary;
 mod test_log;
-mod timeout;
 
 use std::io::Write;
 
