@@ -4,9 +4,11 @@
 //! forced), and compute-sanitizer (memcheck, racecheck, initcheck, synccheck) over
 //! gpu_kernels (every projection kernel), stats and optim (their CUDA tests), the
 //! sanitizers' self-check on planted bugs, the benches and the PyTorch anchor; logs and
-//! summary.txt under $OUT. The summary keeps test failures, sanitizer findings (each tool's
-//! ERROR SUMMARY) and the kernel path apart. The whole run fits in REDREG_GPU_BUDGET_S
-//! (default 540 s; a lent GPU allows 600 s per command): steps that would not fit say SKIP.
+//! summary.txt under $OUT. The summary keeps test failures, sanitizer findings (the ERROR
+//! SUMMARY of each tool on each binary, in its own log; a run killed by its time limit or
+//! without a summary has no verdict) and the kernel path apart. The whole run fits in
+//! REDREG_GPU_BUDGET_S (default 540 s; a lent GPU allows 600 s per command): steps that would
+//! not fit say SKIP.
 
 use crate::budget::Budget;
 use crate::proc;
