@@ -1,7 +1,8 @@
 //! `cargo xtask check-kernels`: CI's check of the CUDA kernels, no GPU needed (the former
 //! scripts/check-kernels.sh, now its entry point; the steps: [`crate::USAGE`]).
 
-use crate::{cargo_run_env, cuda_env, proc};
+use crate::proc;
+use crate::repo::{self, CudaEnv};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -20,16 +21,10 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("usage: cargo xtask check-kernels");
         return 2;
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask is in the repository");
-    if let Err(e) = std::env::set_current_dir(root) {
-        eprintln!("check-kernels: {}: {e}", root.display());
-        return 2;
-    }
-    cargo_run_env::undo();
     // NVCC (when unset: the same path .ci/run exports) and NVRTC's library path.
-    cuda_env::import();
+    if let Err(rc) = repo::enter("check-kernels", CudaEnv::Import) {
+        return rc;
+    }
     let Some(nvcc) = std::env::var("NVCC").ok().filter(|n| !n.is_empty()) else {
         eprintln!("check-kernels: NVCC not set: run scripts/install-cuda-compiler.sh");
         return 1;

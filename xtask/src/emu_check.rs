@@ -13,11 +13,12 @@ mod mutation;
 mod selftest;
 mod test_run;
 
-use crate::{cargo_run_env, cuda_env, proc, test_log};
+use crate::repo::{self, CudaEnv};
+use crate::{proc, test_log};
 use candle::CandleBuild;
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// Every step, in the order of a run without arguments.
@@ -145,18 +146,13 @@ pub fn main(args: &[String]) -> i32 {
             return 2;
         }
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask is in the repository");
-    if let Err(e) = std::env::set_current_dir(root) {
-        eprintln!("emu-check: {}: {e}", root.display());
-        return 2;
-    }
-    // The test binaries get the caller's LD_LIBRARY_PATH, not `cargo run`'s.
-    cargo_run_env::undo();
-    // NVCC (fatbins, as gpu-check builds them; when unset: the path .ci/run exports) and
-    // NVRTC on LD_LIBRARY_PATH (the NVRTC tests, REDREG_REQUIRE_NVRTC=1).
-    cuda_env::import();
+    // The test binaries get the caller's LD_LIBRARY_PATH, not `cargo run`'s; NVCC (fatbins,
+    // as gpu-check builds them; when unset: the path .ci/run exports) and NVRTC on
+    // LD_LIBRARY_PATH (the NVRTC tests, REDREG_REQUIRE_NVRTC=1).
+    let root = match repo::enter("emu-check", CudaEnv::Import) {
+        Ok(root) => root,
+        Err(rc) => return rc,
+    };
     if std::env::var("CUDA_COMPUTE_CAP").map_or(true, |c| c.is_empty()) {
         std::env::set_var("CUDA_COMPUTE_CAP", "90");
     }

@@ -10,6 +10,7 @@
 //! bundled. REDREG_BUNDLE_MUTANTS=0 leaves out the sanitizers' planted bugs.
 
 use crate::artifacts;
+use crate::repo::{self, CudaEnv};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,7 +37,7 @@ fn sh(cmd: &mut Command) -> Result<(), String> {
     }
 }
 
-/// Takes into this process the environment that a bash snippet sets (`. FILE`, `eval
+/// Takes into this process the environment that a bash snippet sets (`eval
 /// "$(scripts/cuda-link-stubs.sh)"`), so that the cargo builds started later inherit it.
 fn source_env(snippet: &str) -> Result<(), String> {
     let out = Command::new("bash")
@@ -120,7 +121,12 @@ fn words(s: &str) -> Vec<&str> {
 }
 
 pub fn main(_args: &[String]) -> i32 {
-    match bundle() {
+    // NVCC from the CUDA compiler venv's env file unless one is set (cuda_env::import)
+    let root = match repo::enter("gpu-bundle", CudaEnv::Import) {
+        Ok(root) => root,
+        Err(rc) => return rc,
+    };
+    match bundle(root) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("ERROR: {e}");
@@ -129,22 +135,7 @@ pub fn main(_args: &[String]) -> i32 {
     }
 }
 
-fn bundle() -> Result<(), String> {
-    // The repository root (this crate's parent), as the script's `cd "$(dirname "$0")/.."`.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("no repository root")?;
-    std::env::set_current_dir(root).map_err(|e| format!("{}: {e}", root.display()))?;
-    let venv = var("REDREG_CUDA_VENV").unwrap_or_else(|| {
-        format!(
-            "{}/.cache/redreg-cuda-venv",
-            var("HOME").unwrap_or_default()
-        )
-    });
-    let env_file = Path::new(&venv).join("redreg-cuda-env.sh");
-    if var("NVCC").unwrap_or_default().is_empty() && env_file.is_file() {
-        source_env(&format!(". '{}'", env_file.display()))?;
-    }
+fn bundle(root: &Path) -> Result<(), String> {
     std::env::set_var("REDREG_REQUIRE_NVCC", "1");
     if var("CUDA_COMPUTE_CAP").unwrap_or_default().is_empty() {
         std::env::set_var("CUDA_COMPUTE_CAP", "90");

@@ -4,19 +4,30 @@
 //! forced), and compute-sanitizer (memcheck, racecheck, initcheck, synccheck) over
 //! gpu_kernels (every projection kernel), stats and optim (their CUDA tests), the
 //! sanitizers' self-check on planted bugs, the benches and the PyTorch anchor; logs and
-//! summary.txt under $OUT. The summary keeps test failures, sanitizer findings (each tool's
-//! ERROR SUMMARY) and the kernel path apart. The whole run fits in REDREG_GPU_BUDGET_S
-//! (default 540 s; a lent GPU allows 600 s per command): steps that would not fit say SKIP.
+//! summary.txt under $OUT. The summary keeps test failures, sanitizer findings (the ERROR
+//! SUMMARY of each tool on each binary, in its own log; a run killed by its time limit or
+//! without a summary has no verdict) and the kernel path apart. The whole run fits in
+//! REDREG_GPU_BUDGET_S (default 540 s; a lent GPU allows 600 s per command): steps that would
+//! not fit say SKIP.
 
 use crate::budget::Budget;
+use crate::proc;
 use crate::sanitizer::{self, Verdict};
 use crate::summary::{self, Summary, Totals};
-use crate::timeout::run_logged;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 const TOOLS: [&str; 4] = ["memcheck", "racecheck", "initcheck", "synccheck"];
+/// The binaries each tool runs, each into its own log with its own verdict, and their
+/// arguments: gpu_kernels launches every projection kernel (each dtype x k) on a small
+/// layout, stats's CUDA tests the statistics kernel and optim's the optimizer kernels.
+const SANITIZED: [(&str, &[&str]); 3] = [
+    ("gpu_kernels", &[]),
+    ("stats", &["cuda"]),
+    ("optim", &["cuda::"]),
+];
 
 /// The arguments a bundled test binary runs with, before `--nocapture`.
 /// Files of backend_tests! bodies (tests/common/backends.rs): their CUDA tests only
@@ -137,6 +148,22 @@ impl Run {
         self.status = 1;
     }
 
+    /// Runs a step's command for at most `secs` seconds (at least 1), its stdout and stderr
+    /// in $OUT/`log` (made anew): its exit status (124: the limit ended it; 127: it could
+    /// not start) and the log's text.
+    fn run_step(&self, cmd: &mut Command, secs: i64, log: &str) -> (i32, String) {
+        let path = self.out.join(log);
+        let limit = Duration::from_secs(secs.max(1) as u64);
+        let rc = match proc::run_logged(cmd, &path, Some(limit)) {
+            Ok(outcome) => outcome.rc,
+            Err(e) => {
+                eprintln!("xtask gpu-run: {}: {e}", path.display());
+                127
+            }
+        };
+        (rc, read(&path))
+    }
+
     fn run(&mut self) -> i32 {
         let commit = fs::read_to_string(self.bundle.join("COMMIT"))
             .map(|c| c.trim_end().to_string())
@@ -178,26 +205,20 @@ impl Run {
 
     fn nvidia_smi(&mut self) {
         // (a hung nvidia-smi must not take the budget: 30 s each)
-        let _ = fs::remove_file(self.out.join("nvidia-smi.txt"));
-        run_logged(
-            &mut Command::new("nvidia-smi"),
-            30,
-            &self.out.join("nvidia-smi.txt"),
-        );
-        let q = self.out.join("nvidia-smi-query.txt");
-        let _ = fs::remove_file(&q);
-        run_logged(
+        self.run_step(&mut Command::new("nvidia-smi"), 30, "nvidia-smi.txt");
+        let q = "nvidia-smi-query.txt";
+        let (_, text) = self.run_step(
             Command::new("nvidia-smi").args([
                 "--query-gpu=name,driver_version,memory.total",
                 "--format=csv,noheader",
             ]),
             30,
-            &q,
+            q,
         );
-        for l in read(&q).lines() {
+        for l in text.lines() {
             self.say(l);
         }
-        let _ = fs::remove_file(&q);
+        let _ = fs::remove_file(self.out.join(q));
     }
 
     /// Binaries built with candle-cuda link libcublas.so.13, libcublasLt.so.13,
@@ -252,15 +273,13 @@ impl Run {
                 self.fail(&format!("SKIP {n} (time budget spent)"));
                 continue;
             }
-            let log = self.out.join(format!("{n}.log"));
-            let _ = fs::remove_file(&log);
-            let rc = run_logged(
+            let (rc, text) = self.run_step(
                 Command::new(&t)
                     .args(test_filter(&n))
                     .arg("--nocapture")
                     .env("REDREG_REQUIRE_GPU", "1"),
                 tb,
-                &log,
+                &format!("{n}.log"),
             );
             if rc == 0 {
                 self.say(&format!("PASS {n}"));
@@ -268,7 +287,6 @@ impl Run {
                 self.fail(&format!("FAIL {n} (see {n}.log)"));
                 self.totals.test_failures += 1;
             }
-            let text = read(&log);
             self.summary.add(&summary::test_lines(&text));
         }
     }
@@ -289,18 +307,15 @@ impl Run {
         if is_executable(&project) {
             for force in ["1", "ptx"] {
                 let name = format!("kernel-path-force-{force}.log");
-                let flog = self.out.join(&name);
-                let _ = fs::remove_file(&flog);
                 // (NVRTC compiles all 127 kernels: over 60 s to cubin on the first H200 run.)
-                let frc = run_logged(
+                let (frc, text) = self.run_step(
                     Command::new(&project)
                         .args(["every_kernel_symbol_loads", "--nocapture"])
                         .env("REDREG_FORCE_NVRTC", force)
                         .env("REDREG_REQUIRE_GPU", "1"),
                     self.budget.tmo(180, 10),
-                    &flog,
+                    &name,
                 );
-                let text = read(&flog);
                 let fpath = summary::kernel_path(&text).unwrap_or("");
                 if frc == 0 {
                     self.say(&format!("REDREG_FORCE_NVRTC={force}: PASS {fpath}"));
@@ -334,10 +349,18 @@ impl Run {
         })
     }
 
-    /// `compute-sanitizer --tool TOOL [flags] BIN ARGS --test-threads=1`, appended to `log`.
+    /// `compute-sanitizer --tool TOOL [flags] BIN ARGS --test-threads=1`, into $OUT/`log`.
     /// One test thread: the tools serialise anyway.
-    fn sanitize(cs: &Path, tool: &str, bin: &Path, args: &[&str], secs: i64, log: &Path) -> i32 {
-        run_logged(
+    fn sanitize(
+        &self,
+        cs: &Path,
+        tool: &str,
+        bin: &Path,
+        args: &[&str],
+        secs: i64,
+        log: &str,
+    ) -> (i32, String) {
+        self.run_step(
             Command::new(cs)
                 .args(["--tool", tool])
                 .args(sanitizer::tool_flags(tool))
@@ -351,11 +374,11 @@ impl Run {
         )
     }
 
-    // --- sanitizers: each tool's own verdict ("ERROR SUMMARY: N errors") apart from the
-    // verdict of the tests it ran (a test can fail without a memory error and vice versa).
-    // gpu_kernels launches every projection kernel (each dtype x k) on a small layout,
-    // stats's CUDA tests the statistics kernel and optim's the optimizer kernels: every
-    // kernel under every tool, in seconds.
+    // --- sanitizers: each (tool, binary) run's own verdict ("ERROR SUMMARY: N errors" in its
+    // own log) apart from the verdict of the tests it ran (a test can fail without a memory
+    // error and vice versa); a tool is CLEAN only when each of its binaries is (a run ended
+    // by its time limit, or without a summary, has no verdict). Every kernel under every
+    // tool, in seconds.
     fn sanitizers(&mut self) {
         self.say("== sanitizers ==");
         let target = self.bundle.join("test-gpu_kernels");
@@ -365,62 +388,48 @@ impl Run {
             return;
         };
         let want = crate::env_num("REDREG_SANITIZER_TIMEOUT", 90);
-        let stats = self.bundle.join("test-stats");
-        let optim = self.bundle.join("test-optim");
         for tool in TOOLS {
             let sb = self.budget.budget_for(want, 20);
             if sb == 0 {
                 self.fail(&format!("{tool}: SKIP (time budget spent)"));
                 continue;
             }
-            let slog = self.out.join(format!("sanitizer-{tool}.log"));
-            let _ = fs::remove_file(&slog);
-            Self::sanitize(&cs, tool, &target, &[], sb, &slog);
-            if is_executable(&stats) {
-                Self::sanitize(&cs, tool, &stats, &["cuda"], self.budget.tmo(60, 10), &slog);
-            }
-            // (rc: that of the last command, as the script's `{ …; }` gave it; 1 when the
-            // last binary is not in the bundle)
-            let rc = if is_executable(&optim) {
-                Self::sanitize(
-                    &cs,
-                    tool,
-                    &optim,
-                    &["cuda::"],
-                    self.budget.tmo(60, 10),
-                    &slog,
-                )
-            } else {
-                1
-            };
-            let text = read(&slog);
-            let verdict = Verdict::of(sanitizer::errors(&text));
-            match verdict {
-                Verdict::NoSummary => {
-                    self.totals.sanitizer_no_verdict += 1;
-                    self.status = 1;
+            let mut runs = Vec::new();
+            for (i, (name, args)) in SANITIZED.into_iter().enumerate() {
+                let bin = self.bundle.join(format!("test-{name}"));
+                if !is_executable(&bin) {
+                    self.say(&format!("{tool} {name}: SKIP (not in the bundle)"));
+                    continue;
                 }
-                Verdict::Clean => {}
-                Verdict::Findings(n) => {
-                    self.totals.sanitizer_findings += n;
-                    self.status = 1;
-                }
+                // (the first binary gets the tool's budget, the others what is left)
+                let secs = if i == 0 { sb } else { self.budget.tmo(60, 10) };
+                let log = format!("sanitizer-{tool}-{name}.log");
+                let (rc, text) = self.sanitize(&cs, tool, &bin, args, secs, &log);
+                let run = sanitizer::Run::read(rc, &text);
+                self.count(&run);
+                self.say(&run.row(tool, name, &log));
+                let lines = summary::lines_where(&text, 5, |l| {
+                    l.starts_with("test result") || l.contains("panicked")
+                });
+                self.summary.add(&lines);
+                runs.push(run);
             }
-            let tverdict = if sanitizer::tests_passed(&text) {
-                "tests PASS"
-            } else {
-                self.totals.sanitizer_test_failures += 1;
-                self.status = 1;
-                "tests FAIL"
-            };
-            self.say(&format!(
-                "{tool}: sanitizer {}; {tverdict} (see sanitizer-{tool}.log)",
-                verdict.describe(rc)
-            ));
-            let lines = summary::lines_where(&text, 5, |l| {
-                l.starts_with("test result") || l.contains("panicked")
-            });
-            self.summary.add(&lines);
+            self.say(&sanitizer::describe_tool(tool, &runs));
+        }
+    }
+
+    /// A sanitizer run's part of the totals and of the exit status.
+    fn count(&mut self, run: &sanitizer::Run) {
+        match run.verdict() {
+            Verdict::Missing => self.totals.sanitizer_no_verdict += 1,
+            Verdict::Clean => {}
+            Verdict::Findings(n) => self.totals.sanitizer_findings += n,
+        }
+        if !run.tests_passed {
+            self.totals.sanitizer_test_failures += 1;
+        }
+        if run.verdict() != Verdict::Clean || !run.tests_passed {
+            self.status = 1;
         }
     }
 
@@ -443,10 +452,7 @@ impl Run {
                 continue;
             }
             let name = format!("mutant-{mutant}-{tool}.log");
-            let mlog = self.out.join(&name);
-            let _ = fs::remove_file(&mlog);
-            Self::sanitize(cs, tool, &mbin, &[], mb, &mlog);
-            let text = read(&mlog);
+            let (_, text) = self.sanitize(cs, tool, &mbin, &[], mb, &name);
             let merrs = sanitizer::errors(&text).unwrap_or(0);
             if merrs > 0 {
                 self.say(&format!(
@@ -479,15 +485,13 @@ impl Run {
                 self.say(&format!("SKIP {n} (time budget spent)"));
                 continue;
             }
-            let log = self.out.join(format!("{n}.log"));
-            let _ = fs::remove_file(&log);
-            let rc = run_logged(
+            let (rc, _) = self.run_step(
                 Command::new(&b)
                     .arg("--bench")
                     .env("REDREG_REQUIRE_GPU", "1")
                     .env("REDREG_BENCH_OUT", &self.out),
                 bb,
-                &log,
+                &format!("{n}.log"),
             );
             if rc == 0 {
                 self.say(&format!("RAN {n}"));
@@ -509,22 +513,19 @@ impl Run {
         if !is_executable(&ex) {
             return;
         }
-        let log = self.out.join("example-balance.log");
-        let _ = fs::remove_file(&log);
         let want = crate::env_num("REDREG_EXAMPLE_TIMEOUT", 120);
-        let rc = run_logged(
+        let (rc, text) = self.run_step(
             Command::new(&ex)
                 .args(["--seeds", "1", "--out"])
                 .arg(self.out.join("balance-gpu.svg")),
             self.budget.tmo(want, 30),
-            &log,
+            "example-balance.log",
         );
         if rc == 0 {
             self.say("RAN example-balance");
         } else {
             self.fail("FAIL example-balance (see example-balance.log)");
         }
-        let text = read(&log);
         let lines = summary::lines_where(&text, usize::MAX, |l| {
             l.starts_with("device") || l.contains("time per training step") || l.contains("final")
         });
@@ -538,15 +539,12 @@ impl Run {
     /// The anchor: what users would otherwise run (PyTorch, same GPU, same layout).
     /// (exit status 3: no PyTorch, or none with CUDA; a failure does not fail the run)
     fn anchor(&mut self) {
-        let log = self.out.join("anchor-torch.log");
-        let _ = fs::remove_file(&log);
         let want = crate::env_num("REDREG_ANCHOR_TIMEOUT", 90);
-        let rc = run_logged(
+        let (rc, text) = self.run_step(
             Command::new("python3").args(["benches/anchors/redreg_torch.py", "--device", "cuda"]),
             self.budget.tmo(want, 30),
-            &log,
+            "anchor-torch.log",
         );
-        let text = read(&log);
         match rc {
             0 => self.say("RAN anchor (PyTorch)"),
             3 => {

@@ -20,10 +20,10 @@ mod gpu_host;
 mod gpu_run;
 mod mpi_check;
 mod proc;
+mod repo;
 mod sanitizer;
 mod summary;
 mod test_log;
-mod timeout;
 
 use std::io::Write;
 
@@ -103,7 +103,9 @@ pub const USAGE: &str = "cargo xtask COMMAND [ARGS]
         reported), every gpu-bundle/bench-* (table in $OUT/gpu-bench.md), the balance example
         when bundled, then the PyTorch anchor benches/anchors/redreg_torch.py on the same GPU;
         logs (one archive, logs.tar.gz) and summary.txt under $OUT. The summary keeps test
-        failures, sanitizer findings (each tool's ERROR SUMMARY) and the kernel path apart.
+        failures, sanitizer findings and the kernel path apart; each tool on each binary has
+        its own log and verdict (CLEAN, FINDINGS, or NO-VERDICT when killed by its time limit
+        or without an ERROR SUMMARY), and a tool is CLEAN only when all its binaries are.
         The whole run fits in REDREG_GPU_BUDGET_S (default 540 s; a lent GPU allows 600 s per
         command): each step gets min(its timeout, what is left - 15 s), steps that would not
         fit say SKIP. Timeouts: REDREG_TEST_TIMEOUT (200), REDREG_SANITIZER_TIMEOUT (90),

@@ -2,8 +2,8 @@
 //! scripts/mpi-check.sh (now its entry point; the steps: [`crate::USAGE`]). Any failing
 //! step ends the check with its status, as `set -e` did.
 
-use crate::{artifacts, cargo_run_env, proc};
-use std::path::Path;
+use crate::repo::{self, CudaEnv};
+use crate::{artifacts, proc};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -30,15 +30,10 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("usage: cargo xtask mpi-check");
         return 2;
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask is in the repository");
-    if let Err(e) = std::env::set_current_dir(root) {
-        eprintln!("mpi-check: {}: {e}", root.display());
-        return 2;
-    }
     // (the test binaries and mpirun get the caller's LD_LIBRARY_PATH, as from the script)
-    cargo_run_env::undo();
+    if let Err(rc) = repo::enter("mpi-check", CudaEnv::Leave) {
+        return rc;
+    }
     std::env::set_var("CARGO_TERM_COLOR", "never");
     match run() {
         Ok(()) => 0,
