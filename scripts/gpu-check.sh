@@ -13,10 +13,12 @@
 #                                 REDREG_REQUIRE_GPU=1 (default test threads), the
 #                                 kernel-loading path (default, then NVRTC forced), and
 #                                 compute-sanitizer (memcheck, racecheck, initcheck,
-#                                 synccheck) over gpu_kernels (every projection kernel) and
-#                                 stats (its CUDA tests); logs and summary.txt under $OUT. The summary
-#                                 keeps test failures, sanitizer findings (each tool's ERROR
-#                                 SUMMARY) and the kernel path apart. The whole run fits in
+#                                 synccheck) over gpu_kernels (every projection kernel),
+#                                 stats and optim (their CUDA tests), one log and one verdict
+#                                 per (tool, binary): a run killed by its limit or without an
+#                                 ERROR SUMMARY is NO-VERDICT, never CLEAN; logs and summary.txt
+#                                 under $OUT. The summary keeps test failures, sanitizer
+#                                 findings and the kernel path apart. The whole run fits in
 #                                 REDREG_GPU_BUDGET_S (default 540 s; a lent GPU allows 600 s
 #                                 per command): steps that would not fit say SKIP.
 #
