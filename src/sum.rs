@@ -1,12 +1,12 @@
 //! Compensated (double-double) summation: every product of the reference's pass 1, and
-//! the 16-product runs of the CPU backend's pass 1 (see `src/project/solve.rs`, Limits).
+//! the 64-product runs of the CPU backend's pass 1 (see `src/project/solve.rs`, Limits).
 //!
 //! Why: the Gram-matrix method squares the basis's condition number. With plain f64 sums
 //! over n elements the Gram matrix carries a relative error of about `sqrt(n)·1e-16`,
 //! which a basis with condition number 1e6 amplifies to ~1e-4 in the projection.
 //! Summing f32/f16/bf16 products (exact in f64) with an error-free TwoSum makes the Gram
 //! matrix correct to the last bit of f64, and the projection then agrees with explicit
-//! CGS2 to ~1e-9 at condition number 1e6; the CPU backend's short plain runs to ~1e-7.
+//! CGS2 to ~1e-9 at condition number 1e6; the CPU backend's short plain runs to ~3e-7.
 
 /// A running sum `hi + lo` with `lo` the accumulated rounding errors of `hi` (Knuth's
 /// TwoSum; cascaded summation). Error ≈ `1e-16·|sum| + n·1e-32·Σ|x|`.
