@@ -23,6 +23,14 @@
 // scalar loads; the update is elementwise, so the order is irrelevant to the result). Each
 // element is read and written by one thread only: in place is race-free. All indices 64-bit.
 //
+// Per-tensor steps (PyTorch's per-parameter semantics, src/optim/optimizer.rs): a tensor
+// without a gradient in this step has OPT_SKIP set in its pointer-table row (and OPT_GRAD 0):
+// its blocks return after loading the row, nothing of it read or written. Each tensor's
+// update uses its own step count: when every stepped tensor has the same step constants the
+// host passes them as scalars (flags' RR_OPT_FIRST, step_size, inv_root_bc2) and tstep is
+// null; otherwise tstep holds RR_OPT_TS_WORDS f64 per tensor (SGD: RR_OPT_TS_FIRST; AdamW:
+// RR_OPT_TS_STEP_SIZE, RR_OPT_TS_INV_ROOT_BC2), read once per block instead of the scalars.
+//
 // Arithmetic: f64, every operation an explicit __d*_rn intrinsic (never contracted into an
 // FMA by nvcc, nor by the emulated driver's host compiler), in the order of
 // src/optim/cpu.rs / reference.rs, each stored value rounded once (state: f64 -> f32 round
@@ -38,6 +46,7 @@
 // The per-block view of one tensor: its row of the pointer table and its correction.
 struct rr_opt_block {
     rr_task task;
+    bool skip;  // the tensor has no gradient in this step (uniform per block)
     bool corr;  // the tensor is one of the correction's (uniform per block)
     int k;      // basis vectors of the correction (1 + extra)
     double beta;
@@ -60,6 +69,7 @@ __device__ __forceinline__ rr_opt_block rr_opt_begin(const rr_u64* __restrict__ 
     if (threadIdx.x < RR_OPT_WORDS) row[threadIdx.x] = ptrs[b.task.seg * (rr_u64)RR_OPT_WORDS + threadIdx.x];
     if (b.corr && threadIdx.x < (unsigned)k) w[threadIdx.x] = coef[s * (rr_u64)k + threadIdx.x];
     __syncthreads();
+    b.skip = row[RR_OPT_SKIP] != 0;
     return b;
 }
 
@@ -84,9 +94,10 @@ __device__ __forceinline__ double rr_opt_grad(const rr_opt_block& b, const volat
 
 // Launch: grid = (n_tasks), block = (RR_THREADS). flags: RR_OPT_MOMENTUM | RR_OPT_NESTEROV |
 // RR_OPT_FIRST | RR_OPT_DECAY. ptrs: RR_OPT_WORDS u64 per tensor (OPT_S0 the f32 momentum
-// buffer over the layout when MOMENTUM, else 0). coef: null (plain step) or k f64 per
-// corrected tensor, tensors corr_first .. corr_first + corr_count; beta_seg null or one f64
-// per corrected tensor.
+// buffer over the layout when MOMENTUM, else 0; OPT_SKIP). coef: null (plain step) or k f64
+// per corrected tensor, tensors corr_first .. corr_first + corr_count; beta_seg null or one
+// f64 per corrected tensor; tstep null (RR_OPT_FIRST for every tensor) or RR_OPT_TS_WORDS f64
+// per tensor (RR_OPT_TS_FIRST).
 template <class E>
 __device__ __forceinline__ void rr_optim_sgd(const rr_u64* __restrict__ tasks,
                                              const rr_u64* __restrict__ ptrs, int flags, double lr,
@@ -94,12 +105,16 @@ __device__ __forceinline__ void rr_optim_sgd(const rr_u64* __restrict__ tasks,
                                              double weight_decay, const double* __restrict__ coef,
                                              rr_u64 corr_first, rr_u64 corr_count, int k,
                                              const double* __restrict__ beta_seg,
-                                             double beta_scalar) {
+                                             double beta_scalar,
+                                             const double* __restrict__ tstep) {
     typedef typename E::S S;
     __shared__ rr_u64 row[RR_OPT_WORDS];
     __shared__ double w[RR_MAX_K];
     const rr_opt_block b =
         rr_opt_begin(tasks, ptrs, coef, corr_first, corr_count, k, beta_seg, beta_scalar, row, w);
+    if (b.skip) return;
+    const bool first = tstep ? tstep[b.task.seg * (rr_u64)RR_OPT_TS_WORDS + RR_OPT_TS_FIRST] != 0.0
+                             : (flags & RR_OPT_FIRST) != 0;
     // The row is read at each use (volatile): held in registers the pointers cost more than
     // the shared loads (as project_apply's list kernels).
     const volatile rr_u64* vrow = row;
@@ -113,7 +128,7 @@ __device__ __forceinline__ void rr_optim_sgd(const rr_u64* __restrict__ tasks,
         if (flags & RR_OPT_DECAY) g = __dadd_rn(g, __dmul_rn(weight_decay, x));
         if (flags & RR_OPT_MOMENTUM) {
             float* s0 = reinterpret_cast<float*>((rr_u64)vrow[RR_OPT_S0]);
-            const double m = (flags & RR_OPT_FIRST)
+            const double m = first
                                  ? g
                                  : __dadd_rn(__dmul_rn(momentum, (double)s0[e]),
                                              __dmul_rn(one_minus_damp, g));
@@ -126,7 +141,8 @@ __device__ __forceinline__ void rr_optim_sgd(const rr_u64* __restrict__ tasks,
 
 // Launch: as rr_optim_sgd; OPT_S0 and OPT_S1 are the f32 moments m and v over the layout.
 // decay_mul = 1 - lr*wd; step_size = lr/(1 - b1^t); inv_root_bc2 = 1/sqrt(1 - b2^t)
-// (crate::optim::AdamW::step_scalars).
+// (crate::optim::AdamW::step_scalars), or, with tstep, each tensor's own pair from tstep
+// (RR_OPT_TS_STEP_SIZE, RR_OPT_TS_INV_ROOT_BC2 of its step count t).
 template <class E>
 __device__ __forceinline__ void rr_optim_adamw(const rr_u64* __restrict__ tasks,
                                                const rr_u64* __restrict__ ptrs, double decay_mul,
@@ -136,12 +152,19 @@ __device__ __forceinline__ void rr_optim_adamw(const rr_u64* __restrict__ tasks,
                                                const double* __restrict__ coef, rr_u64 corr_first,
                                                rr_u64 corr_count, int k,
                                                const double* __restrict__ beta_seg,
-                                               double beta_scalar) {
+                                               double beta_scalar,
+                                               const double* __restrict__ tstep) {
     typedef typename E::S S;
     __shared__ rr_u64 row[RR_OPT_WORDS];
     __shared__ double w[RR_MAX_K];
     const rr_opt_block b =
         rr_opt_begin(tasks, ptrs, coef, corr_first, corr_count, k, beta_seg, beta_scalar, row, w);
+    if (b.skip) return;
+    if (tstep) {
+        const double* ts = tstep + b.task.seg * (rr_u64)RR_OPT_TS_WORDS;
+        step_size = ts[RR_OPT_TS_STEP_SIZE];
+        inv_root_bc2 = ts[RR_OPT_TS_INV_ROOT_BC2];
+    }
     const volatile rr_u64* vrow = row;
     const volatile double* vw = w;
 #pragma unroll 1
@@ -168,9 +191,10 @@ __device__ __forceinline__ void rr_optim_adamw(const rr_u64* __restrict__ tasks,
         const rr_u64* __restrict__ tasks, const rr_u64* __restrict__ ptrs, int flags,         \
         double lr, double momentum, double one_minus_damp, double weight_decay,               \
         const double* __restrict__ coef, rr_u64 corr_first, rr_u64 corr_count, int k,        \
-        const double* __restrict__ beta_seg, double beta_scalar) {                            \
+        const double* __restrict__ beta_seg, double beta_scalar,                              \
+        const double* __restrict__ tstep) {                                                   \
         rr_optim_sgd<E>(tasks, ptrs, flags, lr, momentum, one_minus_damp, weight_decay, coef, \
-                        corr_first, corr_count, k, beta_seg, beta_scalar);                    \
+                        corr_first, corr_count, k, beta_seg, beta_scalar, tstep);             \
     }
 
 #define RR_OPTIM_ADAMW(NAME, E)                                                               \
@@ -179,10 +203,10 @@ __device__ __forceinline__ void rr_optim_adamw(const rr_u64* __restrict__ tasks,
         double beta1, double one_minus_beta1, double beta2, double one_minus_beta2,           \
         double step_size, double inv_root_bc2, double eps, const double* __restrict__ coef,   \
         rr_u64 corr_first, rr_u64 corr_count, int k, const double* __restrict__ beta_seg,     \
-        double beta_scalar) {                                                                 \
+        double beta_scalar, const double* __restrict__ tstep) {                               \
         rr_optim_adamw<E>(tasks, ptrs, decay_mul, beta1, one_minus_beta1, beta2,              \
                           one_minus_beta2, step_size, inv_root_bc2, eps, coef, corr_first,    \
-                          corr_count, k, beta_seg, beta_scalar);                              \
+                          corr_count, k, beta_seg, beta_scalar, tstep);                       \
     }
 
 RR_OPTIM_SGD(f32, rr_f32)

@@ -111,10 +111,10 @@ abi_table! {
     }
     "The optimizer step: the per-tensor pointer table and the flags of kernels/optim.cu (src/optim/cuda.rs)" {
         /// u64 words per tensor of the optimizer's pointer table: OPT_PARAM, OPT_GRAD,
-        /// OPT_S0, OPT_S1, OPT_THETA0, OPT_B1 .. OPT_B1 + 6. Element operands are biased as
-        /// PTR_WORDS' are (`address - offset(tensor) * sizeof(element)`); the f32 state is
-        /// one flat buffer over the layout, so its word is the buffer's address.
-        OPT_WORDS: usize = 12;
+        /// OPT_S0, OPT_S1, OPT_THETA0, OPT_B1 .. OPT_B1 + 6, OPT_SKIP. Element operands are
+        /// biased as PTR_WORDS' are (`address - offset(tensor) * sizeof(element)`); the f32
+        /// state is one flat buffer over the layout, so its word is the buffer's address.
+        OPT_WORDS: usize = 13;
         /// Slot of the parameter (read and written).
         OPT_PARAM: usize = 0;
         /// Slot of the gradient (read only; basis vector 0 of the correction).
@@ -128,11 +128,27 @@ abi_table! {
         /// Slot of the correction's basis vector 1 (the first extra one); vector j at
         /// OPT_B1 + j - 1.
         OPT_B1: usize = 5;
+        /// Slot of the skip word: nonzero for a tensor without a gradient in this step
+        /// (its blocks return at once: parameter and state neither read nor written; its
+        /// OPT_GRAD is 0).
+        OPT_SKIP: usize = 12;
+        /// f64 per tensor of the optional per-tensor step table (a step whose tensors'
+        /// step constants differ): AdamW's OPT_TS_STEP_SIZE and OPT_TS_INV_ROOT_BC2 of the
+        /// tensor's own step count, SGD's OPT_TS_FIRST.
+        OPT_TS_WORDS: usize = 2;
+        /// Per-tensor step table, AdamW: lr/(1 - b1^t), t the tensor's step count.
+        OPT_TS_STEP_SIZE: usize = 0;
+        /// Per-tensor step table, AdamW: 1/sqrt(1 - b2^t).
+        OPT_TS_INV_ROOT_BC2: usize = 1;
+        /// Per-tensor step table, SGD: 1.0 at the tensor's first step (its momentum
+        /// buffer starts as the gradient), else 0.0.
+        OPT_TS_FIRST: usize = 0;
         /// Flag: SGD with momentum (a momentum buffer).
         OPT_MOMENTUM: i32 = 1;
         /// Flag: SGD's Nesterov momentum.
         OPT_NESTEROV: i32 = 2;
-        /// Flag: the first step (t = 1: SGD's buffer starts as the gradient).
+        /// Flag: the first step (t = 1: SGD's buffer starts as the gradient) of every
+        /// tensor of a step without a per-tensor step table.
         OPT_FIRST: i32 = 4;
         /// Flag: SGD's weight decay term (λ ≠ 0).
         OPT_DECAY: i32 = 8;
@@ -214,7 +230,10 @@ const _: () = {
     assert!(ST_TASK_A < ST_TASK_WORDS && ST_TASK_START < ST_TASK_WORDS);
     assert!(ST_TASK_END < ST_TASK_WORDS);
     assert!(PTR_B0 + MAX_K == PTR_BASE && PTR_OUT + 1 == PTR_WORDS && PTR_V0 + 1 == PTR_B0);
-    assert!(OPT_B1 + MAX_K - 1 == OPT_WORDS && OPT_WORDS as u32 <= THREADS);
+    assert!(OPT_B1 + MAX_K - 1 == OPT_SKIP && OPT_SKIP + 1 == OPT_WORDS);
+    assert!(OPT_WORDS as u32 <= THREADS);
+    assert!(OPT_TS_STEP_SIZE < OPT_TS_WORDS && OPT_TS_INV_ROOT_BC2 < OPT_TS_WORDS);
+    assert!(OPT_TS_STEP_SIZE != OPT_TS_INV_ROOT_BC2 && OPT_TS_FIRST < OPT_TS_WORDS);
     assert!(ST_DESC_KIND < ST_DESC_WORDS && ST_DESC_DTYPE < ST_DESC_WORDS);
     assert!(ST_DESC_P0 < ST_DESC_WORDS && ST_DESC_P1 < ST_DESC_WORDS);
     assert!(ST_DESC_P2 < ST_DESC_WORDS && ST_DESC_N1 < ST_DESC_WORDS);

@@ -211,7 +211,9 @@ pub fn train(
     // The optimizer: redreg's FusedOptimizer (SGD with the script's momentum 0.9 and weight
     // decay 1e-4, the same semantics as `sgd_step`; one pass over every variable, the RedReg
     // correction folded in), or `--candle-sgd`'s candle tensor ops. "B alone" trains only
-    // B's side (A's variables get no gradient, which the fused optimizer refuses): candle's.
+    // B's side (A's variables get no gradient): candle's, with which its documented numbers
+    // (docs/candle.md, also the screen's "each view alone") were measured; the fused
+    // optimizer would skip A's variables too (PyTorch's semantics) but computes in f64.
     let mut mom: Vec<Option<Tensor>> = vec![None; vars.len()];
     let mut fused = match args.candle_sgd || mode == Mode::BAlone {
         true => None,

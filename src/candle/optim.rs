@@ -16,6 +16,12 @@
 //! fault per 4 KiB on the CPU: `Var::set` from a new tensor made the ResNet-18 pair's step
 //! 95 ms instead of about 60). The gradients (and θ₀) are read in place; the state (f32)
 //! and the buffers are allocated once.
+//!
+//! A variable without a gradient in the `GradStore` is skipped, as PyTorch's optimizers skip
+//! a parameter whose `.grad` is `None` (and as candle-nn's do): its value, its state and its
+//! step count are unchanged, and each variable's update uses its own step count
+//! ([`crate::optim::Optimizer::step_some`]). A trainer whose step leaves one modality's
+//! variables without a gradient steps the others.
 
 use super::device::{on_device, Optimizers};
 use super::{check_kind, dtype_of, CandleElement, OnDevice, TensorMemory, TensorView};
@@ -29,9 +35,10 @@ use half::{bf16, f16};
 
 /// An optimizer over candle `Var`s, all of one dtype (f32, f16 or bf16) on one device (the
 /// CPU or, with feature `candle-cuda`, one CUDA device). Like candle-nn's, it keeps only
-/// the floating-point variables it is given. Unlike candle-nn's (which skips a variable
-/// without a gradient), every step needs a gradient for every variable: one step count for
-/// all tensors, as in a step over one tensor list.
+/// the floating-point variables it is given and skips a variable without a gradient. Unlike
+/// candle-nn's (one step count for all), it keeps PyTorch's per-parameter step counts: a
+/// skipped variable's count does not advance, and AdamW's bias correction of each variable
+/// uses its own ([`FusedOptimizer::steps_of`]).
 #[derive(Debug)]
 pub struct FusedOptimizer {
     vars: Vec<Var>,
@@ -162,9 +169,16 @@ impl FusedOptimizer {
         &self.vars
     }
 
-    /// The step count (completed steps).
+    /// Completed steps (calls of a step method that returned `Ok`), whichever variables
+    /// they updated ([`crate::optim::Optimizer::steps`]).
     pub fn steps(&self) -> u64 {
         on_device!(&self.on, f => f.opt.steps())
+    }
+
+    /// Variable `i`'s step count: the steps in which it had a gradient (PyTorch's
+    /// per-parameter `state["step"]`); `None` for `i` out of range.
+    pub fn steps_of(&self, i: usize) -> Option<u64> {
+        on_device!(&self.on, f => f.opt.steps_of(i))
     }
 
     /// The optimizer's state of variable `i` on the host (SGD's momentum buffer or AdamW's
@@ -177,9 +191,10 @@ impl FusedOptimizer {
         }
     }
 
-    /// One plain step. `Err` with no variable and no state changed when a gradient is
-    /// missing or does not match its variable (shape, dtype, device, contiguity), or the
-    /// learning rate is invalid.
+    /// One plain step over the variables that have a gradient in `grads` (the others are
+    /// skipped: value, state and step count unchanged). `Err` with no variable and no state
+    /// changed when a gradient does not match its variable (shape, dtype, device,
+    /// contiguity), or the learning rate is invalid.
     pub fn try_step(&mut self, grads: &GradStore) -> Result<()> {
         self.run(grads, None).map(|_| ())
     }
@@ -188,7 +203,10 @@ impl FusedOptimizer {
     /// at index `first` of [`FusedOptimizer::vars`]: `theta0` holds its epoch-start values
     /// (one tensor per variable, [`super::snapshot`]), `beta` the factor. The gradient
     /// used is `g + β·(d − P d)` with `P` onto `span{g}` per tensor (the script), formed
-    /// in f64 in the pass and never written. Returns the encoder's per-tensor ranks.
+    /// in f64 in the pass and never written. Returns the encoder's per-tensor ranks. The
+    /// variables outside the encoder without a gradient are skipped as in
+    /// [`FusedOptimizer::try_step`]; every encoder variable needs one (`Err` otherwise, with
+    /// nothing changed).
     pub fn step_redreg(
         &mut self,
         grads: &GradStore,
@@ -229,12 +247,14 @@ fn run_on<M: TensorMemory, T: ParamElement>(
 ) -> Result<Vec<u32>> {
     let stream = M::backend_stream(&f.be);
     let first = vars[0].as_tensor();
-    let mut gts = Vec::with_capacity(vars.len());
+    // The gradients, `None` for a variable without one (skipped).
+    let mut gts: Vec<Option<&Tensor>> = Vec::with_capacity(vars.len());
     for (i, v) in vars.iter().enumerate() {
-        let g = grads
-            .get(v.as_tensor())
-            .ok_or_else(|| invalid("grads", format!("variable {i} has no gradient")))?;
         check_kind("vars", i, first, v.as_tensor())?;
+        let Some(g) = grads.get(v.as_tensor()) else {
+            gts.push(None);
+            continue;
+        };
         check_kind("grads", i, first, g)?;
         if g.dims() != v.dims() {
             return Err(invalid(
@@ -246,7 +266,7 @@ fn run_on<M: TensorMemory, T: ParamElement>(
                 ),
             ));
         }
-        gts.push(g);
+        gts.push(Some(g));
     }
     let lens: Vec<usize> = vars.iter().map(|v| v.elem_count()).collect();
     if T::bufs(&mut f.bufs).is_none() {
@@ -257,8 +277,13 @@ fn run_on<M: TensorMemory, T: ParamElement>(
     }
     let bufs = T::bufs(&mut f.bufs).ok_or_else(|| invalid("vars", "buffers of another dtype"))?;
     // The current values into the buffers (each view's read lock dropped at once, so the
-    // copy-back below can take the write lock).
-    for ((v, b), &n) in vars.iter().zip(bufs.iter_mut()).zip(&lens) {
+    // copy-back below can take the write lock); a skipped variable's buffer is neither
+    // read nor written by the pass, nor copied back.
+    let stepped = |i: usize| gts[i].is_some();
+    for (i, ((v, b), &n)) in vars.iter().zip(bufs.iter_mut()).zip(&lens).enumerate() {
+        if !stepped(i) {
+            continue;
+        }
         let tv = M::tensor_view(stream, "vars", v.as_tensor())?;
         f.be.copy(M::src::<T>(&tv)?, M::dst(b, n))?;
     }
@@ -275,11 +300,11 @@ fn run_on<M: TensorMemory, T: ParamElement>(
                 .collect::<Result<Vec<TensorView<'_>>>>()?,
         };
         let gv = (gts.iter())
-            .map(|g| M::tensor_view(stream, "grads", g))
-            .collect::<Result<Vec<TensorView<'_>>>>()?;
+            .map(|g| g.map(|g| M::tensor_view(stream, "grads", g)).transpose())
+            .collect::<Result<Vec<Option<TensorView<'_>>>>>()?;
         let gs = (gv.iter())
-            .map(|v| M::src::<T>(v))
-            .collect::<Result<Vec<Src<'_, M::Backend, T>>>>()?;
+            .map(|v| v.as_ref().map(|v| M::src::<T>(v)).transpose())
+            .collect::<Result<Vec<Option<Src<'_, M::Backend, T>>>>>()?;
         let ts = (tv.iter())
             .map(|v| M::src::<T>(v))
             .collect::<Result<Vec<Src<'_, M::Backend, T>>>>()?;
@@ -290,17 +315,19 @@ fn run_on<M: TensorMemory, T: ParamElement>(
         f.opt.set_lr(lr)?;
         match c {
             None => {
-                f.opt.step(&f.be, &mut pv, &gs)?;
+                f.opt.step_some(&f.be, &mut pv, &gs)?;
                 Vec::new()
             }
             Some((start, _, beta)) => {
                 let c = Correction::new(start, ts, beta);
-                f.opt.step_corrected(&f.be, &mut pv, &gs, &c)?.to_vec()?
+                (f.opt.step_corrected_some(&f.be, &mut pv, &gs, &c)?).to_vec()?
             }
         }
     };
-    for ((v, b), &n) in vars.iter().zip(bufs.iter()).zip(&lens) {
-        M::write_back::<T>(v.as_tensor(), b, n)?;
+    for (i, ((v, b), &n)) in vars.iter().zip(bufs.iter()).zip(&lens).enumerate() {
+        if stepped(i) {
+            M::write_back::<T>(v.as_tensor(), b, n)?;
+        }
     }
     Ok(ranks)
 }

@@ -56,7 +56,6 @@ impl<'a, B> Correction<'a, B> {
         self
     }
 
-    /// The encoder's tensors in a list of `count` tensors; `Err` when they do not fit.
     /// The correction of tensors `r` of the encoder alone (its list's positions `r`), for
     /// a step over a part of the encoder.
     pub(crate) fn slice(&self, r: std::ops::Range<usize>) -> Self
@@ -72,6 +71,26 @@ impl<'a, B> Correction<'a, B> {
         }
     }
 
+    /// The encoder's tensors in a list with these gradients (one per tensor of the
+    /// optimizer's list): `Err` when they do not fit or one of them has no gradient (the
+    /// projection reads the gradient as basis vector 0: a suppressed encoder's tensors are
+    /// all stepped).
+    pub(crate) fn encoder<G>(&self, grads: &[Option<G>]) -> Result<std::ops::Range<usize>> {
+        let r = self.range(grads.len())?;
+        if let Some(i) = r.clone().find(|&i| grads[i].is_none()) {
+            return Err(Error::InvalidArgument {
+                name: "grads",
+                reason: format!(
+                    "tensor {i} is in the corrected encoder (tensors {}..{}) and has no \
+                     gradient",
+                    r.start, r.end
+                ),
+            });
+        }
+        Ok(r)
+    }
+
+    /// The encoder's tensors in a list of `count` tensors; `Err` when they do not fit.
     pub(crate) fn range(&self, count: usize) -> Result<std::ops::Range<usize>> {
         let end = self.first.checked_add(self.theta0.len());
         match end {

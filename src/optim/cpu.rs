@@ -1,6 +1,8 @@
-//! The CPU pass of an optimizer step: every tensor of the list cut into chunks of the
-//! backend's chunk size, each chunk one task on the backend's pool (calls of at most
-//! `INLINE_ELEMENTS` elements on the calling thread). The update is elementwise, so the
+//! The CPU pass of an optimizer step: every tensor of the list that has a gradient cut into
+//! chunks of the backend's chunk size, each chunk one task on the backend's pool (calls of
+//! at most `INLINE_ELEMENTS` elements on the calling thread); a skipped tensor (no gradient)
+//! has no task, and each task carries its tensor's own step constants (its step count's
+//! bias correction, SGD's first-step flag). The update is elementwise, so the
 //! results do not depend on the chunking or the threads, bit for bit; they equal
 //! [`super::reference`]'s (the same f64 operations in the same order, no fused
 //! multiply-adds).
@@ -26,44 +28,45 @@ impl OptimBackend for CpuBackend {
         Ok(HostState::new(rule, lens))
     }
 
-    fn optim_step<'a, T: Element>(
+    fn optim_step<T: Element>(
         &self,
         st: &mut HostState,
         rule: &Rule,
-        t: u64,
-        params: &mut [&'a mut [T]],
-        grads: &[&'a [T]],
+        steps: &[u64],
+        params: &mut [&mut [T]],
+        grads: &[Option<&[T]>],
     ) -> Result<()> {
         st.check_lists(params, grads)?;
         let all = 0..st.lens.len();
-        st.pass(self, &Step::new(rule, t), params, grads, None, &[all]);
+        let step = Steps { rule, t: steps };
+        st.pass(self, &step, params, grads, None, &[all]);
         Ok(())
     }
 
-    fn optim_check_corrected<'a, T: Element>(
+    fn optim_check_corrected<T: Element>(
         &self,
         st: &HostState,
-        params: &mut [&'a mut [T]],
-        grads: &[&'a [T]],
-        c: &Correction<'_, &'a [T]>,
+        params: &mut [&mut [T]],
+        grads: &[Option<&[T]>],
+        c: &Correction<'_, &[T]>,
     ) -> Result<()> {
         st.check_corrected(params, grads, c).map(|_| ())
     }
 
-    fn optim_step_corrected<'a, T: Element>(
+    fn optim_step_corrected<T: Element>(
         &self,
         st: &mut HostState,
         rule: &Rule,
-        t: u64,
-        params: &mut [&'a mut [T]],
-        grads: &[&'a [T]],
-        c: &Correction<'_, &'a [T]>,
+        steps: &[u64],
+        params: &mut [&mut [T]],
+        grads: &[Option<&[T]>],
+        c: &Correction<'_, &[T]>,
     ) -> Result<Vec<u32>> {
         // The whole correction checked before anything is written.
         let (r, segs) = st.check_corrected(params, grads, c)?;
         let n = st.lens.len();
         // The tensors outside the encoder: the plain update.
-        let step = Step::new(rule, t);
+        let step = Steps { rule, t: steps };
         st.pass(self, &step, params, grads, None, &[0..r.start, r.end..n]);
         // The encoder cache group by cache group (`CpuBackend::with_cache_bytes`, as the
         // projection's schedule): a group's pass 1 and solve, then its update while what
@@ -77,7 +80,7 @@ impl OptimBackend for CpuBackend {
             let (coef, part_ranks) = {
                 let gsegs = Segments::from_lengths(&st.lens[abs.clone()])?;
                 let theta: Vec<&[T]> = params[abs.clone()].iter().map(|p| &**p).collect();
-                let p = part.projection(theta, grads[abs.clone()].to_vec());
+                let p = part.projection(theta, present(&grads[abs.clone()]));
                 self.coefficients_list(&gsegs, &p)?
             };
             let fused = Fused {
@@ -96,18 +99,19 @@ impl OptimBackend for CpuBackend {
 }
 
 impl HostState {
-    /// The checks of a corrected step: the encoder's range in the list and its segments.
+    /// The checks of a corrected step: the encoder's range in the list (each of its
+    /// tensors with a gradient) and its segments.
     fn check_corrected<T>(
         &self,
         params: &[&mut [T]],
-        grads: &[&[T]],
+        grads: &[Option<&[T]>],
         c: &Correction<'_, &[T]>,
     ) -> Result<(std::ops::Range<usize>, Segments)> {
         self.check_lists(params, grads)?;
-        let r = c.range(self.lens.len())?;
+        let r = c.encoder(grads)?;
         let segs = Segments::from_lengths(&self.lens[r.clone()])?;
         let theta: Vec<&[T]> = params[r.clone()].iter().map(|p| &**p).collect();
-        c.projection(theta, grads[r.clone()].to_vec())
+        c.projection(theta, present(&grads[r.clone()]))
             .validate(&segs)?;
         Ok((r, segs))
     }
@@ -141,8 +145,8 @@ impl HostState {
         Some((self.s0.get(i)?.as_slice(), self.s1.get(i)?.as_slice()))
     }
 
-    /// `Err` unless the lists match the layout.
-    fn check_lists<T>(&self, params: &[&mut [T]], grads: &[&[T]]) -> Result<()> {
+    /// `Err` unless the lists match the layout (a missing gradient has no length).
+    fn check_lists<T>(&self, params: &[&mut [T]], grads: &[Option<&[T]>]) -> Result<()> {
         if params.len() != self.lens.len() || grads.len() != self.lens.len() {
             return Err(Error::CountMismatch {
                 name: "params/grads",
@@ -155,7 +159,8 @@ impl HostState {
             });
         }
         for (i, &n) in self.lens.iter().enumerate() {
-            for (name, got) in [("params", params[i].len()), ("grads", grads[i].len())] {
+            let g = grads[i].map_or(n, |g| g.len());
+            for (name, got) in [("params", params[i].len()), ("grads", g)] {
                 if got != n {
                     return Err(Error::LengthMismatch {
                         name,
@@ -168,20 +173,20 @@ impl HostState {
         Ok(())
     }
 
-    /// The one pass over checked lists, over the tensors in `which`: every tensor cut into
-    /// chunks of the backend's chunk size, each chunk a task; `fused` adds the correction
-    /// to its tensors' chunks.
+    /// The one pass over checked lists, over the tensors in `which` that have a gradient:
+    /// every such tensor cut into chunks of the backend's chunk size, each chunk a task with
+    /// its tensor's step constants; `fused` adds the correction to its tensors' chunks.
     fn pass<T: Element>(
         &mut self,
         be: &CpuBackend,
-        step: &Step,
+        steps: &Steps<'_>,
         params: &mut [&mut [T]],
-        grads: &[&[T]],
+        grads: &[Option<&[T]>],
         fused: Option<Fused<'_, '_, T>>,
         which: &[std::ops::Range<usize>],
     ) {
         let chunk = be.chunk();
-        let visits = |i: usize| which.iter().any(|r| r.contains(&i));
+        let visits = |i: usize| grads[i].is_some() && which.iter().any(|r| r.contains(&i));
         let mut pieces: Vec<Piece<'_, T>> = Vec::new();
         for (i, (((p, g), s0), s1)) in params
             .iter_mut()
@@ -191,6 +196,8 @@ impl HostState {
             .enumerate()
             .filter(|(i, _)| visits(*i))
         {
+            let Some(g) = g else { continue };
+            let step = steps.of(i);
             let mut p: &mut [T] = p;
             let mut s0: &mut [f32] = s0;
             let mut s1: &mut [f32] = s1;
@@ -202,6 +209,7 @@ impl HostState {
                 let (ah, at) = s0.split_at_mut(c.min(s0.len()));
                 let (bh, bt) = s1.split_at_mut(c.min(s1.len()));
                 pieces.push(Piece {
+                    step,
                     th: ph,
                     g: &g[start..start + c],
                     s0: ah,
@@ -217,7 +225,7 @@ impl HostState {
             .map(|(_, n)| n)
             .sum();
         let idx: Vec<usize> = (0..pieces.len()).collect();
-        be.zip_tasks(elements, &idx, pieces, |_, piece| run_piece(step, piece));
+        be.zip_tasks(elements, &idx, pieces, |_, piece| run_piece(piece));
     }
 }
 
@@ -290,8 +298,9 @@ impl<'a, T> Corr<'a, T> {
     }
 }
 
-/// One task: a chunk of one tensor and its state (and correction).
+/// One task: a chunk of one tensor, its step constants and its state (and correction).
 struct Piece<'a, T> {
+    step: Step,
     th: &'a mut [T],
     g: &'a [T],
     s0: &'a mut [f32],
@@ -299,7 +308,21 @@ struct Piece<'a, T> {
     corr: Option<Corr<'a, T>>,
 }
 
-/// The rule of one step with its step-wide constants.
+/// The rule and the step counts of one step (one per tensor, read where it has a gradient).
+struct Steps<'a> {
+    rule: &'a Rule,
+    t: &'a [u64],
+}
+
+impl Steps<'_> {
+    /// Tensor `i`'s rule with its constants.
+    fn of(&self, i: usize) -> Step {
+        Step::new(self.rule, self.t[i])
+    }
+}
+
+/// The rule of one tensor's step with its constants (its own step count's).
+#[derive(Clone, Copy)]
 enum Step {
     Sgd(Sgd, u64),
     AdamW {
@@ -310,7 +333,7 @@ enum Step {
 }
 
 impl Step {
-    /// Step `t` of `rule`.
+    /// Step `t` of `rule` (a tensor's count, 1 for its first step).
     fn new(rule: &Rule, t: u64) -> Self {
         match *rule {
             Rule::Sgd(p) => Step::Sgd(p, t),
@@ -386,19 +409,19 @@ impl<T: Element, const K: usize> Grad for Drift<'_, T, K> {
 /// (Rust never contracts to FMA; `vdivpd`, `vsqrtpd` and the conversions round as the
 /// scalar instructions do), so the same bits, with 4 f64 lanes instead of SSE2's 2 — the
 /// pass's two divisions and square root per element made it compute-bound at 2 threads.
-fn run_piece<T: Element>(step: &Step, pc: Piece<'_, T>) {
+fn run_piece<T: Element>(pc: Piece<'_, T>) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2,avx")]
-        unsafe fn avx2<T: Element>(step: &Step, pc: Piece<'_, T>) {
-            run_piece_any(step, pc)
+        unsafe fn avx2<T: Element>(pc: Piece<'_, T>) {
+            run_piece_any(pc)
         }
         if has_avx2() {
             // SAFETY: `has_avx2` checked that this CPU has AVX2 and AVX.
-            return unsafe { avx2(step, pc) };
+            return unsafe { avx2(pc) };
         }
     }
-    run_piece_any(step, pc)
+    run_piece_any(pc)
 }
 
 /// AVX2 present and not capped by `REDREG_CPU_LEVEL=base` (read once per process).
@@ -413,7 +436,9 @@ fn has_avx2() -> bool {
 }
 
 #[inline(always)]
-fn run_piece_any<T: Element>(step: &Step, mut pc: Piece<'_, T>) {
+fn run_piece_any<T: Element>(mut pc: Piece<'_, T>) {
+    let step = pc.step;
+    let step = &step;
     let Some(c) = pc.corr.take() else {
         return run_rule(step, pc, &Plain);
     };
@@ -499,4 +524,9 @@ fn adamw_chunk<T: Element, G: Grad>(
         v[i] = vi as f32;
         th[i] = T::from_f64(x - step_size * mi / (vi.sqrt() * inv_root_bc2 + p.eps));
     }
+}
+
+/// The gradients of tensors checked to have one.
+fn present<'g, T>(grads: &[Option<&'g [T]>]) -> Vec<&'g [T]> {
+    grads.iter().flatten().copied().collect()
 }

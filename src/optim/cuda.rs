@@ -10,10 +10,30 @@
 //! the per-tensor solve folded in over the encoder's tensors (one launch,
 //! `CudaBackend::coefficients_list`), then the same launch reading the coefficients from
 //! the device: 2 launches, no host synchronisation.
+//!
+//! **Per-tensor steps** ([`super::Optimizer::step_some`]): a tensor without a gradient has
+//! its pointer-table row's `OPT_SKIP` word set (its blocks return at once), so the skipped
+//! set is part of the pointer table and costs an upload only when it changes. When every
+//! stepped tensor has the same step constants — the same step count for AdamW, the same
+//! "first step or not" for SGD with momentum, always for SGD without — the launch takes them
+//! as scalars, as before; otherwise one small per-tensor table (`OPT_TS_WORDS` f64 per
+//! tensor: AdamW's step size and `1/√(1 − β₂ᵗ)`, SGD's first-step flag) is uploaded and the
+//! same kernel reads it instead (a null-or-not pointer, like `coef`).
+//!
+//! Host→device bytes per step, beside the launch (no device→host copy, no synchronisation):
+//! - 0 for a step whose parameter, gradient (and θ₀, extra) addresses and skipped set are
+//!   the last step's and whose stepped tensors share their step constants (a training loop's
+//!   plain step: 1 launch, no copy);
+//! - `8·OPT_WORDS = 104` bytes per tensor (one copy) when an address or the skipped set
+//!   changed;
+//! - `8·OPT_TS_WORDS = 16` bytes per tensor (one copy) when the stepped tensors' step
+//!   constants differ (AdamW after a tensor was skipped, until the counts meet again);
+//! - a corrected step with per-tensor β adds 8 bytes per encoder tensor (one copy).
 
 use super::{Correction, OptimBackend, Rule};
 use crate::abi::{OPT_B1, OPT_DECAY, OPT_FIRST, OPT_GRAD, OPT_MOMENTUM, OPT_NESTEROV};
-use crate::abi::{OPT_PARAM, OPT_S0, OPT_S1, OPT_THETA0, OPT_WORDS, TASK_WORDS};
+use crate::abi::{OPT_PARAM, OPT_S0, OPT_S1, OPT_SKIP, OPT_THETA0, OPT_WORDS, TASK_WORDS};
+use crate::abi::{OPT_TS_FIRST, OPT_TS_INV_ROOT_BC2, OPT_TS_STEP_SIZE, OPT_TS_WORDS};
 use crate::cuda::{check_list_alias, drv, ByteRange, CudaBackend, DeviceRanks, CHUNK, THREADS};
 use crate::error::{check_len, invalid, Result};
 use crate::project::solve::MAX_K;
@@ -40,6 +60,10 @@ pub struct CudaState {
     beta: CudaSlice<f64>,
     /// The pointer table last uploaded (`OPT_WORDS` per tensor) and its host copy.
     table: Option<(Vec<u64>, CudaSlice<u64>)>,
+    /// The per-tensor step table (`OPT_TS_WORDS` f64 per tensor), for a step whose tensors'
+    /// step constants differ, and the host buffer it is built in.
+    tstep: CudaSlice<f64>,
+    tstep_host: Vec<f64>,
 }
 
 impl std::fmt::Debug for CudaState {
@@ -98,39 +122,43 @@ impl OptimBackend for CudaBackend {
             s1: state(b)?,
             beta: s.alloc_zeros::<f64>(segs.len().max(1)).map_err(drv)?,
             table: None,
+            tstep: s
+                .alloc_zeros::<f64>(OPT_TS_WORDS * segs.len().max(1))
+                .map_err(drv)?,
+            tstep_host: vec![0.0; OPT_TS_WORDS * segs.len()],
             segs,
         })
     }
 
-    fn optim_step<'a, T: Element>(
+    fn optim_step<'p, 'g, T: Element>(
         &self,
         st: &mut CudaState,
         rule: &Rule,
-        t: u64,
-        params: &mut [CudaViewMut<'a, T>],
-        grads: &[CudaView<'a, T>],
+        steps: &[u64],
+        params: &mut [CudaViewMut<'p, T>],
+        grads: &[Option<CudaView<'g, T>>],
     ) -> Result<()> {
-        st.step(self, rule, t, params, grads)
+        st.step(self, rule, steps, params, grads)
     }
 
-    fn optim_step_corrected<'a, T: Element>(
+    fn optim_step_corrected<'p, 'g, 'c, T: Element>(
         &self,
         st: &mut CudaState,
         rule: &Rule,
-        t: u64,
-        params: &mut [CudaViewMut<'a, T>],
-        grads: &[CudaView<'a, T>],
-        c: &Correction<'_, CudaView<'a, T>>,
+        steps: &[u64],
+        params: &mut [CudaViewMut<'p, T>],
+        grads: &[Option<CudaView<'g, T>>],
+        c: &Correction<'_, CudaView<'c, T>>,
     ) -> Result<DeviceRanks> {
-        st.step_corrected(self, rule, t, params, grads, c)
+        st.step_corrected(self, rule, steps, params, grads, c)
     }
 
-    fn optim_check_corrected<'a, T: Element>(
+    fn optim_check_corrected<'p, 'g, 'c, T: Element>(
         &self,
         st: &CudaState,
-        params: &mut [CudaViewMut<'a, T>],
-        grads: &[CudaView<'a, T>],
-        c: &Correction<'_, CudaView<'a, T>>,
+        params: &mut [CudaViewMut<'p, T>],
+        grads: &[Option<CudaView<'g, T>>],
+        c: &Correction<'_, CudaView<'c, T>>,
     ) -> Result<()> {
         st.check_corrected(self, params, grads, c).map(|_| ())
     }
@@ -153,33 +181,37 @@ impl CudaState {
         Ok(Some((get(&self.s0)?, get(&self.s1)?)))
     }
 
-    /// Step `t`: one launch ([`super::Optimizer::step`]).
+    /// One step over the tensors with a gradient: one launch, none when no tensor has one
+    /// ([`super::Optimizer::step_some`]).
     fn step<T: Element>(
         &mut self,
         be: &CudaBackend,
         rule: &Rule,
-        t: u64,
+        steps: &[u64],
         params: &mut [CudaViewMut<'_, T>],
-        grads: &[CudaView<'_, T>],
+        grads: &[Option<CudaView<'_, T>>],
     ) -> Result<()> {
         self.check_lists(be, params, grads)?;
         let table = self.table_of(be, params, grads, None)?;
+        let Some(consts) = self.step_consts(be, rule, steps, grads)? else {
+            return Ok(());
+        };
         let ptrs = self.upload_table(be, table)?;
-        self.launch::<T>(be, rule, t, ptrs, None)?;
+        self.launch::<T>(be, rule, consts, ptrs, None)?;
         mark_written(be, params, grads, None);
         Ok(())
     }
 
-    /// Step `t` with the correction: pass 1 of the projection with the per-tensor solve over
+    /// One step with the correction: pass 1 of the projection with the per-tensor solve over
     /// the encoder's tensors (one launch), then the launch of [`CudaState::step`] reading
     /// the coefficients on the device ([`super::Optimizer::step_corrected`]).
     fn step_corrected<T: Element>(
         &mut self,
         be: &CudaBackend,
         rule: &Rule,
-        t: u64,
+        steps: &[u64],
         params: &mut [CudaViewMut<'_, T>],
-        grads: &[CudaView<'_, T>],
+        grads: &[Option<CudaView<'_, T>>],
         c: &Correction<'_, CudaView<'_, T>>,
     ) -> Result<DeviceRanks> {
         // Validated (and its buffers checked) before anything is launched or uploaded.
@@ -189,8 +221,11 @@ impl CudaState {
             Beta::Scalar(b) => (false, b),
             Beta::PerSegment(_) => (true, 0.0),
         };
+        // The encoder's tensors have gradients: some tensor is stepped.
+        let consts = (self.step_consts(be, rule, steps, grads)?)
+            .ok_or_else(|| Error::Cuda("internal: a corrected step without a gradient".into()))?;
         let ranks = {
-            let p = encoder_projection(params, grads, c, r.clone());
+            let p = encoder_projection(params, grads, c, r.clone())?;
             let ptrs = self.upload_table(be, table)?;
             if let Beta::PerSegment(bs) = c.beta {
                 if !bs.is_empty() {
@@ -208,7 +243,7 @@ impl CudaState {
                     per_tensor_beta,
                     beta_scalar,
                 };
-                self.launch::<T>(be, rule, t, ptrs, Some(corr))
+                self.launch::<T>(be, rule, consts, ptrs, Some(corr))
             })?;
             ranks
         };
@@ -217,23 +252,74 @@ impl CudaState {
     }
 
     /// The checks of a corrected step, nothing written: the lists, the pointer table (every
-    /// buffer's context, no parameter overlapping an input), the encoder's range and
-    /// segments, its projection (β, options, lengths).
+    /// buffer's context, no parameter overlapping an input), the encoder's range (each of
+    /// its tensors with a gradient) and segments, its projection (β, options, lengths).
     #[allow(clippy::type_complexity)]
     fn check_corrected<T: Element>(
         &self,
         be: &CudaBackend,
         params: &mut [CudaViewMut<'_, T>],
-        grads: &[CudaView<'_, T>],
+        grads: &[Option<CudaView<'_, T>>],
         c: &Correction<'_, CudaView<'_, T>>,
     ) -> Result<(Vec<u64>, std::ops::Range<usize>, Segments)> {
         self.check_lists(be, params, grads)?;
-        let r = c.range(self.segs.len())?;
+        let r = c.encoder(grads)?;
         let lens: Vec<usize> = r.clone().map(|i| self.segs.seg_len(i)).collect();
         let enc = Segments::from_lengths(&lens)?;
         let table = self.table_of(be, params, grads, Some(c))?;
-        encoder_projection(params, grads, c, r.clone()).validate(&enc)?;
+        encoder_projection(params, grads, c, r.clone())?.validate(&enc)?;
         Ok((table, r, enc))
+    }
+
+    /// The step constants of a step: `None` when no tensor has a gradient (nothing to
+    /// launch); the scalars of the stepped tensors' common step count when they share
+    /// their constants (no copy); else the per-tensor step table, filled and uploaded (one
+    /// copy of `OPT_TS_WORDS` f64 per tensor; a skipped tensor's row is not read).
+    fn step_consts<T>(
+        &mut self,
+        be: &CudaBackend,
+        rule: &Rule,
+        steps: &[u64],
+        grads: &[Option<T>],
+    ) -> Result<Option<Consts>> {
+        let stepped: Vec<u64> = (grads.iter().zip(steps))
+            .filter(|(g, _)| g.is_some())
+            .map(|(_, &t)| t)
+            .collect();
+        let Some(&t0) = stepped.first() else {
+            return Ok(None);
+        };
+        // The constants depend on the step count through AdamW's bias corrections and
+        // SGD's first-step flag (read only with momentum).
+        let shared = match rule {
+            Rule::Sgd(p) if p.momentum == 0.0 => true,
+            Rule::Sgd(_) => stepped.iter().all(|&t| (t == 1) == (t0 == 1)),
+            Rule::AdamW(_) => stepped.iter().all(|&t| t == t0),
+        };
+        if shared {
+            return Ok(Some(Consts { t: t0, table: 0 }));
+        }
+        let h = &mut self.tstep_host;
+        h.fill(0.0);
+        for (i, (g, &t)) in grads.iter().zip(steps).enumerate() {
+            if g.is_none() {
+                continue;
+            }
+            let row = &mut h[i * OPT_TS_WORDS..(i + 1) * OPT_TS_WORDS];
+            match rule {
+                Rule::Sgd(_) => row[OPT_TS_FIRST] = if t == 1 { 1.0 } else { 0.0 },
+                Rule::AdamW(p) => {
+                    let (step_size, inv_root_bc2) = p.step_scalars(t);
+                    row[OPT_TS_STEP_SIZE] = step_size;
+                    row[OPT_TS_INV_ROOT_BC2] = inv_root_bc2;
+                }
+            }
+        }
+        let (s, len) = (be.stream(), h.len());
+        s.memcpy_htod(&self.tstep_host, &mut self.tstep.slice_mut(0..len))
+            .map_err(drv)?;
+        let table = self.tstep.device_ptr(s).0;
+        Ok(Some(Consts { t: t0, table }))
     }
 
     /// `Err` unless the lists match the layout and the optimizer's buffers are in `be`'s
@@ -242,7 +328,7 @@ impl CudaState {
         &self,
         be: &CudaBackend,
         params: &[CudaViewMut<'_, T>],
-        grads: &[CudaView<'_, T>],
+        grads: &[Option<CudaView<'_, T>>],
     ) -> Result<()> {
         let n = self.segs.len();
         if params.len() != n || grads.len() != n {
@@ -258,7 +344,9 @@ impl CudaState {
         }
         for i in 0..n {
             check_len("params", self.segs.seg_len(i), params[i].len())?;
-            check_len("grads", self.segs.seg_len(i), grads[i].len())?;
+            if let Some(g) = &grads[i] {
+                check_len("grads", self.segs.seg_len(i), g.len())?;
+            }
         }
         // The state and tables were allocated on the backend the optimizer was made with.
         be.check_context("optimizer state", &self.tasks)?;
@@ -266,14 +354,15 @@ impl CudaState {
     }
 
     /// The pointer table of one step (`OPT_WORDS` per tensor, element operands biased by
-    /// the tensor's offset), after checking every buffer's context and that no parameter
-    /// overlaps another parameter or any input (gradients, θ₀, extra vectors). The views'
-    /// addresses are taken here; [`mark_written`] records their use after the launch.
+    /// the tensor's offset; a tensor without a gradient: `OPT_SKIP` set, `OPT_GRAD` 0),
+    /// after checking every buffer's context and that no parameter overlaps another
+    /// parameter or any input (gradients, θ₀, extra vectors). The views' addresses are
+    /// taken here; [`mark_written`] records their use after the launch.
     fn table_of<T: Element>(
         &self,
         be: &CudaBackend,
         params: &mut [CudaViewMut<'_, T>],
-        grads: &[CudaView<'_, T>],
+        grads: &[Option<CudaView<'_, T>>],
         c: Option<&Correction<'_, CudaView<'_, T>>>,
     ) -> Result<Vec<u64>> {
         let stream = be.stream();
@@ -292,7 +381,10 @@ impl CudaState {
         };
         for i in 0..n {
             let row = &mut t[i * OPT_WORDS..(i + 1) * OPT_WORDS];
-            row[OPT_GRAD] = input("grads", &grads[i], i)?;
+            match &grads[i] {
+                Some(g) => row[OPT_GRAD] = input("grads", g, i)?,
+                None => row[OPT_SKIP] = 1,
+            }
             row[OPT_S0] = s0;
             row[OPT_S1] = s1;
         }
@@ -358,10 +450,11 @@ impl CudaState {
         &self,
         be: &CudaBackend,
         rule: &Rule,
-        t: u64,
+        consts: Consts,
         ptrs: u64,
         corr: Option<Corr<'_>>,
     ) -> Result<()> {
+        let t = consts.t;
         if self.n_tasks == 0 {
             return Ok(());
         }
@@ -420,20 +513,24 @@ impl CudaState {
             _ => b.arg(&null),
         };
         b.arg(&beta_scalar);
+        b.arg(&consts.table);
         // SAFETY: signatures optim_sgd_<dt>(tasks, ptrs, flags, lr, momentum, 1 - dampening,
-        // weight_decay, coef, corr_first, corr_count, k, beta_seg, beta_scalar) and
+        // weight_decay, coef, corr_first, corr_count, k, beta_seg, beta_scalar, tstep) and
         // optim_adamw_<dt>(tasks, ptrs, 1 - lr*wd, b1, 1 - b1, b2, 1 - b2, step_size,
-        // inv_root_bc2, eps, coef, corr_first, corr_count, k, beta_seg, beta_scalar) in
-        // kernels/optim.cu; tasks holds 3*n_tasks u64 with every (start, end) inside the
+        // inv_root_bc2, eps, coef, corr_first, corr_count, k, beta_seg, beta_scalar, tstep)
+        // in kernels/optim.cu; tasks holds 3*n_tasks u64 with every (start, end) inside the
         // layout; ptrs is this optimizer's table of OPT_WORDS u64 per tensor, made by
         // table_of from views checked to be of this context and of the tensor's length
         // (params, grads, θ₀ and extra vectors of the corrected tensors, biased by the
-        // tensor's offset; params overlapping no other param nor any input), and the state
-        // buffers (total elements, or 0 when the rule has none: read only under MOMENTUM /
-        // by AdamW, which have them); coef is null, or the workspace's coefficients, k f64
-        // per corrected tensor, written by pass 1 queued before on this stream, the
-        // workspace held until this launch is queued; beta_seg is null or holds one f64 per
-        // corrected tensor; one block per task of RR_THREADS threads.
+        // tensor's offset; params overlapping no other param nor any input; a tensor without
+        // a gradient has OPT_SKIP set and is not read), and the state buffers (total
+        // elements, or 0 when the rule has none: read only under MOMENTUM / by AdamW, which
+        // have them); coef is null, or the workspace's coefficients, k f64 per corrected
+        // tensor, written by pass 1 queued before on this stream, the workspace held until
+        // this launch is queued; beta_seg is null or holds one f64 per corrected tensor;
+        // tstep is null or this state's step table of OPT_TS_WORDS f64 per tensor, filled for
+        // every stepped tensor and uploaded before on this stream; one block per task of
+        // RR_THREADS threads.
         unsafe { b.launch(cfg(grid(self.n_tasks)?)) }.map_err(drv)?;
         Ok(())
     }
@@ -445,14 +542,14 @@ impl CudaState {
 fn mark_written<T>(
     be: &CudaBackend,
     params: &mut [CudaViewMut<'_, T>],
-    grads: &[CudaView<'_, T>],
+    grads: &[Option<CudaView<'_, T>>],
     c: Option<&Correction<'_, CudaView<'_, T>>>,
 ) {
     let s = be.stream();
     for p in params.iter_mut() {
         drop(p.device_ptr_mut(s));
     }
-    for g in grads {
+    for g in grads.iter().flatten() {
         drop(g.device_ptr(s));
     }
     if let Some(c) = c {
@@ -463,28 +560,39 @@ fn mark_written<T>(
 }
 
 /// The projection whose pass 1 and solve a corrected step runs: the drift of the encoder's
-/// tensors `r` against their gradients (and the extra basis), as views.
+/// tensors `r` against their gradients (and the extra basis), as views; `Err` when one of
+/// them has no gradient.
+#[allow(clippy::type_complexity)]
 fn encoder_projection<'v, T>(
     params: &'v [CudaViewMut<'_, T>],
-    grads: &'v [CudaView<'_, T>],
+    grads: &'v [Option<CudaView<'_, T>>],
     c: &'v Correction<'_, CudaView<'_, T>>,
     r: std::ops::Range<usize>,
-) -> Projection<'v, TensorList<CudaView<'v, T>>, TensorList<CudaView<'v, T>>> {
+) -> Result<Projection<'v, TensorList<CudaView<'v, T>>, TensorList<CudaView<'v, T>>>> {
+    c.encoder(grads)?;
     let theta: Vec<CudaView<'_, T>> = params[r.clone()].iter().map(|p| p.as_view()).collect();
-    let grad: Vec<CudaView<'_, T>> = grads[r].iter().map(|g| g.slice(..)).collect();
+    let grad: Vec<CudaView<'_, T>> = grads[r].iter().flatten().map(|g| g.slice(..)).collect();
     let theta0: Vec<CudaView<'_, T>> = c.theta0.iter().map(|v| v.slice(..)).collect();
     let extra = c
         .extra
         .iter()
         .map(|e| TensorList(e.iter().map(|v| v.slice(..)).collect::<Vec<_>>()));
-    Projection::drift(
+    Ok(Projection::drift(
         TensorList(theta),
         TensorList(theta0),
         extra,
         TensorList(grad),
     )
     .beta(c.beta)
-    .opts(c.opts)
+    .opts(c.opts))
+}
+
+/// A step's constants: the step count of the scalar arguments, and the per-tensor step
+/// table's device address (0: none, every stepped tensor uses the scalars of `t`).
+#[derive(Clone, Copy)]
+struct Consts {
+    t: u64,
+    table: u64,
 }
 
 fn grid(n: usize) -> Result<u32> {

@@ -13,6 +13,13 @@
 //! it without writing it: pass 1 (θ, θ₀, g) plus the optimizer's own pass plus one read of
 //! θ₀, instead of the projection's 7 element passes plus the optimizer's.
 //!
+//! **Per-tensor steps.** As `torch.optim` keeps `state["step"]` per parameter, the optimizer
+//! keeps one step count per tensor ([`Optimizer::steps_of`]): [`Optimizer::step_some`] takes
+//! optional gradients and skips a tensor without one (θ, state and count unchanged, nothing
+//! of it read), and each tensor's update uses its own count (AdamW's bias correction, SGD's
+//! first-step momentum buffer); [`Optimizer::step`] is that step with every gradient present.
+//! The oracle of a list is [`reference::ListState`].
+//!
 //! **State in f32.** Parameters may be f32, f16 or bf16; the optimizer's state (SGD's
 //! momentum buffer, AdamW's first and second moments) is f32 for every parameter type, as
 //! PyTorch's mixed-precision practice keeps it: a bf16 moment loses the small updates that

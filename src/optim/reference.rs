@@ -1,5 +1,7 @@
 //! The f64 oracle of the optimizer steps: `torch.optim.SGD`'s and `torch.optim.AdamW`'s
-//! documented update rules, line for line, on one tensor.
+//! documented update rules, line for line, on one tensor ([`sgd_step`], [`adamw_step`]),
+//! and over a list of tensors with PyTorch's per-parameter semantics ([`ListState`]: each
+//! tensor its own step count; a tensor without a gradient skipped).
 //!
 //! The gradient comes in as f64 (`grad`): the plain gradient widened exactly, or the RedReg
 //! corrected gradient `g + β·(d − P d)` computed in f64 and never rounded (the fused step's
@@ -9,7 +11,7 @@
 //!
 //! Nothing is written when an argument is rejected.
 
-use super::{AdamW, Sgd};
+use super::{AdamW, Rule, Sgd};
 use crate::project::solve::{solve_segment, MAX_K};
 use crate::project::TensorList;
 use crate::{Beta, Element, Error, Partials, ProjectOptions, Projection, Result, Segments};
@@ -101,6 +103,103 @@ pub fn adamw_step<T: Element>(
     Ok(())
 }
 
+/// The optimizer's state over a list of tensors, as `torch.optim` keeps it per parameter:
+/// each tensor's step count (`state["step"]`) and its f32 state (SGD's momentum buffer or
+/// AdamW's first moment in `s0`, AdamW's second moment in `s1`; empty where the rule has
+/// none).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListState {
+    /// Each tensor's step count (0 before its first step).
+    pub steps: Vec<u64>,
+    /// SGD's momentum buffers (empty without momentum) or AdamW's first moments.
+    pub s0: Vec<Vec<f32>>,
+    /// AdamW's second moments (empty for SGD).
+    pub s1: Vec<Vec<f32>>,
+}
+
+impl ListState {
+    /// The zeroed state of tensors of lengths `lens` under `rule`.
+    pub fn new(rule: &Rule, lens: &[usize]) -> Self {
+        let (a, b) = buffers(rule);
+        let bufs = |on: bool| -> Vec<Vec<f32>> {
+            (lens.iter())
+                .map(|&n| if on { vec![0.0; n] } else { Vec::new() })
+                .collect()
+        };
+        ListState {
+            steps: vec![0; lens.len()],
+            s0: bufs(a),
+            s1: bufs(b),
+        }
+    }
+
+    /// One `optimizer.step()` over the list, as `torch.optim.SGD` / `torch.optim.AdamW`
+    /// loop over their parameters:
+    ///
+    /// ```text
+    /// for i, p in enumerate(params):
+    ///     if p.grad is None: continue          # θ, state and step untouched
+    ///     state[i].step += 1
+    ///     the rule's step at t = state[i].step  (sgd_step / adamw_step)
+    /// ```
+    ///
+    /// `grads[i]`: tensor `i`'s gradient in f64, or `None`. `Err` (nothing written) when the
+    /// rule is rejected or a count or length does not match.
+    pub fn step<T: Element, G: AsRef<[f64]>>(
+        &mut self,
+        rule: &Rule,
+        theta: &mut [Vec<T>],
+        grads: &[Option<G>],
+    ) -> Result<()> {
+        rule.check()?;
+        let n = self.steps.len();
+        let counts = [
+            ("theta", theta.len()),
+            ("grads", grads.len()),
+            ("s0", self.s0.len()),
+            ("s1", self.s1.len()),
+        ];
+        for (name, got) in counts {
+            if got != n {
+                return Err(Error::CountMismatch {
+                    name,
+                    expected: n,
+                    got,
+                });
+            }
+        }
+        let (a, b) = buffers(rule);
+        for (i, g) in grads.iter().enumerate() {
+            let Some(g) = g else { continue };
+            let len = theta[i].len();
+            same_len("grad", len, g.as_ref().len())?;
+            if a {
+                same_len("s0", len, self.s0[i].len())?;
+            }
+            if b {
+                same_len("s1", len, self.s1[i].len())?;
+            }
+        }
+        for (i, g) in grads.iter().enumerate() {
+            let Some(g) = g else { continue };
+            let t = self.steps[i] + 1;
+            match rule {
+                Rule::Sgd(p) => sgd_step(p, t, &mut theta[i], g.as_ref(), &mut self.s0[i])?,
+                Rule::AdamW(p) => adamw_step(
+                    p,
+                    t,
+                    &mut theta[i],
+                    g.as_ref(),
+                    &mut self.s0[i],
+                    &mut self.s1[i],
+                )?,
+            }
+            self.steps[i] = t;
+        }
+        Ok(())
+    }
+}
+
 /// The RedReg-corrected gradients of one encoder's tensors (one segment each), in f64 and
 /// never rounded — what the fused step feeds its update: per tensor `s`, the coefficients
 /// `w` solved from `partials.seg(s)` (the projection's solve, rank capped at
@@ -164,6 +263,14 @@ pub fn corrected_grads<T: Element>(
         out.push(g);
     }
     Ok((out, ranks))
+}
+
+/// Which of the two state buffers `rule` keeps.
+fn buffers(rule: &Rule) -> (bool, bool) {
+    match rule {
+        Rule::Sgd(p) => (p.momentum != 0.0, false),
+        Rule::AdamW(_) => (true, true),
+    }
 }
 
 /// The exact f64 widening of a gradient (the plain step's `grad`).

@@ -9,8 +9,16 @@
 //!   projection's own, from `Backend::partials` on the encoder packed flat: the same chunk
 //!   table, hence the same bits as the tensor list), k = 1 and 3, scalar and per-tensor β;
 //!   the ranks are the oracle's; tensors outside the encoder take the plain step.
+//! - Per-tensor steps (`step_some`, PyTorch's per-parameter semantics): the skip pattern of
+//!   `super::skipped` over 5 calls, every rule and dtype, bit for bit the per-parameter
+//!   oracle (`reference::ListState`), skipped tensors' θ and state bit for bit unchanged, the
+//!   per-tensor counts; the corrected step with skipped tensors outside the encoder and
+//!   encoder counts behind the others', and an encoder tensor without a gradient refused.
 //! - Repeated runs give the same bits; bad input is `Err` with nothing written; launch
-//!   counts on the emulated driver: 120 tensors, plain step 1 launch, corrected 2.
+//!   counts on the emulated driver: 120 tensors, plain step 1 launch, corrected 2; a step
+//!   with skipped tensors 1 launch (plus the pointer table's upload when the skipped set
+//!   changes), with differing step constants 1 launch plus the per-tensor step table's
+//!   upload.
 //!
 //! The tests share one lock: the launch-count test reads process-wide counters.
 
@@ -19,10 +27,10 @@ mod emu;
 #[path = "../common/gpu.rs"]
 mod gpu;
 
-use super::rules;
+use super::{rules, skipped};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use redreg::cuda::CudaBackend;
-use redreg::optim::reference::{adamw_step, corrected_grads, sgd_step, widen};
+use redreg::optim::reference::{adamw_step, corrected_grads, sgd_step, widen, ListState};
 use redreg::optim::{AdamW, Correction, Optimizer, Rule, Sgd};
 use redreg::testing::elements;
 use redreg::{bf16, f16, Backend, Beta, Element, Partials, ProjectOptions, Projection, Segments};
@@ -196,6 +204,184 @@ fn plain_step_matches_the_oracle_f16() {
 #[test]
 fn plain_step_matches_the_oracle_bf16() {
     plain::<bf16>("plain_step_matches_the_oracle_bf16");
+}
+
+/// The per-parameter oracle's state against the optimizer's: buffers and step counts.
+fn check_list_state(
+    b: &CudaBackend,
+    opt: &Optimizer<CudaBackend>,
+    rule: &Rule,
+    want: &ListState,
+    what: &str,
+) {
+    check_state(b, opt, rule, &want.s0, &want.s1, what);
+    for (i, &t) in want.steps.iter().enumerate() {
+        assert_eq!(opt.steps_of(i), Some(t), "{what}: steps of tensor {i}");
+    }
+}
+
+/// Gradient views, `None` where `present` says so.
+fn some_views<'a, T>(
+    x: &'a [CudaSlice<T>],
+    present: impl Fn(usize) -> bool,
+) -> Vec<Option<CudaView<'a, T>>> {
+    (views(x, &LENS).into_iter().enumerate())
+        .map(|(i, v)| present(i).then_some(v))
+        .collect()
+}
+
+fn skipping<T: Element>(test: &str) {
+    let _l = lock();
+    let Some(b) = gpu::backend(test) else {
+        return;
+    };
+    for rule in rules() {
+        let what = format!("{} {rule:?}", T::DTYPE);
+        let mut opt = Optimizer::on(b, rule, &LENS).unwrap();
+        let mut want = theta::<T>();
+        let mut dev = ups(b, &want);
+        let mut oracle = ListState::new(&rule, &LENS);
+        for t in 1..=5u64 {
+            let g = grads::<T>(t);
+            let present = |i: usize| !skipped(i, t);
+            let gw: Vec<Option<Vec<f64>>> = (0..LENS.len())
+                .map(|i| present(i).then(|| widen(&g[i])))
+                .collect();
+            oracle.step(&rule, &mut want, &gw).unwrap();
+            let before = downs(b, &dev, &LENS);
+            let gd = ups(b, &g);
+            let mut pv = views_mut(&mut dev, &LENS);
+            opt.step_some(b, &mut pv, &some_views(&gd, present))
+                .unwrap();
+            assert_eq!(opt.steps(), t);
+            let got = downs(b, &dev, &LENS);
+            for i in 0..LENS.len() {
+                let w = format!("{what} step {t} tensor {i}");
+                same(&got[i], &want[i], &w);
+                if !present(i) {
+                    same(&got[i], &before[i], &format!("{w} (skipped)"));
+                }
+            }
+            check_list_state(b, &opt, &rule, &oracle, &format!("{what} step {t}"));
+        }
+    }
+}
+
+#[test]
+fn skipped_tensors_match_the_per_parameter_oracle_f32() {
+    skipping::<f32>("skipped_tensors_match_the_per_parameter_oracle_f32");
+}
+
+#[test]
+fn skipped_tensors_match_the_per_parameter_oracle_f16() {
+    skipping::<f16>("skipped_tensors_match_the_per_parameter_oracle_f16");
+}
+
+#[test]
+fn skipped_tensors_match_the_per_parameter_oracle_bf16() {
+    skipping::<bf16>("skipped_tensors_match_the_per_parameter_oracle_bf16");
+}
+
+/// The corrected step with per-tensor counts: call 1 skips the encoder (a plain step of the
+/// others), call 2 is corrected with tensors 0 and 7 (outside the encoder) skipped, call 3
+/// corrected with every gradient; bit for bit the oracle given the CUDA projection's pass-1
+/// partials (SGD with momentum and dampening, AdamW; f32 and bf16). Before each corrected
+/// step, the same step with an encoder tensor's gradient missing: `Err`, nothing written.
+fn corrected_skipping<T: Element>(test: &str) {
+    let _l = lock();
+    let Some(b) = gpu::backend(test) else {
+        return;
+    };
+    let rules = [
+        Rule::Sgd(Sgd {
+            momentum: 0.9,
+            dampening: 0.1,
+            ..Sgd::new(0.05)
+        }),
+        Rule::AdamW(AdamW::default()),
+    ];
+    let r = FIRST..FIRST + ENC;
+    for rule in rules {
+        let what = format!("{} {rule:?}", T::DTYPE);
+        let mut opt = Optimizer::on(b, rule, &LENS).unwrap();
+        let mut want = theta::<T>();
+        let e = enc(&want, 0);
+        let mut dev = ups(b, &want);
+        let t0d = ups(b, &e.theta0);
+        let mut oracle = ListState::new(&rule, &LENS);
+        let beta = Beta::Scalar(1.5);
+        for t in 1..=3u64 {
+            let g = grads::<T>(t);
+            let present = |i: usize| match t {
+                1 => !r.contains(&i),
+                2 => i != 0 && i != 7,
+                _ => true,
+            };
+            let mut gw: Vec<Option<Vec<f64>>> = (0..LENS.len())
+                .map(|i| present(i).then(|| widen(&g[i])))
+                .collect();
+            if t > 1 {
+                let parts = cuda_partials(b, &want, &e, &g);
+                let (gc, _) = corrected_grads(
+                    &parts,
+                    &refs(&want[r.clone()]),
+                    &refs(&e.theta0),
+                    &refs(&g[r.clone()]),
+                    &[],
+                    beta,
+                    &ProjectOptions::default(),
+                )
+                .unwrap();
+                for (s, x) in gc.into_iter().enumerate() {
+                    gw[FIRST + s] = Some(x);
+                }
+            }
+            oracle.step(&rule, &mut want, &gw).unwrap();
+            let gd = ups(b, &g);
+            let c = Correction::new(FIRST, views(&t0d, &LENS[r.clone()]), beta);
+            if t > 1 {
+                let before = downs(b, &dev, &LENS);
+                let mut pv = views_mut(&mut dev, &LENS);
+                let missing = some_views(&gd, |i| present(i) && i != FIRST + 2);
+                let err = opt
+                    .step_corrected_some(b, &mut pv, &missing, &c)
+                    .unwrap_err();
+                assert!(err.to_string().contains("no gradient"), "{err}");
+                drop(pv);
+                let now = downs(b, &dev, &LENS);
+                for i in 0..LENS.len() {
+                    same(
+                        &now[i],
+                        &before[i],
+                        &format!("{what} refused step {t} tensor {i}"),
+                    );
+                }
+                assert_eq!(opt.steps(), t - 1);
+            }
+            let mut pv = views_mut(&mut dev, &LENS);
+            if t == 1 {
+                opt.step_some(b, &mut pv, &some_views(&gd, present))
+                    .unwrap();
+            } else {
+                (opt.step_corrected_some(b, &mut pv, &some_views(&gd, present), &c)).unwrap();
+            }
+            let got = downs(b, &dev, &LENS);
+            for i in 0..LENS.len() {
+                same(&got[i], &want[i], &format!("{what} step {t} tensor {i}"));
+            }
+            check_list_state(b, &opt, &rule, &oracle, &format!("{what} step {t}"));
+        }
+    }
+}
+
+#[test]
+fn corrected_step_with_skipped_tensors_f32() {
+    corrected_skipping::<f32>("corrected_step_with_skipped_tensors_f32");
+}
+
+#[test]
+fn corrected_step_with_skipped_tensors_bf16() {
+    corrected_skipping::<bf16>("corrected_step_with_skipped_tensors_bf16");
 }
 
 /// The encoder's data: θ₀ near θ, extra basis vectors.
@@ -550,6 +736,87 @@ fn launch_counts_on_the_emulated_driver() {
         "corrected step: pass 1 + the optimizer's launch"
     );
     assert_eq!(corrected.dtoh, 0, "corrected step: no device-to-host copy");
+
+    // Per-tensor steps. Every count is 4 now.
+    let skip0 = |on: bool| -> Vec<Option<CudaView<'_, f32>>> {
+        (views(&gd, &lens).into_iter().enumerate())
+            .map(|(i, v)| (!(on && i == 0)).then_some(v))
+            .collect()
+    };
+    // Tensor 0 skipped (the stepped tensors share their count): 1 launch, the pointer
+    // table's upload (its skipped set changed); the same again: no copy (a stable skipped
+    // set, as a modality that never gets a gradient).
+    let first_skip = step_counts(&c, b, &mut opt, &mut pv, skip0(true));
+    let again = step_counts(&c, b, &mut opt, &mut pv, skip0(true));
+    // Every tensor again (tensor 0's count is now 2 behind: its own bias correction): 1
+    // launch, the pointer table (skipped set changed) and the per-tensor step table; then
+    // the same step: the step table alone.
+    let mixed_first = step_counts(&c, b, &mut opt, &mut pv, skip0(false));
+    let mixed = step_counts(&c, b, &mut opt, &mut pv, skip0(false));
+    // No gradient at all: nothing launched, nothing copied.
+    let none = step_counts(
+        &c,
+        b,
+        &mut opt,
+        &mut pv,
+        (0..lens.len()).map(|_| None).collect(),
+    );
+    eprintln!(
+        "per-tensor steps: skip {first_skip:?}, again {again:?}, mixed {mixed_first:?}, \
+         {mixed:?}, none {none:?}"
+    );
+    let lh = |x: emu::Counts| (x.launches, x.htod, x.dtoh);
+    assert_eq!(
+        lh(first_skip),
+        (1, 1, 0),
+        "skip: 1 launch + the pointer table"
+    );
+    assert_eq!(
+        lh(again),
+        (1, 0, 0),
+        "the same skipped set: 1 launch, no copy"
+    );
+    assert_eq!(lh(mixed_first), (1, 2, 0), "pointer table + step table");
+    assert_eq!(
+        lh(mixed),
+        (1, 1, 0),
+        "mixed counts: 1 launch + the step table"
+    );
+    assert_eq!(lh(none), (0, 0, 0), "no gradient: nothing");
+    assert_eq!((opt.steps_of(0), opt.steps_of(1)), (Some(6), Some(8)));
+    // SGD with momentum: counts that differ but are all past the first step share the
+    // constants: no step table.
+    let mut sgd = Optimizer::on(b, Rule::Sgd(Sgd::script(0.01)), &lens).unwrap();
+    step_counts(&c, b, &mut sgd, &mut pv, skip0(false));
+    step_counts(&c, b, &mut sgd, &mut pv, skip0(true));
+    step_counts(&c, b, &mut sgd, &mut pv, skip0(true));
+    let sgd_mixed = step_counts(&c, b, &mut sgd, &mut pv, skip0(false));
+    assert_eq!(lh(sgd_mixed), (1, 1, 0), "SGD: the pointer table alone");
+    // A first step beside later ones (the momentum buffer's start): the step table.
+    let mut sgd = Optimizer::on(b, Rule::Sgd(Sgd::script(0.01)), &lens).unwrap();
+    step_counts(&c, b, &mut sgd, &mut pv, skip0(true));
+    let sgd_first = step_counts(&c, b, &mut sgd, &mut pv, skip0(true));
+    let sgd_first_mixed = step_counts(&c, b, &mut sgd, &mut pv, skip0(false));
+    assert_eq!(lh(sgd_first), (1, 0, 0));
+    assert_eq!(
+        lh(sgd_first_mixed),
+        (1, 2, 0),
+        "SGD first step: pointer + step table"
+    );
+}
+
+/// One `step_some`'s launches and copies (the stream synchronised).
+fn step_counts(
+    c: &emu::Counters,
+    b: &CudaBackend,
+    opt: &mut Optimizer<CudaBackend>,
+    pv: &mut [CudaViewMut<'_, f32>],
+    g: Vec<Option<CudaView<'_, f32>>>,
+) -> emu::Counts {
+    let c0 = c.now();
+    opt.step_some(b, pv, &g).unwrap();
+    b.stream().synchronize().unwrap();
+    c.now() - c0
 }
 
 /// `Controller::step_optimizer` on CUDA: the decision and ranks of the same step on the

@@ -1,12 +1,14 @@
 //! The fused optimizer step (`redreg::optim`), one test binary for the whole operation (one
 //! link instead of four): the oracle against closed forms (`reference`), the CPU pass
-//! against the oracle (`cpu`), the RedReg correction folded into the pass (`fused`), and
-//! the candle optimizer (`candle`, feature `candle`), and the CUDA step on a GPU or the
+//! against the oracle (`cpu`), the RedReg correction folded into the pass (`fused`),
+//! PyTorch's per-parameter step counts with skipped tensors on the CPU (`steps`), the
+//! candle optimizer (`candle`, feature `candle`), and the CUDA step on a GPU or the
 //! emulated driver (`cuda`, feature `cuda`).
 
 mod cpu;
 mod fused;
 mod reference;
+mod steps;
 
 #[cfg(feature = "candle")]
 mod candle;
@@ -44,6 +46,21 @@ fn rules() -> Vec<Rule> {
             weight_decay: 0.1,
         }),
     ]
+}
+
+/// Whether tensor `i` has no gradient at step call `t` (1 for the first call): the pattern
+/// the per-tensor step tests share. Tensors `i ≡ 0 (mod 4)` take their first step at call
+/// 3, `1` every step, `2` every other step, `3` skip calls 1 and 4. So call 1 steps tensors
+/// of one count (1) beside skipped ones; call 2 has counts 1 and 2 (SGD: a first step beside
+/// later ones); calls 3 and 5 step every tensor with three different counts; call 4 again
+/// skips half of them.
+fn skipped(i: usize, t: u64) -> bool {
+    match i % 4 {
+        0 => t <= 2,
+        1 => false,
+        2 => t % 2 == 0,
+        _ => t == 1 || t == 4,
+    }
 }
 
 /// An encoder's correction data for the tensors `first..first + n` of `theta`: θ₀ near θ
