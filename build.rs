@@ -14,6 +14,11 @@
 //! with the cfg `redreg_abi_header` that makes `redreg::abi::CUDA_HEADER` include it);
 //! `$OUT_DIR/redreg_kernels.rs`, included by `src/cuda/mod.rs`; and the cfg
 //! `redreg_prebuilt_kernels` when every module was compiled.
+//!
+//! Also, for every build: the cfg `redreg_avx512` when the target is x86-64 and the
+//! compiler accepts the AVX-512 intrinsics of `src/dtype/avx512.rs` (stable since Rust
+//! 1.89, above the MSRV 1.80), found by compiling a probe as `autocfg` does. The CPU
+//! kernels then gain an AVX-512 level, chosen at run time on CPUs that have it.
 
 use std::env;
 use std::fs;
@@ -37,6 +42,10 @@ fn main() {
     let abi_header = out.join(abi::HEADER_NAME);
     fs::write(&abi_header, abi::cuda_header()).expect("write the ABI header");
     println!("cargo:rustc-cfg=redreg_abi_header");
+    println!("cargo:rustc-check-cfg=cfg(redreg_avx512)");
+    if avx512_intrinsics(&out) {
+        println!("cargo:rustc-cfg=redreg_avx512");
+    }
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return; // feature `cuda` off: nothing CUDA-related at all
     }
@@ -151,6 +160,48 @@ fn main() {
 /// Panics (a build error) when a kernel file `#define`s or `#undef`s a name of the ABI
 /// table: those values come only from the generated header, so a second, possibly
 /// different, definition must not compile.
+/// Whether `$RUSTC` compiles AVX-512 intrinsics and target features for this target (a
+/// probe library of the calls `src/dtype/avx512.rs` makes).
+fn avx512_intrinsics(out: &Path) -> bool {
+    if env::var("CARGO_CFG_TARGET_ARCH").as_deref() != Ok("x86_64") {
+        return false;
+    }
+    let probe = out.join("avx512_probe.rs");
+    let src = r#"
+use std::arch::x86_64::*;
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
+pub unsafe fn probe(x: __m512d, u: __m256i) -> (__m256, __m128i, u8, u8, __m512i) {
+    let m = _mm512_cmp_pd_mask::<_CMP_UNORD_Q>(x, x);
+    let k = _mm256_cmpeq_epi32_mask(u, u);
+    let t = _mm512_test_epi64_mask(_mm512_castpd_si512(x), _mm512_set1_epi64(1));
+    let o = _mm512_mask_or_epi64(_mm512_setzero_si512(), t, _mm512_set1_epi64(1), _mm512_set1_epi64(2));
+    (_mm512_cvtpd_ps(x), _mm256_cvtepi32_epi16(u), m, k, o)
+}
+"#;
+    if fs::write(&probe, src).is_err() {
+        return false;
+    }
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let mut cmd = Command::new(rustc);
+    cmd.args([
+        "--crate-type=lib",
+        "--edition=2021",
+        "--emit=metadata",
+        "--crate-name",
+    ])
+    .arg("redreg_avx512_probe")
+    .arg("--out-dir")
+    .arg(out)
+    .arg(&probe);
+    if let Ok(target) = env::var("TARGET") {
+        cmd.args(["--target", &target]);
+    }
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 fn check_no_abi_defines<'a>(files: impl Iterator<Item = &'a PathBuf>) {
     let mut found = Vec::new();
     for f in files {

@@ -9,10 +9,12 @@
 //! are rounded once from f64 to the element type, a block at a time.
 //!
 //! # Instruction sets
-//! The same generic body is compiled twice and chosen at run time by [`level`]: baseline
-//! x86-64 (conversions by the scalar code of [`crate::dtype::convert`], left to LLVM's
-//! vectoriser) and AVX2 + F16C (block conversions by intrinsics, [`crate::dtype::avx2`]).
-//! AVX-512 target features need Rust 1.89, above the crate's MSRV 1.80. Only IEEE
+//! The same generic body is compiled for each level and chosen at run time by [`level`]:
+//! baseline x86-64 (conversions by the scalar code of [`crate::dtype::convert`], left to
+//! LLVM's vectoriser), AVX2 + F16C (block conversions by intrinsics,
+//! [`crate::dtype::avx2`]) and, where `build.rs` found a compiler that has them (Rust ≥
+//! 1.89, cfg `redreg_avx512`), AVX-512 F/BW/VL ([`crate::dtype::avx512`]: a block is one
+//! 512-bit f64 vector, so the f64 arithmetic takes half the instructions). Only IEEE
 //! add/sub/mul/convert are used (no FMA, no reassociation), on the same lanes in the same
 //! order, and the block conversions give the scalar code's bits, so every version gives
 //! the same bits (`levels_give_the_same_bits`; a NaN's sign or payload excepted,
@@ -24,6 +26,8 @@
 #[cfg(target_arch = "x86_64")]
 use crate::abi::{MODE_B0_OUT, MODE_INPLACE, MODE_MASK};
 use crate::dtype::avx2::Avx2F16c;
+#[cfg(all(target_arch = "x86_64", redreg_avx512))]
+use crate::dtype::avx512::Avx512;
 use crate::dtype::convert::{narrow, widen, Convert, Scalar, BLOCK};
 use crate::dtype::Element;
 use crate::project::solve::{partial_stride, MAX_K};
@@ -68,39 +72,47 @@ pub(crate) enum Level {
     /// AVX2 and F16C, proven present by the token.
     #[cfg(target_arch = "x86_64")]
     Avx2(Avx2F16c),
+    /// AVX-512 F/BW/VL (and AVX2, F16C), proven present by the token.
+    #[cfg(all(target_arch = "x86_64", redreg_avx512))]
+    Avx512(Avx512),
 }
 
 /// The best instruction-set level of this machine (std caches the CPU's features), capped
-/// by the environment variable `REDREG_CPU_LEVEL` = `base` or `avx2` (read once
+/// by the environment variable `REDREG_CPU_LEVEL` = `base`, `avx2` or `avx512` (read once
 /// per process), so that the tests and benchmarks can run every level one machine has. A
-/// level the CPU lacks is never used; other values mean no cap. Every level gives the same
-/// bits, so the variable changes speed only.
+/// level the CPU lacks (or this build lacks, `avx512` without the cfg `redreg_avx512`) is
+/// never used; other values mean no cap. Every level gives the same bits, so the variable
+/// changes speed only.
 #[inline]
 pub(crate) fn level() -> Level {
-    static CAP: OnceLock<u8> = OnceLock::new();
-    let cap = *CAP.get_or_init(|| match std::env::var("REDREG_CPU_LEVEL").as_deref() {
-        Ok("base") => 0,
-        _ => 1,
-    });
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let cap = match std::env::var("REDREG_CPU_LEVEL").as_deref() {
+            Ok("base") => 0,
+            Ok("avx2") => 1,
+            _ => 2,
+        };
+        levels_capped(cap).pop().unwrap_or(Level::Base)
+    })
+}
+
+/// Every level this machine has up to `cap` (0 base, 1 AVX2, 2 AVX-512), baseline first.
+fn levels_capped(cap: u8) -> Vec<Level> {
+    let mut out = vec![Level::Base];
     #[cfg(target_arch = "x86_64")]
     {
-        if let Some(isa) = Avx2F16c::detect().filter(|_| cap >= 1) {
-            return Level::Avx2(isa);
-        }
+        out.extend(Avx2F16c::detect().filter(|_| cap >= 1).map(Level::Avx2));
+        #[cfg(redreg_avx512)]
+        out.extend(Avx512::detect().filter(|_| cap >= 2).map(Level::Avx512));
     }
     let _ = cap;
-    Level::Base
+    out
 }
 
 /// Every level this machine has, baseline first (for the tests that compare them).
 #[cfg(test)]
 pub(crate) fn levels() -> Vec<Level> {
-    let mut out = vec![Level::Base];
-    #[cfg(target_arch = "x86_64")]
-    {
-        out.extend(Avx2F16c::detect().map(Level::Avx2));
-    }
-    out
+    levels_capped(u8::MAX)
 }
 
 /// Defines `$name`, which runs the inline body `$body` (same arguments after its
@@ -119,6 +131,17 @@ macro_rules! multiversion {
                 if let Level::Avx2(cv) = lv {
                     // SAFETY: the token proves the CPU has AVX2 and F16C.
                     return unsafe { avx2::<T, K>(cv, $($arg),*) };
+                }
+                #[cfg(redreg_avx512)]
+                {
+                    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,avx,f16c")]
+                    unsafe fn avx512<T: Element, const K: usize>(cv: Avx512, $($arg: $ty),*) -> $ret {
+                        $body::<T, K, Avx512>(cv, $($arg),*)
+                    }
+                    if let Level::Avx512(cv) = lv {
+                        // SAFETY: the token proves the CPU has AVX-512 F/BW/VL, AVX2, F16C.
+                        return unsafe { avx512::<T, K>(cv, $($arg),*) };
+                    }
                 }
             }
             $body::<T, K, Scalar>(Scalar, $($arg),*)

@@ -1,0 +1,172 @@
+//! Block conversions with AVX-512 (F, BW, VL) and F16C (x86-64), bitwise equal to the
+//! scalar ones of [`super::convert`] for every input, NaN included (the tests below compare
+//! them, as for [`super::avx2`]).
+//!
+//! Compiled only with the cfg `redreg_avx512`, which `build.rs` sets when the compiler
+//! accepts AVX-512 intrinsics (Rust ≥ 1.89, above the crate's MSRV 1.80).
+//!
+//! # Why a level of its own
+//! A block of 8 elements is one 512-bit f64 vector: the kernels' f64 arithmetic, compiled
+//! for this level, takes half the instructions of the AVX2 copy, and there are 32 vector
+//! registers instead of 16 (the AVX2 copy of pass 2 reloads its constants every block).
+//! The conversions are the AVX2 ones rewritten on one vector per block, with mask
+//! registers for the lane tests:
+//! - widening: bf16 zero-extended and shifted into f32, f16 by `vcvtph2ps`, then one
+//!   `vcvtps2pd` to 8 f64;
+//! - f64 → f16: the odd rounding of [`super::avx2`] (clear the 29 fraction bits an f32 does
+//!   not keep, set the last kept one when any was set) on one vector, `vcvtpd2ps`,
+//!   `vcvtps2ph`, NaN payloads cleared; the module docs of [`super::avx2`] say why the
+//!   result is the one rounding for every input;
+//! - f64 → bf16: two roundings to nearest even, f64 → f32 → bf16, with the blocks that have
+//!   an f32 exactly halfway between two bf16 values (or a NaN) rounded by the scalar code,
+//!   as in [`super::avx2`]. (`vcvtneps2bf16` is not used: it treats subnormal inputs as
+//!   zero.)
+
+// Only compiled by a compiler that has these intrinsics (the cfg above), whatever the MSRV.
+#![allow(clippy::incompatible_msrv)]
+
+use super::avx2::f16_canonical_nan;
+use super::convert::{f64_to_bf16_bits, Convert, Scalar, BLOCK};
+use super::{DType, Element};
+use std::arch::x86_64::*;
+
+/// Proof that this CPU has AVX-512 F, BW and VL, AVX2 and F16C: made only by
+/// [`Avx512::detect`], so holding one is what makes its block conversions sound.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx512(());
+
+impl Avx512 {
+    /// `Some` when the CPU has every feature this level uses.
+    pub(crate) fn detect() -> Option<Self> {
+        (is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("f16c"))
+        .then_some(Self(()))
+    }
+}
+
+impl Convert for Avx512 {
+    #[inline(always)]
+    fn widen_block<T: Element>(self, s: &[T; BLOCK]) -> [f64; BLOCK] {
+        match T::DTYPE {
+            // A plain conversion, vectorised by LLVM already.
+            DType::F32 => Scalar.widen_block(s),
+            // SAFETY: `self` exists only on a CPU with AVX-512 F/BW/VL and F16C.
+            DType::BF16 => unsafe { widen_bf16(bytemuck::cast_ref(s)) },
+            // SAFETY: as above.
+            DType::F16 => unsafe { widen_f16(bytemuck::cast_ref(s)) },
+        }
+    }
+
+    #[inline(always)]
+    fn narrow_block<T: Element>(self, x: &[f64; BLOCK], out: &mut [T; BLOCK]) {
+        match T::DTYPE {
+            DType::F32 => Scalar.narrow_block(x, out),
+            DType::BF16 => {
+                let out: &mut [u16; BLOCK] = bytemuck::cast_mut(out);
+                // SAFETY: `self` exists only on a CPU with AVX-512 F/BW/VL and F16C.
+                if !unsafe { narrow_bf16(x, out) } {
+                    for (o, &v) in out.iter_mut().zip(x) {
+                        *o = f64_to_bf16_bits(v);
+                    }
+                }
+            }
+            // SAFETY: as above.
+            DType::F16 => unsafe { narrow_f16(x, bytemuck::cast_mut(out)) },
+        }
+    }
+}
+
+/// One f64 vector as an array (LLVM keeps it in a register once inlined).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
+unsafe fn to_array(v: __m512d) -> [f64; BLOCK] {
+    let mut out = [0.0; BLOCK];
+    _mm512_storeu_pd(out.as_mut_ptr(), v);
+    out
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
+unsafe fn widen_bf16(h: &[u16; BLOCK]) -> [f64; BLOCK] {
+    // Each 32-bit lane `h << 16`: the f32 of the same value.
+    let u = _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(h.as_ptr().cast())));
+    to_array(_mm512_cvtps_pd(_mm256_castsi256_ps(u)))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
+unsafe fn widen_f16(h: &[u16; BLOCK]) -> [f64; BLOCK] {
+    to_array(_mm512_cvtps_pd(_mm256_cvtph_ps(_mm_loadu_si128(
+        h.as_ptr().cast(),
+    ))))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
+unsafe fn narrow_f16(x: &[f64; BLOCK], out: &mut [u16; BLOCK]) {
+    let dropped = _mm512_set1_epi64((1 << 29) - 1);
+    let bits = _mm512_castpd_si512(_mm512_loadu_pd(x.as_ptr()));
+    // Lanes with a dropped bit set get the last kept bit set: rounded to odd.
+    let inexact = _mm512_test_epi64_mask(bits, dropped);
+    let kept = _mm512_andnot_si512(dropped, bits);
+    let odd = _mm512_mask_or_epi64(kept, inexact, kept, _mm512_set1_epi64(1 << 29));
+    let f = _mm512_cvtpd_ps(_mm512_castsi512_pd(odd));
+    let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(f);
+    _mm_storeu_si128(out.as_mut_ptr().cast(), f16_canonical_nan(h));
+}
+
+/// f64 → bf16 as two roundings to nearest even (see `narrow_bf16` of [`super::avx2`] for
+/// why they equal the one rounding except on an f32 exactly halfway between two bf16
+/// values). Returns `false`, nothing written, for a block with such a lane or a NaN.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
+unsafe fn narrow_bf16(x: &[f64; BLOCK], out: &mut [u16; BLOCK]) -> bool {
+    let v = _mm512_loadu_pd(x.as_ptr());
+    let u = _mm256_castps_si256(_mm512_cvtpd_ps(v));
+    let halfway = _mm256_cmpeq_epi32_mask(
+        _mm256_and_si256(u, _mm256_set1_epi32(0xffff)),
+        _mm256_set1_epi32(0x8000),
+    );
+    let nan = _mm512_cmp_pd_mask::<_CMP_UNORD_Q>(v, v);
+    if (halfway | nan) != 0 {
+        return false;
+    }
+    // Round to nearest even on the bits (finite or infinite lanes only, as checked):
+    // `(u + 0x7fff + lsb) >> 16`, each lane ≤ 0xffff, truncated to 16 bits exactly.
+    let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(u), _mm256_set1_epi32(1));
+    let r = _mm256_srli_epi32::<16>(_mm256_add_epi32(
+        u,
+        _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb),
+    ));
+    _mm_storeu_si128(out.as_mut_ptr().cast(), _mm256_cvtepi32_epi16(r));
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::convert::check;
+    use super::*;
+
+    fn isa() -> Option<Avx512> {
+        let isa = Avx512::detect();
+        if isa.is_none() {
+            println!("SKIP: this CPU lacks AVX-512 F/BW/VL or F16C");
+        }
+        isa
+    }
+
+    #[test]
+    fn widening_is_exhaustively_equal() {
+        let Some(isa) = isa() else { return };
+        check::widening_equals_scalar(isa);
+    }
+
+    #[test]
+    fn narrowing_equals_scalar_bitwise() {
+        let Some(isa) = isa() else { return };
+        check::narrowing_equals_scalar(isa);
+    }
+}
