@@ -118,7 +118,16 @@ impl CpuBackend {
         }
     }
 
-    fn inline(&self, elements: usize) -> bool {
+    /// `f` on a thread of this backend's pool (the global pool without one of its own), so
+    /// that the parallel loops inside it start from a worker.
+    pub(crate) fn on_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(p) => p.install(f),
+            None => rayon::scope(|_| f()),
+        }
+    }
+
+    pub(crate) fn inline(&self, elements: usize) -> bool {
         elements <= self.inline_elements
     }
 

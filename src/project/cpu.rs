@@ -194,6 +194,13 @@ impl CpuBackend {
     /// chunks (they start at each segment's start), the same per-segment sums and solve,
     /// hence the same bits as one pass 1 over everything followed by one pass 2.
     fn project_cut<T: Element>(&self, segs: &Segments, c: Cut<'_, '_, T>) -> Result<Vec<u32>> {
+        if self.inline(segs.total()) {
+            return self.project_cut_here(segs, c);
+        }
+        self.on_pool(|| self.project_cut_here(segs, c))
+    }
+
+    fn project_cut_here<T: Element>(&self, segs: &Segments, c: Cut<'_, '_, T>) -> Result<Vec<u32>> {
         let per_element = operands(&c) * std::mem::size_of::<T>();
         let groups = cache_groups(segs, self.cache_elements(per_element));
         if groups.len() <= 1 {
