@@ -9,6 +9,7 @@ pub(crate) mod avx2;
 #[cfg(all(target_arch = "x86_64", redreg_avx512))]
 pub(crate) mod avx512;
 pub(crate) mod convert;
+pub(crate) mod level;
 
 use convert::{f64_to_bf16_bits, f64_to_f16_bits};
 

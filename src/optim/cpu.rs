@@ -8,6 +8,7 @@
 //! multiply-adds).
 
 use super::{AdamW, Correction, OptimBackend, Rule, Sgd};
+use crate::dtype::level::{level, Level};
 use crate::project::cache_groups;
 use crate::project::solve::MAX_K;
 use crate::{Beta, CpuBackend, Element, Error, Result, Segments};
@@ -404,11 +405,12 @@ impl<T: Element, const K: usize> Grad for Drift<'_, T, K> {
     }
 }
 
-/// One task, compiled for AVX2 when this CPU has it (and `REDREG_CPU_LEVEL` is not
-/// `base`, as for the projection's kernels): the same IEEE operations in the same order
-/// (Rust never contracts to FMA; `vdivpd`, `vsqrtpd` and the conversions round as the
-/// scalar instructions do), so the same bits, with 4 f64 lanes instead of SSE2's 2 — the
-/// pass's two divisions and square root per element made it compute-bound at 2 threads.
+/// One task, compiled for the CPU's instruction-set level ([`level`]: AVX-512 or AVX2 where
+/// present, capped by `REDREG_CPU_LEVEL` as for the projection's kernels): the same IEEE
+/// operations in the same order (Rust never contracts to FMA; `vdivpd`, `vsqrtpd` and the
+/// conversions round as the scalar instructions do), so the same bits, with 4 or 8 f64
+/// lanes instead of SSE2's 2 — the pass's two divisions and square root per element made
+/// it compute-bound at 2 threads.
 fn run_piece<T: Element>(pc: Piece<'_, T>) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -416,23 +418,21 @@ fn run_piece<T: Element>(pc: Piece<'_, T>) {
         unsafe fn avx2<T: Element>(pc: Piece<'_, T>) {
             run_piece_any(pc)
         }
-        if has_avx2() {
-            // SAFETY: `has_avx2` checked that this CPU has AVX2 and AVX.
-            return unsafe { avx2(pc) };
+        #[cfg(redreg_avx512)]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,avx")]
+        unsafe fn avx512<T: Element>(pc: Piece<'_, T>) {
+            run_piece_any(pc)
+        }
+        match level() {
+            // SAFETY: the level's token proves the CPU has AVX2 and AVX.
+            Level::Avx2(_) => return unsafe { avx2(pc) },
+            // SAFETY: the level's token proves the CPU has AVX-512 F/BW/VL, AVX2 and AVX.
+            #[cfg(redreg_avx512)]
+            Level::Avx512(_) => return unsafe { avx512(pc) },
+            Level::Base => {}
         }
     }
     run_piece_any(pc)
-}
-
-/// AVX2 present and not capped by `REDREG_CPU_LEVEL=base` (read once per process).
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX2.get_or_init(|| {
-        std::env::var("REDREG_CPU_LEVEL").map_or(true, |v| v != "base")
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("avx")
-    })
 }
 
 #[inline(always)]

@@ -32,9 +32,11 @@
 //! so a tensor past 2³¹ elements needs no special case; a test at that size (4 GiB of f16
 //! parameters plus 16 GiB of f32 state) does not fit this project's 24 GiB test machine.
 //!
-//! **Instruction sets.** The pass is compiled a second time for AVX2 and chosen at run time
-//! (`REDREG_CPU_LEVEL=base` caps it, as for the projection's kernels); both give the same
-//! bits (the tests pass bit for bit at either level).
+//! **Instruction sets.** The pass is compiled again for AVX2 and for AVX-512 (where the
+//! build has the cfg `redreg_avx512`) and chosen at run time by the one level detection of
+//! the CPU loops (`src/dtype/level.rs`; `REDREG_CPU_LEVEL=base|avx2` caps it, as for the
+//! projection's kernels); every level gives the same bits (the tests pass bit for bit at
+//! each level).
 
 mod correction;
 mod cpu;

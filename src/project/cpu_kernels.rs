@@ -25,14 +25,17 @@
 
 #[cfg(target_arch = "x86_64")]
 use crate::abi::{MODE_B0_OUT, MODE_INPLACE, MODE_MASK};
+#[cfg(target_arch = "x86_64")]
 use crate::dtype::avx2::Avx2F16c;
 #[cfg(all(target_arch = "x86_64", redreg_avx512))]
 use crate::dtype::avx512::Avx512;
 use crate::dtype::convert::{narrow, widen, Convert, Scalar, BLOCK};
+#[cfg(test)]
+use crate::dtype::level::levels;
+use crate::dtype::level::{level, Level};
 use crate::dtype::Element;
 use crate::project::solve::{partial_stride, MAX_K};
 use crate::sum::Acc;
-use std::sync::OnceLock;
 
 /// Partials of the largest supported k.
 pub(crate) const MAX_STRIDE: usize = partial_stride(MAX_K);
@@ -62,57 +65,6 @@ fn two_sum(hi: &mut f64, lo: &mut f64, x: f64) {
     let err = (*hi - (s - bp)) + (x - bp);
     *hi = s;
     *lo += err;
-}
-
-/// An instruction-set level of this machine: what the kernels' conversions may use.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Level {
-    /// Baseline x86-64 (or any other architecture).
-    Base,
-    /// AVX2 and F16C, proven present by the token.
-    #[cfg(target_arch = "x86_64")]
-    Avx2(Avx2F16c),
-    /// AVX-512 F/BW/VL (and AVX2, F16C), proven present by the token.
-    #[cfg(all(target_arch = "x86_64", redreg_avx512))]
-    Avx512(Avx512),
-}
-
-/// The best instruction-set level of this machine (std caches the CPU's features), capped
-/// by the environment variable `REDREG_CPU_LEVEL` = `base`, `avx2` or `avx512` (read once
-/// per process), so that the tests and benchmarks can run every level one machine has. A
-/// level the CPU lacks (or this build lacks, `avx512` without the cfg `redreg_avx512`) is
-/// never used; other values mean no cap. Every level gives the same bits, so the variable
-/// changes speed only.
-#[inline]
-pub(crate) fn level() -> Level {
-    static LEVEL: OnceLock<Level> = OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        let cap = match std::env::var("REDREG_CPU_LEVEL").as_deref() {
-            Ok("base") => 0,
-            Ok("avx2") => 1,
-            _ => 2,
-        };
-        levels_capped(cap).pop().unwrap_or(Level::Base)
-    })
-}
-
-/// Every level this machine has up to `cap` (0 base, 1 AVX2, 2 AVX-512), baseline first.
-fn levels_capped(cap: u8) -> Vec<Level> {
-    let mut out = vec![Level::Base];
-    #[cfg(target_arch = "x86_64")]
-    {
-        out.extend(Avx2F16c::detect().filter(|_| cap >= 1).map(Level::Avx2));
-        #[cfg(redreg_avx512)]
-        out.extend(Avx512::detect().filter(|_| cap >= 2).map(Level::Avx512));
-    }
-    let _ = cap;
-    out
-}
-
-/// Every level this machine has, baseline first (for the tests that compare them).
-#[cfg(test)]
-pub(crate) fn levels() -> Vec<Level> {
-    levels_capped(u8::MAX)
 }
 
 /// Defines `$name`, which runs the inline body `$body` (same arguments after its
