@@ -412,6 +412,11 @@ impl<T: Element, const K: usize> Grad for Drift<'_, T, K> {
 /// lanes instead of SSE2's 2 — the pass's two divisions and square root per element made
 /// it compute-bound at 2 threads.
 fn run_piece<T: Element>(pc: Piece<'_, T>) {
+    run_piece_at(level(), pc)
+}
+
+/// [`run_piece`] at a given level.
+fn run_piece_at<T: Element>(lv: Level, pc: Piece<'_, T>) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2,avx")]
@@ -423,7 +428,7 @@ fn run_piece<T: Element>(pc: Piece<'_, T>) {
         unsafe fn avx512<T: Element>(pc: Piece<'_, T>) {
             run_piece_any(pc)
         }
-        match level() {
+        match lv {
             // SAFETY: the level's token proves the CPU has AVX2 and AVX.
             Level::Avx2(_) => return unsafe { avx2(pc) },
             // SAFETY: the level's token proves the CPU has AVX-512 F/BW/VL, AVX2 and AVX.
@@ -432,6 +437,7 @@ fn run_piece<T: Element>(pc: Piece<'_, T>) {
             Level::Base => {}
         }
     }
+    let _ = lv;
     run_piece_any(pc)
 }
 
@@ -529,4 +535,79 @@ fn adamw_chunk<T: Element, G: Grad>(
 /// The gradients of tensors checked to have one.
 fn present<'g, T>(grads: &[Option<&'g [T]>]) -> Vec<&'g [T]> {
     grads.iter().flatten().copied().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::level::levels;
+    use crate::testing::Rng;
+    use half::{bf16, f16};
+
+    /// Every level this machine has gives the baseline's bits for both rules, plain and
+    /// corrected (k = 1 and k = 3), over whole blocks and a tail, parameters, state and all.
+    fn same_bits<T: Element>() {
+        let levels = levels();
+        if levels.len() == 1 {
+            println!("SKIP {}: only the baseline level on this CPU", T::DTYPE);
+        }
+        let mut rng = Rng::new(0x0971);
+        let n = 8 * 29 + 3;
+        let th: Vec<T> = rng.elements(n, 1.0);
+        let g: Vec<T> = rng.elements(n, 0.1);
+        let th0: Vec<T> = rng.elements(n, 1.0);
+        let b1: Vec<T> = rng.elements(n, 0.1);
+        let b2: Vec<T> = rng.elements(n, 0.1);
+        let s: Vec<f32> = (0..n).map(|_| rng.signed(0.01) as f32).collect();
+        let v: Vec<f32> = (0..n).map(|_| (rng.signed(1e-4) as f32).abs()).collect();
+        let rules = [
+            Rule::Sgd(Sgd {
+                momentum: 0.9,
+                ..Sgd::new(0.1)
+            }),
+            Rule::AdamW(AdamW::default()),
+        ];
+        for rule in &rules {
+            for k in [0, 1, 3] {
+                let run = |lv: Level| {
+                    let (mut th, mut s0, mut s1) = (th.clone(), s.clone(), v.clone());
+                    let mut bs: [&[T]; MAX_K] = [&[]; MAX_K];
+                    bs[1] = &b1;
+                    bs[2] = &b2;
+                    let corr = (k > 0).then(|| Corr {
+                        k,
+                        theta0: &th0,
+                        bs,
+                        w: [0.3, -0.7, 1.1, 0.0, 0.0, 0.0, 0.0, 0.0],
+                        beta: 0.25,
+                    });
+                    run_piece_at(
+                        lv,
+                        Piece {
+                            step: Step::new(rule, 3),
+                            th: &mut th,
+                            g: &g,
+                            s0: &mut s0,
+                            s1: &mut s1,
+                            corr,
+                        },
+                    );
+                    let bits: Vec<u64> = th.iter().map(|x| x.to_f64().to_bits()).collect();
+                    let state: Vec<u32> = s0.iter().chain(&s1).map(|x| x.to_bits()).collect();
+                    (bits, state)
+                };
+                let want = run(Level::Base);
+                for &lv in &levels[1..] {
+                    assert!(run(lv) == want, "{} k={k} {rule:?} at {lv:?}", T::DTYPE);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn levels_give_the_same_bits() {
+        same_bits::<f32>();
+        same_bits::<f16>();
+        same_bits::<bf16>();
+    }
 }
