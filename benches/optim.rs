@@ -28,8 +28,8 @@
 //! (short measurement times). Besides criterion's report every case prints
 //! `name: min .. ms, median .. ms, GB/s (min), ratio = x` (the ratio to the memcpy
 //! bandwidth), then the speed-ups of the fused step (ratios of minimum times); then the
-//! same cases interleaved round after round (a shared machine's busy periods slow every
-//! case alike), with their minima and speed-ups.
+//! same cases interleaved round after round (`redreg::testing::bench::Rounds`: a shared
+//! machine's busy periods slow every case alike), with their minima and speed-ups.
 //!
 //! The bound: at equal bandwidth the fused step's advantage over the unfused one is the
 //! byte ratio `(7·n_a + 7·N) / (4·n_a + 7·N)`: 1.17 for the pair (`n_a ≈ N/2`), 1.27 for
@@ -41,6 +41,7 @@ use redreg::testing::{layouts, Rng};
 use redreg::{Backend, CpuBackend, Projection, Segments, TensorList};
 use std::time::{Duration, Instant};
 
+use redreg::testing::bench::Rounds;
 use redreg::testing::{bench_quick as quick, bench_threads as threads};
 
 fn values(n: usize, seed: u64, scale: f64) -> Vec<f32> {
@@ -274,14 +275,8 @@ fn layout(c: &mut Criterion, be: &CpuBackend, memcpy: f64, name: &str, lens: &[u
     // The machine may be shared: the same cases interleaved, round after round, so that a
     // busy period slows all of them alike; the minimum of each over the rounds.
     let rounds = if q { 3 } else { 10 };
-    let mut best = vec![f64::INFINITY; names.len()];
-    for _ in 0..rounds {
-        for (i, b) in best.iter_mut().enumerate() {
-            let t = Instant::now();
-            run(i);
-            *b = b.min(t.elapsed().as_secs_f64());
-        }
-    }
+    let r = Rounds::run(rounds, names.len(), &mut run);
+    let best: Vec<f64> = (0..names.len()).map(|i| r.min(i)).collect();
     for i in 0..names.len() {
         let gbs = bytes[i] as f64 / best[i] / 1e9;
         println!(

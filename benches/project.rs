@@ -14,9 +14,10 @@
 //!   (`CpuBackend::with_cache_bytes(0)`: pass 1 over every tensor, then pass 2). Each
 //!   drift row also prints its time over the single-pass bound (4·n·s at memcpy).
 //!   `project_out/1` and the drift rows also run interleaved with the memcpy, round after
-//!   round, and print the median and range of the per-round ratios: the memory bandwidth
-//!   of a shared VM moves by up to 2× between seconds, so a ratio to one memcpy taken at
-//!   the start of the group is luck; the interleaved median is the number to compare.
+//!   round (`redreg::testing::bench::Rounds`), and print the median and range of the
+//!   per-round ratios: the memory bandwidth of a shared VM moves by up to 2× between
+//!   seconds, so a ratio to one memcpy taken at the start of the group is luck; the
+//!   interleaved median is the number to compare.
 //! - `orthonormalize` (CholQR2, two rounds; each round's Gram pass reads the k vectors and
 //!   its apply pass reads and writes them): `2·3k·n·s`.
 //! - memcpy: reads and writes the same buffer size: `2·bytes`.
@@ -43,6 +44,7 @@ use redreg::{Backend, Projection, TensorList};
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
+use redreg::testing::bench::{Memcpy, Rounds, Spread};
 use redreg::testing::{bench_quick as quick, bench_threads as threads};
 
 fn mem_cap() -> usize {
@@ -248,38 +250,33 @@ fn bench_dtype<T: Element>(
     // makes the ratio to one memcpy measured at the start a matter of luck. Prints the
     // median round and the range; returns the median ratio (NaN when criterion's filter
     // skipped the case).
-    let copier = RefCell::new(redreg::testing::Memcpy::new((ws / 2).min(1 << 30)));
-    let interleaved = |label: &str, ran: f64, bytes: usize, f: &mut dyn FnMut()| -> f64 {
+    let mut copier = Memcpy::new((ws / 2).min(1 << 30));
+    let mut interleaved = |label: &str, ran: f64, bytes: usize, f: &mut dyn FnMut()| -> f64 {
         if !ran.is_finite() {
             return f64::NAN;
         }
         let rounds = if q { 10 } else { 30 };
-        let mut ratios = Vec::with_capacity(rounds);
-        let (mut best, mut copies) = (f64::INFINITY, Vec::with_capacity(rounds));
-        for _ in 0..rounds {
-            let copy = copier.borrow_mut().gbs(pool);
-            let t = Instant::now();
-            f();
-            let secs = t.elapsed().as_secs_f64();
-            best = best.min(secs);
-            copies.push(copy);
-            ratios.push(bytes as f64 / secs / 1e9 / copy);
-        }
-        ratios.sort_by(f64::total_cmp);
-        copies.sort_by(f64::total_cmp);
-        let med = ratios[rounds / 2];
+        // Case 0 the memcpy, case 1 the op: each round's ratio of their GB/s.
+        let copied = copier.copied() as f64;
+        let r = Rounds::run(rounds, 2, |case| match case {
+            0 => copier.copy(pool),
+            _ => f(),
+        });
+        let ratio = Spread::of(&r.ratios(1, bytes as f64, 0, copied));
+        let copies = Spread::of(&r.gbs(0, copied));
         println!(
-            "  {:<40} interleaved, {rounds} rounds: ratio median {med:.2} (range {:.2}–{:.2}), \
+            "  {:<40} interleaved, {rounds} rounds: ratio median {:.2} (range {:.2}–{:.2}), \
              min {:.3} ms, memcpy median {:.2} GB/s (range {:.2}–{:.2})",
             format!("{label} {dt}"),
-            ratios[0],
-            ratios[rounds - 1],
-            best * 1e3,
-            copies[rounds / 2],
-            copies[0],
-            copies[rounds - 1]
+            ratio.median,
+            ratio.min,
+            ratio.max,
+            r.min(1) * 1e3,
+            copies.median,
+            copies.min,
+            copies.max
         );
-        med
+        ratio.median
     };
 
     for &k in &ks {

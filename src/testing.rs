@@ -12,6 +12,8 @@
 //!   `|got - want| <= atol + rtol·|want|`, with fixed rules for NaN and ±Inf, reporting
 //!   the first mismatches.
 //! - [`layouts`]: the ResNet-18 and ViT-B/16 audio-visual parameter shapes.
+//! - [`bench`]: what the CPU benches share: their environment, a memcpy to compare with,
+//!   and [`Rounds`](bench::Rounds) of cases run in turn (per-round times and ratios).
 //! - [`chunk_tasks`] / [`ChunkTask`]: the fixed chunk table both backends parallelise
 //!   over (for tests that check the chunking itself); [`abi`] and [`solve`]: the kernels'
 //!   constants and the per-segment solve, for tests that compare against them.
@@ -22,7 +24,10 @@
 use crate::dtype::Element;
 use std::fmt;
 
+pub mod bench;
 pub mod layouts;
+
+pub use bench::{bench_quick, bench_threads, memcpy_gbs, Memcpy};
 
 pub use crate::dtype::{from_f64_vec, to_f64_vec};
 pub use crate::segments::chunks::{chunk_tasks, ChunkTask};
@@ -148,71 +153,6 @@ impl Rng {
 /// most tests and benches.
 pub fn signed_vec(n: usize, seed: u64, scale: f64) -> Vec<f64> {
     Rng::new(seed).signed_vec(n, scale)
-}
-
-/// `REDREG_BENCH_QUICK` set (and not `0`): the CPU benches' short mode (CI speed).
-pub fn bench_quick() -> bool {
-    std::env::var("REDREG_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty())
-}
-
-/// `REDREG_BENCH_THREADS`, else the machine's available parallelism: the CPU benches'
-/// thread count.
-pub fn bench_threads() -> usize {
-    std::env::var("REDREG_BENCH_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-/// Multi-threaded memcpy bandwidth in GB/s (bytes read plus bytes written), on `pool`'s
-/// threads, over a source of `bytes` bytes (at least 16 KiB); the best of a few runs. The
-/// CPU benches report every case as a ratio to this rate measured in the same run.
-pub fn memcpy_gbs(pool: &rayon::ThreadPool, bytes: usize) -> f64 {
-    let mut m = Memcpy::new(bytes);
-    let reps = if m.bytes() < (16 << 20) { 200 } else { 8 };
-    (0..reps).map(|_| m.gbs(pool)).fold(0.0, f64::max)
-}
-
-/// A memcpy whose buffers are allocated (and touched) once, to time again and again: the
-/// benches interleave it with the case they measure, so that each round's ratio compares
-/// the two under the same load (a shared machine's memory bandwidth moves by 2× between
-/// seconds).
-pub struct Memcpy {
-    src: Vec<f32>,
-    dst: Vec<f32>,
-}
-
-impl Memcpy {
-    /// Buffers for a source of `bytes` bytes (at least 16 KiB).
-    pub fn new(bytes: usize) -> Self {
-        let n = (bytes / 4).max(1 << 12);
-        // Both written now (not zeros): calloc's pages are mapped on first write, which
-        // would land in the first timed copy.
-        Memcpy {
-            src: vec![1.0f32; n],
-            dst: vec![0.5f32; n],
-        }
-    }
-
-    /// The source's size in bytes.
-    pub fn bytes(&self) -> usize {
-        4 * self.src.len()
-    }
-
-    /// One copy on `pool`'s threads (pieces of 256 KiB); its GB/s, read plus written.
-    pub fn gbs(&mut self, pool: &rayon::ThreadPool) -> f64 {
-        use rayon::prelude::*;
-        let t = std::time::Instant::now();
-        pool.install(|| {
-            self.dst
-                .par_chunks_mut(1 << 16)
-                .zip(self.src.par_chunks(1 << 16))
-                .for_each(|(d, s)| d.copy_from_slice(s))
-        });
-        let secs = t.elapsed().as_secs_f64();
-        std::hint::black_box(&mut self.dst);
-        2.0 * self.bytes() as f64 / secs / 1e9
-    }
 }
 
 /// [`signed_vec`] rounded once to `T`.

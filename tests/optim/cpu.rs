@@ -2,42 +2,25 @@
 //! momentum, Nesterov with weight decay, the script's settings) and AdamW, several steps,
 //! 1, 2 and 8 threads, chunk sizes that cut tensors anywhere; and a list of another layout.
 
+use super::lists::{backends, bits, grads, same_buffers, theta};
 use super::rules;
 use redreg::optim::reference::{adamw_step, sgd_step, widen};
 use redreg::optim::{AdamW, Optimizer, Rule, Sgd};
-use redreg::testing::elements;
 use redreg::{bf16, f16, CpuBackend, Element};
 
 /// Tensor lengths with empty, tiny and multi-chunk tensors.
 const LENS: [usize; 6] = [0, 1, 37, 1000, 5000, 64];
 
-fn bits<T: Element>(x: &[T]) -> Vec<f64> {
-    x.iter().map(|v| v.to_f64()).collect()
-}
-
 fn check<T: Element>() {
     for rule in rules() {
-        for (threads, chunk) in [(1, 1 << 15), (2, 64), (8, 7)] {
-            let be = CpuBackend::with_threads(threads)
-                .unwrap()
-                .with_chunk(chunk)
-                .unwrap()
-                .with_inline_elements(0);
+        for (cut, be) in backends() {
             let mut opt = Optimizer::new(rule, &LENS).unwrap();
-            let mut params: Vec<Vec<T>> = LENS
-                .iter()
-                .enumerate()
-                .map(|(i, &n)| elements(n, 10 + i as u64, 1.0))
-                .collect();
+            let mut params = theta::<T>(&LENS);
             let mut want = params.clone();
             let mut s0: Vec<Vec<f32>> = LENS.iter().map(|&n| vec![0.0; n]).collect();
             let mut s1 = s0.clone();
             for t in 1..=4u64 {
-                let grads: Vec<Vec<T>> = LENS
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &n)| elements(n, 100 * t + i as u64, 0.5))
-                    .collect();
+                let grads = grads::<T>(&LENS, t);
                 for i in 0..LENS.len() {
                     let g = widen(&grads[i]);
                     match &rule {
@@ -50,28 +33,11 @@ fn check<T: Element>() {
                 let mut pv: Vec<&mut [T]> = params.iter_mut().map(|p| p.as_mut_slice()).collect();
                 let gv: Vec<&[T]> = grads.iter().map(|g| g.as_slice()).collect();
                 opt.step(&be, &mut pv, &gv).unwrap();
+                let what = format!("{:?} {rule:?}, {cut}, step {t}", T::DTYPE);
                 for i in 0..LENS.len() {
-                    assert_eq!(
-                        bits(&params[i])
-                            .iter()
-                            .map(|x| x.to_bits())
-                            .collect::<Vec<_>>(),
-                        bits(&want[i])
-                            .iter()
-                            .map(|x| x.to_bits())
-                            .collect::<Vec<_>>(),
-                        "{:?} {rule:?}, {threads} threads, chunk {chunk}, step {t}, tensor {i}",
-                        T::DTYPE
-                    );
-                    let (a, b) = opt.state(i).unwrap();
-                    let mom = !matches!(rule, Rule::Sgd(p) if p.momentum == 0.0);
-                    if mom {
-                        assert_eq!(a, s0[i].as_slice(), "state 0 of tensor {i}");
-                    }
-                    if matches!(rule, Rule::AdamW(_)) {
-                        assert_eq!(b, s1[i].as_slice(), "state 1 of tensor {i}");
-                    }
+                    assert_eq!(bits(&params[i]), bits(&want[i]), "{what}, tensor {i}");
                 }
+                same_buffers(&opt, &rule, &s0, &s1, &what);
             }
             assert_eq!(opt.steps(), 4);
         }

@@ -230,39 +230,117 @@ fn some_views<'a, T>(
         .collect()
 }
 
+/// One rule's run of the per-tensor step tests: the optimizer with θ on the device, and
+/// the per-parameter oracle (`reference::ListState`) with its own θ.
+struct ListRun<'b, T> {
+    b: &'b CudaBackend,
+    rule: Rule,
+    opt: Optimizer<CudaBackend>,
+    dev: Vec<CudaSlice<T>>,
+    want: Vec<Vec<T>>,
+    oracle: ListState,
+    what: String,
+}
+
+/// The correction of the per-tensor corrected steps: the encoder's θ₀ (on the host for the
+/// oracle, on the device for the step) and β.
+struct Encoder<'a, T> {
+    e: Enc<T>,
+    t0d: Vec<CudaSlice<T>>,
+    beta: Beta<'a>,
+}
+
+impl<'b, T: Element> ListRun<'b, T> {
+    fn new(b: &'b CudaBackend, rule: Rule) -> Self {
+        let want = theta::<T>();
+        ListRun {
+            b,
+            rule,
+            opt: Optimizer::on(b, rule, &LENS).unwrap(),
+            dev: ups(b, &want),
+            want,
+            oracle: ListState::new(&rule, &LENS),
+            what: format!("{} {rule:?}", T::DTYPE),
+        }
+    }
+
+    /// Call `t` with the gradients of the tensors `present` names, corrected over the
+    /// encoder when `enc` is given (`step_corrected_some`, else `step_some`). The oracle
+    /// steps the present tensors with their widened gradients — the encoder's replaced by
+    /// the corrected ones from the CUDA projection's pass-1 partials (`corrected_grads`).
+    /// Before a corrected step, the same step with an encoder tensor's gradient missing:
+    /// `Err`, θ bit for bit unchanged, the call not counted. Then: the call counted, θ bit
+    /// for bit the oracle's, a skipped tensor's θ bit for bit what it was, the state and
+    /// every tensor's count the oracle's.
+    fn call(&mut self, t: u64, present: &dyn Fn(usize) -> bool, enc: Option<&Encoder<'_, T>>) {
+        let (b, r) = (self.b, FIRST..FIRST + ENC);
+        let g = grads::<T>(t);
+        let mut gw: Vec<Option<Vec<f64>>> = (0..LENS.len())
+            .map(|i| present(i).then(|| widen(&g[i])))
+            .collect();
+        if let Some(c) = enc {
+            let parts = cuda_partials(b, &self.want, &c.e, &g);
+            let (gc, _) = corrected_grads(
+                &parts,
+                &refs(&self.want[r.clone()]),
+                &refs(&c.e.theta0),
+                &refs(&g[r.clone()]),
+                &[],
+                c.beta,
+                &ProjectOptions::default(),
+            )
+            .unwrap();
+            for (s, x) in gc.into_iter().enumerate() {
+                gw[FIRST + s] = Some(x);
+            }
+        }
+        self.oracle.step(&self.rule, &mut self.want, &gw).unwrap();
+        let what = format!("{} step {t}", self.what);
+        let before = downs(b, &self.dev, &LENS);
+        let gd = ups(b, &g);
+        let c = enc.map(|c| Correction::new(FIRST, views(&c.t0d, &LENS[r.clone()]), c.beta));
+        if let Some(c) = &c {
+            let mut pv = views_mut(&mut self.dev, &LENS);
+            let missing = some_views(&gd, |i| present(i) && i != FIRST + 2);
+            let err = (self.opt.step_corrected_some(b, &mut pv, &missing, c)).unwrap_err();
+            assert!(err.to_string().contains("no gradient"), "{err}");
+            drop(pv);
+            let now = downs(b, &self.dev, &LENS);
+            for i in 0..LENS.len() {
+                same(&now[i], &before[i], &format!("{what} refused, tensor {i}"));
+            }
+            assert_eq!(self.opt.steps(), t - 1, "{what} refused: calls");
+        }
+        let mut pv = views_mut(&mut self.dev, &LENS);
+        let gv = some_views(&gd, present);
+        match &c {
+            None => self.opt.step_some(b, &mut pv, &gv).unwrap(),
+            Some(c) => {
+                self.opt.step_corrected_some(b, &mut pv, &gv, c).unwrap();
+            }
+        }
+        assert_eq!(self.opt.steps(), t, "{what}: calls");
+        let got = downs(b, &self.dev, &LENS);
+        for i in 0..LENS.len() {
+            let w = format!("{what} tensor {i}");
+            same(&got[i], &self.want[i], &w);
+            if !present(i) {
+                same(&got[i], &before[i], &format!("{w} (skipped)"));
+            }
+        }
+        check_list_state(b, &self.opt, &self.rule, &self.oracle, &what);
+    }
+}
+
 fn skipping<T: Element>(test: &str) {
     let _l = lock();
     let Some(b) = gpu::backend(test) else {
         return;
     };
     for rule in rules() {
-        let what = format!("{} {rule:?}", T::DTYPE);
-        let mut opt = Optimizer::on(b, rule, &LENS).unwrap();
-        let mut want = theta::<T>();
-        let mut dev = ups(b, &want);
-        let mut oracle = ListState::new(&rule, &LENS);
+        let mut run = ListRun::<T>::new(b, rule);
         for t in 1..=5u64 {
-            let g = grads::<T>(t);
-            let present = |i: usize| !skipped(i, t);
-            let gw: Vec<Option<Vec<f64>>> = (0..LENS.len())
-                .map(|i| present(i).then(|| widen(&g[i])))
-                .collect();
-            oracle.step(&rule, &mut want, &gw).unwrap();
-            let before = downs(b, &dev, &LENS);
-            let gd = ups(b, &g);
-            let mut pv = views_mut(&mut dev, &LENS);
-            opt.step_some(b, &mut pv, &some_views(&gd, present))
-                .unwrap();
-            assert_eq!(opt.steps(), t);
-            let got = downs(b, &dev, &LENS);
-            for i in 0..LENS.len() {
-                let w = format!("{what} step {t} tensor {i}");
-                same(&got[i], &want[i], &w);
-                if !present(i) {
-                    same(&got[i], &before[i], &format!("{w} (skipped)"));
-                }
-            }
-            check_list_state(b, &opt, &rule, &oracle, &format!("{what} step {t}"));
+            run.call(t, &|i| !skipped(i, t), None);
         }
     }
 }
@@ -301,75 +379,22 @@ fn corrected_skipping<T: Element>(test: &str) {
         Rule::AdamW(AdamW::default()),
     ];
     let r = FIRST..FIRST + ENC;
+    let e = enc(&theta::<T>(), 0);
+    let t0d = ups(b, &e.theta0);
+    let enc = Encoder {
+        e,
+        t0d,
+        beta: Beta::Scalar(1.5),
+    };
     for rule in rules {
-        let what = format!("{} {rule:?}", T::DTYPE);
-        let mut opt = Optimizer::on(b, rule, &LENS).unwrap();
-        let mut want = theta::<T>();
-        let e = enc(&want, 0);
-        let mut dev = ups(b, &want);
-        let t0d = ups(b, &e.theta0);
-        let mut oracle = ListState::new(&rule, &LENS);
-        let beta = Beta::Scalar(1.5);
+        let mut run = ListRun::<T>::new(b, rule);
         for t in 1..=3u64 {
-            let g = grads::<T>(t);
             let present = |i: usize| match t {
                 1 => !r.contains(&i),
                 2 => i != 0 && i != 7,
                 _ => true,
             };
-            let mut gw: Vec<Option<Vec<f64>>> = (0..LENS.len())
-                .map(|i| present(i).then(|| widen(&g[i])))
-                .collect();
-            if t > 1 {
-                let parts = cuda_partials(b, &want, &e, &g);
-                let (gc, _) = corrected_grads(
-                    &parts,
-                    &refs(&want[r.clone()]),
-                    &refs(&e.theta0),
-                    &refs(&g[r.clone()]),
-                    &[],
-                    beta,
-                    &ProjectOptions::default(),
-                )
-                .unwrap();
-                for (s, x) in gc.into_iter().enumerate() {
-                    gw[FIRST + s] = Some(x);
-                }
-            }
-            oracle.step(&rule, &mut want, &gw).unwrap();
-            let gd = ups(b, &g);
-            let c = Correction::new(FIRST, views(&t0d, &LENS[r.clone()]), beta);
-            if t > 1 {
-                let before = downs(b, &dev, &LENS);
-                let mut pv = views_mut(&mut dev, &LENS);
-                let missing = some_views(&gd, |i| present(i) && i != FIRST + 2);
-                let err = opt
-                    .step_corrected_some(b, &mut pv, &missing, &c)
-                    .unwrap_err();
-                assert!(err.to_string().contains("no gradient"), "{err}");
-                drop(pv);
-                let now = downs(b, &dev, &LENS);
-                for i in 0..LENS.len() {
-                    same(
-                        &now[i],
-                        &before[i],
-                        &format!("{what} refused step {t} tensor {i}"),
-                    );
-                }
-                assert_eq!(opt.steps(), t - 1);
-            }
-            let mut pv = views_mut(&mut dev, &LENS);
-            if t == 1 {
-                opt.step_some(b, &mut pv, &some_views(&gd, present))
-                    .unwrap();
-            } else {
-                (opt.step_corrected_some(b, &mut pv, &some_views(&gd, present), &c)).unwrap();
-            }
-            let got = downs(b, &dev, &LENS);
-            for i in 0..LENS.len() {
-                same(&got[i], &want[i], &format!("{what} step {t} tensor {i}"));
-            }
-            check_list_state(b, &opt, &rule, &oracle, &format!("{what} step {t}"));
+            run.call(t, &present, (t > 1).then_some(&enc));
         }
     }
 }

@@ -3,10 +3,12 @@
 //! against the oracle (`cpu`), the RedReg correction folded into the pass (`fused`),
 //! PyTorch's per-parameter step counts with skipped tensors on the CPU (`steps`), the
 //! candle optimizer (`candle`, feature `candle`), and the CUDA step on a GPU or the
-//! emulated driver (`cuda`, feature `cuda`).
+//! emulated driver (`cuda`, feature `cuda`). `lists`: the tensor lists, backends and
+//! state checks `cpu` and `steps` share.
 
 mod cpu;
 mod fused;
+mod lists;
 mod reference;
 mod steps;
 

@@ -14,30 +14,14 @@
 //!   counts differ from the rest: bit for bit the oracle given the same pass-1 partials; an
 //!   encoder tensor without a gradient is `Err` with nothing written.
 
+use super::lists::{backends, bits, grads, same_buffers, theta};
 use super::{rules, skipped};
 use redreg::optim::reference::{corrected_grads, widen, ListState};
 use redreg::optim::{AdamW, Correction, Optimizer, Rule, Sgd};
-use redreg::testing::elements;
 use redreg::{bf16, f16, Backend, Beta, CpuBackend, Element, ProjectOptions, Projection, Segments};
 
 /// Tensor lengths with empty, tiny and multi-chunk tensors (each residue mod 4 twice).
 const LENS: [usize; 8] = [0, 1, 37, 1000, 5000, 64, 3, 300];
-
-fn bits<T: Element>(x: &[T]) -> Vec<u64> {
-    x.iter().map(|v| v.to_f64().to_bits()).collect()
-}
-
-fn grads<T: Element>(lens: &[usize], t: u64) -> Vec<Vec<T>> {
-    (lens.iter().enumerate())
-        .map(|(i, &n)| elements(n, 100 * t + i as u64, 0.5))
-        .collect()
-}
-
-fn theta<T: Element>(lens: &[usize]) -> Vec<Vec<T>> {
-    (lens.iter().enumerate())
-        .map(|(i, &n)| elements(n, 10 + i as u64, 1.0))
-        .collect()
-}
 
 /// The optimizer's state of every tensor, copied.
 fn state(opt: &Optimizer, n: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
@@ -49,16 +33,10 @@ fn state(opt: &Optimizer, n: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
         .collect()
 }
 
-/// The optimizer's state equals the oracle's (the buffers the rule keeps).
+/// The optimizer's state equals the oracle's (the buffers the rule keeps, the counts).
 fn same_state(opt: &Optimizer, rule: &Rule, want: &ListState, what: &str) {
+    same_buffers(opt, rule, &want.s0, &want.s1, what);
     for i in 0..want.steps.len() {
-        let (a, b) = opt.state(i).unwrap();
-        if !matches!(rule, Rule::Sgd(p) if p.momentum == 0.0) {
-            assert_eq!(a, &want.s0[i][..], "{what}: state 0 of tensor {i}");
-        }
-        if matches!(rule, Rule::AdamW(_)) {
-            assert_eq!(b, &want.s1[i][..], "{what}: state 1 of tensor {i}");
-        }
         assert_eq!(opt.steps_of(i), Some(want.steps[i]), "{what}: steps of {i}");
     }
     assert_eq!(opt.steps_of(want.steps.len()), None);
@@ -66,13 +44,8 @@ fn same_state(opt: &Optimizer, rule: &Rule, want: &ListState, what: &str) {
 
 fn check<T: Element>() {
     for rule in rules() {
-        for (threads, chunk) in [(1, 1 << 15), (2, 64), (8, 7)] {
-            let be = CpuBackend::with_threads(threads)
-                .unwrap()
-                .with_chunk(chunk)
-                .unwrap()
-                .with_inline_elements(0);
-            let what = format!("{:?} {rule:?} {threads}t chunk {chunk}", T::DTYPE);
+        for (cut, be) in backends() {
+            let what = format!("{:?} {rule:?} {cut}", T::DTYPE);
             let mut opt = Optimizer::new(rule, &LENS).unwrap();
             let mut params = theta::<T>(&LENS);
             let mut want = params.clone();
