@@ -26,8 +26,7 @@
 #![allow(clippy::incompatible_msrv)]
 
 use super::avx2::f16_canonical_nan;
-use super::convert::{f64_to_bf16_bits, Convert, Scalar, BLOCK};
-use super::{DType, Element};
+use super::convert::{Convert, BLOCK};
 use std::arch::x86_64::*;
 
 /// Proof that this CPU has AVX-512 F, BW and VL, AVX2 and F16C: made only by
@@ -49,33 +48,27 @@ impl Avx512 {
 
 impl Convert for Avx512 {
     #[inline(always)]
-    fn widen_block<T: Element>(self, s: &[T; BLOCK]) -> [f64; BLOCK] {
-        match T::DTYPE {
-            // A plain conversion, vectorised by LLVM already.
-            DType::F32 => Scalar.widen_block(s),
-            // SAFETY: `self` exists only on a CPU with AVX-512 F/BW/VL and F16C.
-            DType::BF16 => unsafe { widen_bf16(bytemuck::cast_ref(s)) },
-            // SAFETY: as above.
-            DType::F16 => unsafe { widen_f16(bytemuck::cast_ref(s)) },
-        }
+    fn widen_bf16(self, h: &[u16; BLOCK]) -> [f64; BLOCK] {
+        // SAFETY: `self` exists only on a CPU with AVX-512 F/BW/VL and F16C.
+        unsafe { widen_bf16(h) }
     }
 
     #[inline(always)]
-    fn narrow_block<T: Element>(self, x: &[f64; BLOCK], out: &mut [T; BLOCK]) {
-        match T::DTYPE {
-            DType::F32 => Scalar.narrow_block(x, out),
-            DType::BF16 => {
-                let out: &mut [u16; BLOCK] = bytemuck::cast_mut(out);
-                // SAFETY: `self` exists only on a CPU with AVX-512 F/BW/VL and F16C.
-                if !unsafe { narrow_bf16(x, out) } {
-                    for (o, &v) in out.iter_mut().zip(x) {
-                        *o = f64_to_bf16_bits(v);
-                    }
-                }
-            }
-            // SAFETY: as above.
-            DType::F16 => unsafe { narrow_f16(x, bytemuck::cast_mut(out)) },
-        }
+    fn widen_f16(self, h: &[u16; BLOCK]) -> [f64; BLOCK] {
+        // SAFETY: as above.
+        unsafe { widen_f16(h) }
+    }
+
+    #[inline(always)]
+    fn narrow_bf16(self, x: &[f64; BLOCK], out: &mut [u16; BLOCK]) -> bool {
+        // SAFETY: as above.
+        unsafe { narrow_bf16(x, out) }
+    }
+
+    #[inline(always)]
+    fn narrow_f16(self, x: &[f64; BLOCK], out: &mut [u16; BLOCK]) {
+        // SAFETY: as above.
+        unsafe { narrow_f16(x, out) }
     }
 }
 

@@ -119,12 +119,50 @@ pub(crate) fn narrow<T: Element>(x: f64) -> T {
 }
 
 /// Block conversions of one instruction-set level. Every implementation gives, lane by
-/// lane, the bits of [`widen`] and [`narrow`].
+/// lane, the bits of [`widen`] and [`narrow`]. A level implements the 16-bit conversions;
+/// the dispatch on the element type, f32 (a plain cast LLVM vectorises at every level) and
+/// the scalar rounding of the bf16 blocks a level leaves to it are here, once.
 pub(crate) trait Convert: Copy {
+    /// Exact widening of [`BLOCK`] bf16 values (bits).
+    fn widen_bf16(self, h: &[u16; BLOCK]) -> [f64; BLOCK];
+    /// Exact widening of [`BLOCK`] f16 values (bits).
+    fn widen_f16(self, h: &[u16; BLOCK]) -> [f64; BLOCK];
+    /// One rounding of [`BLOCK`] values to bf16 bits; `false`, nothing written, for a block
+    /// this level leaves to the scalar code.
+    fn narrow_bf16(self, x: &[f64; BLOCK], out: &mut [u16; BLOCK]) -> bool;
+    /// One rounding of [`BLOCK`] values to f16 bits.
+    fn narrow_f16(self, x: &[f64; BLOCK], out: &mut [u16; BLOCK]);
+
     /// Exact widening of [`BLOCK`] elements.
-    fn widen_block<T: Element>(self, s: &[T; BLOCK]) -> [f64; BLOCK];
+    #[inline(always)]
+    fn widen_block<T: Element>(self, s: &[T; BLOCK]) -> [f64; BLOCK] {
+        match T::DTYPE {
+            DType::F32 => std::array::from_fn(|l| widen(s[l])),
+            DType::BF16 => self.widen_bf16(bytemuck::cast_ref(s)),
+            DType::F16 => self.widen_f16(bytemuck::cast_ref(s)),
+        }
+    }
+
     /// One rounding of [`BLOCK`] values to `T`, written to `out`.
-    fn narrow_block<T: Element>(self, x: &[f64; BLOCK], out: &mut [T; BLOCK]);
+    #[inline(always)]
+    fn narrow_block<T: Element>(self, x: &[f64; BLOCK], out: &mut [T; BLOCK]) {
+        match T::DTYPE {
+            DType::F32 => {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = narrow::<T>(v);
+                }
+            }
+            DType::BF16 => {
+                let out: &mut [u16; BLOCK] = bytemuck::cast_mut(out);
+                if !self.narrow_bf16(x, out) {
+                    for (o, &v) in out.iter_mut().zip(x) {
+                        *o = f64_to_bf16_bits(v);
+                    }
+                }
+            }
+            DType::F16 => self.narrow_f16(x, bytemuck::cast_mut(out)),
+        }
+    }
 }
 
 /// The portable level: the scalar functions lane by lane (left to LLVM's vectoriser).
@@ -133,14 +171,27 @@ pub(crate) struct Scalar;
 
 impl Convert for Scalar {
     #[inline(always)]
-    fn widen_block<T: Element>(self, s: &[T; BLOCK]) -> [f64; BLOCK] {
-        std::array::from_fn(|l| widen(s[l]))
+    fn widen_bf16(self, h: &[u16; BLOCK]) -> [f64; BLOCK] {
+        std::array::from_fn(|l| widen(half::bf16::from_bits(h[l])))
     }
 
     #[inline(always)]
-    fn narrow_block<T: Element>(self, x: &[f64; BLOCK], out: &mut [T; BLOCK]) {
+    fn widen_f16(self, h: &[u16; BLOCK]) -> [f64; BLOCK] {
+        std::array::from_fn(|l| widen(half::f16::from_bits(h[l])))
+    }
+
+    #[inline(always)]
+    fn narrow_bf16(self, x: &[f64; BLOCK], out: &mut [u16; BLOCK]) -> bool {
         for (o, &v) in out.iter_mut().zip(x) {
-            *o = narrow::<T>(v);
+            *o = f64_to_bf16_bits(v);
+        }
+        true
+    }
+
+    #[inline(always)]
+    fn narrow_f16(self, x: &[f64; BLOCK], out: &mut [u16; BLOCK]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = f64_to_f16_bits(v);
         }
     }
 }
