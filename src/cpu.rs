@@ -5,6 +5,8 @@ use crate::error::{invalid, Result};
 use rayon::prelude::*;
 use std::sync::Arc;
 
+pub(crate) mod two_pass;
+
 /// Calls that read at most this many elements (the projection: per operand; the statistics
 /// plan: over all its inputs) run on the calling thread. A small model's per-step work is
 /// tens of microseconds; handing it to rayon's pool adds a thread hand-off, which on a
@@ -118,15 +120,6 @@ impl CpuBackend {
         }
     }
 
-    /// `f` on a thread of this backend's pool (the global pool without one of its own), so
-    /// that the parallel loops inside it start from a worker.
-    pub(crate) fn on_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        match &self.pool {
-            Some(p) => p.install(f),
-            None => rayon::scope(|_| f()),
-        }
-    }
-
     pub(crate) fn inline(&self, elements: usize) -> bool {
         elements <= self.inline_elements
     }
@@ -143,6 +136,24 @@ impl CpuBackend {
             return tasks.iter().map(f).collect();
         }
         self.run(|| tasks.par_iter().map(f).collect())
+    }
+
+    /// `f` on the calling thread and at the same time on each other thread of the pool
+    /// (for a call of at most `elements` ≤ the inline limit, on the calling thread alone).
+    /// `f` is a worker that claims its work ([`two_pass`]): a thread that starts late, or
+    /// never, finds nothing left to do.
+    pub(crate) fn workers(&self, elements: usize, f: impl Fn() + Sync) {
+        if self.inline(elements) {
+            return f();
+        }
+        self.run(|| {
+            rayon::scope(|sc| {
+                for _ in 1..self.threads() {
+                    sc.spawn(|_| f());
+                }
+                f();
+            })
+        })
     }
 
     /// `f` of every task with its own piece of `with` (a destination), as [`Self::map_tasks`]

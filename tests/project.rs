@@ -634,6 +634,62 @@ mod cpu_only {
         assert_ne!(off.0, grad.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
     }
 
+    /// The step's schedule (one parallel region: pass 2 of a tensor as soon as its pass 1 and
+    /// solve are done, pass 1 at most one cache group ahead) gives the bits of the split
+    /// form, whose `partials` and `apply` each run as one parallel loop over every chunk:
+    /// the drift step with θ₀ and extra basis vectors, a per-tensor β, 1 to 3 threads,
+    /// every tensor its own group, shared groups, and one group. Every tensor is longer
+    /// than k, so that the split form's ranks (not capped at the length) are the same.
+    #[test]
+    fn the_step_schedule_gives_the_split_forms_bits() {
+        let mut rng = Rng::new(14);
+        let segs = Segments::from_lengths(&[70_000, 9, 5_000, 120_000, 12, 0, 9_000]).unwrap();
+        let n = segs.total();
+        let theta = common::to_t::<bf16>(&rng.normals(n));
+        let theta0 = common::to_t::<bf16>(&rng.normals(n));
+        let grad = common::to_t::<bf16>(&rng.normals(n));
+        let extra: Vec<Vec<bf16>> = (0..2).map(|_| common::to_t(&rng.normals(n))).collect();
+        let beta: Vec<f64> = (0..segs.len()).map(|s| 0.25 + s as f64 / 8.0).collect();
+        fn drift<'a>(
+            t: &'a [bf16],
+            t0: &'a [bf16],
+            extra: &'a [Vec<bf16>],
+            beta: &'a [f64],
+            g: &'a mut [bf16],
+        ) -> Projection<'a, &'a [bf16], &'a mut [bf16]> {
+            let extra = extra.iter().map(|e| &e[..]);
+            Projection::drift(t, t0, extra, g).beta(beta)
+        }
+        let bits = |g: &[bf16]| g.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for threads in [1, 2, 3] {
+            for bytes in [0, 1, 200 << 10] {
+                let be = CpuBackend::with_threads(threads)
+                    .unwrap()
+                    .with_chunk(1000)
+                    .unwrap()
+                    .with_inline_elements(0)
+                    .with_cache_bytes(bytes);
+                let mut g = grad.clone();
+                let parts = be
+                    .partials(&segs, &drift(&theta, &theta0, &extra, &beta, &mut g))
+                    .unwrap();
+                let split_ranks = be
+                    .apply(&segs, &parts, drift(&theta, &theta0, &extra, &beta, &mut g))
+                    .unwrap();
+                let mut h = grad.clone();
+                let ranks = be
+                    .project_out(&segs, drift(&theta, &theta0, &extra, &beta, &mut h))
+                    .unwrap();
+                assert_eq!(ranks, split_ranks, "{threads} threads, {bytes} B");
+                assert!(
+                    bits(&h) == bits(&g),
+                    "{threads} threads, {bytes} B: other bits"
+                );
+                assert_ne!(bits(&h), bits(&grad));
+            }
+        }
+    }
+
     /// Bitwise identical results for 1, 2 and 8 threads, run to run, and on the calling
     /// thread (`with_inline_elements(usize::MAX)`: the inline path of small calls).
     #[test]

@@ -18,16 +18,18 @@
 
 use super::cpu_kernels as kernels;
 use crate::backend::{host_copy, Backend, Host};
+use crate::cpu::two_pass::TwoPass;
 use crate::cpu::CpuBackend;
 use crate::dtype::Element;
 use crate::error::Result;
 use crate::project::reference::HostProjection;
-use crate::project::solve::{orth_segment, partial_stride, solve_segment};
+use crate::project::solve::{orth_segment, partial_stride, solve_segment, MAX_K};
 use crate::project::{
-    check_orthonormalize, BasisRef, Partials, ProjectOptions, Projection, TensorList,
+    check_orthonormalize, BasisRef, Implicit, Partials, ProjectOptions, Projection, TensorList,
 };
 use crate::segments::{chunk_tasks, ChunkTask, Segments};
 use crate::sum::Acc;
+use std::sync::{Mutex, PoisonError};
 
 /// A projection's buffers cut per segment (`[s]` = segment s's elements): the one form the
 /// CPU loops take. A flat buffer is cut at the segment offsets, a tensor list is already
@@ -119,20 +121,19 @@ impl CpuBackend {
         }
     }
 
-    /// Pass 2 of a validated projection cut per segment; `cap_by_len` also caps each rank
-    /// at the segment's length (the partials are the segment's own, `crate::project::solve`).
-    fn apply_capped<T: Element>(
+    /// Pass 2 of a validated projection cut per segment (the split form's `apply`: the ranks
+    /// are not capped at the segments' lengths, as the partials may be a sum over shards,
+    /// `crate::project::solve`).
+    fn apply_cut<T: Element>(
         &self,
         segs: &Segments,
         tasks: &[ChunkTask],
         partials: &Partials,
         c: Cut<'_, '_, T>,
-        cap_by_len: bool,
-        backwards: bool,
     ) -> Result<Vec<u32>> {
         let k = c.k();
         partials.check_shape(segs, k)?;
-        let (coef, ranks) = solve_all(segs, partials, k, &c.opts, cap_by_len);
+        let (coef, ranks) = solve_all(segs, partials, k, &c.opts, false);
         // The kernels' apply mode (the base term, the implicit vector's flag), as on CUDA;
         // pass 2 reads every basis vector from its buffer except the destination
         // (`MODE_B0_OUT`: its value before the write, slot 0).
@@ -146,15 +147,7 @@ impl CpuBackend {
             .collect();
         let (alpha, beta, v, v0) = (c.alpha, c.beta, c.v, c.v0);
         let (out, base) = c.out.into_parts();
-        let mut outs = split_by_tasks(out, tasks);
-        let reversed: Vec<ChunkTask>;
-        let tasks = if backwards {
-            outs.reverse();
-            reversed = tasks.iter().rev().cloned().collect();
-            &reversed[..]
-        } else {
-            tasks
-        };
+        let outs = split_by_tasks(out, tasks);
         self.zip_tasks(segs.total(), tasks, outs, |t, o| {
             let (s, r) = (t.seg, local(segs, t));
             let bs: Vec<&[T]> = basis.iter().map(|b| &b[s][r.clone()]).collect();
@@ -187,54 +180,99 @@ impl CpuBackend {
         Ok(solve_all(segs, &parts, k, &p.opts, true))
     }
 
-    /// Both passes of a validated projection cut per segment, cache group by cache group
-    /// ([`cache_groups`]): pass 2 of a group runs right after its pass 1, while the
-    /// group's operands are still in cache, so a step reads most of them from DRAM once
-    /// instead of twice. A group is a smaller projection over its own segments: the same
-    /// chunks (they start at each segment's start), the same per-segment sums and solve,
-    /// hence the same bits as one pass 1 over everything followed by one pass 2.
+    /// Both passes of a validated projection cut per segment, in one parallel region
+    /// ([`TwoPass`]): pass 2 of a segment starts as soon as its pass 1 and solve are done,
+    /// and pass 1 runs at most one cache group ([`cache_groups`]) ahead of pass 2, so a
+    /// step reads most operands from DRAM once instead of twice, without a barrier between
+    /// groups. Per segment the same chunks, the same sums in chunk order and the same solve
+    /// as one pass 1 over everything followed by one pass 2: the same bits.
     fn project_cut<T: Element>(&self, segs: &Segments, c: Cut<'_, '_, T>) -> Result<Vec<u32>> {
-        if self.inline(segs.total()) {
-            return self.project_cut_here(segs, c);
-        }
-        self.on_pool(|| self.project_cut_here(segs, c))
-    }
-
-    fn project_cut_here<T: Element>(&self, segs: &Segments, c: Cut<'_, '_, T>) -> Result<Vec<u32>> {
-        let per_element = operands(&c) * std::mem::size_of::<T>();
-        let groups = cache_groups(segs, self.cache_elements(per_element));
-        if groups.len() <= 1 {
-            return self.project_group(segs, c, false);
-        }
-        let beta = c.beta;
-        let mut grouped = c.map(|b| split_groups(b, &groups), |d| split_groups(d, &groups));
-        let mut ranks = Vec::with_capacity(segs.len());
-        for (i, r) in groups.iter().enumerate() {
-            let mut sub = grouped
-                .as_mut()
-                .map(|b| b[i].clone(), |d| std::mem::take(&mut d[i]));
-            sub.beta = beta.slice(r.clone());
-            let lens: Vec<usize> = r.clone().map(|s| segs.seg_len(s)).collect();
-            let sub_segs = Segments::from_lengths(&lens)?;
-            // A segment larger than the budget is a group of its own: its pass 2 then runs
-            // backwards, so that it starts on the chunks pass 1 read last (still cached).
-            let backwards = sub_segs.total() > self.cache_elements(per_element);
-            ranks.extend(self.project_group(&sub_segs, sub, backwards)?);
-        }
-        Ok(ranks)
-    }
-
-    /// Both passes over the segments of one group (`backwards`: pass 2 in reverse chunk
-    /// order, the same values).
-    fn project_group<T: Element>(
-        &self,
-        segs: &Segments,
-        c: Cut<'_, '_, T>,
-        backwards: bool,
-    ) -> Result<Vec<u32>> {
+        let k = c.k();
         let tasks = chunk_tasks(segs, self.chunk())?;
-        let parts = self.partials_of(segs, &tasks, &c, |o| o.iter().map(|x| &**x).collect());
-        self.apply_capped(segs, &tasks, &parts, c, true, backwards)
+        let budget = self.cache_elements(operands(&c) * std::mem::size_of::<T>());
+        let groups = cache_groups(segs, budget);
+        let single = groups.len() <= 1;
+        // A segment larger than the budget is a group of its own: its pass 2 runs
+        // backwards, so that it starts on the chunks pass 1 read last (still cached).
+        let groups: Vec<_> = groups
+            .into_iter()
+            .map(|r| {
+                let n: usize = r.clone().map(|s| segs.seg_len(s)).sum();
+                (r, !single && n > budget)
+            })
+            .collect();
+        let mode = c.mode();
+        let out_first = matches!(c.implicit, Some(Implicit::Out));
+        let Projection {
+            v,
+            v0,
+            basis,
+            out,
+            alpha,
+            beta,
+            opts,
+            ..
+        } = c;
+        let (out, base) = out.into_parts();
+        // Each task's piece of the destination: read by its pass 1 (the implicit basis
+        // vector), then taken by its pass 2.
+        let outs: Vec<Mutex<Option<&mut [T]>>> = split_by_tasks(out, &tasks)
+            .into_iter()
+            .map(|o| Mutex::new(Some(o)))
+            .collect();
+        let lock = |i: usize| outs[i].lock().unwrap_or_else(PoisonError::into_inner);
+        let st = partial_stride(k);
+        let pass1 = |i: usize| {
+            let (s, r) = (tasks[i].seg, local(segs, &tasks[i]));
+            let guard = out_first.then(|| lock(i));
+            let mut bs: [&[T]; MAX_K] = [&[]; MAX_K];
+            let mut nb = 0;
+            if let Some(g) = &guard {
+                bs[0] = g.as_deref().expect("pass 1 before pass 2");
+                nb = 1;
+            }
+            for b in &basis {
+                bs[nb] = &b[s][r.clone()];
+                nb += 1;
+            }
+            kernels::chunk_partial(
+                Some(&v[s][r.clone()]),
+                v0.as_ref().map(|v0| &v0[s][r.clone()]),
+                &bs[..nb],
+            )
+        };
+        // The segment's chunk partials merged in chunk order, rounded once to f64, solved
+        // (as `partials_into` and `solve_all`).
+        let solve = |s: usize, parts: &[&[Acc; kernels::MAX_STRIDE]]| {
+            let mut acc = [Acc::default(); kernels::MAX_STRIDE];
+            for p in parts {
+                acc.iter_mut().zip(p.iter()).for_each(|(a, c)| a.merge(*c));
+            }
+            let g: [f64; kernels::MAX_STRIDE] = std::array::from_fn(|j| acc[j].value());
+            let mut w = [0.0f64; MAX_K];
+            let cap = segs.seg_len(s).min(k);
+            let rank = solve_segment(k, &g[..st], cap, opts.tol, opts.ridge, &mut w[..k]);
+            (w, rank)
+        };
+        let pass2 = |i: usize, (w, _): &([f64; MAX_K], u32)| {
+            let (s, r) = (tasks[i].seg, local(segs, &tasks[i]));
+            let o = lock(i).take().expect("pass 2 once per chunk");
+            let bs: [&[T]; MAX_K] = std::array::from_fn(|j| match basis.get(j) {
+                Some(b) => &b[s][r.clone()],
+                None => &[],
+            });
+            let x = kernels::ApplyIn {
+                v: &v[s][r.clone()],
+                v0: v0.as_ref().map(|v0| &v0[s][r.clone()]),
+                basis: &bs[..basis.len()],
+                base: base.as_ref().map(|b| &b[s][r.clone()]),
+                mode,
+            };
+            kernels::chunk_apply(x, &w[..k], alpha, beta.at(s), o);
+        };
+        let plan = TwoPass::new(&tasks, segs.len(), &groups);
+        let sols = plan.run(self, segs.total(), pass1, solve, pass2);
+        Ok(sols.into_iter().map(|(_, rank)| rank).collect())
     }
 
     /// How many elements of a projection with `per_element` bytes per element (over all
@@ -338,7 +376,7 @@ impl Backend for CpuBackend {
         p.validate(segs)?;
         let tasks = chunk_tasks(segs, self.chunk())?;
         let c = p.map(|s| cut(segs, s), |d| cut_mut(segs, d));
-        self.apply_capped(segs, &tasks, partials, c, false, false)
+        self.apply_cut(segs, &tasks, partials, c)
     }
 
     fn orthonormalize<T: Element>(
@@ -439,15 +477,6 @@ pub(crate) fn cache_groups(segs: &Segments, max: usize) -> Vec<std::ops::Range<u
         groups.push(start..segs.len());
     }
     groups
-}
-
-/// A per-segment buffer list cut into the groups' lists.
-fn split_groups<B>(bufs: Vec<B>, groups: &[std::ops::Range<usize>]) -> Vec<Vec<B>> {
-    let mut it = bufs.into_iter();
-    groups
-        .iter()
-        .map(|r| it.by_ref().take(r.len()).collect())
-        .collect()
 }
 
 const _: () = assert!(kernels::MAX_STRIDE == partial_stride(crate::project::solve::MAX_K));
