@@ -177,6 +177,11 @@ pub unsafe fn probe(x: __m512d, u: __m256i) -> (__m256, __m128i, u8, u8, __m512i
     let o = _mm512_mask_or_epi64(_mm512_setzero_si512(), t, _mm512_set1_epi64(1), _mm512_set1_epi64(2));
     (_mm512_cvtpd_ps(x), _mm256_cvtepi32_epi16(u), m, k, o)
 }
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx512dq,avx2,f16c")]
+pub unsafe fn probe_bf16(f: __m256) -> (u8, __m128i) {
+    let b = _mm256_cvtneps_pbh(f);
+    (_mm256_fpclass_ps_mask::<0xa1>(f), std::mem::transmute::<__m128bh, __m128i>(b))
+}
 "#;
     if fs::write(&probe, src).is_err() {
         return false;

@@ -27,7 +27,7 @@
 //!   measurement times).
 //! - `REDREG_BENCH_THREADS=T`: thread count (default: all cores).
 //! - `REDREG_BENCH_MEM_GIB=G`: memory cap for the buffers of one size/dtype (default 3.5).
-//! - `REDREG_CPU_LEVEL=base|avx2|avx512`: caps the CPU backend's instruction-set level (default:
+//! - `REDREG_CPU_LEVEL=base|avx2|avx512|avx512bf16`: caps the CPU backend's instruction-set level (default:
 //!   the best this CPU has), to compare the levels on one machine.
 //!
 //! Besides criterion's own report, every bench prints one line

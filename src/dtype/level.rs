@@ -6,7 +6,7 @@
 #[cfg(target_arch = "x86_64")]
 use super::avx2::Avx2F16c;
 #[cfg(all(target_arch = "x86_64", redreg_avx512))]
-use super::avx512::Avx512;
+use super::avx512::{Avx512, Avx512Bf16};
 use std::sync::OnceLock;
 
 /// An instruction-set level of this machine: what the CPU loops may use.
@@ -20,12 +20,17 @@ pub(crate) enum Level {
     /// AVX-512 F/BW/VL (and AVX2, F16C), proven present by the token.
     #[cfg(all(target_arch = "x86_64", redreg_avx512))]
     Avx512(Avx512),
+    /// AVX-512 as above with BF16 and DQ (f64 → bf16 by `vcvtneps2bf16`), proven present by
+    /// the token.
+    #[cfg(all(target_arch = "x86_64", redreg_avx512))]
+    Avx512Bf16(Avx512Bf16),
 }
 
 /// The best instruction-set level of this machine (std caches the CPU's features), capped
-/// by the environment variable `REDREG_CPU_LEVEL` = `base`, `avx2` or `avx512` (read once
-/// per process), so that the tests and benchmarks can run every level one machine has. A
-/// level the CPU lacks (or this build lacks, `avx512` without the cfg `redreg_avx512`) is
+/// by the environment variable `REDREG_CPU_LEVEL` = `base`, `avx2`, `avx512` or `avx512bf16`
+/// (read once per process), so that the tests and benchmarks can run every level one machine
+/// has. A level the CPU lacks (or this build lacks, the AVX-512 ones without the cfg
+/// `redreg_avx512`) is
 /// never used; other values mean no cap. Every level gives the same bits, so the variable
 /// changes speed only.
 #[inline]
@@ -35,13 +40,15 @@ pub(crate) fn level() -> Level {
         let cap = match std::env::var("REDREG_CPU_LEVEL").as_deref() {
             Ok("base") => 0,
             Ok("avx2") => 1,
-            _ => 2,
+            Ok("avx512") => 2,
+            _ => 3,
         };
         levels_capped(cap).pop().unwrap_or(Level::Base)
     })
 }
 
-/// Every level this machine has up to `cap` (0 base, 1 AVX2, 2 AVX-512), baseline first.
+/// Every level this machine has up to `cap` (0 base, 1 AVX2, 2 AVX-512, 3 AVX-512 with
+/// BF16), baseline first.
 fn levels_capped(cap: u8) -> Vec<Level> {
     let mut out = vec![Level::Base];
     #[cfg(target_arch = "x86_64")]
@@ -49,6 +56,12 @@ fn levels_capped(cap: u8) -> Vec<Level> {
         out.extend(Avx2F16c::detect().filter(|_| cap >= 1).map(Level::Avx2));
         #[cfg(redreg_avx512)]
         out.extend(Avx512::detect().filter(|_| cap >= 2).map(Level::Avx512));
+        #[cfg(redreg_avx512)]
+        out.extend(
+            Avx512Bf16::detect()
+                .filter(|_| cap >= 3)
+                .map(Level::Avx512Bf16),
+        );
     }
     let _ = cap;
     out

@@ -432,8 +432,9 @@ fn run_piece_at<T: Element>(lv: Level, pc: Piece<'_, T>) {
             // SAFETY: the level's token proves the CPU has AVX2 and AVX.
             Level::Avx2(_) => return unsafe { avx2(pc) },
             // SAFETY: the level's token proves the CPU has AVX-512 F/BW/VL, AVX2 and AVX.
+            // (The optimizer's pass has no block conversions: the BF16 level adds nothing.)
             #[cfg(redreg_avx512)]
-            Level::Avx512(_) => return unsafe { avx512(pc) },
+            Level::Avx512(_) | Level::Avx512Bf16(_) => return unsafe { avx512(pc) },
             Level::Base => {}
         }
     }

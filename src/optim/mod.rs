@@ -34,7 +34,7 @@
 //!
 //! **Instruction sets.** The pass is compiled again for AVX2 and for AVX-512 (where the
 //! build has the cfg `redreg_avx512`) and chosen at run time by the one level detection of
-//! the CPU loops (`src/dtype/level.rs`; `REDREG_CPU_LEVEL=base|avx2` caps it, as for the
+//! the CPU loops (`src/dtype/level.rs`; `REDREG_CPU_LEVEL=base|avx2|avx512|avx512bf16` caps it, as for the
 //! projection's kernels); every level gives the same bits (`optim::cpu::tests::levels_give_the_same_bits`
 //! runs one piece at every level this CPU has).
 

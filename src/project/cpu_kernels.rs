@@ -14,7 +14,8 @@
 //! LLVM's vectoriser), AVX2 + F16C (block conversions by intrinsics,
 //! [`crate::dtype::avx2`]) and, where `build.rs` found a compiler that has them (Rust ≥
 //! 1.89, cfg `redreg_avx512`), AVX-512 F/BW/VL ([`crate::dtype::avx512`]: a block is one
-//! 512-bit f64 vector, so the f64 arithmetic takes half the instructions). Only IEEE
+//! 512-bit f64 vector, so the f64 arithmetic takes half the instructions), and the same
+//! with BF16 (f64 → bf16 by `vcvtneps2bf16`). Only IEEE
 //! add/sub/mul/convert are used (no FMA, no reassociation), on the same lanes in the same
 //! order, and the block conversions give the scalar code's bits, so every version gives
 //! the same bits (`levels_give_the_same_bits`; a NaN's sign or payload excepted,
@@ -28,7 +29,7 @@ use crate::abi::{MODE_B0_OUT, MODE_INPLACE, MODE_MASK};
 #[cfg(target_arch = "x86_64")]
 use crate::dtype::avx2::Avx2F16c;
 #[cfg(all(target_arch = "x86_64", redreg_avx512))]
-use crate::dtype::avx512::Avx512;
+use crate::dtype::avx512::{Avx512, Avx512Bf16};
 use crate::dtype::convert::{narrow, widen, Convert, Scalar, BLOCK};
 #[cfg(test)]
 use crate::dtype::level::levels;
@@ -93,6 +94,15 @@ macro_rules! multiversion {
                     if let Level::Avx512(cv) = lv {
                         // SAFETY: the token proves the CPU has AVX-512 F/BW/VL, AVX2, F16C.
                         return unsafe { avx512::<T, K>(cv, $($arg),*) };
+                    }
+                    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx512dq,avx2,avx,f16c")]
+                    unsafe fn avx512bf16<T: Element, const K: usize>(cv: Avx512Bf16, $($arg: $ty),*) -> $ret {
+                        $body::<T, K, Avx512Bf16>(cv, $($arg),*)
+                    }
+                    if let Level::Avx512Bf16(cv) = lv {
+                        // SAFETY: the token proves the CPU has AVX-512 F/BW/VL/BF16/DQ, AVX2,
+                        // F16C.
+                        return unsafe { avx512bf16::<T, K>(cv, $($arg),*) };
                     }
                 }
             }
