@@ -56,21 +56,6 @@ impl<'a, B> Correction<'a, B> {
         self
     }
 
-    /// The correction of tensors `r` of the encoder alone (its list's positions `r`), for
-    /// a step over a part of the encoder.
-    pub(crate) fn slice(&self, r: std::ops::Range<usize>) -> Self
-    where
-        B: Clone,
-    {
-        Correction {
-            first: self.first + r.start,
-            theta0: self.theta0[r.clone()].to_vec(),
-            extra: self.extra.iter().map(|e| e[r.clone()].to_vec()).collect(),
-            beta: self.beta.slice(r),
-            opts: self.opts,
-        }
-    }
-
     /// The encoder's tensors in a list with these gradients (one per tensor of the
     /// optimizer's list): `Err` when they do not fit or one of them has no gradient (the
     /// projection reads the gradient as basis vector 0: a suppressed encoder's tensors are

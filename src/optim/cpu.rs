@@ -8,10 +8,13 @@
 //! multiply-adds).
 
 use super::{AdamW, Correction, OptimBackend, Rule, Sgd};
+use crate::cpu::two_pass::TwoPass;
 use crate::dtype::level::{level, Level};
-use crate::project::cache_groups;
 use crate::project::solve::MAX_K;
-use crate::{Beta, CpuBackend, Element, Error, Result, Segments};
+use crate::project::{chunk_partial, solve_chunks, step_groups, ChunkPartial, Solved};
+use crate::segments::chunk_tasks;
+use crate::{CpuBackend, Element, Error, Result, Segments};
+use std::sync::{Mutex, PoisonError};
 
 /// The CPU's optimizer state: f32, one or two buffers per tensor (none without momentum),
 /// allocated once.
@@ -40,7 +43,7 @@ impl OptimBackend for CpuBackend {
         st.check_lists(params, grads)?;
         let all = 0..st.lens.len();
         let step = Steps { rule, t: steps };
-        st.pass(self, &step, params, grads, None, &[all]);
+        st.pass(self, &step, params, grads, &[all]);
         Ok(())
     }
 
@@ -68,34 +71,60 @@ impl OptimBackend for CpuBackend {
         let n = st.lens.len();
         // The tensors outside the encoder: the plain update.
         let step = Steps { rule, t: steps };
-        st.pass(self, &step, params, grads, None, &[0..r.start, r.end..n]);
-        // The encoder cache group by cache group (`CpuBackend::with_cache_bytes`, as the
-        // projection's schedule): a group's pass 1 and solve, then its update while what
-        // pass 1 read (θ, θ₀, g) is still cached. Per tensor the same pass 1, solve and
-        // update, so the same bits as one pass 1 over the encoder and one update pass.
+        st.pass(self, &step, params, grads, &[0..r.start, r.end..n]);
+        // The encoder as one parallel region, as the projection's step (`TwoPass`): pass 1
+        // of a chunk (θ, θ₀, g and the extra vectors), the tensor's solve once its last
+        // chunk is done, then the chunk's update (pass 2) while what pass 1 read is still
+        // cached, pass 1 at most one cache group (`CpuBackend::with_cache_bytes`) ahead.
+        // Per tensor the same pass 1, solve and update, so the same bits as one pass 1
+        // over the encoder and one update pass.
+        let k = 1 + c.extra.len();
+        let tasks = chunk_tasks(&segs, self.chunk())?;
         let per_element = (3 + c.extra.len()) * std::mem::size_of::<T>() + 4 * st.buffers();
-        let mut ranks = Vec::with_capacity(r.len());
-        for g in cache_groups(&segs, self.cache_elements(per_element)) {
-            let part = c.slice(g.clone());
-            let abs = part.range(n)?;
-            let (coef, part_ranks) = {
-                let gsegs = Segments::from_lengths(&st.lens[abs.clone()])?;
-                let theta: Vec<&[T]> = params[abs.clone()].iter().map(|p| &**p).collect();
-                let p = part.projection(theta, present(&grads[abs.clone()]));
-                self.coefficients_list(&gsegs, &p)?
-            };
-            let fused = Fused {
-                first: abs.start,
-                k: 1 + c.extra.len(),
-                coef: &coef,
-                theta0: &part.theta0,
-                extra: &part.extra,
-                beta: part.beta,
-            };
-            st.pass(self, &step, params, grads, Some(fused), &[abs]);
-            ranks.extend(part_ranks);
-        }
-        Ok(ranks)
+        let groups = step_groups(&segs, self.cache_elements(per_element));
+        let (pieces, elements) = st.pieces(self.chunk(), &step, params, grads, &[r]);
+        // The encoder's tensors all have a gradient (checked), so its pieces are its chunk
+        // table's tasks, in order. A chunk's θ is read by its pass 1, then updated.
+        debug_assert_eq!(pieces.len(), tasks.len());
+        let pieces: Vec<Mutex<Option<Piece<'_, T>>>> =
+            pieces.into_iter().map(|p| Mutex::new(Some(p))).collect();
+        let lock = |i: usize| pieces[i].lock().unwrap_or_else(PoisonError::into_inner);
+        let local = |i: usize| {
+            let off = segs.offsets()[tasks[i].seg];
+            tasks[i].start - off..tasks[i].end - off
+        };
+        let extra = |s: usize, rr: &std::ops::Range<usize>| {
+            let mut bs: [&[T]; MAX_K] = [&[]; MAX_K];
+            for (j, e) in c.extra.iter().enumerate() {
+                bs[j + 1] = &e[s][rr.clone()];
+            }
+            bs
+        };
+        let pass1 = |i: usize| {
+            let (s, rr) = (tasks[i].seg, local(i));
+            let guard = lock(i);
+            let pc = guard.as_ref().expect("pass 1 before the update");
+            let mut bs = extra(s, &rr);
+            bs[0] = pc.g;
+            chunk_partial(Some(&*pc.th), Some(&c.theta0[s][rr]), &bs[..k])
+        };
+        let solve =
+            |s: usize, parts: &[&ChunkPartial]| solve_chunks(k, segs.seg_len(s), &c.opts, parts);
+        let pass2 = |i: usize, (w, _): &Solved| {
+            let (s, rr) = (tasks[i].seg, local(i));
+            let mut pc = lock(i).take().expect("one update per chunk");
+            pc.corr = Some(Corr {
+                k,
+                theta0: &c.theta0[s][rr.clone()],
+                bs: extra(s, &rr),
+                w: *w,
+                beta: c.beta.at(s),
+            });
+            run_piece(pc);
+        };
+        let plan = TwoPass::new(&tasks, segs.len(), &groups);
+        let ranks = plan.run(self, elements, pass1, solve, pass2);
+        Ok(ranks.into_iter().map(|(_, rank)| rank).collect())
     }
 }
 
@@ -183,10 +212,22 @@ impl HostState {
         steps: &Steps<'_>,
         params: &mut [&mut [T]],
         grads: &[Option<&[T]>],
-        fused: Option<Fused<'_, '_, T>>,
         which: &[std::ops::Range<usize>],
     ) {
-        let chunk = be.chunk();
+        let (pieces, elements) = self.pieces(be.chunk(), steps, params, grads, which);
+        let idx: Vec<usize> = (0..pieces.len()).collect();
+        be.zip_tasks(elements, &idx, pieces, |_, piece| run_piece(piece));
+    }
+
+    /// The tasks of [`Self::pass`] (without a correction) and their element count.
+    fn pieces<'a, T: Element>(
+        &'a mut self,
+        chunk: usize,
+        steps: &Steps<'_>,
+        params: &'a mut [&mut [T]],
+        grads: &[Option<&'a [T]>],
+        which: &[std::ops::Range<usize>],
+    ) -> (Vec<Piece<'a, T>>, usize) {
         let visits = |i: usize| grads[i].is_some() && which.iter().any(|r| r.contains(&i));
         let mut pieces: Vec<Piece<'_, T>> = Vec::new();
         for (i, (((p, g), s0), s1)) in params
@@ -202,7 +243,6 @@ impl HostState {
             let mut p: &mut [T] = p;
             let mut s0: &mut [f32] = s0;
             let mut s1: &mut [f32] = s1;
-            let corr = fused.as_ref().and_then(|f| f.tensor(i));
             let mut start = 0;
             while !p.is_empty() {
                 let c = chunk.min(p.len());
@@ -215,7 +255,7 @@ impl HostState {
                     g: &g[start..start + c],
                     s0: ah,
                     s1: bh,
-                    corr: corr.as_ref().map(|c0| c0.slice(start..start + c)),
+                    corr: None,
                 });
                 (p, s0, s1) = (pt, at, bt);
                 start += c;
@@ -225,40 +265,7 @@ impl HostState {
             .filter(|(i, _)| visits(*i))
             .map(|(_, n)| n)
             .sum();
-        let idx: Vec<usize> = (0..pieces.len()).collect();
-        be.zip_tasks(elements, &idx, pieces, |_, piece| run_piece(piece));
-    }
-}
-
-/// The solved correction of one step, borrowed by the pass.
-struct Fused<'c, 'a, T> {
-    first: usize,
-    k: usize,
-    coef: &'c [f64],
-    theta0: &'c [&'a [T]],
-    extra: &'c [Vec<&'a [T]>],
-    beta: Beta<'c>,
-}
-
-impl<'c, T> Fused<'c, '_, T> {
-    /// The correction of tensor `i` of the optimizer's list (`None` outside the encoder).
-    fn tensor(&self, i: usize) -> Option<Corr<'c, T>> {
-        let s = i
-            .checked_sub(self.first)
-            .filter(|&s| s < self.theta0.len())?;
-        let mut bs: [&[T]; MAX_K] = [&[]; MAX_K];
-        for (j, e) in self.extra.iter().enumerate() {
-            bs[j + 1] = e[s];
-        }
-        let mut w = [0.0; MAX_K];
-        w[..self.k].copy_from_slice(&self.coef[s * self.k..(s + 1) * self.k]);
-        Some(Corr {
-            k: self.k,
-            theta0: self.theta0[s],
-            bs,
-            w,
-            beta: self.beta.at(s),
-        })
+        (pieces, elements)
     }
 }
 
@@ -280,20 +287,6 @@ impl<'a, T> Corr<'a, T> {
             theta0: self.theta0,
             bs: std::array::from_fn(|j| self.bs[j]),
             w: std::array::from_fn(|j| self.w[j]),
-            beta: self.beta,
-        }
-    }
-
-    fn slice(&self, r: std::ops::Range<usize>) -> Corr<'a, T> {
-        let mut bs = self.bs;
-        for b in bs[1..self.k].iter_mut() {
-            *b = &b[r.clone()];
-        }
-        Corr {
-            k: self.k,
-            theta0: &self.theta0[r],
-            bs,
-            w: self.w,
             beta: self.beta,
         }
     }

@@ -71,14 +71,6 @@ impl<'a> Beta<'a> {
         }
     }
 
-    /// β of the segments `r` (validated), for a projection over those segments alone.
-    pub(crate) fn slice(&self, r: std::ops::Range<usize>) -> Beta<'a> {
-        match self {
-            Beta::Scalar(b) => Beta::Scalar(*b),
-            Beta::PerSegment(b) => Beta::PerSegment(&b[r]),
-        }
-    }
-
     /// `Err` on a wrong length or a non-finite value.
     pub fn validate(&self, segments: usize) -> Result<()> {
         match self {

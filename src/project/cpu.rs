@@ -163,23 +163,6 @@ impl CpuBackend {
         Ok(ranks)
     }
 
-    /// Pass 1 and the per-segment solve of a projection over tensor lists, without pass 2:
-    /// the coefficients (k per segment, segment after segment) and the ranks (capped as in
-    /// `project_out`). For an operation that forms `x − P x` inside its own pass — the fused
-    /// optimizer step ([`crate::optim`]) — so the projection's pass 1 and solve stay the
-    /// only ones. The whole projection is validated first (`beta`, options, layouts).
-    pub(crate) fn coefficients_list<T: Element>(
-        &self,
-        segs: &Segments,
-        p: &Projection<'_, TensorList<&[T]>, TensorList<&[T]>>,
-    ) -> Result<(Vec<f64>, Vec<u32>)> {
-        let k = p.validate(segs)?;
-        let tasks = chunk_tasks(segs, self.chunk())?;
-        let c = p.as_ref().map(|l| l.0.clone(), |o| o.0.clone());
-        let parts = self.partials_of(segs, &tasks, &c, |o| o.clone());
-        Ok(solve_all(segs, &parts, k, &p.opts, true))
-    }
-
     /// Both passes of a validated projection cut per segment, in one parallel region
     /// ([`TwoPass`]): pass 2 of a segment starts as soon as its pass 1 and solve are done,
     /// and pass 1 runs at most one cache group ([`cache_groups`]) ahead of pass 2, so a
@@ -190,17 +173,7 @@ impl CpuBackend {
         let k = c.k();
         let tasks = chunk_tasks(segs, self.chunk())?;
         let budget = self.cache_elements(operands(&c) * std::mem::size_of::<T>());
-        let groups = cache_groups(segs, budget);
-        let single = groups.len() <= 1;
-        // A segment larger than the budget is a group of its own: its pass 2 runs
-        // backwards, so that it starts on the chunks pass 1 read last (still cached).
-        let groups: Vec<_> = groups
-            .into_iter()
-            .map(|r| {
-                let n: usize = r.clone().map(|s| segs.seg_len(s)).sum();
-                (r, !single && n > budget)
-            })
-            .collect();
+        let groups = step_groups(segs, budget);
         let mode = c.mode();
         let out_first = matches!(c.implicit, Some(Implicit::Out));
         let Projection {
@@ -221,7 +194,6 @@ impl CpuBackend {
             .map(|o| Mutex::new(Some(o)))
             .collect();
         let lock = |i: usize| outs[i].lock().unwrap_or_else(PoisonError::into_inner);
-        let st = partial_stride(k);
         let pass1 = |i: usize| {
             let (s, r) = (tasks[i].seg, local(segs, &tasks[i]));
             let guard = out_first.then(|| lock(i));
@@ -241,20 +213,9 @@ impl CpuBackend {
                 &bs[..nb],
             )
         };
-        // The segment's chunk partials merged in chunk order, rounded once to f64, solved
-        // (as `partials_into` and `solve_all`).
-        let solve = |s: usize, parts: &[&[Acc; kernels::MAX_STRIDE]]| {
-            let mut acc = [Acc::default(); kernels::MAX_STRIDE];
-            for p in parts {
-                acc.iter_mut().zip(p.iter()).for_each(|(a, c)| a.merge(*c));
-            }
-            let g: [f64; kernels::MAX_STRIDE] = std::array::from_fn(|j| acc[j].value());
-            let mut w = [0.0f64; MAX_K];
-            let cap = segs.seg_len(s).min(k);
-            let rank = solve_segment(k, &g[..st], cap, opts.tol, opts.ridge, &mut w[..k]);
-            (w, rank)
-        };
-        let pass2 = |i: usize, (w, _): &([f64; MAX_K], u32)| {
+        let solve =
+            |s: usize, parts: &[&ChunkPartial]| solve_chunks(k, segs.seg_len(s), &opts, parts);
+        let pass2 = |i: usize, (w, _): &Solved| {
             let (s, r) = (tasks[i].seg, local(segs, &tasks[i]));
             let o = lock(i).take().expect("pass 2 once per chunk");
             let bs: [&[T]; MAX_K] = std::array::from_fn(|j| match basis.get(j) {
@@ -393,6 +354,55 @@ impl Backend for CpuBackend {
     }
 }
 
+/// One chunk's pass 1 partials (compensated sums, the Gram triangle then `Bᵀx`).
+pub(crate) type ChunkPartial = [Acc; kernels::MAX_STRIDE];
+
+/// A segment's solution in a two-pass step: its k coefficients and its rank.
+pub(crate) type Solved = ([f64; MAX_K], u32);
+
+/// The step's `solve` ([`TwoPass`]) for a projection with k basis vectors: a segment's
+/// chunk partials merged in chunk order, rounded once to f64 and solved, the rank capped
+/// at the segment's length (the operations of `partials_into` and `solve_all`).
+pub(crate) fn solve_chunks(
+    k: usize,
+    seg_len: usize,
+    opts: &ProjectOptions,
+    parts: &[&ChunkPartial],
+) -> Solved {
+    let mut acc = [Acc::default(); kernels::MAX_STRIDE];
+    for p in parts {
+        acc.iter_mut().zip(p.iter()).for_each(|(a, c)| a.merge(*c));
+    }
+    let g: [f64; kernels::MAX_STRIDE] = std::array::from_fn(|j| acc[j].value());
+    let mut w = [0.0f64; MAX_K];
+    let st = partial_stride(k);
+    let rank = solve_segment(
+        k,
+        &g[..st],
+        seg_len.min(k),
+        opts.tol,
+        opts.ridge,
+        &mut w[..k],
+    );
+    (w, rank)
+}
+
+/// The cache groups of a two-pass step ([`cache_groups`] with `budget` elements), each with
+/// whether its pass 2 runs backwards: a segment larger than the budget is a group of its
+/// own, and its pass 2 starts on the chunks pass 1 read last (still cached). With one
+/// group, nothing runs backwards.
+pub(crate) fn step_groups(segs: &Segments, budget: usize) -> Vec<(std::ops::Range<usize>, bool)> {
+    let groups = cache_groups(segs, budget);
+    let single = groups.len() <= 1;
+    groups
+        .into_iter()
+        .map(|r| {
+            let n: usize = r.clone().map(|s| segs.seg_len(s)).sum();
+            (r, !single && n > budget)
+        })
+        .collect()
+}
+
 /// The per-segment solve of checked partials: k coefficients per segment and the ranks;
 /// `cap_by_len` also caps each rank at the segment's length.
 fn solve_all(
@@ -462,7 +472,7 @@ fn operands<T>(c: &Cut<'_, '_, T>) -> usize {
 /// The segments cut into consecutive groups of at most `max` elements each (a longer
 /// segment is a group of its own); empty segments join the group they stand in. One group
 /// when everything fits.
-pub(crate) fn cache_groups(segs: &Segments, max: usize) -> Vec<std::ops::Range<usize>> {
+fn cache_groups(segs: &Segments, max: usize) -> Vec<std::ops::Range<usize>> {
     let mut groups = Vec::new();
     let (mut start, mut size) = (0, 0usize);
     for (s, r) in segs.iter().enumerate() {
