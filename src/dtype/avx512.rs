@@ -39,65 +39,30 @@ use super::avx2::f16_canonical_nan;
 use super::convert::{Convert, BLOCK};
 use std::arch::x86_64::*;
 
-/// Proof that this CPU has AVX-512 F, BW and VL, AVX2 and F16C: made only by
-/// [`Avx512::detect`], so holding one is what makes its block conversions sound.
+/// Proof that this CPU has AVX-512 F, BW and VL, AVX2 and F16C — and, with `BF16`,
+/// AVX-512 BF16 and DQ: made only by `detect`, so holding one is what makes its block
+/// conversions sound. The two levels differ only in f64 → bf16's second rounding.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Avx512(());
+pub(crate) struct Avx512<const BF16: bool = false>(());
 
-impl Avx512 {
+/// The AVX-512 level with BF16 and DQ (module docs).
+pub(crate) type Avx512Bf16 = Avx512<true>;
+
+impl<const BF16: bool> Avx512<BF16> {
     /// `Some` when the CPU has every feature this level uses.
     pub(crate) fn detect() -> Option<Self> {
         (is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("f16c"))
+            && is_x86_feature_detected!("f16c")
+            && (!BF16
+                || is_x86_feature_detected!("avx512bf16") && is_x86_feature_detected!("avx512dq")))
         .then_some(Self(()))
     }
 }
 
-/// Proof that this CPU has everything [`Avx512`] needs and AVX-512 BF16 and DQ: made only by
-/// [`Avx512Bf16::detect`].
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Avx512Bf16(());
-
-impl Avx512Bf16 {
-    /// `Some` when the CPU has every feature this level uses.
-    pub(crate) fn detect() -> Option<Self> {
-        (Avx512::detect().is_some()
-            && is_x86_feature_detected!("avx512bf16")
-            && is_x86_feature_detected!("avx512dq"))
-        .then_some(Self(()))
-    }
-}
-
-impl Convert for Avx512Bf16 {
-    #[inline(always)]
-    fn widen_bf16(self, h: &[u16; BLOCK]) -> [f64; BLOCK] {
-        // SAFETY: `self` exists only on a CPU with AVX-512 F/BW/VL/BF16/DQ and F16C.
-        unsafe { widen_bf16(h) }
-    }
-
-    #[inline(always)]
-    fn widen_f16(self, h: &[u16; BLOCK]) -> [f64; BLOCK] {
-        // SAFETY: as above.
-        unsafe { widen_f16(h) }
-    }
-
-    #[inline(always)]
-    fn narrow_bf16(self, x: &[f64; BLOCK], out: &mut [u16; BLOCK]) -> bool {
-        // SAFETY: as above.
-        unsafe { narrow_bf16_ne(x, out) }
-    }
-
-    #[inline(always)]
-    fn narrow_f16(self, x: &[f64; BLOCK], out: &mut [u16; BLOCK]) {
-        // SAFETY: as above.
-        unsafe { narrow_f16(x, out) }
-    }
-}
-
-impl Convert for Avx512 {
+impl<const BF16: bool> Convert for Avx512<BF16> {
     #[inline(always)]
     fn widen_bf16(self, h: &[u16; BLOCK]) -> [f64; BLOCK] {
         // SAFETY: `self` exists only on a CPU with AVX-512 F/BW/VL and F16C.
@@ -112,8 +77,13 @@ impl Convert for Avx512 {
 
     #[inline(always)]
     fn narrow_bf16(self, x: &[f64; BLOCK], out: &mut [u16; BLOCK]) -> bool {
-        // SAFETY: as above.
-        unsafe { narrow_bf16(x, out) }
+        if BF16 {
+            // SAFETY: as above, and with `BF16` the CPU also has AVX-512 BF16 and DQ.
+            unsafe { narrow_bf16_ne(x, out) }
+        } else {
+            // SAFETY: as above.
+            unsafe { narrow_bf16(x, out) }
+        }
     }
 
     #[inline(always)]
