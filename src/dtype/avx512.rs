@@ -201,43 +201,31 @@ mod tests {
     use super::super::convert::check;
     use super::*;
 
-    fn isa() -> Option<Avx512> {
-        let isa = Avx512::detect();
+    fn isa<const BF16: bool>() -> Option<Avx512<BF16>> {
+        let isa = Avx512::<BF16>::detect();
         if isa.is_none() {
-            println!("SKIP: this CPU lacks AVX-512 F/BW/VL or F16C");
+            let bf16 = if BF16 { ", BF16 or DQ" } else { "" };
+            println!("SKIP: this CPU lacks AVX-512 F/BW/VL or F16C{bf16}");
         }
         isa
     }
 
+    /// Both levels widen with the same code.
     #[test]
     fn widening_is_exhaustively_equal() {
-        let Some(isa) = isa() else { return };
+        let Some(isa) = isa::<false>() else { return };
         check::widening_equals_scalar(isa);
     }
 
     #[test]
     fn narrowing_equals_scalar_bitwise() {
-        let Some(isa) = isa() else { return };
+        let Some(isa) = isa::<false>() else { return };
         check::narrowing_equals_scalar(isa);
-    }
-
-    fn isa_bf16() -> Option<Avx512Bf16> {
-        let isa = Avx512Bf16::detect();
-        if isa.is_none() {
-            println!("SKIP: this CPU lacks AVX-512 BF16/DQ (or F/BW/VL, F16C)");
-        }
-        isa
-    }
-
-    #[test]
-    fn bf16_level_widening_is_exhaustively_equal() {
-        let Some(isa) = isa_bf16() else { return };
-        check::widening_equals_scalar(isa);
     }
 
     #[test]
     fn bf16_level_narrowing_equals_scalar_bitwise() {
-        let Some(isa) = isa_bf16() else { return };
+        let Some(isa) = isa::<true>() else { return };
         check::narrowing_equals_scalar(isa);
     }
 }
