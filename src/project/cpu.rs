@@ -133,7 +133,7 @@ impl CpuBackend {
     ) -> Result<Vec<u32>> {
         let k = c.k();
         partials.check_shape(segs, k)?;
-        let (coef, ranks) = solve_all(segs, partials, k, &c.opts, false);
+        let (coef, ranks) = solve_all(segs, partials, k, &c.opts);
         // The kernels' apply mode (the base term, the implicit vector's flag), as on CUDA;
         // pass 2 reads every basis vector from its buffer except the destination
         // (`MODE_B0_OUT`: its value before the write, slot 0).
@@ -362,7 +362,8 @@ pub(crate) type Solved = ([f64; MAX_K], u32);
 
 /// The step's `solve` ([`TwoPass`]) for a projection with k basis vectors: a segment's
 /// chunk partials merged in chunk order, rounded once to f64 and solved, the rank capped
-/// at the segment's length (the operations of `partials_into` and `solve_all`).
+/// at the segment's length (the operations of `partials_into` and `solve_all`, which does
+/// not cap).
 pub(crate) fn solve_chunks(
     k: usize,
     seg_len: usize,
@@ -403,25 +404,20 @@ pub(crate) fn step_groups(segs: &Segments, budget: usize) -> Vec<(std::ops::Rang
         .collect()
 }
 
-/// The per-segment solve of checked partials: k coefficients per segment and the ranks;
-/// `cap_by_len` also caps each rank at the segment's length.
+/// The per-segment solve of checked partials for the split form's `apply`: k coefficients
+/// per segment and the ranks, not capped at the segments' lengths (the partials may be a
+/// sum over shards).
 fn solve_all(
     segs: &Segments,
     partials: &Partials,
     k: usize,
     opts: &ProjectOptions,
-    cap_by_len: bool,
 ) -> (Vec<f64>, Vec<u32>) {
     let mut coef = vec![0.0f64; segs.len() * k];
     let ranks = (0..segs.len())
         .map(|s| {
-            let cap = if cap_by_len {
-                segs.seg_len(s).min(k)
-            } else {
-                k
-            };
             let w = &mut coef[s * k..(s + 1) * k];
-            solve_segment(k, partials.seg(s), cap, opts.tol, opts.ridge, w)
+            solve_segment(k, partials.seg(s), k, opts.tol, opts.ridge, w)
         })
         .collect();
     (coef, ranks)
