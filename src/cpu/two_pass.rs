@@ -29,7 +29,7 @@ use super::CpuBackend;
 use crate::segments::ChunkTask;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 /// The order of a two-pass step's chunks: its tasks, and its cache groups (consecutive
 /// segment ranges), each with whether its pass 2 runs backwards.
@@ -75,25 +75,34 @@ impl<'a> TwoPass<'a> {
     }
 
     /// Runs the step on `be`'s threads (on the calling thread alone for a call of at most
-    /// `elements` ≤ the inline limit) and returns each segment's solution.
+    /// `elements` ≤ the inline limit) and returns each segment's solution. `items` holds
+    /// one value per task (its piece of the destination, say), lent to its pass 1 and then
+    /// given to its pass 2:
     ///
-    /// - `pass1(i)`: pass 1 of task `i`, its partial;
+    /// - `pass1(i, item)`: pass 1 of task `i`, its partial;
     /// - `solve(s, partials)`: segment `s` from its chunks' partials in chunk order (empty
     ///   for a segment without chunks);
-    /// - `pass2(i, solution)`: pass 2 of task `i`.
-    pub(crate) fn run<P, S>(
+    /// - `pass2(i, item, solution)`: pass 2 of task `i`.
+    pub(crate) fn run<I, P, S>(
         &self,
         be: &CpuBackend,
         elements: usize,
-        pass1: impl Fn(usize) -> P + Sync,
+        items: Vec<I>,
+        pass1: impl Fn(usize, &I) -> P + Sync,
         solve: impl Fn(usize, &[&P]) -> S + Sync,
-        pass2: impl Fn(usize, &S) + Sync,
+        pass2: impl Fn(usize, I, &S) + Sync,
     ) -> Vec<S>
     where
+        I: Send,
         P: Send + Sync,
         S: Send + Sync,
     {
         let n = self.tasks.len();
+        assert_eq!(items.len(), n, "one item per task");
+        // A task's item: read by its pass 1, taken by its pass 2 (never at the same time:
+        // pass 2 waits for the segment's pass 1), so each lock is uncontended.
+        let items: Vec<Mutex<Option<I>>> = items.into_iter().map(|x| Mutex::new(Some(x))).collect();
+        let lock = |i: usize| items[i].lock().unwrap_or_else(PoisonError::into_inner);
         let mut first = vec![n; self.segments + 1];
         let mut left = vec![0usize; self.segments];
         for (i, t) in self.tasks.iter().enumerate().rev() {
@@ -118,7 +127,7 @@ impl<'a> TwoPass<'a> {
             }
         }
         let finish1 = |i: usize| {
-            let p = pass1(i);
+            let p = pass1(i, lock(i).as_ref().expect("pass 1 before pass 2"));
             let _ = st.parts[i].set(p);
             let s = self.tasks[i].seg;
             // AcqRel: the thread that takes the count to zero sees every chunk's partial.
@@ -147,7 +156,8 @@ impl<'a> TwoPass<'a> {
                         .compare_exchange(j2, j2 + 1, Ordering::AcqRel, Ordering::Relaxed)
                         .is_ok()
                     {
-                        pass2(i2, sol);
+                        let item = lock(i2).take().expect("pass 2 once per task");
+                        pass2(i2, item, sol);
                         idle = 0;
                     }
                     continue;
@@ -233,7 +243,9 @@ mod tests {
             let sols = plan.run(
                 &be,
                 segs.total(),
-                |i| {
+                (0..tasks.len()).collect(),
+                |i, &item| {
+                    assert_eq!(item, i, "task {i} lent another task's item");
                     log.lock().unwrap().push((1, i));
                     if i == 1 && threads > 1 {
                         std::thread::sleep(std::time::Duration::from_millis(30));
@@ -244,7 +256,8 @@ mod tests {
                     log.lock().unwrap().push((0, s));
                     parts.iter().map(|&&i| i).collect::<Vec<_>>()
                 },
-                |i, sol: &Vec<usize>| {
+                |i, item, sol: &Vec<usize>| {
+                    assert_eq!(item, i, "task {i} given another task's item");
                     assert!(sol.contains(&i), "pass 2 of {i} with another segment");
                     log.lock().unwrap().push((2, i));
                 },

@@ -11,10 +11,9 @@ use super::{AdamW, Correction, OptimBackend, Rule, Sgd};
 use crate::cpu::two_pass::TwoPass;
 use crate::dtype::level::{level, Level};
 use crate::project::solve::MAX_K;
-use crate::project::{chunk_partial, solve_chunks, step_groups, ChunkPartial, Solved};
+use crate::project::{chunk_partial, local, solve_chunks, step_groups, ChunkPartial};
 use crate::segments::chunk_tasks;
 use crate::{CpuBackend, Element, Error, Result, Segments};
-use std::sync::{Mutex, PoisonError};
 
 /// The CPU's optimizer state: f32, one or two buffers per tensor (none without momentum),
 /// allocated once.
@@ -84,15 +83,7 @@ impl OptimBackend for CpuBackend {
         let groups = step_groups(&segs, self.cache_elements(per_element));
         let (pieces, elements) = st.pieces(self.chunk(), &step, params, grads, &[r]);
         // The encoder's tensors all have a gradient (checked), so its pieces are its chunk
-        // table's tasks, in order. A chunk's θ is read by its pass 1, then updated.
-        debug_assert_eq!(pieces.len(), tasks.len());
-        let pieces: Vec<Mutex<Option<Piece<'_, T>>>> =
-            pieces.into_iter().map(|p| Mutex::new(Some(p))).collect();
-        let lock = |i: usize| pieces[i].lock().unwrap_or_else(PoisonError::into_inner);
-        let local = |i: usize| {
-            let off = segs.offsets()[tasks[i].seg];
-            tasks[i].start - off..tasks[i].end - off
-        };
+        // table's tasks, in order: each task's item, its θ read by its pass 1, then updated.
         let extra = |s: usize, rr: &std::ops::Range<usize>| {
             let mut bs: [&[T]; MAX_K] = [&[]; MAX_K];
             for (j, e) in c.extra.iter().enumerate() {
@@ -100,19 +91,17 @@ impl OptimBackend for CpuBackend {
             }
             bs
         };
-        let pass1 = |i: usize| {
-            let (s, rr) = (tasks[i].seg, local(i));
-            let guard = lock(i);
-            let pc = guard.as_ref().expect("pass 1 before the update");
+        let pass1 = |i: usize, pc: &Piece<'_, T>| {
+            let (s, rr) = (tasks[i].seg, local(&segs, &tasks[i]));
             let mut bs = extra(s, &rr);
             bs[0] = pc.g;
             chunk_partial(Some(&*pc.th), Some(&c.theta0[s][rr]), &bs[..k])
         };
         let solve =
             |s: usize, parts: &[&ChunkPartial]| solve_chunks(k, segs.seg_len(s), &c.opts, parts);
-        let pass2 = |i: usize, (w, _): &Solved| {
-            let (s, rr) = (tasks[i].seg, local(i));
-            let mut pc = lock(i).take().expect("one update per chunk");
+        let plan = TwoPass::new(&tasks, segs.len(), &groups);
+        let ranks = plan.run(self, elements, pieces, pass1, solve, |i, mut pc, (w, _)| {
+            let (s, rr) = (tasks[i].seg, local(&segs, &tasks[i]));
             pc.corr = Some(Corr {
                 k,
                 theta0: &c.theta0[s][rr.clone()],
@@ -121,9 +110,7 @@ impl OptimBackend for CpuBackend {
                 beta: c.beta.at(s),
             });
             run_piece(pc);
-        };
-        let plan = TwoPass::new(&tasks, segs.len(), &groups);
-        let ranks = plan.run(self, elements, pass1, solve, pass2);
+        });
         Ok(ranks.into_iter().map(|(_, rank)| rank).collect())
     }
 }

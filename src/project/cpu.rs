@@ -29,7 +29,6 @@ use crate::project::{
 };
 use crate::segments::{chunk_tasks, ChunkTask, Segments};
 use crate::sum::Acc;
-use std::sync::{Mutex, PoisonError};
 
 /// A projection's buffers cut per segment (`[s]` = segment s's elements): the one form the
 /// CPU loops take. A flat buffer is cut at the segment offsets, a tensor list is already
@@ -187,20 +186,15 @@ impl CpuBackend {
             ..
         } = c;
         let (out, base) = out.into_parts();
-        // Each task's piece of the destination: read by its pass 1 (the implicit basis
-        // vector), then taken by its pass 2.
-        let outs: Vec<Mutex<Option<&mut [T]>>> = split_by_tasks(out, &tasks)
-            .into_iter()
-            .map(|o| Mutex::new(Some(o)))
-            .collect();
-        let lock = |i: usize| outs[i].lock().unwrap_or_else(PoisonError::into_inner);
-        let pass1 = |i: usize| {
+        // Each task's item is its piece of the destination: read by its pass 1 (the
+        // implicit basis vector), then written by its pass 2.
+        let outs = split_by_tasks(out, &tasks);
+        let pass1 = |i: usize, o: &&mut [T]| {
             let (s, r) = (tasks[i].seg, local(segs, &tasks[i]));
-            let guard = out_first.then(|| lock(i));
             let mut bs: [&[T]; MAX_K] = [&[]; MAX_K];
             let mut nb = 0;
-            if let Some(g) = &guard {
-                bs[0] = g.as_deref().expect("pass 1 before pass 2");
+            if out_first {
+                bs[0] = o;
                 nb = 1;
             }
             for b in &basis {
@@ -215,9 +209,8 @@ impl CpuBackend {
         };
         let solve =
             |s: usize, parts: &[&ChunkPartial]| solve_chunks(k, segs.seg_len(s), &opts, parts);
-        let pass2 = |i: usize, (w, _): &Solved| {
+        let pass2 = |i: usize, o: &mut [T], (w, _): &Solved| {
             let (s, r) = (tasks[i].seg, local(segs, &tasks[i]));
-            let o = lock(i).take().expect("pass 2 once per chunk");
             let bs: [&[T]; MAX_K] = std::array::from_fn(|j| match basis.get(j) {
                 Some(b) => &b[s][r.clone()],
                 None => &[],
@@ -232,7 +225,7 @@ impl CpuBackend {
             kernels::chunk_apply(x, &w[..k], alpha, beta.at(s), o);
         };
         let plan = TwoPass::new(&tasks, segs.len(), &groups);
-        let sols = plan.run(self, segs.total(), pass1, solve, pass2);
+        let sols = plan.run(self, segs.total(), outs, pass1, solve, pass2);
         Ok(sols.into_iter().map(|(_, rank)| rank).collect())
     }
 
@@ -358,7 +351,7 @@ impl Backend for CpuBackend {
 pub(crate) type ChunkPartial = [Acc; kernels::MAX_STRIDE];
 
 /// A segment's solution in a two-pass step: its k coefficients and its rank.
-pub(crate) type Solved = ([f64; MAX_K], u32);
+type Solved = ([f64; MAX_K], u32);
 
 /// The step's `solve` ([`TwoPass`]) for a projection with k basis vectors: a segment's
 /// chunk partials merged in chunk order, rounded once to f64 and solved, the rank capped
@@ -424,7 +417,7 @@ fn solve_all(
 }
 
 /// A task's element range inside its own segment.
-fn local(segs: &Segments, t: &ChunkTask) -> std::ops::Range<usize> {
+pub(crate) fn local(segs: &Segments, t: &ChunkTask) -> std::ops::Range<usize> {
     let off = segs.offsets()[t.seg];
     t.start - off..t.end - off
 }

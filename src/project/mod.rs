@@ -12,7 +12,7 @@ pub(crate) mod solve;
 
 pub use args::*;
 pub(crate) use args::{check_k, check_orthonormalize, check_tol, BasisRef};
-pub(crate) use cpu::{solve_chunks, step_groups, ChunkPartial, Solved};
+pub(crate) use cpu::{local, solve_chunks, step_groups, ChunkPartial};
 pub(crate) use cpu_kernels::chunk_partial;
 #[cfg(all(feature = "cuda", feature = "testing"))]
 pub(crate) use cuda::project_kernel_names;
